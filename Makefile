@@ -1,0 +1,52 @@
+# `make run` and `make test` set up everything they need: a virtualenv in .venv for Python
+# packages, and Debian packages through apt-get where a command is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= etc/proxyd.ini
+
+# command:debian-package pairs the test suite needs on the machine.
+TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl
+BENCH_DEBS := haproxy:haproxy iperf3:iperf3
+
+.PHONY: venv run test unit integration lint typecheck bench-tcp clean
+
+$(STAMP): pyproject.toml setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# compat mode puts the project root on sys.path, which twistd's plugin scan can see.
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/python examples/demo.py --config $(CONFIG)
+
+test: venv
+	scripts/apt-need $(TEST_DEBS)
+	$(BIN)/ruff check proxyd tests twisted examples bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: venv
+	scripts/apt-need $(TEST_DEBS)
+	$(BIN)/pytest -q tests/integration
+
+lint: venv
+	$(BIN)/ruff check proxyd tests twisted examples bench
+	$(BIN)/ruff format --check proxyd tests twisted examples bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+bench-tcp: venv
+	scripts/apt-need $(BENCH_DEBS)
+	$(BIN)/python bench/tcp.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache

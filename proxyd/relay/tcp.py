@@ -1,0 +1,668 @@
+"""The raw TCP relay `[tcp NAME]`: each client connection spliced to one server of a pool.
+
+Per connection: the client is paused at once, a server is picked (hash key: the client's IP),
+connected to (trying further servers on failure), optionally sent a PROXY protocol header, and
+then bytes stream both ways with each transport the other's producer (as in Twisted's
+portforward), so a slow reader on either side pauses the other. FINs are passed on one way at
+a time (half-close); a reset on one side is passed on as a reset (RST) to the other.
+
+Layout: plain classes decide (CloseReason, Attempts, ConnectionRecord, IdleTimer); `Relay` holds
+one connection's two ends and applies those decisions; `_EndProtocol` only forwards Twisted's
+callbacks to it; `TcpRelayFactory` admits connections against max_connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum, StrEnum
+from typing import Any, Protocol, cast
+
+import attrs
+from twisted.internet import error
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.internet.protocol import ClientFactory, Factory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from proxyd.accesslog import AccessLog
+from proxyd.config.model import Address, TcpListenerConfig
+from proxyd.pool import Pool, Server
+from proxyd.relay import proxy_protocol
+from proxyd.relay.proxy_protocol import HeaderReader, ProxyHeaderError
+
+__all__ = [
+    "Attempts",
+    "CloseReason",
+    "ConnectionRecord",
+    "IdleTimer",
+    "Relay",
+    "Side",
+    "TcpRelayFactory",
+    "client_hash_key",
+    "close_reason",
+]
+
+_log = Logger(namespace="proxyd.relay.tcp")
+
+_RST_LINGER = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 seconds: close() then sends an RST instead of a FIN."""
+
+
+# Structural types for what this module calls: zope interfaces cannot type method calls for
+# mypy without the mypy-zope plugin.
+class _Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def loseWriteConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def getHost(self) -> IAddress: ...
+
+
+class _DelayedCall(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Connector(Protocol):
+    def stopConnecting(self) -> None: ...
+
+
+class _ReadingPort(Protocol):
+    """What tcp.Port (a FileDescriptor) offers beyond IListeningPort."""
+
+    def stopReading(self) -> None: ...
+    def startReading(self) -> None: ...
+
+
+class _Reactor(Protocol):
+    def seconds(self) -> float: ...
+    def callLater(self, delay: float, f: Callable[..., object], /) -> _DelayedCall: ...
+    def connectTCP(
+        self, host: str, port: int, factory: ClientFactory[Any], timeout: float
+    ) -> _Connector: ...
+
+
+class Side(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class CloseReason(StrEnum):
+    """How a connection ended, as the access log's `close` field says it."""
+
+    CLIENT_CLOSED = "client_closed"
+    SERVER_CLOSED = "server_closed"
+    CLIENT_RESET = "client_reset"
+    SERVER_RESET = "server_reset"
+    IDLE_TIMEOUT = "idle_timeout"
+    CONNECT_FAILED = "connect_failed"
+    NO_SERVER = "no_server"
+    MAX_CONNECTIONS = "max_connections"
+    BAD_PROXY_HEADER = "bad_proxy_header"
+
+
+def close_reason(side: Side, reason: Failure | None) -> CloseReason:
+    """The close reason for `side` ending first: a FIN (reason None) or a connection loss.
+
+    Only ConnectionDone is a clean close; anything else (ConnectionLost, ConnectionReset,
+    a write error) is a reset.
+    """
+    clean = reason is None or reason.check(error.ConnectionDone) is not None
+    if side is Side.CLIENT:
+        return CloseReason.CLIENT_CLOSED if clean else CloseReason.CLIENT_RESET
+    return CloseReason.SERVER_CLOSED if clean else CloseReason.SERVER_RESET
+
+
+def client_hash_key(address: Address | None) -> bytes | None:
+    """The `balance = hash` key of a client: its IP address packed (IPv4-mapped IPv6 as IPv4),
+    so that the same client gets the same key however it reached the listener."""
+    if address is None:
+        return None
+    ip = ipaddress.ip_address(address.host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.packed
+
+
+@attrs.define
+class Attempts:
+    """Connect attempts for one client: the servers tried, and whether another try is allowed."""
+
+    retries: int
+    tried: list[Server] = attrs.Factory(list)
+
+    @property
+    def count(self) -> int:
+        return len(self.tried)
+
+    def record(self, server: Server) -> None:
+        self.tried.append(server)
+
+    def may_try_another(self) -> bool:
+        """The first attempt, then `retries` more."""
+        return self.count <= self.retries
+
+
+def _iso_utc(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@attrs.define
+class ConnectionRecord:
+    """One connection's access-log record, filled in as it goes. The first reason set wins:
+    a FIN from the client then a FIN from the server is `client_closed`."""
+
+    listener: str
+    started: float
+    client: Address | None = None
+    backend: Address | None = None
+    bytes_in: int = 0
+    """Client to server."""
+    bytes_out: int = 0
+    """Server to client."""
+    connect_attempts: int = 0
+    reason: CloseReason | None = None
+
+    def close_as(self, reason: CloseReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def as_log(self, ended: float) -> dict[str, object]:
+        return {
+            "time": _iso_utc(self.started),
+            "listener": self.listener,
+            "client": None if self.client is None else str(self.client),
+            "backend": None if self.backend is None else str(self.backend),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration": round(max(0.0, ended - self.started), 3),
+            "connect_attempts": self.connect_attempts,
+            "close": str(self.reason or CloseReason.CLIENT_CLOSED),
+        }
+
+
+class IdleTimer:
+    """Calls `on_idle` once nothing was touched for `timeout` seconds; 0 disables it.
+
+    `touch()` only stores the time: a single delayed call, on firing, re-arms itself for the
+    remainder when there was activity, instead of rescheduling on every chunk.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
+        self._clock = cast(_Reactor, clock)
+        self._timeout = timeout
+        self._on_idle = on_idle
+        self._last = 0.0
+        self._call: _DelayedCall | None = None
+
+    def start(self) -> None:
+        self.cancel()
+        if self._timeout > 0:
+            self._last = self._clock.seconds()
+            self._call = self._clock.callLater(self._timeout, self._fire)
+
+    def touch(self) -> None:
+        self._last = self._clock.seconds()
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _fire(self) -> None:
+        remaining = self._last + self._timeout - self._clock.seconds()
+        if remaining > 0:
+            self._call = self._clock.callLater(remaining, self._fire)
+            return
+        self._call = None
+        self._on_idle()
+
+
+@attrs.define(eq=False)
+class _End:
+    """One side of a relay: its transport and what has happened to it."""
+
+    transport: _Transport | None = None
+    has_producer: bool = False
+    read_closed: bool = False
+    lost: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.lost
+
+    def unregister_producer(self) -> None:
+        if self.has_producer and self.transport is not None:
+            self.has_producer = False
+            self.transport.unregisterProducer()
+
+    def close(self) -> None:
+        if self.open:
+            assert self.transport is not None
+            self.unregister_producer()
+            self.transport.loseConnection()
+
+    def reset(self) -> None:
+        """Abort with an RST. Twisted's abortConnection sets the same linger on TCP sockets;
+        setting it here makes it explicit and covers transports that do not."""
+        if not self.open:
+            return
+        assert self.transport is not None
+        get_handle = getattr(self.transport, "getHandle", None)
+        if get_handle is not None:
+            # Not a socket (TLS, a test transport): abortConnection alone.
+            with contextlib.suppress(OSError, AttributeError, TypeError):
+                get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
+        self.transport.abortConnection()
+
+
+class Relay:
+    """One client connection and its server connection, from accept to the access-log line."""
+
+    def __init__(self, factory: TcpRelayFactory) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.client = _End()
+        self.server = _End()
+        self.record = ConnectionRecord(self.config.name, factory.reactor.seconds())
+        self.attempts = Attempts(self.config.retries)
+        self.admitted = False
+        self._local: Address | None = None
+        self._header: HeaderReader | None = None
+        self._pending: list[bytes] = []
+        self._held: Server | None = None
+        self._attempt: _ServerAttempt | None = None
+        self._connector: _Connector | None = None
+        self._closing = False
+        self._finished = False
+        self._idle = IdleTimer(
+            cast(IReactorTime, factory.reactor), self.config.idle_timeout, self._on_idle
+        )
+
+    # Called by the protocols and the factory.
+
+    def connected(self, side: Side, transport: _Transport) -> None:
+        if side is Side.SERVER:
+            self._server_connected(transport)
+            return
+        transport.pauseProducing()  # nothing is read until there is somewhere to send it
+        self.client.transport = transport
+        self.record.started = self.factory.reactor.seconds()
+        self.record.client = proxy_protocol.address_of(transport.getPeer())
+        self._local = proxy_protocol.address_of(transport.getHost())
+        self.factory.admit(self)
+
+    def start(self) -> None:
+        """Admitted under max_connections: read the PROXY header or go for a server."""
+        assert self.client.transport is not None
+        self._idle.start()
+        if self.config.accept_proxy:
+            self._header = HeaderReader()
+            self.client.transport.resumeProducing()
+        else:
+            self._connect_next()
+
+    def reject(self) -> None:
+        """Over max_connections with on_max_connections = close."""
+        _log.warn(
+            "tcp {listener}: max_connections {limit} reached, closing {client}",
+            listener=self.config.name,
+            limit=self.config.max_connections,
+            client=str(self.record.client),
+        )
+        self.record.close_as(CloseReason.MAX_CONNECTIONS)
+        self._close_all()
+
+    def data_received(self, side: Side, data: bytes) -> None:
+        self._idle.touch()
+        if side is Side.SERVER:
+            self.record.bytes_out += len(data)
+            assert self.client.transport is not None
+            self.client.transport.write(data)
+        elif self._header is not None:
+            self._header_received(data)
+        elif self.server.transport is None:
+            self._pending.append(data)  # at most one read: the client is paused
+        else:
+            self.record.bytes_in += len(data)
+            self.server.transport.write(data)
+
+    def read_closed(self, side: Side) -> None:
+        """A FIN from `side`: pass it on; once both ways are shut, close."""
+        end, peer = self._ends(side)
+        end.read_closed = True
+        self.record.close_as(close_reason(side, None))
+        if self._closing:
+            return
+        if not peer.open:
+            self._close_all()
+            return
+        assert peer.transport is not None
+        peer.unregister_producer()  # this end produces nothing more for the peer
+        peer.transport.loseWriteConnection()
+        if peer.read_closed:
+            self._close_all()
+
+    def lost(self, side: Side, reason: Failure) -> None:
+        end, peer = self._ends(side)
+        end.lost = True
+        end.has_producer = False
+        if not self._closing:
+            self._closing = True
+            why = close_reason(side, reason)
+            self.record.close_as(why)
+            if why in (CloseReason.CLIENT_RESET, CloseReason.SERVER_RESET):
+                peer.reset()
+            else:
+                peer.close()
+        self._maybe_finish()
+
+    def connect_failed(self, attempt: _ServerAttempt, reason: Failure) -> None:
+        if attempt is not self._attempt:
+            return
+        self._attempt = self._connector = None
+        why = reason.getErrorMessage()
+        _log.info(
+            "tcp {listener}: connect to {server} failed: {why}",
+            listener=self.config.name,
+            server=attempt.server.name,
+            why=why,
+        )
+        self._release()
+        self.factory.pool.report_failure(attempt.server, why)
+        self._connect_next()
+
+    # Internals.
+
+    def _ends(self, side: Side) -> tuple[_End, _End]:
+        if side is Side.CLIENT:
+            return self.client, self.server
+        return self.server, self.client
+
+    def _header_received(self, data: bytes) -> None:
+        assert self._header is not None and self.client.transport is not None
+        try:
+            result = self._header.feed(data)
+        except ProxyHeaderError as e:
+            _log.warn(
+                "tcp {listener}: {client}: {why}",
+                listener=self.config.name,
+                client=str(self.record.client),
+                why=str(e),
+            )
+            self._header = None
+            self.record.close_as(CloseReason.BAD_PROXY_HEADER)
+            self._close_all()
+            return
+        if result is None:
+            return
+        header, rest = result
+        self._header = None
+        self.client.transport.pauseProducing()
+        if header.source is not None:
+            self.record.client, self._local = header.source, header.destination
+        if rest:
+            self._pending.append(rest)
+        self._connect_next()
+
+    def _connect_next(self) -> None:
+        pool = self.factory.pool
+        server = None
+        if self.attempts.may_try_another():
+            key = client_hash_key(self.record.client)
+            server = pool.pick(key, exclude=self.attempts.tried)
+        if server is None:
+            self._give_up()
+            return
+        pool.acquire(server)
+        self._held = server
+        self.attempts.record(server)
+        self.record.backend = server.address
+        self.record.connect_attempts = self.attempts.count
+        attempt = self._attempt = _ServerAttempt(self, server)
+        connector = self.factory.reactor.connectTCP(
+            server.address.host,
+            server.address.port,
+            attempt,
+            timeout=self.config.connect_timeout,
+        )
+        if self._attempt is attempt:  # a synchronous failure may have moved on already
+            self._connector = connector
+
+    def _give_up(self) -> None:
+        if self.attempts.count == 0:
+            self.record.close_as(CloseReason.NO_SERVER)
+            why = "no server up" if not self.factory.pool.any_up() else "all servers busy"
+        else:
+            self.record.close_as(CloseReason.CONNECT_FAILED)
+            why = f"connect failed after {self.attempts.count} attempt(s)"
+        _log.warn(
+            "tcp {listener}: pool {pool}: {why}, closing {client}",
+            listener=self.config.name,
+            pool=self.config.pool,
+            why=why,
+            client=str(self.record.client),
+        )
+        self._close_all()
+
+    def _server_connected(self, transport: _Transport) -> None:
+        assert self._attempt is not None and self.client.transport is not None
+        self.factory.pool.report_success(self._attempt.server)
+        self._attempt = self._connector = None
+        self.server.transport = transport
+        client = self.client.transport
+        if self.config.send_proxy != "off":
+            transport.write(
+                proxy_protocol.encode(self.config.send_proxy, self.record.client, self._local)
+            )
+        for chunk in self._pending:
+            self.record.bytes_in += len(chunk)
+            transport.write(chunk)
+        self._pending.clear()
+        client.registerProducer(transport, True)
+        self.client.has_producer = True
+        transport.registerProducer(client, True)
+        self.server.has_producer = True
+        client.resumeProducing()
+
+    def _on_idle(self) -> None:
+        if self._closing:  # a graceful close that moved nothing for a whole timeout
+            self.client.reset()
+            self.server.reset()
+            return
+        self.record.close_as(CloseReason.IDLE_TIMEOUT)
+        self._close_all()
+        self._idle.start()
+
+    def _close_all(self) -> None:
+        self._closing = True
+        self._cancel_attempt()
+        self.client.close()
+        self.server.close()
+
+    def _cancel_attempt(self) -> None:
+        attempt, connector = self._attempt, self._connector
+        self._attempt = self._connector = None
+        if attempt is not None:
+            attempt.relay = None
+            self._release()
+        if connector is not None:
+            with contextlib.suppress(error.NotConnectingError):
+                connector.stopConnecting()
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self.factory.pool.release(self._held)
+            self._held = None
+
+    def _maybe_finish(self) -> None:
+        if self._finished or not self.client.lost:
+            return
+        if self.server.transport is not None and not self.server.lost:
+            return
+        self._finished = True
+        self._cancel_attempt()
+        self._idle.cancel()
+        self._release()
+        self._pending.clear()
+        self.factory.access_log.log(self.record.as_log(self.factory.reactor.seconds()))
+        self.factory.finished(self)
+
+
+@implementer(IHalfCloseableProtocol)
+class _EndProtocol(TwistedProtocol):
+    """Either end of a relay: forwards Twisted's callbacks to the Relay, nothing else."""
+
+    def __init__(self, relay: Relay, side: Side) -> None:
+        self.relay = relay
+        self.side = side
+
+    def connectionMade(self) -> None:
+        self.relay.connected(self.side, cast(_Transport, self.transport))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.relay.data_received(self.side, data)
+
+    def readConnectionLost(self) -> None:
+        self.relay.read_closed(self.side)
+
+    def writeConnectionLost(self) -> None:
+        pass  # our own FIN went out; the peer's FIN decides when to close
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.relay.lost(self.side, reason)
+
+
+class _ServerAttempt(ClientFactory[_EndProtocol]):
+    """One connect attempt to `server`; `relay` is None once the relay gave up on it."""
+
+    noisy = False
+
+    def __init__(self, relay: Relay, server: Server) -> None:
+        self.relay: Relay | None = relay
+        self.server = server
+
+    def buildProtocol(self, addr: IAddress | None) -> _EndProtocol | None:
+        if self.relay is None:
+            return None  # Twisted then closes the late connection
+        return _EndProtocol(self.relay, Side.SERVER)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if self.relay is not None:
+            self.relay.connect_failed(self, reason)
+
+
+class TcpRelayFactory(Factory[_EndProtocol]):
+    """The listening factory of one `[tcp NAME]`: a Relay per client connection.
+
+    With accept_proxy on, each client's first bytes must be a PROXY v1 or v2 header, whose
+    source address then stands for the client everywhere (hash key, access log, send_proxy).
+    Call `set_listening_port()` once listening: on_max_connections = queue stops reading the
+    port while max_connections relays are active, leaving further clients in the kernel's
+    accept queue.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        config: TcpListenerConfig,
+        pool: Pool,
+        access_log: AccessLog,
+    ) -> None:
+        """`reactor` must provide IReactorTime as well (for timeouts and the log's times)."""
+        self.reactor = cast(_Reactor, reactor)
+        self.config = config
+        self.pool = pool
+        self.access_log = access_log
+        self.active = 0
+        """Relays admitted and not finished: at most max_connections (when not 0)."""
+        self._waiting: deque[Relay] = deque()
+        self._port: _ReadingPort | None = None
+        self._port_paused = False
+
+    def set_listening_port(self, port: IListeningPort) -> None:
+        if not hasattr(port, "stopReading"):
+            _log.warn(
+                "tcp {listener}: this listener cannot pause accepting; with"
+                " on_max_connections = queue, clients over the limit wait accepted",
+                listener=self.config.name,
+            )
+            return
+        self._port = cast(_ReadingPort, port)
+        self._sync_port()
+
+    def buildProtocol(self, addr: IAddress | None) -> _EndProtocol:
+        return _EndProtocol(Relay(self), Side.CLIENT)
+
+    @property
+    def waiting(self) -> int:
+        """Clients accepted in a burst beyond max_connections, queued until a slot frees."""
+        return len(self._waiting)
+
+    def admit(self, relay: Relay) -> None:
+        if not self._full():
+            self._start(relay)
+        elif self.config.on_max_connections == "close":
+            relay.reject()
+        else:
+            # Twisted's accept loop may accept several clients in one go, past the moment the
+            # port stopped reading: those wait here, paused, in order.
+            self._waiting.append(relay)
+
+    def finished(self, relay: Relay) -> None:
+        if relay.admitted:
+            self.active -= 1
+        elif relay in self._waiting:
+            self._waiting.remove(relay)
+        while self._waiting and not self._full():
+            self._start(self._waiting.popleft())
+        self._sync_port()
+
+    def _full(self) -> bool:
+        limit = self.config.max_connections
+        return limit > 0 and self.active >= limit
+
+    def _start(self, relay: Relay) -> None:
+        relay.admitted = True
+        self.active += 1
+        self._sync_port()
+        relay.start()
+
+    def _sync_port(self) -> None:
+        port = self._port
+        if port is None or self.config.on_max_connections != "queue":
+            return
+        full = self._full()
+        if full and not self._port_paused:
+            port.stopReading()
+            self._port_paused = True
+            _log.info(
+                "tcp {listener}: max_connections {limit} reached, new clients wait",
+                listener=self.config.name,
+                limit=self.config.max_connections,
+            )
+        elif not full and self._port_paused:
+            self._port_paused = False
+            if getattr(port, "connected", True) and not getattr(port, "disconnecting", False):
+                port.startReading()

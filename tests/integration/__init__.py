@@ -1,0 +1,1 @@
+"""Integration tests: the real twistd proxyd against real peers on loopback."""
