@@ -23,13 +23,11 @@ class ConfigError:
     hint: str | None = None
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}:" if self.line else f"{self.path}:"
-        parts = [where]
-        if self.section:
-            parts.append(f" {self.section}")
-        if self.key:
-            parts.append(f" {self.key}")
-        text = "".join(parts) + f": expected {self.expected}; found {self.found}"
+        head = f"{self.path}:{self.line}" if self.line else self.path
+        place = " ".join(part for part in (self.section, self.key) if part)
+        if place:
+            head += f": {place}"
+        text = f"{head}: expected {self.expected}; found {self.found}"
         if self.hint:
             text += f" ({self.hint})"
         return text

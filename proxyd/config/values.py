@@ -224,7 +224,7 @@ def _tcp_check(args: list[str]) -> TcpCheck:
     regex = None
     if "expect_regex" in values:
         try:
-            regex = re.compile(_unescape(values["expect_regex"]))
+            regex = re.compile(values["expect_regex"].encode())  # re reads its own escapes
         except re.error as e:
             raise Invalid(
                 "a valid regular expression", f"{values['expect_regex']!r} ({e})"

@@ -1,0 +1,314 @@
+"""The configuration layer: INI text to frozen values, and every class of error it reports."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxyd.config.errors import ConfigErrors
+from proxyd.config.load import load, loads
+from proxyd.config.model import (
+    BALANCE_ALGORITHMS,
+    Address,
+    MysqlCheck,
+    ServerConfig,
+    SmtpCheck,
+    TcpCheck,
+)
+from proxyd.config.values import duration
+from proxyd.pool.balance import ALGORITHMS
+
+GOOD = """\
+; a comment
+[proxyd]
+access_log = off
+
+[pool db]
+servers =
+    127.0.0.1:3306 weight=2 max_connections=100
+    127.0.0.1:3307 backup
+    [::1]:3308 down   ; trailing comment
+balance = least_conn
+check = mysql
+check_interval = 500ms
+check_timeout = 250ms
+rise = 1
+fall = 2
+max_fails = 5
+eject_time = 1m
+eject_time_max = 1h
+
+[pool mail]
+servers = 127.0.0.1:25 127.0.0.1:2525
+check = tcp send "EHLO x\\r\\n" expect "220"
+
+[tcp mysql]
+listen = tcp:13306:interface=127.0.0.1
+pool = db
+idle_timeout = 1h
+retries = 0
+max_connections = 10
+on_max_connections = close
+send_proxy = v2
+accept_proxy = on
+access_log = /var/log/proxyd/mysql.log
+
+[tcp smtp]
+listen = tcp:2500
+pool = mail
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        loads(text, "proxyd.ini")
+    return [str(e) for e in info.value.errors]
+
+
+def test_a_full_file_becomes_frozen_values_with_the_written_settings() -> None:
+    config = loads(GOOD, "proxyd.ini")
+    db = config.pools["db"]
+    assert db.servers == (
+        ServerConfig(Address("127.0.0.1", 3306), weight=2, max_connections=100),
+        ServerConfig(Address("127.0.0.1", 3307), backup=True),
+        ServerConfig(Address("::1", 3308), down=True),
+    )
+    assert (db.balance, db.check, db.check_interval, db.check_timeout) == (
+        "least_conn",
+        MysqlCheck(),
+        0.5,
+        0.25,
+    )
+    assert (db.rise, db.fall, db.max_fails, db.eject_time, db.eject_time_max) == (
+        1,
+        2,
+        5,
+        60.0,
+        3600.0,
+    )
+    assert config.pools["mail"].check == TcpCheck(send=b"EHLO x\r\n", expect=b"220")
+    mysql, smtp = config.tcp
+    assert (mysql.idle_timeout, mysql.retries, mysql.max_connections) == (3600.0, 0, 10)
+    assert (mysql.on_max_connections, mysql.send_proxy, mysql.accept_proxy) == ("close", "v2", True)
+    assert mysql.access_log == "/var/log/proxyd/mysql.log"
+    assert smtp.access_log == "off", "a listener inherits [proxyd] access_log"
+    assert (smtp.connect_timeout, smtp.idle_timeout, smtp.retries) == (5.0, 600.0, 2)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        mysql.pool = "other"  # type: ignore[misc]
+
+
+def test_the_bundled_demo_config_is_valid() -> None:
+    here = os.path.dirname(__file__)
+    config = load(os.path.join(here, "..", "..", "etc", "proxyd.ini"))
+    assert config.tcp and config.pools
+
+
+def test_every_error_in_a_file_is_reported_at_once_in_line_order() -> None:
+    found = errors_of(
+        "[pool a]\nservers = 127.0.0.1:x\nbalence = rr\n"
+        "[tcp t]\nlisten = tcp:abc\npool = a\n[tpc x]\n"
+    )
+    assert [re.match(r"proxyd.ini:(\d+):", e).group(1) for e in found] == ["2", "3", "5", "7"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[pool a]\nservers = 127.0.0.1:1\nbalence = first\n",
+            "proxyd.ini:3: [pool a] balence: expected a key of pool sections; found 'balence' "
+            "(did you mean 'balance'?)",
+        ),
+        (
+            "[pol a]\n",
+            "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'pool', 'tcp'); found [pol] "
+            "(did you mean 'pool'?)",
+        ),
+        (
+            "[pool a]\nservers = 127.0.0.1:1\ncheck = htp\n",
+            "proxyd.ini:3: [pool a] check: expected a check kind ('tcp', 'smtp', 'mysql', 'none'); "
+            "found 'htp' (did you mean 'tcp'?)",
+        ),
+        (
+            "[pool a]\nservers = 127.0.0.1:1\nbalance = least_con\n",
+            "proxyd.ini:3: [pool a] balance: expected 'round_robin', 'least_conn', 'random_two', "
+            "'hash', 'first'; found 'least_con' (did you mean 'least_conn'?)",
+        ),
+    ],
+)
+def test_unknown_names_get_a_did_you_mean(text: str, expected: str) -> None:
+    assert errors_of(text) == [expected]
+
+
+def test_a_missing_file_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        load("/nonexistent/proxyd.ini")
+    assert str(info.value) == (
+        "/nonexistent/proxyd.ini: expected a readable file; found No such file or directory"
+    )
+
+
+def test_an_unreadable_file_is_an_error(tmp_path) -> None:
+    (tmp_path / "dir.ini").mkdir()
+    with pytest.raises(ConfigErrors) as info:
+        load(str(tmp_path / "dir.ini"))
+    assert "expected a readable file; found Is a directory" in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_an_error(tmp_path) -> None:
+    path = tmp_path / "latin.ini"
+    path.write_bytes(b"[proxyd]\naccess_log = caf\xe9\n")
+    with pytest.raises(ConfigErrors) as info:
+        load(str(path))
+    assert "expected UTF-8 text" in str(info.value)
+
+
+def test_duplicate_sections_and_keys_are_errors_naming_the_first() -> None:
+    assert errors_of(
+        "[pool a]\nservers = 127.0.0.1:1\nservers = 127.0.0.1:2\n[pool a]\nservers = 127.0.0.1:3\n"
+    ) == [
+        "proxyd.ini:3: [pool a] servers: expected each key once per section; "
+        "found a second 'servers' (first on line 2)",
+        "proxyd.ini:4: [pool a]: expected each section once; found a second [pool a] "
+        "(first on line 1)",
+    ]
+
+
+@pytest.mark.parametrize("value", ["2 s", "-1s", "1w", "s", "1.5.2s", "0s", ""])
+def test_bad_durations_are_errors(value: str) -> None:
+    (error,) = errors_of(f"[pool a]\nservers = 127.0.0.1:1\ncheck_interval = {value}\n")
+    assert error.startswith("proxyd.ini:3: [pool a] check_interval: expected a duration")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1.5h", 5400.0), ("1d", 86400.0), ("3", 3.0)],
+)
+def test_durations_read_in_seconds(text: str, seconds: float) -> None:
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("servers", "found"),
+    [
+        ("127.0.0.1", "'127.0.0.1'"),
+        ("127.0.0.1:0", "'127.0.0.1:0'"),
+        ("127.0.0.1:70000", "'127.0.0.1:70000'"),
+        ("::1:80", "'::1:80'"),
+        ("[nothost]:80", "'[nothost]:80'"),
+        ("weight=2 127.0.0.1:1", "'weight=2'"),
+        ("127.0.0.1:1 weight=0", "'0'"),
+        ("127.0.0.1:1 wieght=2", "'wieght=2'"),
+        ("127.0.0.1:1 127.0.0.1:1", "127.0.0.1:1 twice"),
+    ],
+)
+def test_bad_server_lines_are_errors(servers: str, found: str) -> None:
+    (error,) = errors_of(f"[pool a]\nservers = {servers}\n")
+    assert error.startswith("proxyd.ini:2: [pool a] servers: expected")
+    assert f"found {found}" in error
+
+
+def test_an_error_on_a_continuation_line_names_that_line() -> None:
+    (error,) = errors_of("[pool a]\nservers =\n    127.0.0.1:1\n\n    127.0.0.1:2 bakcup\n")
+    assert error.startswith("proxyd.ini:5: [pool a] servers:")
+    assert "did you mean 'backup'?" in error
+
+
+@pytest.mark.parametrize("listen", ["tcp:abc", "tpc:80", "tcp:80:interfase=1.2.3.4", ""])
+def test_bad_endpoint_strings_are_errors(listen: str) -> None:
+    (error,) = errors_of(f"[pool a]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = {listen}\npool = a\n")
+    assert error.startswith("proxyd.ini:4: [tcp t] listen: expected a Twisted endpoint")
+
+
+def test_a_pool_referenced_but_not_defined_is_an_error() -> None:
+    assert errors_of(
+        "[pool web]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = tcp:1\npool = wbe\n"
+    ) == [
+        "proxyd.ini:5: [tcp t] pool: expected the name of a [pool] ('web'); found 'wbe' "
+        "(did you mean 'web'?)"
+    ]
+
+
+def test_a_listener_with_no_pool_is_an_error() -> None:
+    assert errors_of("[tcp t]\nlisten = tcp:1\n") == [
+        "proxyd.ini:1: [tcp t] pool: expected a 'pool' key; found none"
+    ]
+
+
+def test_a_pool_with_no_servers_is_an_error() -> None:
+    assert errors_of("[pool a]\nbalance = first\n") == [
+        "proxyd.ini:1: [pool a] servers: expected a 'servers' key; found none"
+    ]
+
+
+def test_a_reference_to_a_pool_with_errors_is_not_reported_twice() -> None:
+    found = errors_of("[pool a]\nservers = nope\n[tcp t]\nlisten = tcp:1\npool = a\n")
+    assert len(found) == 1 and "servers" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[pool]\n", "[pool]: expected [pool NAME]"),
+        ("[proxyd x]\n", "[proxyd x]: expected [proxyd] with no name"),
+        ("[a b c]\n", "expected [KIND] or [KIND NAME]"),
+        ("key = value\n", "key: expected a [section] first"),
+        ("[proxyd]\njust words\n", "expected 'key = value' or a [section]"),
+    ],
+)
+def test_malformed_lines_and_sections_are_errors(text: str, fragment: str) -> None:
+    (error,) = errors_of(text)
+    assert fragment in error
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        ("tcp", TcpCheck()),
+        ('tcp expect "220"', TcpCheck(expect=b"220")),
+        (
+            'tcp send "PING\\r\\n" expect_regex "^\\+PONG"',
+            TcpCheck(send=b"PING\r\n", expect_regex=re.compile(rb"^\+PONG")),
+        ),
+        ("smtp", SmtpCheck()),
+        ("smtp mx.example.test", SmtpCheck("mx.example.test")),
+        ("mysql", MysqlCheck()),
+        ("none", None),
+    ],
+)
+def test_check_specs_parse(check: str, value: object) -> None:
+    assert loads(f"[pool a]\nservers = 127.0.0.1:1\ncheck = {check}\n").pools["a"].check == value
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        'tcp send "unterminated',
+        "tcp expect",
+        'tcp expect "a" expect_regex "b"',
+        'tcp expect_regex "("',
+        "tcp sned x",
+        "mysql extra",
+        "smtp a b",
+    ],
+)
+def test_bad_check_specs_are_errors(check: str) -> None:
+    (error,) = errors_of(f"[pool a]\nservers = 127.0.0.1:1\ncheck = {check}\n")
+    assert error.startswith("proxyd.ini:3: [pool a] check: expected")
+
+
+def test_the_config_names_exactly_the_balancers_the_pool_layer_implements() -> None:
+    assert BALANCE_ALGORITHMS == ALGORITHMS
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
+def test_any_text_either_loads_or_raises_config_errors(text: str) -> None:
+    try:
+        loads(text)
+    except ConfigErrors as e:
+        assert all(str(err) for err in e.errors)
