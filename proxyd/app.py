@@ -49,6 +49,12 @@ class ListenerService(service.Service):
         self.port = outcome
         self.factory.set_listening_port(outcome)
 
+    def startService(self) -> None:
+        super().startService()
+        log.info(
+            "[{listener}] listening on {endpoint}", listener=self.name, endpoint=self.description
+        )
+
     def stopService(self) -> Any:
         super().stopService()
         if self.port is not None:
