@@ -60,6 +60,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "send_proxy": Key(v.choice("off", "v1", "v2")),
             "accept_proxy": Key(v.boolean),
             "access_log": Key(v.log_target),
+            "buffer_size": Key(v.size(1024, 16 << 20)),
         },
     ),
 }

@@ -118,6 +118,9 @@ class TcpListenerConfig:
     """Expect a PROXY protocol (v1 or v2) header from the client (a front load balancer)."""
     access_log: str = "-"
     """'-' for stdout, 'off', or a file path: one JSON line per connection."""
+    buffer_size: int = 65536
+    """Per direction: bytes read at a time, and bytes waiting to be written before the
+    reading side is paused. Bounds a connection's memory to about 4 x this."""
 
 
 @attrs.frozen

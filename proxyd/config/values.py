@@ -38,6 +38,43 @@ def positive_duration(text: str) -> float:
     return value
 
 
+_SIZE = re.compile(r"^(\d+)\s*(b|k|kib|m|mib|g|gib)?$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+}
+
+
+def size(low: int, high: int) -> Callable[[str], int]:
+    """`64KiB`, `1MiB`, `512` (bytes); k/m/g are taken as KiB/MiB/GiB, as nginx does."""
+
+    def parse(text: str) -> int:
+        expected = f"a size from {_show_size(low)} to {_show_size(high)} such as 64KiB or 1MiB"
+        match = _SIZE.match(text.strip())
+        if not match:
+            raise Invalid(expected, repr(text))
+        unit = match.group(2).lower() if match.group(2) else None
+        value = int(match.group(1)) * _SIZE_UNITS[unit]
+        if not low <= value <= high:
+            raise Invalid(expected, repr(text))
+        return value
+
+    return parse
+
+
+def _show_size(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1024)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
+
+
 def integer(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         expected = f"a whole number from {low}" + (f" to {high}" if high is not None else "")

@@ -478,6 +478,8 @@ class Relay:
             self.record.bytes_in += len(chunk)
             transport.write(chunk)
         self._pending.clear()
+        for side in (client, transport):
+            _set_buffer_size(side, self.config.buffer_size)
         client.registerProducer(transport, True)
         self.client.has_producer = True
         transport.registerProducer(client, True)
@@ -569,6 +571,13 @@ class _ServerAttempt(ClientFactory[_EndProtocol]):
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if self.relay is not None:
             self.relay.connect_failed(self, reason)
+
+
+def _set_buffer_size(transport: object, size: int) -> None:
+    # twisted.internet.abstract.FileDescriptor.bufferSize is both the recv() size of a TCP
+    # connection and the write-buffer level at which its producer is paused.
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = size
 
 
 class TcpRelayFactory(Factory[_EndProtocol]):

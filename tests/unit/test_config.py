@@ -194,6 +194,29 @@ def test_durations_read_in_seconds(text: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "size"),
+    [("1024", 1024), ("64KiB", 65536), ("64k", 65536), ("1MiB", 1 << 20), ("2m", 2 << 20)],
+)
+def test_sizes_read_in_bytes(text: str, size: int) -> None:
+    config = loads(
+        f"[pool a]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = tcp:1\npool = a\n"
+        f"buffer_size = {text}\n"
+    )
+    assert config.tcp[0].buffer_size == size
+
+
+@pytest.mark.parametrize("text", ["64 KB", "1.5MiB", "KiB", "-1k", "512", "1GiB", "big"])
+def test_bad_sizes_are_errors(text: str) -> None:
+    (error,) = errors_of(
+        f"[pool a]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = tcp:1\npool = a\n"
+        f"buffer_size = {text}\n"
+    )
+    assert error.startswith(
+        "proxyd.ini:6: [tcp t] buffer_size: expected a size from 1KiB to 16MiB such as 64KiB"
+    )
+
+
+@pytest.mark.parametrize(
     ("servers", "found"),
     [
         ("127.0.0.1", "'127.0.0.1'"),

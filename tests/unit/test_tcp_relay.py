@@ -411,7 +411,7 @@ class SlowReader(FileDescriptor):
 
 
 def test_a_slow_client_pauses_reading_from_the_server_until_it_catches_up() -> None:
-    h = Harness()
+    h = Harness(buffer_size=1024)
     slow = SlowReader(h.reactor)
     h.accept(transport=slow)
     assert slow not in h.reactor.getReaders()  # paused until the server is there
@@ -427,7 +427,7 @@ def test_a_slow_client_pauses_reading_from_the_server_until_it_catches_up() -> N
 
 
 def test_a_slow_server_pauses_reading_from_the_client_until_it_catches_up() -> None:
-    h = Harness()
+    h = Harness(buffer_size=1024)
     client = h.accept()
     slow = SlowReader(h.reactor)
     host, port, factory, _, _ = h.attempts[0]
@@ -438,6 +438,15 @@ def test_a_slow_server_pauses_reading_from_the_client_until_it_catches_up() -> N
     slow.drain()
     assert not client.paused
     assert slow.delivered == b"y" * 2000
+
+
+def test_buffer_size_is_set_on_both_legs_once_connected() -> None:
+    h = Harness(buffer_size=4096)
+    slow = SlowReader(h.reactor)
+    h.accept(transport=slow)
+    assert slow.bufferSize == 1024
+    h.connect_server()
+    assert slow.bufferSize == 4096
 
 
 def test_client_half_close_is_passed_on_and_the_server_can_still_answer() -> None:
