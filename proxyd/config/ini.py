@@ -43,13 +43,16 @@ class Section:
 
 
 def strip_comment(text: str) -> str:
-    """Remove a trailing `;`/`#` comment, but not one inside double quotes."""
+    """Remove a trailing `;`/`#` comment, but not one inside single or double quotes."""
     out = []
-    quoted = False
+    quote = ""
     for i, ch in enumerate(text):
-        if ch == '"' and (i == 0 or text[i - 1] != "\\"):
-            quoted = not quoted
-        if not quoted and ch in ";#" and (i == 0 or text[i - 1].isspace()):
+        if ch in "\"'" and (i == 0 or text[i - 1] != "\\"):
+            if not quote:
+                quote = ch
+            elif quote == ch:
+                quote = ""
+        if not quote and ch in ";#" and (i == 0 or text[i - 1].isspace()):
             break
         out.append(ch)
     return "".join(out).rstrip()
@@ -73,7 +76,7 @@ def parse_ini(text: str, path: str) -> tuple[list[Section], list[ConfigError]]:
                 current.entries[last.key] = last
             continue
         line = raw.strip()
-        match = _SECTION.match(line)
+        match = _SECTION.match(strip_comment(line))
         if match:
             words = match.group(1).split()
             if len(words) not in (1, 2):

@@ -27,7 +27,7 @@ def duration(text: str) -> float:
     """`500ms`, `2s`, `1m`, `1h`, `1d`, or bare seconds; returns seconds."""
     match = _DURATION.match(text.strip())
     if not match:
-        raise Invalid("a duration such as 500ms, 2s, 1m, 1h", repr(text))
+        raise Invalid("a duration such as 500ms, 2s, 1m, 1h, 1d", repr(text))
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
@@ -214,8 +214,12 @@ CHECK_KINDS = ("tcp", "smtp", "mysql")
 
 def check(text: str) -> CheckConfig | None:
     """`tcp [send STR] [expect STR | expect_regex STR]`, `smtp [DOMAIN]`, `mysql`, `none`."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.escape = ""  # backslash escapes are read once, by _unescape
+    lexer.escapedquotes = ""
     try:
-        words = shlex.split(text, posix=True)
+        words = list(lexer)
     except ValueError as e:
         raise Invalid("a check with balanced quotes", f"{text!r} ({e})") from None
     if not words:

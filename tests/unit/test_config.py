@@ -308,6 +308,17 @@ def test_check_specs_parse(check: str, value: object) -> None:
     assert loads(f"[pool a]\nservers = 127.0.0.1:1\ncheck = {check}\n").pools["a"].check == value
 
 
+def test_a_backslash_in_a_check_string_is_read_once() -> None:
+    config = loads(
+        "[pool a]\nservers = 127.0.0.1:1\ncheck = tcp send \"a\\\\b\\r\\n\" expect 'x ;y'\n"
+    )
+    assert config.pools["a"].check == TcpCheck(send=b"a\\b\r\n", expect=b"x ;y")
+
+
+def test_a_section_header_may_carry_a_comment() -> None:
+    assert loads("[pool a]  ; the databases\nservers = 127.0.0.1:1\n").pools["a"].servers
+
+
 @pytest.mark.parametrize(
     "check",
     [
