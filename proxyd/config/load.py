@@ -107,20 +107,22 @@ def loads(text: str, path: str = "<config>") -> Config:
 
     pools: dict[str, PoolConfig] = built["pool"]
     pool_sections = {s.name for s in sections if s.kind == "pool" and s.name}
-    for name, listener in built["tcp"].items():
-        if listener.pool not in pool_sections:
-            section = lines[("tcp", name)]
-            errors.append(
-                ConfigError(
-                    path,
-                    section.entries["pool"].line,
-                    section.title,
-                    "pool",
-                    f"the name of a [pool] ({one_of(sorted(pool_sections)) or 'none defined'})",
-                    repr(listener.pool),
-                    did_you_mean(listener.pool, pool_sections),
-                )
+    for section in sections:  # every listener's reference, even in a section with other errors
+        entry = section.entries.get("pool")
+        if section.kind != "tcp" or entry is None or entry.value.strip() in pool_sections:
+            continue
+        wanted = entry.value.strip()
+        errors.append(
+            ConfigError(
+                path,
+                entry.line,
+                section.title,
+                "pool",
+                f"the name of a [pool] ({one_of(sorted(pool_sections)) or 'none defined'})",
+                repr(wanted),
+                did_you_mean(wanted, pool_sections),
             )
+        )
     if errors:
         errors.sort(key=lambda e: e.line or 0)
         raise ConfigErrors(errors)

@@ -269,6 +269,14 @@ def test_a_pool_with_no_servers_is_an_error() -> None:
     ]
 
 
+def test_a_bad_reference_is_reported_beside_other_errors_of_its_section() -> None:
+    found = errors_of("[pool a]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = tcp:x\npool = b\n")
+    assert [e.split(": expected")[0] for e in found] == [
+        "proxyd.ini:4: [tcp t] listen",
+        "proxyd.ini:5: [tcp t] pool",
+    ]
+
+
 def test_a_reference_to_a_pool_with_errors_is_not_reported_twice() -> None:
     found = errors_of("[pool a]\nservers = nope\n[tcp t]\nlisten = tcp:1\npool = a\n")
     assert len(found) == 1 and "servers" in found[0]
