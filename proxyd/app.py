@@ -99,6 +99,8 @@ class ProxydService(service.MultiService):
 
     def stopService(self) -> Any:
         result = super().stopService()
+        for pool in self.pools.values():
+            pool.stop()
         for access_log in self._logs.values():
             access_log.close()
         return result

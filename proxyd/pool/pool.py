@@ -22,6 +22,14 @@ class _Clock(Protocol):
 
     def seconds(self) -> float: ...
 
+    def callLater(self, delay: float, f: Callable[[], object], /) -> _DelayedCall: ...
+
+
+class _DelayedCall(Protocol):
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
 
 @attrs.frozen
 class ServerEvent:
@@ -56,6 +64,8 @@ class Pool:
         self._observers: list[Callable[[ServerEvent], None]] = []
         # Servers whose ejection was published and whose end has not been yet.
         self._ejected: set[Server] = set()
+        # A timer per ejected server, so that its end is published when it happens.
+        self._ejection_timers: dict[Server, _DelayedCall] = {}
 
     name: str
     config: PoolConfig
@@ -112,6 +122,7 @@ class Pool:
         server.ejections += 1
         server.consecutive_failures = 0
         self._ejected.add(server)
+        self._ejection_timers[server] = self._clock.callLater(duration, self._now)
         why = f"{max_fails} connect failures in a row ({reason}); ejected for {duration:g}s"
         _log.warn(
             "server {server} in pool {pool} is EJECTED: {reason}",
@@ -154,8 +165,18 @@ class Pool:
                     self._ejection_ended(server)
         return now
 
+    def stop(self) -> None:
+        """Cancel the pool's timers (the process is stopping, or a reload replaced the pool)."""
+        for timer in self._ejection_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._ejection_timers.clear()
+
     def _ejection_ended(self, server: Server) -> None:
         self._ejected.discard(server)
+        timer = self._ejection_timers.pop(server, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if server.config.down or not server.healthy:
             return  # still unavailable: nothing for observers to learn until checks say so
         _log.info(
