@@ -6,7 +6,8 @@ then bytes stream both ways with each transport the other's producer (as in Twis
 portforward), so a slow reader on either side pauses the other. FINs are passed on one way at
 a time (half-close); a reset on one side is passed on as a reset (RST) to the other.
 
-Layout: plain classes decide (CloseReason, Attempts, ConnectionRecord, IdleTimer); `Relay` holds
+Layout: plain classes in proxyd.relay.session decide (CloseReason, Attempts, ConnectionRecord,
+IdleTimer); `Relay` holds
 one connection's two ends and applies those decisions; `_EndProtocol` only forwards Twisted's
 callbacks to it; `TcpRelayFactory` admits connections against max_connections.
 """
@@ -14,13 +15,10 @@ callbacks to it; `TcpRelayFactory` admits connections against max_connections.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 import struct
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
-from enum import Enum, StrEnum
 from typing import Any, Protocol, cast
 
 import attrs
@@ -43,18 +41,17 @@ from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
 from proxyd.relay.proxy_protocol import HeaderReader, ProxyHeaderError
+from proxyd.relay.session import (
+    Attempts,
+    CloseReason,
+    ConnectionRecord,
+    IdleTimer,
+    Side,
+    client_hash_key,
+    close_reason,
+)
 
-__all__ = [
-    "Attempts",
-    "CloseReason",
-    "ConnectionRecord",
-    "IdleTimer",
-    "Relay",
-    "Side",
-    "TcpRelayFactory",
-    "client_hash_key",
-    "close_reason",
-]
+__all__ = ["Relay", "TcpRelayFactory"]
 
 _log = Logger(namespace="proxyd.relay.tcp")
 
@@ -98,143 +95,6 @@ class _Reactor(Protocol):
     def connectTCP(
         self, host: str, port: int, factory: ClientFactory[Any], timeout: float
     ) -> _Connector: ...
-
-
-class Side(Enum):
-    CLIENT = "client"
-    SERVER = "server"
-
-
-class CloseReason(StrEnum):
-    """How a connection ended, as the access log's `close` field says it."""
-
-    CLIENT_CLOSED = "client_closed"
-    SERVER_CLOSED = "server_closed"
-    CLIENT_RESET = "client_reset"
-    SERVER_RESET = "server_reset"
-    IDLE_TIMEOUT = "idle_timeout"
-    CONNECT_FAILED = "connect_failed"
-    NO_SERVER = "no_server"
-    MAX_CONNECTIONS = "max_connections"
-    BAD_PROXY_HEADER = "bad_proxy_header"
-
-
-def close_reason(side: Side, reason: Failure | None) -> CloseReason:
-    """The close reason for `side` ending first: a FIN (reason None) or a connection loss.
-
-    Only ConnectionDone is a clean close; anything else (ConnectionLost, ConnectionReset,
-    a write error) is a reset.
-    """
-    clean = reason is None or reason.check(error.ConnectionDone) is not None
-    if side is Side.CLIENT:
-        return CloseReason.CLIENT_CLOSED if clean else CloseReason.CLIENT_RESET
-    return CloseReason.SERVER_CLOSED if clean else CloseReason.SERVER_RESET
-
-
-def client_hash_key(address: Address | None) -> bytes | None:
-    """The `balance = hash` key of a client: its IP address packed (IPv4-mapped IPv6 as IPv4),
-    so that the same client gets the same key however it reached the listener."""
-    if address is None:
-        return None
-    ip = ipaddress.ip_address(address.host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.packed
-
-
-@attrs.define
-class Attempts:
-    """Connect attempts for one client: the servers tried, and whether another try is allowed."""
-
-    retries: int
-    tried: list[Server] = attrs.Factory(list)
-
-    @property
-    def count(self) -> int:
-        return len(self.tried)
-
-    def record(self, server: Server) -> None:
-        self.tried.append(server)
-
-    def may_try_another(self) -> bool:
-        """The first attempt, then `retries` more."""
-        return self.count <= self.retries
-
-
-def _iso_utc(seconds: float) -> str:
-    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
-
-
-@attrs.define
-class ConnectionRecord:
-    """One connection's access-log record, filled in as it goes. The first reason set wins:
-    a FIN from the client then a FIN from the server is `client_closed`."""
-
-    listener: str
-    started: float
-    client: Address | None = None
-    backend: Address | None = None
-    bytes_in: int = 0
-    """Client to server."""
-    bytes_out: int = 0
-    """Server to client."""
-    connect_attempts: int = 0
-    reason: CloseReason | None = None
-
-    def close_as(self, reason: CloseReason) -> None:
-        if self.reason is None:
-            self.reason = reason
-
-    def as_log(self, ended: float) -> dict[str, object]:
-        return {
-            "time": _iso_utc(self.started),
-            "listener": self.listener,
-            "client": None if self.client is None else str(self.client),
-            "backend": None if self.backend is None else str(self.backend),
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "duration": round(max(0.0, ended - self.started), 3),
-            "connect_attempts": self.connect_attempts,
-            "close": str(self.reason or CloseReason.CLIENT_CLOSED),
-        }
-
-
-class IdleTimer:
-    """Calls `on_idle` once nothing was touched for `timeout` seconds; 0 disables it.
-
-    `touch()` only stores the time: a single delayed call, on firing, re-arms itself for the
-    remainder when there was activity, instead of rescheduling on every chunk.
-    """
-
-    def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
-        self._clock = cast(_Reactor, clock)
-        self._timeout = timeout
-        self._on_idle = on_idle
-        self._last = 0.0
-        self._call: _DelayedCall | None = None
-
-    def start(self) -> None:
-        self.cancel()
-        if self._timeout > 0:
-            self._last = self._clock.seconds()
-            self._call = self._clock.callLater(self._timeout, self._fire)
-
-    def touch(self) -> None:
-        self._last = self._clock.seconds()
-
-    def cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-    def _fire(self) -> None:
-        remaining = self._last + self._timeout - self._clock.seconds()
-        if remaining > 0:
-            self._call = self._clock.callLater(remaining, self._fire)
-            return
-        self._call = None
-        self._on_idle()
 
 
 @attrs.define(eq=False)

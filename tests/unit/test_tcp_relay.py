@@ -30,15 +30,15 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, PoolConfig, ServerConfig, TcpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay.proxy_protocol import encode_v1, encode_v2
-from proxyd.relay.tcp import (
+from proxyd.relay.session import (
     Attempts,
     CloseReason,
     IdleTimer,
     Side,
-    TcpRelayFactory,
     client_hash_key,
     close_reason,
 )
+from proxyd.relay.tcp import TcpRelayFactory
 
 CLIENT = ("203.0.113.7", 51000)
 LISTENER = ("198.51.100.1", 13306)

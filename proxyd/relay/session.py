@@ -1,0 +1,177 @@
+"""What every relay decides about a connection, without I/O: how it ended, the access-log
+record, connect attempts, the idle timer and the client's hash key. The TCP relay uses these
+today; the UDP and WebSocket relays share them."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum, StrEnum
+from typing import Protocol, cast
+
+import attrs
+from twisted.internet import error
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from proxyd.config.model import Address
+from proxyd.pool import Server
+
+__all__ = [
+    "Attempts",
+    "CloseReason",
+    "ConnectionRecord",
+    "IdleTimer",
+    "Side",
+    "client_hash_key",
+    "close_reason",
+]
+
+
+class _DelayedCall(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Clock(Protocol):
+    """What IdleTimer uses of IReactorTime (zope interfaces cannot type calls for mypy)."""
+
+    def seconds(self) -> float: ...
+    def callLater(self, delay: float, f: Callable[..., object], /) -> _DelayedCall: ...
+
+
+class Side(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class CloseReason(StrEnum):
+    """How a connection ended, as the access log's `close` field says it."""
+
+    CLIENT_CLOSED = "client_closed"
+    SERVER_CLOSED = "server_closed"
+    CLIENT_RESET = "client_reset"
+    SERVER_RESET = "server_reset"
+    IDLE_TIMEOUT = "idle_timeout"
+    CONNECT_FAILED = "connect_failed"
+    NO_SERVER = "no_server"
+    MAX_CONNECTIONS = "max_connections"
+    BAD_PROXY_HEADER = "bad_proxy_header"
+
+
+def close_reason(side: Side, reason: Failure | None) -> CloseReason:
+    """The close reason for `side` ending first: a FIN (reason None) or a connection loss.
+
+    Only ConnectionDone is a clean close; anything else (ConnectionLost, ConnectionReset,
+    a write error) is a reset.
+    """
+    clean = reason is None or reason.check(error.ConnectionDone) is not None
+    if side is Side.CLIENT:
+        return CloseReason.CLIENT_CLOSED if clean else CloseReason.CLIENT_RESET
+    return CloseReason.SERVER_CLOSED if clean else CloseReason.SERVER_RESET
+
+
+def client_hash_key(address: Address | None) -> bytes | None:
+    """The `balance = hash` key of a client: its IP address packed (IPv4-mapped IPv6 as IPv4),
+    so that the same client gets the same key however it reached the listener."""
+    if address is None:
+        return None
+    ip = ipaddress.ip_address(address.host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.packed
+
+
+@attrs.define
+class Attempts:
+    """Connect attempts for one client: the servers tried, and whether another try is allowed."""
+
+    retries: int
+    tried: list[Server] = attrs.Factory(list)
+
+    @property
+    def count(self) -> int:
+        return len(self.tried)
+
+    def record(self, server: Server) -> None:
+        self.tried.append(server)
+
+    def may_try_another(self) -> bool:
+        """The first attempt, then `retries` more."""
+        return self.count <= self.retries
+
+
+def _iso_utc(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@attrs.define
+class ConnectionRecord:
+    """One connection's access-log record, filled in as it goes. The first reason set wins:
+    a FIN from the client then a FIN from the server is `client_closed`."""
+
+    listener: str
+    started: float
+    client: Address | None = None
+    backend: Address | None = None
+    bytes_in: int = 0
+    """Client to server."""
+    bytes_out: int = 0
+    """Server to client."""
+    connect_attempts: int = 0
+    reason: CloseReason | None = None
+
+    def close_as(self, reason: CloseReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def as_log(self, ended: float) -> dict[str, object]:
+        return {
+            "time": _iso_utc(self.started),
+            "listener": self.listener,
+            "client": None if self.client is None else str(self.client),
+            "backend": None if self.backend is None else str(self.backend),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration": round(max(0.0, ended - self.started), 3),
+            "connect_attempts": self.connect_attempts,
+            "close": str(self.reason or CloseReason.CLIENT_CLOSED),
+        }
+
+
+class IdleTimer:
+    """Calls `on_idle` once nothing was touched for `timeout` seconds; 0 disables it.
+
+    `touch()` only stores the time: a single delayed call, on firing, re-arms itself for the
+    remainder when there was activity, instead of rescheduling on every chunk.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
+        self._clock = cast(_Clock, clock)
+        self._timeout = timeout
+        self._on_idle = on_idle
+        self._last = 0.0
+        self._call: _DelayedCall | None = None
+
+    def start(self) -> None:
+        self.cancel()
+        if self._timeout > 0:
+            self._last = self._clock.seconds()
+            self._call = self._clock.callLater(self._timeout, self._fire)
+
+    def touch(self) -> None:
+        self._last = self._clock.seconds()
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _fire(self) -> None:
+        remaining = self._last + self._timeout - self._clock.seconds()
+        if remaining > 0:
+            self._call = self._clock.callLater(remaining, self._fire)
+            return
+        self._call = None
+        self._on_idle()
