@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -21,6 +23,23 @@ Stop with Ctrl-C.
 """
 
 
+def wait_accepting(ports: list[int], backend: subprocess.Popen[bytes], limit: float) -> str | None:
+    """None once every port accepts a connection; otherwise why not."""
+    deadline = time.monotonic() + limit
+    pending = list(ports)
+    while pending:
+        if backend.poll() is not None:
+            return f"the demo backends exited (code {backend.returncode}); are ports {ports} free?"
+        try:
+            with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
+                pending.pop(0)
+        except OSError:
+            if time.monotonic() > deadline:
+                return f"the demo backends did not listen on {pending} within {limit:g}s"
+            time.sleep(0.1)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="etc/proxyd.ini")
@@ -28,6 +47,12 @@ def main() -> int:
     backends = [
         subprocess.Popen([sys.executable, os.path.join(HERE, "echo_server.py"), "9001", "9002"]),
     ]
+    problem = wait_accepting([9001, 9002], backends[0], limit=10)
+    if problem:
+        print(f"make run: {problem}", file=sys.stderr)
+        for backend in backends:
+            backend.terminate()
+        return 1
     print(TRY.format(config=args.config), flush=True)
     twistd = [os.path.join(BIN, "twistd"), "-n", "--pidfile", "", "proxyd", "--config", args.config]
     try:
