@@ -26,15 +26,8 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from proxyd.clock import Clock
 from proxyd.config.model import Address
-
-
-class DelayedCall(typing.Protocol):
-    """What the checks use of IDelayedCall (typed structurally: mypy has no zope plugin here)."""
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
 
 
 class Transport(typing.Protocol):
@@ -47,7 +40,7 @@ class Transport(typing.Protocol):
     def abortConnection(self) -> None: ...
 
 
-class CheckReactor(typing.Protocol):
+class CheckReactor(Clock, typing.Protocol):
     """IReactorTCP & IReactorTime, as far as the health checks use them."""
 
     def connectTCP(
@@ -58,12 +51,6 @@ class CheckReactor(typing.Protocol):
         timeout: float = ...,
         bindAddress: tuple[str, int] | None = ...,
     ) -> Any: ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
-    ) -> DelayedCall: ...
-
-    def seconds(self) -> float: ...
 
 
 class CheckFailed(Exception):

@@ -18,8 +18,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from proxyd.clock import DelayedCall
 from proxyd.config.model import CheckConfig
-from proxyd.health.checks import Checker, CheckFailed, CheckReactor, DelayedCall, checker_for
+from proxyd.health.checks import Checker, CheckFailed, CheckReactor, checker_for
 from proxyd.health.state import HealthState, Transition
 from proxyd.pool import Pool, Server
 

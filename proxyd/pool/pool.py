@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection
-from typing import Protocol, cast
+from typing import cast
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from proxyd.clock import Clock, DelayedCall
 from proxyd.config.model import PoolConfig
 from proxyd.pool.balance import make_balancer
 from proxyd.pool.server import Server
 
 _log = Logger()
-
-
-class _Clock(Protocol):
-    """What the pool uses of IReactorTime (zope interfaces declare methods without self)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, f: Callable[[], object], /) -> _DelayedCall: ...
-
-
-class _DelayedCall(Protocol):
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
 
 
 @attrs.frozen
@@ -55,17 +42,16 @@ class Pool:
         self.name = config.name
         self.config = config
         self.servers = tuple(Server(config=server, pool=config.name) for server in config.servers)
-        self._clock = cast(_Clock, clock)
+        self._clock = cast(Clock, clock)
         self._primaries = tuple(server for server in self.servers if not server.backup)
         self._backups = tuple(server for server in self.servers if server.backup)
         self._balancer = make_balancer(
             config.balance, self.servers, rng if rng is not None else random.Random()
         )
         self._observers: list[Callable[[ServerEvent], None]] = []
-        # Servers whose ejection was published and whose end has not been yet.
-        self._ejected: set[Server] = set()
-        # A timer per ejected server, so that its end is published when it happens.
-        self._ejection_timers: dict[Server, _DelayedCall] = {}
+        # Servers whose ejection was published and whose end has not been yet, each with the
+        # timer that publishes its end when it happens.
+        self._ejection_timers: dict[Server, DelayedCall] = {}
 
     name: str
     config: PoolConfig
@@ -121,7 +107,6 @@ class Pool:
         server.ejected_until = now + duration
         server.ejections += 1
         server.consecutive_failures = 0
-        self._ejected.add(server)
         self._ejection_timers[server] = self._clock.callLater(duration, self._now)
         why = f"{max_fails} connect failures in a row ({reason}); ejected for {duration:g}s"
         _log.warn(
@@ -159,8 +144,8 @@ class Pool:
     def _now(self) -> float:
         """The clock's time, after publishing the end of every ejection that has run out."""
         now = self._clock.seconds()
-        if self._ejected:
-            for server in [s for s in self.servers if s in self._ejected]:
+        if self._ejection_timers:
+            for server in [s for s in self.servers if s in self._ejection_timers]:
                 if now >= server.ejected_until:
                     self._ejection_ended(server)
         return now
@@ -173,7 +158,6 @@ class Pool:
         self._ejection_timers.clear()
 
     def _ejection_ended(self, server: Server) -> None:
-        self._ejected.discard(server)
         timer = self._ejection_timers.pop(server, None)
         if timer is not None and timer.active():
             timer.cancel()

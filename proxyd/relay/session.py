@@ -8,13 +8,14 @@ import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
-from typing import Protocol, cast
+from typing import cast
 
 import attrs
 from twisted.internet import error
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from proxyd.clock import Clock, DelayedCall
 from proxyd.config.model import Address
 from proxyd.pool import Server
 
@@ -27,17 +28,6 @@ __all__ = [
     "client_hash_key",
     "close_reason",
 ]
-
-
-class _DelayedCall(Protocol):
-    def cancel(self) -> None: ...
-
-
-class _Clock(Protocol):
-    """What IdleTimer uses of IReactorTime (zope interfaces cannot type calls for mypy)."""
-
-    def seconds(self) -> float: ...
-    def callLater(self, delay: float, f: Callable[..., object], /) -> _DelayedCall: ...
 
 
 class Side(Enum):
@@ -148,11 +138,11 @@ class IdleTimer:
     """
 
     def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
-        self._clock = cast(_Clock, clock)
+        self._clock = cast(Clock, clock)
         self._timeout = timeout
         self._on_idle = on_idle
         self._last = 0.0
-        self._call: _DelayedCall | None = None
+        self._call: DelayedCall | None = None
 
     def start(self) -> None:
         self.cancel()

@@ -18,7 +18,6 @@ import contextlib
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import attrs
@@ -37,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog
+from proxyd.clock import Clock
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
@@ -74,10 +74,6 @@ class _Transport(Protocol):
     def getHost(self) -> IAddress: ...
 
 
-class _DelayedCall(Protocol):
-    def cancel(self) -> None: ...
-
-
 class _Connector(Protocol):
     def stopConnecting(self) -> None: ...
 
@@ -89,9 +85,7 @@ class _ReadingPort(Protocol):
     def startReading(self) -> None: ...
 
 
-class _Reactor(Protocol):
-    def seconds(self) -> float: ...
-    def callLater(self, delay: float, f: Callable[..., object], /) -> _DelayedCall: ...
+class _Reactor(Clock, Protocol):
     def connectTCP(
         self, host: str, port: int, factory: ClientFactory[Any], timeout: float
     ) -> _Connector: ...
