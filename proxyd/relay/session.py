@@ -91,7 +91,7 @@ class Attempts:
         return self.count <= self.retries
 
 
-def _iso_utc(seconds: float) -> str:
+def iso_utc(seconds: float) -> str:
     stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
@@ -118,7 +118,7 @@ class ConnectionRecord:
 
     def as_log(self, ended: float) -> dict[str, object]:
         return {
-            "time": _iso_utc(self.started),
+            "time": iso_utc(self.started),
             "listener": self.listener,
             "client": None if self.client is None else str(self.client),
             "backend": None if self.backend is None else str(self.backend),

@@ -18,7 +18,7 @@ import contextlib
 import socket
 import struct
 from collections import deque
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import attrs
 from twisted.internet import error
@@ -36,10 +36,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog
-from proxyd.clock import Clock
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
+from proxyd.relay.io import ConnectingReactor, Connector, ReadingPort, Transport, set_buffer_size
 from proxyd.relay.proxy_protocol import HeaderReader, ProxyHeaderError
 from proxyd.relay.session import (
     Attempts,
@@ -59,43 +59,11 @@ _RST_LINGER = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 seconds: close() then sends an RST instead of a FIN."""
 
 
-# Structural types for what this module calls: zope interfaces cannot type method calls for
-# mypy without the mypy-zope plugin.
-class _Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
-    def loseConnection(self) -> None: ...
-    def abortConnection(self) -> None: ...
-    def loseWriteConnection(self) -> None: ...
-    def pauseProducing(self) -> None: ...
-    def resumeProducing(self) -> None: ...
-    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
-    def unregisterProducer(self) -> None: ...
-    def getPeer(self) -> IAddress: ...
-    def getHost(self) -> IAddress: ...
-
-
-class _Connector(Protocol):
-    def stopConnecting(self) -> None: ...
-
-
-class _ReadingPort(Protocol):
-    """What tcp.Port (a FileDescriptor) offers beyond IListeningPort."""
-
-    def stopReading(self) -> None: ...
-    def startReading(self) -> None: ...
-
-
-class _Reactor(Clock, Protocol):
-    def connectTCP(
-        self, host: str, port: int, factory: ClientFactory[Any], timeout: float
-    ) -> _Connector: ...
-
-
 @attrs.define(eq=False)
 class _End:
     """One side of a relay: its transport and what has happened to it."""
 
-    transport: _Transport | None = None
+    transport: Transport | None = None
     has_producer: bool = False
     read_closed: bool = False
     lost: bool = False
@@ -145,7 +113,7 @@ class Relay:
         self._pending: list[bytes] = []
         self._held: Server | None = None
         self._attempt: _ServerAttempt | None = None
-        self._connector: _Connector | None = None
+        self._connector: Connector | None = None
         self._closing = False
         self._finished = False
         self._idle = IdleTimer(
@@ -154,7 +122,7 @@ class Relay:
 
     # Called by the protocols and the factory.
 
-    def connected(self, side: Side, transport: _Transport) -> None:
+    def connected(self, side: Side, transport: Transport) -> None:
         if side is Side.SERVER:
             self._server_connected(transport)
             return
@@ -318,7 +286,7 @@ class Relay:
         )
         self._close_all()
 
-    def _server_connected(self, transport: _Transport) -> None:
+    def _server_connected(self, transport: Transport) -> None:
         assert self._attempt is not None and self.client.transport is not None
         self.factory.pool.report_success(self._attempt.server)
         self._attempt = self._connector = None
@@ -333,7 +301,7 @@ class Relay:
             transport.write(chunk)
         self._pending.clear()
         for side in (client, transport):
-            _set_buffer_size(side, self.config.buffer_size)
+            set_buffer_size(side, self.config.buffer_size)
         client.registerProducer(transport, True)
         self.client.has_producer = True
         transport.registerProducer(client, True)
@@ -393,7 +361,7 @@ class _EndProtocol(TwistedProtocol):
         self.side = side
 
     def connectionMade(self) -> None:
-        self.relay.connected(self.side, cast(_Transport, self.transport))
+        self.relay.connected(self.side, cast(Transport, self.transport))
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.data_received(self.side, data)
@@ -427,13 +395,6 @@ class _ServerAttempt(ClientFactory[_EndProtocol]):
             self.relay.connect_failed(self, reason)
 
 
-def _set_buffer_size(transport: object, size: int) -> None:
-    # twisted.internet.abstract.FileDescriptor.bufferSize is both the recv() size of a TCP
-    # connection and the write-buffer level at which its producer is paused.
-    if hasattr(transport, "bufferSize"):
-        transport.bufferSize = size
-
-
 class TcpRelayFactory(Factory[_EndProtocol]):
     """The listening factory of one `[tcp NAME]`: a Relay per client connection.
 
@@ -454,14 +415,14 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         access_log: AccessLog,
     ) -> None:
         """`reactor` must provide IReactorTime as well (for timeouts and the log's times)."""
-        self.reactor = cast(_Reactor, reactor)
+        self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
         self.pool = pool
         self.access_log = access_log
         self.active = 0
         """Relays admitted and not finished: at most max_connections (when not 0)."""
         self._waiting: deque[Relay] = deque()
-        self._port: _ReadingPort | None = None
+        self._port: ReadingPort | None = None
         self._port_paused = False
 
     def set_listening_port(self, port: IListeningPort) -> None:
@@ -472,7 +433,7 @@ class TcpRelayFactory(Factory[_EndProtocol]):
                 listener=self.config.name,
             )
             return
-        self._port = cast(_ReadingPort, port)
+        self._port = cast(ReadingPort, port)
         self._sync_port()
 
     def buildProtocol(self, addr: IAddress | None) -> _EndProtocol:

@@ -1,0 +1,529 @@
+"""HTTP/1.1 framing, sans-IO: bytes in, message events out, over httptools (llhttp).
+
+`RequestReader` and `ResponseReader` follow h11's shape: `feed()` bytes, then take events with
+`next_event()` — a head (`Request` / `Response`), `Body` pieces, an `End` — until it returns
+None. A message that cannot be relayed safely becomes an `HttpError` event carrying the status
+to answer with; the reader is then finished. llhttp in its strict mode already refuses request
+smuggling (Content-Length with Transfer-Encoding, duplicate Content-Length, bad chunk sizes,
+obs-fold, bare CR, invalid field names); the readers add the limits and the checks llhttp
+leaves to its user (RFC 9112 3.2 Host, 6.1 Transfer-Encoding in HTTP/1.0, versions).
+
+The writer half is plain functions that build the bytes of heads and chunks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+import httptools
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class HttpError:
+    """The message cannot be relayed: answer `status` and close the connection."""
+
+    __slots__ = ("message", "status")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"HttpError({self.status}, {self.message!r})"
+
+
+class Request:
+    """A request head. `content_length` is None when the body is chunked or absent."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: Headers,
+        *,
+        keep_alive: bool = True,
+        chunked: bool = False,
+        content_length: int | None = None,
+        host: bytes = b"",
+        expect_continue: bool = False,
+        upgrade: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.host = host
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def __repr__(self) -> str:
+        return f"Request({self.method!r}, {self.target!r}, {self.version!r})"
+
+
+class Response:
+    """A response head. The body is chunked, `content_length` long, or runs to the close
+    (`close_delimited`); `no_body` for 1xx, 204, 304 and answers to HEAD."""
+
+    __slots__ = (
+        "chunked",
+        "close_delimited",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "no_body",
+        "reason",
+        "status",
+        "version",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: str,
+        headers: Headers,
+        *,
+        keep_alive: bool = True,
+        chunked: bool = False,
+        content_length: int | None = None,
+        close_delimited: bool = False,
+        no_body: bool = False,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.close_delimited = close_delimited
+        self.no_body = no_body
+
+    @property
+    def interim(self) -> bool:
+        return 100 <= self.status < 200
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {self.reason!r})"
+
+
+class Body:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Body({len(self.data)} bytes)"
+
+
+class End:
+    """The message is complete; `trailers` are the chunked trailer fields, if any."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: Headers | None = None) -> None:
+        self.trailers = trailers
+
+    def __repr__(self) -> str:
+        return f"End({self.trailers!r})"
+
+
+Event = Request | Response | Body | End | HttpError
+
+
+class _Abort(Exception):
+    """Raised from a parser callback to stop llhttp; the reason is on the reader."""
+
+
+_VERSIONS: Final = frozenset({"1.0", "1.1"})
+_PER_FIELD: Final = 4  # ": " and CRLF around each field in the head size
+
+
+def _find(headers: Headers, name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+def _ends_chunked(transfer_encoding: list[bytes]) -> bool:
+    """The final transfer coding is exactly `chunked` (RFC 9112 6.3)."""
+    return transfer_encoding[-1].rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+
+
+class _Reader:
+    """The parts shared by both readers: event queue, error state, header-size accounting."""
+
+    malformed_status = 400
+
+    def __init__(self, max_header_size: int, max_headers: int) -> None:
+        self.max_header_size = max_header_size
+        self.max_headers = max_headers
+        self._events: deque[Event] = deque()
+        self._error: HttpError | None = None
+        self._stopped = False
+        self.finished = False
+        """No more events will come: an error, an upgrade, or (responses) a close."""
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._head_size = 0
+        self._in_head = False
+        self._head_began_in_feed = False
+        self._partial_head = 0
+        self._body_size = 0
+        self._awaiting_chunk_data = False
+
+    @property
+    def in_head(self) -> bool:
+        """Part of a message head has arrived but not all of it (the slowloris window)."""
+        return self._in_head
+
+    @property
+    def pending(self) -> int:
+        return len(self._events)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def peek(self) -> Event | None:
+        return self._events[0] if self._events else None
+
+    def _fail(self, error: HttpError) -> None:
+        if self._error is None:
+            self._error = error
+        raise _Abort
+
+    def on_chunk_header(self) -> None:
+        self._awaiting_chunk_data = True
+
+    def on_chunk_complete(self) -> None:
+        self._awaiting_chunk_data = False
+
+    def _body_seen(self) -> None:
+        self._awaiting_chunk_data = False
+        self._partial_head = 0
+
+    def _begin(self) -> None:
+        self._headers = []
+        self._trailers = None
+        self._head_size = 0
+        self._in_head = True
+        self._head_began_in_feed = True
+        self._partial_head = 0
+        self._body_size = 0
+        self._awaiting_chunk_data = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            if self._trailers is None:
+                self._trailers = []
+                self._head_size = 0
+            fields = self._trailers
+        else:
+            fields = self._headers
+        fields.append((name, value))
+        self._head_size += len(name) + len(value) + _PER_FIELD
+        if len(fields) > self.max_headers:
+            self._fail(HttpError(431, f"more than {self.max_headers} header fields"))
+        if self._head_size > self.max_header_size:
+            self._fail(HttpError(431, f"header block over {self.max_header_size} bytes"))
+
+    def _feed(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
+    ) -> int | None:
+        """Feed llhttp; returns the offset of upgraded data, if the message upgraded."""
+        self._head_began_in_feed = False
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return int(upgrade.args[0])
+        except httptools.HttpParserError as e:
+            if self._stopped:
+                self.finished = True
+                return None
+            if self._error is None:
+                self._error = HttpError(self.malformed_status, f"malformed HTTP: {e}")
+        if self._error is not None:
+            self._events.append(self._error)
+            self.finished = True
+            return None
+        if (self._in_head and not self._head_began_in_feed) or self._awaiting_chunk_data:
+            # A head (or, after the last chunk, trailers) still unfinished after a whole read:
+            # llhttp holds the partial field itself, so count what arrived to bound it (one
+            # read of slack at most).
+            self._partial_head += len(data)
+            if self._partial_head > self.max_header_size:
+                self._events.append(
+                    HttpError(431, f"header block over {self.max_header_size} bytes")
+                )
+                self.finished = True
+        return None
+
+
+class RequestReader(_Reader):
+    """Client side: parses requests, pipelined or not, into events."""
+
+    def __init__(
+        self,
+        *,
+        max_header_size: int = 32768,
+        max_headers: int = 100,
+        max_uri_length: int = 8192,
+        max_body_size: int = 0,
+    ) -> None:
+        super().__init__(max_header_size, max_headers)
+        self.max_uri_length = max_uri_length
+        self.max_body_size = max_body_size
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self.upgraded: bytes | None = None
+        """After an upgrade request: the bytes that followed its head."""
+
+    def feed(self, data: bytes) -> None:
+        if self.finished or not data:
+            return
+        offset = self._feed(self._parser, data)
+        if offset is not None:
+            # Upgrade requests and CONNECT stop llhttp: the relay decides what follows.
+            self.upgraded = data[offset:]
+            self.finished = True
+
+    def on_message_begin(self) -> None:
+        self._begin()
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.max_uri_length:
+            self._fail(HttpError(414, f"request target over {self.max_uri_length} bytes"))
+        self._head_size += len(url)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in _VERSIONS:
+            self._fail(HttpError(505, f"HTTP/{version} is not supported"))
+        headers = self._headers
+        hosts = _find(headers, b"host")
+        if len(hosts) > 1:
+            self._fail(HttpError(400, "more than one Host field"))
+        if not hosts and version == "1.1":
+            self._fail(HttpError(400, "HTTP/1.1 request without Host"))
+        transfer_encoding = _find(headers, b"transfer-encoding")
+        if transfer_encoding and version == "1.0":
+            # RFC 9112 6.1: faulty framing; a proxy must not guess.
+            self._fail(HttpError(400, "Transfer-Encoding in an HTTP/1.0 request"))
+        if transfer_encoding and not _ends_chunked(transfer_encoding):
+            # RFC 9112 6.3: a request body's length is then unknowable.
+            self._fail(HttpError(400, "Transfer-Encoding does not end in chunked"))
+        content_length = None
+        if not transfer_encoding:
+            lengths = _find(headers, b"content-length")
+            if lengths:
+                content_length = int(lengths[0])
+                if self.max_body_size and content_length > self.max_body_size:
+                    self._fail(HttpError(413, f"Content-Length over {self.max_body_size} bytes"))
+        expect = _find(headers, b"expect")
+        self._events.append(
+            Request(
+                parser.get_method(),
+                self._url,
+                version,
+                headers,
+                keep_alive=parser.should_keep_alive(),
+                chunked=bool(transfer_encoding),
+                content_length=content_length,
+                host=hosts[0] if hosts else b"",
+                expect_continue=bool(expect) and expect[0].lower() == b"100-continue",
+                upgrade=parser.should_upgrade(),
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen()
+        if self.max_body_size:
+            self._body_size += len(body)
+            if self._body_size > self.max_body_size:
+                self._fail(HttpError(413, f"body over {self.max_body_size} bytes"))
+        self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        self._awaiting_chunk_data = False
+        self._partial_head = 0
+        self._events.append(End(self._trailers))
+
+
+class ResponseReader(_Reader):
+    """Upstream side: parses the responses to the requests sent, one at a time.
+
+    Call `expect(method)` before each request's response: answers to HEAD carry no body, a
+    fact llhttp cannot be told through httptools, so a HEAD answer ends at its head and the
+    reader is finished (the connection is not reused). `eof()` ends a close-delimited body.
+    """
+
+    malformed_status = 502
+
+    def __init__(self, *, max_header_size: int = 65536, max_headers: int = 200) -> None:
+        super().__init__(max_header_size, max_headers)
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._head_request = False
+        self._current: Response | None = None
+        self.upgraded: bytes | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Between messages: no part of a response is pending."""
+        return self._current is None and not self._in_head
+
+    def expect(self, method: bytes) -> None:
+        self._head_request = method == b"HEAD"
+
+    def feed(self, data: bytes) -> None:
+        if self.finished or not data:
+            return
+        offset = self._feed(self._parser, data)
+        if offset is not None:
+            self.upgraded = data[offset:]
+            self.finished = True
+
+    def eof(self) -> None:
+        """The upstream closed: ends a close-delimited body, else the response is cut."""
+        if self.finished:
+            return
+        self.finished = True
+        current = self._current
+        if current is not None and current.close_delimited:
+            self._current = None
+            self._events.append(End())
+        elif current is not None or self._in_head:
+            self._events.append(HttpError(502, "upstream closed in the middle of a response"))
+
+    def on_message_begin(self) -> None:
+        self._begin()
+        self._reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+        self._head_size += len(status)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in _VERSIONS:
+            self._fail(HttpError(502, f"upstream answered HTTP/{version}"))
+        status = parser.get_status_code()
+        headers = self._headers
+        transfer_encoding = _find(headers, b"transfer-encoding")
+        chunked = bool(transfer_encoding) and _ends_chunked(transfer_encoding)
+        lengths = [] if transfer_encoding else _find(headers, b"content-length")
+        content_length = int(lengths[0]) if lengths else None
+        no_body = status < 200 or status in (204, 304) or self._head_request
+        close_delimited = not no_body and not chunked and content_length is None
+        response = Response(
+            status,
+            self._reason,
+            version,
+            headers,
+            keep_alive=parser.should_keep_alive() and not close_delimited,
+            chunked=chunked and not no_body,
+            content_length=None if no_body else content_length,
+            close_delimited=close_delimited,
+            no_body=no_body,
+        )
+        self._events.append(response)
+        if self._head_request and status >= 200:
+            response.keep_alive = False
+            self._events.append(End())
+            self._stopped = True
+            raise _Abort
+        self._current = response
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen()
+        self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        self._awaiting_chunk_data = False
+        self._partial_head = 0
+        self._current = None
+        self._events.append(End(self._trailers))
+
+
+# Writing.
+
+_REASONS: Final = {
+    100: b"Continue",
+    200: b"OK",
+    201: b"Created",
+    204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    304: b"Not Modified",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"")
+
+
+def _fields(headers: Headers) -> bytes:
+    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, _fields(headers))
+
+
+def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), _fields(headers))
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """A chunk of a chunked body, as pieces for writeSequence (no copy of `data`)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+def last_chunk(trailers: Headers | None = None) -> bytes:
+    return b"0\r\n" + _fields(trailers or []) + b"\r\n"
