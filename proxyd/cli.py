@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from proxyd.config.errors import ConfigErrors
+from proxyd.config.ini import strip_comment
 from proxyd.config.load import load
+from proxyd.config.model import Config, RouteConfig
+from proxyd.relay.http.routing import unreachable
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\s*=\s*")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +30,36 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         print(f"{args.file}: {len(e.errors)} error(s)", file=sys.stderr)
         return 1
-    print(f"{args.file}: ok ({len(config.pools)} pools, {len(config.tcp)} tcp listeners)")
+    for warning in warnings(config):
+        print(warning, file=sys.stderr)
+    counts = f"{len(config.pools)} pools, {len(config.tcp)} tcp listeners"
+    if config.http:
+        counts += f", {len(config.http)} http listeners"
+    print(f"{args.file}: ok ({counts})")
     return 0
+
+
+def warnings(config: Config) -> list[str]:
+    """One line per problem that does not stop proxyd: routes that can never match."""
+    try:
+        with open(config.path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+
+    def text(route: RouteConfig) -> str:
+        if not 0 < route.line <= len(lines):
+            return route.name
+        return _KEY.sub("", strip_comment(lines[route.line - 1].strip()), count=1)
+
+    found = []
+    for http in config.http:
+        for route, shadow in unreachable(http.routes):
+            found.append(
+                f"{config.path}:{route.line}: [http {http.name}] routes: this route can never "
+                f"match: {text(route)!r} is shadowed by line {shadow.line} ({text(shadow)!r})"
+            )
+    return found
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ builds a new tree.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -69,7 +70,24 @@ class MysqlCheck:
     kind = "mysql"
 
 
-CheckConfig = TcpCheck | SmtpCheck | MysqlCheck
+@attrs.frozen
+class HttpCheck:
+    """`check = http [METHOD] [PATH] [host NAME] [expect CODES] [body STR]`: one HTTP/1.1
+    request; the server is up when the status is in `expect` and the body holds `body`."""
+
+    method: str = "GET"
+    path: str = "/"
+    host: str | None = None
+    """Host header to send; None sends the server's address."""
+    expect: tuple[tuple[int, int], ...] = ((200, 399),)
+    """Inclusive status ranges; a single code is (code, code)."""
+    body: bytes | None = None
+    """A substring the response body must contain (the first 64 KiB are searched)."""
+
+    kind = "http"
+
+
+CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck
 
 BALANCE_ALGORITHMS = ("round_robin", "least_conn", "random_two", "hash", "first")
 """The pool layer implements each of these (proxyd.pool.balance); config only names them."""
@@ -94,6 +112,12 @@ class PoolConfig:
     eject_time: float = 10.0
     """First ejection's length; each further ejection in a row doubles it."""
     eject_time_max: float = 300.0
+    keepalive: int = 32
+    """HTTP relays: idle upstream connections kept open per server for reuse; 0 disables reuse."""
+    keepalive_timeout: float = 60.0
+    """HTTP relays: an idle upstream connection is closed after this long."""
+    sticky_cookie: str | None = None
+    """HTTP relays: name of the cookie that pins a client to a server; None is no stickiness."""
 
 
 @attrs.frozen
@@ -124,6 +148,120 @@ class TcpListenerConfig:
 
 
 @attrs.frozen
+class HeaderRule:
+    """`set NAME VALUE` (replace), `add NAME VALUE` (append a field), `remove NAME`.
+
+    VALUE is a template: `{client_ip}`, `{host}`, `{scheme}`, `{uri}`, `{path}`, `{query}`,
+    `{method}`, `{request_id}`, `{route}` are substituted per request; `{{` is a literal `{`.
+    """
+
+    op: str
+    """set | add | remove"""
+    name: str
+    value: str = ""
+
+
+@attrs.frozen
+class RouteMatch:
+    """What a route matches; an absent part matches anything."""
+
+    host: str | None = None
+    """Lower case, no port; `*.example.com` matches any name ending in `.example.com`."""
+    path: str = "/"
+    """A prefix of the normalised request path (dot segments removed)."""
+    methods: frozenset[str] | None = None
+    headers: tuple[tuple[str, str | None], ...] = ()
+    """(lower-case name, exact value or None for "present"); all must hold."""
+
+
+@attrs.frozen
+class ProxyAction:
+    """Send the request to a pool."""
+
+    pool: str
+    strip_prefix: bool = False
+    """Remove the matched path prefix before sending (keeping a leading `/`)."""
+    rewrite: tuple[re.Pattern[str], str] | None = None
+    """(regex, replacement with \\1 groups) applied to the path after strip_prefix."""
+    host: str | None = None
+    """Host header sent upstream; None passes the client's."""
+
+
+@attrs.frozen
+class RedirectAction:
+    status: int
+    """301 | 302 | 303 | 307 | 308"""
+    location: str
+    """A template, as header rule values."""
+
+
+@attrs.frozen
+class RespondAction:
+    status: int
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+RouteAction = ProxyAction | RedirectAction | RespondAction
+
+
+@attrs.frozen
+class RouteConfig:
+    """One line of an `[http NAME]` section's `routes`, with its action's options."""
+
+    name: str
+    """`[route NAME]`'s name, else the host and path, e.g. `api.example.com/v1/` or `*/`."""
+    match: RouteMatch
+    action: RouteAction
+    request_headers: tuple[HeaderRule, ...] = ()
+    response_headers: tuple[HeaderRule, ...] = ()
+    line: int = 0
+    """The line of the routes entry in the config file, for messages."""
+
+
+@attrs.frozen
+class HttpListenerConfig:
+    """`[http NAME]`: an HTTP/1.1 reverse proxy on `listen`, routing requests to pools."""
+
+    name: str
+    listen: str
+    routes: tuple[RouteConfig, ...]
+    access_log: str = "-"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Clients whose X-Forwarded-*, Forwarded and X-Request-ID values are kept and extended."""
+    request_headers: tuple[HeaderRule, ...] = ()
+    """Rules applied to every request before the route's own."""
+    response_headers: tuple[HeaderRule, ...] = ()
+    via: bool = True
+    """Add `Via: 1.1 proxyd` to requests and responses (RFC 9110 7.6.3)."""
+    max_header_size: int = 32768
+    """Request line and header block together; larger is answered 431."""
+    max_headers: int = 100
+    """More header fields are answered 431."""
+    max_uri_length: int = 8192
+    """A longer request target is answered 414."""
+    max_body_size: int = 0
+    """A larger request body is answered 413; 0 is unlimited."""
+    header_timeout: float = 10.0
+    """From a request's first byte to its complete header block; 408 then close."""
+    body_timeout: float = 60.0
+    """Longest wait between two reads of a request body; 408 (or a close) after."""
+    keepalive_timeout: float = 75.0
+    """An idle client connection between requests is closed after this long."""
+    connect_timeout: float = 5.0
+    response_timeout: float = 60.0
+    """From the request's end to the response's first byte; 504 after."""
+    idle_timeout: float = 60.0
+    """Longest silence in either direction while a response is streaming; the exchange is
+    cut after it."""
+    retries: int = 2
+    """Further attempts after the first, on other servers where there are any."""
+    error_pages: tuple[tuple[int, str], ...] = ()
+    """(status, file path): a file's contents are the body of proxyd's own answers with that
+    status."""
+
+
+@attrs.frozen
 class GlobalConfig:
     """`[proxyd]`: process-wide settings."""
 
@@ -138,3 +276,4 @@ class Config:
     proxyd: GlobalConfig
     pools: Mapping[str, PoolConfig]
     tcp: tuple[TcpListenerConfig, ...] = ()
+    http: tuple[HttpListenerConfig, ...] = ()

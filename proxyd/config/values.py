@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from twisted.internet.endpoints import serverFromString
 
@@ -13,11 +14,51 @@ from proxyd.config.errors import Invalid, did_you_mean, one_of
 from proxyd.config.model import (
     Address,
     CheckConfig,
+    HttpCheck,
     MysqlCheck,
     ServerConfig,
     SmtpCheck,
     TcpCheck,
 )
+
+
+class Invalids(Exception):
+    """Several Invalid at once: every bad line of a multi-line value, each with its value_line."""
+
+    def __init__(self, errors: Sequence[Invalid]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = tuple(errors)
+
+
+def each_line(text: str) -> Iterator[tuple[int, str]]:
+    """The lines of a multi-line value with their index (Invalid.value_line)."""
+    return enumerate(text.splitlines())
+
+
+def collect(errors: list[Invalid], index: int, error: Invalid) -> None:
+    """Keep `error`, found on line `index` of a value, to raise with the others at the end."""
+    errors.append(Invalid(error.expected, error.found, error.hint, value_line=index))
+
+
+def raise_all(errors: Sequence[Invalid]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise Invalids(errors)
+
+
+def words(text: str, what: str) -> list[str]:
+    """Split on white space; single or double quotes group words. Backslashes are kept as
+    written (each value reads its own escapes)."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.escape = ""
+    lexer.escapedquotes = ""
+    try:
+        return list(lexer)
+    except ValueError as e:
+        raise Invalid(f"{what} with balanced quotes", f"{text!r} ({e})") from None
+
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -38,7 +79,7 @@ def positive_duration(text: str) -> float:
     return value
 
 
-_SIZE = re.compile(r"^(\d+)\s*(b|k|kib|m|mib|g|gib)?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+)\s*(b|k|kib|m|mib|g|gib|t|tib)?$", re.IGNORECASE)
 _SIZE_UNITS = {
     None: 1,
     "b": 1,
@@ -48,11 +89,13 @@ _SIZE_UNITS = {
     "mib": 1 << 20,
     "g": 1 << 30,
     "gib": 1 << 30,
+    "t": 1 << 40,
+    "tib": 1 << 40,
 }
 
 
 def size(low: int, high: int) -> Callable[[str], int]:
-    """`64KiB`, `1MiB`, `512` (bytes); k/m/g are taken as KiB/MiB/GiB, as nginx does."""
+    """`64KiB`, `1MiB`, `512` (bytes); k/m/g/t are taken as KiB/MiB/GiB/TiB, as nginx does."""
 
     def parse(text: str) -> int:
         expected = f"a size from {_show_size(low)} to {_show_size(high)} such as 64KiB or 1MiB"
@@ -69,7 +112,9 @@ def size(low: int, high: int) -> Callable[[str], int]:
 
 
 def _show_size(n: int) -> str:
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1024)):
+    if n == 0:
+        return "0"
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1024)):
         if n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n}B"
@@ -209,22 +254,16 @@ def _server_line(line: str) -> list[dict[str, object]]:
     return specs
 
 
-CHECK_KINDS = ("tcp", "smtp", "mysql")
+CHECK_KINDS = ("tcp", "smtp", "mysql", "http")
 
 
 def check(text: str) -> CheckConfig | None:
-    """`tcp [send STR] [expect STR | expect_regex STR]`, `smtp [DOMAIN]`, `mysql`, `none`."""
-    lexer = shlex.shlex(text, posix=True)
-    lexer.whitespace_split = True
-    lexer.escape = ""  # backslash escapes are read once, by _unescape
-    lexer.escapedquotes = ""
-    try:
-        words = list(lexer)
-    except ValueError as e:
-        raise Invalid("a check with balanced quotes", f"{text!r} ({e})") from None
-    if not words:
+    """`tcp [send STR] [expect STR | expect_regex STR]`, `smtp [DOMAIN]`, `mysql`,
+    `http [METHOD] [PATH] [host NAME] [expect CODES] [body STR]`, `none`."""
+    args = words(text, "a check")
+    if not args:
         raise Invalid(f"a check kind ({one_of(CHECK_KINDS)})", "nothing")
-    kind, args = words[0], words[1:]
+    kind = args.pop(0)
     if kind == "none" and not args:
         return None
     if kind == "tcp":
@@ -237,6 +276,8 @@ def check(text: str) -> CheckConfig | None:
         if args:
             raise Invalid("'mysql' with no arguments", repr(text))
         return MysqlCheck()
+    if kind == "http":
+        return _http_check(args)
     kinds = (*CHECK_KINDS, "none")
     raise Invalid(f"a check kind ({one_of(kinds)})", repr(kind), did_you_mean(kind, kinds))
 
@@ -275,3 +316,205 @@ def _tcp_check(args: list[str]) -> TcpCheck:
         expect=_unescape(values["expect"]) if "expect" in values else None,
         expect_regex=regex,
     )
+
+
+_HTTP_CHECK_WORDS = ("host", "expect", "body")
+
+
+def _http_check(args: list[str]) -> HttpCheck:
+    fields: dict[str, object] = {}
+    if args and args[0] not in _HTTP_CHECK_WORDS and not args[0].startswith("/"):
+        fields["method"] = method(args.pop(0))
+    if args and args[0].startswith("/"):
+        fields["path"] = request_path(args.pop(0))
+    seen: set[str] = set()
+    while args:
+        word = args.pop(0)
+        if word not in _HTTP_CHECK_WORDS:
+            hint = "the method and the path come first" if word.startswith("/") else None
+            raise Invalid(
+                f"{one_of(_HTTP_CHECK_WORDS)} after 'http [METHOD] [PATH]'",
+                repr(word),
+                hint or did_you_mean(word, _HTTP_CHECK_WORDS),
+            )
+        if not args:
+            raise Invalid(f"a value after '{word}'", "nothing")
+        if word in seen:
+            raise Invalid(f"'{word}' once", f"'{word}' twice")
+        seen.add(word)
+        value = args.pop(0)
+        if word == "host":
+            fields["host"] = host_header(value)
+        elif word == "expect":
+            fields["expect"] = status_ranges(value)
+        else:
+            fields["body"] = _unescape(value)
+    return HttpCheck(**fields)  # type: ignore[arg-type]
+
+
+TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_TOKEN = re.compile(rf"^{TCHAR}+$")
+"""RFC 9110 5.6.2: header field names, method names and cookie names are tokens."""
+
+
+def token(what: str) -> Callable[[str], str]:
+    """A token (RFC 9110 5.6.2) such as a header field or cookie name, as written."""
+
+    def parse(text: str) -> str:
+        word = text.strip()
+        if not _TOKEN.match(word):
+            raise Invalid(
+                f"{what} (letters, digits and !#$%&'*+-.^_`|~)", repr(word) if word else "nothing"
+            )
+        return word
+
+    return parse
+
+
+header_name = token("a header field name")
+cookie_name = token("a cookie name")
+
+
+_COMMON_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
+
+
+def method(text: str) -> str:
+    """An HTTP method: a token, in upper case (methods are case-sensitive, RFC 9110 9.1)."""
+    word = text.strip()
+    if not _TOKEN.match(word) or word != word.upper():
+        hint = f"did you mean '{word.upper()}'?" if _TOKEN.match(word) else None
+        raise Invalid("a method name in upper case such as GET", repr(word), hint)
+    return word
+
+
+def methods(text: str) -> frozenset[str]:
+    """`GET` or `GET,HEAD,...`."""
+    return frozenset(method(part) for part in text.split(","))
+
+
+_PATH = re.compile(r"^/[\x21-\x7e]*$")
+
+
+def request_path(text: str) -> str:
+    """An origin-form request target for the upstream: `/` then visible ASCII (a query too)."""
+    if not _PATH.match(text):
+        raise Invalid("a path starting with '/' (visible ASCII, no spaces)", repr(text))
+    return text
+
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+
+
+def is_hostname(text: str) -> bool:
+    """A DNS name or IPv4 address (letters, digits, '-', '_', dots), or a bracketed IPv6."""
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            ipaddress.IPv6Address(text[1:-1])
+        except ValueError:
+            return False
+        return True
+    return len(text) <= 253 and _HOSTNAME.match(text.lower()) is not None
+
+
+def host_header(text: str) -> str:
+    """A Host header value to send: `NAME` or `NAME:PORT`, as written."""
+    name, port = text, ""
+    if text.startswith("["):
+        if "]:" in text:
+            name, _, port = text.rpartition(":")
+    elif ":" in text:
+        name, _, port = text.rpartition(":")
+    valid_port = not port or (port.isdigit() and 0 < int(port) < 65536)
+    if not is_hostname(name) or not valid_port:
+        raise Invalid("a host name such as example.com, with an optional :PORT", repr(text))
+    return text
+
+
+_STATUS_CLASS = re.compile(r"^([1-5])xx$", re.IGNORECASE)
+
+
+def status_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    """`200`, `200,204`, `200-399`, `2xx`: inclusive status ranges."""
+    expected = "status codes from 100 to 599 such as 200, 200,204, 200-399 or 2xx"
+    ranges: list[tuple[int, int]] = []
+    for part in text.strip().split(","):
+        klass = _STATUS_CLASS.match(part)
+        if klass:
+            low = int(klass.group(1)) * 100
+            ranges.append((low, low + 99))
+            continue
+        first, dash, last = part.partition("-")
+        if not (first.isdigit() and (not dash or last.isdigit())):
+            raise Invalid(expected, repr(part) if part else repr(text))
+        low, high = int(first), int(last) if dash else int(first)
+        if not 100 <= low <= high <= 599:
+            raise Invalid(expected, repr(part))
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+def status(low: int, high: int, what: str = "a status code") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        word = text.strip()
+        if not word.isdigit() or not low <= int(word) <= high:
+            raise Invalid(f"{what} from {low} to {high}", repr(word) if word else "nothing")
+        return int(word)
+
+    return parse
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(text: str) -> tuple[Network, ...]:
+    """Addresses or CIDR networks, separated by white space or newlines."""
+    result: list[Network] = []
+    errors: list[Invalid] = []
+    for index, line in each_line(text):
+        for word in line.split():
+            try:
+                result.append(ipaddress.ip_network(word, strict=True))
+            except ValueError as e:
+                collect(
+                    errors,
+                    index,
+                    Invalid("an IP address or network such as 10.0.0.0/8", f"{word!r} ({e})"),
+                )
+    raise_all(errors)
+    return tuple(result)
+
+
+def error_pages(text: str, base_dir: str) -> tuple[tuple[int, str], ...]:
+    """Lines of `STATUS [STATUS...] FILE`; a relative FILE is relative to `base_dir` (the
+    config file's directory). Every file must be readable now."""
+    result: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    errors: list[Invalid] = []
+    parse_status = status(400, 599, "an error status")
+    for index, line in each_line(text):
+        try:
+            parts = words(line, "an error page line")
+            if len(parts) < 2:
+                raise Invalid(
+                    "STATUS [STATUS...] FILE such as '502 503 errors/5xx.html'", repr(line)
+                )
+            *codes, file = parts
+            statuses = [parse_status(code) for code in codes]
+            for code in statuses:
+                if code in seen:
+                    raise Invalid("each status once", f"{code} twice")
+                seen.add(code)
+            full = os.path.join(base_dir, file)
+            try:
+                with open(full, "rb"):
+                    pass
+            except OSError as e:
+                raise Invalid("a readable file", f"{full!r} ({e.strerror or e})") from None
+            result.extend((code, full) for code in statuses)
+        except Invalid as e:
+            collect(errors, index, e)
+    raise_all(errors)
+    if not result:
+        raise Invalid("STATUS [STATUS...] FILE lines", "nothing")
+    return tuple(result)

@@ -126,13 +126,13 @@ def test_every_error_in_a_file_is_reported_at_once_in_line_order() -> None:
         ),
         (
             "[pol a]\n",
-            "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'pool', 'tcp'); found [pol] "
-            "(did you mean 'pool'?)",
+            "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'pool', 'tcp', 'http', "
+            "'route'); found [pol] (did you mean 'pool'?)",
         ),
         (
             "[pool a]\nservers = 127.0.0.1:1\ncheck = htp\n",
-            "proxyd.ini:3: [pool a] check: expected a check kind ('tcp', 'smtp', 'mysql', 'none'); "
-            "found 'htp' (did you mean 'tcp'?)",
+            "proxyd.ini:3: [pool a] check: expected a check kind ('tcp', 'smtp', 'mysql', 'http', "
+            "'none'); found 'htp' (did you mean 'http'?)",
         ),
         (
             "[pool a]\nservers = 127.0.0.1:1\nbalance = least_con\n",

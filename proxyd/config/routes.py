@@ -1,0 +1,418 @@
+"""The HTTP relay's routing grammar: `routes` lines, `[route NAME]` actions, header rules and
+templates. Each parser raises Invalid (one problem) or Invalids (one per bad line).
+
+A routes line is `MATCHERS -> ACTION`:
+
+    host api.example.com path /v1/ method GET,HEAD header X-Canary=1 -> pool api strip_prefix
+
+Matchers: `host H`, `path P`, `method M[,M...]` (each at most once) and `header NAME[=VALUE]`
+(any number). Actions: `pool NAME [strip_prefix] [rewrite REGEX REPLACEMENT] [host NAME]`,
+`redirect CODE TEMPLATE`, `respond CODE [BODY]`, `route NAME` (a `[route NAME]` section).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+
+import attrs
+
+from proxyd.config import values as v
+from proxyd.config.errors import Invalid, did_you_mean, one_of
+from proxyd.config.model import (
+    HeaderRule,
+    ProxyAction,
+    RedirectAction,
+    RespondAction,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+)
+
+TEMPLATE_VARIABLES = (
+    "client_ip",
+    "host",
+    "scheme",
+    "uri",
+    "path",
+    "query",
+    "method",
+    "request_id",
+    "route",
+)
+"""What a header rule value or a redirect location may use, as `{name}` (model.HeaderRule)."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Not allowed in a field value (RFC 9110 5.5): controls other than HTAB."""
+
+
+def template(text: str) -> str:
+    """A string with `{variable}` parts; `{{` and `}}` are literal braces."""
+    if _CONTROL.search(text):
+        raise Invalid("a value without control characters", repr(text))
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise Invalid(
+            "a template with balanced braces ('{{' and '}}' are literal braces)",
+            f"{text!r} ({e})",
+        ) from None
+    expected = "a template using only " + ", ".join(f"{{{name}}}" for name in TEMPLATE_VARIABLES)
+    for _literal, field, spec, conversion in parts:
+        if field is None:
+            continue
+        written = "{" + field + (f"!{conversion}" if conversion else "")
+        written += (f":{spec}" if spec else "") + "}"
+        if field not in TEMPLATE_VARIABLES:
+            raise Invalid(expected, repr(written), did_you_mean(field, TEMPLATE_VARIABLES))
+        if spec or conversion:
+            raise Invalid(expected, repr(written))
+    return text
+
+
+FORBIDDEN_HEADERS: Mapping[str, str] = {
+    "connection": "Connection",
+    "transfer-encoding": "Transfer-Encoding",
+    "content-length": "Content-Length",
+    "host": "Host",
+    "keep-alive": "Keep-Alive",
+    "upgrade": "Upgrade",
+    "te": "TE",
+    "trailer": "Trailer",
+}
+"""Hop-by-hop and framing fields: proxyd writes these itself, a rule may not touch them."""
+
+HEADER_OPS = ("set", "add", "remove")
+
+
+def header_rule(text: str) -> HeaderRule:
+    """`set NAME VALUE`, `add NAME VALUE` or `remove NAME`; VALUE is a template."""
+    args = v.words(text, "a header rule")
+    usage = "'set NAME VALUE', 'add NAME VALUE' or 'remove NAME'"
+    if not args:
+        raise Invalid(usage, "nothing")
+    op = args[0]
+    if op not in HEADER_OPS:
+        raise Invalid(
+            f"{one_of(HEADER_OPS)} (a header rule)", repr(op), did_you_mean(op, HEADER_OPS)
+        )
+    if len(args) < 2:
+        raise Invalid(f"a header name after '{op}'", "nothing")
+    name = v.header_name(args[1])
+    if name.lower() in FORBIDDEN_HEADERS:
+        hint = (
+            "the Host sent upstream is the pool action's 'host'"
+            if name.lower() == "host"
+            else "proxyd writes the hop-by-hop and framing fields itself"
+        )
+        raise Invalid(
+            "a header other than " + ", ".join(FORBIDDEN_HEADERS.values()), repr(name), hint
+        )
+    if op == "remove":
+        if len(args) > 2:
+            raise Invalid("'remove NAME' with no value", repr(text))
+        return HeaderRule(op, name)
+    if len(args) != 3:
+        found = "nothing" if len(args) == 2 else repr(" ".join(args[2:]))
+        raise Invalid(f"one value after '{op} {name}' (quote a value with spaces)", found)
+    return HeaderRule(op, name, template(args[2]))
+
+
+def header_rules(text: str) -> tuple[HeaderRule, ...]:
+    """One header rule a line."""
+    rules: list[HeaderRule] = []
+    errors: list[Invalid] = []
+    for index, line in v.each_line(text):
+        try:
+            rules.append(header_rule(line))
+        except Invalid as e:
+            v.collect(errors, index, e)
+    v.raise_all(errors)
+    return tuple(rules)
+
+
+def match_host(text: str) -> str:
+    """A host to match: a name or `*.suffix`, lower-cased, without port or trailing dot."""
+    word = text.lower()
+    expected = "a host name such as api.example.com or *.example.com, without a port"
+    name = word[2:] if word.startswith("*.") else word
+    name = name.removesuffix(".")  # as request hosts are matched, without a trailing dot
+    if word == "*":
+        raise Invalid(expected, repr(text), "leave out 'host' to match any host")
+    if not v.is_hostname(name):
+        host, colon, port = name.rpartition(":")
+        if colon and port.isdigit() and v.is_hostname(host):
+            raise Invalid(expected, repr(text), "a route matches the host without its port")
+        raise Invalid(expected, repr(text))
+    return f"*.{name}" if word.startswith("*.") else name
+
+
+_PATH_CHARS = re.compile(r"^/[\x21-\x7e]*$")
+_ESCAPE = re.compile(r"%(?:([0-9A-F]{2})|(.{0,2}))")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def match_path(text: str) -> str:
+    """A path prefix, written as proxyd normalises request paths (relay.http.routing), so
+    that it can match: no dot segments, no `//`, `%XX` in upper case and only for characters
+    that are not unreserved."""
+    expected = "a normalised path starting with '/'"
+    if not _PATH_CHARS.match(text) or "?" in text or "#" in text:
+        hint = None
+        if text.startswith("/") and any(ord(c) > 0x7E for c in text):
+            hint = "percent-encode other characters as UTF-8, as %C3%A9 for é"
+        elif "?" in text or "#" in text:
+            hint = "a route matches the path, without a query"
+        raise Invalid(expected, repr(text), hint)
+    for escape in _ESCAPE.finditer(text):
+        hexa = escape.group(1)
+        if hexa is None:
+            raise Invalid(expected, repr(text), f"'{escape.group(0)}' is not %XX in upper case")
+        char = chr(int(hexa, 16))
+        if char in _UNRESERVED:
+            raise Invalid(expected, repr(text), f"write '{char}' for '{escape.group(0)}'")
+    if "//" in text:
+        raise Invalid(expected, repr(text), "repeated slashes are merged in request paths")
+    if any(segment in (".", "..") for segment in text.split("/")):
+        raise Invalid(expected, repr(text), "dot segments are removed from request paths")
+    return text
+
+
+def header_match(text: str) -> tuple[str, str | None]:
+    """`NAME` (the field is present) or `NAME=VALUE` (its value is exactly VALUE)."""
+    name, eq, value = text.partition("=")
+    v.token("a header field name in 'header NAME[=VALUE]'")(name)
+    if _CONTROL.search(value):
+        raise Invalid("a header value without control characters", repr(value))
+    return name.lower(), value if eq else None
+
+
+def regex_rewrite(regex: str, replacement: str) -> tuple[re.Pattern[str], str]:
+    """`REGEX REPLACEMENT`: a Python regex and a replacement with `\\1` or `\\g<name>` groups."""
+    try:
+        pattern = re.compile(regex)
+    except re.error as e:
+        raise Invalid("a valid regular expression", f"{regex!r} ({e})") from None
+    for ref in re.finditer(r"\\(?:g<(\d+)>|(\d+)|.)", replacement):  # `.`: skips `\\`
+        number = int(ref.group(1) or ref.group(2) or 0)
+        if number > pattern.groups:
+            raise Invalid(
+                f"a replacement using groups \\1 to \\{pattern.groups} of its regex"
+                if pattern.groups
+                else "a replacement without group references (the regex has no groups)",
+                repr(replacement),
+                f"{ref.group(0)} is not a group of {regex!r}",
+            )
+    try:
+        pattern.sub(replacement, "")  # validates the replacement without needing a match
+    except (re.error, IndexError) as e:
+        raise Invalid("a valid replacement", f"{replacement!r} ({e})") from None
+    return pattern, replacement
+
+
+REDIRECT_STATUSES = ("301", "302", "303", "307", "308")
+
+
+def redirect(args: list[str]) -> RedirectAction:
+    """`CODE TEMPLATE`."""
+    if len(args) != 2:
+        raise Invalid("'redirect CODE LOCATION'", repr(" ".join(["redirect", *args])))
+    code, location = args
+    if code not in REDIRECT_STATUSES:
+        raise Invalid(f"a redirect status ({one_of(REDIRECT_STATUSES)})", repr(code))
+    if not location or any(c.isspace() for c in location):
+        raise Invalid("a location without spaces", repr(location))
+    return RedirectAction(int(code), template(location))
+
+
+def respond(args: list[str]) -> RespondAction:
+    """`CODE [BODY]`."""
+    if not 1 <= len(args) <= 2:
+        raise Invalid("'respond CODE [BODY]'", repr(" ".join(["respond", *args])))
+    code = v.status(200, 599, "a response status")(args[0])
+    if len(args) == 2 and args[1] and code in (204, 304):
+        raise Invalid(f"no body with status {code}", repr(args[1]))
+    return RespondAction(code, args[1] if len(args) == 2 else "")
+
+
+_POOL_OPTIONS = ("strip_prefix", "rewrite", "host")
+
+
+def proxy(args: list[str]) -> ProxyAction:
+    """`NAME [strip_prefix] [rewrite REGEX REPLACEMENT] [host NAME]`."""
+    if not args:
+        raise Invalid("a pool name after 'pool'", "nothing")
+    fields: dict[str, object] = {"pool": args.pop(0)}
+    while args:
+        word = args.pop(0)
+        if word not in _POOL_OPTIONS:
+            raise Invalid(
+                f"a pool option ({one_of(_POOL_OPTIONS)})",
+                repr(word),
+                did_you_mean(word, _POOL_OPTIONS),
+            )
+        if word in fields:
+            raise Invalid(f"'{word}' once", f"'{word}' twice")
+        if word == "strip_prefix":
+            fields[word] = True
+        elif word == "rewrite":
+            if len(args) < 2:
+                raise Invalid("'rewrite REGEX REPLACEMENT'", repr(" ".join(["rewrite", *args])))
+            fields[word] = regex_rewrite(args.pop(0), args.pop(0))
+        else:
+            if not args:
+                raise Invalid("a host name after 'host'", "nothing")
+            fields[word] = v.host_header(args.pop(0))
+    return ProxyAction(**fields)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class RouteLine:
+    """One parsed `routes` line: its matchers and either an action or a `[route]` name."""
+
+    match: RouteMatch
+    action: RouteAction | None
+    ref: str | None = None
+    """The NAME of `-> route NAME`; `action` is None then."""
+
+    @property
+    def name(self) -> str:
+        return self.ref or (self.match.host or "*") + self.match.path
+
+    def route(self, line: int, section: RouteSection | None = None) -> RouteConfig:
+        if section is None:
+            assert self.action is not None
+            return RouteConfig(self.name, self.match, self.action, line=line)
+        return RouteConfig(
+            self.name,
+            self.match,
+            section.action(),
+            section.request_headers,
+            section.response_headers,
+            line=line,
+        )
+
+
+_MATCHERS: Mapping[str, Callable[[str], object]] = {
+    "host": match_host,
+    "path": match_path,
+    "method": v.methods,
+    "header": header_match,
+}
+_ACTIONS = ("pool", "redirect", "respond", "route")
+_ROUTE_USAGE = "a route 'MATCHERS -> ACTION' such as 'path /api/ -> pool api'"
+
+
+def route_line(text: str) -> RouteLine:
+    """One line of `routes`: `MATCHERS -> ACTION`."""
+    args = v.words(text, "a route")
+    if "->" not in args:
+        raise Invalid(
+            _ROUTE_USAGE, repr(text), "'->' needs spaces around it" if "->" in text else None
+        )
+    arrow = args.index("->")
+    matchers, action = args[:arrow], args[arrow + 1 :]
+    fields: dict[str, object] = {}
+    headers: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    while matchers:
+        word = matchers.pop(0)
+        if word not in _MATCHERS:
+            raise Invalid(
+                f"a matcher ({one_of(_MATCHERS)}) before '->'",
+                repr(word),
+                did_you_mean(word, _MATCHERS),
+            )
+        if not matchers:
+            raise Invalid(f"a value after '{word}'", "nothing")
+        if word in seen and word != "header":
+            raise Invalid(f"'{word}' once", f"'{word}' twice")
+        seen.add(word)
+        value = _MATCHERS[word](matchers.pop(0))
+        if word == "header":
+            headers.append(value)  # type: ignore[arg-type]
+        else:
+            fields["methods" if word == "method" else word] = value
+    if headers:
+        fields["headers"] = tuple(headers)
+    match = RouteMatch(**fields)  # type: ignore[arg-type]
+    if not action:
+        raise Invalid(f"an action ({one_of(_ACTIONS)}) after '->'", "nothing")
+    kind, rest = action[0], action[1:]
+    if kind == "pool":
+        return RouteLine(match, proxy(rest))
+    if kind == "redirect":
+        return RouteLine(match, redirect(rest))
+    if kind == "respond":
+        return RouteLine(match, respond(rest))
+    if kind == "route":
+        if len(rest) != 1:
+            raise Invalid("'route NAME'", repr(" ".join(action)))
+        return RouteLine(match, None, rest[0])
+    raise Invalid(
+        f"an action ({one_of(_ACTIONS)}) after '->'", repr(kind), did_you_mean(kind, _ACTIONS)
+    )
+
+
+def rewrite(text: str) -> tuple[re.Pattern[str], str]:
+    """`[route]` `rewrite = REGEX REPLACEMENT`."""
+    args = v.words(text, "a rewrite")
+    if len(args) != 2:
+        raise Invalid('REGEX REPLACEMENT, such as "^/old/(.*)$" /new/\\1', repr(text))
+    return regex_rewrite(*args)
+
+
+def redirect_value(text: str) -> RedirectAction:
+    return redirect(v.words(text, "a redirect"))
+
+
+def respond_value(text: str) -> RespondAction:
+    return respond(v.words(text, "a response"))
+
+
+_MEDIA_TYPE = re.compile(rf"^{v.TCHAR}+/{v.TCHAR}+(\s*;.*)?$")
+
+
+def content_type(text: str) -> str:
+    word = text.strip()
+    if not _MEDIA_TYPE.match(word) or _CONTROL.search(word):
+        raise Invalid("a media type such as text/html; charset=utf-8", repr(word))
+    return word
+
+
+@attrs.frozen
+class RouteSection:
+    """`[route NAME]`: the action and header rules of the routes lines that say `route NAME`.
+    Exactly one of `pool`, `redirect`, `respond`; loads() checks that before action()."""
+
+    name: str
+    pool: str | None = None
+    strip_prefix: bool = False
+    rewrite: tuple[re.Pattern[str], str] | None = None
+    host: str | None = None
+    redirect: RedirectAction | None = None
+    respond: RespondAction | None = None
+    content_type: str | None = None
+    request_headers: tuple[HeaderRule, ...] = ()
+    response_headers: tuple[HeaderRule, ...] = ()
+
+    def action(self) -> RouteAction:
+        if self.pool is not None:
+            return ProxyAction(self.pool, self.strip_prefix, self.rewrite, self.host)
+        if self.redirect is not None:
+            return self.redirect
+        assert self.respond is not None
+        if self.content_type is None:
+            return self.respond
+        return attrs.evolve(self.respond, content_type=self.content_type)
+
+
+ROUTE_ACTION_KEYS = ("pool", "redirect", "respond")
+ROUTE_OPTION_KEYS: Mapping[str, str] = {
+    "strip_prefix": "pool",
+    "rewrite": "pool",
+    "host": "pool",
+    "content_type": "respond",
+}
+"""Keys of `[route]` that only go with one action key."""
