@@ -8,9 +8,9 @@ CONFIG ?= etc/proxyd.ini
 
 # command:debian-package pairs the test suite needs on the machine.
 TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl
-BENCH_DEBS := haproxy:haproxy iperf3:iperf3
+BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk
 
-.PHONY: venv run test unit integration lint typecheck bench-tcp clean
+.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ typecheck: venv
 bench-tcp: venv
 	scripts/apt-need $(BENCH_DEBS)
 	$(BIN)/python bench/tcp.py
+
+bench-http: venv
+	scripts/apt-need $(BENCH_DEBS)
+	$(BIN)/python bench/http.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache

@@ -18,6 +18,9 @@ BIN = os.path.dirname(sys.executable)
 TRY = """
 proxyd is starting on {config}. Try, in another terminal:
     echo hello | curl -sN --max-time 1 telnet://127.0.0.1:7000   # TCP relay -> echo 9001/9002
+    curl -si http://127.0.0.1:8080/ http://127.0.0.1:8080/       # HTTP relay -> web 9101/9102
+    curl -si http://127.0.0.1:8080/api/echo                      # strip_prefix; X-Forwarded-*
+    curl -si http://127.0.0.1:8080/healthz                       # answered by proxyd itself
     .venv/bin/proxyd check {config}              # validate the configuration
 Stop with Ctrl-C.
 """
@@ -46,8 +49,20 @@ def main() -> int:
     args = parser.parse_args()
     backends = [
         subprocess.Popen([sys.executable, os.path.join(HERE, "echo_server.py"), "9001", "9002"]),
+        *(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(HERE, "http_backend.py"),
+                    *("--port", str(port), "--name", f"web-{index}"),
+                ]
+            )
+            for index, port in enumerate((9101, 9102), 1)
+        ),
     ]
     problem = wait_accepting([9001, 9002], backends[0], limit=10)
+    for backend, port in zip(backends[1:], (9101, 9102), strict=True):
+        problem = problem or wait_accepting([port], backend, limit=10)
     if problem:
         print(f"make run: {problem}", file=sys.stderr)
         for backend in backends:

@@ -14,6 +14,8 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import Config
 from proxyd.health import HealthService
 from proxyd.pool import Pool
+from proxyd.relay.http.server import HttpRelayFactory
+from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.tcp import TcpRelayFactory
 
 log = Logger()
@@ -75,10 +77,27 @@ class ProxydService(service.MultiService):
         self._logs: dict[str, AccessLog] = {}
         self.listeners: list[ListenerService] = []
         for tcp in config.tcp:
-            factory = TcpRelayFactory(reactor, tcp, self.pools[tcp.pool], self._log(tcp.access_log))
-            listener = ListenerService(reactor, f"tcp {tcp.name}", tcp.listen, factory)
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+            tcp_factory = TcpRelayFactory(
+                reactor, tcp, self.pools[tcp.pool], self._log(tcp.access_log)
+            )
+            self._add_listener(reactor, f"tcp {tcp.name}", tcp.listen, tcp_factory)
+        # Upstream keep-alive connections are per pool, shared by every HTTP listener.
+        self.upstreams = {name: ConnectionPool(reactor, pc) for name, pc in config.pools.items()}
+        for http in config.http:
+            factory = HttpRelayFactory(
+                reactor,
+                http,
+                self.pools,
+                self.upstreams,
+                self._log(http.access_log),
+                _read_error_pages(http.error_pages),
+            )
+            self._add_listener(reactor, f"http {http.name}", http.listen, factory)
+
+    def _add_listener(self, reactor: Any, name: str, description: str, factory: Any) -> None:
+        listener = ListenerService(reactor, name, description, factory)
+        listener.setServiceParent(self)
+        self.listeners.append(listener)
 
     def _log(self, target: str) -> AccessLog:
         if target not in self._logs:
@@ -101,6 +120,20 @@ class ProxydService(service.MultiService):
         result = super().stopService()
         for pool in self.pools.values():
             pool.stop()
+        for upstream in self.upstreams.values():
+            upstream.stop()
         for access_log in self._logs.values():
             access_log.close()
         return result
+
+
+def _read_error_pages(pages: tuple[tuple[int, str], ...]) -> dict[int, bytes]:
+    """The error pages' bodies, read once at start (the config check saw them readable)."""
+    bodies: dict[int, bytes] = {}
+    for status, path in pages:
+        try:
+            with open(path, "rb") as f:
+                bodies[status] = f.read()
+        except OSError as e:
+            raise StartupError(f"proxyd: cannot read error page {path}: {e.strerror}") from None
+    return bodies

@@ -228,7 +228,7 @@ class HttpListenerConfig:
     routes: tuple[RouteConfig, ...]
     access_log: str = "-"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    """Clients whose X-Forwarded-*, Forwarded and X-Request-ID values are kept and extended."""
+    """Clients whose X-Forwarded-* and Forwarded values are kept and extended."""
     request_headers: tuple[HeaderRule, ...] = ()
     """Rules applied to every request before the route's own."""
     response_headers: tuple[HeaderRule, ...] = ()

@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from proxyd.config.model import Address, MysqlCheck, SmtpCheck, TcpCheck
+from proxyd.config.model import Address, HttpCheck, MysqlCheck, SmtpCheck, TcpCheck
 from proxyd.health import checks
 from proxyd.health.checks import (
     CheckFailed,
@@ -25,6 +25,7 @@ from proxyd.health.checks import (
     run_check,
     show_bytes,
 )
+from proxyd.health.http import check_http
 from proxyd.health.mysql import check_mysql
 from proxyd.health.smtp import check_smtp
 from proxyd.health.tcp import check_tcp
@@ -37,7 +38,8 @@ def test_every_builtin_kind_is_registered() -> None:
     assert checker_for(TcpCheck) is check_tcp
     assert checker_for(SmtpCheck) is check_smtp
     assert checker_for(MysqlCheck) is check_mysql
-    assert {TcpCheck, SmtpCheck, MysqlCheck} <= set(checks.registered())
+    assert checker_for(HttpCheck) is check_http
+    assert {TcpCheck, SmtpCheck, MysqlCheck, HttpCheck} <= set(checks.registered())
 
 
 def test_an_unregistered_kind_is_a_lookup_error_naming_it() -> None:

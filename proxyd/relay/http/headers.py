@@ -1,0 +1,338 @@
+"""Header policy for the HTTP relay, sans-IO: which fields go on to the next hop, which are
+added (X-Forwarded-*, Forwarded, Via, X-Request-ID) and the configured header rules.
+
+Headers are `[(name, value), ...]` in wire order, names in the case they arrived in; names
+compare case-insensitively. Every function here runs once or twice per request, so each is
+a single pass over the fields with one `lower()` per name and no regular expressions.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import attrs
+
+from proxyd.config.model import HeaderRule
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+"""Fields that describe one connection, never forwarded (RFC 9110 7.6.1; Keep-Alive and
+Proxy-Connection are the pre-1.1 ones)."""
+
+_NEVER_CONNECTION_OPTIONS: Final = frozenset({b"content-length", b"host"})
+"""Kept even when Connection names them: without them the next hop could not frame the
+message (Content-Length) or would have to refuse it (Host, RFC 9112 3.2)."""
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """Lower-case tokens of all Connection fields (e.g. {b'close'}, {b'keep-alive'},
+    {b'upgrade'})."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            for token in value.split(b","):
+                token = token.strip(b" \t").lower()
+                if token:
+                    tokens.add(token)
+    return frozenset(tokens)
+
+
+def remove_hop_by_hop(headers: Headers) -> Headers:
+    """Without HOP_BY_HOP fields and without every field named in Connection (RFC 9110
+    7.6.1); Content-Length and Host are kept."""
+    drop = HOP_BY_HOP
+    named = connection_tokens(headers)
+    if named:
+        drop = drop | (named - _NEVER_CONNECTION_OPTIONS)
+    return [field for field in headers if field[0].lower() not in drop]
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """All fields of lower-case `name` joined with b', ' (None when absent)."""
+    values = [value for key, value in headers if key.lower() == name]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b", ".join(values)
+
+
+@attrs.frozen
+class RequestContext:
+    """What a request's templates and added fields are made of."""
+
+    client_ip: str
+    client_port: int
+    scheme: str
+    """"http" | "https"."""
+    host: str
+    """Host as received (may include a port); "" if none."""
+    method: str
+    path: str
+    query: str
+    """Without the '?'; "" if none."""
+    uri: str
+    """path + ('?' + query if query)."""
+    request_id: str
+    route: str
+    local_ip: str = ""
+    local_port: int = 0
+
+
+def _encode(text: str) -> bytes:
+    """A field value's bytes: latin-1 (what the received values were decoded from), else
+    UTF-8 for text that latin-1 cannot hold (RFC 9110 5.5 obs-text)."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+# Templates.
+
+TEMPLATE_FIELDS: Final = frozenset(
+    {"client_ip", "host", "scheme", "uri", "path", "query", "method", "request_id", "route"}
+)
+"""The `{name}`s a template may use (proxyd.config.routes.TEMPLATE_VARIABLES)."""
+
+_Compiled = tuple[tuple[str, str | None], ...]
+"""(literal text, then the RequestContext attribute to insert or None), in order."""
+
+_templates: dict[str, _Compiled] = {}
+_MAX_TEMPLATES: Final = 4096
+"""Templates come from the configuration; this only bounds the cache across many reloads."""
+
+
+def _compile(template: str) -> _Compiled:
+    parts: list[tuple[str, str | None]] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is not None and (field not in TEMPLATE_FIELDS or spec or conversion):
+            raise ValueError(f"template {template!r}: unknown field {{{field}}}")
+        parts.append((literal, field))
+    if len(_templates) >= _MAX_TEMPLATES:
+        _templates.clear()
+    compiled = _templates[template] = tuple(parts)
+    return compiled
+
+
+def expand(template: str, ctx: RequestContext) -> str:
+    """Substitute {client_ip} {host} {scheme} {uri} {path} {query} {method} {request_id}
+    {route}; '{{' and '}}' are literal braces. Templates were validated at config load
+    (ValueError for one that would not have been); each is parsed once and cached."""
+    parts = _templates.get(template)
+    if parts is None:
+        parts = _compile(template)
+    if len(parts) == 1 and parts[0][1] is None:
+        return parts[0][0]
+    return "".join(
+        [literal + getattr(ctx, field) if field else literal for literal, field in parts]
+    )
+
+
+# Request ids.
+
+_VISIBLE: Final = bytes(range(0x21, 0x7F))
+_MAX_REQUEST_ID: Final = 200
+
+
+def request_id(headers: Headers, generate: Callable[[], str]) -> str:
+    """The incoming X-Request-ID if it is 1..200 visible ASCII characters (0x21-0x7e), else
+    generate(). Several X-Request-ID fields join with ', ', which is not valid."""
+    value = header_value(headers, b"x-request-id")
+    if value and len(value) <= _MAX_REQUEST_ID and not value.translate(None, _VISIBLE):
+        return value.decode("ascii")
+    return generate()
+
+
+# Fields added on the way through.
+
+_XFF: Final = b"x-forwarded-for"
+_XFP: Final = b"x-forwarded-proto"
+_XFH: Final = b"x-forwarded-host"
+_FORWARDED: Final = b"forwarded"
+_VIA: Final = b"via"
+_REQUEST_ID: Final = b"x-request-id"
+_FORWARDING: Final = frozenset({_XFF, _XFP, _XFH, _FORWARDED, _VIA, _REQUEST_ID})
+
+_TCHAR: Final = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
+"""RFC 9110 5.6.2 token characters."""
+
+
+def _forwarded_value(text: str) -> str:
+    """A Forwarded parameter value: a token as it is, else a quoted-string (RFC 7239 4)."""
+    if text and all(c in _TCHAR for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _forwarded_node(ip: str) -> str:
+    """RFC 7239 6: an IPv6 node is bracketed (and so quoted); an unknown client is `unknown`."""
+    if not ip:
+        return "unknown"
+    if ":" in ip:
+        return f'"[{ip}]"'
+    return _forwarded_value(ip)
+
+
+def forwarded_element(ctx: RequestContext) -> bytes:
+    """This hop's Forwarded element: `for=NODE;host=HOST;proto=SCHEME` (no `by=`)."""
+    element = "for=" + _forwarded_node(ctx.client_ip)
+    if ctx.host:
+        element += ";host=" + _forwarded_value(ctx.host)
+    return _encode(element + ";proto=" + ctx.scheme)
+
+
+def _via(version: str) -> bytes:
+    # RFC 9110 7.6.3: received-protocol is the version alone when the protocol is HTTP.
+    return version.encode("ascii") + b" proxyd"
+
+
+def _append_via(out: Headers, index: int, version: str) -> None:
+    """Add this hop to the Via field at `index` as a new list element, or a new field."""
+    if index < 0:
+        out.append((b"Via", _via(version)))
+    else:
+        name, value = out[index]
+        out[index] = (name, value + b", " + _via(version) if value.strip() else _via(version))
+
+
+def _join(values: list[bytes], last: bytes) -> bytes:
+    """Field values of one list-valued field, in order, then `last`; empty ones skipped."""
+    kept = [value for value in values if value.strip(b" \t")]
+    kept.append(last)
+    return b", ".join(kept)
+
+
+def forward_request_headers(
+    headers: Headers, ctx: RequestContext, *, trusted: bool, via: bool, version: str
+) -> Headers:
+    """Headers to send upstream, from the client's headers with hop-by-hop fields removed.
+
+    - X-Forwarded-For: trusted -> ', client_ip' appended to the incoming value(s) (several
+      fields combined in order); untrusted -> client_ip alone.
+    - X-Forwarded-Proto / X-Forwarded-Host: kept when trusted and present, else set to
+      ctx.scheme / ctx.host (X-Forwarded-Host left out when ctx.host is "").
+    - Forwarded (RFC 7239): trusted -> incoming elements kept and this hop's appended;
+      untrusted -> incoming dropped. See forwarded_element().
+    - Via: '<version> proxyd' added as a new element of an existing Via, when `via`.
+    - X-Request-ID: ctx.request_id, replacing any incoming fields.
+
+    The fields proxyd writes itself go at the end, in the order above; the rest keep theirs.
+    """
+    out: Headers = []
+    xff: list[bytes] = []
+    forwarded: list[bytes] = []
+    has_proto = has_host = False
+    via_index = -1
+    for field in headers:
+        lower = field[0].lower()
+        if lower not in _FORWARDING:
+            out.append(field)
+        elif lower == _VIA:
+            via_index = len(out)
+            out.append(field)
+        elif not trusted or lower == _REQUEST_ID:
+            continue
+        elif lower == _XFF:
+            xff.append(field[1])
+        elif lower == _FORWARDED:
+            forwarded.append(field[1])
+        else:
+            if lower == _XFP:
+                has_proto = True
+            else:
+                has_host = True
+            out.append(field)
+    client_ip = ctx.client_ip.encode("ascii")
+    out.append((b"X-Forwarded-For", _join(xff, client_ip) if xff else client_ip))
+    if not has_proto:
+        out.append((b"X-Forwarded-Proto", ctx.scheme.encode("ascii")))
+    if not has_host and ctx.host:
+        out.append((b"X-Forwarded-Host", _encode(ctx.host)))
+    element = forwarded_element(ctx)
+    out.append((b"Forwarded", _join(forwarded, element) if forwarded else element))
+    if via:
+        _append_via(out, via_index, version)
+    out.append((b"X-Request-ID", ctx.request_id.encode("ascii")))
+    return out
+
+
+def response_headers(headers: Headers, *, via: bool, version: str) -> Headers:
+    """Headers to send to the client from the upstream's, hop-by-hop fields removed: this hop
+    added to Via (as for requests) when `via`."""
+    if not via:
+        return list(headers)
+    out = list(headers)
+    index = -1
+    for i, (name, _) in enumerate(out):
+        if len(name) == 3 and name.lower() == _VIA:
+            index = i
+    _append_via(out, index, version)
+    return out
+
+
+# Header rules.
+
+_CompiledRule = tuple[str, bytes, bytes]
+"""(op, name as written, lower-case name)."""
+_rules: dict[HeaderRule, _CompiledRule] = {}
+
+
+def _compile_rule(rule: HeaderRule) -> _CompiledRule:
+    if len(_rules) >= _MAX_TEMPLATES:
+        _rules.clear()
+    name = rule.name.encode("ascii")
+    compiled = _rules[rule] = (rule.op, name, name.lower())
+    return compiled
+
+
+def apply_rules(headers: Headers, rules: Sequence[HeaderRule], ctx: RequestContext) -> Headers:
+    """Apply header rules in order, returning a new list:
+
+    - `set` replaces every field of that name (case-insensitive) with one field at the
+      position of the first, or appends it;
+    - `add` appends a field;
+    - `remove` deletes every field of that name.
+
+    Values are expand()ed templates, encoded latin-1 (UTF-8 when they hold characters beyond
+    latin-1); names are sent as the rule writes them.
+    """
+    out = list(headers)
+    for rule in rules:
+        compiled = _rules.get(rule)
+        if compiled is None:
+            compiled = _compile_rule(rule)
+        op, name, lower = compiled
+        if op == "add":
+            out.append((name, _encode(expand(rule.value, ctx))))
+        elif op == "remove":
+            out = [field for field in out if field[0].lower() != lower]
+        elif op == "set":
+            field = (name, _encode(expand(rule.value, ctx)))
+            kept: Headers = []
+            placed = False
+            for existing in out:
+                if existing[0].lower() != lower:
+                    kept.append(existing)
+                elif not placed:
+                    kept.append(field)
+                    placed = True
+            if not placed:
+                kept.append(field)
+            out = kept
+        else:
+            raise ValueError(f"unknown header rule operation {op!r}")
+    return out

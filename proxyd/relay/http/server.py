@@ -1,0 +1,352 @@
+"""The client side of `[http NAME]`: a connection reads requests and runs one Exchange at a
+time, in order (pipelined requests wait their turn, responses leave in request order).
+
+Reading from the client is paused while any reason holds: the upstream's write buffer is full
+("upstream"), or parsed events wait for the current exchange ("backlog"), so that a
+connection holds at most about one read of unprocessed input.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any, cast
+
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTCP
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from proxyd.accesslog import AccessLog
+from proxyd.clock import DelayedCall
+from proxyd.config.model import Address, HttpListenerConfig
+from proxyd.pool import Pool
+from proxyd.relay.http.exchange import Exchange
+from proxyd.relay.http.h1 import (
+    Body,
+    End,
+    HttpError,
+    Request,
+    RequestReader,
+    reason_phrase,
+    response_head,
+)
+from proxyd.relay.http.routing import RouteTable
+from proxyd.relay.http.upstream import ConnectionPool
+from proxyd.relay.io import Transport
+from proxyd.relay.session import iso_utc
+
+
+def _address(address: IAddress) -> Address:
+    host = getattr(address, "host", "")
+    port = getattr(address, "port", 0)
+    return Address(host, port)
+
+
+@implementer(IPushProducer)
+class ClientConnection(TwistedProtocol):
+    """One client connection. It is its transport's producer: a full write buffer pauses the
+    current exchange's upstream reads."""
+
+    def __init__(self, factory: HttpRelayFactory) -> None:
+        self.factory = factory
+        self.reader = factory.new_reader()
+        self.exchange: Exchange | None = None
+        self.closing = False
+        """No further request will be read: the current response is the last."""
+        self.lost = False
+        self.writable = True
+        self._pause_reasons: set[str] = set()
+        self._timer: DelayedCall | None = None
+        self._timer_kind = ""
+        self.peer = Address("", 0)
+        self.local = Address("", 0)
+        self.trusted = False
+
+    @property
+    def channel(self) -> Transport:
+        return cast(Transport, self.transport)
+
+    @property
+    def peer_text(self) -> str:
+        return str(self.peer)
+
+    def connectionMade(self) -> None:
+        channel = self.channel
+        self.peer = _address(channel.getPeer())
+        self.local = _address(channel.getHost())
+        self.trusted = self.factory.is_trusted(self.peer.host)
+        channel.registerProducer(self, True)
+        self.factory.connections += 1
+        self._set_timer("header")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing and self.exchange is None:
+            return
+        self.reader.feed(data)
+        self.drive()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.factory.connections -= 1
+        self._cancel_timer()
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_lost()
+
+    # Flow of parsed events to exchanges.
+
+    def drive(self) -> None:
+        reader = self.reader
+        while not self.lost:
+            exchange = self.exchange
+            if exchange is None:
+                if self.closing:
+                    return
+                event = reader.next_event()
+                if event is None:
+                    if reader.finished and reader.upgraded is not None:
+                        self._after_upgrade()
+                        continue
+                    break
+                if isinstance(event, Request):
+                    self._start(event)
+                elif isinstance(event, HttpError):
+                    self._refuse(event)
+                    return
+                continue
+            if not exchange.wants_request_events:
+                break
+            event = reader.peek()
+            if event is None or isinstance(event, Request):
+                break
+            reader.next_event()
+            assert isinstance(event, Body | End | HttpError)
+            exchange.request_event(event)
+        if self.exchange is None:
+            self._set_timer("header" if reader.in_head else "keepalive")
+        if reader.pending and self.exchange is not None:
+            self.pause_reading("backlog")
+        else:
+            self.resume_reading("backlog")
+
+    def _start(self, request: Request) -> None:
+        self._cancel_timer()
+        self.factory.requests += 1
+        if not request.has_body and isinstance(self.reader.peek(), End):
+            # llhttp ends a body-less request with its head: nothing to wait for.
+            self.reader.next_event()
+        exchange = self.exchange = Exchange(self, request)
+        exchange.start()
+
+    def _after_upgrade(self) -> None:
+        # Upgrades are not relayed yet: the request went on without its Upgrade fields, and
+        # whatever followed its head is read as the next request.
+        leftover = self.reader.upgraded or b""
+        self.reader = self.factory.new_reader()
+        self.reader.feed(leftover)
+
+    def _refuse(self, error: HttpError) -> None:
+        """A request that cannot be parsed: answer it and close, as RFC 9112 asks."""
+        self.closing = True
+        body = b"%d %s\n" % (error.status, reason_phrase(error.status))
+        page = self.factory.error_pages.get(error.status)
+        content_type = b"text/plain; charset=utf-8"
+        if page is not None:
+            body, content_type = page, b"text/html; charset=utf-8"
+        head = response_head(
+            error.status,
+            b"",
+            [
+                (b"Content-Type", content_type),
+                (b"Content-Length", b"%d" % len(body)),
+                (b"Connection", b"close"),
+            ],
+        )
+        self.factory.log_refusal(self, error)
+        self.channel.writeSequence([head, body])
+        self.channel.loseConnection()
+
+    # Called by the exchange.
+
+    def send(self, pieces: list[bytes]) -> None:
+        if not self.lost:
+            self.channel.writeSequence(pieces)
+
+    def close_after_response(self) -> None:
+        self.closing = True
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        if self.exchange is not exchange:
+            return
+        self.exchange = None
+        self.resume_reading("upstream")
+        if not keep_alive or self.closing or self.lost:
+            self.closing = True
+            self._cancel_timer()
+            if not self.lost:
+                self.channel.unregisterProducer()
+                self.channel.loseConnection()
+            return
+        self.drive()
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._pause_reasons and not self.lost:
+            self.channel.pauseProducing()
+        self._pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        if not self._pause_reasons and not self.lost:
+            self.channel.resumeProducing()
+
+    # IPushProducer, called by our transport about its write buffer.
+
+    def pauseProducing(self) -> None:
+        self.writable = False
+        if self.exchange is not None:
+            self.exchange.client_writable(False)
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        if self.exchange is not None:
+            self.exchange.client_writable(True)
+
+    def stopProducing(self) -> None:
+        pass
+
+    # Timers between requests: the header timeout (a started head, or the first request) and
+    # the keep-alive timeout (idle between requests).
+
+    def _set_timer(self, kind: str) -> None:
+        if self._timer_kind == kind and self._timer is not None:
+            return
+        self._cancel_timer()
+        config = self.factory.config
+        delay = config.header_timeout if kind == "header" else config.keepalive_timeout
+        self._timer_kind = kind
+        self._timer = self.factory.reactor.callLater(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        self._timer_kind = ""
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timed_out(self) -> None:
+        kind, self._timer, self._timer_kind = self._timer_kind, None, ""
+        if self.exchange is not None or self.lost:
+            return
+        if kind == "header" and self.reader.in_head:
+            timeout = self.factory.config.header_timeout
+            self._refuse(HttpError(408, f"request head not complete within {timeout:g}s"))
+            return
+        self.closing = True
+        self.channel.loseConnection()
+
+
+class HttpRelayFactory(Factory):
+    """The listening factory of one `[http NAME]`."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        config: HttpListenerConfig,
+        pools: Mapping[str, Pool],
+        upstreams: Mapping[str, ConnectionPool],
+        access_log: AccessLog,
+        error_pages: Mapping[int, bytes] | None = None,
+    ) -> None:
+        """`reactor` must provide IReactorTime as well."""
+        self.reactor = cast(Any, reactor)
+        self.config = config
+        self.pools = pools
+        self.upstreams = upstreams
+        self.access_log = access_log
+        self.error_pages = dict(error_pages or {})
+        self.routes = RouteTable(config.routes)
+        self._trusted = config.trusted_proxies
+        self.connections = 0
+        self.requests = 0
+
+    def set_listening_port(self, port: Any) -> None:
+        """Nothing to do: HTTP listeners do not pause accepting."""
+
+    def new_reader(self) -> RequestReader:
+        config = self.config
+        return RequestReader(
+            max_header_size=config.max_header_size,
+            max_headers=config.max_headers,
+            max_uri_length=config.max_uri_length,
+            max_body_size=config.max_body_size,
+        )
+
+    def buildProtocol(self, addr: IAddress | None) -> ClientConnection:
+        return ClientConnection(self)
+
+    def is_trusted(self, host: str) -> bool:
+        if not self._trusted or not host:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._trusted)
+
+    def log_exchange(self, exchange: Exchange) -> None:
+        if not self.access_log.enabled:
+            return
+        now = self.reactor.seconds()
+        request = exchange.request
+        tried = exchange.attempts.tried
+        ctx = exchange.ctx
+        record: dict[str, object] = {
+            "time": iso_utc(exchange.started),
+            "listener": self.config.name,
+            "client": exchange.client.peer_text,
+            "method": request.method.decode("latin-1"),
+            "uri": request.target.decode("latin-1"),
+            "status": exchange.status,
+            "bytes_in": exchange.request_bytes,
+            "bytes_out": exchange.response_bytes,
+            "route": exchange.route.name if exchange.route is not None else None,
+            "upstream": tried[-1].name if tried else None,
+            "upstream_status": exchange.upstream_status,
+            "upstream_connect_time": _seconds(exchange.connect_time),
+            "upstream_header_time": _seconds(exchange.header_time),
+            "upstream_response_time": _seconds(now - exchange._attempt_started if tried else None),
+            "request_time": _seconds(now - exchange.started),
+            "attempts": len(tried),
+            "request_id": ctx.request_id if ctx is not None else None,
+        }
+        if exchange.error is not None:
+            record["error"] = exchange.error
+        self.access_log.log(record)
+
+    def log_refusal(self, client: ClientConnection, error: HttpError) -> None:
+        if not self.access_log.enabled:
+            return
+        self.access_log.log(
+            {
+                "time": iso_utc(self.reactor.seconds()),
+                "listener": self.config.name,
+                "client": client.peer_text,
+                "method": None,
+                "uri": None,
+                "status": error.status,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "error": error.message,
+            }
+        )
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(max(value, 0.0), 3)

@@ -1,0 +1,245 @@
+"""Connections to upstream servers: one keep-alive connection, and the pool of idle ones.
+
+An `UpstreamConnection` carries one exchange at a time: the exchange (its `handler`) writes a
+request, and the connection feeds what comes back into a `ResponseReader` and tells the
+handler. Between exchanges it waits in its `ConnectionPool`, which keeps at most `keepalive`
+idle connections per server for `keepalive_timeout` (nginx's upstream `keepalive`), most
+recently used first so that surplus connections age out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTCP
+from twisted.internet.protocol import ClientFactory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from proxyd.clock import DelayedCall
+from proxyd.config.model import PoolConfig
+from proxyd.pool import Server
+from proxyd.relay.http.h1 import ResponseReader
+from proxyd.relay.io import ConnectingReactor, Connector, Transport
+
+
+class UpstreamHandler(Protocol):
+    """What an exchange offers the connection it is using."""
+
+    def upstream_readable(self) -> None:
+        """Events are waiting in the connection's reader."""
+
+    def upstream_writable(self, writable: bool) -> None:
+        """The connection's write buffer filled up (False) or drained (True)."""
+
+    def upstream_lost(self, reason: Failure) -> None:
+        """The connection is gone; the reader may hold final events first."""
+
+
+@implementer(IPushProducer)
+class UpstreamConnection(TwistedProtocol):
+    """One TCP connection to `server`. It is its transport's producer, so that a full write
+    buffer reaches the handler as upstream_writable(False)."""
+
+    def __init__(self, pool: ConnectionPool, server: Server) -> None:
+        self.pool = pool
+        self.server = server
+        self.reader = ResponseReader()
+        self.handler: UpstreamHandler | None = None
+        self.requests = 0
+        """Requests sent on this connection; more than one means it was reused."""
+        self.writable = True
+        self.lost = False
+        self.paused = False
+        self._idle_call: DelayedCall | None = None
+
+    @property
+    def channel(self) -> Transport:
+        return cast(Transport, self.transport)
+
+    def connectionMade(self) -> None:
+        self.channel.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is None:
+            # Nothing was asked: a server talking out of turn cannot be trusted with the
+            # next request.
+            self.channel.abortConnection()
+            return
+        self.reader.feed(data)
+        handler.upstream_readable()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.reader.eof()
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.upstream_lost(reason)
+        else:
+            self.pool.forget(self)
+
+    # IPushProducer, called by our own transport about its write buffer.
+    def pauseProducing(self) -> None:
+        self.writable = False
+        if self.handler is not None:
+            self.handler.upstream_writable(False)
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        if self.handler is not None:
+            self.handler.upstream_writable(True)
+
+    def stopProducing(self) -> None:
+        pass
+
+    # Used by the handler.
+    def send(self, data: list[bytes]) -> None:
+        self.channel.writeSequence(data)
+
+    def pause_reading(self) -> None:
+        if not self.paused and not self.lost:
+            self.paused = True
+            self.channel.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self.paused and not self.lost:
+            self.paused = False
+            self.channel.resumeProducing()
+
+    def begin(self, handler: UpstreamHandler, method: bytes) -> None:
+        self.handler = handler
+        self.requests += 1
+        self.reader.expect(method)
+
+    def close(self) -> None:
+        self.handler = None
+        if not self.lost:
+            self.channel.loseConnection()
+
+    def abort(self) -> None:
+        self.handler = None
+        if not self.lost:
+            self.channel.abortConnection()
+
+
+class _Connect(ClientFactory[UpstreamConnection]):
+    noisy = False
+
+    def __init__(self, pool: ConnectionPool, server: Server) -> None:
+        self.pool = pool
+        self.server = server
+        self.result: Deferred[UpstreamConnection] = Deferred(self._cancel)
+        self.connector: Connector | None = None
+        self._protocol: UpstreamConnection | None = None
+
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection | None:
+        if self.result.called:
+            return None  # cancelled: Twisted closes the late connection
+        self._protocol = protocol = _Announcing(self.pool, self.server, self.result)
+        return protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(reason)
+
+    def _cancel(self, result: Deferred[UpstreamConnection]) -> None:
+        if self.connector is not None:
+            self.connector.stopConnecting()
+
+
+class _Announcing(UpstreamConnection):
+    """A new connection fires its connect Deferred once the transport is there."""
+
+    def __init__(
+        self, pool: ConnectionPool, server: Server, result: Deferred[UpstreamConnection]
+    ) -> None:
+        super().__init__(pool, server)
+        self._result: Deferred[UpstreamConnection] | None = result
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        result, self._result = self._result, None
+        if result is not None and not result.called:
+            result.callback(self)
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to the servers of one `[pool]`, shared by the HTTP
+    listeners that use it."""
+
+    def __init__(self, reactor: IReactorTCP, config: PoolConfig) -> None:
+        """`reactor` must provide IReactorTime as well."""
+        self.reactor = cast(ConnectingReactor, reactor)
+        self.config = config
+        self._idle: dict[Server, list[UpstreamConnection]] = {}
+        self.opened = 0
+        """Connections opened so far (for tests and metrics)."""
+
+    def connect(self, server: Server, timeout: float) -> Deferred[UpstreamConnection]:
+        """A new connection to `server`; fails with Twisted's connect errors."""
+        factory = _Connect(self, server)
+        self.opened += 1
+        address = server.address
+        connector = self.reactor.connectTCP(address.host, address.port, factory, timeout)
+        factory.connector = connector
+        return factory.result
+
+    def checkout(self, server: Server) -> UpstreamConnection | None:
+        """The most recently used idle connection to `server`, if any."""
+        idle = self._idle.get(server)
+        while idle:
+            connection = idle.pop()
+            self._cancel_idle_timer(connection)
+            if not connection.lost:
+                return connection
+        return None
+
+    def checkin(self, connection: UpstreamConnection) -> None:
+        """Keep `connection` for reuse when there is room, else close it. The caller checked
+        that its last response was read whole and that both sides allow keep-alive."""
+        connection.handler = None
+        connection.resume_reading()
+        idle = self._idle.setdefault(connection.server, [])
+        if (
+            connection.lost
+            or len(idle) >= self.config.keepalive
+            or connection.reader.finished
+            or not connection.reader.idle
+        ):
+            connection.close()
+            return
+        idle.append(connection)
+        connection._idle_call = self.reactor.callLater(
+            self.config.keepalive_timeout, self._expire, connection
+        )
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """An idle connection closed by the server."""
+        self._cancel_idle_timer(connection)
+        idle = self._idle.get(connection.server)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    def idle_count(self, server: Server) -> int:
+        return len(self._idle.get(server, ()))
+
+    def stop(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                self._cancel_idle_timer(connection)
+                connection.close()
+        self._idle.clear()
+
+    def _expire(self, connection: UpstreamConnection) -> None:
+        connection._idle_call = None
+        self.forget(connection)
+        connection.close()
+
+    @staticmethod
+    def _cancel_idle_timer(connection: UpstreamConnection) -> None:
+        call, connection._idle_call = connection._idle_call, None
+        if call is not None and call.active():
+            call.cancel()

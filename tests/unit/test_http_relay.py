@@ -1,0 +1,565 @@
+"""The HTTP relay's client and upstream sides on a MemoryReactorClock, with StringTransports
+standing for both sockets: every step, timeout and retry under the test's control."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from proxyd.accesslog import AccessLog
+from proxyd.config.model import (
+    Address,
+    HttpListenerConfig,
+    PoolConfig,
+    ProxyAction,
+    RedirectAction,
+    RespondAction,
+    RouteConfig,
+    RouteMatch,
+    ServerConfig,
+)
+from proxyd.pool import Pool
+from proxyd.relay.http.server import ClientConnection, HttpRelayFactory
+from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
+
+GET = b"GET /a?x=1 HTTP/1.1\r\nHost: example.test\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+class _Log(AccessLog):
+    def __init__(self) -> None:
+        super().__init__(None, "test")
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def log(self, record: Any) -> None:
+        self.records.append(json.loads(json.dumps(record)))
+
+
+def route(path: str = "/", action: Any = None, **match: Any) -> RouteConfig:
+    return RouteConfig(
+        name=f"*{path}",
+        match=RouteMatch(path=path, **match),
+        action=action or ProxyAction(pool="web"),
+    )
+
+
+class Relay:
+    """A listener with pool `web` of `servers` servers (one by default), one client
+    connection, and the upstream connections it asks for."""
+
+    def __init__(self, routes: tuple[RouteConfig, ...] = (), **config: Any) -> None:
+        pool_keys = {k: config.pop(k) for k in ("keepalive", "sticky_cookie") if k in config}
+        servers = config.pop("servers", 1)
+        self.reactor = MemoryReactorClock()
+        self.pool_config = PoolConfig(
+            name="web",
+            servers=tuple(ServerConfig(Address("127.0.0.1", 9001 + i)) for i in range(servers)),
+            **pool_keys,
+        )
+        self.pool = Pool(self.pool_config, self.reactor)
+        self.upstreams = ConnectionPool(self.reactor, self.pool_config)
+        self.log = _Log()
+        self.config = HttpListenerConfig(
+            name="front",
+            listen="tcp:0",
+            routes=routes or (route(),),
+            **config,
+        )
+        self.factory = HttpRelayFactory(
+            self.reactor,
+            self.config,
+            {"web": self.pool},
+            {"web": self.upstreams},
+            self.log,
+            {},
+        )
+        self.client, self.ct = self.connect_client()
+        self.used = 0
+
+    def connect_client(self, ip: str = "10.0.0.7") -> tuple[ClientConnection, StringTransport]:
+        client = self.factory.buildProtocol(None)
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", ip, 40000),
+        )
+        client.makeConnection(transport)
+        return client, transport
+
+    def send(self, data: bytes, client: ClientConnection | None = None) -> None:
+        (client or self.client).dataReceived(data)
+
+    def received(self) -> bytes:
+        data = self.ct.value()
+        self.ct.clear()
+        return data
+
+    def pending_connects(self) -> list[tuple[str, int]]:
+        return [(c[0], c[1]) for c in self.reactor.tcpClients[self.used :]]
+
+    def accept_upstream(self) -> tuple[UpstreamConnection, StringTransport]:
+        """Complete the oldest connect the relay asked for."""
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[self.used]
+        self.used += 1
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def refuse_upstream(self, reason: Exception | None = None) -> None:
+        _host, _port, factory, _timeout, _bind = self.reactor.tcpClients[self.used]
+        self.used += 1
+        factory.clientConnectionFailed(None, Failure(reason or error.ConnectionRefusedError()))
+
+
+def request_lines(data: bytes) -> list[bytes]:
+    return data.split(b"\r\n\r\n")[0].split(b"\r\n")
+
+
+def field(data: bytes, name: str) -> list[bytes]:
+    pattern = re.compile(rb"^" + name.encode() + rb": (.*)$", re.I | re.M)
+    head = data.split(b"\r\n\r\n")[0]
+    return [m.group(1).rstrip(b"\r") for m in pattern.finditer(head)]
+
+
+def test_get_is_proxied_with_forwarding_fields_and_logged() -> None:
+    relay = Relay()
+    relay.send(GET)
+    assert relay.pending_connects() == [("127.0.0.1", 9001)]
+    upstream, ut = relay.accept_upstream()
+    sent = ut.value()
+    assert request_lines(sent)[0] == b"GET /a?x=1 HTTP/1.1"
+    assert field(sent, "Host") == [b"example.test"]
+    assert field(sent, "X-Forwarded-For") == [b"10.0.0.7"]
+    assert field(sent, "Via") == [b"1.1 proxyd"]
+    assert len(field(sent, "X-Request-ID")[0]) == 32
+    upstream.dataReceived(OK)
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nhi")
+    [record] = relay.log.records
+    assert record["status"] == 200
+    assert record["upstream"] == "127.0.0.1:9001"
+    assert record["method"] == "GET" and record["uri"] == "/a?x=1"
+    assert record["bytes_out"] == 2
+    assert record["route"] == "*/"
+
+
+def test_hop_by_hop_fields_are_removed_both_ways() -> None:
+    relay = Relay()
+    relay.send(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: x\r\n\r\n"
+    )
+    upstream, ut = relay.accept_upstream()
+    sent = ut.value()
+    for name in ("Connection", "X-Secret", "Keep-Alive", "TE", "Proxy-Authorization"):
+        assert field(sent, name) == [], name
+    upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: 1\r\nKeep-Alive: x\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    answer = relay.received()
+    assert field(answer, "X-Internal") == []
+    assert field(answer, "Keep-Alive") == []
+
+
+def test_upstream_connection_is_reused_for_the_next_request() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, ut = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    relay.received()
+    ut.clear()
+    relay.send(GET)
+    assert relay.pending_connects() == []
+    assert request_lines(ut.value())[0] == b"GET /a?x=1 HTTP/1.1"
+    upstream.dataReceived(OK)
+    assert relay.received().endswith(b"hi")
+    assert upstream.requests == 2
+
+
+def test_keepalive_zero_closes_upstream_after_each_response() -> None:
+    relay = Relay(keepalive=0)
+    relay.send(GET)
+    upstream, ut = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    assert ut.disconnecting
+
+
+def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
+    relay = Relay()
+    relay.send(GET + GET.replace(b"/a?x=1", b"/b"))
+    upstream, ut = relay.accept_upstream()
+    assert ut.value().count(b"GET ") == 1
+    assert relay.ct.producerState == "paused"  # the second request waits, reading stops
+    ut.clear()
+    upstream.dataReceived(OK)
+    assert request_lines(ut.value())[0] == b"GET /b HTTP/1.1"
+    upstream.dataReceived(OK.replace(b"hi", b"yo"))
+    answer = relay.received()
+    assert answer.index(b"hi") < answer.index(b"yo")
+    assert relay.ct.producerState == "producing"
+
+
+def test_connection_close_request_closes_after_response() -> None:
+    relay = Relay()
+    relay.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    assert field(relay.ct.value(), "Connection") == [b"close"]
+    assert relay.ct.disconnecting
+
+
+def test_http10_client_gets_close_delimited_body_and_close() -> None:
+    relay = Relay()
+    relay.send(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    )
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert field(answer, "Transfer-Encoding") == []
+    assert answer.endswith(b"\r\n\r\nhi")
+    assert relay.ct.disconnecting
+
+
+def test_close_delimited_upstream_body_is_chunked_for_http11_client() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ut = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello")
+    upstream.connectionLost(Failure(error.ConnectionDone()))
+    answer = relay.received()
+    assert field(answer, "Transfer-Encoding") == [b"chunked"]
+    assert answer.endswith(b"5\r\nhello\r\n0\r\n\r\n")
+    assert not relay.ct.disconnecting  # the client keeps its connection
+
+
+def test_chunked_upload_streams_to_upstream_as_it_arrives() -> None:
+    relay = Relay()
+    relay.send(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    _upstream, ut = relay.accept_upstream()
+    assert field(ut.value(), "Transfer-Encoding") == [b"chunked"]
+    ut.clear()
+    relay.send(b"3\r\nabc\r\n")
+    assert ut.value() == b"3\r\nabc\r\n"
+    ut.clear()
+    relay.send(b"0\r\n\r\n")
+    assert ut.value() == b"0\r\n\r\n"
+
+
+def test_content_length_upload_is_passed_through() -> None:
+    relay = Relay()
+    relay.send(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    upstream, ut = relay.accept_upstream()
+    assert field(ut.value(), "Content-Length") == [b"6"]
+    assert ut.value().endswith(b"\r\n\r\nabc")
+    relay.send(b"def")
+    assert ut.value().endswith(b"abcdef")
+    upstream.dataReceived(OK)
+    assert relay.received().endswith(b"hi")
+
+
+def test_expect_continue_is_answered_once_upstream_is_connected() -> None:
+    relay = Relay()
+    relay.send(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    assert relay.ct.value() == b""
+    upstream, ut = relay.accept_upstream()
+    assert relay.received() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert field(ut.value(), "Expect") == []
+    relay.send(b"abc")
+    upstream.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_upstream_write_buffer_full_pauses_client_reading() -> None:
+    relay = Relay()
+    relay.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+    upstream, _ = relay.accept_upstream()
+    upstream.pauseProducing()  # its transport's buffer is full
+    assert relay.ct.producerState == "paused"
+    upstream.resumeProducing()
+    assert relay.ct.producerState == "producing"
+
+
+def test_client_write_buffer_full_pauses_upstream_reading() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, ut = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+    relay.client.pauseProducing()
+    assert ut.producerState == "paused"
+    relay.client.resumeProducing()
+    assert ut.producerState == "producing"
+
+
+def test_connect_failure_moves_to_the_next_server() -> None:
+    relay = Relay(servers=2)
+    relay.send(GET)
+    relay.refuse_upstream()
+    assert relay.pending_connects() == [("127.0.0.1", 9002)]
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    assert relay.received().startswith(b"HTTP/1.1 200")
+    assert relay.log.records[0]["attempts"] == 2
+
+
+def test_all_connects_failing_is_502() -> None:
+    relay = Relay(servers=2, retries=1)
+    relay.send(GET)
+    relay.refuse_upstream()
+    relay.refuse_upstream()
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway")
+    assert relay.log.records[0]["status"] == 502
+
+
+def test_connect_timeout_is_504() -> None:
+    relay = Relay(retries=0)
+    relay.send(GET)
+    relay.refuse_upstream(error.TimeoutError())
+    assert relay.received().startswith(b"HTTP/1.1 504")
+
+
+def test_no_server_up_is_503() -> None:
+    relay = Relay()
+    for server in relay.pool.servers:
+        relay.pool.set_health(server, False, "test")
+    relay.send(GET)
+    assert relay.received().startswith(b"HTTP/1.1 503")
+    assert relay.pending_connects() == []
+
+
+def test_response_timeout_is_504_for_post() -> None:
+    relay = Relay(response_timeout=5.0)
+    relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    relay.accept_upstream()
+    relay.reactor.advance(4.9)
+    assert relay.ct.value() == b""
+    relay.reactor.advance(0.2)
+    assert relay.received().startswith(b"HTTP/1.1 504")
+    assert relay.pending_connects() == []
+
+
+def test_response_timeout_retries_idempotent_request_elsewhere() -> None:
+    relay = Relay(servers=2, response_timeout=5.0)
+    relay.send(GET)
+    _, first = relay.accept_upstream()
+    relay.reactor.advance(5.1)
+    assert first.disconnecting
+    assert relay.pending_connects() == [("127.0.0.1", 9002)]
+
+
+def test_503_from_upstream_is_retried_for_get_not_for_post() -> None:
+    busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+    relay = Relay(servers=2)
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(busy)
+    second, _ = relay.accept_upstream()
+    second.dataReceived(OK)
+    assert relay.received().startswith(b"HTTP/1.1 200")
+
+    relay = Relay(servers=2)
+    relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(busy)
+    assert relay.received().startswith(b"HTTP/1.1 503")
+    assert relay.pending_connects() == []
+
+
+def test_reused_connection_closed_before_response_is_retried_on_a_fresh_one() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    relay.received()
+    relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    upstream.connectionLost(Failure(error.ConnectionDone()))
+    assert relay.pending_connects() == [("127.0.0.1", 9001)]
+    fresh, ft = relay.accept_upstream()
+    assert request_lines(ft.value())[0] == b"POST / HTTP/1.1"
+    fresh.dataReceived(OK)
+    assert relay.received().startswith(b"HTTP/1.1 200")
+
+
+def test_upstream_dying_mid_response_cuts_the_client_and_is_not_retried() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    upstream.connectionLost(Failure(error.ConnectionLost()))
+    assert relay.ct.disconnecting
+    assert relay.pending_connects() == []
+    assert relay.log.records[0]["error"].startswith("upstream")
+
+
+def test_reset_before_response_retries_get_and_fails_post_with_502() -> None:
+    relay = Relay(servers=2)
+    relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    upstream, _ = relay.accept_upstream()
+    upstream.connectionLost(Failure(error.ConnectionLost()))
+    assert relay.received().startswith(b"HTTP/1.1 502")
+
+    relay = Relay(servers=2)
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.connectionLost(Failure(error.ConnectionLost()))
+    assert relay.pending_connects() == [("127.0.0.1", 9002)]
+
+
+def test_head_response_has_no_body_and_upstream_is_not_reused() -> None:
+    relay = Relay()
+    relay.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream, ut = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    answer = relay.received()
+    assert field(answer, "Content-Length") == [b"100"]
+    assert answer.endswith(b"\r\n\r\n")
+    assert ut.disconnecting
+    assert not relay.ct.disconnecting
+
+
+def test_header_timeout_answers_408_and_closes() -> None:
+    relay = Relay(header_timeout=10.0)
+    relay.send(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    relay.reactor.advance(10.1)
+    assert relay.received().startswith(b"HTTP/1.1 408")
+    assert relay.ct.disconnecting
+
+
+def test_idle_keepalive_connection_is_closed_silently() -> None:
+    relay = Relay(keepalive_timeout=30.0)
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    relay.received()
+    relay.reactor.advance(29)
+    assert not relay.ct.disconnecting
+    relay.reactor.advance(2)
+    assert relay.ct.disconnecting
+    assert relay.ct.value() == b""
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 40000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_malformed_requests_are_refused_and_closed(request_bytes: bytes, status: int) -> None:
+    relay = Relay()
+    relay.send(request_bytes)
+    assert relay.received().startswith(b"HTTP/1.1 %d" % status)
+    assert relay.ct.disconnecting
+    assert relay.pending_connects() == []
+
+
+def test_body_over_limit_is_413() -> None:
+    relay = Relay(max_body_size=10)
+    relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n")
+    assert relay.received().startswith(b"HTTP/1.1 413")
+
+
+def test_routes_choose_by_specificity_and_answer_locally() -> None:
+    relay = Relay(
+        routes=(
+            route("/", ProxyAction(pool="web")),
+            route("/old/", RedirectAction(status=301, location="https://{host}/new{path}")),
+            route("/health", RespondAction(status=200, body="ok")),
+        )
+    )
+    relay.send(b"GET /old/x HTTP/1.1\r\nHost: ex.test\r\n\r\n")
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 301")
+    assert field(answer, "Location") == [b"https://ex.test/new/old/x"]
+    relay.send(b"GET /health HTTP/1.1\r\nHost: ex.test\r\n\r\n")
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nok")
+    assert relay.pending_connects() == []
+
+
+def test_no_matching_route_is_404() -> None:
+    relay = Relay(routes=(route("/api/"),))
+    relay.send(GET)
+    assert relay.received().startswith(b"HTTP/1.1 404")
+    assert not relay.ct.disconnecting
+
+
+def test_strip_prefix_rewrites_the_upstream_target() -> None:
+    relay = Relay(routes=(route("/api/", ProxyAction(pool="web", strip_prefix=True)),))
+    relay.send(b"GET /api/users?id=3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    _, ut = relay.accept_upstream()
+    assert request_lines(ut.value())[0] == b"GET /users?id=3 HTTP/1.1"
+
+
+def test_dot_segments_are_resolved_before_routing() -> None:
+    relay = Relay(
+        routes=(
+            route("/", RespondAction(status=200, body="public")),
+            route("/admin/", RespondAction(status=403, body="no")),
+        )
+    )
+    relay.send(b"GET /public/../admin/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert relay.received().startswith(b"HTTP/1.1 403")
+
+
+def test_sticky_cookie_pins_a_client_to_its_server() -> None:
+    relay = Relay(sticky_cookie="SRV")
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    [cookie] = field(relay.received(), "Set-Cookie")
+    value = cookie.split(b";")[0]
+    assert value.startswith(b"SRV=")
+    for _ in range(3):
+        relay.send(GET.replace(b"\r\n\r\n", b"\r\nCookie: a=b; " + value + b"\r\n\r\n"))
+        upstream.dataReceived(OK)
+        answer = relay.received()
+        assert field(answer, "Set-Cookie") == []
+    assert relay.pending_connects() == []
+
+
+def test_client_closing_mid_response_aborts_upstream() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, ut = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+    relay.client.connectionLost(Failure(error.ConnectionLost()))
+    assert ut.disconnecting or ut.disconnected
+    assert relay.pool.servers[0].active == 0
+
+
+def test_trusted_proxy_keeps_incoming_forwarded_for() -> None:
+    import ipaddress
+
+    relay = Relay(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),))
+    relay.send(GET.replace(b"\r\n\r\n", b"\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n"))
+    _, ut = relay.accept_upstream()
+    assert field(ut.value(), "X-Forwarded-For") == [b"192.0.2.1, 10.0.0.7"]
+
+    other, _ot = relay.connect_client("192.0.2.99")
+    relay.send(GET.replace(b"\r\n\r\n", b"\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n"), other)
+    _, ut2 = relay.accept_upstream()
+    assert field(ut2.value(), "X-Forwarded-For") == [b"192.0.2.99"]
