@@ -190,24 +190,30 @@ def test_one_gib_download_and_upload_stream_under_100_mib(http_backend, proxyd, 
         assert result.stdout == f"200 {GiB}", result.stderr
         # Upload: curl reads the body from a pipe, chunked, as fast as proxyd takes it.
         producer = subprocess.Popen(["head", "-c", str(GiB), "/dev/zero"], stdout=subprocess.PIPE)
-        upload = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "--http1.1",
-                "-T",
-                "-",
-                "-H",
-                "Expect:",
-                f"http://127.0.0.1:{port}/upload",
-            ],
-            stdin=producer.stdout,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        producer.wait()
+        assert producer.stdout is not None
+        try:
+            upload = subprocess.run(
+                [
+                    "curl",
+                    "-sS",
+                    "--http1.1",
+                    "-T",
+                    "-",
+                    "-H",
+                    "Expect:",
+                    f"http://127.0.0.1:{port}/upload",
+                ],
+                stdin=producer.stdout,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+        finally:
+            producer.stdout.close()  # so that `head` ends even if curl stopped reading
+            producer.kill()
+            producer.wait()
         assert upload.returncode == 0, upload.stderr
+        assert upload.stdout.startswith("{"), (upload.stdout[:300], upload.stderr)
         assert json.loads(upload.stdout)["bytes"] == GiB
     finally:
         sampler._stop.set()

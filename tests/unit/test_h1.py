@@ -1176,3 +1176,13 @@ def test_writer_output_is_exact() -> None:
     assert chunk(b"x" * 26) == [b"1a\r\n", b"x" * 26, b"\r\n"]
     assert last_chunk() == b"0\r\n\r\n"
     assert last_chunk([(b"T", b"v")]) == b"0\r\nT: v\r\n\r\n"
+
+
+def test_chunked_body_read_in_large_pieces_ending_at_chunk_headers_is_not_a_431() -> None:
+    # Each read carries a whole chunk and the next chunk's size line: body, not a head.
+    reader = RequestReader(max_header_size=1024)
+    events = run(reader, CHUNKED_HEAD + b"fa0\r\n")
+    for _ in range(20):
+        events += run(reader, b"a" * 4000 + b"\r\nfa0\r\n")
+    assert not any(isinstance(e, HttpError) for e in events)
+    assert sum(len(e.data) for e in events if isinstance(e, Body)) == 20 * 4000

@@ -193,6 +193,7 @@ class _Reader:
         self._partial_head = 0
         self._body_size = 0
         self._awaiting_chunk_data = False
+        self._body_in_feed = False
 
     @property
     def in_head(self) -> bool:
@@ -221,6 +222,7 @@ class _Reader:
         self._awaiting_chunk_data = False
 
     def _body_seen(self) -> None:
+        self._body_in_feed = True
         self._awaiting_chunk_data = False
         self._partial_head = 0
 
@@ -254,6 +256,7 @@ class _Reader:
     ) -> int | None:
         """Feed llhttp; returns the offset of upgraded data, if the message upgraded."""
         self._head_began_in_feed = False
+        self._body_in_feed = False
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -268,10 +271,12 @@ class _Reader:
             self._events.append(self._error)
             self.finished = True
             return None
-        if (self._in_head and not self._head_began_in_feed) or self._awaiting_chunk_data:
-            # A head (or, after the last chunk, trailers) still unfinished after a whole read:
-            # llhttp holds the partial field itself, so count what arrived to bound it (one
-            # read of slack at most).
+        if (self._in_head and not self._head_began_in_feed) or (
+            self._awaiting_chunk_data and not self._body_in_feed
+        ):
+            # A head (or, after the last chunk, trailers) still unfinished after a whole read
+            # that carried no body: llhttp holds the partial field itself, so count what
+            # arrived to bound it (a read or two of slack at most).
             self._partial_head += len(data)
             if self._partial_head > self.max_header_size:
                 self._events.append(
