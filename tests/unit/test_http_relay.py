@@ -8,6 +8,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -563,3 +565,56 @@ def test_trusted_proxy_keeps_incoming_forwarded_for() -> None:
     relay.send(GET.replace(b"\r\n\r\n", b"\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n"), other)
     _, ut2 = relay.accept_upstream()
     assert field(ut2.value(), "X-Forwarded-For") == [b"192.0.2.99"]
+
+
+_REQUEST_ID = re.compile(rb"X-Request-ID: [0-9a-f]+\r\n")
+
+
+def _relay_upstream_bytes(pieces: list[bytes]) -> bytes:
+    relay = Relay()
+    for piece in pieces:
+        relay.send(piece)
+    if not relay.pending_connects():
+        return b""
+    upstream, ut = relay.accept_upstream()
+    sent = b""
+    for _ in range(3):  # answer each request in turn: the relay sends the next one after
+        sent += _REQUEST_ID.sub(b"", ut.value())
+        ut.clear()
+        upstream.dataReceived(OK)
+    return sent
+
+
+_PIPELINE = (
+    b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+    b"PUT /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n0\r\n\r\n"
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.integers(min_value=0, max_value=len(_PIPELINE)), max_size=12))
+def test_any_split_of_a_request_pipeline_reaches_the_upstream_the_same(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    pieces = [_PIPELINE[a:b] for a, b in zip([0, *points], [*points, len(_PIPELINE)], strict=True)]
+    whole = _relay_upstream_bytes([_PIPELINE])
+    decoded = re.sub(rb"\r\n[0-9a-f]+\r\n", b"|", whole)
+    split = _relay_upstream_bytes([p for p in pieces if p])
+    assert re.sub(rb"\r\n[0-9a-f]+\r\n", b"|", split).replace(b"|", b"") == decoded.replace(
+        b"|", b""
+    )
+    assert b"GET /a" in whole and b"hello" in whole and b"world" in whole
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.binary(max_size=200), max_size=6))
+def test_garbage_from_a_client_never_raises_and_gets_an_answer_or_nothing(
+    pieces: list[bytes],
+) -> None:
+    relay = Relay()
+    for piece in pieces:
+        relay.send(piece)
+    answer = relay.ct.value()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 ")
+    relay.client.connectionLost(Failure(error.ConnectionDone()))
+    assert relay.pool.servers[0].active == 0
