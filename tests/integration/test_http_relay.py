@@ -237,3 +237,25 @@ def test_pipelined_requests_are_answered_in_order(http_backend, proxyd) -> None:
     sock.close()
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
     assert statuses == [b"200", b"404", b"200"]
+
+
+def test_http_check_takes_a_failing_server_out_and_errors_use_the_page(
+    http_backend, proxyd, tmp_path
+) -> None:
+    good = http_backend("good")
+    bad = http_backend("bad")
+    page = tmp_path / "503.html"
+    page.write_text("<p>all down</p>")
+    port = free_port()
+    proxy = proxyd(
+        http_config(
+            port,
+            [good, bad],
+            f"error_pages =\n    503 {page}",
+            pool="check = http GET /status/500 expect 200\ncheck_interval = 200ms\nfall = 1",
+        )
+    )
+    proxy.wait_for_state(good.address, "web", "DOWN")
+    proxy.wait_for_state(bad.address, "web", "DOWN")
+    result = curl("-w", " %{http_code}", f"http://127.0.0.1:{port}/")
+    assert result.stdout == "<p>all down</p> 503"

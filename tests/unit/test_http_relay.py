@@ -618,3 +618,14 @@ def test_garbage_from_a_client_never_raises_and_gets_an_answer_or_nothing(
     assert answer == b"" or answer.startswith(b"HTTP/1.1 ")
     relay.client.connectionLost(Failure(error.ConnectionDone()))
     assert relay.pool.servers[0].active == 0
+
+
+def test_error_pages_replace_proxyds_own_answers() -> None:
+    relay = Relay(servers=1, retries=0)
+    relay.factory.error_pages[502] = b"<h1>down</h1>"
+    relay.send(GET)
+    relay.refuse_upstream()
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 502")
+    assert field(answer, "Content-Type") == [b"text/html; charset=utf-8"]
+    assert answer.endswith(b"\r\n\r\n<h1>down</h1>")
