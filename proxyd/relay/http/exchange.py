@@ -46,7 +46,6 @@ from proxyd.relay.http.h1 import (
     Response,
     chunk,
     last_chunk,
-    reason_phrase,
     request_head,
     response_head,
 )
@@ -183,8 +182,12 @@ class Exchange:
             self.fail(400, "invalid request path")
             return
         method = request.method.decode("ascii")
-        route = self.factory.routes.match(
-            host_name, "/" if path == "*" else path, method, self._header_map()
+        routes = self.factory.routes
+        route = routes.match(
+            host_name,
+            "/" if path == "*" else path,
+            method,
+            self._header_map() if routes.uses_headers else {},
         )
         query_text = query.decode("latin-1")
         uri = path + ("?" + query_text if query else "")
@@ -322,7 +325,10 @@ class Exchange:
         assert self.pool is not None
         self.pool.report_success(conn.server)
         if self.finished:
-            self.upstreams.checkin(conn) if self.upstreams is not None else conn.close()
+            if self.upstreams is not None:
+                self.upstreams.checkin(conn)
+            else:
+                conn.close()
             return
         self.connect_time = self.clock.seconds() - self._attempt_started
         self._use(conn)
@@ -622,12 +628,7 @@ class Exchange:
         if self.response_started:
             self._finish(keep_alive=False, truncated=True)
             return
-        page = self.factory.error_pages.get(status)
-        if page is not None:
-            body, content_type = page, b"text/html; charset=utf-8"
-        else:
-            body = b"%d %s\n" % (status, reason_phrase(status))
-            content_type = b"text/plain; charset=utf-8"
+        body, content_type = self.factory.error_body(status)
         if status >= 400 and status not in (404, 405):
             _log.info(
                 "http {listener}: {method} {target} from {client}: {status} ({why})",
@@ -681,8 +682,7 @@ class Exchange:
         self._cancel_response_timer()
         self._idle.cancel()
         self._body_timer.cancel()
-        if self.server is not None and self.pool is not None:
-            self.pool.release(self.server)
+        self._release_server()
         self.factory.log_exchange(self)
         self.client.exchange_done(self, keep_alive=keep_alive and not truncated)
 

@@ -123,6 +123,8 @@ class RouteTable:
         self._wildcard: dict[str, list[RouteConfig]] = {}
         """By suffix with its leading dot: `*.example.com` under `.example.com`."""
         self._any: list[RouteConfig] = []
+        self.uses_headers = any(route.match.headers for route in self.routes)
+        """Whether any route has header conditions (else match() never reads `headers`)."""
         for route in self.routes:
             host = route.match.host
             if host is None:

@@ -150,11 +150,7 @@ class ClientConnection(TwistedProtocol):
     def _refuse(self, error: HttpError) -> None:
         """A request that cannot be parsed: answer it and close, as RFC 9112 asks."""
         self.closing = True
-        body = b"%d %s\n" % (error.status, reason_phrase(error.status))
-        page = self.factory.error_pages.get(error.status)
-        content_type = b"text/plain; charset=utf-8"
-        if page is not None:
-            body, content_type = page, b"text/html; charset=utf-8"
+        body, content_type = self.factory.error_body(error.status)
         head = response_head(
             error.status,
             b"",
@@ -276,6 +272,13 @@ class HttpRelayFactory(Factory):
 
     def set_listening_port(self, port: Any) -> None:
         """Nothing to do: HTTP listeners do not pause accepting."""
+
+    def error_body(self, status: int) -> tuple[bytes, bytes]:
+        """Body and Content-Type of proxyd's own answer `status`: the error page, if any."""
+        page = self.error_pages.get(status)
+        if page is not None:
+            return page, b"text/html; charset=utf-8"
+        return b"%d %s\n" % (status, reason_phrase(status)), b"text/plain; charset=utf-8"
 
     def new_reader(self) -> RequestReader:
         config = self.config

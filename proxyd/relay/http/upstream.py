@@ -133,13 +133,11 @@ class _Connect(ClientFactory[UpstreamConnection]):
         self.server = server
         self.result: Deferred[UpstreamConnection] = Deferred(self._cancel)
         self.connector: Connector | None = None
-        self._protocol: UpstreamConnection | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection | None:
         if self.result.called:
             return None  # cancelled: Twisted closes the late connection
-        self._protocol = protocol = _Announcing(self.pool, self.server, self.result)
-        return protocol
+        return _Announcing(self.pool, self.server, self.result)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.result.called:
@@ -175,13 +173,10 @@ class ConnectionPool:
         self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
         self._idle: dict[Server, list[UpstreamConnection]] = {}
-        self.opened = 0
-        """Connections opened so far (for tests and metrics)."""
 
     def connect(self, server: Server, timeout: float) -> Deferred[UpstreamConnection]:
         """A new connection to `server`; fails with Twisted's connect errors."""
         factory = _Connect(self, server)
-        self.opened += 1
         address = server.address
         connector = self.reactor.connectTCP(address.host, address.port, factory, timeout)
         factory.connector = connector
@@ -222,9 +217,6 @@ class ConnectionPool:
         idle = self._idle.get(connection.server)
         if idle and connection in idle:
             idle.remove(connection)
-
-    def idle_count(self, server: Server) -> int:
-        return len(self._idle.get(server, ()))
 
     def stop(self) -> None:
         for idle in self._idle.values():
