@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application import service
@@ -11,12 +12,16 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from proxyd.accesslog import AccessLog
+from proxyd.cli import warnings
+from proxyd.config.errors import Invalid
 from proxyd.config.model import Config
+from proxyd.config.values import Invalids
 from proxyd.health import HealthService
 from proxyd.pool import Pool
 from proxyd.relay.http.server import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.tcp import TcpRelayFactory
+from proxyd.tls import ClientTls, ServerTls
 
 log = Logger()
 
@@ -39,7 +44,9 @@ class ListenerService(service.Service):
     def bind(self) -> None:
         endpoint = serverFromString(self._reactor, self.description)
         result: list[Any] = []
-        endpoint.listen(self.factory).addBoth(result.append)
+        tls: ServerTls | None = getattr(self.factory, "tls", None)
+        listening = tls.wrap(self.factory, self._reactor) if tls is not None else self.factory
+        endpoint.listen(listening).addBoth(result.append)
         outcome = result[0]
         if not IListeningPort.providedBy(outcome):
             error = outcome.value
@@ -68,21 +75,34 @@ class ListenerService(service.Service):
 class ProxydService(service.MultiService):
     """The whole proxy: the health service and every listener, over shared pools."""
 
-    def __init__(self, reactor: Any, config: Config) -> None:
+    def __init__(self, reactor: Any, config: Config, handle_signals: bool = False) -> None:
+        """With `handle_signals`, SIGHUP reloads the certificates (see reload_certificates)."""
         super().__init__()
         self.config = config
+        self._reactor = reactor
+        self._handle_signals = handle_signals
         self.pools = {name: Pool(pc, reactor) for name, pc in config.pools.items()}
         self.health = HealthService(reactor, self.pools)
         self.health.setServiceParent(self)
         self._logs: dict[str, AccessLog] = {}
         self.listeners: list[ListenerService] = []
+        tcp_tls = {
+            name: ClientTls(name, pc.tls) for name, pc in config.pools.items() if pc.tls.enabled
+        }
         for tcp in config.tcp:
             tcp_factory = TcpRelayFactory(
-                reactor, tcp, self.pools[tcp.pool], self._log(tcp.access_log)
+                reactor, tcp, self.pools, self._log(tcp.access_log), tcp_tls
             )
             self._add_listener(reactor, f"tcp {tcp.name}", tcp.listen, tcp_factory)
         # Upstream keep-alive connections are per pool, shared by every HTTP listener.
-        self.upstreams = {name: ConnectionPool(reactor, pc) for name, pc in config.pools.items()}
+        self.upstreams = {
+            name: ConnectionPool(
+                reactor,
+                pc,
+                ClientTls(name, pc.tls, [b"http/1.1"]) if pc.tls.enabled else None,
+            )
+            for name, pc in config.pools.items()
+        }
         for http in config.http:
             factory = HttpRelayFactory(
                 reactor,
@@ -92,7 +112,7 @@ class ProxydService(service.MultiService):
                 self._log(http.access_log),
                 _read_error_pages(http.error_pages),
             )
-            self._add_listener(reactor, f"http {http.name}", http.listen, factory)
+            self._add_listener(reactor, f"{http.kind} {http.name}", http.listen, factory)
 
     def _add_listener(self, reactor: Any, name: str, description: str, factory: Any) -> None:
         listener = ListenerService(reactor, name, description, factory)
@@ -115,6 +135,41 @@ class ProxydService(service.MultiService):
                     listener.port.stopListening()
                     listener.port = None
             raise
+
+    def startService(self) -> None:
+        super().startService()
+        for warning in warnings(self.config):
+            log.warn("{warning}", warning=warning)
+        if self._handle_signals:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.reload_certificates)
+
+    def reload_certificates(self) -> None:
+        """Read every TLS listener's certificates anew. New handshakes use them; open
+        connections keep what they have. A listener whose files do not load keeps its
+        certificates and says why."""
+        for listener in self.listeners:
+            tls: ServerTls | None = getattr(listener.factory, "tls", None)
+            if tls is None:
+                continue
+            try:
+                loaded = tls.reload()
+            except (Invalid, Invalids) as e:
+                problems = e.errors if isinstance(e, Invalids) else (e,)
+                for problem in problems:
+                    log.error(
+                        "[{listener}] certificates not reloaded, keeping the old ones: {why}",
+                        listener=listener.name,
+                        why=str(problem),
+                    )
+                continue
+            log.info(
+                "[{listener}] reloaded {count} certificate(s)",
+                listener=listener.name,
+                count=len(loaded),
+            )
 
     def stopService(self) -> Any:
         result = super().stopService()

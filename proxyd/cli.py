@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import sys
 
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.ini import strip_comment
 from proxyd.config.load import load
-from proxyd.config.model import Config, RouteConfig
+from proxyd.config.model import Config, RouteConfig, TlsCheck
 from proxyd.relay.http.routing import unreachable
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\s*=\s*")
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warnings(config: Config) -> list[str]:
-    """One line per problem that does not stop proxyd: routes that can never match."""
+    """One line per problem that does not stop proxyd: expired or expiring certificates,
+    upstream TLS that is not verified, routes that can never match."""
     try:
         with open(config.path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -52,12 +54,43 @@ def warnings(config: Config) -> list[str]:
             return route.name
         return _KEY.sub("", strip_comment(lines[route.line - 1].strip()), count=1)
 
-    found = []
+    found = tls_warnings(config)
     for http in config.http:
         for route, shadow in unreachable(http.routes):
             found.append(
                 f"{config.path}:{route.line}: [http {http.name}] routes: this route can never "
                 f"match: {text(route)!r} is shadowed by line {shadow.line} ({text(shadow)!r})"
+            )
+    return found
+
+
+_EXPIRY_WARNING = datetime.timedelta(days=14)
+
+
+def tls_warnings(config: Config, now: datetime.datetime | None = None) -> list[str]:
+    now = now or datetime.datetime.now(datetime.UTC)
+    found = []
+    listeners = [(f"tcp {t.name}", t.tls) for t in config.tcp]
+    listeners += [(f"{h.kind} {h.name}", h.tls) for h in config.http]
+    for name, tls in listeners:
+        for certificate in tls.loaded if tls is not None else ():
+            left = certificate.not_after - now
+            when = f"{certificate.not_after:%Y-%m-%d %H:%M} UTC"
+            if left <= datetime.timedelta(0):
+                found.append(
+                    f"{config.path}: [{name}] certificates: {certificate.path} EXPIRED on {when};"
+                    " clients will refuse it (expired_certificates = refuse stops proxyd instead)"
+                )
+            elif left < _EXPIRY_WARNING:
+                found.append(
+                    f"{config.path}: [{name}] certificates: {certificate.path} expires on {when}"
+                )
+    for pool in config.pools.values():
+        uses_tls = pool.tls.enabled or isinstance(pool.check, TlsCheck)
+        if uses_tls and not pool.tls.verify:
+            found.append(
+                f"{config.path}: [pool {pool.name}] tls_verify = off: the servers' certificates"
+                " are not checked, anyone on the path can pose as them"
             )
     return found
 

@@ -31,7 +31,7 @@ def makeService(options: Options) -> Any:
         config = load(options["config"])
     except ConfigErrors as e:
         raise SystemExit(f"{e}\nproxyd: configuration invalid, not starting") from None
-    proxy = ProxydService(reactor, config)
+    proxy = ProxydService(reactor, config, handle_signals=True)
     try:
         proxy.bind()
     except (StartupError, OSError) as e:

@@ -8,19 +8,26 @@ from typing import Any
 
 import attrs
 
-from proxyd.config import routes
+from proxyd.config import routes, tls
 from proxyd.config import values as v
 from proxyd.config.errors import ConfigError, ConfigErrors, Invalid, did_you_mean, one_of
 from proxyd.config.ini import Entry, Section, parse_ini
 from proxyd.config.model import (
     BALANCE_ALGORITHMS,
+    Certificate,
+    CertificateSource,
     Config,
     GlobalConfig,
+    HttpCheck,
     HttpListenerConfig,
     PoolConfig,
     ProxyAction,
     RouteConfig,
+    SniRoute,
     TcpListenerConfig,
+    TlsCheck,
+    TlsClientConfig,
+    TlsServerConfig,
 )
 from proxyd.config.routes import RouteSection
 
@@ -45,6 +52,10 @@ class Key:
     required: bool = False
     context: bool = False
     """parse takes (text, Context)."""
+    group: str | None = None
+    """The value belongs to a part of the section's object (`tls`): see _GROUPS."""
+    field: str | None = None
+    """Its name in that part (default: the key)."""
 
 
 def _reference(kind: str, name: str, names: frozenset[str]) -> str:
@@ -90,6 +101,99 @@ def _error_pages(text: str, ctx: Context) -> tuple[tuple[int, str], ...]:
     return v.error_pages(text, ctx.base_dir)
 
 
+def _certificates(text: str, ctx: Context) -> tuple[CertificateSource, ...]:
+    return tls.sources(text, ctx.base_dir)
+
+
+def _ca_file(text: str, ctx: Context) -> str:
+    return tls.ca_file(text, ctx.base_dir)
+
+
+def _client_certificate(text: str, ctx: Context) -> Certificate:
+    return tls.client_certificate(text, ctx.base_dir)
+
+
+def _sni_routes(text: str, ctx: Context) -> tuple[SniRoute, ...]:
+    """`routes` of a [tcp] with route_by = sni: lines of `NAME -> pool POOL`."""
+    result: list[SniRoute] = []
+    errors: list[Invalid] = []
+    seen: set[str] = set()
+    expected = "NAME -> pool POOL, NAME a server name or *.domain"
+    for index, line in v.each_line(text):
+        try:
+            parts = v.words(line, "an SNI route")
+            if not parts:
+                continue
+            if len(parts) != 4 or parts[1] != "->" or parts[2] != "pool":
+                raise Invalid(expected, repr(line))
+            name = parts[0].lower().rstrip(".")
+            bare = name[2:] if name.startswith("*.") else name
+            if not v.is_hostname(bare) or "*" in bare:
+                raise Invalid(expected, repr(parts[0]))
+            if name in seen:
+                raise Invalid("each name once", f"{name!r} twice")
+            seen.add(name)
+            result.append(SniRoute(name, _reference("pool", parts[3], ctx.pools)))
+        except Invalid as e:
+            v.collect(errors, index, e)
+    v.raise_all(errors)
+    if not result:
+        raise Invalid(expected + ", one a line", "nothing")
+    return tuple(result)
+
+
+def _tls(field: str, parse: Callable[..., Any], context: bool = False) -> Key:
+    return Key(parse, context=context, group="tls", field=field)
+
+
+_TLS_SERVER_KEYS: Mapping[str, Key] = {
+    "certificates": _tls("certificates", _certificates, context=True),
+    "tls_protocols": _tls("protocols", tls.protocols),
+    "tls_ciphers": _tls("ciphers", tls.ciphers),
+    "tls_ciphersuites": _tls("ciphersuites", tls.ciphersuites),
+    "tls_prefer_server_ciphers": _tls("prefer_server_ciphers", v.boolean),
+    "tls_session_tickets": _tls("session_tickets", v.boolean),
+    "tls_session_cache": _tls("session_cache", v.boolean),
+    "tls_session_timeout": _tls("session_timeout", v.positive_duration),
+    "tls_verify_client": _tls("verify_client", v.choice("off", "optional", "required")),
+    "tls_client_ca": _tls("client_ca", _ca_file, context=True),
+    "expired_certificates": _tls("expired_certificates", v.choice("warn", "refuse")),
+}
+"""Keys of TLS termination, on [https] and [tcp] sections."""
+
+_TLS_CLIENT_KEYS: Mapping[str, Key] = {
+    "tls": _tls("enabled", v.boolean),
+    "tls_ca": _tls("ca", _ca_file, context=True),
+    "tls_verify": _tls("verify", v.boolean),
+    "tls_server_name": _tls("server_name", tls.server_name),
+    "tls_certificate": _tls("certificate", _client_certificate, context=True),
+}
+"""A pool's keys for TLS to its servers."""
+
+
+_HTTP_KEYS: Mapping[str, Key] = {
+    "listen": Key(v.endpoint, required=True),
+    "routes": Key(_routes, required=True, context=True),
+    "trusted_proxies": Key(v.networks),
+    "request_headers": Key(routes.header_rules),
+    "response_headers": Key(routes.header_rules),
+    "via": Key(v.boolean),
+    "max_header_size": Key(v.size(1024, 1 << 20)),
+    "max_headers": Key(v.integer(1, 10000)),
+    "max_uri_length": Key(v.size(256, 1 << 20)),
+    "max_body_size": Key(v.size(0, 1 << 40)),
+    "header_timeout": Key(v.positive_duration),
+    "body_timeout": Key(v.positive_duration),
+    "keepalive_timeout": Key(v.positive_duration),
+    "connect_timeout": Key(v.positive_duration),
+    "response_timeout": Key(v.positive_duration),
+    "idle_timeout": Key(v.positive_duration),
+    "retries": Key(v.integer(0, 100)),
+    "error_pages": Key(_error_pages, context=True),
+    "access_log": Key(v.log_target),
+}
+"""Keys shared by [http] and [https]."""
+
 # One schema per section kind: key -> parser. Defaults live on the model classes.
 SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     # kind: (model class, takes a NAME, keys)
@@ -112,6 +216,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "keepalive": Key(v.integer(0)),
             "keepalive_timeout": Key(v.positive_duration),
             "sticky_cookie": Key(v.cookie_name),
+            **_TLS_CLIENT_KEYS,
         },
     ),
     "tcp": (
@@ -119,7 +224,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         True,
         {
             "listen": Key(v.endpoint, required=True),
-            "pool": Key(_pool_name, required=True, context=True),
+            "pool": Key(_pool_name, context=True),
             "connect_timeout": Key(v.positive_duration),
             "idle_timeout": Key(v.positive_duration),
             "retries": Key(v.integer(0, 100)),
@@ -129,31 +234,24 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "accept_proxy": Key(v.boolean),
             "access_log": Key(v.log_target),
             "buffer_size": Key(v.size(1024, 16 << 20)),
+            "route_by": Key(v.choice("sni")),
+            "routes": Key(_sni_routes, context=True),
+            "handshake_timeout": Key(v.positive_duration),
+            **_TLS_SERVER_KEYS,
+            "tls_alpn": _tls("alpn", tls.alpn),
         },
     ),
-    "http": (
+    "http": (HttpListenerConfig, True, {**_HTTP_KEYS, "https_redirect": Key(tls.https_redirect)}),
+    "https": (
         HttpListenerConfig,
         True,
         {
-            "listen": Key(v.endpoint, required=True),
-            "routes": Key(_routes, required=True, context=True),
-            "trusted_proxies": Key(v.networks),
-            "request_headers": Key(routes.header_rules),
-            "response_headers": Key(routes.header_rules),
-            "via": Key(v.boolean),
-            "max_header_size": Key(v.size(1024, 1 << 20)),
-            "max_headers": Key(v.integer(1, 10000)),
-            "max_uri_length": Key(v.size(256, 1 << 20)),
-            "max_body_size": Key(v.size(0, 1 << 40)),
-            "header_timeout": Key(v.positive_duration),
-            "body_timeout": Key(v.positive_duration),
-            "keepalive_timeout": Key(v.positive_duration),
-            "connect_timeout": Key(v.positive_duration),
-            "response_timeout": Key(v.positive_duration),
-            "idle_timeout": Key(v.positive_duration),
-            "retries": Key(v.integer(0, 100)),
-            "error_pages": Key(_error_pages, context=True),
-            "access_log": Key(v.log_target),
+            **_HTTP_KEYS,
+            **_TLS_SERVER_KEYS,
+            "certificates": Key(
+                _certificates, required=True, context=True, group="tls", field="certificates"
+            ),
+            "hsts": Key(tls.hsts),
         },
     ),
     "route": (
@@ -173,7 +271,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     ),
 }
 
-_BUILD_ORDER = ("proxyd", "pool", "tcp", "route", "http")
+_BUILD_ORDER = ("proxyd", "pool", "tcp", "route", "http", "https")
 """[http] sections are built last: their routes take actions from [route] sections."""
 
 
@@ -242,10 +340,11 @@ def loads(text: str, path: str = "<config>") -> Config:
     tcp = tuple(inherit("tcp", listener) for listener in built["tcp"].values())
     http = tuple(
         attrs.evolve(
-            inherit("http", listener),
-            routes=_with_lines(listener.routes, lines[("http", listener.name)].entries["routes"]),
+            inherit(kind, listener),
+            routes=_with_lines(listener.routes, lines[(kind, listener.name)].entries["routes"]),
         )
-        for listener in built["http"].values()
+        for kind in ("http", "https")
+        for listener in built[kind].values()
     )
     return Config(path=path, proxyd=global_config, pools=built["pool"], tcp=tcp, http=http)
 
@@ -317,6 +416,7 @@ def _build(section: Section, path: str, errors: list[ConfigError], ctx: Context)
         return None
     count = len(errors)
     fields: dict[str, Any] = {"name": section.name} if named else {}
+    groups: dict[str, dict[str, Any]] = {}
     for key, entry in section.entries.items():
         if key not in keys:
             errors.append(
@@ -333,20 +433,14 @@ def _build(section: Section, path: str, errors: list[ConfigError], ctx: Context)
             continue
         spec = keys[key]
         try:
-            fields[key] = spec.parse(entry.value, ctx) if spec.context else spec.parse(entry.value)
+            value = spec.parse(entry.value, ctx) if spec.context else spec.parse(entry.value)
         except (Invalid, v.Invalids) as e:
-            for error in e.errors if isinstance(e, v.Invalids) else (e,):
-                errors.append(
-                    ConfigError(
-                        path,
-                        entry.line_of(error.value_line),
-                        section.title,
-                        key,
-                        error.expected,
-                        error.found,
-                        error.hint,
-                    )
-                )
+            _report(errors, path, section, key, e)
+            continue
+        if spec.group is None:
+            fields[key] = value
+        else:
+            groups.setdefault(spec.group, {})[spec.field or key] = value
     for key, required in keys.items():
         if required.required and key not in section.entries:
             errors.append(
@@ -354,4 +448,109 @@ def _build(section: Section, path: str, errors: list[ConfigError], ctx: Context)
             )
     if len(errors) > count:
         return None
+    problems = _GROUPS.get(section.kind, _no_groups)(section, fields, groups.get("tls", {}))
+    for problem_key, problem in problems:
+        _report(errors, path, section, problem_key, problem)
+    if problems:
+        return None
     return model(**fields)
+
+
+def _report(
+    errors: list[ConfigError], path: str, section: Section, key: str | None, e: Exception
+) -> None:
+    """Add the Invalid (or each of the Invalids) found in `key` (None: the section)."""
+    assert isinstance(e, Invalid | v.Invalids)
+    for error in e.errors if isinstance(e, v.Invalids) else (e,):
+        entry = section.entries.get(key) if key else None
+        line = entry.line_of(error.value_line) if entry else section.line
+        errors.append(
+            ConfigError(path, line, section.title, key, error.expected, error.found, error.hint)
+        )
+
+
+_Problems = list[tuple[str | None, Invalid | v.Invalids]]
+"""(key, what is wrong): problems found across a section's keys."""
+
+
+def _no_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    return []
+
+
+def _tls_server(section: Section, values: dict[str, Any]) -> tuple[Any, _Problems]:
+    """A TlsServerConfig from the `certificates` and `tls_*` keys, the certificates read."""
+    sources = values.pop("certificates")
+    refuse = values.get("expired_certificates") == "refuse"
+    try:
+        loaded = tls.load_all(sources, refuse_expired=refuse)
+    except (Invalid, v.Invalids) as e:
+        return None, [("certificates", e)]
+    config = TlsServerConfig(sources, loaded, **values)
+    problems: _Problems = []
+    if config.verify_client != "off" and config.client_ca is None:
+        problems.append(
+            (
+                "tls_verify_client",
+                Invalid(
+                    "tls_client_ca, the CA bundle client certificates are verified against",
+                    f"tls_verify_client = {config.verify_client} without it",
+                ),
+            )
+        )
+    return config, problems
+
+
+def _https_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    fields["tls"], problems = _tls_server(section, values)
+    return problems
+
+
+def _tcp_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    problems: _Problems = []
+    sni = fields.get("route_by") == "sni"
+    if "certificates" in values:
+        if sni:
+            problems.append(
+                (
+                    "route_by",
+                    Invalid(
+                        "route_by = sni (passthrough) or certificates (termination), not both",
+                        "both",
+                    ),
+                )
+            )
+        fields["tls"], more = _tls_server(section, values)
+        problems += more
+    else:
+        for key in section.entries:
+            if key in _TLS_SERVER_KEYS or key == "tls_alpn":
+                problems.append(
+                    (key, Invalid(f"'{key}' only with certificates (TLS termination)", "none"))
+                )
+    if "routes" in fields and not sni:
+        problems.append(("routes", Invalid("routes only with route_by = sni", "no route_by")))
+    if sni and "routes" not in fields:
+        problems.append(("routes", Invalid("a 'routes' key with route_by = sni", "none")))
+    if not sni and "pool" not in fields:
+        problems.append(("pool", Invalid("a 'pool' key", "none")))
+    fields.setdefault("pool", None)
+    return problems
+
+
+def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    client = fields["tls"] = TlsClientConfig(**values)
+    check = fields.get("check")
+    if isinstance(check, TlsCheck):
+        fields["check"] = attrs.evolve(check, tls=client)
+    elif isinstance(check, HttpCheck) and client.enabled:
+        fields["check"] = TlsCheck(client, check)
+    return []
+
+
+_GROUPS: Mapping[str, Callable[[Section, dict[str, Any], dict[str, Any]], _Problems]] = {
+    "https": _https_groups,
+    "tcp": _tcp_groups,
+    "pool": _pool_groups,
+}
+"""Per section kind: builds the parts of its object from grouped keys and checks what
+spans several keys."""

@@ -6,11 +6,14 @@ builds a new tree.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
+from cryptography import x509
 
 
 @attrs.frozen
@@ -87,7 +90,111 @@ class HttpCheck:
     kind = "http"
 
 
-CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck
+@attrs.frozen
+class TlsCheck:
+    """`check = tls [http ...]`: a TLS handshake that verifies as the pool's `tls_*` keys say,
+    then, with `http ...`, that HTTP check over it. A pool with `tls = on` runs its `http`
+    check this way too."""
+
+    tls: TlsClientConfig
+    http: HttpCheck | None = None
+
+    kind = "tls"
+
+
+CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck
+
+
+@attrs.frozen(eq=False)
+class Certificate:
+    """A certificate as read from its files: leaf first, then its chain, and its key."""
+
+    path: str
+    """The file the certificate came from."""
+    key_path: str
+    chain: tuple[x509.Certificate, ...]
+    key: Any
+    """A cryptography private key matching chain[0]."""
+    names: tuple[str, ...]
+    """The lower-case DNS names (`*.example.com` for a wildcard) and IP addresses it serves:
+    its subjectAltName entries, else its subject's common name."""
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        return self.leaf.not_valid_after_utc
+
+
+@attrs.frozen
+class CertificateSource:
+    """One entry of a `certificates` list: a PEM file or a directory of them."""
+
+    path: str
+    key: str | None = None
+    """The key file; None looks in the certificate's own file, then beside it (NAME.key)."""
+
+
+TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+
+DEFAULT_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+"""TLS 1.2 ciphers: forward secrecy and AEAD only (Mozilla's intermediate profile without
+DHE)."""
+
+DEFAULT_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+@attrs.frozen
+class TlsServerConfig:
+    """TLS termination on a listener: `certificates` and the `tls_*` keys."""
+
+    certificates: tuple[CertificateSource, ...]
+    loaded: tuple[Certificate, ...] = attrs.field(eq=False)
+    """The certificates as read when the configuration was loaded; the first is the default
+    for clients that send no (or an unknown) server name. SIGHUP reads `certificates` anew."""
+    protocols: tuple[str, ...] = TLS_PROTOCOLS
+    ciphers: str = DEFAULT_CIPHERS
+    ciphersuites: str = DEFAULT_CIPHERSUITES
+    prefer_server_ciphers: bool = True
+    session_tickets: bool = True
+    session_cache: bool = True
+    session_timeout: float = 300.0
+    verify_client: str = "off"
+    """off | optional | required: ask for a client certificate, verified against client_ca."""
+    client_ca: str | None = None
+    alpn: tuple[str, ...] = ()
+    """Protocols offered by ALPN ([tcp] listeners; [https] offers http/1.1)."""
+    expired_certificates: str = "warn"
+    """warn | refuse: what an expired certificate does at start and on reload."""
+
+
+@attrs.frozen
+class TlsClientConfig:
+    """A pool's `tls` and `tls_*` keys: TLS from proxyd to the pool's servers."""
+
+    enabled: bool = False
+    """`tls = on`: relays speak TLS to the servers (the `tls` check kind uses the other keys
+    either way)."""
+    ca: str | None = None
+    """CA bundle file; None is the system's trust store."""
+    verify: bool = True
+    server_name: str | None = None
+    """SNI and the name verified; None uses each server's host (an IP is verified against the
+    certificate's IP addresses and sends no SNI)."""
+    certificate: Certificate | None = None
+    """A client certificate presented to servers that ask for one."""
+
 
 BALANCE_ALGORITHMS = ("round_robin", "least_conn", "random_two", "hash", "first")
 """The pool layer implements each of these (proxyd.pool.balance); config only names them."""
@@ -118,6 +225,7 @@ class PoolConfig:
     """HTTP relays: an idle upstream connection is closed after this long."""
     sticky_cookie: str | None = None
     """HTTP relays: name of the cookie that pins a client to a server; None is no stickiness."""
+    tls: TlsClientConfig = TlsClientConfig()
 
 
 @attrs.frozen
@@ -127,7 +235,9 @@ class TcpListenerConfig:
     name: str
     listen: str
     """A Twisted server endpoint string, e.g. `tcp:13306:interface=127.0.0.1`."""
-    pool: str
+    pool: str | None
+    """The pool; with route_by = sni, the pool of clients whose name no route matches (None:
+    such clients are refused)."""
     connect_timeout: float = 5.0
     idle_timeout: float = 600.0
     retries: int = 2
@@ -145,6 +255,24 @@ class TcpListenerConfig:
     buffer_size: int = 65536
     """Per direction: bytes read at a time, and bytes waiting to be written before the
     reading side is paused. Bounds a connection's memory to about 4 x this."""
+    tls: TlsServerConfig | None = None
+    """TLS terminated here (`certificates` given): the pool gets the plaintext."""
+    route_by: str | None = None
+    """`sni`: read the client's TLS ClientHello (without decrypting) and pick the pool by its
+    server name through `routes`; the encrypted stream is relayed untouched."""
+    routes: tuple[SniRoute, ...] = ()
+    handshake_timeout: float = 10.0
+    """How long a client has to finish its TLS handshake (or, with route_by = sni, to send its
+    ClientHello, or with accept_proxy its PROXY header)."""
+
+
+@attrs.frozen
+class SniRoute:
+    """One line of a `[tcp]` section's `routes` with route_by = sni: NAME -> pool POOL."""
+
+    name: str
+    """Lower case; `*.example.com` matches one label in front of `example.com`."""
+    pool: str
 
 
 @attrs.frozen
@@ -259,6 +387,16 @@ class HttpListenerConfig:
     error_pages: tuple[tuple[int, str], ...] = ()
     """(status, file path): a file's contents are the body of proxyd's own answers with that
     status."""
+    tls: TlsServerConfig | None = None
+    """Set for `[https NAME]`: TLS terminated below the same HTTP relay."""
+    hsts: str | None = None
+    """[https]: the Strict-Transport-Security value added to every response."""
+    https_redirect: int | None = None
+    """[http]: answer every request with a 308 redirect to https on this port."""
+
+    @property
+    def kind(self) -> str:
+        return "https" if self.tls is not None else "http"
 
 
 @attrs.frozen

@@ -40,6 +40,13 @@ TEMPLATE_VARIABLES = (
     "method",
     "request_id",
     "route",
+    "tls_version",
+    "tls_cipher",
+    "tls_sni",
+    "tls_client_subject",
+    "tls_client_issuer",
+    "tls_client_fingerprint",
+    "tls_client_verify",
 )
 """What a header rule value or a redirect location may use, as `{name}` (model.HeaderRule)."""
 

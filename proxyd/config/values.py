@@ -19,6 +19,8 @@ from proxyd.config.model import (
     ServerConfig,
     SmtpCheck,
     TcpCheck,
+    TlsCheck,
+    TlsClientConfig,
 )
 
 
@@ -254,12 +256,13 @@ def _server_line(line: str) -> list[dict[str, object]]:
     return specs
 
 
-CHECK_KINDS = ("tcp", "smtp", "mysql", "http")
+CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls")
 
 
 def check(text: str) -> CheckConfig | None:
     """`tcp [send STR] [expect STR | expect_regex STR]`, `smtp [DOMAIN]`, `mysql`,
-    `http [METHOD] [PATH] [host NAME] [expect CODES] [body STR]`, `none`."""
+    `http [METHOD] [PATH] [host NAME] [expect CODES] [body STR]`, `tls [http ...]`, `none`.
+    A tls check's TLS settings are the pool's, filled in by the loader."""
     args = words(text, "a check")
     if not args:
         raise Invalid(f"a check kind ({one_of(CHECK_KINDS)})", "nothing")
@@ -278,6 +281,12 @@ def check(text: str) -> CheckConfig | None:
         return MysqlCheck()
     if kind == "http":
         return _http_check(args)
+    if kind == "tls":
+        if not args:
+            return TlsCheck(TlsClientConfig())
+        if args[0] != "http":
+            raise Invalid("'tls' alone or 'tls http ...'", repr(text))
+        return TlsCheck(TlsClientConfig(), _http_check(args[1:]))
     kinds = (*CHECK_KINDS, "none")
     raise Invalid(f"a check kind ({one_of(kinds)})", repr(kind), did_you_mean(kind, kinds))
 

@@ -1,10 +1,10 @@
 """Active health checks: the service that runs them, the rise/fall state, the check kinds.
 
-Importing the package registers every built-in kind (tcp, http, smtp, mysql) in
+Importing the package registers every built-in kind (tcp, http, tls, smtp, mysql) in
 proxyd.health.checks; a new kind is a module beside them, imported here.
 """
 
-from proxyd.health import http, mysql, smtp, tcp
+from proxyd.health import http, mysql, smtp, tcp, tls
 from proxyd.health.checks import CheckFailed, checker_for, register, run_check
 from proxyd.health.service import HealthService, ServerHealth
 from proxyd.health.state import HealthState, Transition
@@ -22,4 +22,5 @@ __all__ = [
     "run_check",
     "smtp",
     "tcp",
+    "tls",
 ]

@@ -198,6 +198,7 @@ class _Attempt(ClientFactory):
         address: Address,
         timeout: float,
         build: Callable[[], CheckProtocol],
+        wrap: Callable[[ClientFactory], Any] | None = None,
     ) -> None:
         self.done: Deferred[None] = Deferred(self._cancel)
         self.finished = False
@@ -209,7 +210,10 @@ class _Attempt(ClientFactory):
         self._timer = reactor.callLater(timeout, self._timed_out)
         try:
             # Twisted takes IPv6 literals without brackets, as Address holds them.
-            self._connector = reactor.connectTCP(address.host, address.port, self, timeout=timeout)
+            factory = wrap(self) if wrap is not None else self
+            self._connector = reactor.connectTCP(
+                address.host, address.port, factory, timeout=timeout
+            )
         except Exception as e:
             self._connecting = False
             self.finish(CheckFailed(f"connect failed: {e}"))
@@ -283,12 +287,14 @@ def connect_and_check(
     address: Address,
     timeout: float,
     build: Callable[[], CheckProtocol],
+    wrap: Callable[[ClientFactory], Any] | None = None,
 ) -> Deferred[None]:
-    """Connect to `address` and hand the connection to the protocol `build` returns.
+    """Connect to `address` and hand the connection to the protocol `build` returns (with
+    `wrap`, through the factory it makes of ours: a TLS layer).
 
     The result fires once: None when the protocol calls succeed(), CheckFailed otherwise
     (connect failure, close, timeout). Whatever the outcome the connection is closed (aborted
     unless passed) or the connect attempt stopped, and the timer cancelled; cancelling the
     Deferred does the same.
     """
-    return _Attempt(reactor, address, timeout, build).done
+    return _Attempt(reactor, address, timeout, build, wrap).done

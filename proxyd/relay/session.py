@@ -47,6 +47,14 @@ class CloseReason(StrEnum):
     NO_SERVER = "no_server"
     MAX_CONNECTIONS = "max_connections"
     BAD_PROXY_HEADER = "bad_proxy_header"
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    """The client's TLS handshake failed or did not finish in time (TLS termination)."""
+    BAD_CLIENT_HELLO = "bad_client_hello"
+    """route_by = sni: what the client sent first was not a TLS ClientHello."""
+    NO_ROUTE = "no_route"
+    """route_by = sni: no route for the client's server name and no default pool."""
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    """The PROXY header or the ClientHello did not arrive within handshake_timeout."""
 
 
 def close_reason(side: Side, reason: Failure | None) -> CloseReason:
@@ -111,6 +119,10 @@ class ConnectionRecord:
     """Server to client."""
     connect_attempts: int = 0
     reason: CloseReason | None = None
+    tls_version: str | None = None
+    """TLS termination: the client's TLS version."""
+    sni: str | None = None
+    """The server name of the client's TLS hello (termination or route_by = sni)."""
 
     def close_as(self, reason: CloseReason) -> None:
         if self.reason is None:
@@ -127,6 +139,8 @@ class ConnectionRecord:
             "duration": round(max(0.0, ended - self.started), 3),
             "connect_attempts": self.connect_attempts,
             "close": str(self.reason or CloseReason.CLIENT_CLOSED),
+            **({"tls_version": self.tls_version} if self.tls_version is not None else {}),
+            **({"sni": self.sni} if self.sni is not None else {}),
         }
 
 

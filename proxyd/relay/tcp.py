@@ -18,6 +18,7 @@ import contextlib
 import socket
 import struct
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, cast
 
 import attrs
@@ -25,6 +26,7 @@ from twisted.internet import error
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IListeningPort,
     IReactorTCP,
     IReactorTime,
@@ -36,9 +38,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog
+from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
+from proxyd.relay.client_hello import UNRECOGNIZED_NAME, HelloError, HelloReader, alert
 from proxyd.relay.io import ConnectingReactor, Connector, ReadingPort, Transport, set_buffer_size
 from proxyd.relay.proxy_protocol import HeaderReader, ProxyHeaderError
 from proxyd.relay.session import (
@@ -50,6 +54,8 @@ from proxyd.relay.session import (
     client_hash_key,
     close_reason,
 )
+from proxyd.relay.sni import SniRoutes
+from proxyd.tls import ClientTls, ServerTls, describe_failure, peer_tls
 
 __all__ = ["Relay", "TcpRelayFactory"]
 
@@ -119,6 +125,12 @@ class Relay:
         self._idle = IdleTimer(
             cast(IReactorTime, factory.reactor), self.config.idle_timeout, self._on_idle
         )
+        self.pool: Pool | None = factory.default_pool
+        """The pool of this connection: the listener's, or the one its server name picked."""
+        self._hello: HelloReader | None = None
+        self._handshaking: Transport | None = None
+        """A server connection whose TLS handshake is under way (upstream TLS)."""
+        self._preamble_timer: DelayedCall | None = None
 
     # Called by the protocols and the factory.
 
@@ -126,22 +138,44 @@ class Relay:
         if side is Side.SERVER:
             self._server_connected(transport)
             return
-        transport.pauseProducing()  # nothing is read until there is somewhere to send it
         self.client.transport = transport
         self.record.started = self.factory.reactor.seconds()
         self.record.client = proxy_protocol.address_of(transport.getPeer())
         self._local = proxy_protocol.address_of(transport.getHost())
+        if self.factory.tls is not None:
+            # Twisted's TLS layer is handshaking below: pausing now would stall it.
+            self._start_preamble_timer()
+            return
+        transport.pauseProducing()  # nothing is read until there is somewhere to send it
+        self.factory.admit(self)
+
+    def handshake_done(self) -> None:
+        """The client's TLS handshake (TLS termination) is done: now it may be admitted."""
+        transport = self.client.transport
+        if transport is None or self._closing or getattr(transport, "disconnecting", False):
+            return
+        self._cancel_preamble_timer()
+        facts = peer_tls(transport)
+        if facts is not None:
+            self.record.tls_version = facts.version
+            self.record.sni = facts.server_name or None
+        transport.pauseProducing()
         self.factory.admit(self)
 
     def start(self) -> None:
-        """Admitted under max_connections: read the PROXY header or go for a server."""
+        """Admitted under max_connections: read the PROXY header, then the ClientHello
+        (route_by = sni), then go for a server."""
         assert self.client.transport is not None
         self._idle.start()
         if self.config.accept_proxy:
             self._header = HeaderReader()
-            self.client.transport.resumeProducing()
+        elif self.config.route_by == "sni":
+            self._hello = HelloReader()
         else:
             self._connect_next()
+            return
+        self._start_preamble_timer()
+        self.client.transport.resumeProducing()
 
     def reject(self) -> None:
         """Over max_connections with on_max_connections = close."""
@@ -162,6 +196,8 @@ class Relay:
             self.client.transport.write(data)
         elif self._header is not None:
             self._header_received(data)
+        elif self._hello is not None:
+            self._hello_received(data)
         elif self.server.transport is None:
             self._pending.append(data)  # at most one read: the client is paused
         else:
@@ -180,11 +216,19 @@ class Relay:
             return
         assert peer.transport is not None
         peer.unregister_producer()  # this end produces nothing more for the peer
+        if not hasattr(peer.transport, "loseWriteConnection"):
+            # A TLS end cannot half-close (Twisted's TLS layer has no write-only close):
+            # a TLS client is closed after what it was sent; a TLS server is left to end it.
+            if peer is self.client:
+                self._close_all()
+            return
         peer.transport.loseWriteConnection()
         if peer.read_closed:
             self._close_all()
 
     def lost(self, side: Side, reason: Failure) -> None:
+        if side is Side.CLIENT and self.factory.tls is not None and not self.admitted:
+            self._handshake_failed(reason)
         end, peer = self._ends(side)
         end.lost = True
         end.has_producer = False
@@ -198,11 +242,18 @@ class Relay:
                 peer.close()
         self._maybe_finish()
 
+    def server_handshaking(self, attempt: _ServerAttempt, transport: Transport) -> None:
+        """Upstream TLS: connected, handshake under way; it counts once handshake_done."""
+        if attempt is self._attempt:
+            self._handshaking = transport
+
     def connect_failed(self, attempt: _ServerAttempt, reason: Failure) -> None:
         if attempt is not self._attempt:
             return
         self._attempt = self._connector = None
-        why = reason.getErrorMessage()
+        self._handshaking = None
+        tls = describe_failure(reason)
+        why = f"TLS handshake failed: {tls}" if tls else reason.getErrorMessage()
         _log.info(
             "tcp {listener}: connect to {server} failed: {why}",
             listener=self.config.name,
@@ -210,7 +261,8 @@ class Relay:
             why=why,
         )
         self._release()
-        self.factory.pool.report_failure(attempt.server, why)
+        assert self.pool is not None
+        self.pool.report_failure(attempt.server, why)
         self._connect_next()
 
     # Internals.
@@ -239,15 +291,101 @@ class Relay:
             return
         header, rest = result
         self._header = None
-        self.client.transport.pauseProducing()
         if header.source is not None:
             self.record.client, self._local = header.source, header.destination
+        if self.config.route_by == "sni":
+            self._hello = HelloReader()
+            if rest:
+                self._hello_received(rest)
+            return
+        self._cancel_preamble_timer()
+        self.client.transport.pauseProducing()
         if rest:
             self._pending.append(rest)
         self._connect_next()
 
+    def _hello_received(self, data: bytes) -> None:
+        assert self._hello is not None and self.client.transport is not None
+        try:
+            hello = self._hello.feed(data)
+        except HelloError as e:
+            _log.info(
+                "tcp {listener}: {client}: {why}",
+                listener=self.config.name,
+                client=str(self.record.client),
+                why=str(e),
+            )
+            self._hello = None
+            self.record.close_as(CloseReason.BAD_CLIENT_HELLO)
+            self._close_all()
+            return
+        if hello is None:
+            return
+        self._cancel_preamble_timer()
+        buffered, self._hello = self._hello.buffered, None
+        self.record.sni = hello.server_name
+        pool = self.factory.sni_routes.pool_for(hello.server_name)
+        if pool is None:
+            _log.info(
+                "tcp {listener}: {client}: no route for server name {name}",
+                listener=self.config.name,
+                client=str(self.record.client),
+                name=hello.server_name or "(none)",
+            )
+            self.record.close_as(CloseReason.NO_ROUTE)
+            self.client.transport.write(alert(UNRECOGNIZED_NAME))
+            self._close_all()
+            return
+        self.pool = self.factory.pools[pool]
+        self.client.transport.pauseProducing()
+        self._pending.append(buffered)
+        self._connect_next()
+
+    # Time limits before relaying: the TLS handshake, the PROXY header, the ClientHello.
+
+    def _start_preamble_timer(self) -> None:
+        self._cancel_preamble_timer()
+        self._preamble_timer = self.factory.reactor.callLater(
+            self.config.handshake_timeout, self._preamble_timed_out
+        )
+
+    def _cancel_preamble_timer(self) -> None:
+        timer, self._preamble_timer = self._preamble_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _preamble_timed_out(self) -> None:
+        self._preamble_timer = None
+        if self._closing:
+            return
+        tls_handshake = self.factory.tls is not None and not self.admitted
+        _log.info(
+            "tcp {listener}: {client}: no {what} within {timeout}s",
+            listener=self.config.name,
+            client=str(self.record.client),
+            what="TLS handshake" if tls_handshake else "PROXY header or ClientHello",
+            timeout=self.config.handshake_timeout,
+        )
+        self.record.close_as(
+            CloseReason.TLS_HANDSHAKE_FAILED if tls_handshake else CloseReason.HANDSHAKE_TIMEOUT
+        )
+        self._close_all()
+        if tls_handshake:
+            self.client.reset()  # an unfinished handshake has nothing to flush
+
+    def _handshake_failed(self, reason: Failure) -> None:
+        if self.record.reason is None:
+            _log.info(
+                "tcp {listener}: TLS handshake with {client} failed: {why}",
+                listener=self.config.name,
+                client=str(self.record.client),
+                why=describe_failure(reason) or "connection closed during the handshake",
+            )
+        self.record.close_as(CloseReason.TLS_HANDSHAKE_FAILED)
+
     def _connect_next(self) -> None:
-        pool = self.factory.pool
+        pool = self.pool
+        assert pool is not None
         server = None
         if self.attempts.may_try_another():
             key = client_hash_key(self.record.client)
@@ -260,27 +398,34 @@ class Relay:
         self.attempts.record(server)
         self.record.backend = server.address
         self.record.connect_attempts = self.attempts.count
-        attempt = self._attempt = _ServerAttempt(self, server)
+        client_tls = self.factory.client_tls.get(pool.name)
+        attempt = self._attempt = _ServerAttempt(self, server, tls=client_tls is not None)
+        factory: ClientFactory[Any] = attempt
+        if client_tls is not None:
+            factory = client_tls.wrap(
+                attempt, server.address.host, cast(IReactorTime, self.factory.reactor)
+            )
         connector = self.factory.reactor.connectTCP(
             server.address.host,
             server.address.port,
-            attempt,
+            factory,
             timeout=self.config.connect_timeout,
         )
         if self._attempt is attempt:  # a synchronous failure may have moved on already
             self._connector = connector
 
     def _give_up(self) -> None:
+        assert self.pool is not None
         if self.attempts.count == 0:
             self.record.close_as(CloseReason.NO_SERVER)
-            why = "no server up" if not self.factory.pool.any_up() else "all servers busy"
+            why = "no server up" if not self.pool.any_up() else "all servers busy"
         else:
             self.record.close_as(CloseReason.CONNECT_FAILED)
             why = f"connect failed after {self.attempts.count} attempt(s)"
         _log.warn(
             "tcp {listener}: pool {pool}: {why}, closing {client}",
             listener=self.config.name,
-            pool=self.config.pool,
+            pool=self.pool.name,
             why=why,
             client=str(self.record.client),
         )
@@ -288,8 +433,10 @@ class Relay:
 
     def _server_connected(self, transport: Transport) -> None:
         assert self._attempt is not None and self.client.transport is not None
-        self.factory.pool.report_success(self._attempt.server)
+        assert self.pool is not None
+        self.pool.report_success(self._attempt.server)
         self._attempt = self._connector = None
+        self._handshaking = None
         self.server.transport = transport
         client = self.client.transport
         if self.config.send_proxy != "off":
@@ -326,6 +473,9 @@ class Relay:
     def _cancel_attempt(self) -> None:
         attempt, connector = self._attempt, self._connector
         self._attempt = self._connector = None
+        handshaking, self._handshaking = self._handshaking, None
+        if handshaking is not None:
+            handshaking.abortConnection()
         if attempt is not None:
             attempt.relay = None
             self._release()
@@ -335,7 +485,8 @@ class Relay:
 
     def _release(self) -> None:
         if self._held is not None:
-            self.factory.pool.release(self._held)
+            assert self.pool is not None
+            self.pool.release(self._held)
             self._held = None
 
     def _maybe_finish(self) -> None:
@@ -345,6 +496,7 @@ class Relay:
             return
         self._finished = True
         self._cancel_attempt()
+        self._cancel_preamble_timer()
         self._idle.cancel()
         self._release()
         self._pending.clear()
@@ -352,16 +504,33 @@ class Relay:
         self.factory.finished(self)
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class _EndProtocol(TwistedProtocol):
-    """Either end of a relay: forwards Twisted's callbacks to the Relay, nothing else."""
+    """Either end of a relay: forwards Twisted's callbacks to the Relay, nothing else.
 
-    def __init__(self, relay: Relay, side: Side) -> None:
+    A server end over TLS (`attempt` given) is connected for the relay only once its
+    handshake is done; until then its loss is a failed connect attempt."""
+
+    def __init__(self, relay: Relay, side: Side, attempt: _ServerAttempt | None = None) -> None:
         self.relay = relay
         self.side = side
+        self.attempt = attempt
 
     def connectionMade(self) -> None:
-        self.relay.connected(self.side, cast(Transport, self.transport))
+        transport = cast(Transport, self.transport)
+        if self.attempt is not None:
+            self.relay.server_handshaking(self.attempt, transport)
+            return
+        self.relay.connected(self.side, transport)
+
+    def handshakeCompleted(self) -> None:
+        if getattr(self.transport, "disconnecting", False):
+            return  # verification failed: connectionLost says why
+        if self.side is Side.CLIENT:
+            self.relay.handshake_done()
+        elif self.attempt is not None:
+            self.attempt = None
+            self.relay.connected(Side.SERVER, cast(Transport, self.transport))
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.data_received(self.side, data)
@@ -373,6 +542,9 @@ class _EndProtocol(TwistedProtocol):
         pass  # our own FIN went out; the peer's FIN decides when to close
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.attempt is not None:
+            self.relay.connect_failed(self.attempt, reason)
+            return
         self.relay.lost(self.side, reason)
 
 
@@ -381,14 +553,15 @@ class _ServerAttempt(ClientFactory[_EndProtocol]):
 
     noisy = False
 
-    def __init__(self, relay: Relay, server: Server) -> None:
+    def __init__(self, relay: Relay, server: Server, tls: bool = False) -> None:
         self.relay: Relay | None = relay
         self.server = server
+        self.tls = tls
 
     def buildProtocol(self, addr: IAddress | None) -> _EndProtocol | None:
         if self.relay is None:
             return None  # Twisted then closes the late connection
-        return _EndProtocol(self.relay, Side.SERVER)
+        return _EndProtocol(self.relay, Side.SERVER, self if self.tls else None)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if self.relay is not None:
@@ -411,13 +584,19 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         self,
         reactor: IReactorTCP,
         config: TcpListenerConfig,
-        pool: Pool,
+        pools: Mapping[str, Pool],
         access_log: AccessLog,
+        client_tls: Mapping[str, ClientTls] | None = None,
     ) -> None:
-        """`reactor` must provide IReactorTime as well (for timeouts and the log's times)."""
+        """`reactor` must provide IReactorTime as well (for timeouts and the log's times).
+        `client_tls` holds the pools whose servers are spoken to over TLS."""
         self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
-        self.pool = pool
+        self.pools = pools
+        self.default_pool = pools[config.pool] if config.pool is not None else None
+        self.sni_routes = SniRoutes(config.routes, config.pool)
+        self.client_tls = dict(client_tls or {})
+        self.tls = ServerTls(f"tcp {config.name}", config.tls) if config.tls is not None else None
         self.access_log = access_log
         self.active = 0
         """Relays admitted and not finished: at most max_connections (when not 0)."""

@@ -484,12 +484,16 @@ def test_a_route_section_may_redirect_and_carry_header_rules() -> None:
         (
             "-> redirect 301 https://{hots}/",
             "a template using only {client_ip}, {host}, {scheme}, {uri}, {path}, {query}, "
-            "{method}, {request_id}, {route}; found '{hots}' (did you mean 'host'?)",
+            "{method}, {request_id}, {route}, {tls_version}, {tls_cipher}, {tls_sni}, "
+            "{tls_client_subject}, {tls_client_issuer}, {tls_client_fingerprint}, "
+            "{tls_client_verify}; found '{hots}' (did you mean 'host'?)",
         ),
         (
             "-> redirect 301 https://{host:>9}/",
             "a template using only {client_ip}, {host}, {scheme}, {uri}, {path}, {query}, "
-            "{method}, {request_id}, {route}; found '{host:>9}'",
+            "{method}, {request_id}, {route}, {tls_version}, {tls_cipher}, {tls_sni}, "
+            "{tls_client_subject}, {tls_client_issuer}, {tls_client_fingerprint}, "
+            "{tls_client_verify}; found '{host:>9}'",
         ),
         (
             "-> redirect 301 https://{host/",
@@ -656,22 +660,30 @@ def test_bad_route_sections_are_errors(section: str, message: str) -> None:
         (
             "set X-A {client}",
             "a template using only {client_ip}, {host}, {scheme}, {uri}, {path}, {query}, "
-            "{method}, {request_id}, {route}; found '{client}' (did you mean 'client_ip'?)",
+            "{method}, {request_id}, {route}, {tls_version}, {tls_cipher}, {tls_sni}, "
+            "{tls_client_subject}, {tls_client_issuer}, {tls_client_fingerprint}, "
+            "{tls_client_verify}; found '{client}' (did you mean 'client_ip'?)",
         ),
         (
             "set X-A {host.real}",
             "a template using only {client_ip}, {host}, {scheme}, {uri}, {path}, {query}, "
-            "{method}, {request_id}, {route}; found '{host.real}' (did you mean 'host'?)",
+            "{method}, {request_id}, {route}, {tls_version}, {tls_cipher}, {tls_sni}, "
+            "{tls_client_subject}, {tls_client_issuer}, {tls_client_fingerprint}, "
+            "{tls_client_verify}; found '{host.real}' (did you mean 'host'?)",
         ),
         (
             "set X-A {host!r}",
             "a template using only {client_ip}, {host}, {scheme}, {uri}, {path}, {query}, "
-            "{method}, {request_id}, {route}; found '{host!r}'",
+            "{method}, {request_id}, {route}, {tls_version}, {tls_cipher}, {tls_sni}, "
+            "{tls_client_subject}, {tls_client_issuer}, {tls_client_fingerprint}, "
+            "{tls_client_verify}; found '{host!r}'",
         ),
         (
             "set X-A {}",
             "a template using only {client_ip}, {host}, {scheme}, {uri}, {path}, {query}, "
-            "{method}, {request_id}, {route}; found '{}'",
+            "{method}, {request_id}, {route}, {tls_version}, {tls_cipher}, {tls_sni}, "
+            "{tls_client_subject}, {tls_client_issuer}, {tls_client_fingerprint}, "
+            "{tls_client_verify}; found '{}'",
         ),
     ],
 )
@@ -916,7 +928,7 @@ def test_an_error_status_given_twice_is_an_error(tmp_path: Path) -> None:
 def test_the_section_kinds_now_include_http_and_route() -> None:
     assert errors_of("[htp x]\n") == [
         "proxyd.ini:1: [htp x]: expected a section kind ('proxyd', 'pool', 'tcp', 'http', "
-        "'route'); found [htp] (did you mean 'http'?)"
+        "'https', 'route'); found [htp] (did you mean 'http'?)"
     ]
 
 

@@ -53,6 +53,7 @@ class FakePool:
     """Pool API: picks the first up server not excluded; records every call."""
 
     def __init__(self, servers: Collection[str]) -> None:
+        self.name = "db"
         self.servers = [
             Server(ServerConfig(Address(host, int(port))), pool="db")
             for host, port in (s.rsplit(":", 1) for s in servers)
@@ -187,7 +188,7 @@ class Harness:
         self.factory = TcpRelayFactory(
             self.reactor,
             self.config,
-            self.pool,  # type: ignore[arg-type]
+            {"db": self.pool},  # type: ignore[dict-item]
             AccessLog(self.stream, "memory"),
         )
 
@@ -787,7 +788,8 @@ def _with_real_pool(h: Harness, **pool: Any) -> Pool:
         real = Pool(PoolConfig("db", servers, balance="first"), h.reactor)
     except NotImplementedError:
         pytest.skip("proxyd.pool.Pool is not implemented yet")
-    h.factory.pool = real
+    h.factory.pools = {"db": real}
+    h.factory.default_pool = real
     return real
 
 

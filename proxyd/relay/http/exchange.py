@@ -52,6 +52,7 @@ from proxyd.relay.http.h1 import (
 from proxyd.relay.http.routing import normalize_path, rewrite_path
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key
+from proxyd.tls import PeerTls, describe_failure
 
 if TYPE_CHECKING:
     from proxyd.clock import DelayedCall
@@ -65,6 +66,18 @@ REPLAY_LIMIT: Final = 64 * 1024
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HOST_RE: Final = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?$")
+
+
+def _tls_fields(tls: PeerTls) -> dict[str, str]:
+    return {
+        "tls_version": tls.version,
+        "tls_cipher": tls.cipher,
+        "tls_sni": tls.server_name,
+        "tls_client_subject": tls.client_subject,
+        "tls_client_issuer": tls.client_issuer,
+        "tls_client_fingerprint": tls.client_fingerprint,
+        "tls_client_verify": tls.client_verify,
+    }
 
 
 def split_host(host: bytes) -> str | None:
@@ -194,10 +207,11 @@ class Exchange:
         request_id = policy.request_id(request.headers, _new_request_id)
         client = self.client.peer
         local = self.client.local
+        tls = self.client.tls
         self.ctx = policy.RequestContext(
             client_ip=client.host,
             client_port=client.port,
-            scheme="http",
+            scheme="http" if tls is None else "https",
             host=host.decode("latin-1"),
             method=method,
             path=path,
@@ -207,7 +221,11 @@ class Exchange:
             route=route.name if route is not None else "",
             local_ip=local.host,
             local_port=local.port,
+            **(_tls_fields(tls) if tls is not None else {}),
         )
+        if self.config.https_redirect is not None:
+            self._redirect_to_https(host_name, raw_path, query)
+            return
         if route is None:
             self.fail(404, "no route matches")
             return
@@ -225,6 +243,15 @@ class Exchange:
             )
         else:
             self._proxy(action, path, query)
+
+    def _redirect_to_https(self, host: str, path: bytes, query: bytes) -> None:
+        """`https_redirect`: 308 keeps the method and body (RFC 9110 15.4.9)."""
+        port = self.config.https_redirect
+        authority = host  # an IPv6 literal keeps its brackets
+        if port != 443:
+            authority += f":{port}"
+        location = b"https://" + authority.encode("ascii") + path + (b"?" + query if query else b"")
+        self.respond(308, b"", [(b"Location", location)])
 
     def _header_map(self) -> dict[str, str]:
         fields: dict[str, str] = {}
@@ -315,7 +342,12 @@ class Exchange:
 
     def _crashed(self, failure: Failure) -> None:
         """A bug of ours: logged with its traceback; the client still gets an answer."""
-        _log.failure("http {listener}: internal error", failure, listener=self.config.name)
+        _log.failure(
+            "{kind} {listener}: internal error",
+            failure,
+            kind=self.config.kind,
+            listener=self.config.name,
+        )
         if not self.finished:
             self.client.close_after_response()
             self.fail(500, "internal error")
@@ -338,15 +370,22 @@ class Exchange:
         if reason.check(defer.CancelledError):
             return  # we cancelled it
         assert self.pool is not None
-        timed_out = reason.check(twisted_error.TimeoutError) is not None
-        why = "connect timed out" if timed_out else f"connect failed: {reason.getErrorMessage()}"
+        timed_out = reason.check(twisted_error.TimeoutError, TimeoutError) is not None
+        tls = describe_failure(reason)
+        if tls is not None:
+            why = f"TLS handshake failed: {tls}"
+        elif timed_out:
+            why = "connect timed out"
+        else:
+            why = f"connect failed: {reason.getErrorMessage()}"
         self.pool.report_failure(server, why)
         self.pool.release(server)
         self.server = None
         if self.finished:
             return
         _log.warn(
-            "http {listener}: {server} in pool {pool}: {why}",
+            "{kind} {listener}: {server} in pool {pool}: {why}",
+            kind=self.config.kind,
             listener=self.config.name,
             server=server.name,
             pool=self.pool.name,
@@ -529,6 +568,7 @@ class Exchange:
         fields = policy.response_headers(fields, via=self.config.via, version=response.version)
         fields = self._apply(fields, self.config.response_headers, self.route.response_headers)
         self._sticky(fields)
+        self._hsts(fields)
         if not response.no_body and response.content_length is None:
             if self.request.version == "1.1":
                 self._client_chunked = True
@@ -631,7 +671,8 @@ class Exchange:
         body, content_type = self.factory.error_body(status)
         if status >= 400 and status not in (404, 405):
             _log.info(
-                "http {listener}: {method} {target} from {client}: {status} ({why})",
+                "{kind} {listener}: {method} {target} from {client}: {status} ({why})",
+                kind=self.config.kind,
                 listener=self.config.name,
                 method=self.request.method.decode("latin-1"),
                 target=self.request.target.decode("latin-1")[:200],
@@ -646,6 +687,7 @@ class Exchange:
     ) -> None:
         if route_rules and self.route is not None:
             fields = self._apply(fields, self.config.response_headers, self.route.response_headers)
+        self._hsts(fields)
         head_only = self.request.method == b"HEAD" or status in (204, 304)
         if status not in (204, 304):
             fields.append((b"Content-Length", b"%d" % len(body)))
@@ -657,6 +699,13 @@ class Exchange:
         self.response_bytes = 0 if head_only else len(body)
         self.client.send([response_head(status, b"", fields), b"" if head_only else body])
         self._finish(keep_alive=self._client_keep_alive)
+
+    def _hsts(self, fields: Headers) -> None:
+        """[https] `hsts`: our Strict-Transport-Security replaces the upstream's."""
+        value = self.factory.hsts
+        if value is not None:
+            fields[:] = [f for f in fields if f[0].lower() != b"strict-transport-security"]
+            fields.append((b"Strict-Transport-Security", value))
 
     # Ending.
 

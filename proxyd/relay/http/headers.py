@@ -15,6 +15,7 @@ from typing import Final
 import attrs
 
 from proxyd.config.model import HeaderRule
+from proxyd.config.routes import TEMPLATE_VARIABLES
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -90,6 +91,14 @@ class RequestContext:
     route: str
     local_ip: str = ""
     local_port: int = 0
+    tls_version: str = ""
+    tls_cipher: str = ""
+    tls_sni: str = ""
+    tls_client_subject: str = ""
+    tls_client_issuer: str = ""
+    tls_client_fingerprint: str = ""
+    tls_client_verify: str = ""
+    """The `tls_*` fields are "" on plain HTTP (see proxyd.tls.PeerTls)."""
 
 
 def _encode(text: str) -> bytes:
@@ -103,10 +112,8 @@ def _encode(text: str) -> bytes:
 
 # Templates.
 
-TEMPLATE_FIELDS: Final = frozenset(
-    {"client_ip", "host", "scheme", "uri", "path", "query", "method", "request_id", "route"}
-)
-"""The `{name}`s a template may use (proxyd.config.routes.TEMPLATE_VARIABLES)."""
+TEMPLATE_FIELDS: Final = frozenset(TEMPLATE_VARIABLES)
+"""The `{name}`s a template may use: RequestContext attributes."""
 
 _Compiled = tuple[tuple[str, str | None], ...]
 """(literal text, then the RequestContext attribute to insert or None), in order."""
@@ -303,8 +310,8 @@ def apply_rules(headers: Headers, rules: Sequence[HeaderRule], ctx: RequestConte
     """Apply header rules in order, returning a new list:
 
     - `set` replaces every field of that name (case-insensitive) with one field at the
-      position of the first, or appends it;
-    - `add` appends a field;
+      position of the first, or appends it; a value that expands to "" removes them all;
+    - `add` appends a field, unless its value expands to "";
     - `remove` deletes every field of that name.
 
     Values are expand()ed templates, encoded latin-1 (UTF-8 when they hold characters beyond
@@ -317,13 +324,16 @@ def apply_rules(headers: Headers, rules: Sequence[HeaderRule], ctx: RequestConte
             compiled = _compile_rule(rule)
         op, name, lower = compiled
         if op == "add":
-            out.append((name, _encode(expand(rule.value, ctx))))
+            value = expand(rule.value, ctx)
+            if value:
+                out.append((name, _encode(value)))
         elif op == "remove":
             out = [field for field in out if field[0].lower() != lower]
         elif op == "set":
-            field = (name, _encode(expand(rule.value, ctx)))
+            value = expand(rule.value, ctx)
+            field = (name, _encode(value))
             kept: Headers = []
-            placed = False
+            placed = not value
             for existing in out:
                 if existing[0].lower() != lower:
                     kept.append(existing)

@@ -12,9 +12,10 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, cast
 
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTCP
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, IReactorTCP
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,6 +37,9 @@ from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.io import Transport
 from proxyd.relay.session import iso_utc
+from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
+
+_log = Logger(namespace="proxyd.relay.http")
 
 
 def _address(address: IAddress) -> Address:
@@ -44,10 +48,11 @@ def _address(address: IAddress) -> Address:
     return Address(host, port)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class ClientConnection(TwistedProtocol):
     """One client connection. It is its transport's producer: a full write buffer pauses the
-    current exchange's upstream reads."""
+    current exchange's upstream reads. On [https] it sits inside Twisted's TLS wrapper, which
+    delivers no request bytes before the handshake is done."""
 
     def __init__(self, factory: HttpRelayFactory) -> None:
         self.factory = factory
@@ -63,6 +68,8 @@ class ClientConnection(TwistedProtocol):
         self.peer = Address("", 0)
         self.local = Address("", 0)
         self.trusted = False
+        self.tls: PeerTls | None = None
+        """Set once the TLS handshake is done ([https])."""
 
     @property
     def channel(self) -> Transport:
@@ -87,7 +94,12 @@ class ClientConnection(TwistedProtocol):
         self.reader.feed(data)
         self.drive()
 
+    def handshakeCompleted(self) -> None:
+        self.tls = peer_tls(self.transport)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.factory.tls is not None and self.tls is None:
+            self.factory.log_handshake_failure(self, reason)
         self.lost = True
         self.factory.connections -= 1
         self._cancel_timer()
@@ -266,6 +278,12 @@ class HttpRelayFactory(Factory):
         self.access_log = access_log
         self.error_pages = dict(error_pages or {})
         self.routes = RouteTable(config.routes)
+        self.tls: ServerTls | None = (
+            ServerTls(f"https {config.name}", config.tls, [b"http/1.1"])
+            if config.tls is not None
+            else None
+        )
+        self.hsts = config.hsts.encode("ascii") if config.hsts is not None else None
         self._trusted = config.trusted_proxies
         self.connections = 0
         self.requests = 0
@@ -329,9 +347,25 @@ class HttpRelayFactory(Factory):
             "attempts": len(tried),
             "request_id": ctx.request_id if ctx is not None else None,
         }
+        tls = exchange.client.tls
+        if tls is not None:
+            record["tls_version"] = tls.version
+            record["sni"] = tls.server_name or None
         if exchange.error is not None:
             record["error"] = exchange.error
         self.access_log.log(record)
+
+    def log_handshake_failure(self, client: ClientConnection, reason: Failure) -> None:
+        """A client that never completed its handshake: why, at info level (scanners and
+        clients with old TLS versions are common; a refused client certificate is warned
+        about when it is verified)."""
+        why = describe_failure(reason) or "connection closed during the handshake"
+        _log.info(
+            "https {listener}: TLS handshake with {client} failed: {why}",
+            listener=self.config.name,
+            client=client.peer_text,
+            why=why,
+        )
 
     def log_refusal(self, client: ClientConnection, error: HttpError) -> None:
         if not self.access_log.enabled:

@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTCP
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.protocol import ClientFactory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
@@ -23,6 +29,7 @@ from proxyd.config.model import PoolConfig
 from proxyd.pool import Server
 from proxyd.relay.http.h1 import ResponseReader
 from proxyd.relay.io import ConnectingReactor, Connector, Transport
+from proxyd.tls import ClientTls
 
 
 class UpstreamHandler(Protocol):
@@ -128,57 +135,112 @@ class UpstreamConnection(TwistedProtocol):
 class _Connect(ClientFactory[UpstreamConnection]):
     noisy = False
 
-    def __init__(self, pool: ConnectionPool, server: Server) -> None:
+    def __init__(self, pool: ConnectionPool, server: Server, handshake_timeout: float) -> None:
         self.pool = pool
         self.server = server
+        self.handshake_timeout = handshake_timeout
+        """Over TLS, how long the handshake may take; 0 for plain TCP."""
         self.result: Deferred[UpstreamConnection] = Deferred(self._cancel)
         self.connector: Connector | None = None
+        self.announcing: _Announcing | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection | None:
         if self.result.called:
             return None  # cancelled: Twisted closes the late connection
-        return _Announcing(self.pool, self.server, self.result)
+        self.announcing = _Announcing(self.pool, self.server, self.result, self.handshake_timeout)
+        return self.announcing
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.result.called:
             self.result.errback(reason)
 
     def _cancel(self, result: Deferred[UpstreamConnection]) -> None:
-        if self.connector is not None:
+        if self.announcing is not None:
+            self.announcing.abort()  # cancelled mid-handshake
+        elif self.connector is not None:
             self.connector.stopConnecting()
 
 
+@implementer(IHandshakeListener)
 class _Announcing(UpstreamConnection):
-    """A new connection fires its connect Deferred once the transport is there."""
+    """A new connection fires its connect Deferred once the transport is there, or over TLS
+    once the handshake (and the certificate's verification) is done."""
 
     def __init__(
-        self, pool: ConnectionPool, server: Server, result: Deferred[UpstreamConnection]
+        self,
+        pool: ConnectionPool,
+        server: Server,
+        result: Deferred[UpstreamConnection],
+        handshake_timeout: float,
     ) -> None:
         super().__init__(pool, server)
         self._result: Deferred[UpstreamConnection] | None = result
+        self._handshake_timeout = handshake_timeout
+        self._handshake_timer: DelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self._handshake_timeout:
+            self._handshake_timer = self.pool.reactor.callLater(
+                self._handshake_timeout, self._handshake_timed_out
+            )
+        else:
+            self._announce()
+
+    def handshakeCompleted(self) -> None:
+        if not getattr(self.transport, "disconnecting", False):  # else verification failed
+            self._announce()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        result, self._result = self._result, None
+        self._cancel_timer()
+        if result is not None and not result.called:
+            self.lost = True
+            result.errback(reason)
+            return
+        super().connectionLost(reason)
+
+    def _announce(self) -> None:
+        self._cancel_timer()
         result, self._result = self._result, None
         if result is not None and not result.called:
             result.callback(self)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        result, self._result = self._result, None
+        self.abort()
+        if result is not None and not result.called:
+            result.errback(TimeoutError("TLS handshake timed out"))
+
+    def _cancel_timer(self) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 class ConnectionPool:
     """Idle keep-alive connections to the servers of one `[pool]`, shared by the HTTP
     listeners that use it."""
 
-    def __init__(self, reactor: IReactorTCP, config: PoolConfig) -> None:
-        """`reactor` must provide IReactorTime as well."""
+    def __init__(
+        self, reactor: IReactorTCP, config: PoolConfig, tls: ClientTls | None = None
+    ) -> None:
+        """`reactor` must provide IReactorTime as well; with `tls`, connections speak TLS."""
         self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
+        self.tls = tls
         self._idle: dict[Server, list[UpstreamConnection]] = {}
 
     def connect(self, server: Server, timeout: float) -> Deferred[UpstreamConnection]:
-        """A new connection to `server`; fails with Twisted's connect errors."""
-        factory = _Connect(self, server)
+        """A new connection to `server`, its TLS handshake done within `timeout` too; fails
+        with Twisted's connect errors, TimeoutError, or a TLS error (proxyd.tls)."""
         address = server.address
-        connector = self.reactor.connectTCP(address.host, address.port, factory, timeout)
+        factory = _Connect(self, server, timeout if self.tls is not None else 0.0)
+        wrapped: ClientFactory[Any] = factory
+        if self.tls is not None:
+            wrapped = self.tls.wrap(factory, address.host, cast(IReactorTime, self.reactor))
+        connector = self.reactor.connectTCP(address.host, address.port, wrapped, timeout)
         factory.connector = connector
         return factory.result
 
