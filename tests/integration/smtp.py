@@ -73,7 +73,8 @@ class SmtpServer:
     """Listens on 127.0.0.1:`port`, requires STARTTLS, puts each message on `received`.
     `stop_listening()` / `start_listening()` close and reopen the port (for health checks)."""
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, cert: Path, key: Path, require_starttls: bool = True) -> None:
+        self.require_starttls = require_starttls
         self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.tls_context.load_cert_chain(cert, key)
         self.received: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -94,7 +95,7 @@ class SmtpServer:
                     self.handler,
                     hostname="mx.test",
                     tls_context=self.tls_context,
-                    require_starttls=True,
+                    require_starttls=self.require_starttls,
                     timeout=30,
                 )
 
