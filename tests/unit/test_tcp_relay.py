@@ -182,7 +182,8 @@ class Harness:
     def __init__(self, servers: Collection[str] = SERVERS, **config: Any) -> None:
         self.reactor = MemoryReactorClock()
         self.reactor.advance(START)
-        self.config = TcpListenerConfig(name="db", listen="tcp:13306", pool="db", **config)
+        config.setdefault("pool", "db")
+        self.config = TcpListenerConfig(name="db", listen="tcp:13306", **config)
         self.pool = FakePool(servers)
         self.stream = io.StringIO()
         self.factory = TcpRelayFactory(
