@@ -10,7 +10,7 @@ CONFIG ?= etc/proxyd.ini
 TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk
 
-.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http clean
+.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-tcp: venv
 bench-http: venv
 	scripts/apt-need $(BENCH_DEBS)
 	$(BIN)/python bench/http.py
+
+bench-tls: venv
+	scripts/apt-need $(BENCH_DEBS)
+	$(BIN)/python bench/tls.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache
