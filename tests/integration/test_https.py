@@ -331,3 +331,25 @@ def test_a_tls_check_takes_a_server_with_a_bad_certificate_down(certs, tls_serve
     match = relay.wait_for_state(f"127.0.0.1:{bad}", "p", "DOWN")
     assert "TLS handshake failed" in relay.log()[match.start() : match.start() + 300]
     wait_until(lambda: f"127.0.0.1:{good} in pool p is DOWN" not in relay.log(), 1, "good up")
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_sessions_resume(certs, http_backend, proxyd, version: ssl.TLSVersion) -> None:
+    path = certs("site", ["127.0.0.1"])
+    port = free_port()
+    proxyd(https_config(port, http_backend.port, f"    {path}\n"))
+    context = ssl.create_default_context(cafile=str(path.parent / "ca.pem"))
+    context.minimum_version = context.maximum_version = version
+
+    def one_request(session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession, bool]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(sock, server_hostname="127.0.0.1", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):  # to the end: TLS 1.3 tickets come after the handshake
+                pass
+            assert tls.session is not None
+            return tls.session, tls.session_reused
+
+    session, reused = one_request()
+    assert not reused
+    assert one_request(session)[1]
