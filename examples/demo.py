@@ -24,6 +24,7 @@ proxyd is starting on {config}. Try, in another terminal:
     curl -si --cacert etc/demo-tls/demo-ca.pem https://localhost:8443/echo    # HTTPS
     echo hi | openssl s_client -quiet -connect 127.0.0.1:7443   # TLS on a TCP listener
     curl -s --cacert etc/demo-tls/demo-ca.pem https://localhost:9443/  # SNI passthrough
+    echo hello | nc -u -w1 127.0.0.1 5300                        # UDP relay -> 9201/9202
     .venv/bin/proxyd check {config}              # validate the configuration
 Stop with Ctrl-C.
 """
@@ -52,6 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     backends = [
         subprocess.Popen([sys.executable, os.path.join(HERE, "echo_server.py"), "9001", "9002"]),
+        subprocess.Popen([sys.executable, os.path.join(HERE, "udp_echo.py"), "9201", "9202"]),
         *(
             subprocess.Popen(
                 [
@@ -64,7 +66,7 @@ def main() -> int:
         ),
     ]
     problem = wait_accepting([9001, 9002], backends[0], limit=10)
-    for backend, port in zip(backends[1:], (9101, 9102), strict=True):
+    for backend, port in zip(backends[2:], (9101, 9102), strict=True):
         problem = problem or wait_accepting([port], backend, limit=10)
     if problem:
         print(f"make run: {problem}", file=sys.stderr)

@@ -21,6 +21,7 @@ from proxyd.pool import Pool
 from proxyd.relay.http.server import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.tcp import TcpRelayFactory
+from proxyd.relay.udp import UdpListener
 from proxyd.tls import ClientTls, ServerTls
 
 log = Logger()
@@ -72,6 +73,27 @@ class ListenerService(service.Service):
         return None
 
 
+class UdpListenerService(ListenerService):
+    """A `[udp NAME]`: Twisted has no udp: server endpoint, so the relay listens itself."""
+
+    def __init__(self, reactor: Any, name: str, description: str, relay: UdpListener) -> None:
+        super().__init__(reactor, name, description, relay)
+        self.relay = relay
+
+    def bind(self) -> None:
+        try:
+            self.port = self.relay.listen()
+        except CannotListenError as e:
+            why = e.socketError.strerror if e.socketError is not None else str(e)
+            raise StartupError(
+                f"proxyd: [{self.name}] cannot listen on {self.description}: {why}"
+            ) from None
+
+    def stopService(self) -> Any:
+        self.relay.stop()
+        return super().stopService()
+
+
 class ProxydService(service.MultiService):
     """The whole proxy: the health service and every listener, over shared pools."""
 
@@ -94,6 +116,13 @@ class ProxydService(service.MultiService):
                 reactor, tcp, self.pools, self._log(tcp.access_log), tcp_tls
             )
             self._add_listener(reactor, f"tcp {tcp.name}", tcp.listen, tcp_factory)
+        for udp in config.udp:
+            relay = UdpListener(reactor, udp, self.pools[udp.pool], self._log(udp.access_log))
+            listener: ListenerService = UdpListenerService(
+                reactor, f"udp {udp.name}", udp.listen, relay
+            )
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
         # Upstream keep-alive connections are per pool, shared by every HTTP listener.
         self.upstreams = {
             name: ConnectionPool(

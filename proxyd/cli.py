@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = f"{len(config.pools)} pools, {len(config.tcp)} tcp listeners"
     if config.http:
         counts += f", {len(config.http)} http listeners"
+    if config.udp:
+        counts += f", {len(config.udp)} udp listeners"
     print(f"{args.file}: ok ({counts})")
     return 0
 

@@ -28,6 +28,7 @@ from proxyd.config.model import (
     TlsCheck,
     TlsClientConfig,
     TlsServerConfig,
+    UdpListenerConfig,
 )
 from proxyd.config.routes import RouteSection
 
@@ -241,6 +242,20 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "tls_alpn": _tls("alpn", tls.alpn),
         },
     ),
+    "udp": (
+        UdpListenerConfig,
+        True,
+        {
+            "listen": Key(v.udp_endpoint, required=True),
+            "pool": Key(_pool_name, required=True, context=True),
+            "protocol": Key(v.choice("raw")),
+            "session_timeout": Key(v.positive_duration),
+            "max_sessions": Key(v.integer(0)),
+            "max_datagram_size": Key(v.size(1, 65535)),
+            "retries": Key(v.integer(0, 100)),
+            "access_log": Key(v.log_target),
+        },
+    ),
     "http": (HttpListenerConfig, True, {**_HTTP_KEYS, "https_redirect": Key(tls.https_redirect)}),
     "https": (
         HttpListenerConfig,
@@ -271,7 +286,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     ),
 }
 
-_BUILD_ORDER = ("proxyd", "pool", "tcp", "route", "http", "https")
+_BUILD_ORDER = ("proxyd", "pool", "tcp", "udp", "route", "http", "https")
 """[http] sections are built last: their routes take actions from [route] sections."""
 
 
@@ -338,6 +353,7 @@ def loads(text: str, path: str = "<config>") -> Config:
         return attrs.evolve(listener, access_log=global_config.access_log)
 
     tcp = tuple(inherit("tcp", listener) for listener in built["tcp"].values())
+    udp = tuple(inherit("udp", listener) for listener in built["udp"].values())
     http = tuple(
         attrs.evolve(
             inherit(kind, listener),
@@ -346,7 +362,7 @@ def loads(text: str, path: str = "<config>") -> Config:
         for kind in ("http", "https")
         for listener in built[kind].values()
     )
-    return Config(path=path, proxyd=global_config, pools=built["pool"], tcp=tcp, http=http)
+    return Config(path=path, proxyd=global_config, pools=built["pool"], tcp=tcp, http=http, udp=udp)
 
 
 def _with_lines(parsed: tuple[RouteConfig, ...], entry: Entry) -> tuple[RouteConfig, ...]:

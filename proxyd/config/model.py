@@ -400,6 +400,41 @@ class HttpListenerConfig:
 
 
 @attrs.frozen
+class UdpListenerConfig:
+    """`[udp NAME]`: a datagram relay from `listen` to a pool, a session per client address."""
+
+    name: str
+    listen: str
+    """`udp:PORT[:interface=ADDRESS]` (Twisted has no udp: server endpoint; proxyd reads it)."""
+    pool: str
+    protocol: str = "raw"
+    """raw: datagrams relayed as they are, within a session per client address."""
+    session_timeout: float = 30.0
+    """A session with no datagram either way for this long is closed."""
+    max_sessions: int = 10000
+    """Most sessions at once; datagrams from further clients are dropped (and counted); 0 is
+    unlimited."""
+    max_datagram_size: int = 65507
+    """Larger datagrams (either way) are dropped and counted."""
+    retries: int = 2
+    """Further servers a session moves to when its server refuses datagrams (ICMP port
+    unreachable)."""
+    access_log: str = "-"
+    """One JSON line per session, when it ends."""
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.split(":")[1])
+
+    @property
+    def interface(self) -> str:
+        for option in self.listen.split(":", 2)[2:]:
+            if option.startswith("interface="):
+                return option[len("interface=") :]
+        return ""
+
+
+@attrs.frozen
 class GlobalConfig:
     """`[proxyd]`: process-wide settings."""
 
@@ -415,3 +450,4 @@ class Config:
     pools: Mapping[str, PoolConfig]
     tcp: tuple[TcpListenerConfig, ...] = ()
     http: tuple[HttpListenerConfig, ...] = ()
+    udp: tuple[UdpListenerConfig, ...] = ()

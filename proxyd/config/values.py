@@ -199,6 +199,29 @@ def endpoint(text: str) -> str:
     return text
 
 
+def udp_endpoint(text: str) -> str:
+    """`udp:PORT[:interface=ADDRESS]`, the udp: endpoint Twisted does not have: PORT 1-65535,
+    ADDRESS an IPv4 or IPv6 address (IPv6 with its colons escaped as `\\:`, as Twisted's
+    endpoint strings write them, or bare)."""
+    text = text.strip()
+    expected = "udp:PORT or udp:PORT:interface=ADDRESS, such as udp:5353:interface=127.0.0.1"
+    kind, _, rest = text.partition(":")
+    port, _, option = rest.partition(":")
+    if kind != "udp" or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(expected, repr(text))
+    if option:
+        name, _, value = option.partition("=")
+        address = value.replace("\\:", ":")
+        if name != "interface":
+            raise Invalid(expected, repr(text), did_you_mean(name, ["interface"]))
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise Invalid(expected, repr(text), "the interface must be an IP address") from None
+        return f"udp:{int(port)}:interface={address}"
+    return f"udp:{int(port)}"
+
+
 def log_target(text: str) -> str:
     text = text.strip()
     if not text:
