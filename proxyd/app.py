@@ -18,6 +18,7 @@ from proxyd.config.model import Config
 from proxyd.config.values import Invalids
 from proxyd.health import HealthService
 from proxyd.pool import Pool
+from proxyd.relay.dns import DnsListener
 from proxyd.relay.http.server import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.tcp import TcpRelayFactory
@@ -76,7 +77,9 @@ class ListenerService(service.Service):
 class UdpListenerService(ListenerService):
     """A `[udp NAME]`: Twisted has no udp: server endpoint, so the relay listens itself."""
 
-    def __init__(self, reactor: Any, name: str, description: str, relay: UdpListener) -> None:
+    def __init__(
+        self, reactor: Any, name: str, description: str, relay: UdpListener | DnsListener
+    ) -> None:
         super().__init__(reactor, name, description, relay)
         self.relay = relay
 
@@ -117,7 +120,8 @@ class ProxydService(service.MultiService):
             )
             self._add_listener(reactor, f"tcp {tcp.name}", tcp.listen, tcp_factory)
         for udp in config.udp:
-            relay = UdpListener(reactor, udp, self.pools[udp.pool], self._log(udp.access_log))
+            kind = DnsListener if udp.protocol == "dns" else UdpListener
+            relay = kind(reactor, udp, self.pools[udp.pool], self._log(udp.access_log))
             listener: ListenerService = UdpListenerService(
                 reactor, f"udp {udp.name}", udp.listen, relay
             )

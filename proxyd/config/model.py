@@ -408,7 +408,10 @@ class UdpListenerConfig:
     """`udp:PORT[:interface=ADDRESS]` (Twisted has no udp: server endpoint; proxyd reads it)."""
     pool: str
     protocol: str = "raw"
-    """raw: datagrams relayed as they are, within a session per client address."""
+    """raw: datagrams relayed as they are, within a session per client address; dns: each
+    query relayed on its own, its ID rewritten (proxyd.relay.dns)."""
+    query_timeout: float = 2.0
+    """protocol = dns: a query without an answer for this long goes to another server."""
     session_timeout: float = 30.0
     """A session with no datagram either way for this long is closed."""
     max_sessions: int = 10000

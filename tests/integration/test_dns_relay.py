@@ -1,0 +1,79 @@
+"""protocol = dns in the real proxyd, against two dnsmasq servers, queried with dnspython:
+answers with the client's IDs, a stopped server's queries answered by the other."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+from pathlib import Path
+
+import dns.message
+import dns.query
+import pytest
+
+from .harness import ProcessList
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("dnsmasq", path="/usr/sbin:/usr/bin") is None, reason="dnsmasq missing"
+    ),
+]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dnsmasq(processes: ProcessList, tmp_path: Path, name: str, answer: str) -> tuple[int, object]:
+    port = free_udp_port()
+    config = tmp_path / f"{name}.conf"
+    config.write_text(
+        "no-resolv\nno-hosts\nbind-interfaces\nlisten-address=127.0.0.1\n"
+        f"address=/example.test/{answer}\n"
+    )
+    argv = [shutil.which("dnsmasq", path="/usr/sbin:/usr/bin"), "-k", "-C", str(config)]
+    argv += ["-p", str(port), "--pid-file=", "--log-facility=-", "--user=" + _user()]
+    process = processes.start(f"dnsmasq-{name}", argv)
+    process.wait_for_output(r"started, version", 15)
+    return port, process
+
+
+def _user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def ask(port: int, name: str) -> dns.message.Message:
+    query = dns.message.make_query(name, "A")
+    answer = dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+    assert answer.id == query.id
+    return answer
+
+
+def test_queries_are_answered_through_proxyd_and_survive_a_stopped_server(
+    processes: ProcessList, tmp_path: Path, proxyd
+) -> None:
+    first, first_process = dnsmasq(processes, tmp_path, "one", "192.0.2.1")
+    second, _ = dnsmasq(processes, tmp_path, "two", "192.0.2.2")
+    port = free_udp_port()
+    relay = proxyd(
+        f"[pool dns]\nservers = 127.0.0.1:{first} 127.0.0.1:{second}\n\n"
+        f"[udp dns]\nlisten = udp:{port}:interface=127.0.0.1\npool = dns\nprotocol = dns\n"
+        "query_timeout = 500ms\n"
+    )
+    relay.wait_for_log(r"\[udp dns\] listening")
+    seen = {str(ask(port, f"n{i}.example.test").answer[0][0]) for i in range(10)}
+    assert seen == {"192.0.2.1", "192.0.2.2"}  # round robin over both
+
+    first_process.kill()  # type: ignore[attr-defined]
+    for i in range(20):
+        assert str(ask(port, f"m{i}.example.test").answer[0][0]) == "192.0.2.2"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"not dns", ("127.0.0.1", port))
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recvfrom(512)
