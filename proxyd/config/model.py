@@ -91,6 +91,18 @@ class HttpCheck:
 
 
 @attrs.frozen
+class DnsCheck:
+    """`check = dns NAME [TYPE] [expect RCODE[,RCODE...]]`: one query over UDP; the server is up
+    when its answer has one of the expected rcodes."""
+
+    name: str
+    rdtype: str = "A"
+    expect: tuple[str, ...] = ("NOERROR",)
+
+    kind = "dns"
+
+
+@attrs.frozen
 class TlsCheck:
     """`check = tls [http ...]`: a TLS handshake that verifies as the pool's `tls_*` keys say,
     then, with `http ...`, that HTTP check over it. A pool with `tls = on` runs its `http`
@@ -102,7 +114,7 @@ class TlsCheck:
     kind = "tls"
 
 
-CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck
+CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck | DnsCheck
 
 
 @attrs.frozen(eq=False)

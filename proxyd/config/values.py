@@ -8,12 +8,17 @@ import re
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 
+import dns.exception
+import dns.name
+import dns.rcode
+import dns.rdatatype
 from twisted.internet.endpoints import serverFromString
 
 from proxyd.config.errors import Invalid, did_you_mean, one_of
 from proxyd.config.model import (
     Address,
     CheckConfig,
+    DnsCheck,
     HttpCheck,
     MysqlCheck,
     ServerConfig,
@@ -279,7 +284,7 @@ def _server_line(line: str) -> list[dict[str, object]]:
     return specs
 
 
-CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls")
+CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls", "dns")
 
 
 def check(text: str) -> CheckConfig | None:
@@ -304,6 +309,8 @@ def check(text: str) -> CheckConfig | None:
         return MysqlCheck()
     if kind == "http":
         return _http_check(args)
+    if kind == "dns":
+        return _dns_check(args)
     if kind == "tls":
         if not args:
             return TlsCheck(TlsClientConfig())
@@ -312,6 +319,36 @@ def check(text: str) -> CheckConfig | None:
         return TlsCheck(TlsClientConfig(), _http_check(args[1:]))
     kinds = (*CHECK_KINDS, "none")
     raise Invalid(f"a check kind ({one_of(kinds)})", repr(kind), did_you_mean(kind, kinds))
+
+
+def _dns_check(args: list[str]) -> DnsCheck:
+    expected = "'dns NAME [TYPE] [expect RCODE[,RCODE...]]', such as 'dns example.com A'"
+    if not args or args[0] == "expect":
+        raise Invalid(expected, "no name")
+    name = args.pop(0)
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException as e:
+        raise Invalid(expected, f"{name!r} ({e})") from None
+    fields: dict[str, object] = {"name": name}
+    if args and args[0] != "expect":
+        rdtype = args.pop(0).upper()
+        try:
+            dns.rdatatype.from_text(rdtype)
+        except dns.exception.DNSException:
+            raise Invalid("a DNS record type such as A, AAAA, MX, SOA", repr(rdtype)) from None
+        fields["rdtype"] = rdtype
+    if args:
+        if args[0] != "expect" or len(args) != 2:
+            raise Invalid(expected, repr(" ".join(args)))
+        codes = tuple(code.upper() for code in args[1].split(","))
+        for code in codes:
+            try:
+                dns.rcode.from_text(code)
+            except dns.exception.DNSException:
+                raise Invalid("DNS rcodes such as NOERROR, NXDOMAIN", repr(code)) from None
+        fields["expect"] = codes
+    return DnsCheck(**fields)  # type: ignore[arg-type]
 
 
 def _unescape(text: str) -> bytes:

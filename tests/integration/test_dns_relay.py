@@ -77,3 +77,23 @@ def test_queries_are_answered_through_proxyd_and_survive_a_stopped_server(
         sock.settimeout(0.5)
         with pytest.raises(TimeoutError):
             sock.recvfrom(512)
+
+
+def test_the_dns_check_takes_a_stopped_server_down_and_no_query_fails_after(
+    processes: ProcessList, tmp_path: Path, proxyd
+) -> None:
+    first, first_process = dnsmasq(processes, tmp_path, "one", "192.0.2.1")
+    second, _ = dnsmasq(processes, tmp_path, "two", "192.0.2.2")
+    port = free_udp_port()
+    relay = proxyd(
+        f"[pool dns]\nservers = 127.0.0.1:{first} 127.0.0.1:{second}\n"
+        "check = dns example.test A\ncheck_interval = 200ms\nfall = 2\n\n"
+        f"[udp dns]\nlisten = udp:{port}:interface=127.0.0.1\npool = dns\nprotocol = dns\n"
+        "retries = 0\n"
+    )
+    relay.wait_for_log(r"\[udp dns\] listening")
+    first_process.kill()  # type: ignore[attr-defined]
+    relay.wait_for_state(f"127.0.0.1:{first}", "dns", "DOWN", timeout=10)
+    # With no retries, only the health state keeps queries off the stopped server.
+    answers = {str(ask(port, f"q{i}.example.test").answer[0][0]) for i in range(30)}
+    assert answers == {"192.0.2.2"}
