@@ -248,7 +248,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         {
             "listen": Key(v.udp_endpoint, required=True),
             "pool": Key(_pool_name, required=True, context=True),
-            "protocol": Key(v.choice("raw", "dns")),
+            "protocol": Key(v.choice("raw", "dns", "sip")),
             "query_timeout": Key(v.positive_duration),
             "session_timeout": Key(v.positive_duration),
             "max_sessions": Key(v.integer(0)),

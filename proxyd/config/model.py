@@ -103,6 +103,17 @@ class DnsCheck:
 
 
 @attrs.frozen
+class SipCheck:
+    """`check = sip [URI]`: an OPTIONS request over UDP; the server is up when a final response
+    (200-699) comes back."""
+
+    uri: str | None = None
+    """The Request-URI; None is `sip:HOST:PORT` of the server."""
+
+    kind = "sip"
+
+
+@attrs.frozen
 class TlsCheck:
     """`check = tls [http ...]`: a TLS handshake that verifies as the pool's `tls_*` keys say,
     then, with `http ...`, that HTTP check over it. A pool with `tls = on` runs its `http`
@@ -114,7 +125,7 @@ class TlsCheck:
     kind = "tls"
 
 
-CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck | DnsCheck
+CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck | DnsCheck | SipCheck
 
 
 @attrs.frozen(eq=False)

@@ -22,6 +22,7 @@ from proxyd.config.model import (
     HttpCheck,
     MysqlCheck,
     ServerConfig,
+    SipCheck,
     SmtpCheck,
     TcpCheck,
     TlsCheck,
@@ -284,7 +285,7 @@ def _server_line(line: str) -> list[dict[str, object]]:
     return specs
 
 
-CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls", "dns")
+CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls", "dns", "sip")
 
 
 def check(text: str) -> CheckConfig | None:
@@ -311,6 +312,10 @@ def check(text: str) -> CheckConfig | None:
         return _http_check(args)
     if kind == "dns":
         return _dns_check(args)
+    if kind == "sip":
+        if len(args) > 1 or (args and not re.match(r"^sips?:[\x21-\x7e]+$", args[0])):
+            raise Invalid("'sip' or 'sip URI' such as 'sip sip:ping@10.0.0.5'", repr(text))
+        return SipCheck(args[0]) if args else SipCheck()
     if kind == "tls":
         if not args:
             return TlsCheck(TlsClientConfig())

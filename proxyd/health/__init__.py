@@ -1,10 +1,10 @@
 """Active health checks: the service that runs them, the rise/fall state, the check kinds.
 
-Importing the package registers every built-in kind (tcp, http, tls, dns, smtp, mysql) in
+Importing the package registers every built-in kind (tcp, http, tls, dns, sip, smtp, mysql) in
 proxyd.health.checks; a new kind is a module beside them, imported here.
 """
 
-from proxyd.health import dns, http, mysql, smtp, tcp, tls
+from proxyd.health import dns, http, mysql, sip, smtp, tcp, tls
 from proxyd.health.checks import CheckFailed, checker_for, register, run_check
 from proxyd.health.service import HealthService, ServerHealth
 from proxyd.health.state import HealthState, Transition
@@ -21,6 +21,7 @@ __all__ = [
     "mysql",
     "register",
     "run_check",
+    "sip",
     "smtp",
     "tcp",
     "tls",

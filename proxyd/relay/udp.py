@@ -1,4 +1,5 @@
-"""The UDP relay `[udp NAME]`: a session per client address.
+"""The UDP relay `[udp NAME]`: a session per client address (with `protocol = sip`, per
+dialog: per Call-ID, whatever address its messages come from).
 
 A client's first datagram picks a server (hash on the client's address by default, so a client
 sticks to its server), opens a connected UDP socket to it, and from then on datagrams go both
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import typing
+from collections.abc import Hashable
 from typing import Any, cast
 
 import attrs
@@ -29,6 +31,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, UdpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key, iso_utc
+from proxyd.sip import call_id
 
 __all__ = ["UdpListener"]
 
@@ -63,9 +66,13 @@ class UdpReactor(typing.Protocol):
 
 @attrs.define(eq=False)
 class Session:
-    """One client address and the server its datagrams go to."""
+    """A client (its address, or with protocol = sip a dialog's Call-ID) and the server its
+    datagrams go to."""
 
+    key: Hashable
     client: ClientAddress
+    """Where the server's datagrams go: the address of the client's latest datagram."""
+    hash_key: bytes | None
     started: float
     attempts: Attempts
     server: Server | None = None
@@ -122,7 +129,7 @@ class UdpListener(DatagramProtocol):
         self.config = config
         self.pool = pool
         self.access_log = access_log
-        self.sessions: dict[ClientAddress, Session] = {}
+        self.sessions: dict[Hashable, Session] = {}
         self.dropped_sessions = 0
         """Datagrams dropped because max_sessions sessions were open."""
         self.dropped_oversized = 0
@@ -140,7 +147,8 @@ class UdpListener(DatagramProtocol):
         if len(datagram) > self.config.max_datagram_size:
             self.dropped_oversized += 1
             return
-        session = self.sessions.get(client)
+        key, hash_key = self._key(datagram, client)
+        session = self.sessions.get(key)
         if session is None:
             limit = self.config.max_sessions
             if limit and len(self.sessions) >= limit:
@@ -154,10 +162,11 @@ class UdpListener(DatagramProtocol):
                         count=self.dropped_sessions,
                     )
                 return
-            session = self._open(client)
+            session = self._open(key, client, hash_key)
             if session is None:
                 self.dropped_no_server += 1
                 return
+        session.client = client
         assert session.port is not None and session.idle is not None
         session.idle.touch()
         session.datagrams_in += 1
@@ -165,10 +174,18 @@ class UdpListener(DatagramProtocol):
         session.last = datagram
         session.port.write(datagram)
 
+    def _key(self, datagram: bytes, client: ClientAddress) -> tuple[Hashable, bytes | None]:
+        """The session a datagram belongs to, and the hash key its server is picked by."""
+        if self.config.protocol == "sip":
+            dialog = call_id(datagram)
+            if dialog is not None:
+                return ("call-id", dialog), dialog
+        return client, client_hash_key(Address(*client))
+
     # From servers.
 
     def from_server(self, session: Session, datagram: bytes) -> None:
-        if self.sessions.get(session.client) is not session:
+        if self.sessions.get(session.key) is not session:
             return
         if len(datagram) > self.config.max_datagram_size:
             session.dropped += 1
@@ -185,7 +202,7 @@ class UdpListener(DatagramProtocol):
 
     def refused(self, session: Session) -> None:
         """ICMP port unreachable from the session's server: a failure; move the session."""
-        if self.sessions.get(session.client) is not session or session.server is None:
+        if self.sessions.get(session.key) is not session or session.server is None:
             return
         if session.side is not None:
             session.side.detached = True  # this refusal is being handled
@@ -208,8 +225,10 @@ class UdpListener(DatagramProtocol):
 
     # Sessions.
 
-    def _open(self, client: ClientAddress) -> Session | None:
-        session = Session(client, self.reactor.seconds(), Attempts(self.config.retries))
+    def _open(self, key: Hashable, client: ClientAddress, hash_key: bytes | None) -> Session | None:
+        session = Session(
+            key, client, hash_key, self.reactor.seconds(), Attempts(self.config.retries)
+        )
         if not self._attach(session):
             why = "no server up" if not self.pool.any_up() else "all servers busy"
             _log.warn(
@@ -226,14 +245,13 @@ class UdpListener(DatagramProtocol):
             lambda: self._close(session, "idle_timeout"),
         )
         session.idle.start()
-        self.sessions[client] = session
+        self.sessions[key] = session
         return session
 
     def _attach(self, session: Session) -> bool:
         """Pick a server not tried yet and connect a socket to it."""
         while session.attempts.may_try_another():
-            key = client_hash_key(Address(*session.client))
-            server = self.pool.pick(key, exclude=session.attempts.tried)
+            server = self.pool.pick(session.hash_key, exclude=session.attempts.tried)
             if server is None:
                 return False
             session.attempts.record(server)
@@ -269,8 +287,8 @@ class UdpListener(DatagramProtocol):
             self.pool.release(session.server)
 
     def _close(self, session: Session, reason: str) -> None:
-        if self.sessions.get(session.client) is session:
-            del self.sessions[session.client]
+        if self.sessions.get(session.key) is session:
+            del self.sessions[session.key]
         if session.idle is not None:
             session.idle.cancel()
         self._detach(session)
