@@ -10,7 +10,7 @@ CONFIG ?= etc/proxyd.ini
 TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk
 
-.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls clean
+.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls bench-udp clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-http: venv
 bench-tls: venv
 	scripts/apt-need $(BENCH_DEBS)
 	$(BIN)/python bench/tls.py
+
+bench-udp: venv
+	scripts/apt-need $(BENCH_DEBS) dnsperf:dnsperf dnsmasq:dnsmasq-base
+	scripts/apt-need-file /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
+	$(BIN)/python bench/udp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache

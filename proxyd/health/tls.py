@@ -34,41 +34,75 @@ def _client_tls(config: TlsClientConfig) -> ClientTls:
 
 
 def _handshake_failure(reason: Failure) -> CheckFailed:
-    why = describe_failure(reason)
-    if why is None:
-        why = "connection closed" if "Done" in type(reason.value).__name__ else "connection reset"
+    # Twisted reports a close during the handshake, FIN or RST, as ConnectionLost.
+    why = describe_failure(reason) or "connection closed by server"
     return CheckFailed(f"TLS handshake failed: {why}")
+
+
+def _verification_failed(protocol: CheckProtocol) -> bool:
+    """At handshakeCompleted: the TLS layer is already closing because the certificate was
+    refused; connectionLost will say why."""
+    return bool(getattr(protocol.transport, "disconnecting", False))
 
 
 @implementer(IHandshakeListener)
 class HandshakeCheckProtocol(CheckProtocol):
-    """Passes once the handshake (and so the certificate's verification) is done."""
+    """Passes once the handshake is done and the server has taken proxyd's close_notify
+    without an alert.
 
-    waiting_for = _HANDSHAKE
-
-    def handshakeCompleted(self) -> None:
-        if not getattr(self.transport, "disconnecting", False):
-            self.succeed()
-
-    def closed_result(self, reason: Failure) -> CheckFailed | None:
-        return _handshake_failure(reason)
-
-
-@implementer(IHandshakeListener)
-class TlsHttpCheckProtocol(HttpCheckProtocol):
-    """The HTTP check over TLS: its request waits in the TLS layer until the handshake ends."""
+    In TLS 1.3 the client's handshake ends when it sends its last flight, its certificate
+    with its Finished (RFC 8446 2, figure 1), before the server has judged that certificate:
+    a refusal such as `tlsv1 alert unknown ca` arrives only after handshakeCompleted. The server's
+    answer to close_notify (its own close_notify, or a close) shows there was none. A server
+    that answers nothing until the timeout still passes: its certificate was verified.
+    """
 
     waiting_for = _HANDSHAKE
     handshaken = False
 
     def handshakeCompleted(self) -> None:
-        if not getattr(self.transport, "disconnecting", False):
+        if _verification_failed(self):
+            return
+        self.handshaken = True
+        self.connection.loseConnection()  # sends close_notify, then waits for the server's
+
+    def closed_result(self, reason: Failure) -> CheckFailed | None:
+        if self.handshaken and describe_failure(reason) is None:
+            return None
+        return _handshake_failure(reason)
+
+    def timeout_result(self, timeout: str) -> CheckFailed | None:
+        if self.handshaken:
+            return None
+        return super().timeout_result(timeout)
+
+
+@implementer(IHandshakeListener)
+class TlsHttpCheckProtocol(HttpCheckProtocol):
+    """The HTTP check over TLS: the request written at connectionMade waits in the TLS layer
+    until the handshake is done."""
+
+    waiting_for = _HANDSHAKE
+    handshaken = False
+    answered = False
+    """Some of the response has arrived."""
+
+    def handshakeCompleted(self) -> None:
+        if not _verification_failed(self):
             self.handshaken = True
             self.waiting_for = "response headers"
 
+    def dataReceived(self, data: bytes) -> None:
+        self.answered = True
+        super().dataReceived(data)
+
     def closed_result(self, reason: Failure) -> CheckFailed | None:
-        if not self.handshaken:
+        why = describe_failure(reason)
+        if not self.handshaken or (why is not None and not self.answered):
+            # Under TLS 1.3 a refused client certificate is alerted after our handshake ends.
             return _handshake_failure(reason)
+        if why is not None:
+            return CheckFailed(f"TLS error: {why}")
         return super().closed_result(reason)
 
 
