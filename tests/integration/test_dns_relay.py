@@ -13,7 +13,7 @@ import dns.message
 import dns.query
 import pytest
 
-from .harness import ProcessList
+from .harness import ProcessList, free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -97,3 +97,18 @@ def test_the_dns_check_takes_a_stopped_server_down_and_no_query_fails_after(
     # With no retries, only the health state keeps queries off the stopped server.
     answers = {str(ask(port, f"q{i}.example.test").answer[0][0]) for i in range(30)}
     assert answers == {"192.0.2.2"}
+
+
+def test_dns_over_tcp_goes_through_a_tcp_listener_on_the_same_pool(
+    processes: ProcessList, tmp_path: Path, proxyd
+) -> None:
+    server, _ = dnsmasq(processes, tmp_path, "one", "192.0.2.1")
+    udp_port, tcp_port = free_udp_port(), free_port()
+    proxyd(
+        f"[pool dns]\nservers = 127.0.0.1:{server}\n\n"
+        f"[udp dns]\nlisten = udp:{udp_port}:interface=127.0.0.1\npool = dns\nprotocol = dns\n\n"
+        f"[tcp dns-tcp]\nlisten = tcp:{tcp_port}:interface=127.0.0.1\npool = dns\n"
+    )
+    query = dns.message.make_query("t.example.test", "A")
+    answer = dns.query.tcp(query, "127.0.0.1", port=tcp_port, timeout=5)
+    assert answer.id == query.id and str(answer.answer[0][0]) == "192.0.2.1"
