@@ -46,15 +46,15 @@ class Server(Protocol):
         self.lost: Failure | None = None
 
     def handshakeCompleted(self) -> None:
-        assert self.transport is not None
-        self.server_name = self.transport.getHandle().get_servername()  # type: ignore[attr-defined]
+        tls: Any = self.transport
+        self.server_name = tls.getHandle().get_servername()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
         if self.reply is not None and b"\r\n\r\n" in self.received:
-            assert self.transport is not None
-            self.transport.write(self.reply)
-            self.transport.loseConnection()
+            transport: Any = self.transport
+            transport.write(self.reply)
+            transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = reason
@@ -68,17 +68,14 @@ def server_tls(
 ) -> CertificateOptions:
     """A server's TLS settings: its certificate; with `client_ca`, a client certificate from
     that CA required; with `tls12`, nothing newer than TLS 1.2."""
-    options: dict[str, Any] = {}
+    # cryptography's objects: CertificateOptions takes them (pyOpenSSL's are deprecated).
+    options: dict[str, Any] = {"privateKey": issued.key, "certificate": issued.cert}
     if client_ca is not None:
         ca_cert = crypto.X509.from_cryptography(client_ca.cert)  # Twisted wants pyOpenSSL's here
         options.update(verify=True, caCerts=[ca_cert], requireCertificate=True)
     if tls12:
         options.update(lowerMaximumSecurityTo=TLSVersion.TLSv1_2)
-    return CertificateOptions(
-        privateKey=issued.key,
-        certificate=issued.cert,
-        **options,
-    )
+    return CertificateOptions(**options)
 
 
 def self_signed_root(name: str) -> Issued:
@@ -107,20 +104,28 @@ class Run:
         """Accept the check's connection with `server` behind `tls` (None: no TLS at all)."""
         if server is not None:
             self.server = server
-        host, port, factory = self.reactor.tcpClients[0][:3]
-        peer = IPv4Address("TCP", host, port)
+        # Typed Any: zope interfaces and Twisted's stubs do not meet in mypy.
+        host, port, factory, *_ = self.reactor.tcpClients[0]
+        peer: Any = IPv4Address("TCP", host, port)
+        clock: Any = self.reactor
         server_factory: Any = Factory.forProtocol(lambda: self.server)
         if tls is not None:
-            server_factory = TLSMemoryBIOFactory(tls, False, server_factory, self.reactor)
-        self.client = factory.buildProtocol(peer)
-        self.check_protocol = self.client.wrappedProtocol
+            creator: Any = tls
+            server_factory = TLSMemoryBIOFactory(creator, False, server_factory, clock)
+        client: Any = factory.buildProtocol(peer)
+        self.client = client
+        self.check_protocol: Any = client.wrappedProtocol  # the checker's own protocol
         server_protocol = server_factory.buildProtocol(peer)
         self.client_io = iosim.makeFakeClient(self.client)
         self.server_io = iosim.makeFakeServer(server_protocol)
         self.pump = iosim.connect(
-            server_protocol, self.server_io, self.client, self.client_io, greet=False,
+            server_protocol,
+            self.server_io,
+            self.client,
+            self.client_io,
+            greet=False,
             clock=self.reactor,
-        )  # fmt: skip
+        )
         if flush:
             self.pump.flush()
         return self
@@ -202,7 +207,8 @@ def test_a_handshake_under_tls_1_2_passes_too(tmp_path: Path, ca: TestCA) -> Non
         ),
         (
             lambda ca: ca.issue(["api.internal", "10.0.0.5"]),
-            "TLS handshake failed: certificate is not for 127.0.0.1 (DNS:api.internal, IP:10.0.0.5)",
+            "TLS handshake failed: certificate is not for 127.0.0.1"
+            " (DNS:api.internal, IP:10.0.0.5)",
         ),
     ],
     ids=["other-ca", "unknown-issuer", "self-signed", "expired", "not-yet-valid", "wrong-name"],
@@ -274,7 +280,7 @@ def test_a_server_that_never_answers_the_handshake_times_out_saying_so(
 
 def test_a_server_that_is_not_tls_fails_the_handshake(tmp_path: Path, ca: TestCA) -> None:
     run = Run(pool_check(tmp_path, keys=TRUST)).serve(None, flush=False)
-    run.server.transport.write(b"SSH-2.0-OpenSSH_9.6\r\n")  # type: ignore[union-attr]
+    run.server_io.write(b"SSH-2.0-OpenSSH_9.6\r\n")  # a server that speaks first
     run.pump.flush()
     assert run.reason == "TLS handshake failed: wrong version number"
     run.assert_closed()
@@ -347,6 +353,20 @@ def test_an_http_check_over_tls_that_gets_no_response_times_out_waiting_for_head
     assert run.server.received.startswith(b"GET / HTTP/1.1\r\n")
     run.reactor.advance(TIMEOUT)
     assert run.reason == "timeout after 2s waiting for response headers"
+    run.assert_closed()
+
+
+def test_an_http_check_over_tls_broken_mid_response_fails_with_the_tls_reason(
+    tmp_path: Path, ca: TestCA
+) -> None:
+    check = pool_check(tmp_path, "tls http", TRUST)
+    run = Run(check).serve(server_tls(ca.issue(["127.0.0.1"])))
+    tls: Any = run.server.transport
+    tls.write(b"HTTP/1.1 200 OK\r\n")
+    run.pump.flush()
+    run.server_io.write(b"\x17\x03\x03\x00\x20" + bytes(32))  # a record that does not decrypt
+    run.pump.flush()
+    assert run.reason.startswith("TLS error: decryption failed or bad record mac")
     run.assert_closed()
 
 
