@@ -363,7 +363,13 @@ def loads(text: str, path: str = "<config>") -> Config:
         for kind in ("http", "https")
         for listener in built[kind].values()
     )
-    return Config(path=path, proxyd=global_config, pools=built["pool"], tcp=tcp, http=http, udp=udp)
+    pools = dict(built["pool"])
+    for listener in udp:
+        # A UDP client sticks to its server unless the pool says otherwise: hash on its
+        # address (its Call-ID with protocol = sip) is the default for pools UDP uses.
+        if "balance" not in lines[("pool", listener.pool)].entries:
+            pools[listener.pool] = attrs.evolve(pools[listener.pool], balance="hash")
+    return Config(path=path, proxyd=global_config, pools=pools, tcp=tcp, http=http, udp=udp)
 
 
 def _with_lines(parsed: tuple[RouteConfig, ...], entry: Entry) -> tuple[RouteConfig, ...]:

@@ -61,7 +61,7 @@ def test_queries_are_answered_through_proxyd_and_survive_a_stopped_server(
     second, _ = dnsmasq(processes, tmp_path, "two", "192.0.2.2")
     port = free_udp_port()
     relay = proxyd(
-        f"[pool dns]\nservers = 127.0.0.1:{first} 127.0.0.1:{second}\n\n"
+        f"[pool dns]\nservers = 127.0.0.1:{first} 127.0.0.1:{second}\nbalance = round_robin\n\n"
         f"[udp dns]\nlisten = udp:{port}:interface=127.0.0.1\npool = dns\nprotocol = dns\n"
         "query_timeout = 500ms\n"
     )
@@ -87,7 +87,7 @@ def test_the_dns_check_takes_a_stopped_server_down_and_no_query_fails_after(
     port = free_udp_port()
     relay = proxyd(
         f"[pool dns]\nservers = 127.0.0.1:{first} 127.0.0.1:{second}\n"
-        "check = dns example.test A\ncheck_interval = 200ms\nfall = 2\n\n"
+        "check = dns example.test A\ncheck_interval = 200ms\nfall = 2\nbalance = round_robin\n\n"
         f"[udp dns]\nlisten = udp:{port}:interface=127.0.0.1\npool = dns\nprotocol = dns\n"
         "retries = 0\n"
     )
