@@ -229,3 +229,17 @@ def test_stop_closes_every_session() -> None:
     assert all(port.stopped for port in h.reactor.ports[1:])
     assert [r["close"] for r in h.records()] == ["shutdown", "shutdown"]
     assert all(server.active == 0 for server in h.pool.servers)
+
+
+def test_pools_used_by_udp_balance_by_hash_unless_told_otherwise() -> None:
+    text = (
+        "[pool a]\nservers = 10.0.0.1:53\n[pool b]\nservers = 10.0.0.2:53\nbalance = first\n"
+        "[pool c]\nservers = 10.0.0.3:53\n"
+        "[udp a]\nlisten = udp:5300\npool = a\n[udp b]\nlisten = udp:5301\npool = b\n"
+    )
+    pools = loads(text).pools
+    assert (pools["a"].balance, pools["b"].balance, pools["c"].balance) == (
+        "hash",
+        "first",
+        "round_robin",
+    )
