@@ -7,20 +7,19 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import DatagramProtocol
 
 from proxyd.config.model import Address
+from proxyd.datagram import ConnectedDatagram
 from proxyd.health.checks import CheckFailed, CheckReactor, format_duration
 
 WAIT = object()
 """judge()'s answer for a datagram that is not the reply: keep waiting."""
 
 
-class DatagramProbe(DatagramProtocol):
+class DatagramProbe(ConnectedDatagram):
     """Sends `request()` and feeds what comes back to `judge()`: None passes, a CheckFailed
     fails, WAIT ignores the datagram."""
 
-    noisy = False
     waiting_for = "an answer"
 
     def request(self) -> bytes:
@@ -48,12 +47,7 @@ class DatagramProbe(DatagramProtocol):
         if outcome is not WAIT:
             self._finish(cast(CheckFailed | None, outcome))
 
-    def connectionRefused(self) -> None:
-        self._finish(CheckFailed("port unreachable (ICMP)"))
-
-    def doStop(self) -> None:
-        super().doStop()
-        # Twisted's epoll reactor closes a connected UDP port on a pending ICMP error.
+    def peer_refused(self) -> None:
         self._finish(CheckFailed("port unreachable (ICMP)"))
 
     def _timed_out(self, timeout: float) -> None:
@@ -71,6 +65,7 @@ class DatagramProbe(DatagramProtocol):
 
     def _close(self) -> None:
         self.finished = True
+        self.closing = True
         if self._timer.active():
             self._timer.cancel()
         port, self.port = self.port, None

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from proxyd.accesslog import AccessLog
 from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, UdpListenerConfig
+from proxyd.datagram import ConnectedDatagram
 from proxyd.pool import Pool, Server
 from proxyd.relay.session import Attempts, client_hash_key, iso_utc
 from proxyd.relay.udp import MAX_PACKET, ClientAddress, DatagramPort, UdpReactor
@@ -83,30 +84,20 @@ class _Query:
     timer: DelayedCall | None = None
 
 
-class _Upstream(DatagramProtocol):
+class _Upstream(ConnectedDatagram):
     """The shared connected socket to one server, and the queries waiting on it by ID."""
-
-    noisy = False
 
     def __init__(self, relay: DnsListener, server: Server) -> None:
         self.relay = relay
         self.server = server
         self.port: DatagramPort | None = None
         self.pending: dict[int, _Query] = {}
-        self.closed_by_us = False
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.relay.answer(self, datagram)
 
-    def connectionRefused(self) -> None:
+    def peer_refused(self) -> None:
         self.relay.refused(self)
-
-    def doStop(self) -> None:
-        # Twisted's epoll reactor closes a connected UDP port woken by an ICMP error alone
-        # (see proxyd.relay.udp): a close we did not ask for is that refusal.
-        super().doStop()
-        if not self.closed_by_us:
-            self.relay.refused(self)
 
 
 class DnsListener(DatagramProtocol):
@@ -239,7 +230,7 @@ class DnsListener(DatagramProtocol):
         if self.upstreams.get(upstream.server) is not upstream:
             return
         del self.upstreams[upstream.server]
-        upstream.closed_by_us = True
+        upstream.closing = True
         if upstream.port is not None:
             upstream.port.stopListening()
         self.pool.report_failure(upstream.server, "port unreachable (ICMP)")
@@ -250,7 +241,7 @@ class DnsListener(DatagramProtocol):
 
     def stop(self) -> None:
         for upstream in list(self.upstreams.values()):
-            upstream.closed_by_us = True
+            upstream.closing = True
             for query in upstream.pending.values():
                 self._cancel(query)
             if upstream.port is not None:

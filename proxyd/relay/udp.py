@@ -12,7 +12,8 @@ server refused (it was never processed). Datagrams beyond `max_sessions` or
 `max_datagram_size` are dropped and counted.
 
 Twisted has no udp: server endpoint, so `UdpListener.listen()` calls listenUDP itself, with
-`maxPacketSize` raised to 65535 (Twisted's 8192 would silently truncate larger datagrams).
+`maxPacketSize` raised to 65535 (Twisted's 8192 would silently truncate larger datagrams);
+so does every socket to a server.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from twisted.logger import Logger
 
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, UdpListenerConfig
+from proxyd.datagram import ConnectedDatagram
 from proxyd.pool import Pool, Server
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key, iso_utc
 from proxyd.sip import call_id
@@ -89,32 +91,18 @@ class Session:
     moves: int = 0
 
 
-class _ServerSide(DatagramProtocol):
-    """A session's connected socket to its server.
-
-    An ICMP port unreachable reaches a connected socket as a pending error. Twisted reports it
-    as connectionRefused when a read or write meets it; but epoll wakes with EPOLLERR alone
-    first, and Twisted's epoll reactor then closes the port. So a port that stops without
-    the relay asking is a refusal too."""
-
-    noisy = False
+class _ServerSide(ConnectedDatagram):
+    """A session's connected socket to its server."""
 
     def __init__(self, relay: UdpListener, session: Session) -> None:
         self.relay = relay
         self.session = session
-        self.detached = False
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.relay.from_server(self.session, datagram)
 
-    def connectionRefused(self) -> None:
-        if not self.detached:
-            self.relay.refused(self.session)
-
-    def doStop(self) -> None:
-        super().doStop()
-        if not self.detached:
-            self.relay.refused(self.session)
+    def peer_refused(self) -> None:
+        self.relay.refused(self.session)
 
 
 class UdpListener(DatagramProtocol):
@@ -204,8 +192,6 @@ class UdpListener(DatagramProtocol):
         """ICMP port unreachable from the session's server: a failure; move the session."""
         if self.sessions.get(session.key) is not session or session.server is None:
             return
-        if session.side is not None:
-            session.side.detached = True  # this refusal is being handled
         server = session.server
         self.pool.report_failure(server, "port unreachable (ICMP)")
         _log.info(
@@ -280,7 +266,7 @@ class UdpListener(DatagramProtocol):
         port, session.port = session.port, None
         side, session.side = session.side, None
         if side is not None:
-            side.detached = True
+            side.closing = True
         if port is not None:
             port.stopListening()
         if session.server is not None:
