@@ -24,7 +24,7 @@ proxyd is starting on {config}. Try, in another terminal:
     curl -si --cacert etc/demo-tls/demo-ca.pem https://localhost:8443/echo    # HTTPS
     echo hi | openssl s_client -quiet -connect 127.0.0.1:7443   # TLS on a TCP listener
     curl -s --cacert etc/demo-tls/demo-ca.pem https://localhost:9443/  # SNI passthrough
-    echo hello | nc -u -w1 127.0.0.1 5300                        # UDP relay -> 9201/9202
+    bash -c 'exec 3<>/dev/udp/127.0.0.1/5300; echo hi >&3; timeout 1 cat <&3'  # UDP relay
     .venv/bin/proxyd check {config}              # validate the configuration
 Stop with Ctrl-C.
 """
