@@ -6,10 +6,14 @@ then bytes stream both ways with each transport the other's producer (as in Twis
 portforward), so a slow reader on either side pauses the other. FINs are passed on one way at
 a time (half-close); a reset on one side is passed on as a reset (RST) to the other.
 
-Layout: plain classes in proxyd.relay.session decide (CloseReason, Attempts, ConnectionRecord,
-IdleTimer); `Relay` holds
-one connection's two ends and applies those decisions; `_EndProtocol` only forwards Twisted's
-callbacks to it; `TcpRelayFactory` admits connections against max_connections.
+With TLS termination the client is admitted only once its handshake is done; with route_by =
+sni its ClientHello picks the pool (proxyd.relay.tcp_preamble reads it, and the PROXY header);
+a pool with `tls = on` counts a server as connected once its handshake is done. TLS cannot
+half-close: a FIN towards a TLS end closes it with close_notify instead.
+
+Layout: plain classes in proxyd.relay.session and proxyd.relay.tcp_preamble decide; `Relay`
+holds one connection's two ends and applies those decisions; `_EndProtocol` only forwards
+Twisted's callbacks to it; `TcpRelayFactory` admits connections against max_connections.
 """
 
 from __future__ import annotations
@@ -34,17 +38,15 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ClientFactory, Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog
-from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
-from proxyd.relay.client_hello import UNRECOGNIZED_NAME, HelloError, HelloReader, alert
 from proxyd.relay.io import ConnectingReactor, Connector, ReadingPort, Transport, set_buffer_size
-from proxyd.relay.proxy_protocol import HeaderReader, ProxyHeaderError
 from proxyd.relay.session import (
     Attempts,
     CloseReason,
@@ -55,6 +57,7 @@ from proxyd.relay.session import (
     close_reason,
 )
 from proxyd.relay.sni import SniRoutes
+from proxyd.relay.tcp_preamble import Preamble, Refused
 from proxyd.tls import ClientTls, ServerTls, describe_failure, peer_tls
 
 __all__ = ["Relay", "TcpRelayFactory"]
@@ -70,6 +73,10 @@ class _End:
     """One side of a relay: its transport and what has happened to it."""
 
     transport: Transport | None = None
+    tls: bool = False
+    """Over Twisted's TLS layer, which cannot half-close (it has no loseWriteConnection of its
+    own: the one it seems to have is the TCP transport's below it, which would skip
+    close_notify)."""
     has_producer: bool = False
     read_closed: bool = False
     lost: bool = False
@@ -95,12 +102,19 @@ class _End:
         if not self.open:
             return
         assert self.transport is not None
-        get_handle = getattr(self.transport, "getHandle", None)
+        get_handle = getattr(_socket_of(self.transport), "getHandle", None)
         if get_handle is not None:
-            # Not a socket (TLS, a test transport): abortConnection alone.
+            # Not a socket (a test transport): abortConnection alone.
             with contextlib.suppress(OSError, AttributeError, TypeError):
                 get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
         self.transport.abortConnection()
+
+
+def _socket_of(transport: Transport) -> Transport:
+    """The TCP transport itself: below Twisted's TLS layer for a TLS end."""
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return cast(Transport, transport.transport)
+    return transport
 
 
 class Relay:
@@ -114,23 +128,28 @@ class Relay:
         self.record = ConnectionRecord(self.config.name, factory.reactor.seconds())
         self.attempts = Attempts(self.config.retries)
         self.admitted = False
+        self.handshaken = False
+        """TLS termination: the client's handshake is done."""
         self._local: Address | None = None
-        self._header: HeaderReader | None = None
+        self._preamble: Preamble | None = None
         self._pending: list[bytes] = []
         self._held: Server | None = None
         self._attempt: _ServerAttempt | None = None
         self._connector: Connector | None = None
         self._closing = False
         self._finished = False
-        self._idle = IdleTimer(
-            cast(IReactorTime, factory.reactor), self.config.idle_timeout, self._on_idle
+        clock = cast(IReactorTime, factory.reactor)
+        self._idle = IdleTimer(clock, self.config.idle_timeout, self._on_idle)
+        self._preamble_timer = IdleTimer(
+            clock, self.config.handshake_timeout, self._preamble_timed_out
         )
+        """handshake_timeout: the TLS handshake, PROXY header and ClientHello (never touched)."""
+        self._attempt_timer = IdleTimer(clock, self.config.connect_timeout, self._attempt_timed_out)
+        """Upstream TLS: connect_timeout for the TCP connect and the handshake together."""
         self.pool: Pool | None = factory.default_pool
         """The pool of this connection: the listener's, or the one its server name picked."""
-        self._hello: HelloReader | None = None
         self._handshaking: Transport | None = None
         """A server connection whose TLS handshake is under way (upstream TLS)."""
-        self._preamble_timer: DelayedCall | None = None
 
     # Called by the protocols and the factory.
 
@@ -143,8 +162,9 @@ class Relay:
         self.record.client = proxy_protocol.address_of(transport.getPeer())
         self._local = proxy_protocol.address_of(transport.getHost())
         if self.factory.tls is not None:
+            self.client.tls = True
             # Twisted's TLS layer is handshaking below: pausing now would stall it.
-            self._start_preamble_timer()
+            self._preamble_timer.start()
             return
         transport.pauseProducing()  # nothing is read until there is somewhere to send it
         self.factory.admit(self)
@@ -154,7 +174,8 @@ class Relay:
         transport = self.client.transport
         if transport is None or self._closing or getattr(transport, "disconnecting", False):
             return
-        self._cancel_preamble_timer()
+        self.handshaken = True
+        self._preamble_timer.cancel()
         facts = peer_tls(transport)
         if facts is not None:
             self.record.tls_version = facts.version
@@ -167,14 +188,13 @@ class Relay:
         (route_by = sni), then go for a server."""
         assert self.client.transport is not None
         self._idle.start()
-        if self.config.accept_proxy:
-            self._header = HeaderReader()
-        elif self.config.route_by == "sni":
-            self._hello = HelloReader()
-        else:
+        sni = self.config.route_by == "sni"
+        if not (self.config.accept_proxy or sni):
             self._connect_next()
             return
-        self._start_preamble_timer()
+        routes = self.factory.sni_routes if sni else None
+        self._preamble = Preamble(self.config.accept_proxy, routes, self.config.pool)
+        self._preamble_timer.start()
         self.client.transport.resumeProducing()
 
     def reject(self) -> None:
@@ -194,10 +214,8 @@ class Relay:
             self.record.bytes_out += len(data)
             assert self.client.transport is not None
             self.client.transport.write(data)
-        elif self._header is not None:
-            self._header_received(data)
-        elif self._hello is not None:
-            self._hello_received(data)
+        elif self._preamble is not None:
+            self._preamble_received(data)
         elif self.server.transport is None:
             self._pending.append(data)  # at most one read: the client is paused
         else:
@@ -216,18 +234,17 @@ class Relay:
             return
         assert peer.transport is not None
         peer.unregister_producer()  # this end produces nothing more for the peer
-        if not hasattr(peer.transport, "loseWriteConnection"):
-            # A TLS end cannot half-close (Twisted's TLS layer has no write-only close):
-            # a TLS client is closed after what it was sent; a TLS server is left to end it.
-            if peer is self.client:
-                self._close_all()
+        if peer.tls:
+            # No half-close over TLS: close_notify after what it was sent. Until its own
+            # close_notify (TLS 1.3 peers may still send), it is relayed; its loss ends it all.
+            peer.close()
             return
         peer.transport.loseWriteConnection()
         if peer.read_closed:
             self._close_all()
 
     def lost(self, side: Side, reason: Failure) -> None:
-        if side is Side.CLIENT and self.factory.tls is not None and not self.admitted:
+        if side is Side.CLIENT and self.client.tls and not self.handshaken:
             self._handshake_failed(reason)
         end, peer = self._ends(side)
         end.lost = True
@@ -243,17 +260,34 @@ class Relay:
         self._maybe_finish()
 
     def server_handshaking(self, attempt: _ServerAttempt, transport: Transport) -> None:
-        """Upstream TLS: connected, handshake under way; it counts once handshake_done."""
+        """Upstream TLS: connected, handshake under way; it counts once server_ready."""
         if attempt is self._attempt:
             self._handshaking = transport
+        else:
+            transport.abortConnection()
+
+    def server_ready(self, attempt: _ServerAttempt, transport: Transport) -> bool:
+        """Upstream TLS: the server's handshake is done, certificate verified. False when the
+        relay has given up on that attempt."""
+        if attempt is not self._attempt:
+            return False
+        self._server_connected(transport)
+        return True
 
     def connect_failed(self, attempt: _ServerAttempt, reason: Failure) -> None:
+        tls = describe_failure(reason)
+        self._attempt_failed(
+            attempt, f"TLS handshake failed: {tls}" if tls else reason.getErrorMessage()
+        )
+
+    # Internals.
+
+    def _attempt_failed(self, attempt: _ServerAttempt, why: str) -> None:
         if attempt is not self._attempt:
             return
         self._attempt = self._connector = None
         self._handshaking = None
-        tls = describe_failure(reason)
-        why = f"TLS handshake failed: {tls}" if tls else reason.getErrorMessage()
+        self._attempt_timer.cancel()
         _log.info(
             "tcp {listener}: connect to {server} failed: {why}",
             listener=self.config.name,
@@ -265,105 +299,55 @@ class Relay:
         self.pool.report_failure(attempt.server, why)
         self._connect_next()
 
-    # Internals.
-
     def _ends(self, side: Side) -> tuple[_End, _End]:
         if side is Side.CLIENT:
             return self.client, self.server
         return self.server, self.client
 
-    def _header_received(self, data: bytes) -> None:
-        assert self._header is not None and self.client.transport is not None
-        try:
-            result = self._header.feed(data)
-        except ProxyHeaderError as e:
-            _log.warn(
+    def _preamble_received(self, data: bytes) -> None:
+        assert self._preamble is not None and self.client.transport is not None
+        preamble = self._preamble
+        outcome = preamble.feed(data)
+        if outcome is None:
+            return
+        self._preamble = None
+        self._preamble_timer.cancel()
+        if preamble.header is not None and preamble.header.source is not None:
+            self.record.client = preamble.header.source
+            self._local = preamble.header.destination
+        if preamble.hello is not None:
+            self.record.sni = preamble.hello.server_name
+        if isinstance(outcome, Refused):
+            (_log.warn if outcome.warn else _log.info)(
                 "tcp {listener}: {client}: {why}",
                 listener=self.config.name,
                 client=str(self.record.client),
-                why=str(e),
+                why=outcome.why,
             )
-            self._header = None
-            self.record.close_as(CloseReason.BAD_PROXY_HEADER)
+            self.record.close_as(outcome.reason)
+            if outcome.reply:
+                self.client.transport.write(outcome.reply)
             self._close_all()
             return
-        if result is None:
-            return
-        header, rest = result
-        self._header = None
-        if header.source is not None:
-            self.record.client, self._local = header.source, header.destination
-        if self.config.route_by == "sni":
-            self._hello = HelloReader()
-            if rest:
-                self._hello_received(rest)
-            return
-        self._cancel_preamble_timer()
+        self.pool = self.factory.pools[outcome.pool]
         self.client.transport.pauseProducing()
-        if rest:
-            self._pending.append(rest)
+        if outcome.first:
+            self._pending.append(outcome.first)
         self._connect_next()
-
-    def _hello_received(self, data: bytes) -> None:
-        assert self._hello is not None and self.client.transport is not None
-        try:
-            hello = self._hello.feed(data)
-        except HelloError as e:
-            _log.info(
-                "tcp {listener}: {client}: {why}",
-                listener=self.config.name,
-                client=str(self.record.client),
-                why=str(e),
-            )
-            self._hello = None
-            self.record.close_as(CloseReason.BAD_CLIENT_HELLO)
-            self._close_all()
-            return
-        if hello is None:
-            return
-        self._cancel_preamble_timer()
-        buffered, self._hello = self._hello.buffered, None
-        self.record.sni = hello.server_name
-        pool = self.factory.sni_routes.pool_for(hello.server_name)
-        if pool is None:
-            _log.info(
-                "tcp {listener}: {client}: no route for server name {name}",
-                listener=self.config.name,
-                client=str(self.record.client),
-                name=hello.server_name or "(none)",
-            )
-            self.record.close_as(CloseReason.NO_ROUTE)
-            self.client.transport.write(alert(UNRECOGNIZED_NAME))
-            self._close_all()
-            return
-        self.pool = self.factory.pools[pool]
-        self.client.transport.pauseProducing()
-        self._pending.append(buffered)
-        self._connect_next()
-
-    # Time limits before relaying: the TLS handshake, the PROXY header, the ClientHello.
-
-    def _start_preamble_timer(self) -> None:
-        self._cancel_preamble_timer()
-        self._preamble_timer = self.factory.reactor.callLater(
-            self.config.handshake_timeout, self._preamble_timed_out
-        )
-
-    def _cancel_preamble_timer(self) -> None:
-        timer, self._preamble_timer = self._preamble_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
 
     def _preamble_timed_out(self) -> None:
-        self._preamble_timer = None
         if self._closing:
             return
-        tls_handshake = self.factory.tls is not None and not self.admitted
+        tls_handshake = self.client.tls and not self.handshaken
+        if tls_handshake:
+            what = "TLS handshake"
+        else:
+            what = self._preamble.waiting_for if self._preamble is not None else "preamble"
         _log.info(
             "tcp {listener}: {client}: no {what} within {timeout}s",
             listener=self.config.name,
             client=str(self.record.client),
-            what="TLS handshake" if tls_handshake else "PROXY header or ClientHello",
+            what=what,
             timeout=self.config.handshake_timeout,
         )
         self.record.close_as(
@@ -405,6 +389,7 @@ class Relay:
             factory = client_tls.wrap(
                 attempt, server.address.host, cast(IReactorTime, self.factory.reactor)
             )
+            self._attempt_timer.start()
         connector = self.factory.reactor.connectTCP(
             server.address.host,
             server.address.port,
@@ -413,6 +398,23 @@ class Relay:
         )
         if self._attempt is attempt:  # a synchronous failure may have moved on already
             self._connector = connector
+
+    def _attempt_timed_out(self) -> None:
+        """Upstream TLS: connect_timeout ran out before the server's handshake was done."""
+        attempt = self._attempt
+        if attempt is None:
+            return
+        handshaking, connector = self._handshaking, self._connector
+        what = "connect" if handshaking is None else "TLS handshake"
+        self._attempt_failed(
+            attempt, f"{what} not done within connect_timeout {self.config.connect_timeout:g}s"
+        )
+        # Stopped after moving on, so that their own failure refers to a stale attempt.
+        if handshaking is not None:
+            handshaking.abortConnection()
+        elif connector is not None:
+            with contextlib.suppress(error.NotConnectingError):
+                connector.stopConnecting()
 
     def _give_up(self) -> None:
         assert self.pool is not None
@@ -435,8 +437,10 @@ class Relay:
         assert self._attempt is not None and self.client.transport is not None
         assert self.pool is not None
         self.pool.report_success(self._attempt.server)
+        self.server.tls = self._attempt.tls
         self._attempt = self._connector = None
         self._handshaking = None
+        self._attempt_timer.cancel()
         self.server.transport = transport
         client = self.client.transport
         if self.config.send_proxy != "off":
@@ -448,7 +452,7 @@ class Relay:
             transport.write(chunk)
         self._pending.clear()
         for side in (client, transport):
-            set_buffer_size(side, self.config.buffer_size)
+            set_buffer_size(_socket_of(side), self.config.buffer_size)
         client.registerProducer(transport, True)
         self.client.has_producer = True
         transport.registerProducer(client, True)
@@ -474,6 +478,7 @@ class Relay:
         attempt, connector = self._attempt, self._connector
         self._attempt = self._connector = None
         handshaking, self._handshaking = self._handshaking, None
+        self._attempt_timer.cancel()
         if handshaking is not None:
             handshaking.abortConnection()
         if attempt is not None:
@@ -496,7 +501,7 @@ class Relay:
             return
         self._finished = True
         self._cancel_attempt()
-        self._cancel_preamble_timer()
+        self._preamble_timer.cancel()
         self._idle.cancel()
         self._release()
         self._pending.clear()
@@ -525,12 +530,15 @@ class _EndProtocol(TwistedProtocol):
 
     def handshakeCompleted(self) -> None:
         if getattr(self.transport, "disconnecting", False):
-            return  # verification failed: connectionLost says why
+            return  # verification failed or given up on: connectionLost follows
         if self.side is Side.CLIENT:
             self.relay.handshake_done()
         elif self.attempt is not None:
-            self.attempt = None
-            self.relay.connected(Side.SERVER, cast(Transport, self.transport))
+            attempt, self.attempt = self.attempt, None
+            transport = cast(Transport, self.transport)
+            if not self.relay.server_ready(attempt, transport):
+                self.attempt = attempt  # its loss is then no loss of the relay's server
+                transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.data_received(self.side, data)
