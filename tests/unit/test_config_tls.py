@@ -245,3 +245,12 @@ def test_tls_verify_off_is_warned_about(tmp_path: Path) -> None:
     text = "[pool web]\nservers = 10.0.0.5:443\ntls = on\ntls_verify = off\n"
     [warning] = tls_warnings(load(tmp_path, text))
     assert "[pool web] tls_verify = off" in warning
+
+
+def test_accept_proxy_with_tls_termination_is_refused(tmp_path: Path, ca: TestCA) -> None:
+    ca.issue(["a.test"]).write(tmp_path / "site.pem")
+    text = tcp("pool = web\ncertificates = site.pem\naccept_proxy = on\n")
+    assert errors(tmp_path, text) == [
+        "proxyd.ini:7: [tcp t] accept_proxy: expected accept_proxy without certificates "
+        "(not supported yet); found both"
+    ]
