@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from proxyd.accesslog import AccessLog
-from proxyd.cli import warnings
+from proxyd.cli import expiry_warning, warnings
 from proxyd.config.errors import Invalid
 from proxyd.config.model import Config
 from proxyd.config.values import Invalids
@@ -203,6 +203,14 @@ class ProxydService(service.MultiService):
                 listener=listener.name,
                 count=len(loaded),
             )
+            for certificate in loaded:
+                warning = expiry_warning(certificate)
+                if warning is not None:
+                    log.warn(
+                        "[{listener}] certificates: {warning}",
+                        listener=listener.name,
+                        warning=warning,
+                    )
 
     def stopService(self) -> Any:
         result = super().stopService()

@@ -10,7 +10,7 @@ import sys
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.ini import strip_comment
 from proxyd.config.load import load
-from proxyd.config.model import Config, RouteConfig, TlsCheck
+from proxyd.config.model import Certificate, Config, RouteConfig, TlsCheck
 from proxyd.relay.http.routing import unreachable
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\s*=\s*")
@@ -69,6 +69,21 @@ def warnings(config: Config) -> list[str]:
 _EXPIRY_WARNING = datetime.timedelta(days=14)
 
 
+def expiry_warning(certificate: Certificate, now: datetime.datetime | None = None) -> str | None:
+    """What to say of a certificate that has expired or expires within 14 days."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    left = certificate.not_after - now
+    when = f"{certificate.not_after:%Y-%m-%d %H:%M} UTC"
+    if left <= datetime.timedelta(0):
+        return (
+            f"{certificate.path} EXPIRED on {when}; clients will refuse it"
+            " (expired_certificates = refuse stops proxyd instead)"
+        )
+    if left < _EXPIRY_WARNING:
+        return f"{certificate.path} expires on {when}"
+    return None
+
+
 def tls_warnings(config: Config, now: datetime.datetime | None = None) -> list[str]:
     now = now or datetime.datetime.now(datetime.UTC)
     found = []
@@ -76,17 +91,9 @@ def tls_warnings(config: Config, now: datetime.datetime | None = None) -> list[s
     listeners += [(f"{h.kind} {h.name}", h.tls) for h in config.http]
     for name, tls in listeners:
         for certificate in tls.loaded if tls is not None else ():
-            left = certificate.not_after - now
-            when = f"{certificate.not_after:%Y-%m-%d %H:%M} UTC"
-            if left <= datetime.timedelta(0):
-                found.append(
-                    f"{config.path}: [{name}] certificates: {certificate.path} EXPIRED on {when};"
-                    " clients will refuse it (expired_certificates = refuse stops proxyd instead)"
-                )
-            elif left < _EXPIRY_WARNING:
-                found.append(
-                    f"{config.path}: [{name}] certificates: {certificate.path} expires on {when}"
-                )
+            warning = expiry_warning(certificate, now)
+            if warning is not None:
+                found.append(f"{config.path}: [{name}] certificates: {warning}")
     for pool in config.pools.values():
         uses_tls = pool.tls.enabled or isinstance(pool.check, TlsCheck)
         if uses_tls and not pool.tls.verify:

@@ -3,15 +3,20 @@ ephemeral 127.0.0.1 ports, each one waited for and each one stopped at teardown.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import Backend, ProcessList, Proxyd, start_backend, start_proxyd
+from tests.certs import Issued, TestCA
+
+from .harness import Backend, ProcessList, Proxyd, free_port, start_backend, start_proxyd
 from .mariadb import MariaDB, find_binary, install_template
 from .smtp import SmtpServer, make_certificate
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -110,3 +115,51 @@ def smtp_server(tls_cert: tuple[Path, Path]) -> Iterator[SmtpServer]:
         yield server
     finally:
         server.close()
+
+
+# TLS: a test CA, certificates made from it, an HTTP origin and `openssl s_server` peers.
+# (tests/integration/test_https.py has module-level fixtures of the same names.)
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA()
+
+
+@pytest.fixture
+def certs(tmp_path: Path, ca: TestCA) -> Callable[..., Path]:
+    """`certs(name, names, issued=None)` writes a certificate for `names` (or `issued`), its
+    chain and key in one PEM, as certs/NAME.pem beside certs/ca.pem (the CA of `ca`)."""
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    ca.write_ca(directory / "ca.pem")
+
+    def make(name: str, names: list[str], issued: Issued | None = None) -> Path:
+        return (issued or ca.issue(names)).write(directory / f"{name}.pem")
+
+    return make
+
+
+@pytest.fixture
+def http_backend(processes: ProcessList) -> Backend:
+    """examples/http_backend.py (named b1) on 127.0.0.1: /echo answers with the request."""
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "examples" / "http_backend.py"), "--port", str(port)]
+    process = processes.start("http-backend", [*argv, "--name", "b1"])
+    process.wait_listening([port], 15)
+    return Backend(process, port)
+
+
+@pytest.fixture
+def tls_server(processes: ProcessList) -> Callable[[Path], int]:
+    """`tls_server(pem)`: an `openssl s_server -www` with that certificate; its port."""
+
+    def start(pem: Path) -> int:
+        port = free_port()
+        argv = ["openssl", "s_server", "-quiet", "-www", "-accept", str(port), "-cert", str(pem)]
+        argv += ["-naccept", "1000"]
+        process = processes.start(f"s_server-{pem.stem}", argv)
+        process.wait_listening([port], 15)
+        return port
+
+    return start
