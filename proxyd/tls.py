@@ -330,9 +330,10 @@ def describe_failure(reason: Failure) -> str | None:
         return "certificate does not match the server's name"
     if reason.check(SSL.Error):
         args = getattr(reason.value, "args", ())
-        errors = args[0] if args and isinstance(args[0], list) else []
-        texts = [e[2] for e in errors if isinstance(e, tuple) and len(e) == 3 and e[2]]
-        return "; ".join(texts) or reason.getErrorMessage() or "TLS error"
+        if args and isinstance(args[0], list):  # OpenSSL's error queue, maybe empty
+            texts = [e[2] for e in args[0] if isinstance(e, tuple) and len(e) == 3 and e[2]]
+            return "; ".join(texts) or "TLS error"
+        return reason.getErrorMessage() or "TLS error"
     return None
 
 

@@ -234,8 +234,14 @@ def ciphers(text: str) -> str:
 
 
 def ciphersuites(text: str) -> str:
-    """`tls_ciphersuites`: TLS 1.3 suites, colon separated."""
+    """`tls_ciphersuites`: TLS 1.3 suites, colon separated (OpenSSL takes an empty list, which
+    would fail every TLS 1.3 handshake)."""
     text = text.strip()
+    if not text:
+        raise Invalid(
+            "TLS 1.3 cipher suites such as TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384",
+            "nothing",
+        )
     return _try_context(
         lambda ctx: ctx.set_tls13_ciphersuites(text.encode("ascii", "replace")),
         "TLS 1.3 cipher suites such as TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384",
@@ -280,10 +286,14 @@ def hsts(text: str) -> str | None:
         except Invalid:
             raise Invalid(expected, repr(text)) from None
     value = f"max-age={seconds}"
+    canonical = {"includesubdomains": "includeSubDomains", "preload": "preload"}
+    seen: set[str] = set()
     for flag in parts[1:]:
-        canonical = {"includesubdomains": "includeSubDomains", "preload": "preload"}
         if flag.lower() not in canonical:
             raise Invalid(expected, repr(flag))
+        if flag.lower() in seen:  # RFC 6797 6.1: each directive at most once
+            raise Invalid(expected + ", each once", f"{canonical[flag.lower()]} twice")
+        seen.add(flag.lower())
         value += "; " + canonical[flag.lower()]
     return value
 
@@ -295,7 +305,9 @@ def https_redirect(text: str) -> int | None:
         return None
     if word in ("on", "yes", "true"):
         return 443
-    return v.integer(1, 65535)(word)
+    if not word.isdigit() or not 0 < int(word) < 65536:
+        raise Invalid("off, on or a port from 1 to 65535", repr(text.strip()))
+    return int(word)
 
 
 def server_name(text: str) -> str:
