@@ -29,6 +29,8 @@ from proxyd.config.model import (
     TlsClientConfig,
     TlsServerConfig,
     UdpListenerConfig,
+    WebSocketCheck,
+    WebSocketListenerConfig,
 )
 from proxyd.config.routes import RouteSection
 
@@ -192,8 +194,20 @@ _HTTP_KEYS: Mapping[str, Key] = {
     "retries": Key(v.integer(0, 100)),
     "error_pages": Key(_error_pages, context=True),
     "access_log": Key(v.log_target),
+    "tunnel_timeout": Key(v.positive_duration),
+    "max_tunnels": Key(v.integer(0)),
 }
 """Keys shared by [http] and [https]."""
+
+_WEBSOCKET_MESSAGE_KEYS = (
+    "max_message_size",
+    "max_frame_size",
+    "max_messages_per_second",
+    "ping_interval",
+    "ping_timeout",
+    "permessage_deflate",
+)
+"""[websocket] keys that only mode = message acts on."""
 
 # One schema per section kind: key -> parser. Defaults live on the model classes.
 SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
@@ -257,6 +271,28 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "access_log": Key(v.log_target),
         },
     ),
+    "websocket": (
+        WebSocketListenerConfig,
+        True,
+        {
+            "listen": Key(v.endpoint, required=True),
+            "pool": Key(_pool_name, required=True, context=True),
+            "mode": Key(v.choice("message", "passthrough")),
+            "connect_timeout": Key(v.positive_duration),
+            "handshake_timeout": Key(v.positive_duration),
+            "idle_timeout": Key(v.positive_duration),
+            "max_connections": Key(v.integer(0)),
+            "allowed_origins": Key(v.origins),
+            "max_message_size": Key(v.size(1, 1 << 40)),
+            "max_frame_size": Key(v.size(1, 1 << 40)),
+            "max_messages_per_second": Key(v.integer(0)),
+            "ping_interval": Key(v.duration),
+            "ping_timeout": Key(v.positive_duration),
+            "permessage_deflate": Key(v.boolean),
+            "access_log": Key(v.log_target),
+            **_TLS_SERVER_KEYS,
+        },
+    ),
     "http": (HttpListenerConfig, True, {**_HTTP_KEYS, "https_redirect": Key(tls.https_redirect)}),
     "https": (
         HttpListenerConfig,
@@ -287,7 +323,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     ),
 }
 
-_BUILD_ORDER = ("proxyd", "pool", "tcp", "udp", "route", "http", "https")
+_BUILD_ORDER = ("proxyd", "pool", "tcp", "udp", "websocket", "route", "http", "https")
 """[http] sections are built last: their routes take actions from [route] sections."""
 
 
@@ -355,6 +391,7 @@ def loads(text: str, path: str = "<config>") -> Config:
 
     tcp = tuple(inherit("tcp", listener) for listener in built["tcp"].values())
     udp = tuple(inherit("udp", listener) for listener in built["udp"].values())
+    websocket = tuple(inherit("websocket", listener) for listener in built["websocket"].values())
     http = tuple(
         attrs.evolve(
             inherit(kind, listener),
@@ -369,7 +406,15 @@ def loads(text: str, path: str = "<config>") -> Config:
         # address (its Call-ID with protocol = sip) is the default for pools UDP uses.
         if "balance" not in lines[("pool", listener.pool)].entries:
             pools[listener.pool] = attrs.evolve(pools[listener.pool], balance="hash")
-    return Config(path=path, proxyd=global_config, pools=pools, tcp=tcp, http=http, udp=udp)
+    return Config(
+        path=path,
+        proxyd=global_config,
+        pools=pools,
+        tcp=tcp,
+        http=http,
+        udp=udp,
+        websocket=websocket,
+    )
 
 
 def _with_lines(parsed: tuple[RouteConfig, ...], entry: Entry) -> tuple[RouteConfig, ...]:
@@ -568,10 +613,32 @@ def _tcp_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]
     return problems
 
 
+def _websocket_groups(
+    section: Section, fields: dict[str, Any], values: dict[str, Any]
+) -> _Problems:
+    problems: _Problems = []
+    if fields.get("mode") == "passthrough":
+        for key in _WEBSOCKET_MESSAGE_KEYS:
+            if key in section.entries:
+                problems.append(
+                    (key, Invalid(f"'{key}' only with mode = message", "mode = passthrough"))
+                )
+    if "certificates" in values:
+        fields["tls"], more = _tls_server(section, values)
+        problems += more
+    else:
+        for key in section.entries:
+            if key in _TLS_SERVER_KEYS:
+                problems.append(
+                    (key, Invalid(f"'{key}' only with certificates (TLS termination)", "none"))
+                )
+    return problems
+
+
 def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
     client = fields["tls"] = TlsClientConfig(**values)
     check = fields.get("check")
-    if isinstance(check, TlsCheck):
+    if isinstance(check, TlsCheck) or (isinstance(check, WebSocketCheck) and client.enabled):
         fields["check"] = attrs.evolve(check, tls=client)
     elif isinstance(check, HttpCheck) and client.enabled:
         fields["check"] = TlsCheck(client, check)
@@ -582,6 +649,7 @@ _GROUPS: Mapping[str, Callable[[Section, dict[str, Any], dict[str, Any]], _Probl
     "https": _https_groups,
     "tcp": _tcp_groups,
     "pool": _pool_groups,
+    "websocket": _websocket_groups,
 }
 """Per section kind: builds the parts of its object from grouped keys and checks what
 spans several keys."""

@@ -125,7 +125,24 @@ class TlsCheck:
     kind = "tls"
 
 
-CheckConfig = TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck | DnsCheck | SipCheck
+@attrs.frozen
+class WebSocketCheck:
+    """`check = websocket [PATH] [host NAME] [ping]`: a WebSocket opening handshake to PATH;
+    the server is up when it answers 101 (and, with `ping`, answers a ping with its pong)."""
+
+    path: str = "/"
+    host: str | None = None
+    """Host header to send; None sends the server's address."""
+    ping: bool = False
+    tls: TlsClientConfig | None = None
+    """Set by the loader for a pool with `tls = on`: the handshake runs over TLS (wss)."""
+
+    kind = "websocket"
+
+
+CheckConfig = (
+    TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck | DnsCheck | SipCheck | WebSocketCheck
+)
 
 
 @attrs.frozen(eq=False)
@@ -416,6 +433,11 @@ class HttpListenerConfig:
     """[https]: the Strict-Transport-Security value added to every response."""
     https_redirect: int | None = None
     """[http]: answer every request with a 308 redirect to https on this port."""
+    tunnel_timeout: float = 3600.0
+    """An upgraded connection (WebSocket) with no byte either way for this long is closed."""
+    max_tunnels: int = 0
+    """Most upgraded connections at once; further upgrade requests are answered 503; 0 is
+    unlimited."""
 
     @property
     def kind(self) -> str:
@@ -461,6 +483,48 @@ class UdpListenerConfig:
 
 
 @attrs.frozen
+class WebSocketListenerConfig:
+    """`[websocket NAME]`: WebSocket clients on `listen` relayed to a pool, as messages
+    (`mode = message`: proxyd speaks WebSocket to both sides) or as bytes after the opening
+    handshake (`mode = passthrough`)."""
+
+    name: str
+    listen: str
+    pool: str
+    mode: str = "message"
+    """message | passthrough"""
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    """How long a client has to complete its opening handshake (and a server to answer it)."""
+    idle_timeout: float = 3600.0
+    """A connection with no message (no byte, in passthrough) either way for this long is
+    closed with 1001."""
+    max_connections: int = 0
+    """Most client connections at once; further handshakes are answered 503; 0 is
+    unlimited."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origin values accepted (`*` matches any characters); empty accepts any. Others are
+    answered 403."""
+    max_message_size: int = 1 << 20
+    """message mode: a larger message closes the connection with 1009."""
+    max_frame_size: int = 1 << 20
+    """message mode: a larger frame closes the connection with 1009."""
+    max_messages_per_second: int = 0
+    """message mode: a client sending more messages than this in a second is closed with 1008;
+    0 is unlimited."""
+    ping_interval: float = 30.0
+    """message mode: a ping to each side after this long without traffic from it; 0 is off."""
+    ping_timeout: float = 10.0
+    """message mode: a side whose pong does not come within this long is closed."""
+    permessage_deflate: bool = False
+    """message mode: accept the client's permessage-deflate offer (RFC 7692)."""
+    access_log: str = "-"
+    """One JSON line per connection, when it ends."""
+    tls: TlsServerConfig | None = None
+    """TLS terminated here (`certificates` given): clients speak wss."""
+
+
+@attrs.frozen
 class GlobalConfig:
     """`[proxyd]`: process-wide settings."""
 
@@ -477,3 +541,4 @@ class Config:
     tcp: tuple[TcpListenerConfig, ...] = ()
     http: tuple[HttpListenerConfig, ...] = ()
     udp: tuple[UdpListenerConfig, ...] = ()
+    websocket: tuple[WebSocketListenerConfig, ...] = ()

@@ -27,6 +27,7 @@ from proxyd.config.model import (
     TcpCheck,
     TlsCheck,
     TlsClientConfig,
+    WebSocketCheck,
 )
 
 
@@ -285,7 +286,7 @@ def _server_line(line: str) -> list[dict[str, object]]:
     return specs
 
 
-CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls", "dns", "sip")
+CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls", "dns", "sip", "websocket")
 
 
 def check(text: str) -> CheckConfig | None:
@@ -322,6 +323,8 @@ def check(text: str) -> CheckConfig | None:
         if args[0] != "http":
             raise Invalid("'tls' alone or 'tls http ...'", repr(text))
         return TlsCheck(TlsClientConfig(), _http_check(args[1:]))
+    if kind == "websocket":
+        return _websocket_check(args)
     kinds = (*CHECK_KINDS, "none")
     raise Invalid(f"a check kind ({one_of(kinds)})", repr(kind), did_you_mean(kind, kinds))
 
@@ -424,6 +427,47 @@ def _http_check(args: list[str]) -> HttpCheck:
         else:
             fields["body"] = _unescape(value)
     return HttpCheck(**fields)  # type: ignore[arg-type]
+
+
+def _websocket_check(args: list[str]) -> WebSocketCheck:
+    fields: dict[str, object] = {}
+    if args and args[0].startswith("/"):
+        fields["path"] = request_path(args.pop(0))
+    words = ("host", "ping")
+    while args:
+        word = args.pop(0)
+        if word not in words or word in fields:
+            raise Invalid(
+                "'websocket [PATH] [host NAME] [ping]', such as 'websocket /ws ping'",
+                repr(word),
+                did_you_mean(word, words),
+            )
+        if word == "ping":
+            fields["ping"] = True
+            continue
+        if not args:
+            raise Invalid("a value after 'host'", "nothing")
+        fields["host"] = host_header(args.pop(0))
+    return WebSocketCheck(**fields)  # type: ignore[arg-type]
+
+
+_ORIGIN = re.compile(r"^(?:null|[a-z][a-z0-9+.-]*://[^/\s?#]+)$")
+
+
+def origins(text: str) -> tuple[str, ...]:
+    """Origin values (RFC 6454 serialisation: `scheme://host[:port]`, or `null`), one or more
+    a line; `*` in one matches any characters, as in `https://*.example.com`."""
+    result: list[str] = []
+    for item in text.split():
+        origin = item.lower().rstrip("/")
+        if not _ORIGIN.match(origin):
+            raise Invalid(
+                "origins such as https://chat.example.com or https://*.example.com", repr(item)
+            )
+        result.append(origin)
+    if not result:
+        raise Invalid("at least one origin", "nothing")
+    return tuple(result)
 
 
 TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"

@@ -127,12 +127,12 @@ def test_every_error_in_a_file_is_reported_at_once_in_line_order() -> None:
         (
             "[pol a]\n",
             "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'pool', 'tcp', 'udp', "
-            "'http', 'https', 'route'); found [pol] (did you mean 'pool'?)",
+            "'websocket', 'http', 'https', 'route'); found [pol] (did you mean 'pool'?)",
         ),
         (
             "[pool a]\nservers = 127.0.0.1:1\ncheck = htp\n",
             "proxyd.ini:3: [pool a] check: expected a check kind ('tcp', 'smtp', 'mysql', 'http', "
-            "'tls', 'dns', 'sip', 'none'); found 'htp' (did you mean 'http'?)",
+            "'tls', 'dns', 'sip', 'websocket', 'none'); found 'htp' (did you mean 'http'?)",
         ),
         (
             "[pool a]\nservers = 127.0.0.1:1\nbalance = least_con\n",
