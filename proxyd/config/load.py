@@ -279,6 +279,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "pool": Key(_pool_name, required=True, context=True),
             "mode": Key(v.choice("message", "passthrough")),
             "connect_timeout": Key(v.positive_duration),
+            "retries": Key(v.integer(0, 100)),
             "handshake_timeout": Key(v.positive_duration),
             "idle_timeout": Key(v.positive_duration),
             "max_connections": Key(v.integer(0)),

@@ -494,6 +494,8 @@ class WebSocketListenerConfig:
     mode: str = "message"
     """message | passthrough"""
     connect_timeout: float = 5.0
+    retries: int = 2
+    """Further servers tried after a failed connect or a refused handshake (not 101)."""
     handshake_timeout: float = 10.0
     """How long a client has to complete its opening handshake (and a server to answer it)."""
     idle_timeout: float = 3600.0
