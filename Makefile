@@ -10,7 +10,7 @@ CONFIG ?= etc/proxyd.ini
 TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk openssl:openssl
 
-.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls bench-udp clean
+.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls bench-udp bench-websocket clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,16 @@ bench-udp: venv
 	scripts/apt-need $(BENCH_DEBS) dnsperf:dnsperf dnsmasq:dnsmasq-base
 	scripts/apt-need-file /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
 	$(BIN)/python bench/udp.py
+
+# The WebSocket load client and echo server run on Node.js with the ws version pinned in
+# bench/ws/package-lock.json, installed into bench/ws/node_modules (git-ignored).
+bench/ws/node_modules/.package-lock.json: bench/ws/package.json bench/ws/package-lock.json
+	scripts/apt-need node:nodejs npm:npm
+	cd bench/ws && npm ci --no-audit --no-fund
+
+bench-websocket: venv bench/ws/node_modules/.package-lock.json
+	scripts/apt-need $(BENCH_DEBS)
+	$(BIN)/python bench/websocket.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache
