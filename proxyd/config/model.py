@@ -525,6 +525,23 @@ class WebSocketListenerConfig:
     tls: TlsServerConfig | None = None
     """TLS terminated here (`certificates` given): clients speak wss."""
 
+    def as_http(self) -> HttpListenerConfig:
+        """mode = passthrough: an HTTP listener with one route to the pool, whose upgraded
+        connections are this listener's connections."""
+        return HttpListenerConfig(
+            name=self.name,
+            listen=self.listen,
+            routes=(RouteConfig(name="*/", match=RouteMatch(), action=ProxyAction(self.pool)),),
+            access_log=self.access_log,
+            header_timeout=self.handshake_timeout,
+            connect_timeout=self.connect_timeout,
+            response_timeout=self.handshake_timeout,
+            retries=self.retries,
+            tunnel_timeout=self.idle_timeout,
+            max_tunnels=self.max_connections,
+            tls=self.tls,
+        )
+
 
 @attrs.frozen
 class GlobalConfig:

@@ -50,6 +50,7 @@ from proxyd.relay.http.h1 import (
     response_head,
 )
 from proxyd.relay.http.routing import normalize_path, rewrite_path
+from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key
 from proxyd.tls import PeerTls, describe_failure
@@ -92,6 +93,28 @@ def split_host(host: bytes) -> str | None:
 def sticky_id(server: Server) -> str:
     """The cookie value naming `server`: a digest, so that addresses are not disclosed."""
     return hashlib.blake2b(server.name.encode(), digest_size=6).hexdigest()
+
+
+def _has_token(headers: Headers, name: bytes, token: bytes) -> bool:
+    """A comma-separated field `name` lists `token` (case-insensitive)."""
+    for key, value in headers:
+        if key.lower() == name and any(
+            part.strip(b" \t").lower() == token for part in value.split(b",")
+        ):
+            return True
+    return False
+
+
+def is_websocket_upgrade(request: Request) -> bool:
+    """An opening handshake of RFC 6455 4.1: GET, HTTP/1.1, no body, Connection: upgrade,
+    Upgrade: websocket. Other upgrades (h2c) are not relayed: their fields are removed."""
+    return (
+        request.upgrade
+        and request.method == b"GET"
+        and request.version == "1.1"
+        and not request.has_body
+        and _has_token(request.headers, b"upgrade", b"websocket")
+    )
 
 
 def _cookie(headers: Headers, name: bytes) -> bytes | None:
@@ -152,6 +175,10 @@ class Exchange:
         self._idle = IdleTimer(self.clock, self.config.idle_timeout, self._idle_timed_out)
         self._body_timer = IdleTimer(self.clock, self.config.body_timeout, self._body_timed_out)
         self.error: str | None = None
+        # Upgrade.
+        self.websocket = is_websocket_upgrade(request)
+        self.tunnel: Tunnel | None = None
+        self.tunnel_close: str | None = None
 
     # Start: parse the target, route, act.
 
@@ -265,6 +292,26 @@ class Exchange:
         assert self.route is not None and self.ctx is not None
         self.pool = self.factory.pools[action.pool]
         self.upstreams = self.factory.upstreams[action.pool]
+        origins = self.factory.websocket_only
+        if origins is not None:
+            if not self.websocket:
+                self.respond(
+                    426,
+                    b"This port takes WebSocket connections only.\n",
+                    [
+                        (b"Content-Type", b"text/plain; charset=utf-8"),
+                        (b"Upgrade", b"websocket"),
+                        (b"Connection", b"Upgrade"),
+                    ],
+                )
+                return
+            origin = next((v for k, v in self.request.headers if k.lower() == b"origin"), None)
+            if not origins.allows(None if origin is None else origin.decode("latin-1")):
+                self.fail(403, "Origin not allowed")
+                return
+        if self.websocket and not self.factory.may_open_tunnel():
+            self.fail(503, f"max_tunnels ({self.config.max_tunnels}) reached")
+            return
         upstream_path = path if path == "*" else rewrite_path(self.route, path)
         target = upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         request = self.request
@@ -283,6 +330,8 @@ class Exchange:
             fields.append((b"Host", action.host.encode("latin-1")))
         if self._upstream_chunked:
             fields.append((b"Transfer-Encoding", b"chunked"))
+        if self.websocket:
+            fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
         sticky = self.pool.config.sticky_cookie
         if sticky is not None:
             self._sticky_cookie = _cookie(request.headers, sticky.encode("latin-1"))
@@ -548,11 +597,14 @@ class Exchange:
             self.fail(504, why)
 
     def _response_head(self, response: Response) -> None:
+        if response.status == 101:
+            self._switch(response)
+            return
         if response.interim:
             self._cancel_response_timer()
             if response.status == 100 and self._sent_continue:
                 return
-            if response.status != 101 and self.request.version == "1.1":
+            if self.request.version == "1.1":
                 fields = policy.remove_hop_by_hop(response.headers)
                 self.client.send([response_head(response.status, response.reason, fields)])
             return
@@ -584,6 +636,40 @@ class Exchange:
         self.response_started = True
         self._idle.start()
         self.client.send([response_head(response.status, response.reason, fields)])
+
+    def _switch(self, response: Response) -> None:
+        """A 101: to a WebSocket upgrade, pass it on and splice the two connections."""
+        conn = self.conn
+        assert conn is not None and self.route is not None
+        if not self.websocket or not _has_token(response.headers, b"upgrade", b"websocket"):
+            self._upstream_broken("upstream switched protocols without a WebSocket upgrade")
+            return
+        self._cancel_response_timer()
+        self.upstream_status = 101
+        self.header_time = self.clock.seconds() - self._attempt_started
+        self.response = response
+        fields = policy.remove_hop_by_hop(response.headers)
+        fields = policy.response_headers(fields, via=self.config.via, version=response.version)
+        fields = self._apply(fields, self.config.response_headers, self.route.response_headers)
+        self._sticky(fields)
+        self._hsts(fields)
+        fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
+        self.status = 101
+        self.response_started = True
+        self.client.send([response_head(101, response.reason, fields)])
+        self.conn = None
+        from_client = self.client.reader.upgraded or b""
+        self.client.reader.upgraded = b""
+        self.tunnel = Tunnel(self, self.client, conn, self.config.tunnel_timeout)
+        self.factory.tunnel_opened()
+        self.tunnel.start(from_client, conn.reader.upgraded or b"")
+
+    def tunnel_ended(self, tunnel: Tunnel) -> None:
+        self.factory.tunnel_closed()
+        self.request_bytes += tunnel.bytes_in
+        self.response_bytes += tunnel.bytes_out
+        self.tunnel_close = str(tunnel.reason)
+        self._finish(keep_alive=False)
 
     def _sticky(self, fields: Headers) -> None:
         assert self.pool is not None

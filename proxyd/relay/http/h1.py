@@ -499,6 +499,7 @@ _REASONS: Final = {
     413: b"Content Too Large",
     414: b"URI Too Long",
     417: b"Expectation Failed",
+    426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, IReactorTCP
 from twisted.internet.protocol import Factory, connectionDone
@@ -34,6 +34,7 @@ from proxyd.relay.http.h1 import (
     response_head,
 )
 from proxyd.relay.http.routing import RouteTable
+from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.io import Transport
 from proxyd.relay.session import iso_utc
@@ -46,6 +47,12 @@ def _address(address: IAddress) -> Address:
     host = getattr(address, "host", "")
     port = getattr(address, "port", 0)
     return Address(host, port)
+
+
+class OriginCheck(Protocol):
+    """[websocket] allowed_origins (proxyd.relay.websocket_policy.OriginPolicy)."""
+
+    def allows(self, origin: str | None) -> bool: ...
 
 
 @implementer(IPushProducer, IHandshakeListener)
@@ -70,6 +77,8 @@ class ClientConnection(TwistedProtocol):
         self.trusted = False
         self.tls: PeerTls | None = None
         """Set once the TLS handshake is done ([https])."""
+        self.tunnel: Tunnel | None = None
+        """Set once a WebSocket upgrade was answered 101: bytes go to it from then on."""
 
     @property
     def channel(self) -> Transport:
@@ -89,7 +98,17 @@ class ClientConnection(TwistedProtocol):
         self._set_timer("header")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_data(data)
+            return
         if self.closing and self.exchange is None:
+            return
+        upgraded = self.reader.upgraded
+        if upgraded is not None:
+            # After an upgrade request's head, bytes wait (one read at most) for the answer:
+            # the tunnel's first bytes on a 101, else the start of the next request.
+            self.reader.upgraded = upgraded + data
+            self.pause_reading("upgrade")
             return
         self.reader.feed(data)
         self.drive()
@@ -103,6 +122,9 @@ class ClientConnection(TwistedProtocol):
         self.lost = True
         self.factory.connections -= 1
         self._cancel_timer()
+        if self.tunnel is not None:
+            self.tunnel.client_lost(reason)
+            return
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_lost()
@@ -120,6 +142,7 @@ class ClientConnection(TwistedProtocol):
                 if event is None:
                     if reader.finished and reader.upgraded is not None:
                         self._after_upgrade()
+                        reader = self.reader
                         continue
                     break
                 if isinstance(event, Request):
@@ -153,10 +176,11 @@ class ClientConnection(TwistedProtocol):
         exchange.start()
 
     def _after_upgrade(self) -> None:
-        # Upgrades are not relayed yet: the request went on without its Upgrade fields, and
-        # whatever followed its head is read as the next request.
+        # An upgrade that did not happen (refused, answered without 101, or not a WebSocket
+        # one, whose Upgrade fields were removed): what followed its head is the next request.
         leftover = self.reader.upgraded or b""
         self.reader = self.factory.new_reader()
+        self.resume_reading("upgrade")
         self.reader.feed(leftover)
 
     def _refuse(self, error: HttpError) -> None:
@@ -215,12 +239,16 @@ class ClientConnection(TwistedProtocol):
 
     def pauseProducing(self) -> None:
         self.writable = False
-        if self.exchange is not None:
+        if self.tunnel is not None:
+            self.tunnel.client_writable(False)
+        elif self.exchange is not None:
             self.exchange.client_writable(False)
 
     def resumeProducing(self) -> None:
         self.writable = True
-        if self.exchange is not None:
+        if self.tunnel is not None:
+            self.tunnel.client_writable(True)
+        elif self.exchange is not None:
             self.exchange.client_writable(True)
 
     def stopProducing(self) -> None:
@@ -269,14 +297,18 @@ class HttpRelayFactory(Factory):
         upstreams: Mapping[str, ConnectionPool],
         access_log: AccessLog,
         error_pages: Mapping[int, bytes] | None = None,
+        websocket_only: OriginCheck | None = None,
     ) -> None:
-        """`reactor` must provide IReactorTime as well."""
+        """`reactor` must provide IReactorTime as well. With `websocket_only` (a [websocket]
+        listener in passthrough mode) requests other than WebSocket upgrades from allowed
+        Origins are refused."""
         self.reactor = cast(Any, reactor)
         self.config = config
         self.pools = pools
         self.upstreams = upstreams
         self.access_log = access_log
         self.error_pages = dict(error_pages or {})
+        self.websocket_only = websocket_only
         self.routes = RouteTable(config.routes)
         self.tls: ServerTls | None = (
             ServerTls(f"https {config.name}", config.tls, [b"http/1.1"])
@@ -287,6 +319,20 @@ class HttpRelayFactory(Factory):
         self._trusted = config.trusted_proxies
         self.connections = 0
         self.requests = 0
+        self.tunnels = 0
+        """Upgraded (WebSocket) connections open now."""
+        self.tunnels_total = 0
+
+    def may_open_tunnel(self) -> bool:
+        limit = self.config.max_tunnels
+        return limit == 0 or self.tunnels < limit
+
+    def tunnel_opened(self) -> None:
+        self.tunnels += 1
+        self.tunnels_total += 1
+
+    def tunnel_closed(self) -> None:
+        self.tunnels -= 1
 
     def set_listening_port(self, port: Any) -> None:
         """Nothing to do: HTTP listeners do not pause accepting."""
@@ -351,6 +397,9 @@ class HttpRelayFactory(Factory):
         if tls is not None:
             record["tls_version"] = tls.version
             record["sni"] = tls.server_name or None
+        if exchange.tunnel is not None:
+            record["upgrade"] = "websocket"
+            record["close"] = exchange.tunnel_close
         if exchange.error is not None:
             record["error"] = exchange.error
         self.access_log.log(record)

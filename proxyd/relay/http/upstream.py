@@ -9,7 +9,7 @@ recently used first so that surplus connections age out.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -30,6 +30,9 @@ from proxyd.pool import Server
 from proxyd.relay.http.h1 import ResponseReader
 from proxyd.relay.io import ConnectingReactor, Connector, Transport
 from proxyd.tls import ClientTls
+
+if TYPE_CHECKING:
+    from proxyd.relay.http.tunnel import Tunnel
 
 
 class UpstreamHandler(Protocol):
@@ -61,6 +64,7 @@ class UpstreamConnection(TwistedProtocol):
         self.lost = False
         self.paused = False
         self._idle_call: DelayedCall | None = None
+        self._tunnel: Tunnel | None = None
 
     @property
     def channel(self) -> Transport:
@@ -70,6 +74,9 @@ class UpstreamConnection(TwistedProtocol):
         self.channel.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.upstream_data(data)
+            return
         handler = self.handler
         if handler is None:
             # Nothing was asked: a server talking out of turn cannot be trusted with the
@@ -120,6 +127,11 @@ class UpstreamConnection(TwistedProtocol):
         self.handler = handler
         self.requests += 1
         self.reader.expect(method)
+
+    def splice(self, tunnel: Tunnel) -> None:
+        """After a 101: bytes go to `tunnel` as they come (it is the handler from now on);
+        the connection is never reused."""
+        self.handler = self._tunnel = tunnel
 
     def close(self) -> None:
         self.handler = None

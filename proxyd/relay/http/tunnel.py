@@ -1,0 +1,171 @@
+"""An upgraded connection on an HTTP listener: once the server answered a WebSocket upgrade
+with 101, the client connection and that upstream connection are spliced and bytes flow both
+ways untouched, as in the TCP relay.
+
+Each side's full write buffer pauses reading from the other (the client connection and the
+upstream connection are their transports' producers already). A close from either side
+closes the other once what it sent has been written; a reset is passed on as a reset. The
+tunnel ends, and its exchange is logged, when both connections are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import TYPE_CHECKING, Final
+
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from proxyd.relay.io import Transport
+from proxyd.relay.session import CloseReason, IdleTimer, Side, close_reason
+
+if TYPE_CHECKING:
+    from proxyd.relay.http.exchange import Exchange
+    from proxyd.relay.http.server import ClientConnection
+    from proxyd.relay.http.upstream import UpstreamConnection
+
+_RST_LINGER: Final = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 seconds: close() then sends an RST instead of a FIN."""
+
+
+def reset(transport: Transport) -> None:
+    """Abort `transport` with an RST (below Twisted's TLS layer for a TLS connection)."""
+    below = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+    get_handle = getattr(below, "getHandle", None)
+    if get_handle is not None:
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
+    transport.abortConnection()
+
+
+def close(transport: Transport) -> None:
+    """Close once the write buffer is flushed (the connection is its transport's producer:
+    unregistered first, as a registered one would keep the transport open)."""
+    transport.unregisterProducer()
+    transport.loseConnection()
+
+
+class Tunnel:
+    """Bytes between `client` and `upstream` after a 101, for `exchange`."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        client: ClientConnection,
+        upstream: UpstreamConnection,
+        timeout: float,
+    ) -> None:
+        self.exchange = exchange
+        self.client = client
+        self.upstream = upstream
+        self.bytes_in = 0
+        """Client to server, after the 101."""
+        self.bytes_out = 0
+        self.reason: CloseReason | None = None
+        self._client_lost = False
+        self._upstream_lost = False
+        self._client_closed = False
+        """close() or reset() was called on the client's transport."""
+        self._upstream_closed = False
+        self._closing = False
+        self._ended = False
+        self._idle = IdleTimer(exchange.clock, timeout, self._idle_timed_out)
+
+    def start(self, from_client: bytes, from_upstream: bytes) -> None:
+        """Splice; the bytes each side sent after the upgrade's head go first."""
+        self._idle.start()
+        self.client.tunnel = self
+        self.upstream.splice(self)
+        if from_upstream:
+            self.upstream_data(from_upstream)
+        if from_client:
+            self.client_data(from_client)
+        if not self.client.writable:
+            self.upstream.pause_reading()
+        if not self.upstream.writable:
+            self.client.pause_reading("upstream")
+        self.client.resume_reading("upgrade")
+        self.client.resume_reading("backlog")
+
+    # Bytes.
+
+    def client_data(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self._idle.touch()
+        if not self._upstream_lost:
+            self.upstream.send([data])
+
+    def upstream_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self._idle.touch()
+        self.client.send([data])
+
+    # Backpressure.
+
+    def client_writable(self, writable: bool) -> None:
+        if writable:
+            self.upstream.resume_reading()
+        else:
+            self.upstream.pause_reading()
+
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self.client.resume_reading("upstream")
+        else:
+            self.client.pause_reading("upstream")
+
+    def upstream_readable(self) -> None:
+        """Unused: a spliced connection hands over bytes, not parsed events."""
+
+    # Ends.
+
+    def client_lost(self, reason: Failure) -> None:
+        self._client_lost = True
+        why = close_reason(Side.CLIENT, reason)
+        self._close_as(why)
+        self._end_upstream(reset_it=why is CloseReason.CLIENT_RESET)
+        self._maybe_end()
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self._upstream_lost = True
+        why = close_reason(Side.SERVER, reason)
+        self._close_as(why)
+        self._end_client(reset_it=why is CloseReason.SERVER_RESET)
+        self._maybe_end()
+
+    def _idle_timed_out(self) -> None:
+        if self._closing:
+            # A close that moved nothing for a whole timeout: a peer does not read.
+            self._end_client(reset_it=True)
+            self._end_upstream(reset_it=True)
+            return
+        self._close_as(CloseReason.IDLE_TIMEOUT)
+        self._end_client(reset_it=False)
+        self._end_upstream(reset_it=False)
+        self._idle.start()
+
+    def _end_client(self, reset_it: bool) -> None:
+        if self._client_lost or (self._client_closed and not reset_it):
+            return
+        self._client_closed = True
+        (reset if reset_it else close)(self.client.channel)
+
+    def _end_upstream(self, reset_it: bool) -> None:
+        if self._upstream_lost or (self._upstream_closed and not reset_it):
+            return
+        self._upstream_closed = True
+        (reset if reset_it else close)(self.upstream.channel)
+
+    def _close_as(self, reason: CloseReason) -> None:
+        self._closing = True
+        if self.reason is None:
+            self.reason = reason
+
+    def _maybe_end(self) -> None:
+        if self._ended or not (self._client_lost and self._upstream_lost):
+            return
+        self._ended = True
+        self._idle.cancel()
+        self.exchange.tunnel_ended(self)
