@@ -231,3 +231,38 @@ def test_passthrough_websocket_section_becomes_an_http_listener() -> None:
     ).as_http()
     assert http.tunnel_timeout == 90.0 and http.max_tunnels == 7
     assert [r.action.pool for r in http.routes] == ["chat"]  # type: ignore[union-attr]
+
+
+def test_an_upgrade_request_with_a_body_is_proxied_as_a_plain_one() -> None:
+    relay = Relay()
+    relay.send(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+        b"Content-Length: 3\r\n\r\nabc" + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    upstream, ut = relay.accept_upstream()
+    sent = ut.value()
+    assert sent.endswith(b"\r\n\r\nabc") and field(sent, "Upgrade") == []
+    upstream.dataReceived(OK)
+    assert relay.received().endswith(b"hi")
+    assert request_lines(ut.value()[len(sent) :])[0] == b"GET /next HTTP/1.1"
+
+
+def test_chunked_body_after_an_upgrade_head_is_read_by_the_next_parser() -> None:
+    from proxyd.relay.http.h1 import Body, End, Request, RequestReader
+
+    data = (
+        b"POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /n HTTP/1.1\r\nHost: b\r\n\r\n"
+    )
+    for split in range(1, len(data)):
+        reader = RequestReader()
+        reader.feed(data[:split])
+        reader.feed(data[split:])
+        events = []
+        while (event := reader.next_event()) is not None:
+            events.append(event)
+        kinds = [type(e) for e in events if not isinstance(e, Body)]
+        assert kinds == [Request, End, Request, End], split
+        assert b"".join(e.data for e in events if isinstance(e, Body)) == b"abc"
+        assert all(e.trailers is None for e in events if isinstance(e, End))
+        assert reader.upgraded is None

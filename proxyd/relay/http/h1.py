@@ -194,6 +194,9 @@ class _Reader:
         self._body_size = 0
         self._awaiting_chunk_data = False
         self._body_in_feed = False
+        self._framing_only = False
+        """A head made up to frame a body is being parsed (RequestReader): its fields are
+        no one's."""
 
     @property
     def in_head(self) -> bool:
@@ -237,6 +240,8 @@ class _Reader:
         self._awaiting_chunk_data = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._framing_only:
+            return
         if not self._in_head:
             if self._trailers is None:
                 self._trailers = []
@@ -304,27 +309,47 @@ class RequestReader(_Reader):
         self._url = b""
         self.upgraded: bytes | None = None
         """After an upgrade request: the bytes that followed its head."""
+        self._framing_after_upgrade: bytes | None = None
+        """An upgrade request with a body, which llhttp leaves unread: its framing field."""
 
     def feed(self, data: bytes) -> None:
         if self.finished or not data:
             return
         offset = self._feed(self._parser, data)
-        if offset is not None:
+        if offset is None:
+            return
+        framing, self._framing_after_upgrade = self._framing_after_upgrade, None
+        if framing is None:
             # Upgrade requests and CONNECT stop llhttp: the relay decides what follows.
             self.upgraded = data[offset:]
             self.finished = True
+            return
+        # An upgrade with a body is never relayed as one (a WebSocket handshake has none):
+        # the body, and whatever follows, is read by a new parser primed with a head that
+        # frames it as the request's own did.
+        self._parser = httptools.HttpRequestParser(self)
+        self._framing_only = True
+        self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        self.feed(data[offset:])
 
     def on_message_begin(self) -> None:
+        if self._framing_only:
+            return
         self._begin()
         self._url = b""
 
     def on_url(self, url: bytes) -> None:
+        if self._framing_only:
+            return
         self._url += url
         if len(self._url) > self.max_uri_length:
             self._fail(HttpError(414, f"request target over {self.max_uri_length} bytes"))
         self._head_size += len(url)
 
     def on_headers_complete(self) -> None:
+        if self._framing_only:
+            self._framing_only = False
+            return
         self._in_head = False
         parser = self._parser
         version = parser.get_http_version()
@@ -351,6 +376,11 @@ class RequestReader(_Reader):
                 if self.max_body_size and content_length > self.max_body_size:
                     self._fail(HttpError(413, f"Content-Length over {self.max_body_size} bytes"))
         expect = _find(headers, b"expect")
+        upgrade = parser.should_upgrade()
+        if upgrade and transfer_encoding:
+            self._framing_after_upgrade = b"Transfer-Encoding: chunked"
+        elif upgrade and content_length:
+            self._framing_after_upgrade = b"Content-Length: %d" % content_length
         self._events.append(
             Request(
                 parser.get_method(),
@@ -362,7 +392,7 @@ class RequestReader(_Reader):
                 content_length=content_length,
                 host=hosts[0] if hosts else b"",
                 expect_continue=bool(expect) and expect[0].lower() == b"100-continue",
-                upgrade=parser.should_upgrade(),
+                upgrade=upgrade,
             )
         )
 
@@ -375,6 +405,8 @@ class RequestReader(_Reader):
         self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
+        if self._framing_after_upgrade is not None:
+            return  # llhttp ends an upgrade request at its head; its body comes next
         self._awaiting_chunk_data = False
         self._partial_head = 0
         self._events.append(End(self._trailers))
