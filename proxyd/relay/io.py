@@ -6,10 +6,14 @@ describe what they use of a transport, a connector and a reactor here.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import contextlib
+import socket
+import struct
+from typing import Any, Final, Protocol
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import ClientFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from proxyd.clock import Clock
 
@@ -50,3 +54,19 @@ def set_buffer_size(transport: object, size: int) -> None:
     connection and the write-buffer level at which its producer is paused."""
     if hasattr(transport, "bufferSize"):
         transport.bufferSize = size
+
+
+_RST_LINGER: Final = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 seconds: close() then sends an RST instead of a FIN."""
+
+
+def reset(transport: Transport) -> None:
+    """Abort `transport` with an RST (set on the TCP socket below Twisted's TLS layer).
+    Twisted's abortConnection sets the same linger on TCP sockets; setting it here makes it
+    explicit and covers transports that do not."""
+    below = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+    get_handle = getattr(below, "getHandle", None)
+    if get_handle is not None:  # else not a socket (a test transport): abortConnection alone
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
+    transport.abortConnection()

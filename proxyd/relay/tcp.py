@@ -19,8 +19,6 @@ Twisted's callbacks to it; `TcpRelayFactory` admits connections against max_conn
 from __future__ import annotations
 
 import contextlib
-import socket
-import struct
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, cast
@@ -46,7 +44,14 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
-from proxyd.relay.io import ConnectingReactor, Connector, ReadingPort, Transport, set_buffer_size
+from proxyd.relay.io import (
+    ConnectingReactor,
+    Connector,
+    ReadingPort,
+    Transport,
+    reset,
+    set_buffer_size,
+)
 from proxyd.relay.session import (
     Attempts,
     CloseReason,
@@ -63,9 +68,6 @@ from proxyd.tls import ClientTls, ServerTls, describe_failure, peer_tls
 __all__ = ["Relay", "TcpRelayFactory"]
 
 _log = Logger(namespace="proxyd.relay.tcp")
-
-_RST_LINGER = struct.pack("ii", 1, 0)
-"""SO_LINGER on, 0 seconds: close() then sends an RST instead of a FIN."""
 
 
 @attrs.define(eq=False)
@@ -97,17 +99,10 @@ class _End:
             self.transport.loseConnection()
 
     def reset(self) -> None:
-        """Abort with an RST. Twisted's abortConnection sets the same linger on TCP sockets;
-        setting it here makes it explicit and covers transports that do not."""
-        if not self.open:
-            return
-        assert self.transport is not None
-        get_handle = getattr(_socket_of(self.transport), "getHandle", None)
-        if get_handle is not None:
-            # Not a socket (a test transport): abortConnection alone.
-            with contextlib.suppress(OSError, AttributeError, TypeError):
-                get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
-        self.transport.abortConnection()
+        """Abort with an RST."""
+        if self.open:
+            assert self.transport is not None
+            reset(self.transport)
 
 
 def _socket_of(transport: Transport) -> Transport:

@@ -10,34 +10,17 @@ tunnel ends, and its exchange is logged, when both connections are gone.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import struct
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from proxyd.relay.io import Transport
+from proxyd.relay.io import Transport, reset
 from proxyd.relay.session import CloseReason, IdleTimer, Side, close_reason
 
 if TYPE_CHECKING:
     from proxyd.relay.http.exchange import Exchange
     from proxyd.relay.http.server import ClientConnection
     from proxyd.relay.http.upstream import UpstreamConnection
-
-_RST_LINGER: Final = struct.pack("ii", 1, 0)
-"""SO_LINGER on, 0 seconds: close() then sends an RST instead of a FIN."""
-
-
-def reset(transport: Transport) -> None:
-    """Abort `transport` with an RST (below Twisted's TLS layer for a TLS connection)."""
-    below = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
-    get_handle = getattr(below, "getHandle", None)
-    if get_handle is not None:
-        with contextlib.suppress(OSError, AttributeError, TypeError):
-            get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
-    transport.abortConnection()
 
 
 def close(transport: Transport) -> None:
