@@ -23,6 +23,8 @@ from proxyd.relay.http.server import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.tcp import TcpRelayFactory
 from proxyd.relay.udp import UdpListener
+from proxyd.relay.websocket import WebSocketRelayFactory
+from proxyd.relay.websocket_policy import OriginPolicy
 from proxyd.tls import ClientTls, ServerTls
 
 log = Logger()
@@ -146,6 +148,31 @@ class ProxydService(service.MultiService):
                 _read_error_pages(http.error_pages),
             )
             self._add_listener(reactor, f"{http.kind} {http.name}", http.listen, factory)
+        for ws in config.websocket:
+            if ws.mode == "message":
+                pool_tls = config.pools[ws.pool].tls
+                ws_factory = WebSocketRelayFactory(
+                    reactor,
+                    ws,
+                    self.pools,
+                    self._log(ws.access_log),
+                    ClientTls(ws.pool, pool_tls, [b"http/1.1"]) if pool_tls.enabled else None,
+                )
+                self._add_listener(reactor, f"websocket {ws.name}", ws.listen, ws_factory)
+            else:
+                self._add_listener(
+                    reactor,
+                    f"websocket {ws.name}",
+                    ws.listen,
+                    HttpRelayFactory(
+                        reactor,
+                        ws.as_http(),
+                        self.pools,
+                        self.upstreams,
+                        self._log(ws.access_log),
+                        websocket_only=OriginPolicy(ws.allowed_origins),
+                    ),
+                )
 
     def _add_listener(self, reactor: Any, name: str, description: str, factory: Any) -> None:
         listener = ListenerService(reactor, name, description, factory)
