@@ -1,0 +1,749 @@
+"""`[websocket NAME]` with `mode = message`: an autobahn client, proxyd's relay and autobahn
+backends wired with iosim on one MemoryReactorClock; the policy core on its own."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, cast
+
+import pytest
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from proxyd.accesslog import AccessLog
+from proxyd.config.model import Address, PoolConfig, ServerConfig, WebSocketListenerConfig
+from proxyd.pool import Pool
+from proxyd.relay.websocket import WebSocketRelayFactory, _ReactorTimer
+from proxyd.relay.websocket_policy import (
+    MessageRate,
+    OriginPolicy,
+    backend_request,
+    client_response_headers,
+    close_reason_bytes,
+    parse_head,
+    request_target,
+    sendable,
+)
+
+CLIENT = IPv4Address("TCP", "203.0.113.7", 51000)
+LISTENER = IPv4Address("TCP", "198.51.100.1", 8090)
+SERVERS = (Address("10.0.0.1", 9001), Address("10.0.0.2", 9001))
+URL = "ws://chat.example:8090/chat?room=1&x=%20"
+
+
+# Peers: an autobahn client and autobahn backends that record what happens to them.
+
+
+class Client(WebSocketClientProtocol):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[tuple[bytes, bool]] = []
+        self.opened = False
+        self.closed: tuple[int | None, str | None] | None = None
+        self.response: Any = None
+
+    def onConnect(self, response: Any) -> None:
+        self.response = response
+
+    def onOpen(self) -> None:
+        self.opened = True
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append((payload, isBinary))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (code, reason)
+
+    @property
+    def status(self) -> str:
+        """The status line of the answer to the client's handshake."""
+        return str(self.http_status_line)
+
+
+class Raw(Protocol):
+    received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class Backend(WebSocketServerProtocol):  # type: ignore[misc]
+    factory: BackendFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[tuple[bytes, bool]] = []
+        self.closed: tuple[int | None, str | None] | None = None
+        self.request: ConnectionRequest | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        self.request = request
+        self.factory.connections.append(self)
+        if self.factory.deny is not None:
+            raise ConnectionDeny(self.factory.deny)
+        chosen = request.protocols[-1] if request.protocols else None
+        return chosen, {"Set-Cookie": ["a=1; Path=/", "b=2"], "X-Backend": "one"}
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append((payload, isBinary))
+        if self.factory.echo:
+            self.sendMessage(payload, isBinary)
+
+    def onPing(self, payload: bytes) -> None:
+        if self.factory.pong:
+            super().onPing(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (code, reason)
+
+
+class BackendFactory(WebSocketServerFactory):  # type: ignore[misc]
+    protocol = Backend  # type: ignore[assignment]
+
+    def __init__(self, reactor: Any, **options: Any) -> None:
+        super().__init__(reactor=reactor)
+        self._batched_timer = _ReactorTimer(reactor)
+        self.setProtocolOptions(failByDrop=False, openHandshakeTimeout=0)
+        self.connections: list[Backend] = []
+        self.deny: int | None = options.get("deny")
+        self.echo: bool = options.get("echo", True)
+        self.pong: bool = options.get("pong", True)
+
+    @property
+    def last(self) -> Backend:
+        return self.connections[-1]
+
+
+class Net:
+    """proxyd's relay on a MemoryReactorClock; clients and backends joined to it by iosim.
+
+    `backends` says what each server address does when the relay connects: a BackendFactory
+    answers, "refuse" refuses the connect, "silent" accepts and never answers, and a missing
+    address leaves the connect pending."""
+
+    def __init__(self, **options: Any) -> None:
+        self.reactor: Any = cast(Any, MemoryReactorClock())
+        self.reactor.advance(1_700_000_000)
+        self.config = WebSocketListenerConfig(
+            name="chat", listen="tcp:8090", pool="chat", **options
+        )
+        self.pool = Pool(
+            PoolConfig(
+                name="chat", servers=tuple(ServerConfig(a) for a in SERVERS), balance="first"
+            ),
+            self.reactor,
+        )
+        self.log = io.StringIO()
+        self.factory = WebSocketRelayFactory(
+            self.reactor, self.config, {"chat": self.pool}, AccessLog(self.log, "test"), None
+        )
+        self.backends: dict[Address, Any] = {a: BackendFactory(self.reactor) for a in SERVERS}
+        self.pumps: list[iosim.IOPump] = []
+        self._connected = 0
+
+    def backend(self, index: int = 0) -> BackendFactory:
+        return self.backends[SERVERS[index]]  # type: ignore[no-any-return]
+
+    def client(self, url: str = URL, protocols: list[str] | None = None, **headers: str) -> Client:
+        origin = headers.pop("Origin", None)
+        factory = WebSocketClientFactory(
+            url, protocols=protocols, headers=headers, origin=origin, reactor=self.reactor
+        )
+        factory._batched_timer = _ReactorTimer(self.reactor)
+        factory.setProtocolOptions(
+            serverConnectionDropTimeout=0, openHandshakeTimeout=0, failByDrop=False
+        )
+        factory.protocol = Client
+        return self.connect_client(factory.buildProtocol(None))
+
+    def connect_client(self, client: Any) -> Any:
+        leg = self.factory.buildProtocol(CLIENT)  # type: ignore[arg-type]
+        self._join(leg, client, CLIENT, LISTENER)
+        return client
+
+    def _join(self, server: Any, client: Any, peer: Any, host: Any) -> None:
+        server_io = iosim.FakeTransport(server, True, hostAddress=host, peerAddress=peer)
+        client_io = iosim.FakeTransport(client, False, hostAddress=peer, peerAddress=host)
+        self.pumps.append(iosim.connect(server, server_io, client, client_io, greet=False))
+        self.flush()
+
+    def flush(self) -> None:
+        for _ in range(1000):
+            moved = [pump.pump(advanceClock=False) for pump in self.pumps]
+            if not any(moved) and not self._complete_connects():
+                return
+        raise AssertionError("still moving after 1000 rounds")
+
+    def _complete_connects(self) -> bool:
+        pending = self.reactor.tcpClients[self._connected :]
+        for host, port, factory, _timeout, _bind in list(pending):
+            self._connected += 1
+            behaviour = self.backends.get(Address(host, port))
+            connector = self.reactor.connectors[self._connected - 1]
+            if behaviour is None:
+                continue
+            if behaviour == "refuse":
+                factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+                continue
+            leg = factory.buildProtocol(IPv4Address("TCP", host, port))
+            if leg is None:
+                continue
+            peer = IPv4Address("TCP", "10.0.0.254", 40000 + self._connected)
+            backend = Protocol() if behaviour == "silent" else behaviour.buildProtocol(peer)
+            self._join(backend, leg, peer, IPv4Address("TCP", host, port))
+        return bool(pending)
+
+    def advance(self, seconds: float) -> None:
+        self.reactor.advance(seconds)
+        self.flush()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.getvalue().splitlines()]
+
+    def assert_finished(self, connections: int = 1) -> None:
+        """Every TCP connection closed, every connection logged, nothing held."""
+        for pump in self.pumps:
+            assert pump.clientIO.disconnected and pump.serverIO.disconnected
+        assert len(self.lines()) == connections
+        assert self.factory.active == 0
+        assert [server.active for server in self.pool.servers] == [0, 0]
+
+
+def wire(protocol: Any) -> Any:
+    """A peer's iosim transport (typed loosely: zope interfaces do not type for mypy)."""
+    return protocol.transport
+
+
+def opened(net: Net, **kw: Any) -> Client:
+    client = net.client(**kw)
+    assert client.opened, client.status
+    return client
+
+
+# Relaying.
+
+
+def test_text_and_binary_messages_pass_both_ways_one_for_one() -> None:
+    net = Net()
+    client = opened(net)
+    for payload, binary in [(b"hello", False), (b"", False), (b"\x00\xff" * 300, True)]:
+        client.sendMessage(payload, binary)
+    net.flush()
+    expected = [(b"hello", False), (b"", False), (b"\x00\xff" * 300, True)]
+    assert net.backend().last.messages == expected
+    assert client.messages == expected
+    net.backend().last.sendMessage("ünïcode".encode(), False)
+    net.flush()
+    assert client.messages[-1] == ("ünïcode".encode(), False)
+    assert (net.factory.messages_in, net.factory.messages_out) == (3, 4)
+
+
+def test_a_fragmented_message_arrives_whole() -> None:
+    net = Net()
+    client = opened(net)
+    client.sendMessage(b"abcdefghij", True, fragmentSize=3)
+    net.flush()
+    assert net.backend().last.messages == [(b"abcdefghij", True)]
+
+
+def test_the_backend_sees_the_clients_path_query_and_end_to_end_fields() -> None:
+    net = Net()
+    opened(
+        net,
+        Cookie="sid=abc; theme=dark",
+        Authorization="Bearer t0k",
+        Origin="https://chat.example.com",
+        **{"X-Forwarded-For": "192.0.2.66", "Connection": "Upgrade, X-Hop", "X-Hop": "1"},
+    )
+    request = net.backend().last.request
+    assert request is not None
+    assert request.path == "/chat"
+    assert request.params == {"room": ["1"], "x": [" "]}
+    headers = request.headers
+    assert headers["host"] == "chat.example:8090"
+    assert headers["cookie"] == "sid=abc; theme=dark"
+    assert headers["authorization"] == "Bearer t0k"
+    assert headers["origin"] == "https://chat.example.com"
+    assert headers["user-agent"].startswith("AutobahnPython")
+    assert headers["x-forwarded-for"] == "203.0.113.7"  # the client's own is not trusted
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "chat.example:8090"
+    assert headers["forwarded"] == 'for=203.0.113.7;host="chat.example:8090";proto=http'
+    assert "x-hop" not in headers
+    assert "sec-websocket-extensions" not in headers
+
+
+def test_the_clients_subprotocols_are_offered_and_the_backends_choice_returned() -> None:
+    net = Net()
+    client = opened(net, protocols=["v2.chat", "v1.chat"])
+    assert net.backend().last.request.protocols == ["v2.chat", "v1.chat"]  # type: ignore[union-attr]
+    assert client.response.protocol == "v1.chat"
+    assert client.response.headers["set-cookie"] == "a=1; Path=/, b=2"
+    assert client.response.headers["x-backend"] == "one"
+    assert "server" not in client.response.headers
+    assert net.lines() == [] and net.factory.active == 1
+
+
+def test_each_transport_is_the_others_producer_and_a_loss_does_not_close_the_other() -> None:
+    net = Net()
+    opened(net)
+    client_io, server_io = net.pumps[0].serverIO, net.pumps[1].clientIO
+    calls: list[str] = []
+    server_io.pauseProducing = lambda: calls.append("pause backend")
+    server_io.resumeProducing = lambda: calls.append("resume backend")
+    client_io.producer.pauseProducing()
+    client_io.producer.resumeProducing()
+    assert calls == ["pause backend", "resume backend"]
+    assert server_io.producer is not None and server_io.streamingProducer
+    client_io.producer.stopProducing()  # what a transport does to its producer on its loss
+    assert not server_io.disconnecting
+
+
+# Closes.
+
+
+def test_a_client_close_reaches_the_backend_with_its_code_and_reason() -> None:
+    net = Net()
+    client = opened(net)
+    client.sendClose(4000, "bye now")
+    net.flush()
+    assert net.backend().last.closed == (4000, "bye now")
+    assert client.closed == (4000, "bye now")  # autobahn's answer echoes it
+    net.assert_finished()
+    line = net.lines()[0]
+    assert line["close"] == "client_closed"
+    assert (line["client_close_code"], line["client_close_reason"]) == (4000, "bye now")
+
+
+def test_a_backend_close_reaches_the_client_with_its_code_and_reason() -> None:
+    net = Net()
+    client = opened(net)
+    net.backend().last.sendCloseFrame(1011, b"internal error")
+    net.flush()
+    assert client.closed == (1011, "internal error")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "server_closed"
+
+
+def test_a_close_without_a_code_is_passed_on_without_one() -> None:
+    net = Net()
+    client = opened(net)
+    client.sendClose()
+    net.flush()
+    assert net.backend().last.closed == (None, None)
+    net.assert_finished()
+
+
+def test_a_backend_dropping_its_tcp_connection_closes_the_client_with_1001() -> None:
+    net = Net()
+    client = opened(net)
+    wire(net.backend().last).loseConnection()
+    net.flush()
+    assert client.closed == (1001, "backend closed the connection")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "server_dropped"
+    assert net.lines()[0]["backend_close_code"] == 1006
+
+
+def test_a_client_dropping_its_tcp_connection_closes_the_backend_with_1001() -> None:
+    net = Net()
+    client = opened(net)
+    wire(client).loseConnection()
+    net.flush()
+    assert net.backend().last.closed == (1001, "client went away")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "client_dropped"
+
+
+def test_a_backend_that_never_drops_its_connection_after_closing_is_aborted() -> None:
+    net = Net()
+    client = opened(net)
+    backend = net.backend().last
+    backend.dropConnection = lambda abort=False: None  # type: ignore[method-assign]
+    client.sendClose(1000)
+    net.flush()
+    assert client.closed == (1000, None)
+    assert not net.pumps[1].clientIO.disconnected
+    net.advance(5)
+    net.assert_finished()
+
+
+def test_the_access_log_line_says_who_what_and_how_much() -> None:
+    net = Net()
+    client = opened(net, protocols=["v1"])
+    client.sendMessage(b"12345", True)
+    net.flush()
+    net.advance(1.5)
+    client.sendClose(1000, "done")
+    net.flush()
+    (line,) = net.lines()
+    assert line == {
+        "time": "2023-11-14T22:13:20.000Z",
+        "listener": "chat",
+        "client": "203.0.113.7:51000",
+        "backend": "10.0.0.1:9001",
+        "bytes_in": 5,
+        "bytes_out": 5,
+        "duration": 1.5,
+        "connect_attempts": 1,
+        "close": "client_closed",
+        "messages_in": 1,
+        "messages_out": 1,
+        "client_close_code": 1000,
+        "client_close_reason": "done",
+        "backend_close_code": 1000,
+        "backend_close_reason": None,  # its answer to the close passed on
+        "subprotocol": "v1",
+    }
+
+
+# Policies.
+
+
+def test_an_origin_not_allowed_is_answered_403_without_a_connect() -> None:
+    origins = ("https://chat.example.com", "https://*.chat.example.com")
+    net = Net(allowed_origins=origins)
+    refused = net.client(Origin="https://evil.example")
+    assert refused.status.startswith("HTTP/1.1 403") and not refused.opened
+    nameless = net.client()
+    assert nameless.status.startswith("HTTP/1.1 403")
+    assert net.reactor.tcpClients == []
+    assert opened(net, Origin="https://eu.chat.example.com")
+    assert opened(net, Origin="HTTPS://Chat.Example.com")
+    lines = net.lines()
+    assert [line["close"] for line in lines] == ["origin_refused", "origin_refused"]
+
+
+def test_over_max_connections_is_answered_503() -> None:
+    net = Net(max_connections=1)
+    first = opened(net)
+    refused = net.client()
+    assert refused.status.startswith("HTTP/1.1 503")
+    assert net.lines()[0]["close"] == "max_connections"
+    first.sendClose(1000)
+    net.flush()
+    assert opened(net)
+
+
+def test_a_message_over_max_message_size_closes_with_1009_and_the_other_side_1001() -> None:
+    net = Net(max_message_size=100, max_frame_size=100)
+    client = opened(net)
+    client.sendMessage(b"x" * 100, True)
+    client.sendMessage(b"x" * 101, True)
+    net.flush()
+    assert client.closed is not None and client.closed[0] == 1009
+    assert net.backend().last.messages == [(b"x" * 100, True)]
+    assert net.backend().last.closed == (1001, "client connection failed (1009)")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "message_too_big"
+
+
+def test_a_backend_message_over_max_message_size_closes_the_backend_with_1009() -> None:
+    net = Net(max_message_size=100)
+    client = opened(net)
+    net.backend().last.sendMessage(b"x" * 200, True)
+    net.flush()
+    closed = net.backend().last.closed
+    assert closed is not None and closed[0] == 1009
+    assert client.closed == (1001, "backend connection failed (1009)")
+    net.assert_finished()
+
+
+def test_a_frame_over_max_frame_size_closes_with_1009() -> None:
+    net = Net(max_message_size=1000, max_frame_size=10)
+    client = opened(net)
+    client.sendMessage(b"y" * 30, True, fragmentSize=10)
+    client.sendMessage(b"y" * 11, True)
+    net.flush()
+    assert net.backend().last.messages == [(b"y" * 30, True)]
+    assert client.closed is not None and client.closed[0] == 1009
+
+
+def test_more_messages_a_second_than_allowed_close_the_client_with_1008() -> None:
+    net = Net(max_messages_per_second=3)
+    client = opened(net)
+    for i in range(3):
+        client.sendMessage(b"%d" % i)
+    net.flush()
+    net.advance(1)
+    for i in range(4):
+        client.sendMessage(b"%d" % i)
+    net.flush()
+    assert len(net.backend().last.messages) == 6
+    assert client.closed == (1008, "message rate exceeded")
+    assert net.backend().last.closed == (1001, "client message rate exceeded")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "message_rate"
+
+
+def test_a_side_not_answering_pings_is_closed_and_its_peer_gets_1001() -> None:
+    net = Net(ping_interval=20, ping_timeout=5)
+    net.backends[SERVERS[0]] = BackendFactory(net.reactor, pong=False)
+    client = opened(net)
+    net.advance(20)
+    assert client.closed is None
+    net.advance(5)
+    assert client.closed == (1001, "backend did not answer a ping")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "ping_timeout"
+
+
+def test_pings_answered_keep_the_connection_open() -> None:
+    net = Net(ping_interval=20, ping_timeout=5, idle_timeout=3600)
+    client = opened(net)
+    for _ in range(10):
+        net.advance(10)
+    assert client.closed is None
+
+
+def test_no_message_either_way_for_idle_timeout_closes_both_with_1001() -> None:
+    net = Net(idle_timeout=60, ping_interval=10)
+    client = opened(net)
+    net.advance(50)
+    client.sendMessage(b"still here")
+    net.flush()
+    net.advance(50)
+    assert client.closed is None  # the message counted; the pings did not
+    net.advance(10)
+    assert client.closed == (1001, "idle timeout")
+    assert net.backend().last.closed == (1001, "idle timeout")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "idle_timeout"
+
+
+def test_a_client_that_never_finishes_its_handshake_is_dropped() -> None:
+    net = Net(handshake_timeout=5)
+    silent = Protocol()
+    net.connect_client(silent)
+    net.advance(5)
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "handshake_timeout"
+    assert net.reactor.tcpClients == []
+
+
+def test_a_server_that_never_answers_the_handshake_makes_a_504_and_a_failure() -> None:
+    net = Net(handshake_timeout=5)
+    net.backends[SERVERS[0]] = "silent"
+    client = net.client()
+    assert client.response is None and not client.opened
+    net.advance(5)
+    assert client.status.startswith("HTTP/1.1 504")
+    assert net.pool.servers[0].consecutive_failures == 1
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "server_handshake_timeout"
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_permessage_deflate_is_accepted_from_the_client_only_when_on(on: bool) -> None:
+    net = Net(permessage_deflate=on)
+    factory = WebSocketClientFactory(URL, reactor=net.reactor)
+    factory._batched_timer = _ReactorTimer(net.reactor)
+
+    def accept(response: Any) -> Any:
+        if isinstance(response, PerMessageDeflateResponse):
+            return PerMessageDeflateResponseAccept(response)
+        return None
+
+    factory.setProtocolOptions(
+        perMessageCompressionOffers=[PerMessageDeflateOffer()],
+        perMessageCompressionAccept=accept,
+        serverConnectionDropTimeout=0,
+    )
+    factory.protocol = Client
+    client = net.connect_client(factory.buildProtocol(None))
+    assert client.opened
+    assert bool(client.websocket_extensions_in_use) is on
+    client.sendMessage(b"squeeze me " * 20)
+    net.flush()
+    assert client.messages == [(b"squeeze me " * 20, False)]
+    backend = net.backend().last
+    assert backend.websocket_extensions_in_use == []
+    assert backend.request is not None and "sec-websocket-extensions" not in backend.request.headers
+
+
+# Servers that fail.
+
+
+def test_a_backend_refusing_the_handshake_is_retried_then_502() -> None:
+    net = Net(retries=1)
+    for address in SERVERS:
+        net.backends[address] = BackendFactory(net.reactor, deny=404)
+    client = net.client()
+    assert client.status.startswith("HTTP/1.1 502")
+    assert [len(net.backends[a].connections) for a in SERVERS] == [1, 1]
+    assert [s.consecutive_failures for s in net.pool.servers] == [1, 1]
+    net.assert_finished(connections=1)
+    line = net.lines()[0]
+    assert (line["close"], line["connect_attempts"]) == ("connect_failed", 2)
+
+
+def test_a_refused_connect_moves_on_to_the_next_server() -> None:
+    net = Net()
+    net.backends[SERVERS[0]] = "refuse"
+    client = opened(net)
+    client.sendMessage(b"hi")
+    net.flush()
+    assert net.backend(1).last.messages == [(b"hi", False)]
+    assert net.pool.servers[0].consecutive_failures == 1
+    assert net.pool.servers[1].active == 1
+
+
+def test_no_retries_left_is_a_502() -> None:
+    net = Net(retries=0)
+    net.backends[SERVERS[0]] = "refuse"
+    client = net.client()
+    assert client.status.startswith("HTTP/1.1 502")
+    assert len(net.reactor.tcpClients) == 1
+
+
+def test_no_server_up_is_a_503_without_a_connect() -> None:
+    net = Net()
+    for server in net.pool.servers:
+        net.pool.set_health(server, False, "down")
+    client = net.client()
+    assert client.status.startswith("HTTP/1.1 503")
+    assert net.reactor.tcpClients == []
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "no_server"
+
+
+def test_a_client_leaving_while_the_server_connects_stops_the_attempt() -> None:
+    net = Net()
+    del net.backends[SERVERS[0]]  # the connect stays pending
+    client = net.client()
+    wire(client).loseConnection()
+    net.flush()
+    assert net.reactor.connectors[0].stoppedConnecting
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "client_closed"
+
+
+# Malformed client traffic.
+
+
+def test_a_request_that_is_no_websocket_handshake_is_answered_and_logged() -> None:
+    net = Net()
+    raw = Raw()
+    net.connect_client(raw)
+    wire(raw).write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # no Upgrade
+    net.flush()
+    assert raw.received.startswith(b"HTTP/1.1 426 ")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "bad_handshake"
+
+
+def test_invalid_utf8_in_a_text_message_closes_the_client_with_1007() -> None:
+    net = Net()
+    client = opened(net)
+    client.sendMessage(b"\xff\xfe", False)
+    net.flush()
+    assert client.closed is not None and client.closed[0] == 1007
+    assert net.backend().last.closed == (1001, "client connection failed (1007)")
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "protocol_error"
+
+
+def test_an_unmasked_client_frame_closes_the_client_with_1002() -> None:
+    net = Net()
+    client = opened(net)
+    wire(client).write(b"\x81\x02hi")  # a client must mask its frames
+    net.flush()
+    assert client.closed is not None and client.closed[0] == 1002
+    net.assert_finished()
+
+
+# The sans-IO policy.
+
+
+def test_origin_patterns_match_whole_origins_with_star_as_any_characters() -> None:
+    policy = OriginPolicy(("https://*.example.com", "null"))
+    assert policy.allows("https://a.b.example.com")
+    assert policy.allows("null")
+    assert policy.allows("https://x.example.com/")
+    assert not policy.allows("https://example.com")
+    assert not policy.allows("https://x.example.com.evil")
+    assert not policy.allows(None)
+    assert OriginPolicy(()).allows(None)
+
+
+def test_the_message_rate_counts_in_fixed_one_second_windows() -> None:
+    rate = MessageRate(2)
+    assert [rate.allow(t) for t in (10.0, 10.5, 10.9)] == [True, True, False]
+    assert [rate.allow(t) for t in (11.0, 11.1, 11.2)] == [True, True, False]
+    assert all(MessageRate(0).allow(10.0) for _ in range(1000))
+
+
+def test_request_targets_keep_the_query_and_lose_an_absolute_forms_authority() -> None:
+    assert request_target("/a?b=c") == "/a?b=c"
+    assert request_target("ws://host:1/a/b?q=1") == "/a/b?q=1"
+    assert request_target("http://host") == "/"
+
+
+def test_the_backend_request_replaces_forwarding_fields_and_brackets_ipv6() -> None:
+    head = backend_request(
+        target="/x",
+        client_fields=[("Host", "h"), ("Forwarded", "for=1.2.3.4"), ("Cookie", "a=b")],
+        host="h",
+        client_ip="2001:db8::1",
+        secure=True,
+        protocols=[],
+        key="k",
+    )
+    line, fields = parse_head(head)
+    assert line == "GET /x HTTP/1.1"
+    assert fields == [
+        ("Host", "h"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "k"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Cookie", "a=b"),
+        ("X-Forwarded-For", "2001:db8::1"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "h"),
+        ("Forwarded", 'for="[2001:db8::1]";host=h;proto=https'),
+    ]
+
+
+def test_response_headers_keep_end_to_end_fields_grouped() -> None:
+    fields = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", "x"),
+        ("Set-Cookie", "a=1"),
+        ("Server", "x"),
+        ("Set-Cookie", "b=2"),
+    ]
+    assert client_response_headers(fields) == {"Set-Cookie": ["a=1", "b=2"]}
+
+
+def test_close_reasons_are_cut_to_fit_a_close_frame_on_a_character_boundary() -> None:
+    reason = close_reason_bytes("é" * 100)
+    assert reason is not None and len(reason) == 122 and reason.decode() == "é" * 61
+    assert close_reason_bytes(None) is None
+    assert [sendable(c) for c in (None, 1000, 1005, 1006, 1015, 4999, 999)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
