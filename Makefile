@@ -10,7 +10,7 @@ CONFIG ?= etc/proxyd.ini
 TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk openssl:openssl
 
-.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls bench-udp bench-websocket clean
+.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls bench-udp bench-websocket conformance clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ bench/ws/node_modules/.package-lock.json: bench/ws/package.json bench/ws/package
 bench-websocket: venv bench/ws/node_modules/.package-lock.json
 	scripts/apt-need $(BENCH_DEBS)
 	$(BIN)/python bench/websocket.py
+
+# The Autobahn WebSocket suite's 517 fuzzing-client cases against an echo server, directly and
+# through proxyd in each WebSocket mode, with a verdict table per mode (docs/conformance.md).
+# PROXYD_CONFORMANCE='1.*,9.*' runs only the cases of those patterns. Hours with 12.x/13.x.
+conformance: venv
+	PROXYD_CONFORMANCE=$${PROXYD_CONFORMANCE:-full} $(BIN)/pytest -q -s -p no:cacheprovider \
+		tests/integration/test_websocket_conformance.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache
