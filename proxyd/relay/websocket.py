@@ -226,7 +226,16 @@ class _ClientLeg(_Leg, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         assert self.relay is not None
-        return self.relay.admit(request)
+        try:
+            return self.relay.admit(request)
+        except ConnectionDeny:
+            raise
+        except Exception:
+            # autobahn answers 500, and would say why only at a level proxyd silences.
+            _log.failure(
+                "websocket {listener}: admitting a client", listener=self.relay.config.name
+            )
+            raise
 
     def onOpen(self) -> None:
         if self.relay is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any, cast
 
+import attrs
 import pytest
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -24,11 +26,19 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from proxyd.accesslog import AccessLog
-from proxyd.config.model import Address, PoolConfig, ServerConfig, WebSocketListenerConfig
+from proxyd.config.load import loads
+from proxyd.config.model import (
+    Address,
+    PoolConfig,
+    ServerConfig,
+    TlsClientConfig,
+    WebSocketListenerConfig,
+)
 from proxyd.pool import Pool
 from proxyd.relay.websocket import WebSocketRelayFactory, _ReactorTimer
 from proxyd.relay.websocket_policy import (
@@ -41,11 +51,14 @@ from proxyd.relay.websocket_policy import (
     request_target,
     sendable,
 )
+from proxyd.tls import ClientTls, ServerTls
+from tests.certs import TestCA
 
 CLIENT = IPv4Address("TCP", "203.0.113.7", 51000)
 LISTENER = IPv4Address("TCP", "198.51.100.1", 8090)
 SERVERS = (Address("10.0.0.1", 9001), Address("10.0.0.2", 9001))
 URL = "ws://chat.example:8090/chat?room=1&x=%20"
+NAME = "chat.example.test"
 
 
 # Peers: an autobahn client and autobahn backends that record what happens to them.
@@ -138,7 +151,7 @@ class Net:
     answers, "refuse" refuses the connect, "silent" accepts and never answers, and a missing
     address leaves the connect pending."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, client_tls: ClientTls | None = None, **options: Any) -> None:
         self.reactor: Any = cast(Any, MemoryReactorClock())
         self.reactor.advance(1_700_000_000)
         self.config = WebSocketListenerConfig(
@@ -152,8 +165,11 @@ class Net:
         )
         self.log = io.StringIO()
         self.factory = WebSocketRelayFactory(
-            self.reactor, self.config, {"chat": self.pool}, AccessLog(self.log, "test"), None
+            self.reactor, self.config, {"chat": self.pool}, AccessLog(self.log, "test"), client_tls
         )
+        tls = self.factory.tls
+        factory: Any = self.factory
+        self.listening: Any = factory if tls is None else tls.wrap(factory, self.reactor)
         self.backends: dict[Address, Any] = {a: BackendFactory(self.reactor) for a in SERVERS}
         self.pumps: list[iosim.IOPump] = []
         self._connected = 0
@@ -174,7 +190,7 @@ class Net:
         return self.connect_client(factory.buildProtocol(None))
 
     def connect_client(self, client: Any) -> Any:
-        leg = self.factory.buildProtocol(CLIENT)  # type: ignore[arg-type]
+        leg = self.listening.buildProtocol(CLIENT)
         self._join(leg, client, CLIENT, LISTENER)
         return client
 
@@ -186,6 +202,7 @@ class Net:
 
     def flush(self) -> None:
         for _ in range(1000):
+            self.reactor.advance(0)  # Twisted's TLS layer writes from a call at 0 seconds
             moved = [pump.pump(advanceClock=False) for pump in self.pumps]
             if not any(moved) and not self._complete_connects():
                 return
@@ -635,6 +652,46 @@ def test_a_client_leaving_while_the_server_connects_stops_the_attempt() -> None:
     assert net.lines()[0]["close"] == "client_closed"
 
 
+# TLS on both legs, with real handshakes.
+
+
+def test_wss_from_the_client_and_to_the_server(tmp_path: Path) -> None:
+    ca = TestCA()
+    ca.issue([NAME]).write(tmp_path / "chat.pem")
+    config = loads(
+        "[pool chat]\nservers = 10.0.0.1:9001\n"
+        "[websocket chat]\nlisten = tcp:0\npool = chat\ncertificates = chat.pem\n",
+        str(tmp_path / "proxyd.ini"),
+    )
+    trust = TlsClientConfig(
+        enabled=True, ca=str(ca.write_ca(tmp_path / "ca.pem")), server_name=NAME
+    )
+    net = Net(ClientTls("chat", trust, [b"http/1.1"]), tls=config.websocket[0].tls)
+    wrapped: Any = ClientTls("test", trust).wrap
+    tls = config.websocket[0].tls
+    assert tls is not None
+    backend_factory: Any = net.backend()
+    server_tls = ServerTls("backend", attrs.evolve(tls, alpn=("http/1.1",)))
+    net.backends[SERVERS[0]] = server_tls.wrap(backend_factory, net.reactor)
+    factory = WebSocketClientFactory(f"wss://{NAME}:8090/chat", reactor=net.reactor)
+    factory._batched_timer = _ReactorTimer(net.reactor)
+    factory.setProtocolOptions(serverConnectionDropTimeout=0)
+    factory.protocol = Client
+    client = net.connect_client(
+        wrapped(factory, NAME, net.reactor).buildProtocol(None)
+    ).wrappedProtocol
+    assert client.opened, client.status
+    client.sendMessage(b"over TLS twice")
+    net.flush()
+    backend = net.backends[SERVERS[0]].wrappedFactory.last
+    assert client.messages == [(b"over TLS twice", False)]
+    assert backend.request.headers["x-forwarded-proto"] == "https"
+    client.sendClose(1000)
+    net.flush()
+    net.assert_finished()
+    assert net.lines()[0]["tls_version"].startswith("TLSv1")
+
+
 # Malformed client traffic.
 
 
@@ -747,3 +804,13 @@ def test_close_reasons_are_cut_to_fit_a_close_frame_on_a_character_boundary() ->
         True,
         False,
     ]
+
+
+def test_a_failure_admitting_a_client_is_logged_and_answered_500() -> None:
+    net = Net()
+    net.factory.origins = None  # type: ignore[assignment]
+    with capturedLogs() as logs:
+        client = net.client()
+    assert client.status.startswith("HTTP/1.1 500")
+    assert any(log.get("log_failure") is not None for log in logs)
+    net.assert_finished()
