@@ -25,6 +25,9 @@ proxyd is starting on {config}. Try, in another terminal:
     echo hi | openssl s_client -quiet -connect 127.0.0.1:7443   # TLS on a TCP listener
     curl -s --cacert etc/demo-tls/demo-ca.pem https://localhost:9443/  # SNI passthrough
     bash -c 'exec 3<>/dev/udp/127.0.0.1/5300; echo hi >&3; timeout 1 cat <&3'  # UDP relay
+    echo hi | .venv/bin/python examples/ws_client.py ws://127.0.0.1:8090/  # WebSocket, message mode
+    .venv/bin/python examples/ws_client.py ws://127.0.0.1:8091/    # passthrough: type to chat
+    .venv/bin/python examples/ws_client.py ws://127.0.0.1:8080/chat  # Upgrade on the HTTP relay
     .venv/bin/proxyd check {config}              # validate the configuration
 Stop with Ctrl-C.
 """
@@ -65,8 +68,18 @@ def main() -> int:
             for index, port in enumerate((9101, 9102), 1)
         ),
     ]
+    backends += [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(HERE, "chat_server.py"),
+                *("--port", str(port), "--name", f"chat-{index}"),
+            ]
+        )
+        for index, port in enumerate((9301, 9302), 1)
+    ]
     problem = wait_accepting([9001, 9002], backends[0], limit=10)
-    for backend, port in zip(backends[2:], (9101, 9102), strict=True):
+    for backend, port in zip(backends[2:], (9101, 9102, 9301, 9302), strict=True):
         problem = problem or wait_accepting([port], backend, limit=10)
     if problem:
         print(f"make run: {problem}", file=sys.stderr)

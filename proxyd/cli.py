@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         counts += f", {len(config.http)} http listeners"
     if config.udp:
         counts += f", {len(config.udp)} udp listeners"
+    if config.websocket:
+        counts += f", {len(config.websocket)} websocket listeners"
     print(f"{args.file}: ok ({counts})")
     return 0
 
@@ -89,6 +91,7 @@ def tls_warnings(config: Config, now: datetime.datetime | None = None) -> list[s
     found = []
     listeners = [(f"tcp {t.name}", t.tls) for t in config.tcp]
     listeners += [(f"{h.kind} {h.name}", h.tls) for h in config.http]
+    listeners += [(f"websocket {w.name}", w.tls) for w in config.websocket]
     for name, tls in listeners:
         for certificate in tls.loaded if tls is not None else ():
             warning = expiry_warning(certificate, now)
