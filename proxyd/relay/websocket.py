@@ -806,7 +806,6 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.total = 0
         self.messages_in = 0
         self.messages_out = 0
-        self.port: IListeningPort | None = None
         self.setProtocolOptions(
             webStatus=False,
             maxFramePayloadSize=config.max_frame_size,
@@ -825,7 +824,8 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         )
 
     def set_listening_port(self, port: IListeningPort) -> None:
-        self.port = port
+        """Called once listening. Clients over max_connections are answered 503 rather than
+        left in the accept queue, so the port is never paused."""
 
     def full(self) -> bool:
         limit = self.config.max_connections

@@ -9,7 +9,7 @@ latin-1, as autobahn reads them); names compare case-insensitively.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -209,8 +209,3 @@ def close_reason_bytes(reason: str | None) -> bytes | None:
 def sendable(code: int | None) -> bool:
     """Whether a close code may be put in a close frame (None: a close without a code)."""
     return code is None or (code not in UNSENDABLE_CLOSE_CODES and 1000 <= code <= 4999)
-
-
-def offered_protocols(values: Iterable[str]) -> list[str]:
-    """Subprotocol names from Sec-WebSocket-Protocol values, in order, without blanks."""
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
