@@ -26,10 +26,15 @@ CHAT_CLIENTS = str(Path(__file__).resolve().parent / "chat_clients.py")
 SERVERS = ("chat-a", "chat-b")
 PHASE_TIMEOUT = 30.0  # each phase of chat_clients.py
 CLOSE_WITHIN = 5.0  # seconds from the kill to the close of the killed server's clients
-MODES = ("passthrough", "http")
-# What a client of a killed server sees: a byte relay closes the TCP connection, without a
-# close frame (1006, RFC 6455 7.1.5).
-CLOSE_CODE = {"passthrough": 1006, "http": 1006}
+MODES = ("message", "passthrough", "http")
+# What a client of a killed server sees: in message mode proxyd closes the client's WebSocket
+# (docs/websocket.md); a byte relay closes the TCP connection, without a close frame (1006,
+# RFC 6455 7.1.5), and the reason is the client's own.
+CLOSE = {
+    "message": (1001, "backend closed the connection"),
+    "passthrough": (1006, None),
+    "http": (1006, None),
+}
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ def chat_config(mode: str, port: int, servers: dict[str, Backend]) -> str:
     lines = "".join(f"    {server.address}\n" for server in servers.values())
     pool = (
         f"[pool chat]\nservers =\n{lines}balance = round_robin\n"
-        "check = tcp\ncheck_interval = 500ms\nfall = 1\nrise = 1\n"
+        "check = websocket / ping\ncheck_interval = 500ms\nfall = 1\nrise = 1\n"
     )
     listen = f"listen = tcp:{port}:interface=127.0.0.1"
     if mode == "http":
@@ -159,9 +164,11 @@ def test_killed_server_closes_its_clients_and_they_reconnect_to_the_other(
     assert len(victims) == len(others) == 30
     assert all(client["servers"] == ["chat-a", "chat-b"] for client in victims)
     assert all(client["servers"] == ["chat-b"] and not client["closes"] for client in others)
-    codes = sorted({close["code"] for client in victims for close in client["closes"]})
     assert all(len(client["closes"]) == 1 for client in victims)
-    assert codes == [CLOSE_CODE[mode]]
+    code, reason = CLOSE[mode]
+    assert {client["closes"][0]["code"] for client in victims} == {code}
+    if reason is not None:
+        assert {client["closes"][0]["reason"] for client in victims} == {reason}
     latest = max(client["closes"][0]["time"] for client in victims)
     assert latest - killed_at[0] < CLOSE_WITHIN
     relay.wait_for_state(victim.address, "chat", "DOWN", timeout=5)
