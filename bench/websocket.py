@@ -417,6 +417,8 @@ def main(argv: list[str]) -> int:
         f"Python {info['python']}, Node.js {node.stdout.strip()}"
     )
     print(f"pinning: {pinning.describe()}")
+    load_before = os.getloadavg()
+    print(f"load average before the run: {' '.join(f'{x:.2f}' for x in load_before)}")
     print(
         "echoes/s: round trips a second, each one message to the echo server and one back; "
         "us/echo: the proxy's own CPU time per round trip (two messages relayed)"
@@ -427,6 +429,8 @@ def main(argv: list[str]) -> int:
         print("\ninterrupted: every process started here is stopped")
         return 130
     table = report(samples, failed, args)
+    load_after = os.getloadavg()
+    print(f"load average after the run: {' '.join(f'{x:.2f}' for x in load_after)}")
     for target, lines in problems.items():
         print(f"\n{target}: {len(lines)} log lines mention an error; the first ones:")
         for line in lines[:5]:
@@ -441,6 +445,7 @@ def main(argv: list[str]) -> int:
             "size": args.size,
             "window": args.window,
             "pinning": pinning.describe(),
+            "load_average": {"before": load_before, "after": load_after},
             "samples": samples,
             "medians": table,
             "failed": failed,
