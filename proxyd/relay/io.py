@@ -70,3 +70,13 @@ def reset(transport: Transport) -> None:
         with contextlib.suppress(OSError, AttributeError, TypeError):
             get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
     transport.abortConnection()
+
+
+def no_delay(transport: object) -> None:
+    """TCP_NODELAY on (below Twisted's TLS layer too): small interactive writes, such as
+    WebSocket frames, leave at once instead of waiting for the peer's ACK (Nagle)."""
+    below = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+    set_it = getattr(below, "setTcpNoDelay", None)
+    if set_it is not None:
+        with contextlib.suppress(OSError):
+            set_it(True)

@@ -266,3 +266,15 @@ def test_chunked_body_after_an_upgrade_head_is_read_by_the_next_parser() -> None
         assert b"".join(e.data for e in events if isinstance(e, Body)) == b"abc"
         assert all(e.trailers is None for e in events if isinstance(e, End))
         assert reader.upgraded is None
+
+
+def test_spliced_connections_turn_nagle_off() -> None:
+    calls: list[bool] = []
+    relay = Relay()
+    relay.ct.setTcpNoDelay = calls.append  # type: ignore[attr-defined]
+    relay.send(UPGRADE)
+    upstream, ut = relay.accept_upstream()
+    ut.setTcpNoDelay = calls.append  # type: ignore[attr-defined]
+    assert calls == []
+    upstream.dataReceived(SWITCH)
+    assert calls == [True, True]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
-from proxyd.relay.io import Transport, reset
+from proxyd.relay.io import Transport, no_delay, reset
 from proxyd.relay.session import CloseReason, IdleTimer, Side, close_reason
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class Tunnel:
         self._idle.start()
         self.client.tunnel = self
         self.upstream.splice(self)
+        no_delay(self.client.transport)
+        no_delay(self.upstream.transport)
         if from_upstream:
             self.upstream_data(from_upstream)
         if from_client:
