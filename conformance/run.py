@@ -9,9 +9,9 @@ connection of its own and judge it. Case patterns are the suite's (`*` matches a
 e.g. `6.4.*`); `--exclude` takes cases out of the selection. The suite's JSON reports (its
 index.json and one file per case, with the wire log) go to --reports; --json gets one object
 `{"agent", "url", "suite", "cases": {ID: {"behavior", "behaviorClose", "remoteCloseCode",
-"duration", "result", "resultClose"}}}`. It prints the count of each verdict and every case
-that is not OK. Exit status: 0 when the run finished (whatever the verdicts), 2 when it was cut
-by --timeout (unfinished cases are MISSING).
+"duration", "result", "resultClose", "wasNotCleanReason"}}}`. It prints the count of each
+verdict and every case that is not OK. Exit status: 0 when the run finished (whatever the
+verdicts), 2 when it was cut by --timeout (unfinished cases are MISSING).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def read_reports(reports: Path, agent: str) -> dict[str, dict[str, Any]]:
             "duration": entry["duration"],
             "result": detail["result"],
             "resultClose": detail["resultClose"],
+            "wasNotCleanReason": detail["wasNotCleanReason"],
         }
     return results
 

@@ -7,15 +7,18 @@ defines the order) but those KNOWN_WORSE lists, with why. See docs/conformance.m
 By default a subset runs (everything but the 9.x limits and the 12.x/13.x compression cases,
 plus the first case of each of their groups). PROXYD_CONFORMANCE=full runs all 517 cases
 (`make conformance`); PROXYD_CONFORMANCE='9.*,12.1.*' runs the cases of those patterns. The
-verdict tables go to .cache/conformance/report.md and stdout.
+verdict tables go to .cache/conformance/report.md and stdout, the reports of a failed run to
+.cache/conformance/failed/.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,12 +93,20 @@ def run_suite(url: str, directory: Path) -> dict[str, dict[str, Any]]:
     return json.loads(results.read_text())["cases"]
 
 
+def keep_reports(directory: Path, name: str) -> Path:
+    """A copy of a failed run's reports where pytest's rotation of tmp dirs won't remove it."""
+    kept = ROOT / ".cache" / "conformance" / "failed" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.copytree(directory, kept)
+    return kept
+
+
 def describe(cases: dict[str, str], results: dict[str, dict[str, Any]]) -> str:
-    return "\n".join(
-        f"  {case}: {how}: {results.get(case, {}).get('result', '')} "
-        f"{results.get(case, {}).get('resultClose', '')}"
-        for case, how in cases.items()
-    )
+    lines = []
+    for case, how in cases.items():
+        result = results.get(case, {})
+        texts = [result.get(key) for key in ("result", "resultClose", "wasNotCleanReason")]
+        lines.append(f"  {case}: {how}: " + " ".join(text for text in texts if text))
+    return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -178,4 +189,7 @@ def test_no_case_does_worse_through_proxyd(
         problems.append(
             f"no longer worse (take them out of KNOWN_WORSE):\n{describe(no_longer, through)}"
         )
+    if problems:
+        kept = keep_reports(tmp_path / "run", mode)
+        problems.append(f"the suite's reports (with wire logs) are in {kept}")
     assert not problems, f"{mode} mode:\n" + "\n".join(problems)
