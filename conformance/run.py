@@ -10,8 +10,9 @@ e.g. `6.4.*`); `--exclude` takes cases out of the selection. The suite's JSON re
 index.json and one file per case, with the wire log) go to --reports; --json gets one object
 `{"agent", "url", "suite", "cases": {ID: {"behavior", "behaviorClose", "remoteCloseCode",
 "duration", "result", "resultClose", "wasNotCleanReason"}}}`. It prints the count of each
-verdict and every case that is not OK. Exit status: 0 when the run finished (whatever the
-verdicts), 2 when it was cut by --timeout (unfinished cases are MISSING).
+verdict and every case that is not OK. Exit status: 0 when every case finished (whatever the
+verdicts), 2 when the run was cut short by --timeout or a signal (the unfinished cases are
+MISSING).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def read_reports(reports: Path, agent: str) -> dict[str, dict[str, Any]]:
 
 def run_cases(
     url: str, cases: list[str], exclude: list[str], reports: Path, timeout: float
-) -> bool:
-    """Runs the cases on the global reactor (this is an entry point); False if cut short."""
+) -> None:
+    """Runs the cases on the global reactor (this is an entry point). Cut short by the
+    timeout or a signal, it still writes the reports of the cases done so far."""
     sys.path.insert(0, str(suite.prepare()))
     from autobahntestsuite import fuzzing
     from twisted.internet import reactor as global_reactor
@@ -66,23 +68,23 @@ def run_cases(
         "cases": cases,
         "exclude-cases": exclude,
     }
-    finished = True
 
     def cut() -> None:
-        nonlocal finished
-        finished = False
         print(f"conformance.run: {timeout:g}s passed; stopping with the cases done so far")
-        factory.createReports()
         reactor.stop()
+
+    def report_if_cut() -> None:
+        if not (reports / "index.json").exists():
+            factory.createReports()
 
     # The factory connects for its first case as soon as it is made, and stops the reactor
     # once it has written the reports after the last one.
     factory = fuzzing.FuzzingClientFactory(spec)
+    reactor.addSystemEventTrigger("before", "shutdown", report_if_cut)
     watchdog = reactor.callLater(timeout, cut)
     reactor.run()
     if watchdog.active():
         watchdog.cancel()
-    return finished
 
 
 def selected(patterns: list[str], exclude: list[str]) -> list[str]:
@@ -113,10 +115,11 @@ def main(argv: list[str]) -> int:
 
     cases, exclude = patterns(args.cases), patterns(args.exclude)
     reports = args.reports or Path(tempfile.mkdtemp(prefix="autobahn-reports-"))
-    finished = run_cases(args.url, cases, exclude, reports, args.timeout)
+    run_cases(args.url, cases, exclude, reports, args.timeout)
     results = read_reports(reports, AGENT)
-    for case in selected(cases, exclude):
-        results.setdefault(case, {"behavior": verdicts.MISSING, "behaviorClose": verdicts.MISSING})
+    missing = [case for case in selected(cases, exclude) if case not in results]
+    for case in missing:
+        results[case] = {"behavior": verdicts.MISSING, "behaviorClose": verdicts.MISSING}
     results = {case: results[case] for case in sorted(results, key=verdicts.case_key)}
 
     if args.json:
@@ -137,7 +140,7 @@ def main(argv: list[str]) -> int:
                 f"  {case}: {result['behavior']} / {result['behaviorClose']}: "
                 f"{result.get('result', '')} {result.get('resultClose', '')}".rstrip()
             )
-    return 0 if finished else 2
+    return 2 if missing else 0
 
 
 if __name__ == "__main__":
