@@ -36,7 +36,7 @@ def read_reports(reports: Path, agent: str) -> dict[str, dict[str, Any]]:
     if not index.exists():
         return {}
     results = {}
-    for case, entry in json.loads(index.read_text())[agent].items():
+    for case, entry in json.loads(index.read_text()).get(agent, {}).items():
         detail = json.loads((reports / entry["reportfile"]).read_text())
         results[case] = {
             "behavior": entry["behavior"],
