@@ -202,8 +202,12 @@ class _Leg(WebSocketProtocol):
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
         from_peer = self.state == _OPEN  # not the answer to a close of ours
         stop = super().onCloseFrame(code, reasonRaw)
-        if from_peer and not self.failedByMe and self.relay is not None:
+        if self.relay is None:
+            return stop
+        if from_peer and not self.failedByMe:
             self.relay.close_frame(self.side, self.remoteCloseCode, self.remoteCloseReason)
+        elif not from_peer:
+            self.relay.close_answered(self.side)
         return stop
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -219,6 +223,34 @@ class _Leg(WebSocketProtocol):
 class _ClientLeg(_Leg, WebSocketServerProtocol):  # type: ignore[misc]
     side = Side.CLIENT
     factory: WebSocketRelayFactory
+    _failing: tuple[int, str] | None = None
+    """autobahn failed the connection (code, reason); the close waits for the server's
+    answers to the messages relayed before (see Relay.client_failing), and the client is not
+    read meanwhile (RFC 6455 7.1.7)."""
+
+    def _fail_connection(self, code: int = GOING_AWAY, reason: str = "going away") -> None:
+        relay = self.relay
+        if (
+            self._failing is None
+            and relay is not None
+            and self.state == _OPEN
+            and relay.client_failing(code, reason)
+        ):
+            self._failing = (code, reason)
+            cast(Transport, self.transport).pauseProducing()
+            return
+        super()._fail_connection(code, reason)
+
+    def fail_now(self) -> None:
+        """Fail the connection as autobahn asked before, then read the client's answer."""
+        failing, self._failing = self._failing, None
+        if failing is not None and self.state == _OPEN:
+            super()._fail_connection(*failing)
+            cast(Transport, self.transport).resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failing is None:
+            super().dataReceived(data)
 
     def connectionMade(self) -> None:
         self.relay = Relay(self.factory, self)
@@ -386,6 +418,7 @@ class Relay:
         self._client_gone = False
         self._backend_gone = False
         self._producers = False
+        self._fail_timer: DelayedCall | None = None
         self._peer_reason: dict[Side, str] = {}
         """Why a side ended, for the 1001 its peer gets (a ping timeout)."""
         self._rate = MessageRate(self.config.max_messages_per_second)
@@ -651,6 +684,30 @@ class Relay:
         if peer is not None:
             peer.close_with(GOING_AWAY, f"{_NAMES[side]} connection failed ({code})")
 
+    def client_failing(self, code: int, reason: str) -> bool:
+        """autobahn is failing the client's connection (a protocol error, a message too big)
+        while messages it sent before are with the server. As a direct connection would, the
+        client first gets the server's answers to them: proxyd closes the server's side (1001),
+        relays what comes before its close, then fails the client. False: fail it at once."""
+        backend = self.backend
+        if backend is None or backend.state != _OPEN or self._closing:
+            return False
+        self._start_closing()
+        self._fail_timer = self.factory.reactor.callLater(CLOSE_TIMEOUT, self._fail_client)
+        backend.close_with(GOING_AWAY, f"client connection failed ({code})")
+        return True
+
+    def close_answered(self, side: Side) -> None:
+        """`side` answered proxyd's close: nothing more comes from it."""
+        if side is Side.SERVER:
+            self._fail_client()
+
+    def _fail_client(self) -> None:
+        timer, self._fail_timer = self._fail_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.client.fail_now()
+
     def ping_timed_out(self, side: Side) -> None:
         self._set_word(WsClose.PING_TIMEOUT)
         self._peer_reason[side] = f"{_NAMES[side]} did not answer a ping"
@@ -670,6 +727,7 @@ class Relay:
             self._client_ended_early()
         else:
             self._backend_gone = True
+            self._fail_client()
         _, peer = self._legs(side)
         if peer is not None and peer.state == _OPEN:
             # No close came from this side (a close would have been passed on already).
@@ -742,6 +800,7 @@ class Relay:
         if self.backend is not None and not self._backend_gone:
             return
         self._finished = True
+        self._fail_client()
         self._cancel_attempt()
         self._idle.cancel()
         self._deadline.cancel()

@@ -726,6 +726,30 @@ def test_an_unmasked_client_frame_closes_the_client_with_1002() -> None:
     net.assert_finished()
 
 
+def test_answers_to_messages_before_a_bad_frame_reach_the_client_before_its_close() -> None:
+    net = Net()
+    client = opened(net)
+    masked = b"\x81\x82\x00\x00\x00\x00hi"  # "hi", masked with a zero key
+    wire(client).write(masked + b"\x81\x02hi")  # then an unmasked frame: the client fails
+    net.flush()
+    assert client.messages == [(b"hi", False)]  # the server's echo came first
+    assert client.closed is not None and client.closed[0] == 1002
+    assert net.backend().last.closed == (1001, "client connection failed (1002)")
+    net.assert_finished()
+
+
+def test_a_server_that_does_not_answer_the_close_does_not_hold_the_failing_client() -> None:
+    net = Net()
+    client = opened(net)
+    net.backend().last.onCloseFrame = lambda code, reason: None  # it never answers a close
+    wire(client).write(b"\x81\x02hi")
+    net.flush()
+    assert client.closed is None
+    net.reactor.advance(2.0)  # CLOSE_TIMEOUT
+    net.flush()
+    assert client.closed is not None and client.closed[0] == 1002
+
+
 # The sans-IO policy.
 
 
