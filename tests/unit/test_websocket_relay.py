@@ -741,7 +741,7 @@ def test_answers_to_messages_before_a_bad_frame_reach_the_client_before_its_clos
 def test_a_server_that_does_not_answer_the_close_does_not_hold_the_failing_client() -> None:
     net = Net()
     client = opened(net)
-    net.backend().last.onCloseFrame = lambda code, reason: None  # it never answers a close
+    net.backend().last.onCloseFrame = lambda code, reason: None  # type: ignore[method-assign,assignment]  # never answers a close
     wire(client).write(b"\x81\x02hi")
     net.flush()
     assert client.closed is None
