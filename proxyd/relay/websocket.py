@@ -64,8 +64,10 @@ from proxyd.relay.session import (
 )
 from proxyd.relay.websocket_policy import (
     GOING_AWAY,
+    INVALID_PAYLOAD,
     MESSAGE_TOO_BIG,
     POLICY_VIOLATION,
+    PROTOCOL_ERROR,
     MessageRate,
     OriginPolicy,
     backend_request,
@@ -91,6 +93,7 @@ that never drops its TCP connection after the closing handshake, a client that n
 answers."""
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSE_FRAME = 8
 
 
 class WsClose(StrEnum):
@@ -184,6 +187,7 @@ class _Leg(WebSocketProtocol):
     log = _QUIET
     _relay_closing = False
     """The close frame being sent is the relay's (close_with), not autobahn's own."""
+    _failing: tuple[int, str] | None = None
 
     def close_with(self, code: int | None, reason: str | None) -> None:
         """Start the closing handshake with `code` and `reason` (no code: an empty close)."""
@@ -204,6 +208,8 @@ class _Leg(WebSocketProtocol):
         stop = super().onCloseFrame(code, reasonRaw)
         if self.relay is None:
             return stop
+        if self._failing is not None:
+            return stop  # a close frame the failure stopped at
         if from_peer and not self.failedByMe:
             self.relay.close_frame(self.side, self.remoteCloseCode, self.remoteCloseReason)
         elif not from_peer:
@@ -224,33 +230,55 @@ class _ClientLeg(_Leg, WebSocketServerProtocol):  # type: ignore[misc]
     side = Side.CLIENT
     factory: WebSocketRelayFactory
     _failing: tuple[int, str] | None = None
-    """autobahn failed the connection (code, reason); the close waits for the server's
-    answers to the messages relayed before (see Relay.client_failing), and the client is not
-    read meanwhile (RFC 6455 7.1.7)."""
+    """The client broke the protocol (1002) or sent invalid UTF-8 (1007): the close waits for
+    the server's answers to the messages relayed before (see Relay.client_failing), and
+    nothing more from the client is processed meanwhile (RFC 6455 7.1.7). A message too big
+    (1009) closes at once: it was not relayed."""
 
-    def _fail_connection(self, code: int = GOING_AWAY, reason: str = "going away") -> None:
+    def _defer_failure(self, code: int, reason: str) -> bool:
+        if self._failing is not None:
+            return True
         relay = self.relay
-        if (
-            self._failing is None
-            and relay is not None
-            and self.state == _OPEN
-            and relay.client_failing(code, reason)
-        ):
-            self._failing = (code, reason)
-            cast(Transport, self.transport).pauseProducing()
-            return
-        super()._fail_connection(code, reason)
+        if self._in_close_frame():
+            return False  # a broken close: the client has said its last word
+        if relay is None or self.state != _OPEN or not relay.client_failing(code, reason):
+            return False
+        self._failing = (code, reason)
+        cast(Transport, self.transport).pauseProducing()
+        return True
+
+    def _in_close_frame(self) -> bool:
+        """The frame being processed is a close: its payload (current_frame), else its
+        header, which starts the unprocessed data."""
+        frame = getattr(self, "current_frame", None)
+        if frame is not None:
+            return bool(frame.opcode == _CLOSE_FRAME)
+        data: bytes = getattr(self, "data", b"")
+        return bool(data) and data[0] & 0x0F == _CLOSE_FRAME
+
+    def _protocol_violation(self, reason: str) -> bool:
+        if self._defer_failure(PROTOCOL_ERROR, reason):
+            return True  # stop processing the frame and what follows it
+        return bool(super()._protocol_violation(reason))
+
+    def _invalid_payload(self, reason: str) -> bool:
+        if self._defer_failure(INVALID_PAYLOAD, reason):
+            return True
+        return bool(super()._invalid_payload(reason))
+
+    def processData(self) -> bool:
+        if self._failing is not None:
+            return False
+        return bool(super().processData())
 
     def fail_now(self) -> None:
-        """Fail the connection as autobahn asked before, then read the client's answer."""
+        """Fail the connection as autobahn asked before; what the client sent after the
+        failure is dropped, and its answer to the close is read."""
         failing, self._failing = self._failing, None
         if failing is not None and self.state == _OPEN:
+            self.data = b""
             super()._fail_connection(*failing)
             cast(Transport, self.transport).resumeProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._failing is None:
-            super().dataReceived(data)
 
     def connectionMade(self) -> None:
         self.relay = Relay(self.factory, self)

@@ -21,6 +21,8 @@ UNSENDABLE_CLOSE_CODES: Final = frozenset({1005, 1006, 1015})
 """RFC 6455 7.4.1: codes that only report what happened and never go in a close frame."""
 
 GOING_AWAY: Final = 1001
+PROTOCOL_ERROR: Final = 1002
+INVALID_PAYLOAD: Final = 1007
 POLICY_VIOLATION: Final = 1008
 MESSAGE_TOO_BIG: Final = 1009
 

@@ -750,6 +750,15 @@ def test_a_server_that_does_not_answer_the_close_does_not_hold_the_failing_clien
     assert client.closed is not None and client.closed[0] == 1002
 
 
+def test_a_broken_close_frame_is_answered_at_once() -> None:
+    net = Net()
+    client = opened(net)
+    net.backend().last.onCloseFrame = lambda code, reason: None  # type: ignore[method-assign,assignment]  # never answers a close
+    wire(client).write(b"\x88\x82\x00\x00\x00\x00\x03\xe7")  # close code 999: invalid
+    net.flush()
+    assert client.closed is not None and client.closed[0] == 1002
+
+
 # The sans-IO policy.
 
 
