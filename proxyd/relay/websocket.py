@@ -9,47 +9,35 @@ reasons are passed on; a side that ends without a close makes proxyd close the o
 1001. Each side's transport is the other's producer, so a slow reader pauses the sender.
 
 Layout: proxyd.relay.websocket_policy decides (Origins, message rate, handshake fields, close
-codes); `Relay` holds one connection's two legs; `_ClientLeg` and `_BackendLeg` forward
-autobahn's callbacks to it; `WebSocketRelayFactory` is the listening factory.
+codes); `Relay` holds one connection's two legs; `ClientLeg` and `BackendLeg` forward
+autobahn's callbacks to it (proxyd.relay.websocket_legs); `WebSocketRelayFactory` is the
+listening factory.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, cast
 
 import txaio
 from autobahn.exception import PayloadExceededError
 from autobahn.twisted.websocket import (
-    WebSocketClientFactory,
-    WebSocketClientProtocol,
     WebSocketServerFactory,
-    WebSocketServerProtocol,
 )
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IAddress,
     IListeningPort,
-    IPushProducer,
     IReactorTCP,
     IReactorTime,
 )
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from txaio.tx import make_logger
-from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog
-from proxyd.clock import Clock, DelayedCall
+from proxyd.clock import DelayedCall
 from proxyd.config.model import WebSocketListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
@@ -62,22 +50,32 @@ from proxyd.relay.session import (
     Side,
     client_hash_key,
 )
+from proxyd.relay.websocket_legs import (
+    CLOSE_TIMEOUT,
+    OPEN,
+    QUIET,
+    BackendAttempt,
+    BackendLeg,
+    ClientLeg,
+    Leg,
+    ReactorTimer,
+    Reader,
+    accept_deflate,
+    refuse_compression,
+)
 from proxyd.relay.websocket_policy import (
     GOING_AWAY,
-    INVALID_PAYLOAD,
     MESSAGE_TOO_BIG,
     POLICY_VIOLATION,
-    PROTOCOL_ERROR,
     MessageRate,
     OriginPolicy,
     backend_request,
     client_response_headers,
-    close_reason_bytes,
     parse_head,
     request_target,
     sendable,
 )
-from proxyd.tls import ClientTls, ServerTls, describe_failure, peer_tls
+from proxyd.tls import ClientTls, ServerTls, peer_tls
 
 __all__ = ["Relay", "WebSocketRelayFactory", "WsClose"]
 
@@ -85,15 +83,10 @@ txaio.use_twisted()
 
 _log = Logger(namespace="proxyd.relay.websocket")
 
-CLOSE_TIMEOUT = 2.0
-"""How long a side has to answer proxyd's close frame (autobahn's closeHandshakeTimeout)."""
 CLOSE_LINGER = 5.0
 """Once a connection starts closing, how long until what is left of it is aborted: a server
 that never drops its TCP connection after the closing handshake, a client that never
 answers."""
-
-_OPEN = WebSocketProtocol.STATE_OPEN
-_CLOSE_FRAME = 8
 
 
 class WsClose(StrEnum):
@@ -118,308 +111,16 @@ Close = CloseReason | WsClose
 
 _NAMES = {Side.CLIENT: "client", Side.SERVER: "backend"}
 
-# autobahn logs through txaio at info and warn for every malformed handshake and every unclean
-# close; proxyd says what matters itself, in its own namespace.
-_QUIET = make_logger(level="error")
-
-
-class _Call:
-    """A delayed call that may be cancelled after it ran (autobahn's timers may be)."""
-
-    def __init__(self, call: DelayedCall) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
-
-
-class _ReactorTimer:
-    """Stands in for autobahn's batched timer, which txaio runs on the global reactor: the
-    handshake, close and ping timeouts of both legs run on the factory's reactor."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-
-    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kw: Any) -> _Call:
-        return _Call(self._clock.callLater(delay, func, *args, **kw))
-
-
-@implementer(IPushProducer)
-class _Reader:
-    """A leg's transport as the producer for the other leg's transport: a full write buffer
-    on one side pauses reading on the other. Unlike the transport itself, it does not close
-    the connection when the consumer's ends (stopProducing): the relay closes each side
-    itself, with a close frame."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-
-    def pauseProducing(self) -> None:
-        self._transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        """The consumer is gone; this side closes on the relay's word."""
-
-
-def _accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
-    """permessage_deflate = on: accept the client's first permessage-deflate offer."""
-    for offer in offers:
-        if isinstance(offer, PerMessageDeflateOffer):
-            return PerMessageDeflateOfferAccept(offer)
-    return None
-
-
-def _refuse_compression(offers: list[Any]) -> None:
-    return None
-
-
-class _Leg(WebSocketProtocol):
-    """What both legs do: hand autobahn's callbacks to the Relay, tell proxyd's own closes
-    from autobahn's (a protocol error, a message too big) and from the peer's."""
-
-    side: Side
-    transport: Any
-    relay: Relay | None = None
-    log = _QUIET
-    _relay_closing = False
-    """The close frame being sent is the relay's (close_with), not autobahn's own."""
-    _failing: tuple[int, str] | None = None
-
-    def close_with(self, code: int | None, reason: str | None) -> None:
-        """Start the closing handshake with `code` and `reason` (no code: an empty close)."""
-        if self.state == _OPEN:
-            self._relay_closing = True
-            self.sendCloseFrame(code, close_reason_bytes(reason) if code is not None else None)
-
-    def sendCloseFrame(
-        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
-    ) -> None:
-        failing = not isReply and not self._relay_closing and self.state == _OPEN
-        super().sendCloseFrame(code, reasonUtf8, isReply)
-        if failing and self.relay is not None:
-            self.relay.leg_failed(self.side, code)
-
-    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
-        from_peer = self.state == _OPEN  # not the answer to a close of ours
-        stop = super().onCloseFrame(code, reasonRaw)
-        if self.relay is None:
-            return stop
-        if self._failing is not None:
-            return stop  # a close frame the failure stopped at
-        if from_peer and not self.failedByMe:
-            self.relay.close_frame(self.side, self.remoteCloseCode, self.remoteCloseReason)
-        elif not from_peer:
-            self.relay.close_answered(self.side)
-        return stop
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.relay is not None:
-            self.relay.message(self.side, payload, isBinary)
-
-    def onAutoPingTimeout(self) -> None:
-        if self.relay is not None:
-            self.relay.ping_timed_out(self.side)
-        super().onAutoPingTimeout()
-
-
-class _ClientLeg(_Leg, WebSocketServerProtocol):  # type: ignore[misc]
-    side = Side.CLIENT
-    factory: WebSocketRelayFactory
-    _failing: tuple[int, str] | None = None
-    """The client broke the protocol (1002) or sent invalid UTF-8 (1007): the close waits for
-    the server's answers to the messages relayed before (see Relay.client_failing), and
-    nothing more from the client is processed meanwhile (RFC 6455 7.1.7). A message too big
-    (1009) closes at once: it was not relayed."""
-
-    def _defer_failure(self, code: int, reason: str) -> bool:
-        if self._failing is not None:
-            return True
-        relay = self.relay
-        if self._in_close_frame():
-            return False  # a broken close: the client has said its last word
-        if relay is None or self.state != _OPEN or not relay.client_failing(code, reason):
-            return False
-        self._failing = (code, reason)
-        cast(Transport, self.transport).pauseProducing()
-        return True
-
-    def _in_close_frame(self) -> bool:
-        """The frame being processed is a close: its payload (current_frame), else its
-        header, which starts the unprocessed data."""
-        frame = getattr(self, "current_frame", None)
-        if frame is not None:
-            return bool(frame.opcode == _CLOSE_FRAME)
-        data: bytes = getattr(self, "data", b"")
-        return bool(data) and data[0] & 0x0F == _CLOSE_FRAME
-
-    def _protocol_violation(self, reason: str) -> bool:
-        if self._defer_failure(PROTOCOL_ERROR, reason):
-            return True  # stop processing the frame and what follows it
-        return bool(super()._protocol_violation(reason))
-
-    def _invalid_payload(self, reason: str) -> bool:
-        if self._defer_failure(INVALID_PAYLOAD, reason):
-            return True
-        return bool(super()._invalid_payload(reason))
-
-    def processData(self) -> bool:
-        if self._failing is not None:
-            return False
-        return bool(super().processData())
-
-    def fail_now(self) -> None:
-        """Fail the connection as autobahn asked before; what the client sent after the
-        failure is dropped, and its answer to the close is read."""
-        failing, self._failing = self._failing, None
-        if failing is not None and self.state == _OPEN:
-            self.data = b""
-            super()._fail_connection(*failing)
-            cast(Transport, self.transport).resumeProducing()
-
-    def connectionMade(self) -> None:
-        self.relay = Relay(self.factory, self)
-        super().connectionMade()
-
-    def onConnect(self, request: ConnectionRequest) -> Any:
-        assert self.relay is not None
-        try:
-            return self.relay.admit(request)
-        except ConnectionDeny:
-            raise
-        except Exception:
-            # autobahn answers 500, and would say why only at a level proxyd silences.
-            _log.failure(
-                "websocket {listener}: admitting a client", listener=self.relay.config.name
-            )
-            raise
-
-    def onOpen(self) -> None:
-        if self.relay is not None:
-            self.relay.client_open()
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self.relay is not None:
-            self.relay.leg_closed(Side.CLIENT, code, reason)
-
-
-class _BackendLeg(_Leg, WebSocketClientProtocol):  # type: ignore[misc]
-    side = Side.SERVER
-    attempt: _BackendAttempt
-    opened = False
-    lost_reason: Failure | None = None
-
-    def startHandshake(self) -> None:
-        """proxyd's own request, not autobahn's: autobahn writes Host as host:port of the
-        server and a single value per field, where the client's Host and fields must pass."""
-        relay = self.attempt.relay
-        if relay is None:
-            self.dropConnection(abort=True)
-            return
-        self.websocket_key = base64.b64encode(os.urandom(16))
-        self.http_request_data = relay.backend_request(self.websocket_key.decode("ascii"))
-        self.sendData(self.http_request_data)
-
-    def onOpen(self) -> None:
-        relay = self.attempt.relay
-        if relay is None:
-            self.dropConnection(abort=True)
-            return
-        self.opened = True
-        self.relay = relay
-        relay.backend_open(self.attempt, self)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost_reason = reason
-        super().connectionLost(reason)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self.opened:
-            if self.relay is not None:
-                self.relay.leg_closed(Side.SERVER, code, reason)
-            return
-        relay = self.attempt.relay
-        if relay is not None:
-            relay.attempt_failed(self.attempt, self._why_refused())
-
-    def _why_refused(self) -> str:
-        """Why the opening handshake failed: the server's answer, else the connection's end."""
-        status = getattr(self, "http_status_line", None)
-        if status:
-            parts = status.split(None, 1)
-            if len(parts) == 2 and not parts[1].startswith("101"):
-                return f"answered {parts[1]}"[:100]
-        if self.wasNotCleanReason and self.droppedByMe:
-            return str(self.wasNotCleanReason)[:100]
-        if self.lost_reason is not None:
-            tls = describe_failure(self.lost_reason)
-            if tls:
-                return f"TLS handshake failed: {tls}"
-        return "connection closed before answering the opening handshake"
-
-
-class _BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
-    """One attempt at a server: connect, then proxyd's opening handshake. `relay` is None
-    once the relay has given up on it."""
-
-    protocol = _BackendLeg
-    noisy = False
-    log = _QUIET
-
-    def __init__(self, relay: Relay, server: Server, protocols: list[str]) -> None:
-        factory = relay.factory
-        address = server.address
-        host = f"[{address.host}]" if ":" in address.host else address.host
-        scheme = "wss" if factory.client_tls is not None else "ws"
-        super().__init__(
-            url=f"{scheme}://{host}:{address.port}/", protocols=protocols, reactor=factory.reactor
-        )
-        self._batched_timer = factory.timer
-        config = factory.config
-        self.setProtocolOptions(
-            maxFramePayloadSize=config.max_frame_size,
-            maxMessagePayloadSize=config.max_message_size,
-            autoFragmentSize=config.max_frame_size,
-            failByDrop=False,
-            echoCloseCodeReason=True,
-            serverConnectionDropTimeout=0,  # proxyd's own linger covers it, on its reactor
-            openHandshakeTimeout=0,  # the relay bounds the handshake itself
-            closeHandshakeTimeout=CLOSE_TIMEOUT,
-            autoPingInterval=config.ping_interval,
-            autoPingTimeout=config.ping_timeout if config.ping_interval > 0 else 0,
-        )
-        self.relay: Relay | None = relay
-        self.server = server
-        self.leg: _BackendLeg | None = None
-
-    def buildProtocol(self, addr: IAddress | None) -> _BackendLeg | None:
-        if self.relay is None:
-            return None  # Twisted then closes the late connection
-        leg = cast(_BackendLeg, super().buildProtocol(addr))
-        leg.attempt = self
-        self.leg = leg
-        return leg
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if self.relay is not None:
-            self.relay.attempt_failed(self, reason.getErrorMessage())
-
-    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
-        """The leg's onClose has already told the relay."""
-
 
 class Relay:
     """One client's WebSocket and proxyd's WebSocket to a server, from the client's TCP
     connection to the access-log line."""
 
-    def __init__(self, factory: WebSocketRelayFactory, client: _ClientLeg) -> None:
+    def __init__(self, factory: WebSocketRelayFactory, client: ClientLeg) -> None:
         self.factory = factory
         self.config = factory.config
         self.client = client
-        self.backend: _BackendLeg | None = None
+        self.backend: BackendLeg | None = None
         self.pool = factory.pool
         clock = cast(IReactorTime, factory.reactor)
         self.record = ConnectionRecord(self.config.name, factory.reactor.seconds())
@@ -437,7 +138,7 @@ class Relay:
         self._fields: list[tuple[str, str]] = []
         self._offer: list[str] = []
         self._accept: Deferred[Any] | None = None
-        self._attempt: _BackendAttempt | None = None
+        self._attempt: BackendAttempt | None = None
         self._connector: Connector | None = None
         self._held: Server | None = None
         self._refused = False
@@ -529,7 +230,7 @@ class Relay:
         self.attempts.record(server)
         self.record.backend = server.address
         self.record.connect_attempts = self.attempts.count
-        attempt = self._attempt = _BackendAttempt(self, server, self._offer)
+        attempt = self._attempt = BackendAttempt(self, server, self._offer)
         factory: Any = attempt
         client_tls = self.factory.client_tls
         reactor = self.factory.reactor
@@ -541,7 +242,7 @@ class Relay:
         if self._attempt is attempt:  # a synchronous failure may have moved on already
             self._connector = connector
 
-    def attempt_failed(self, attempt: _BackendAttempt, why: str) -> None:
+    def attempt_failed(self, attempt: BackendAttempt, why: str) -> None:
         if attempt is not self._attempt:
             return
         self._attempt = self._connector = None
@@ -596,7 +297,7 @@ class Relay:
         if accept is not None:
             accept.errback(ConnectionDeny(code, phrase))
 
-    def backend_open(self, attempt: _BackendAttempt, leg: _BackendLeg) -> None:
+    def backend_open(self, attempt: BackendAttempt, leg: BackendLeg) -> None:
         """The server answered 101: accept the client with the server's subprotocol and its
         end-to-end response fields (Set-Cookie, ...)."""
         if attempt is not self._attempt or self._accept is None:
@@ -614,13 +315,13 @@ class Relay:
     def client_open(self) -> None:
         """proxyd's 101 went to the client: relay, each transport the other's producer."""
         backend = self.backend
-        if backend is None or backend.state != _OPEN:
+        if backend is None or backend.state != OPEN:
             self.client.close_with(GOING_AWAY, "backend closed the connection")
             return
         client_transport = cast(Transport, self.client.transport)
         backend_transport = cast(Transport, backend.transport)
-        client_transport.registerProducer(_Reader(backend_transport), True)
-        backend_transport.registerProducer(_Reader(client_transport), True)
+        client_transport.registerProducer(Reader(backend_transport), True)
+        backend_transport.registerProducer(Reader(client_transport), True)
         self._producers = True
         client_transport.resumeProducing()
         self._idle.start()
@@ -637,13 +338,13 @@ class Relay:
             self.messages_in += 1
             self.record.bytes_in += len(payload)
             factory.messages_in += 1
-            peer: _Leg | None = self.backend
+            peer: Leg | None = self.backend
         else:
             self.messages_out += 1
             self.record.bytes_out += len(payload)
             factory.messages_out += 1
             peer = self.client
-        if peer is None or peer.state != _OPEN:
+        if peer is None or peer.state != OPEN:
             return
         try:
             peer.sendMessage(payload, is_binary)
@@ -718,7 +419,7 @@ class Relay:
         client first gets the server's answers to them: proxyd closes the server's side (1001),
         relays what comes before its close, then fails the client. False: fail it at once."""
         backend = self.backend
-        if backend is None or backend.state != _OPEN or self._closing:
+        if backend is None or backend.state != OPEN or self._closing:
             return False
         self._start_closing()
         self._fail_timer = self.factory.reactor.callLater(CLOSE_TIMEOUT, self._fail_client)
@@ -757,7 +458,7 @@ class Relay:
             self._backend_gone = True
             self._fail_client()
         _, peer = self._legs(side)
-        if peer is not None and peer.state == _OPEN:
+        if peer is not None and peer.state == OPEN:
             # No close came from this side (a close would have been passed on already).
             self._set_word(
                 WsClose.CLIENT_DROPPED if side is Side.CLIENT else WsClose.SERVER_DROPPED
@@ -795,7 +496,7 @@ class Relay:
             if leg is not None and leg.transport is not None:
                 cast(Transport, leg.transport).abortConnection()
 
-    def _legs(self, side: Side) -> tuple[_Leg | None, _Leg | None]:
+    def _legs(self, side: Side) -> tuple[Leg | None, Leg | None]:
         if side is Side.CLIENT:
             return self.client, self.backend
         return self.backend, self.client
@@ -861,9 +562,9 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
     `messages_in` (client to server) and `messages_out`.
     """
 
-    protocol = _ClientLeg  # type: ignore[assignment]
+    protocol = ClientLeg  # type: ignore[assignment]
     noisy = False
-    log = _QUIET
+    log = QUIET
 
     def __init__(
         self,
@@ -877,7 +578,7 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         spoken to over TLS (wss)."""
         super().__init__(server=None, reactor=reactor)
         self.reactor = cast(ConnectingReactor, reactor)
-        self.timer = _ReactorTimer(self.reactor)
+        self.timer = ReactorTimer(self.reactor)
         self._batched_timer = self.timer
         self.config = config
         self.pool = pools[config.pool]
@@ -903,12 +604,15 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
             openHandshakeTimeout=config.handshake_timeout,
             closeHandshakeTimeout=CLOSE_TIMEOUT,
             perMessageCompressionAccept=(
-                _accept_deflate if config.permessage_deflate else _refuse_compression
+                accept_deflate if config.permessage_deflate else refuse_compression
             ),
             autoPingInterval=config.ping_interval,
             autoPingTimeout=config.ping_timeout if config.ping_interval > 0 else 0,
             allowNullOrigin=True,  # allowed_origins decides, in the relay
         )
+
+    def new_relay(self, client: ClientLeg) -> Relay:
+        return Relay(self, client)
 
     def set_listening_port(self, port: IListeningPort) -> None:
         """Called once listening. Clients over max_connections are answered 503 rather than

@@ -40,7 +40,8 @@ from proxyd.config.model import (
     WebSocketListenerConfig,
 )
 from proxyd.pool import Pool
-from proxyd.relay.websocket import WebSocketRelayFactory, _ReactorTimer
+from proxyd.relay.websocket import WebSocketRelayFactory
+from proxyd.relay.websocket_legs import ReactorTimer
 from proxyd.relay.websocket_policy import (
     MessageRate,
     OriginPolicy,
@@ -132,7 +133,7 @@ class BackendFactory(WebSocketServerFactory):  # type: ignore[misc]
 
     def __init__(self, reactor: Any, **options: Any) -> None:
         super().__init__(reactor=reactor)
-        self._batched_timer = _ReactorTimer(reactor)
+        self._batched_timer = ReactorTimer(reactor)
         self.setProtocolOptions(failByDrop=False, openHandshakeTimeout=0)
         self.connections: list[Backend] = []
         self.deny: int | None = options.get("deny")
@@ -182,7 +183,7 @@ class Net:
         factory = WebSocketClientFactory(
             url, protocols=protocols, headers=headers, origin=origin, reactor=self.reactor
         )
-        factory._batched_timer = _ReactorTimer(self.reactor)
+        factory._batched_timer = ReactorTimer(self.reactor)
         factory.setProtocolOptions(
             serverConnectionDropTimeout=0, openHandshakeTimeout=0, failByDrop=False
         )
@@ -571,7 +572,7 @@ def test_a_server_that_never_answers_the_handshake_makes_a_504_and_a_failure() -
 def test_permessage_deflate_is_accepted_from_the_client_only_when_on(on: bool) -> None:
     net = Net(permessage_deflate=on)
     factory = WebSocketClientFactory(URL, reactor=net.reactor)
-    factory._batched_timer = _ReactorTimer(net.reactor)
+    factory._batched_timer = ReactorTimer(net.reactor)
 
     def accept(response: Any) -> Any:
         if isinstance(response, PerMessageDeflateResponse):
@@ -674,7 +675,7 @@ def test_wss_from_the_client_and_to_the_server(tmp_path: Path) -> None:
     server_tls = ServerTls("backend", attrs.evolve(tls, alpn=("http/1.1",)))
     net.backends[SERVERS[0]] = server_tls.wrap(backend_factory, net.reactor)
     factory = WebSocketClientFactory(f"wss://{NAME}:8090/chat", reactor=net.reactor)
-    factory._batched_timer = _ReactorTimer(net.reactor)
+    factory._batched_timer = ReactorTimer(net.reactor)
     factory.setProtocolOptions(serverConnectionDropTimeout=0)
     factory.protocol = Client
     client = net.connect_client(
