@@ -73,7 +73,7 @@ bench-websocket: venv bench/ws/node_modules/.package-lock.json
 
 # The Autobahn WebSocket suite's 517 fuzzing-client cases against an echo server, directly and
 # through proxyd in each WebSocket mode, with a verdict table per mode (docs/conformance.md).
-# PROXYD_CONFORMANCE='1.*,9.*' runs only the cases of those patterns. Hours with 12.x/13.x.
+# PROXYD_CONFORMANCE='1.*,9.*' runs only those cases. About two hours, most of it 12.x/13.x.
 conformance: venv
 	PROXYD_CONFORMANCE=$${PROXYD_CONFORMANCE:-full} $(BIN)/pytest -q -s -p no:cacheprovider \
 		tests/integration/test_websocket_conformance.py

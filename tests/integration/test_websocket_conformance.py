@@ -2,7 +2,7 @@
 directly and through the real proxyd in each WebSocket mode: an `[http]` listener passing
 upgrades through, `[websocket] mode = passthrough` and `mode = message`. No case may fail
 through proxyd, and no case may do worse through proxyd than directly (conformance.verdicts
-defines the order) but those KNOWN_WORSE lists, with why. See docs/conformance.md.
+defines the order). See docs/conformance.md.
 
 By default a subset runs (everything but the 9.x limits and the 12.x/13.x compression cases,
 plus the first case of each of their groups). PROXYD_CONFORMANCE=full runs all 517 cases
@@ -37,7 +37,7 @@ SELECTION = os.environ.get("PROXYD_CONFORMANCE", "")
 if SELECTION:
     CASES = "*" if SELECTION == "full" else SELECTION
     # 12.x and 13.x send 1000 compressed messages of up to 128 KiB a case: a full run of
-    # them takes the better part of an hour per target on two cores.
+    # them takes about half an hour per target on two cores.
     RUN_TIMEOUT = 4 * 3600.0
 else:
     # Sections 1-7 and 10 whole; of 9.x (up to 16 MiB messages) and 12.x/13.x (1000
@@ -60,19 +60,6 @@ MODES = {
         "[websocket msg]\nlisten = tcp:{port}:interface=127.0.0.1\npool = echo\n"
         "mode = message\nmax_message_size = 64MiB\nmax_frame_size = 64MiB\n"
         "permessage_deflate = on\n"
-    ),
-}
-
-# Cases known to do worse through proxyd than directly, by mode. A listed case that no longer
-# does worse fails the test as well, so that the list stays true.
-KNOWN_WORSE = {
-    "message": dict.fromkeys(
-        ["3.2", "3.3", "3.4", "4.1.3", "4.1.4", "4.1.5", "4.2.3", "4.2.4", "4.2.5", "5.15"],
-        # A valid message, then a frame the client must be failed for: proxyd fails the
-        # client (1002) at once, before the server's echo of the valid message is back, so
-        # the client never gets it. The suite expects the echo and then the failure, and
-        # counts the failure alone as NON-STRICT (still conforming).
-        "NON-STRICT: the echo of the message before the bad frame is lost",
     ),
 }
 
@@ -176,19 +163,12 @@ def test_no_case_does_worse_through_proxyd(
     runs[mode] = through
 
     failed = dict.fromkeys(verdicts.failures(through), "FAILED")
-    known = KNOWN_WORSE.get(mode, {})
     worse = verdicts.regressions(direct, through)
-    unexpected = {case: how for case, how in worse.items() if case not in known}
-    no_longer = {case: why for case, why in known.items() if case in direct and case not in worse}
     problems = []
     if failed:
         problems.append(f"FAILED through proxyd:\n{describe(failed, through)}")
-    if unexpected:
-        problems.append(f"worse through proxyd than directly:\n{describe(unexpected, through)}")
-    if no_longer:
-        problems.append(
-            f"no longer worse (take them out of KNOWN_WORSE):\n{describe(no_longer, through)}"
-        )
+    if worse:
+        problems.append(f"worse through proxyd than directly:\n{describe(worse, through)}")
     if problems:
         kept = keep_reports(tmp_path / "run", mode)
         problems.append(f"the suite's reports (with wire logs) are in {kept}")
