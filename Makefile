@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/proxyd.ini
 
 # command:debian-package pairs the test suite needs on the machine.
-TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester
+TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester patch:patch
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk openssl:openssl
 
 .PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls bench-udp bench-websocket conformance clean
