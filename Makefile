@@ -75,6 +75,7 @@ bench-websocket: venv bench/ws/node_modules/.package-lock.json
 # through proxyd in each WebSocket mode, with a verdict table per mode (docs/conformance.md).
 # PROXYD_CONFORMANCE='1.*,9.*' runs only those cases. About two hours, most of it 12.x/13.x.
 conformance: venv
+	scripts/apt-need patch:patch
 	PROXYD_CONFORMANCE=$${PROXYD_CONFORMANCE:-full} $(BIN)/pytest -q -s -p no:cacheprovider \
 		tests/integration/test_websocket_conformance.py
 
