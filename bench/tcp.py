@@ -69,6 +69,23 @@ def listening_ports() -> set[int]:
     return ports
 
 
+def group_usage(group: int) -> tuple[float, int]:
+    """(user + system CPU seconds, resident bytes) of the process group `group`, from /proc."""
+    ticks = pages = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == group:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            pages += int(fields[21])  # rss
+    return ticks / os.sysconf("SC_CLK_TCK"), pages * os.sysconf("SC_PAGE_SIZE")
+
+
 class Processes:
     """Children in their own process groups, output to files; all stopped by `stop_all`."""
 

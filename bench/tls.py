@@ -48,7 +48,16 @@ from dataclasses import dataclass
 from http import Bench, nginx_main, parse_wrk  # bench/http.py, which shadows the stdlib's http
 from pathlib import Path
 
-from tcp import VENV_BIN, Pinning, Processes, free_port, machine, ratio, which
+from tcp import (
+    VENV_BIN,
+    Pinning,
+    Processes,
+    free_port,
+    group_usage,
+    machine,
+    ratio,
+    which,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -214,19 +223,7 @@ class TlsBench(Bench):
     def cpu_seconds(self, target: str) -> float:
         """User + system CPU time so far of `target`'s process group (nginx's master and
         worker), read from /proc."""
-        group = self.started[target].pid  # each child leads its own session (tcp.Processes)
-        ticks = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp...
-            if int(fields[2]) == group:
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return group_usage(self.started[target].pid)[0]  # each child leads its session
 
 
 # --- checking -----------------------------------------------------------------------------

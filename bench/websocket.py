@@ -40,7 +40,16 @@ import threading
 from http import Bench, nginx_main  # bench/http.py, which shadows the stdlib's http
 from pathlib import Path
 
-from tcp import VENV_BIN, Pinning, Processes, free_port, machine, ratio, which
+from tcp import (
+    VENV_BIN,
+    Pinning,
+    Processes,
+    free_port,
+    group_usage,
+    machine,
+    ratio,
+    which,
+)
 
 TARGETS = (
     "direct",
@@ -115,23 +124,6 @@ def proxyd_ws_config(target: str, port: int, echo: int) -> str:
 
 
 # --- processes ----------------------------------------------------------------------------
-
-
-def group_usage(group: int) -> tuple[float, int]:
-    """(user + system CPU seconds, resident bytes) of the process group `group`, from /proc."""
-    ticks = pages = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
-        if int(fields[2]) == group:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-            pages += int(fields[21])  # rss
-    return ticks / os.sysconf("SC_CLK_TCK"), pages * os.sysconf("SC_PAGE_SIZE")
 
 
 class WsBench(Bench):
