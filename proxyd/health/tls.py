@@ -4,6 +4,7 @@ checks of a `tls = on` pool come here too (the loader makes them TlsChecks)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -106,20 +107,32 @@ class TlsHttpCheckProtocol(HttpCheckProtocol):
         return super().closed_result(reason)
 
 
-@register(TlsCheck)
-def check_tls(
-    reactor: CheckReactor, address: Address, check: TlsCheck, timeout: float
+def connect_over_tls(
+    reactor: CheckReactor,
+    address: Address,
+    timeout: float,
+    build: Callable[[], CheckProtocol],
+    config: TlsClientConfig,
 ) -> Deferred[None]:
-    tls = _client_tls(check.tls)
+    """connect_and_check through a TLS layer that verifies the server as `config` says; what
+    the protocol writes at connect waits in that layer until the handshake is done."""
+    tls = _client_tls(config)
     clock: IReactorTime = reactor  # type: ignore[assignment]
 
     def wrap(factory: ClientFactory) -> Any:
         return tls.wrap(factory, address.host, clock)
 
+    return connect_and_check(reactor, address, timeout, build, wrap)
+
+
+@register(TlsCheck)
+def check_tls(
+    reactor: CheckReactor, address: Address, check: TlsCheck, timeout: float
+) -> Deferred[None]:
     http = check.http
     if http is None:
-        return connect_and_check(reactor, address, timeout, HandshakeCheckProtocol, wrap)
+        return connect_over_tls(reactor, address, timeout, HandshakeCheckProtocol, check.tls)
     host = http.host if http.host is not None else str(address)
-    return connect_and_check(
-        reactor, address, timeout, lambda: TlsHttpCheckProtocol(http, host), wrap
+    return connect_over_tls(
+        reactor, address, timeout, lambda: TlsHttpCheckProtocol(http, host), check.tls
     )

@@ -12,11 +12,9 @@ import base64
 import hashlib
 import os
 import struct
-from typing import Any, Final
+from typing import Final
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 from proxyd.config.model import Address, WebSocketCheck
@@ -28,7 +26,7 @@ from proxyd.health.checks import (
     register,
     show_bytes,
 )
-from proxyd.health.tls import _client_tls
+from proxyd.health.tls import connect_over_tls
 from proxyd.tls import describe_failure
 
 MAX_HEAD: Final = 64 * 1024
@@ -217,11 +215,4 @@ def check_websocket(
 
     if check.tls is None:
         return connect_and_check(reactor, address, timeout, build)
-    tls = _client_tls(check.tls)
-    clock: IReactorTime = reactor  # type: ignore[assignment]
-
-    def wrap(factory: ClientFactory) -> Any:
-        # The request written at connect waits in the TLS layer until the handshake is done.
-        return tls.wrap(factory, address.host, clock)
-
-    return connect_and_check(reactor, address, timeout, build, wrap)
+    return connect_over_tls(reactor, address, timeout, build, check.tls)
