@@ -60,12 +60,16 @@ _RST_LINGER: Final = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 seconds: close() then sends an RST instead of a FIN."""
 
 
+def socket_of(transport: Any) -> Any:
+    """The TCP transport itself: below Twisted's TLS layer for a TLS connection."""
+    return transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+
+
 def reset(transport: Transport) -> None:
     """Abort `transport` with an RST (set on the TCP socket below Twisted's TLS layer).
     Twisted's abortConnection sets the same linger on TCP sockets; setting it here makes it
     explicit and covers transports that do not."""
-    below = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
-    get_handle = getattr(below, "getHandle", None)
+    get_handle = getattr(socket_of(transport), "getHandle", None)
     if get_handle is not None:  # else not a socket (a test transport): abortConnection alone
         with contextlib.suppress(OSError, AttributeError, TypeError):
             get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
@@ -75,8 +79,7 @@ def reset(transport: Transport) -> None:
 def no_delay(transport: object) -> None:
     """TCP_NODELAY on (below Twisted's TLS layer too): small interactive writes, such as
     WebSocket frames, leave at once instead of waiting for the peer's ACK (Nagle)."""
-    below = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
-    set_it = getattr(below, "setTcpNoDelay", None)
+    set_it = getattr(socket_of(transport), "setTcpNoDelay", None)
     if set_it is not None:
         with contextlib.suppress(OSError):
             set_it(True)

@@ -36,7 +36,6 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ClientFactory, Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -51,6 +50,7 @@ from proxyd.relay.io import (
     Transport,
     reset,
     set_buffer_size,
+    socket_of,
 )
 from proxyd.relay.session import (
     Attempts,
@@ -103,13 +103,6 @@ class _End:
         if self.open:
             assert self.transport is not None
             reset(self.transport)
-
-
-def _socket_of(transport: Transport) -> Transport:
-    """The TCP transport itself: below Twisted's TLS layer for a TLS end."""
-    if isinstance(transport, TLSMemoryBIOProtocol):
-        return cast(Transport, transport.transport)
-    return transport
 
 
 class Relay:
@@ -447,7 +440,7 @@ class Relay:
             transport.write(chunk)
         self._pending.clear()
         for side in (client, transport):
-            set_buffer_size(_socket_of(side), self.config.buffer_size)
+            set_buffer_size(socket_of(side), self.config.buffer_size)
         client.registerProducer(transport, True)
         self.client.has_producer = True
         transport.registerProducer(client, True)
