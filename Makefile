@@ -10,7 +10,7 @@ CONFIG ?= etc/proxyd.ini
 TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester patch:patch
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk openssl:openssl
 
-.PHONY: venv run test unit integration lint typecheck bench-tcp bench-http bench-tls bench-udp bench-websocket conformance clean
+.PHONY: venv run test unit integration lint typecheck bench conformance clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -44,32 +44,20 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-bench-tcp: venv
-	scripts/apt-need $(BENCH_DEBS)
-	$(BIN)/python bench/tcp.py
-
-bench-http: venv
-	scripts/apt-need $(BENCH_DEBS)
-	$(BIN)/python bench/http.py
-
-bench-tls: venv
-	scripts/apt-need $(BENCH_DEBS)
-	$(BIN)/python bench/tls.py
-
-bench-udp: venv
-	scripts/apt-need $(BENCH_DEBS) dnsperf:dnsperf dnsmasq:dnsmasq-base
-	scripts/apt-need-file /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
-	$(BIN)/python bench/udp.py
-
 # The WebSocket load client and echo server run on Node.js with the ws version pinned in
 # bench/ws/package-lock.json, installed into bench/ws/node_modules (git-ignored).
 bench/ws/node_modules/.package-lock.json: bench/ws/package.json bench/ws/package-lock.json
 	scripts/apt-need node:nodejs npm:npm
 	cd bench/ws && npm ci --no-audit --no-fund
 
-bench-websocket: venv bench/ws/node_modules/.package-lock.json
-	scripts/apt-need $(BENCH_DEBS)
-	$(BIN)/python bench/websocket.py
+# Every scenario against direct, proxyd (workers = 1 and auto), nginx and HAProxy, side by side
+# (docs/performance.md); about 15 minutes on 2 cores. A part of it:
+#   make bench SCENARIOS=http-keepalive,tcp-bulk TARGETS=nginx,proxyd-1 BENCH_ARGS="--runs 1"
+bench: venv bench/ws/node_modules/.package-lock.json
+	scripts/apt-need $(BENCH_DEBS) dnsperf:dnsperf dnsmasq:dnsmasq-base
+	scripts/apt-need-file /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
+	$(BIN)/python -m bench $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+		$(if $(TARGETS),--targets $(TARGETS)) $(BENCH_ARGS)
 
 # The Autobahn WebSocket suite's 517 fuzzing-client cases against an echo server, directly and
 # through proxyd in each WebSocket mode, with a verdict table per mode (docs/conformance.md).

@@ -1,0 +1,1 @@
+"""proxyd's benchmark harness: `make bench` or `python -m bench` (bench/run.py, bench/README.md)."""
