@@ -51,7 +51,7 @@ bench/ws/node_modules/.package-lock.json: bench/ws/package.json bench/ws/package
 	cd bench/ws && npm ci --no-audit --no-fund
 
 # Every scenario against direct, proxyd (workers = 1 and auto), nginx and HAProxy, side by side
-# (docs/performance.md); about 15 minutes on 2 cores. A part of it:
+# (docs/performance.md); about 12 minutes on 2 cores. A part of it:
 #   make bench SCENARIOS=http-keepalive,tcp-bulk TARGETS=nginx,proxyd-1 BENCH_ARGS="--runs 1"
 bench: venv bench/ws/node_modules/.package-lock.json
 	scripts/apt-need $(BENCH_DEBS) dnsperf:dnsperf dnsmasq:dnsmasq-base

@@ -422,7 +422,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, dict[str, Outcome]] = {}
     try:
         for scenario in scenarios:
-            print(f"\n{scenario.name}: {scenario.title}", flush=True)
+            print(f"\n{scenario.name}: starting the origin and the targets", flush=True)
             results[scenario.name] = run_scenario(scenario, targets, pinning, args)
             print_table(scenario, results[scenario.name], args)
     except KeyboardInterrupt:
