@@ -36,7 +36,7 @@ from proxyd.relay.http.h1 import (
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool
-from proxyd.relay.io import Transport
+from proxyd.relay.io import SendBatch, Transport
 from proxyd.relay.session import iso_utc
 from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
 
@@ -197,14 +197,24 @@ class ClientConnection(TwistedProtocol):
             ],
         )
         self.factory.log_refusal(self, error)
-        self.channel.writeSequence([head, body])
-        self.channel.loseConnection()
+        self.send([head, body])
+        self.lose_connection()
 
     # Called by the exchange.
 
     def send(self, pieces: list[bytes]) -> None:
-        if not self.lost:
-            self.channel.writeSequence(pieces)
+        if self.lost:
+            return
+        self.factory.sends.send(self.channel, pieces)
+
+    def flush(self) -> None:
+        """Send what waits in the factory's SendBatch now (before writing or closing
+        otherwise)."""
+        self.factory.sends.flush_to(self.channel)
+
+    def lose_connection(self) -> None:
+        self.flush()
+        self.channel.loseConnection()
 
     def close_after_response(self) -> None:
         self.closing = True
@@ -219,7 +229,7 @@ class ClientConnection(TwistedProtocol):
             self._cancel_timer()
             if not self.lost:
                 self.channel.unregisterProducer()
-                self.channel.loseConnection()
+                self.lose_connection()
             return
         self.drive()
 
@@ -281,7 +291,7 @@ class ClientConnection(TwistedProtocol):
             self._refuse(HttpError(408, f"request head not complete within {timeout:g}s"))
             return
         self.closing = True
-        self.channel.loseConnection()
+        self.lose_connection()
 
 
 class HttpRelayFactory(Factory):
@@ -310,6 +320,7 @@ class HttpRelayFactory(Factory):
         self.error_pages = dict(error_pages or {})
         self.websocket_only = websocket_only
         self.routes = RouteTable(config.routes)
+        self.sends = SendBatch(self.reactor)
         self.tls: ServerTls | None = (
             ServerTls(f"https {config.name}", config.tls, [b"http/1.1"])
             if config.tls is not None

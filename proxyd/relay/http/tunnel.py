@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
-from proxyd.relay.io import Transport, no_delay, reset
+from proxyd.relay.io import Transport, no_delay, reset, send_now
 from proxyd.relay.session import CloseReason, IdleTimer, Side, close_reason
 
 if TYPE_CHECKING:
@@ -61,6 +61,10 @@ class Tunnel:
         self._idle.start()
         self.client.tunnel = self
         self.upstream.splice(self)
+        # From here bytes are written at once (interactive traffic gains nothing from
+        # waiting for the turn's end), after what the relay's batches hold: the 101 first.
+        self.client.flush()
+        self.upstream.flush()
         no_delay(self.client.transport)
         no_delay(self.upstream.transport)
         if from_upstream:
@@ -80,12 +84,13 @@ class Tunnel:
         self.bytes_in += len(data)
         self._idle.touch()
         if not self._upstream_lost:
-            self.upstream.send([data])
+            send_now(self.upstream.channel, [data])
 
     def upstream_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self._idle.touch()
-        self.client.send([data])
+        if not self.client.lost:
+            send_now(self.client.channel, [data])
 
     # Backpressure.
 

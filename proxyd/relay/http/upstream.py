@@ -28,7 +28,7 @@ from proxyd.clock import DelayedCall
 from proxyd.config.model import PoolConfig
 from proxyd.pool import Server
 from proxyd.relay.http.h1 import ResponseReader
-from proxyd.relay.io import ConnectingReactor, Connector, Transport
+from proxyd.relay.io import ConnectingReactor, Connector, SendBatch, Transport
 from proxyd.tls import ClientTls
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class UpstreamConnection(TwistedProtocol):
         if handler is None:
             # Nothing was asked: a server talking out of turn cannot be trusted with the
             # next request.
-            self.channel.abortConnection()
+            self.abort()
             return
         self.reader.feed(data)
         handler.upstream_readable()
@@ -111,7 +111,7 @@ class UpstreamConnection(TwistedProtocol):
 
     # Used by the handler.
     def send(self, data: list[bytes]) -> None:
-        self.channel.writeSequence(data)
+        self.pool.sends.send(self.channel, data)
 
     def pause_reading(self) -> None:
         if not self.paused and not self.lost:
@@ -133,14 +133,21 @@ class UpstreamConnection(TwistedProtocol):
         the connection is never reused."""
         self.handler = self._tunnel = tunnel
 
+    def flush(self) -> None:
+        """Send what waits in the pool's SendBatch now (before writing or closing
+        otherwise)."""
+        self.pool.sends.flush_to(self.channel)
+
     def close(self) -> None:
         self.handler = None
         if not self.lost:
+            self.flush()
             self.channel.loseConnection()
 
     def abort(self) -> None:
         self.handler = None
         if not self.lost:
+            self.pool.sends.discard(self.channel)
             self.channel.abortConnection()
 
 
@@ -242,6 +249,7 @@ class ConnectionPool:
         self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
         self.tls = tls
+        self.sends = SendBatch(self.reactor)
         self._idle: dict[Server, list[UpstreamConnection]] = {}
 
     def connect(self, server: Server, timeout: float) -> Deferred[UpstreamConnection]:
