@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
-from typing import IO, Any
+from datetime import UTC, datetime
+from typing import IO, Any, Final
+
+from proxyd.clock import Clock
+
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+"""json.dumps with any argument builds a new encoder per call; this one is made once."""
 
 
 class AccessLog:
@@ -14,6 +21,7 @@ class AccessLog:
     def __init__(self, stream: IO[str] | None, target: str) -> None:
         self._stream = stream
         self.target = target
+        self._flush_pending = False
 
     @classmethod
     def open(cls, target: str) -> AccessLog:
@@ -21,19 +29,64 @@ class AccessLog:
             return cls(None, target)
         if target == "-":
             return cls(sys.stdout, target)
-        return cls(open(target, "a", encoding="utf-8", buffering=1), target)
+        return cls(open(target, "a", encoding="utf-8"), target)
 
     @property
     def enabled(self) -> bool:
         return self._stream is not None
 
-    def log(self, record: Mapping[str, Any]) -> None:
-        if self._stream is None:
+    def log(self, record: Mapping[str, Any], clock: Clock | None = None) -> None:
+        """Write `record` as a line. Without `clock` the line is flushed at once; with it, at
+        the start of the reactor's next turn, together with every line written before then
+        (one write() for all the requests that ended in one turn)."""
+        stream = self._stream
+        if stream is None:
             return
-        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._stream.flush()
+        stream.write(_ENCODER.encode(record) + "\n")
+        if clock is None:
+            stream.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        if self._stream is not None:
+            self._stream.flush()
 
     def close(self) -> None:
-        if self._stream is not None and self._stream is not sys.stdout:
-            self._stream.close()
-        self._stream = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            if stream is sys.stdout:
+                stream.flush()
+            else:
+                stream.close()
+
+
+class UtcMillis:
+    """`seconds` since the epoch as `2025-01-31T12:00:00.123Z`, the same text as
+    proxyd.relay.session.iso_utc, with the date and time of the last whole second kept:
+    datetime formatting is then done once a second instead of once a request."""
+
+    def __init__(self) -> None:
+        self._second = math.nan
+        self._prefix = ""
+
+    def __call__(self, seconds: float) -> str:
+        # datetime.fromtimestamp's rounding: the fraction to the nearest microsecond, half to
+        # even, carried into the seconds.
+        fraction, whole = math.modf(seconds)
+        micros = round(fraction * 1e6)
+        if micros >= 1_000_000:
+            whole += 1.0
+            micros -= 1_000_000
+        elif micros < 0:
+            whole -= 1.0
+            micros += 1_000_000
+        if whole != self._second:
+            self._second = whole
+            self._prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{micros // 1000:03d}Z"
+
+
+utc_millis: Final = UtcMillis()

@@ -44,7 +44,7 @@ class _Log(AccessLog):
     def enabled(self) -> bool:
         return True
 
-    def log(self, record: Any) -> None:
+    def log(self, record: Any, clock: Any = None) -> None:
         self.records.append(json.loads(json.dumps(record)))
 
 

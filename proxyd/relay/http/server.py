@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from proxyd.accesslog import AccessLog
+from proxyd.accesslog import AccessLog, utc_millis
 from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.pool import Pool
@@ -37,7 +37,6 @@ from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.io import SendBatch, Transport
-from proxyd.relay.session import iso_utc
 from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -386,7 +385,7 @@ class HttpRelayFactory(Factory):
         tried = exchange.attempts.tried
         ctx = exchange.ctx
         record: dict[str, object] = {
-            "time": iso_utc(exchange.started),
+            "time": utc_millis(exchange.started),
             "listener": self.config.name,
             "client": exchange.client.peer_text,
             "method": request.method.decode("latin-1"),
@@ -413,7 +412,7 @@ class HttpRelayFactory(Factory):
             record["close"] = exchange.tunnel_close
         if exchange.error is not None:
             record["error"] = exchange.error
-        self.access_log.log(record)
+        self.access_log.log(record, self.reactor)
 
     def log_handshake_failure(self, client: ClientConnection, reason: Failure) -> None:
         """A client that never completed its handshake: why, at info level (scanners and
@@ -432,7 +431,7 @@ class HttpRelayFactory(Factory):
             return
         self.access_log.log(
             {
-                "time": iso_utc(self.reactor.seconds()),
+                "time": utc_millis(self.reactor.seconds()),
                 "listener": self.config.name,
                 "client": client.peer_text,
                 "method": None,
@@ -441,7 +440,8 @@ class HttpRelayFactory(Factory):
                 "bytes_in": 0,
                 "bytes_out": 0,
                 "error": error.message,
-            }
+            },
+            self.reactor,
         )
 
 

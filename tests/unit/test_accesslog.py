@@ -1,0 +1,63 @@
+"""proxyd.accesslog: JSON lines, flushed at once or once per reactor turn, and the cached
+timestamp formatting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
+
+from proxyd.accesslog import AccessLog, UtcMillis
+from proxyd.relay.session import iso_utc
+
+
+def test_a_line_without_a_clock_is_in_the_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog.open(str(path))
+    log.log({"status": 200, "uri": "/caf\u00e9", "time": None})
+    assert path.read_text() == '{"status":200,"uri":"/caf\\u00e9","time":null}\n'
+    log.close()
+
+
+def test_lines_with_a_clock_are_flushed_together_at_the_next_turn(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    clock = MemoryReactorClock()
+    log = AccessLog.open(str(path))
+    for status in (200, 404, 502):
+        log.log({"status": status}, clock)
+    assert len(clock.getDelayedCalls()) == 1, "one flush for the turn"
+    assert path.read_text() == ""
+    clock.advance(0)
+    assert [json.loads(line)["status"] for line in path.read_text().splitlines()] == [
+        200,
+        404,
+        502,
+    ]
+    log.log({"status": 201}, clock)
+    assert len(clock.getDelayedCalls()) == 1, "a new turn, a new flush"
+    log.close()
+    assert path.read_text().splitlines()[-1] == '{"status":201}'
+
+
+def test_off_writes_nothing() -> None:
+    clock = MemoryReactorClock()
+    log = AccessLog.open("off")
+    assert not log.enabled
+    log.log({"status": 200}, clock)
+    assert clock.getDelayedCalls() == []
+
+
+@given(st.lists(st.floats(min_value=-1e6, max_value=4e9, allow_nan=False), max_size=50))
+def test_utc_millis_is_iso_utc(moments: list[float]) -> None:
+    format_time = UtcMillis()
+    for seconds in moments + sorted(moments) + [m + 0.0005 for m in moments]:
+        assert format_time(seconds) == iso_utc(seconds)
+
+
+def test_utc_millis_carries_a_rounded_up_microsecond_into_the_second() -> None:
+    format_time = UtcMillis()
+    assert format_time(1.9999996) == iso_utc(1.9999996) == "1970-01-01T00:00:02.000Z"
+    assert format_time(1_700_000_000.0005) == iso_utc(1_700_000_000.0005)
