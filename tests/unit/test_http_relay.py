@@ -62,6 +62,8 @@ class Relay:
 
     def __init__(self, routes: tuple[RouteConfig, ...] = (), **config: Any) -> None:
         pool_keys = {k: config.pop(k) for k in ("keepalive", "sticky_cookie") if k in config}
+        if "pool_keepalive_timeout" in config:
+            pool_keys["keepalive_timeout"] = config.pop("pool_keepalive_timeout")
         servers = config.pop("servers", 1)
         self.reactor = MemoryReactorClock()
         self.pool_config = PoolConfig(
@@ -454,6 +456,49 @@ def test_idle_keepalive_connection_is_closed_silently() -> None:
     relay.reactor.advance(2)
     assert relay.ct.disconnecting
     assert relay.ct.value() == b""
+
+
+def test_keepalive_and_header_timeouts_count_from_the_last_response_without_timer_churn() -> None:
+    relay = Relay(keepalive_timeout=30.0, header_timeout=10.0)
+    scheduled: list[float] = []
+    call_later = relay.reactor.callLater
+    relay.reactor.callLater = lambda delay, f, *a, **kw: (  # type: ignore[method-assign]
+        scheduled.append(delay) or call_later(delay, f, *a, **kw)
+    )
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    for _ in range(3):
+        relay.reactor.advance(20)
+        del scheduled[:]
+        relay.send(GET)
+        upstream.dataReceived(OK)
+        assert scheduled == [60.0], "the response timeout only"
+    relay.received()
+    relay.reactor.advance(29)
+    assert not relay.ct.disconnecting
+    relay.send(b"GET / HTTP/1.1\r\n")  # a head begins: the header timeout now
+    relay.reactor.advance(9.9)
+    assert not relay.ct.disconnecting
+    relay.reactor.advance(0.2)
+    assert relay.received().startswith(b"HTTP/1.1 408")
+    assert relay.ct.disconnecting
+
+
+def test_an_idle_upstream_connection_expires_keepalive_timeout_after_its_last_use() -> None:
+    relay = Relay(pool_keepalive_timeout=30.0)
+    relay.send(GET)
+    upstream, ut = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    for _ in range(3):
+        relay.reactor.advance(20)
+        relay.send(GET)
+        upstream.dataReceived(OK)
+    assert relay.pending_connects() == [], "the same connection every time"
+    relay.reactor.advance(29.9)
+    assert not ut.disconnecting
+    relay.reactor.advance(0.2)
+    assert ut.disconnecting
 
 
 @pytest.mark.parametrize(

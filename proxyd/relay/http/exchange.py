@@ -172,8 +172,11 @@ class Exchange:
         self.response_bytes = 0
         self._client_chunked = False
         self._client_keep_alive = request.keep_alive
-        self._idle = IdleTimer(self.clock, self.config.idle_timeout, self._idle_timed_out)
-        self._body_timer = IdleTimer(self.clock, self.config.body_timeout, self._body_timed_out)
+        self._idle: IdleTimer | None = None
+        """While the response streams: started after the read that brought its head, if that
+        read did not end it (a small response needs no timer)."""
+        self._body_timer: IdleTimer | None = None
+        """While the request body streams."""
         self.error: str | None = None
         # Upgrade.
         self.websocket = is_websocket_upgrade(request)
@@ -461,6 +464,10 @@ class Exchange:
             self.wants_request_events = True
             if not conn.writable:
                 self.upstream_writable(False)
+            if self._body_timer is None:
+                self._body_timer = IdleTimer(
+                    self.clock, self.config.body_timeout, self._body_timed_out
+                )
             self._body_timer.start()
             self.client.drive()
 
@@ -492,7 +499,8 @@ class Exchange:
         if isinstance(event, Body):
             data = event.data
             self.request_bytes += len(data)
-            self._body_timer.touch()
+            if self._body_timer is not None:
+                self._body_timer.touch()
             if self._replayable:
                 self._replay_size += len(data)
                 if self._replay_size > REPLAY_LIMIT:
@@ -506,7 +514,7 @@ class Exchange:
         elif isinstance(event, End):
             self.request_done = True
             self.wants_request_events = False
-            self._body_timer.cancel()
+            self._stop_body_timer()
             if self._upstream_chunked:
                 tail = last_chunk()
                 if self._replayable:
@@ -516,7 +524,7 @@ class Exchange:
             self._request_sent()
         else:
             self.wants_request_events = False
-            self._body_timer.cancel()
+            self._stop_body_timer()
             self.client.close_after_response()
             self.fail(event.status, event.message)
 
@@ -542,6 +550,11 @@ class Exchange:
         while conn is self.conn and not self.finished:
             event = reader.next_event()
             if event is None:
+                if self.response is not None and self._idle is None:
+                    self._idle = IdleTimer(
+                        self.clock, self.config.idle_timeout, self._idle_timed_out
+                    )
+                    self._idle.start()
                 return
             if isinstance(event, Body):
                 self._response_body(event.data)
@@ -634,7 +647,6 @@ class Exchange:
         self._connection_field(fields)
         self.status = response.status
         self.response_started = True
-        self._idle.start()
         self.client.send([response_head(response.status, response.reason, fields)])
 
     def _switch(self, response: Response) -> None:
@@ -692,7 +704,8 @@ class Exchange:
 
     def _response_body(self, data: bytes) -> None:
         self.response_bytes += len(data)
-        self._idle.touch()
+        if self._idle is not None:
+            self._idle.touch()
         self.client.send(chunk(data) if self._client_chunked else [data])
 
     def _response_end(self, end: End) -> None:
@@ -714,6 +727,11 @@ class Exchange:
         self.error = f"idle for {self.config.idle_timeout:g}s while streaming the response"
         self._drop_connection()
         self._finish(keep_alive=False, truncated=True)
+
+    def _stop_body_timer(self) -> None:
+        timer, self._body_timer = self._body_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _body_timed_out(self) -> None:
         if self.finished or self.request_done:
@@ -815,8 +833,12 @@ class Exchange:
         self.finished = True
         self.wants_request_events = False
         self._cancel_response_timer()
-        self._idle.cancel()
-        self._body_timer.cancel()
+        # Dropped, not only cancelled: each holds a bound method of this exchange, a cycle
+        # that only the garbage collector would break.
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle.cancel()
+        self._stop_body_timer()
         self._release_server()
         self.factory.log_exchange(self)
         self.client.exchange_done(self, keep_alive=keep_alive and not truncated)

@@ -70,7 +70,11 @@ class ClientConnection(TwistedProtocol):
         self.writable = True
         self._pause_reasons: set[str] = set()
         self._timer: DelayedCall | None = None
+        self._timer_at = 0.0
+        """When `_timer` fires: at or before `_deadline`."""
+        self._deadline = 0.0
         self._timer_kind = ""
+        """"header", "keepalive", or "" while an exchange runs."""
         self.peer = Address("", 0)
         self.local = Address("", 0)
         self.trusted = False
@@ -166,7 +170,7 @@ class ClientConnection(TwistedProtocol):
             self.resume_reading("backlog")
 
     def _start(self, request: Request) -> None:
-        self._cancel_timer()
+        self._timer_kind = ""
         self.factory.requests += 1
         if not request.has_body and isinstance(self.reader.peek(), End):
             # llhttp ends a body-less request with its head: nothing to wait for.
@@ -264,26 +268,48 @@ class ClientConnection(TwistedProtocol):
         pass
 
     # Timers between requests: the header timeout (a started head, or the first request) and
-    # the keep-alive timeout (idle between requests).
+    # the keep-alive timeout (idle between requests). One delayed call serves both, and is
+    # left alone while an exchange runs (its kind is then ""): when it fires before the
+    # deadline it is armed again for the rest, so that a request on a kept-alive connection
+    # costs no callLater and no cancel.
 
     def _set_timer(self, kind: str) -> None:
-        if self._timer_kind == kind and self._timer is not None:
+        if self._timer_kind == kind:
             return
-        self._cancel_timer()
         config = self.factory.config
         delay = config.header_timeout if kind == "header" else config.keepalive_timeout
+        clock = self.factory.reactor
         self._timer_kind = kind
-        self._timer = self.factory.reactor.callLater(delay, self._timed_out)
+        self._deadline = deadline = clock.seconds() + delay
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = clock.callLater(delay, self._timer_fired)
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
         self._timer_kind = ""
-        if timer is not None and timer.active():
+        if timer is not None:
             timer.cancel()
 
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if not self._timer_kind or self.lost:
+            return
+        clock = self.factory.reactor
+        remaining = self._deadline - clock.seconds()
+        if remaining > 0:
+            self._timer_at = self._deadline
+            self._timer = clock.callLater(remaining, self._timer_fired)
+            return
+        self._timed_out()
+
     def _timed_out(self) -> None:
-        kind, self._timer, self._timer_kind = self._timer_kind, None, ""
-        if self.exchange is not None or self.lost:
+        kind, self._timer_kind = self._timer_kind, ""
+        if self.exchange is not None:
             return
         if kind == "header" and self.reader.in_head:
             timeout = self.factory.config.header_timeout

@@ -64,6 +64,8 @@ class UpstreamConnection(TwistedProtocol):
         self.lost = False
         self.paused = False
         self._idle_call: DelayedCall | None = None
+        self._idle_until: float | None = None
+        """While idle in the pool: when it expires (its `_idle_call` fires then or before)."""
         self._tunnel: Tunnel | None = None
 
     @property
@@ -90,10 +92,9 @@ class UpstreamConnection(TwistedProtocol):
         self.lost = True
         self.reader.eof()
         handler, self.handler = self.handler, None
+        self.pool.forget(self)
         if handler is not None:
             handler.upstream_lost(reason)
-        else:
-            self.pool.forget(self)
 
     # IPushProducer, called by our own transport about its write buffer.
     def pauseProducing(self) -> None:
@@ -265,11 +266,12 @@ class ConnectionPool:
         return factory.result
 
     def checkout(self, server: Server) -> UpstreamConnection | None:
-        """The most recently used idle connection to `server`, if any."""
+        """The most recently used idle connection to `server`, if any. Its idle timer is
+        left to fire (and find it busy) rather than cancelled: see `checkin`."""
         idle = self._idle.get(server)
         while idle:
             connection = idle.pop()
-            self._cancel_idle_timer(connection)
+            connection._idle_until = None
             if not connection.lost:
                 return connection
         return None
@@ -289,12 +291,16 @@ class ConnectionPool:
             connection.close()
             return
         idle.append(connection)
-        connection._idle_call = self.reactor.callLater(
-            self.config.keepalive_timeout, self._expire, connection
-        )
+        # A connection is checked in after every request: its idle deadline moves, and the
+        # delayed call, scheduled at most once per keepalive_timeout, re-arms itself for the
+        # rest when it fires early.
+        timeout = self.config.keepalive_timeout
+        connection._idle_until = self.reactor.seconds() + timeout
+        if connection._idle_call is None:
+            connection._idle_call = self.reactor.callLater(timeout, self._expire, connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
-        """An idle connection closed by the server."""
+        """A connection that closed, idle or not."""
         self._cancel_idle_timer(connection)
         idle = self._idle.get(connection.server)
         if idle and connection in idle:
@@ -309,11 +315,19 @@ class ConnectionPool:
 
     def _expire(self, connection: UpstreamConnection) -> None:
         connection._idle_call = None
+        until = connection._idle_until
+        if until is None:
+            return  # in use
+        remaining = until - self.reactor.seconds()
+        if remaining > 0:
+            connection._idle_call = self.reactor.callLater(remaining, self._expire, connection)
+            return
         self.forget(connection)
         connection.close()
 
     @staticmethod
     def _cancel_idle_timer(connection: UpstreamConnection) -> None:
+        connection._idle_until = None
         call, connection._idle_call = connection._idle_call, None
         if call is not None and call.active():
             call.cancel()
