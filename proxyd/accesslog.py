@@ -5,14 +5,28 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 from proxyd.clock import Clock
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 """json.dumps with any argument builds a new encoder per call; this one is made once."""
+json_string: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
+"""A str as the encoder writes it (quoted, non-ASCII escaped)."""
+
+
+def json_value(value: object) -> str:
+    """A scalar as the encoder writes it: for lines built without a dict (AccessLog.write)."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is str:
+        return json_string(cast(str, value))
+    if kind is int or (kind is float and math.isfinite(cast(float, value))):
+        return repr(value)
+    return _ENCODER.encode(value)
 
 
 class AccessLog:
@@ -39,10 +53,15 @@ class AccessLog:
         """Write `record` as a line. Without `clock` the line is flushed at once; with it, at
         the start of the reactor's next turn, together with every line written before then
         (one write() for all the requests that ended in one turn)."""
+        if self._stream is not None:
+            self.write(_ENCODER.encode(record), clock)
+
+    def write(self, line: str, clock: Clock | None = None) -> None:
+        """Write `line`, one JSON object already encoded; flushed as log() says."""
         stream = self._stream
         if stream is None:
             return
-        stream.write(_ENCODER.encode(record) + "\n")
+        stream.write(line + "\n")
         if clock is None:
             stream.flush()
         elif not self._flush_pending:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 
-from proxyd.accesslog import AccessLog, UtcMillis
+from proxyd.accesslog import AccessLog, UtcMillis, json_value
 from proxyd.relay.session import iso_utc
 
 
@@ -61,3 +61,17 @@ def test_utc_millis_carries_a_rounded_up_microsecond_into_the_second() -> None:
     format_time = UtcMillis()
     assert format_time(1.9999996) == iso_utc(1.9999996) == "1970-01-01T00:00:02.000Z"
     assert format_time(1_700_000_000.0005) == iso_utc(1_700_000_000.0005)
+
+
+@given(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(),
+        st.lists(st.integers(), max_size=3),
+    )
+)
+def test_json_value_is_what_the_encoder_writes(value: object) -> None:
+    assert json_value(value) == json.dumps(value, separators=(",", ":"))

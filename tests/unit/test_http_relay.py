@@ -3,6 +3,7 @@ standing for both sockets: every step, timeout and retry under the test's contro
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any
@@ -45,7 +46,10 @@ class _Log(AccessLog):
         return True
 
     def log(self, record: Any, clock: Any = None) -> None:
-        self.records.append(json.loads(json.dumps(record)))
+        self.write(json.dumps(record), clock)
+
+    def write(self, line: str, clock: Any = None) -> None:
+        self.records.append(json.loads(line))
 
 
 def route(path: str = "/", action: Any = None, **match: Any) -> RouteConfig:
@@ -456,6 +460,25 @@ def test_idle_keepalive_connection_is_closed_silently() -> None:
     relay.reactor.advance(2)
     assert relay.ct.disconnecting
     assert relay.ct.value() == b""
+
+
+def test_access_log_lines_are_what_the_json_encoder_writes() -> None:
+    relay = Relay()
+    stream = io.StringIO()
+    relay.factory.access_log = AccessLog(stream, "memory")
+    relay.send(GET.replace(b"/a?x=1", b'/a?q="\\'))
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    relay.send(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhalf")
+    upstream.connectionLost(Failure(error.ConnectionDone()))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert line == json.dumps(json.loads(line), separators=(",", ":"))
+    first, second = map(json.loads, lines)
+    assert first["uri"] == '/a?q="\\' and first["status"] == 200
+    assert second["error"] == "upstream: upstream closed in the middle of a response"
 
 
 def test_keepalive_and_header_timeouts_count_from_the_last_response_without_timer_churn() -> None:
