@@ -16,6 +16,7 @@ Retries (nginx's proxy_next_upstream, with its defaults made explicit):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -66,6 +67,8 @@ REPLAY_LIMIT: Final = 64 * 1024
 """Request body bytes kept so that a failed attempt can be sent again elsewhere."""
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NOT_FORWARDED: Final = frozenset({b"expect"})
+"""Request fields proxyd answers itself (Expect: 100-continue) beside the hop-by-hop ones."""
 _HOST_RE: Final = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?$")
 
 
@@ -81,9 +84,11 @@ def _tls_fields(tls: PeerTls) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=1024)
 def split_host(host: bytes) -> str | None:
     """The name of a Host value for routing: lower case, no port, no trailing dot; None when
-    the value is not a valid uri-host[:port] (RFC 9110 7.2)."""
+    the value is not a valid uri-host[:port] (RFC 9110 7.2). Cached: a listener sees the same
+    few Host values again and again."""
     match = _HOST_RE.match(host)
     if match is None:
         return None
@@ -318,8 +323,7 @@ class Exchange:
         upstream_path = path if path == "*" else rewrite_path(self.route, path)
         target = upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         request = self.request
-        fields = policy.remove_hop_by_hop(request.headers)
-        fields = [(k, v) for k, v in fields if k.lower() != b"expect"]
+        fields = policy.remove_hop_by_hop(request.headers, _NOT_FORWARDED)
         fields = policy.forward_request_headers(
             fields,
             self.ctx,

@@ -163,10 +163,6 @@ _VERSIONS: Final = frozenset({"1.0", "1.1"})
 _PER_FIELD: Final = 4  # ": " and CRLF around each field in the head size
 
 
-def _find(headers: Headers, name: bytes) -> list[bytes]:
-    return [value for key, value in headers if key.lower() == name]
-
-
 def _ends_chunked(transfer_encoding: list[bytes]) -> bool:
     """The final transfer coding is exactly `chunked` (RFC 9112 6.3)."""
     return transfer_encoding[-1].rsplit(b",", 1)[-1].strip().lower() == b"chunked"
@@ -356,12 +352,25 @@ class RequestReader(_Reader):
         if version not in _VERSIONS:
             self._fail(HttpError(505, f"HTTP/{version} is not supported"))
         headers = self._headers
-        hosts = _find(headers, b"host")
+        # One pass for the fields that frame or route the request.
+        hosts: list[bytes] = []
+        transfer_encoding: list[bytes] = []
+        lengths: list[bytes] = []
+        expect: list[bytes] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts.append(value)
+            elif lower == b"content-length":
+                lengths.append(value)
+            elif lower == b"transfer-encoding":
+                transfer_encoding.append(value)
+            elif lower == b"expect":
+                expect.append(value)
         if len(hosts) > 1:
             self._fail(HttpError(400, "more than one Host field"))
         if not hosts and version == "1.1":
             self._fail(HttpError(400, "HTTP/1.1 request without Host"))
-        transfer_encoding = _find(headers, b"transfer-encoding")
         if transfer_encoding and version == "1.0":
             # RFC 9112 6.1: faulty framing; a proxy must not guess.
             self._fail(HttpError(400, "Transfer-Encoding in an HTTP/1.0 request"))
@@ -369,13 +378,10 @@ class RequestReader(_Reader):
             # RFC 9112 6.3: a request body's length is then unknowable.
             self._fail(HttpError(400, "Transfer-Encoding does not end in chunked"))
         content_length = None
-        if not transfer_encoding:
-            lengths = _find(headers, b"content-length")
-            if lengths:
-                content_length = int(lengths[0])
-                if self.max_body_size and content_length > self.max_body_size:
-                    self._fail(HttpError(413, f"Content-Length over {self.max_body_size} bytes"))
-        expect = _find(headers, b"expect")
+        if lengths and not transfer_encoding:
+            content_length = int(lengths[0])
+            if self.max_body_size and content_length > self.max_body_size:
+                self._fail(HttpError(413, f"Content-Length over {self.max_body_size} bytes"))
         upgrade = parser.should_upgrade()
         if upgrade and transfer_encoding:
             self._framing_after_upgrade = b"Transfer-Encoding: chunked"
@@ -474,9 +480,17 @@ class ResponseReader(_Reader):
             self._fail(HttpError(502, f"upstream answered HTTP/{version}"))
         status = parser.get_status_code()
         headers = self._headers
-        transfer_encoding = _find(headers, b"transfer-encoding")
+        transfer_encoding: list[bytes] = []
+        lengths: list[bytes] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                lengths.append(value)
+            elif lower == b"transfer-encoding":
+                transfer_encoding.append(value)
         chunked = bool(transfer_encoding) and _ends_chunked(transfer_encoding)
-        lengths = [] if transfer_encoding else _find(headers, b"content-length")
+        if transfer_encoding:
+            lengths = []
         content_length = int(lengths[0]) if lengths else None
         no_body = status < 200 or status in (204, 304) or self._head_request
         close_delimited = not no_body and not chunked and content_length is None

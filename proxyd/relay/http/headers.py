@@ -8,6 +8,7 @@ a single pass over the fields with one `lower()` per name and no regular express
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -53,10 +54,10 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def remove_hop_by_hop(headers: Headers) -> Headers:
+def remove_hop_by_hop(headers: Headers, also: frozenset[bytes] = frozenset()) -> Headers:
     """Without HOP_BY_HOP fields and without every field named in Connection (RFC 9110
-    7.6.1); Content-Length and Host are kept."""
-    drop = HOP_BY_HOP
+    7.6.1); Content-Length and Host are kept. Fields named in `also` (lower case) go too."""
+    drop = HOP_BY_HOP | also if also else HOP_BY_HOP
     named = connection_tokens(headers)
     if named:
         drop = drop | (named - _NEVER_CONNECTION_OPTIONS)
@@ -174,13 +175,13 @@ _VIA: Final = b"via"
 _REQUEST_ID: Final = b"x-request-id"
 _FORWARDING: Final = frozenset({_XFF, _XFP, _XFH, _FORWARDED, _VIA, _REQUEST_ID})
 
-_TCHAR: Final = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
-"""RFC 9110 5.6.2 token characters."""
+_TOKEN: Final = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")
+"""RFC 9110 5.6.2 token (fullmatch)."""
 
 
 def _forwarded_value(text: str) -> str:
     """A Forwarded parameter value: a token as it is, else a quoted-string (RFC 7239 4)."""
-    if text and all(c in _TCHAR for c in text):
+    if _TOKEN.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
