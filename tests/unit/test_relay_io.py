@@ -4,6 +4,7 @@ ones) with a MemoryReactorClock, and on test transports."""
 
 from __future__ import annotations
 
+import platform
 import select
 import socket
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from proxyd.relay.io import SendBatch, send_now
+from proxyd.relay.io import SendBatch, retain_freed_memory, send_now
 
 
 class _Port:
@@ -131,3 +132,8 @@ def test_a_batch_writes_other_transports_at_once() -> None:
     SendBatch(reactor).send(transport, [b"now"])
     assert transport.value() == b"now"
     assert reactor.getDelayedCalls() == []
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_retain_freed_memory_is_applied_on_glibc() -> None:
+    assert retain_freed_memory()

@@ -36,7 +36,7 @@ from proxyd.relay.http.h1 import (
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool
-from proxyd.relay.io import SendBatch, Transport
+from proxyd.relay.io import SendBatch, Transport, retain_freed_memory
 from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -370,6 +370,10 @@ class HttpRelayFactory(Factory):
 
     def tunnel_closed(self) -> None:
         self.tunnels -= 1
+
+    def startFactory(self) -> None:
+        """Listening: large bodies are relayed without page faults from here on."""
+        retain_freed_memory()
 
     def set_listening_port(self, port: Any) -> None:
         """Nothing to do: HTTP listeners do not pause accepting."""
