@@ -76,6 +76,10 @@ class ClientConnection(TwistedProtocol):
         self._timer_kind = ""
         """"header", "keepalive", or "" while an exchange runs."""
         self.peer = Address("", 0)
+        self.peer_text = ""
+        """`peer` as the logs write it."""
+        self.peer_json = '""'
+        """`peer_text` as a JSON string, for the access log."""
         self.local = Address("", 0)
         self.trusted = False
         self.tls: PeerTls | None = None
@@ -87,13 +91,11 @@ class ClientConnection(TwistedProtocol):
     def channel(self) -> Transport:
         return cast(Transport, self.transport)
 
-    @property
-    def peer_text(self) -> str:
-        return str(self.peer)
-
     def connectionMade(self) -> None:
         channel = self.channel
         self.peer = _address(channel.getPeer())
+        self.peer_text = str(self.peer)
+        self.peer_json = json_string(self.peer_text)
         self.local = _address(channel.getHost())
         self.trusted = self.factory.is_trusted(self.peer.host)
         channel.registerProducer(self, True)
@@ -421,7 +423,7 @@ class HttpRelayFactory(Factory):
         ctx = exchange.ctx
         line = (
             f'{{"time":"{utc_millis(exchange.started)}","listener":{self._listener_json}'
-            f',"client":{json_string(exchange.client.peer_text)}'
+            f',"client":{exchange.client.peer_json}'
             f',"method":{json_string(request.method.decode("latin-1"))}'
             f',"uri":{json_string(request.target.decode("latin-1"))}'
             f',"status":{exchange.status:d},"bytes_in":{exchange.request_bytes:d}'
@@ -429,11 +431,11 @@ class HttpRelayFactory(Factory):
             f',"route":{json_value(route.name if route is not None else None)}'
             f',"upstream":{json_value(tried[-1].name if tried else None)}'
             f',"upstream_status":{json_value(exchange.upstream_status)}'
-            f',"upstream_connect_time":{json_value(_seconds(exchange.connect_time))}'
-            f',"upstream_header_time":{json_value(_seconds(exchange.header_time))}'
+            f',"upstream_connect_time":{_seconds_json(exchange.connect_time)}'
+            f',"upstream_header_time":{_seconds_json(exchange.header_time)}'
             f',"upstream_response_time":'
-            f"{json_value(_seconds(now - exchange._attempt_started if tried else None))}"
-            f',"request_time":{json_value(_seconds(now - exchange.started))}'
+            f"{_seconds_json(now - exchange._attempt_started if tried else None)}"
+            f',"request_time":{_seconds_json(now - exchange.started)}'
             f',"attempts":{len(tried):d}'
             f',"request_id":{json_value(ctx.request_id if ctx is not None else None)}'
         )
@@ -480,5 +482,6 @@ class HttpRelayFactory(Factory):
         )
 
 
-def _seconds(value: float | None) -> float | None:
-    return None if value is None else round(max(value, 0.0), 3)
+def _seconds_json(value: float | None) -> str:
+    """A duration in the access log: seconds, to the millisecond."""
+    return "null" if value is None else repr(round(max(value, 0.0), 3))
