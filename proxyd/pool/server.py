@@ -23,9 +23,11 @@ class Server:
     ejections: int = 0
     """Ejections in a row; the next ejection lasts eject_time * 2**ejections (capped)."""
     ejected_until: float = 0.0
+    name: str = attrs.field(init=False)
+    """`config.name` (the address as text), made once: it is in every access-log line."""
 
-    @property
-    def name(self) -> str:
+    @name.default
+    def _name(self) -> str:
         return self.config.name
 
     @property

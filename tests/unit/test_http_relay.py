@@ -29,7 +29,7 @@ from proxyd.config.model import (
     ServerConfig,
 )
 from proxyd.pool import Pool
-from proxyd.relay.http.server import ClientConnection, HttpRelayFactory
+from proxyd.relay.http.server import ClientConnection, HttpRelayFactory, _seconds_json
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
 
 GET = b"GET /a?x=1 HTTP/1.1\r\nHost: example.test\r\n\r\n"
@@ -479,6 +479,12 @@ def test_access_log_lines_are_what_the_json_encoder_writes() -> None:
     first, second = map(json.loads, lines)
     assert first["uri"] == '/a?q="\\' and first["status"] == 200
     assert second["error"] == "upstream: upstream closed in the middle of a response"
+
+
+@given(st.one_of(st.none(), st.floats(min_value=-10.0, max_value=1e6, allow_nan=False)))
+def test_durations_are_logged_as_the_encoder_writes_them_rounded(value: float | None) -> None:
+    expected = None if value is None else round(max(value, 0.0), 3)
+    assert _seconds_json(value) == json.dumps(expected)
 
 
 def test_keepalive_and_header_timeouts_count_from_the_last_response_without_timer_churn() -> None:

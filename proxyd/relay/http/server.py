@@ -484,4 +484,9 @@ class HttpRelayFactory(Factory):
 
 def _seconds_json(value: float | None) -> str:
     """A duration in the access log: seconds, to the millisecond."""
-    return "null" if value is None else repr(round(max(value, 0.0), 3))
+    if value is None:
+        return "null"
+    # repr(round(max(value, 0.0), 3)), as the JSON encoder would write it, for less: both
+    # round the exact binary value half to even.
+    text = f"{max(value, 0.0):.3f}".rstrip("0")
+    return text + "0" if text[-1] == "." else text
