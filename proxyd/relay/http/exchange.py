@@ -57,7 +57,6 @@ from proxyd.relay.session import Attempts, IdleTimer, client_hash_key
 from proxyd.tls import PeerTls, describe_failure
 
 if TYPE_CHECKING:
-    from proxyd.clock import DelayedCall
     from proxyd.relay.http.server import ClientConnection
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -169,7 +168,8 @@ class Exchange:
         self.upstream_status: int | None = None
         self.connect_time: float | None = None
         self.header_time: float | None = None
-        self._response_timer: DelayedCall | None = None
+        self._awaiting_response = False
+        """The response timeout runs (on the client connection's timer)."""
         self._sticky_cookie: bytes | None = None
         # Response side.
         self.response: Response | None = None
@@ -534,15 +534,14 @@ class Exchange:
 
     def _request_sent(self) -> None:
         self.client.resume_reading("upstream")
-        if self.response is None and self._response_timer is None and not self.finished:
-            self._response_timer = self.clock.callLater(
-                self.config.response_timeout, self._response_timed_out
-            )
+        if self.response is None and not self._awaiting_response and not self.finished:
+            self._awaiting_response = True
+            self.client.expect_response(self, self.config.response_timeout)
 
     def _cancel_response_timer(self) -> None:
-        timer, self._response_timer = self._response_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        if self._awaiting_response:
+            self._awaiting_response = False
+            self.client.stop_expecting_response()
 
     # Upstream events, called by the connection.
 
@@ -602,8 +601,9 @@ class Exchange:
         else:
             self.fail(502, f"upstream: {why}")
 
-    def _response_timed_out(self) -> None:
-        self._response_timer = None
+    def response_timed_out(self) -> None:
+        """No response head within response_timeout (called by the client connection)."""
+        self._awaiting_response = False
         if self.finished or self.response is not None:
             return
         why = f"no response within {self.config.response_timeout:g}s"

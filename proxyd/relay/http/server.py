@@ -75,6 +75,11 @@ class ClientConnection(TwistedProtocol):
         self._deadline = 0.0
         self._timer_kind = ""
         """"header", "keepalive", or "" while an exchange runs."""
+        self._response_call: DelayedCall | None = None
+        self._response_call_at = 0.0
+        self._response_deadline = 0.0
+        self._awaiting: Exchange | None = None
+        """The exchange whose response timeout runs."""
         self.peer = Address("", 0)
         self.peer_text = ""
         """`peer` as the logs write it."""
@@ -127,6 +132,10 @@ class ClientConnection(TwistedProtocol):
         self.lost = True
         self.factory.connections -= 1
         self._cancel_timer()
+        self._awaiting = None
+        response_call, self._response_call = self._response_call, None
+        if response_call is not None:
+            response_call.cancel()
         if self.tunnel is not None:
             self.tunnel.client_lost(reason)
             return
@@ -290,6 +299,39 @@ class ClientConnection(TwistedProtocol):
             timer.cancel()
         self._timer_at = deadline
         self._timer = clock.callLater(delay, self._timer_fired)
+
+    def expect_response(self, exchange: Exchange, timeout: float) -> None:
+        """Call exchange.response_timed_out() unless stop_expecting_response() comes within
+        `timeout`. As for the timers above, one delayed call serves every exchange of the
+        connection: armed once, it is moved only when it would fire too late, and re-armed
+        for the rest when it fires early."""
+        clock = self.factory.reactor
+        self._awaiting = exchange
+        self._response_deadline = deadline = clock.seconds() + timeout
+        call = self._response_call
+        if call is not None:
+            if self._response_call_at <= deadline:
+                return
+            call.cancel()
+        self._response_call_at = deadline
+        self._response_call = clock.callLater(timeout, self._response_due)
+
+    def stop_expecting_response(self) -> None:
+        self._awaiting = None
+
+    def _response_due(self) -> None:
+        self._response_call = None
+        exchange = self._awaiting
+        if exchange is None:
+            return
+        clock = self.factory.reactor
+        remaining = self._response_deadline - clock.seconds()
+        if remaining > 0:
+            self._response_call_at = self._response_deadline
+            self._response_call = clock.callLater(remaining, self._response_due)
+            return
+        self._awaiting = None
+        exchange.response_timed_out()
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
