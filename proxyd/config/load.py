@@ -212,7 +212,11 @@ _WEBSOCKET_MESSAGE_KEYS = (
 # One schema per section kind: key -> parser. Defaults live on the model classes.
 SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     # kind: (model class, takes a NAME, keys)
-    "proxyd": (GlobalConfig, False, {"access_log": Key(v.log_target)}),
+    "proxyd": (
+        GlobalConfig,
+        False,
+        {"access_log": Key(v.log_target), "workers": Key(v.workers)},
+    ),
     "pool": (
         PoolConfig,
         True,
@@ -330,16 +334,20 @@ _BUILD_ORDER = ("proxyd", "pool", "tcp", "udp", "websocket", "route", "http", "h
 
 def load(path: str) -> Config:
     """Read and validate `path`; raises ConfigErrors listing every problem found."""
+    return loads(read(path), path)
+
+
+def read(path: str) -> str:
+    """The text of the config file `path`; raises ConfigErrors if it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
         raise ConfigErrors(
             [ConfigError(path, None, None, None, "a readable file", e.strerror or str(e))]
         ) from None
     except UnicodeDecodeError as e:
         raise ConfigErrors([ConfigError(path, None, None, None, "UTF-8 text", str(e))]) from None
-    return loads(text, path)
 
 
 def loads(text: str, path: str = "<config>") -> Config:
@@ -380,10 +388,12 @@ def loads(text: str, path: str = "<config>") -> Config:
         built[section.kind][name] = obj
         lines[(section.kind, name)] = section
 
+    global_config = built["proxyd"].get("", GlobalConfig())
+    if global_config.workers > 1:
+        errors.extend(_unshareable_listeners(path, built, lines))
     if errors:
         errors.sort(key=lambda e: e.line or 0)
         raise ConfigErrors(errors)
-    global_config = built["proxyd"].get("", GlobalConfig())
 
     def inherit(kind: str, listener: Any) -> Any:
         if "access_log" in lines[(kind, listener.name)].entries:
@@ -416,6 +426,34 @@ def loads(text: str, path: str = "<config>") -> Config:
         udp=udp,
         websocket=websocket,
     )
+
+
+_SHAREABLE = ("tcp", "tcp6", "unix")
+"""Endpoint kinds whose listening sockets the master can pass to worker processes."""
+
+
+def _unshareable_listeners(
+    path: str, built: Mapping[str, Mapping[str, Any]], lines: Mapping[tuple[str, str], Section]
+) -> list[ConfigError]:
+    """With workers above 1, each stream listener's `listen` must be a kind of _SHAREABLE."""
+    errors = []
+    for kind in ("tcp", "http", "https", "websocket"):
+        for name, listener in built[kind].items():
+            endpoint_kind = v.split_endpoint(listener.listen)[0].lower()
+            if endpoint_kind not in _SHAREABLE:
+                section = lines[(kind, name)]
+                errors.append(
+                    ConfigError(
+                        path,
+                        section.entries["listen"].line,
+                        section.title,
+                        "listen",
+                        "a tcp:, tcp6: or unix: endpoint when [proxyd] workers is above 1 (its"
+                        " sockets are passed to the worker processes)",
+                        repr(listener.listen),
+                    )
+                )
+    return errors
 
 
 def _with_lines(parsed: tuple[RouteConfig, ...], entry: Entry) -> tuple[RouteConfig, ...]:

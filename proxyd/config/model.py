@@ -548,6 +548,10 @@ class GlobalConfig:
     """`[proxyd]`: process-wide settings."""
 
     access_log: str = "-"
+    workers: int = 1
+    """Processes that serve the listeners; above 1, a master process binds the listeners,
+    runs the health checks and supervises them (proxyd.workers). `auto` is read as the
+    number of CPUs proxyd may run on."""
 
 
 @attrs.frozen

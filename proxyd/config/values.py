@@ -206,6 +206,26 @@ def endpoint(text: str) -> str:
     return text
 
 
+def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """A Twisted endpoint string's kind, positional and keyword arguments (`\\:` escapes)."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    kind, args = parts[0], parts[1:]
+    positional = [arg for arg in args if "=" not in arg]
+    keywords = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    return kind, positional, keywords
+
+
 def udp_endpoint(text: str) -> str:
     """`udp:PORT[:interface=ADDRESS]`, the udp: endpoint Twisted does not have: PORT 1-65535,
     ADDRESS an IPv4 or IPv6 address (IPv6 with its colons escaped as `\\:`, as Twisted's
@@ -227,6 +247,19 @@ def udp_endpoint(text: str) -> str:
             raise Invalid(expected, repr(text), "the interface must be an IP address") from None
         return f"udp:{int(port)}:interface={address}"
     return f"udp:{int(port)}"
+
+
+MAX_WORKERS = 256
+
+
+def workers(text: str) -> int:
+    """`auto` (one per CPU this process may run on) or a number of worker processes."""
+    if text.strip() == "auto":
+        return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    try:
+        return integer(1, MAX_WORKERS)(text)
+    except Invalid:
+        raise Invalid(f"'auto' or a whole number from 1 to {MAX_WORKERS}", repr(text)) from None
 
 
 def log_target(text: str) -> str:

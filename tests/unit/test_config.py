@@ -22,6 +22,7 @@ from proxyd.config.model import (
 )
 from proxyd.config.values import duration
 from proxyd.pool.balance import ALGORITHMS
+from tests.certs import TestCA
 
 GOOD = """\
 ; a comment
@@ -354,3 +355,35 @@ def test_any_text_either_loads_or_raises_config_errors(text: str) -> None:
         loads(text)
     except ConfigErrors as e:
         assert all(str(err) for err in e.errors)
+
+
+def test_workers_default_to_one_and_take_a_number_or_auto() -> None:
+    assert loads("[pool a]\nservers = 127.0.0.1:1\n").proxyd.workers == 1
+    assert loads("[proxyd]\nworkers = 8\n").proxyd.workers == 8
+    assert loads("[proxyd]\nworkers = auto\n").proxyd.workers == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("value", ["0", "257", "-1", "two", "1.5", "Auto "])
+def test_bad_worker_counts_are_errors(value: str) -> None:
+    assert errors_of(f"[proxyd]\nworkers = {value}\n") == [
+        "proxyd.ini:2: [proxyd] workers: expected 'auto' or a whole number from 1 to 256;"
+        f" found {value.strip()!r}"
+    ]
+
+
+def test_with_workers_a_listener_must_be_one_whose_socket_can_be_passed_on(tmp_path) -> None:
+    config = (
+        "[proxyd]\nworkers = {workers}\n"
+        "[pool a]\nservers = 127.0.0.1:1\n"
+        "[tcp fine]\nlisten = unix:{path}\npool = a\n"
+        "[tcp other]\nlisten = tcp6:0:interface=\\:\\:1\npool = a\n"
+        "[tcp tls]\nlisten = ssl:0:privateKey={pem}\npool = a\n"
+    )
+    pem = TestCA().issue("site.test").write(tmp_path / "site.pem")
+    one = config.format(workers=1, path=tmp_path / "s", pem=pem)
+    assert loads(one).tcp[2].listen == f"ssl:0:privateKey={pem}"
+    assert errors_of(config.format(workers=2, path=tmp_path / "s", pem=pem)) == [
+        "proxyd.ini:12: [tcp tls] listen: expected a tcp:, tcp6: or unix: endpoint when"
+        " [proxyd] workers is above 1 (its sockets are passed to the worker processes);"
+        f" found 'ssl:0:privateKey={pem}'"
+    ]
