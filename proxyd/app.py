@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application import service
@@ -22,12 +24,31 @@ from proxyd.relay.dns import DnsListener
 from proxyd.relay.http.server import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.relay.tcp import TcpRelayFactory
-from proxyd.relay.udp import UdpListener
+from proxyd.relay.udp import MAX_PACKET, UdpListener
 from proxyd.relay.websocket import WebSocketRelayFactory
 from proxyd.relay.websocket_policy import OriginPolicy
 from proxyd.tls import ClientTls, ServerTls
+from proxyd.workers.sockets import NotShareable, SharedPort, bind_datagram, bind_stream
 
 log = Logger()
+
+_COUNTERS = (
+    "connections",
+    "requests",
+    "tunnels",
+    "tunnels_total",
+    "active",
+    "total",
+    "messages_in",
+    "messages_out",
+    "dropped_sessions",
+    "dropped_oversized",
+    "dropped_no_server",
+    "malformed",
+    "unmatched",
+    "failed",
+)
+"""The relays' counters (attributes of their factories) that counters() reports."""
 
 
 class StartupError(Exception):
@@ -36,7 +57,12 @@ class StartupError(Exception):
 
 class ListenerService(service.Service):
     """One listening endpoint. bind() listens at once so that errors surface before the
-    process daemonizes; stopService stops accepting."""
+    process daemonizes; stopService stops accepting.
+
+    With worker processes, the master calls bind_shared() instead (it binds but never
+    accepts), and each worker adopt()s the socket the master passed it."""
+
+    name: str
 
     def __init__(self, reactor: Any, name: str, description: str, factory: Any) -> None:
         self.setName(name)
@@ -44,6 +70,31 @@ class ListenerService(service.Service):
         self.description = description
         self.factory = factory
         self.port: Any = None
+        self.shared: SharedPort | None = None
+
+    def _cannot_listen(self, why: str) -> StartupError:
+        return StartupError(f"proxyd: [{self.name}] cannot listen on {self.description}: {why}")
+
+    def bind_shared(self, workers: int) -> SharedPort:
+        """Bind the sockets `workers` worker processes will accept on (proxyd.workers)."""
+        try:
+            self.shared = bind_stream(self._reactor, self.description, workers)
+        except CannotListenError as e:
+            raise self._cannot_listen(_why(e)) from None
+        except NotShareable as e:
+            raise StartupError(f"proxyd: [{self.name}] {e}") from None
+        return self.shared
+
+    def adopt(self, fd: int, family: int) -> None:
+        """Accept on the socket the master passed as `fd` (closed here: Twisted keeps a
+        duplicate)."""
+        tls: ServerTls | None = getattr(self.factory, "tls", None)
+        listening = tls.wrap(self.factory, self._reactor) if tls is not None else self.factory
+        try:
+            self.port = self._reactor.adoptStreamPort(fd, family, listening)
+        finally:
+            os.close(fd)
+        self.factory.set_listening_port(self.port)
 
     def bind(self) -> None:
         endpoint = serverFromString(self._reactor, self.description)
@@ -53,23 +104,23 @@ class ListenerService(service.Service):
         endpoint.listen(listening).addBoth(result.append)
         outcome = result[0]
         if not IListeningPort.providedBy(outcome):
-            error = outcome.value
-            if isinstance(error, CannotListenError) and error.socketError is not None:
-                why = error.socketError.strerror or str(error.socketError)
-            else:
-                why = str(error)
-            raise StartupError(f"proxyd: [{self.name}] cannot listen on {self.description}: {why}")
+            raise self._cannot_listen(_why(outcome.value))
         self.port = outcome
         self.factory.set_listening_port(outcome)
 
     def startService(self) -> None:
         super().startService()
+        if self.port is None and self.shared is None:
+            return  # a worker's listener, not adopted yet: the master says where it listens
         log.info(
             "[{listener}] listening on {endpoint}", listener=self.name, endpoint=self.description
         )
 
     def stopService(self) -> Any:
         super().stopService()
+        if self.shared is not None:
+            shared, self.shared = self.shared, None
+            shared.close()
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
@@ -89,10 +140,21 @@ class UdpListenerService(ListenerService):
         try:
             self.port = self.relay.listen()
         except CannotListenError as e:
-            why = e.socketError.strerror if e.socketError is not None else str(e)
-            raise StartupError(
-                f"proxyd: [{self.name}] cannot listen on {self.description}: {why}"
-            ) from None
+            raise self._cannot_listen(_why(e)) from None
+
+    def bind_shared(self, workers: int) -> SharedPort:
+        config = self.relay.config
+        try:
+            self.shared = bind_datagram(config.interface, config.port, workers)
+        except CannotListenError as e:
+            raise self._cannot_listen(_why(e)) from None
+        return self.shared
+
+    def adopt(self, fd: int, family: int) -> None:
+        try:
+            self.port = self._reactor.adoptDatagramPort(fd, family, self.relay, MAX_PACKET)
+        finally:
+            os.close(fd)
 
     def stopService(self) -> Any:
         self.relay.stop()
@@ -102,15 +164,22 @@ class UdpListenerService(ListenerService):
 class ProxydService(service.MultiService):
     """The whole proxy: the health service and every listener, over shared pools."""
 
-    def __init__(self, reactor: Any, config: Config, handle_signals: bool = False) -> None:
-        """With `handle_signals`, SIGHUP reloads the certificates (see reload_certificates)."""
+    def __init__(
+        self, reactor: Any, config: Config, handle_signals: bool = False, worker: bool = False
+    ) -> None:
+        """With `handle_signals`, SIGHUP reloads the certificates (see reload_certificates).
+        A `worker` process runs no health checks (its health state comes from the master,
+        through set_health()) and leaves the config's warnings to the master."""
         super().__init__()
         self.config = config
         self._reactor = reactor
         self._handle_signals = handle_signals
         self.pools = {name: Pool(pc, reactor) for name, pc in config.pools.items()}
-        self.health = HealthService(reactor, self.pools)
-        self.health.setServiceParent(self)
+        self._worker = worker
+        self.health: HealthService | None = None
+        if not worker:
+            self.health = HealthService(reactor, self.pools)
+            self.health.setServiceParent(self)
         self._logs: dict[str, AccessLog] = {}
         self.listeners: list[ListenerService] = []
         tcp_tls = {
@@ -196,9 +265,55 @@ class ProxydService(service.MultiService):
                     listener.port = None
             raise
 
+    def bind_shared(self, workers: int) -> dict[str, SharedPort]:
+        """As bind(), for `workers` worker processes: the sockets to pass them, by listener."""
+        shared: dict[str, SharedPort] = {}
+        try:
+            for listener in self.listeners:
+                shared[listener.name] = listener.bind_shared(workers)
+        except StartupError:
+            for sockets in shared.values():
+                sockets.close()
+            raise
+        return shared
+
+    def adopt(self, sockets: Mapping[str, tuple[int, int]]) -> None:
+        """Accept on the sockets (fd, address family) the master passed, by listener."""
+        for listener in self.listeners:
+            fd, family = sockets[listener.name]
+            listener.adopt(fd, family)
+            log.debug("[{listener}] accepting", listener=listener.name)
+
+    def set_health(self, pool: str, server: str, up: bool, reason: str) -> None:
+        """The master's health checks' verdict on `server` of `pool` (in a worker)."""
+        for candidate in self.pools[pool].servers:
+            if candidate.name == server:
+                self.pools[pool].set_health(candidate, up, reason)
+
+    def counters(self) -> dict[str, Any]:
+        """The relays' counters by listener and the connections open to each server, as
+        numbers that add up across worker processes."""
+        listeners: dict[str, dict[str, int]] = {}
+        for listener in self.listeners:
+            found = {
+                name: value
+                for name in _COUNTERS
+                if isinstance(value := getattr(listener.factory, name, None), int)
+            }
+            sessions = getattr(listener.factory, "sessions", None)
+            if sessions is not None:
+                found["sessions"] = len(sessions)
+            listeners[listener.name] = found
+        servers = {
+            f"{pool.name}/{server.name}": {"active": server.active}
+            for pool in self.pools.values()
+            for server in pool.servers
+        }
+        return {"listeners": listeners, "servers": servers}
+
     def startService(self) -> None:
         super().startService()
-        for warning in warnings(self.config):
+        for warning in [] if self._worker else warnings(self.config):
             log.warn("{warning}", warning=warning)
         if self._handle_signals:
             signal.signal(signal.SIGHUP, self._on_sighup)
@@ -248,6 +363,12 @@ class ProxydService(service.MultiService):
         for access_log in self._logs.values():
             access_log.close()
         return result
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, CannotListenError) and error.socketError is not None:
+        return error.socketError.strerror or str(error.socketError)
+    return str(error)
 
 
 def _read_error_pages(pages: tuple[tuple[int, str], ...]) -> dict[int, bytes]:

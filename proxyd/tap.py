@@ -7,7 +7,7 @@ from typing import Any
 from twisted.python import usage
 
 from proxyd.config.errors import ConfigErrors
-from proxyd.config.load import load
+from proxyd.config.load import loads, read
 
 
 class Options(usage.Options):
@@ -22,18 +22,27 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:
-    """Validate the config and bind every listener, or exit with one line per problem."""
+    """Validate the config and bind every listener, or exit with one line per problem.
+    With `workers` above 1, the service is the master of that many worker processes."""
     from twisted.internet import reactor
 
     from proxyd.app import ProxydService, StartupError
 
+    path = options["config"]
     try:
-        config = load(options["config"])
+        text = read(path)
+        config = loads(text, path)
     except ConfigErrors as e:
         raise SystemExit(f"{e}\nproxyd: configuration invalid, not starting") from None
-    proxy = ProxydService(reactor, config, handle_signals=True)
+    workers = config.proxyd.workers
+    proxy = ProxydService(reactor, config, handle_signals=workers == 1)
     try:
-        proxy.bind()
+        if workers == 1:
+            proxy.bind()
+            return proxy
+        shared = proxy.bind_shared(workers)
     except (StartupError, OSError) as e:
         raise SystemExit(str(e)) from None
-    return proxy
+    from proxyd.workers.master import Master
+
+    return Master(reactor, proxy, shared, text, workers, handle_signals=True)

@@ -60,7 +60,7 @@ def proxyd(tmp_path: Path, processes: ProcessList) -> Iterator[Callable[..., Pro
 
     problems = []
     for instance in started:
-        died_early = not instance.process.alive
+        died_early = not instance.process.alive and not instance.stopped_by_test
         status = instance.process.stop()
         if died_early:
             problems.append(f"proxyd exited by itself with status {status}")

@@ -261,10 +261,18 @@ class Proxyd:
         self.process = process
         self.config_path = config_path
         self.access_log = access_log
+        self.stopped_by_test = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM to proxyd's own process (not its group) and its exit status. twistd ends
+        by raising the signal that stopped it again, so a clean stop is -SIGTERM."""
+        self.stopped_by_test = True
+        os.kill(self.pid, signal.SIGTERM)
+        return self.process.popen.wait(timeout)
 
     def log(self) -> str:
         return self.process.output()

@@ -1,0 +1,107 @@
+"""The AMP commands between the master and its workers, over a Unix socket pair each.
+
+master -> worker: SetHealth (a server's active-check state), Serve (start accepting), Reload.
+master -> worker, answered: Counters (the worker's counters, summed by the master).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.protocol import connectionDone
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+_CHUNK = 60000
+"""Bytes per AMP value (AMP's limit is 65535)."""
+
+
+class Json(amp.Argument):
+    """Any JSON value, split over as many AMP values as it needs (`name`, `name.0`, ...)."""
+
+    def toBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        data = json.dumps(objects[name.decode()], separators=(",", ":")).encode()
+        chunks = [data[i : i + _CHUNK] for i in range(0, len(data), _CHUNK)]
+        strings[name] = b"%d" % len(chunks)
+        for index, chunk in enumerate(chunks):
+            strings[b"%s.%d" % (name, index)] = chunk
+
+    def fromBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        count = int(strings[name])
+        data = b"".join(strings[b"%s.%d" % (name, index)] for index in range(count))
+        objects[name.decode()] = json.loads(data)
+
+
+class Agent(amp.AMP):
+    """AMP without the info lines AMP logs when each connection is made and lost: a worker's
+    start and end are logged by the master in words an operator reads."""
+
+    def makeConnection(self, transport: Any) -> None:
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
+
+
+class AgentFactory:
+    """adoptStreamConnection wants a factory; this one builds the one agent of a socket pair's
+    end."""
+
+    def __init__(self, agent: amp.AMP) -> None:
+        self.agent = agent
+
+    def doStart(self) -> None:
+        """Nothing to start."""
+
+    def doStop(self) -> None:
+        """Nothing to stop."""
+
+    def buildProtocol(self, addr: Any) -> amp.AMP:
+        return self.agent
+
+
+class SetHealth(amp.Command):
+    """The master's health checks say `server` of `pool` is up or down."""
+
+    arguments = [
+        (b"pool", amp.Unicode()),
+        (b"server", amp.Unicode()),
+        (b"up", amp.Boolean()),
+        (b"reason", amp.Unicode()),
+    ]
+    response = []
+
+
+class Serve(amp.Command):
+    """Start accepting on every listener (sent after the health state, so that a new worker
+    never routes to a server the checks know is down)."""
+
+    arguments = []
+    response = []
+
+
+class Reload(amp.Command):
+    """SIGHUP reached the master: read the TLS certificates anew."""
+
+    arguments = []
+    response = []
+
+
+class Counters(amp.Command):
+    """The worker's counters (ProxydService.counters)."""
+
+    arguments = []
+    response = [(b"counters", Json())]
+
+
+def add_counters(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    """Add `more` into `total` key by key: numbers are summed, dicts are added recursively."""
+    for key, value in more.items():
+        if isinstance(value, Mapping):
+            add_counters(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+    return total

@@ -1,0 +1,340 @@
+"""The master of `[proxyd] workers = N`: binds, checks, supervises; the workers serve.
+
+The master validated the config and bound every listener before twistd daemonized and dropped
+privileges (tap.py), so privileged ports and `--uid` work as with one process. When it starts,
+it runs the health checks (ProxydService without relays serving) and starts N worker
+processes (proxyd.workers.worker), each with the config text, its listening sockets
+(sockets.py) and one end of a Unix socket pair for AMP (commands.py). Health changes go to
+every worker as they happen, and to a new worker before it accepts; counters come back on
+request and are summed. A worker that exits is started again (after a growing delay when it
+keeps dying young) on the same sockets; the connections it held are lost, nobody else's.
+SIGHUP is passed on to every worker; stopping the master stops every worker (SIGTERM, then
+SIGKILL after STOP_TIMEOUT) before the master's own sockets close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any, cast
+
+from twisted.application import service
+from twisted.internet import error
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+import proxyd
+from proxyd.app import ProxydService
+from proxyd.pool.pool import ServerEvent
+from proxyd.workers.commands import (
+    Agent,
+    AgentFactory,
+    Counters,
+    Reload,
+    Serve,
+    SetHealth,
+    add_counters,
+)
+from proxyd.workers.sockets import SharedPort
+from proxyd.workers.worker import MASTER_FD
+
+STOP_TIMEOUT = 10.0
+"""Seconds a stopping worker has before it is killed."""
+
+YOUNG = 10.0
+"""A worker that exits within this many seconds of its start died young: each death in a row
+doubles the delay before the next start, from RESTART_DELAY up to RESTART_DELAY_MAX."""
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 30.0
+
+log = Logger()
+
+
+class WorkerProcess(ProcessProtocol):
+    """One worker process: its AMP connection to the master and its log records (stderr)."""
+
+    def __init__(self, master: Master, index: int) -> None:
+        self.master = master
+        self.index = index
+        self.pid: int | None = None
+        self.agent: amp.AMP | None = None
+        self.started = master.reactor.seconds()
+        self.serving = False
+        self._stderr = b""
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != 2:
+            return
+        *lines, self._stderr = (self._stderr + data).split(b"\n")
+        for line in lines:
+            relay_log(line, self.index, self.pid)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._stderr:
+            relay_log(self._stderr, self.index, self.pid)
+            self._stderr = b""
+        if self.agent is not None and self.agent.transport is not None:
+            cast(Any, self.agent.transport).loseConnection()
+        self.master.worker_ended(self, reason)
+
+    def signal(self, name: str) -> None:
+        with contextlib.suppress(error.ProcessExitedAlready):
+            cast(Any, self.transport).signalProcess(name)
+
+
+def relay_log(line: bytes, index: int, pid: int | None) -> None:
+    """Publish a worker's log record (a JSON record of jsonFileLogObserver) as the master's
+    own, marked with the worker; anything else the worker wrote to stderr (a Python crash
+    before its logging began) is logged as a warning line by line."""
+    text = line.decode("utf-8", "replace")
+    if text.startswith("\x1e"):
+        try:
+            event = eventFromJSON(text[1:])
+        except ValueError:
+            event = None
+        if event is not None:
+            level = event.get("log_level")
+            namespace = event.get("log_namespace", "-")
+            event["log_system"] = f"worker {index}#{getattr(level, 'name', '-')} {namespace}"
+            event["worker"] = index
+            event["worker_pid"] = pid
+            globalLogPublisher(event)
+            return
+    text = text.strip()
+    if text:
+        log.warn("worker {worker} (pid {pid}): {line}", worker=index, pid=pid, line=text)
+
+
+class Master(service.MultiService):
+    """Runs `proxy`'s health checks and `count` workers serving its listeners' `shared`
+    sockets. `proxy` was built from `config_text`, which each worker builds its own from."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        proxy: ProxydService,
+        shared: dict[str, SharedPort],
+        config_text: str,
+        count: int,
+        handle_signals: bool = False,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.proxy = proxy
+        proxy.setServiceParent(self)
+        self.shared = shared
+        self.config_text = config_text
+        self.count = count
+        self._handle_signals = handle_signals
+        self.workers: dict[int, WorkerProcess] = {}
+        self._deaths: dict[int, int] = {}
+        self._restarts: dict[int, Any] = {}
+        self._unsubscribe: list[Any] = []
+        self._stopping: Deferred[None] | None = None
+        self._kill: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        for pool in self.proxy.pools.values():
+            self._unsubscribe.append(pool.subscribe(self._health_changed))
+        if self._handle_signals:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        log.info("master (pid {pid}) starting {count} workers", pid=os.getpid(), count=self.count)
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds: dict[int, Any] = {0: "w", 1: 1, 2: "r", MASTER_FD: child.fileno()}
+        listeners: dict[str, tuple[int, int]] = {}
+        for number, (name, shared) in enumerate(self.shared.items(), start=MASTER_FD + 1):
+            fds[number] = shared.for_worker(index).fileno()
+            listeners[name] = (number, shared.family)
+        worker = WorkerProcess(self, index)
+        executable = sys.executable
+        try:
+            self.reactor.spawnProcess(
+                worker,
+                executable,
+                [executable, "-m", "proxyd.workers.worker"],
+                env=_environment(),
+                childFDs=fds,
+            )
+        finally:
+            child.close()
+        agent = Agent()
+        try:
+            self.reactor.adoptStreamConnection(parent.fileno(), socket.AF_UNIX, AgentFactory(agent))
+        finally:
+            parent.close()
+        worker.agent = agent
+        self.workers[index] = worker
+        setup = {
+            "index": index,
+            "path": self.proxy.config.path,
+            "config": self.config_text,
+            "listeners": listeners,
+        }
+        stdin = cast(Any, worker.transport)
+        stdin.write(json.dumps(setup).encode())
+        stdin.closeStdin()
+        for pool in self.proxy.pools.values():
+            for server in pool.servers:
+                self._tell(worker, SetHealth, pool.name, server, server.healthy)
+        agent.callRemote(Serve).addCallbacks(
+            lambda _: self._serving(worker), lambda f: self._not_serving(worker, f)
+        )
+
+    def _serving(self, worker: WorkerProcess) -> None:
+        worker.serving = True
+        log.info("worker {worker} (pid {pid}) serving", worker=worker.index, pid=worker.pid)
+
+    def _not_serving(self, worker: WorkerProcess, failure: Failure) -> None:
+        if self._stopping is None and self.workers.get(worker.index) is worker:
+            log.error(
+                "worker {worker} (pid {pid}) did not start serving: {why}",
+                worker=worker.index,
+                pid=worker.pid,
+                why=failure.getErrorMessage(),
+            )
+            worker.signal("KILL")
+
+    def _tell(self, worker: WorkerProcess, command: type[amp.Command], *args: Any) -> None:
+        """Send `command` without waiting for its answer; a worker that is gone is restarted
+        and told again then."""
+        if worker.agent is None:
+            return
+        if command is SetHealth:
+            pool, server, up = args
+            call = worker.agent.callRemote(
+                SetHealth, pool=pool, server=server.name, up=up, reason=server.health_reason
+            )
+        else:
+            call = worker.agent.callRemote(command)
+        call.addErrback(lambda _: None)
+
+    def _health_changed(self, event: ServerEvent) -> None:
+        pool = self.proxy.pools[event.pool]
+        for server in pool.servers:
+            if server.name == event.server:
+                for worker in list(self.workers.values()):
+                    self._tell(worker, SetHealth, pool.name, server, server.healthy)
+
+    def worker_ended(self, worker: WorkerProcess, reason: Failure) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        how = _exit_description(reason)
+        if self._stopping is not None:
+            log.info(
+                "worker {worker} (pid {pid}) {how}", worker=worker.index, pid=worker.pid, how=how
+            )
+            if not self.workers:
+                self._stopping.callback(None)
+            return
+        lived = self.reactor.seconds() - worker.started
+        deaths = self._deaths.get(worker.index, 0) + 1 if lived < YOUNG else 0
+        self._deaths[worker.index] = deaths
+        delay = min(RESTART_DELAY * 2 ** (deaths - 1), RESTART_DELAY_MAX) if deaths else 0.0
+        log.error(
+            "worker {worker} (pid {pid}) {how} after {lived:.1f}s; its connections are lost;"
+            " starting it again in {delay:g}s",
+            worker=worker.index,
+            pid=worker.pid,
+            how=how,
+            lived=lived,
+            delay=delay,
+        )
+        self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def reload(self) -> None:
+        """Ask every worker to read its TLS certificates anew (SIGHUP)."""
+        log.info("reload: asking {count} workers", count=len(self.workers))
+        for worker in list(self.workers.values()):
+            self._tell(worker, Reload)
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def counters(self) -> Deferred[dict[str, Any]]:
+        """ProxydService.counters() summed over the workers that answer, with `workers`, how
+        many did."""
+        serving = [w for w in self.workers.values() if w.serving and w.agent is not None]
+        if not serving:
+            return succeed({"workers": 0})
+        calls = [w.agent.callRemote(Counters) for w in serving if w.agent is not None]
+
+        def add(results: list[tuple[bool, Any]]) -> dict[str, Any]:
+            total: dict[str, Any] = {"workers": 0}
+            for ok, answer in results:
+                if ok:
+                    add_counters(total, answer["counters"])
+                    total["workers"] += 1
+            return total
+
+        return DeferredList(calls, consumeErrors=True).addCallback(add)
+
+    def stopService(self) -> Deferred[None]:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        for restart in self._restarts.values():
+            if restart.active():
+                restart.cancel()
+        self._restarts.clear()
+        self._stopping = Deferred()
+        if not self.workers:
+            self._stopping.callback(None)
+        else:
+            log.info("stopping {count} workers", count=len(self.workers))
+            for worker in list(self.workers.values()):
+                worker.signal("TERM")
+            self._kill = self.reactor.callLater(STOP_TIMEOUT, self._kill_workers)
+
+        def stopped(_: None) -> Any:
+            if self._kill is not None and self._kill.active():
+                self._kill.cancel()
+            return service.MultiService.stopService(self)
+
+        return self._stopping.addCallback(stopped)
+
+    def _kill_workers(self) -> None:
+        for worker in list(self.workers.values()):
+            log.warn(
+                "worker {worker} (pid {pid}) still running after {timeout:g}s, killing it",
+                worker=worker.index,
+                pid=worker.pid,
+                timeout=STOP_TIMEOUT,
+            )
+            worker.signal("KILL")
+
+
+def _exit_description(reason: Failure) -> str:
+    value = reason.value
+    code = getattr(value, "exitCode", None)
+    signum = getattr(value, "signal", None)
+    if signum is not None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        return f"was killed by {name}"
+    return f"exited with status {code if code is not None else 0}"
+
+
+def _environment() -> dict[str, str]:
+    """The master's environment, with proxyd importable however the master found it."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(proxyd.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

@@ -1,0 +1,129 @@
+"""Listening sockets the master binds for its workers.
+
+A `tcp:`/`tcp6:` listener and a `[udp]` listener get one socket per worker, all bound to the
+same address with SO_REUSEPORT: the kernel spreads new connections (and clients' datagrams)
+over them by a hash of the client's address and port, so that the workers share the load
+evenly and a UDP client stays on one worker, whose session then stays whole. One socket shared
+by every worker would let the first worker to wake accept a whole burst (Twisted accepts up to
+a hundred connections per readiness event), and with keep-alive clients keep that imbalance.
+The master keeps every socket open, so connections and datagrams that reach a worker that is
+being restarted wait in its socket's queue for the new worker instead of being refused.
+A `unix:` listener has no SO_REUSEPORT: its one socket is shared by every worker.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
+
+from proxyd.config.values import split_endpoint
+
+DEFAULT_BACKLOG = 50
+"""Twisted's listenTCP default, which the tcp: endpoint uses when no backlog= is given."""
+
+
+class NotShareable(Exception):
+    """An endpoint kind that cannot be passed to worker processes."""
+
+
+@attrs.frozen
+class SharedPort:
+    """A listener's sockets: one per worker, or one for all (`sockets` of length 1)."""
+
+    family: int
+    kind: str
+    """'stream' or 'datagram'."""
+    sockets: tuple[socket.socket, ...]
+
+    def for_worker(self, index: int) -> socket.socket:
+        return self.sockets[index % len(self.sockets)]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def bind_stream(reactor: Any, description: str, count: int) -> SharedPort:
+    """Bind `description` for `count` workers, raising CannotListenError as listenTCP does."""
+    kind, positional, keywords = split_endpoint(description)
+    if kind in ("tcp", "tcp6"):
+        names = ("port", "interface", "backlog")
+        options = dict(zip(names, positional, strict=False)) | keywords
+        family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+        interface = options.get("interface", "::" if kind == "tcp6" else "")
+        backlog = int(options.get("backlog", DEFAULT_BACKLOG))
+        return SharedPort(
+            family,
+            "stream",
+            _reuseport_sockets(
+                family, socket.SOCK_STREAM, interface, int(options["port"]), count, backlog
+            ),
+        )
+    if kind == "unix":
+        port = serverFromString(reactor, description)
+        result: list[Any] = []
+        port.listen(_Unused()).addBoth(result.append)
+        listening = result[0]
+        if isinstance(listening, Failure):
+            listening.raiseException()
+        # Twisted's Port stays the owner of the socket file; only its reading is stopped so that
+        # the master never accepts. A duplicate goes to the workers.
+        listening.stopReading()
+        return SharedPort(socket.AF_UNIX, "stream", (listening.socket.dup(),))
+    raise NotShareable(
+        f"{description!r}: with workers above 1, listeners must be tcp:, tcp6: or unix:"
+        " endpoints (their sockets are passed to the worker processes)"
+    )
+
+
+def bind_datagram(interface: str, port: int, count: int) -> SharedPort:
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    return SharedPort(
+        family,
+        "datagram",
+        _reuseport_sockets(family, socket.SOCK_DGRAM, interface, port, count, 0),
+    )
+
+
+def _reuseport_sockets(
+    family: int, kind: int, interface: str, port: int, count: int, backlog: int
+) -> tuple[socket.socket, ...]:
+    """`count` sockets bound to one address with SO_REUSEPORT (and SO_REUSEADDR for TCP, as
+    Twisted sets it), non-blocking as Twisted's adopt* calls require. Port 0 is resolved by the
+    first bind and used for the others."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, kind)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind((interface, port))
+            port = sock.getsockname()[1]
+            if kind == socket.SOCK_STREAM:
+                sock.listen(backlog)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise CannotListenError(interface, port, e) from None
+    return tuple(sockets)
+
+
+class _Unused:
+    """The factory of a unix: port the master binds but never accepts on."""
+
+    def doStart(self) -> None:
+        """Nothing: the port never accepts in the master."""
+
+    def doStop(self) -> None:
+        """Nothing: the port never accepted in the master."""
+
+    def buildProtocol(self, addr: Any) -> None:
+        return None

@@ -1,0 +1,142 @@
+"""A worker process: `python -m proxyd.workers.worker`, started by the master (never by hand).
+
+It reads its setup, one JSON object, from stdin: the config file's path and text (the text the
+master validated, so that every worker runs the same config even if the file has changed
+since), its index, and for each listener the descriptor number and address family of the
+socket the master passed it. Descriptor 3 is its AMP connection to the master (commands.py).
+It logs through twisted.logger as JSON records on stderr, which the master reads and logs as
+its own; access logs go where the config says (stdout is the master's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    jsonFileLogObserver,
+)
+from twisted.python.failure import Failure
+
+from proxyd.app import ProxydService
+from proxyd.config.errors import ConfigErrors
+from proxyd.config.load import loads
+from proxyd.workers.commands import Agent, AgentFactory, Counters, Reload, Serve, SetHealth
+
+MASTER_FD = 3
+"""The worker's end of its socket pair with the master."""
+
+log = Logger()
+
+
+class WorkerAgent(Agent):
+    """The worker's end of the AMP connection: it applies what the master says."""
+
+    def __init__(
+        self,
+        proxy: ProxydService,
+        sockets: Mapping[str, tuple[int, int]],
+        lost: Callable[[], None],
+    ) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self._sockets = sockets
+        self._lost = lost
+        self.serving = False
+
+    @SetHealth.responder
+    def set_health(self, pool: str, server: str, up: bool, reason: str) -> dict[str, Any]:
+        self.proxy.set_health(pool, server, up, reason)
+        return {}
+
+    @Serve.responder
+    def serve(self) -> dict[str, Any]:
+        if not self.serving:
+            self.serving = True
+            self.proxy.adopt(self._sockets)
+        return {}
+
+    @Reload.responder
+    def reload(self) -> dict[str, Any]:
+        self.proxy.reload_certificates()
+        return {}
+
+    @Counters.responder
+    def counters(self) -> dict[str, Any]:
+        return {"counters": self.proxy.counters()}
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        self._lost()
+
+
+def main() -> int:
+    setup = json.load(sys.stdin)
+    info = cast(Any, LogLevelFilterPredicate(defaultLogLevel=LogLevel.info))
+    observer = FilteringLogObserver(cast(Any, jsonFileLogObserver(sys.stderr)), [info])
+    globalLogBeginner.beginLoggingTo([cast(Any, observer)], redirectStandardIO=False)
+    from twisted.internet import reactor as installed
+
+    reactor = cast(Any, installed)
+
+    try:
+        config = loads(setup["config"], setup["path"])
+    except ConfigErrors as e:
+        log.error("configuration invalid, not serving: {errors}", errors=str(e))
+        return 2
+    proxy = ProxydService(reactor, config, worker=True)
+    sockets = {name: (fd, family) for name, (fd, family) in setup["listeners"].items()}
+
+    stopping = False
+
+    def stop() -> None:
+        """Stop once, whoever asks: the master (SIGTERM), systemd (SIGTERM to the whole
+        control group, so a second one), or the master's connection ending."""
+        if not stopping:
+            reactor.stop()
+
+    def terminated() -> None:
+        if not stopping:
+            log.info("worker {index}: SIGTERM, stopping", index=setup["index"])
+            stop()
+
+    def shutting_down() -> None:
+        nonlocal stopping
+        stopping = True
+
+    def master_lost() -> None:
+        if not stopping:
+            log.info("worker {index}: the master is gone, stopping", index=setup["index"])
+            stop()
+
+    agent = WorkerAgent(proxy, sockets, master_lost)
+    reactor.adoptStreamConnection(MASTER_FD, socket.AF_UNIX, AgentFactory(agent))
+    os.close(MASTER_FD)  # Twisted holds a duplicate
+
+    def started() -> None:
+        # The master stops workers with SIGTERM. A terminal's Ctrl-C or hang-up reaches every
+        # process of the group: the master alone acts on them.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(terminated))
+        proxy.startService()
+
+    reactor.callWhenRunning(started)
+    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+    reactor.addSystemEventTrigger("before", "shutdown", proxy.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
