@@ -49,6 +49,7 @@ from proxyd.relay.io import (
     ReadingPort,
     Transport,
     reset,
+    send_now,
     set_buffer_size,
     socket_of,
 )
@@ -201,14 +202,14 @@ class Relay:
         if side is Side.SERVER:
             self.record.bytes_out += len(data)
             assert self.client.transport is not None
-            self.client.transport.write(data)
+            send_now(self.client.transport, [data])
         elif self._preamble is not None:
             self._preamble_received(data)
         elif self.server.transport is None:
             self._pending.append(data)  # at most one read: the client is paused
         else:
             self.record.bytes_in += len(data)
-            self.server.transport.write(data)
+            send_now(self.server.transport, [data])
 
     def read_closed(self, side: Side) -> None:
         """A FIN from `side`: pass it on; once both ways are shut, close."""
