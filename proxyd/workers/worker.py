@@ -101,8 +101,12 @@ def main() -> int:
 
     def stop() -> None:
         """Stop once, whoever asks: the master (SIGTERM), systemd (SIGTERM to the whole
-        control group, so a second one), or the master's connection ending."""
+        control group, so a second one), or the master's connection ending. `stopping` is
+        set here, not only by the shutdown trigger: two requests can come in one reactor turn,
+        before the shutdown begins, and a second reactor.stop() raises ReactorNotRunning."""
+        nonlocal stopping
         if not stopping:
+            stopping = True
             reactor.stop()
 
     def terminated() -> None:

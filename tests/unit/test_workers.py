@@ -13,19 +13,23 @@ import socket
 import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import twisted.internet
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import unix
 from twisted.internet.error import (
     CannotListenError,
+    ConnectionDone,
     ProcessDone,
     ProcessExitedAlready,
     ProcessTerminated,
+    ReactorNotRunning,
 )
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import (
     LogEvent,
     Logger,
@@ -43,6 +47,7 @@ from proxyd.app import ProxydService
 from proxyd.config.load import loads
 from proxyd.config.values import split_endpoint
 from proxyd.workers import master as master_module
+from proxyd.workers import worker as worker_module
 from proxyd.workers.commands import (
     Agent,
     AgentFactory,
@@ -1174,3 +1179,227 @@ def test_a_worker_that_ended_before_serving_is_not_killed_again(harness: Harness
 
 def _refuse(sockets: Mapping[str, tuple[int, int]]) -> None:
     raise OSError(9, "Bad file descriptor")
+
+
+# A worker process's main()
+
+
+class WorkerReactor(MemoryReactorClock):
+    """The reactor main() runs on. run() calls the callWhenRunning hooks, then `scene`;
+    stop() raises ReactorNotRunning when asked again, as the real reactor's does until its
+    shutdown begins; callFromThread (what signal handlers use) queues for run_turn()."""
+
+    def __init__(self, scene: Any) -> None:
+        super().__init__()
+        self.scene = scene
+        self.stops = 0
+        self.queued: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+
+    def run(self) -> None:
+        self.running = True
+        for f, args, kwargs in self.whenRunningHooks:
+            f(*args, **kwargs)
+        self.scene(self)
+
+    def stop(self) -> None:
+        if self.stops:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+        self.stops += 1
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.queued.append((f, args, kwargs))
+
+    def run_turn(self) -> None:
+        """What the queued calls do in one turn of the real reactor: all of them, then the
+        shutdown's 'before' triggers if one of them stopped the reactor."""
+        stops = self.stops
+        queued, self.queued = self.queued, []
+        for f, args, kwargs in queued:
+            f(*args, **kwargs)
+        if self.stops > stops:
+            self.shut_down()
+
+    def shut_down(self) -> None:
+        for f, args, kwargs in self.triggers["before"]["shutdown"]:
+            f(*args, **kwargs)
+
+
+class WorkerProcessHarness:
+    """main() of a worker with index 1 in this process: its stdin, stderr, reactor, logging,
+    signal handlers and os.close replaced."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, config: str = CONFIG) -> None:
+        self.setup = {
+            "index": 1,
+            "path": PATH,
+            "config": config,
+            "listeners": {"tcp db": [4, socket.AF_INET], "tcp web": [5, socket.AF_INET]},
+        }
+        self.stderr = io.StringIO()
+        self.observers: list[Any] = []
+        self.closed: list[int] = []
+        self.handlers: dict[int, Any] = {}
+        self.scene: Any = lambda reactor: None
+        self.reactor = WorkerReactor(lambda reactor: self.scene(reactor))
+        monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(self.setup)))
+        monkeypatch.setattr(sys, "stderr", self.stderr)
+        monkeypatch.setattr(twisted.internet, "reactor", self.reactor, raising=False)
+        monkeypatch.setattr(
+            worker_module,
+            "globalLogBeginner",
+            SimpleNamespace(
+                beginLoggingTo=lambda observers, **kw: self.observers.extend(observers)
+            ),
+        )
+        monkeypatch.setattr(worker_module, "os", SimpleNamespace(close=self.closed.append))
+        monkeypatch.setattr(
+            worker_module,
+            "signal",
+            SimpleNamespace(
+                SIGINT=signal.SIGINT,
+                SIGHUP=signal.SIGHUP,
+                SIGTERM=signal.SIGTERM,
+                SIG_IGN=signal.SIG_IGN,
+                signal=self.handlers.__setitem__,
+            ),
+        )
+
+    def main(self) -> int:
+        return worker_module.main()
+
+    def agent(self) -> WorkerAgent:
+        [(fd, family, factory)] = self.reactor.adoptedStreamConnections
+        assert (fd, family) == (MASTER_FD, socket.AF_UNIX)
+        agent = factory.buildProtocol(None)
+        assert isinstance(agent, WorkerAgent)
+        return agent
+
+    def sigterm(self) -> None:
+        self.handlers[signal.SIGTERM](signal.SIGTERM, None)
+
+    def master_lost(self) -> None:
+        agent = self.agent()
+        agent.makeConnection(StringTransport())
+        agent.connectionLost(Failure(ConnectionDone()))
+
+
+def worker_messages(events: Sequence[LogEvent]) -> list[str]:
+    return [
+        formatEvent(event)
+        for event in events
+        if event.get("log_namespace") == worker_module.__name__
+    ]
+
+
+def test_worker_main_adopts_its_master_connection_and_starts_its_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = WorkerProcessHarness(monkeypatch)
+    seen: dict[str, Any] = {}
+
+    def scene(reactor: WorkerReactor) -> None:
+        agent = worker.agent()
+        seen["running"] = agent.proxy.running
+        seen["health"] = agent.proxy.health
+        seen["handlers"] = dict(worker.handlers)
+
+    worker.scene = scene
+    assert worker.main() == 0
+    assert worker.closed == [MASTER_FD]  # Twisted holds a duplicate
+    assert worker.agent()._sockets == {
+        "tcp db": (4, socket.AF_INET),
+        "tcp web": (5, socket.AF_INET),
+    }
+    assert seen["running"] and seen["health"] is None  # the master runs the checks
+    assert seen["handlers"][signal.SIGINT] == signal.SIG_IGN
+    assert seen["handlers"][signal.SIGHUP] == signal.SIG_IGN
+    assert callable(seen["handlers"][signal.SIGTERM])
+
+
+def test_worker_main_logs_json_records_of_info_and_above_on_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = WorkerProcessHarness(monkeypatch)
+    worker.main()
+    [observer] = worker.observers
+    logger = Logger(namespace="proxyd.relay.tcp", observer=observer)
+    logger.debug("not this")
+    logger.info("[{listener}] accepting", listener="tcp db")
+    [line, end] = worker.stderr.getvalue().split("\n")
+    assert end == ""
+    with capturedLogs() as events:
+        relay_log(line.encode(), 1, 4242)
+    assert [formatEvent(event) for event in events] == ["[tcp db] accepting"]
+    assert events[0]["log_system"] == "worker 1#info proxyd.relay.tcp"
+
+
+def test_worker_main_with_an_invalid_config_does_not_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = WorkerProcessHarness(monkeypatch, config="[pool web]\nservers = nowhere\n")
+    with capturedLogs() as events:
+        assert worker.main() == 2
+    assert not worker.reactor.running
+    assert worker.reactor.adoptedStreamConnections == []
+    assert worker_messages(events)[0].startswith("configuration invalid, not serving: ")
+
+
+def test_worker_stops_on_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = WorkerProcessHarness(monkeypatch)
+
+    def scene(reactor: WorkerReactor) -> None:
+        worker.sigterm()
+        assert reactor.stops == 0  # the handler only queues
+        reactor.run_turn()
+
+    worker.scene = scene
+    with capturedLogs() as events:
+        worker.main()
+    assert worker.reactor.stops == 1
+    assert worker_messages(events) == ["worker 1: SIGTERM, stopping"]
+    assert not worker.agent().proxy.running
+
+
+def test_worker_stops_when_its_master_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = WorkerProcessHarness(monkeypatch)
+    worker.scene = lambda reactor: worker.master_lost()
+    with capturedLogs() as events:
+        worker.main()
+    assert worker.reactor.stops == 1
+    assert worker_messages(events) == ["worker 1: the master is gone, stopping"]
+
+
+def test_worker_stops_once_on_two_sigterms_in_one_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd's SIGTERM to the whole control group and the master's SIGTERM can reach the
+    worker before its reactor's next turn."""
+    worker = WorkerProcessHarness(monkeypatch)
+
+    def scene(reactor: WorkerReactor) -> None:
+        worker.sigterm()
+        worker.sigterm()
+        reactor.run_turn()
+
+    worker.scene = scene
+    with capturedLogs() as events:
+        worker.main()
+    assert worker.reactor.stops == 1
+    assert worker_messages(events) == ["worker 1: SIGTERM, stopping"]
+
+
+def test_a_stopping_worker_ignores_its_master_going_away_and_more_sigterms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = WorkerProcessHarness(monkeypatch)
+
+    def scene(reactor: WorkerReactor) -> None:
+        worker.sigterm()
+        reactor.run_turn()
+        worker.master_lost()
+        worker.sigterm()
+        reactor.run_turn()
+
+    worker.scene = scene
+    with capturedLogs() as events:
+        worker.main()
+    assert worker.reactor.stops == 1
+    assert worker_messages(events) == ["worker 1: SIGTERM, stopping"]
