@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
@@ -496,7 +497,48 @@ def test_access_log_lines_are_what_the_json_encoder_writes() -> None:
     assert second["error"] == "upstream: upstream closed in the middle of a response"
 
 
+def test_access_log_fields_come_in_order_with_the_connection_and_method_as_received() -> None:
+    relay = Relay()
+    stream = io.StringIO()
+    relay.factory.access_log = AccessLog(stream, "memory")
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    relay.send(b"PROPFIND /d HTTP/1.1\r\nHost: b\r\n\r\n")
+    upstream.dataReceived(OK)
+    first, second = map(json.loads, stream.getvalue().splitlines())
+    assert list(first) == [
+        "time",
+        "listener",
+        "client",
+        "method",
+        "uri",
+        "status",
+        "bytes_in",
+        "bytes_out",
+        "route",
+        "upstream",
+        "upstream_status",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "upstream_response_time",
+        "request_time",
+        "attempts",
+        "request_id",
+    ]
+    assert first["listener"] == second["listener"] == "front"
+    assert first["client"] == second["client"] == "10.0.0.7:40000"
+    assert (first["method"], second["method"]) == ("GET", "PROPFIND")
+    assert second["upstream_status"] == 200 and second["upstream_connect_time"] == 0.0
+
+
 @given(st.one_of(st.none(), st.floats(min_value=-10.0, max_value=1e6, allow_nan=False)))
+@example(0.0005)
+@example(math.nextafter(0.0005, 0.0))
+@example(0.0015)
+@example(0.0025)
+@example(-0.0)
+@example(0.9995)
 def test_durations_are_logged_as_the_encoder_writes_them_rounded(value: float | None) -> None:
     expected = None if value is None else round(max(value, 0.0), 3)
     assert _seconds_json(value) == json.dumps(expected)
