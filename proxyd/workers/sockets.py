@@ -13,12 +13,13 @@ A `unix:` listener has no SO_REUSEPORT: its one socket is shared by every worker
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
 import attrs
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.python.failure import Failure
 
 from proxyd.config.values import split_endpoint
@@ -39,6 +40,8 @@ class SharedPort:
     kind: str
     """'stream' or 'datagram'."""
     sockets: tuple[socket.socket, ...]
+    owner: Any = None
+    """For `unix:`, the Twisted port that bound the socket and holds its file (and lock)."""
 
     def for_worker(self, index: int) -> socket.socket:
         return self.sockets[index % len(self.sockets)]
@@ -46,6 +49,15 @@ class SharedPort:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+        if self.owner is not None and self.owner.connected:
+            # What stopListening() does on the reactor's next turn, done now: the master may
+            # be closing as its reactor stops. A unix: port removes its socket file and lock,
+            # so that the next start can bind the path again (with lockfile=0 it could not).
+            # When the lock names the pid that bound the socket before twistd forked, Twisted
+            # refuses to unlock it (ValueError): the socket file is gone by then, and the next
+            # start finds the lock stale and takes it.
+            with contextlib.suppress(ValueError):
+                self.owner.connectionLost(Failure(ConnectionDone()))
 
 
 def bind_stream(reactor: Any, description: str, count: int) -> SharedPort:
@@ -74,7 +86,7 @@ def bind_stream(reactor: Any, description: str, count: int) -> SharedPort:
         # Twisted's Port stays the owner of the socket file; only its reading is stopped so that
         # the master never accepts. A duplicate goes to the workers.
         listening.stopReading()
-        return SharedPort(socket.AF_UNIX, "stream", (listening.socket.dup(),))
+        return SharedPort(socket.AF_UNIX, "stream", (listening.socket.dup(),), listening)
     raise NotShareable(
         f"{description!r}: with workers above 1, listeners must be tcp:, tcp6: or unix:"
         " endpoints (their sockets are passed to the worker processes)"

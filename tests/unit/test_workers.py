@@ -213,15 +213,15 @@ class UnixReactor(MemoryReactorClock):
 
 
 def test_bind_stream_unix_shares_one_socket_that_the_master_never_accepts_on(
-    ports: list[SharedPort], tmp_path: Any
+    tmp_path: Any,
 ) -> None:
     reactor = UnixReactor()
     path = str(tmp_path / "proxyd.sock")
     port = bind_stream(reactor, f"unix:{path}:lockfile=0", 4)
-    ports.append(port)
     [twisted_port] = reactor.unix_ports
     try:
         assert (port.family, port.kind, len(port.sockets)) == (socket.AF_UNIX, "stream", 1)
+        assert port.owner is twisted_port
         assert twisted_port not in reactor.getReaders()
         [sock] = port.sockets
         assert port.for_worker(0) is sock and port.for_worker(3) is sock
@@ -232,7 +232,37 @@ def test_bind_stream_unix_shares_one_socket_that_the_master_never_accepts_on(
             connection, _ = sock.accept()
             connection.close()
     finally:
-        twisted_port.socket.close()
+        port.close()
+    assert sock.fileno() == -1
+    assert not twisted_port.connected
+
+
+@pytest.mark.parametrize("lockfile", ["0", "1"])
+def test_closing_a_unix_shared_port_removes_its_socket_file_so_it_can_be_bound_again(
+    tmp_path: Any, lockfile: str
+) -> None:
+    path = tmp_path / "proxyd.sock"
+    description = f"unix:{path}:lockfile={lockfile}"
+    port = bind_stream(UnixReactor(), description, 2)
+    assert path.exists()
+    port.close()
+    port.close()  # twice is harmless
+    assert list(tmp_path.iterdir()) == []  # neither the socket file nor its lock
+    again = bind_stream(UnixReactor(), description, 2)
+    again.close()
+
+
+def test_closing_a_unix_shared_port_locked_before_twistd_forked_removes_its_socket_file(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "proxyd.sock"
+    port = bind_stream(UnixReactor(), f"unix:{path}", 2)
+    lock = tmp_path / "proxyd.sock.lock"
+    lock.unlink()
+    lock.symlink_to("1")  # the pid before the fork
+    port.close()
+    assert list(tmp_path.iterdir()) == [lock]
+    assert port.sockets[0].fileno() == -1
 
 
 def test_bind_stream_refuses_kinds_whose_sockets_cannot_be_passed_on() -> None:
