@@ -28,7 +28,13 @@ from proxyd.relay.udp import MAX_PACKET, UdpListener
 from proxyd.relay.websocket import WebSocketRelayFactory
 from proxyd.relay.websocket_policy import OriginPolicy
 from proxyd.tls import ClientTls, ServerTls
-from proxyd.workers.sockets import NotShareable, SharedPort, bind_datagram, bind_stream
+from proxyd.workers.sockets import (
+    NotShareable,
+    SharedPort,
+    adopt_stream,
+    bind_datagram,
+    bind_stream,
+)
 
 log = Logger()
 
@@ -91,7 +97,7 @@ class ListenerService(service.Service):
         tls: ServerTls | None = getattr(self.factory, "tls", None)
         listening = tls.wrap(self.factory, self._reactor) if tls is not None else self.factory
         try:
-            self.port = self._reactor.adoptStreamPort(fd, family, listening)
+            self.port = adopt_stream(self._reactor, fd, family, listening)
         finally:
             os.close(fd)
         self.factory.set_listening_port(self.port)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any
+from typing import Any, cast
 
 import attrs
+from twisted.internet import tcp, unix
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.python.failure import Failure
@@ -126,6 +127,40 @@ def _reuseport_sockets(
             sock.close()
         raise CannotListenError(interface, port, e) from None
     return tuple(sockets)
+
+
+def adopt_stream(reactor: Any, fd: int, family: int, factory: Any) -> Any:
+    """A worker's listening port on the socket `fd` the master passed (a duplicate is kept;
+    `fd` is left to the caller). For AF_UNIX, a port that leaves the socket file alone: the
+    master made it with its mode and owner and removes it at its end, while Twisted's own
+    unix port would chmod it to its default mode at start (and fail after twistd --uid) and
+    unlink it when one worker stops."""
+    if family != socket.AF_UNIX:
+        return reactor.adoptStreamPort(fd, family, factory)
+    port = _WorkerUnixPort._fromListeningDescriptor(reactor, fd, factory)
+    port.startListening()
+    return port
+
+
+class _WorkerUnixPort(unix.Port):
+    """unix.Port on a socket listening already, whose file belongs to the master."""
+
+    def startListening(self) -> None:
+        # unix.Port.startListening without the lock, the bind, the chmod and the listen: all
+        # done by the master.
+        listening = cast(socket.socket, self._preexistingSocket)
+        tcp._reservedFD.reserve()
+        cast(Any, self.factory).doStart()
+        self._preexistingSocket = None
+        self._shouldShutdown = False  # shutdown() would stop the socket in every process
+        self.socket = listening
+        self.fileno = listening.fileno  # type: ignore[method-assign]
+        self.connected = True
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)  # not unix.Port's: the file stays
 
 
 class _Unused:

@@ -237,3 +237,38 @@ def test_sighup_reaches_every_worker_and_sigterm_stops_them_all(
     for pid in pids:
         assert re.search(rf"worker \d \(pid {pid}\) exited with status 0", log)
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} is still running"
+
+
+def test_a_unix_listener_keeps_its_file_and_mode_while_workers_come_and_go(
+    http_backend: Backend, proxyd, tmp_path: Path
+) -> None:
+    path = tmp_path / "web.sock"
+    port = free_port()
+    relay = start_workers(
+        proxyd,
+        http_config(port, http_backend.port)
+        + f"\n[http local]\nlisten = unix:{path}:mode=600\nroutes =\n    path / -> pool web\n",
+        tmp_path,
+    )
+
+    def ask_local() -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(10)
+            client.connect(str(path))
+            return ask(client)
+
+    assert os.stat(path).st_mode & 0o777 == 0o600, "the workers leave the file's mode alone"
+    assert {ask_local() for _ in range(10)} == {b"HTTP/1.1 200 OK"}
+
+    start = relay.log_offset()
+    os.kill(workers_of(relay)[0], signal.SIGTERM)  # one worker stops cleanly
+    relay.wait_for_log(r"worker \d \(pid \d+\) exited with status 0", start=start)
+    relay.wait_for_log(r"worker \d \(pid \d+\) serving", start=start, timeout=20)
+    assert os.stat(path).st_mode & 0o777 == 0o600, "a worker's stop leaves the file in place"
+    assert {ask_local() for _ in range(10)} == {b"HTTP/1.1 200 OK"}
+    for _ in range(10):  # and its TCP socket, adopted again, is still listening
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            assert ask(client) == b"HTTP/1.1 200 OK"
+
+    assert relay.terminate() == -signal.SIGTERM
+    assert not path.exists(), "the master removes the socket file at its end"

@@ -29,6 +29,7 @@ from twisted.internet.error import (
     ProcessTerminated,
     ReactorNotRunning,
 )
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import (
     LogEvent,
@@ -71,6 +72,7 @@ from proxyd.workers.sockets import (
     DEFAULT_BACKLOG,
     NotShareable,
     SharedPort,
+    adopt_stream,
     bind_datagram,
     bind_stream,
 )
@@ -263,6 +265,28 @@ def test_closing_a_unix_shared_port_locked_before_twistd_forked_removes_its_sock
     port.close()
     assert list(tmp_path.iterdir()) == [lock]
     assert port.sockets[0].fileno() == -1
+
+
+def test_a_worker_adopting_a_unix_socket_leaves_its_file_and_the_other_workers_alone(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "proxyd.sock"
+    shared = bind_stream(UnixReactor(), f"unix:{path}:mode=600:lockfile=0", 2)
+    try:
+        worker = MemoryReactorClock()
+        fd = os.dup(shared.for_worker(0).fileno())
+        port = adopt_stream(worker, fd, socket.AF_UNIX, Factory.forProtocol(Protocol))
+        os.close(fd)
+        assert port in worker.getReaders()
+        assert os.stat(path).st_mode & 0o777 == 0o600, "no chmod to Twisted's default 666"
+        port.connectionLost(Failure(ConnectionDone()))  # the worker stops
+        assert path.exists(), "the master's file stays"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))  # not shut down: still listening for the next worker
+            connection, _ = shared.for_worker(1).accept()
+            connection.close()
+    finally:
+        shared.close()
 
 
 def test_bind_stream_refuses_kinds_whose_sockets_cannot_be_passed_on() -> None:
