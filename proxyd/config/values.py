@@ -207,22 +207,27 @@ def endpoint(text: str) -> str:
 
 
 def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """A Twisted endpoint string's kind, positional and keyword arguments (`\\:` escapes)."""
-    parts: list[str] = []
+    """A Twisted endpoint string's kind, positional and keyword arguments, split on the `:`
+    and the first `=` of each argument that are not escaped with a backslash, as Twisted
+    reads them."""
+    parts: list[tuple[str, str | None]] = []  # (name or the positional value, value)
     current: list[str] = []
+    name: str | None = None
     chars = iter(description)
     for char in chars:
         if char == "\\":
             current.append(next(chars, ""))
         elif char == ":":
-            parts.append("".join(current))
-            current = []
+            parts.append(("".join(current), None) if name is None else (name, "".join(current)))
+            current, name = [], None
+        elif char == "=" and name is None:
+            name, current = "".join(current), []
         else:
             current.append(char)
-    parts.append("".join(current))
-    kind, args = parts[0], parts[1:]
-    positional = [arg for arg in args if "=" not in arg]
-    keywords = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    parts.append(("".join(current), None) if name is None else (name, "".join(current)))
+    (kind, _), args = parts[0], parts[1:]
+    positional = [arg for arg, value in args if value is None]
+    keywords = {arg: value for arg, value in args if value is not None}
     return kind, positional, keywords
 
 

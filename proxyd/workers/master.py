@@ -102,7 +102,7 @@ def relay_log(line: bytes, index: int, pid: int | None) -> None:
             event = eventFromJSON(text[1:])
         except ValueError:
             event = None
-        if event is not None:
+        if isinstance(event, dict):
             level = event.get("log_level")
             namespace = event.get("log_namespace", "-")
             event["log_system"] = f"worker {index}#{getattr(level, 'name', '-')} {namespace}"

@@ -98,6 +98,7 @@ from proxyd.workers.worker import MASTER_FD, WorkerAgent
         ),
         ("tcp:80:interface=a\\\\b", ("tcp", ["80"], {"interface": "a\\b"})),
         ("tcp\\", ("tcp", [], {})),
+        ("unix:/a\\=b:mode=600", ("unix", ["/a=b"], {"mode": "600"})),
     ],
 )
 def test_split_endpoint_unescapes_colons_and_parts_positional_and_keyword_arguments(
@@ -1171,6 +1172,7 @@ def test_a_workers_json_log_record_is_logged_by_the_master_marked_with_the_worke
         (b"Traceback (most recent call last):", "Traceback (most recent call last):"),
         (b"  bad \xff byte \r", "bad \ufffd byte"),
         (b"\x1e{not json", "{not json"),
+        (b"\x1e[1]", "[1]"),
     ],
 )
 def test_anything_else_a_worker_writes_on_stderr_is_a_warning(line: bytes, logged: str) -> None:
