@@ -1,0 +1,223 @@
+"""proxyd.reactor: TCP reads and writes without callWithLogger, everything else as Twisted
+does it. Each test runs its own (uninstalled) reactor over loopback sockets, a few
+iterations at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet import epollreactor, error, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import capturedLogs
+from twisted.python import context, log
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from proxyd.reactor import EPollReactor
+
+
+def _take_down(built: epollreactor.EPollReactor) -> None:
+    """As Twisted's own reactor tests take theirs down (ReactorBuilder._unbuildReactor)."""
+    for reader in list(built._internalReaders):
+        built.removeReader(reader)
+        reader.connectionLost(None)
+    built.disconnectAll()
+    for call in built.getDelayedCalls():
+        call.cancel()
+    built._poller.close()
+
+
+@pytest.fixture
+def reactor() -> Iterator[EPollReactor]:
+    built = EPollReactor()
+    yield built
+    _take_down(built)
+
+
+@pytest.fixture(params=[EPollReactor, epollreactor.EPollReactor], ids=["proxyd", "twisted"])
+def any_reactor(request: pytest.FixtureRequest) -> Iterator[epollreactor.EPollReactor]:
+    """proxyd's reactor, and Twisted's: what is tested with both behaves the same."""
+    built = request.param()
+    yield built
+    _take_down(built)
+
+
+def spin(
+    reactor: epollreactor.EPollReactor, done: Callable[[], bool], seconds: float = 5.0
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        reactor.iterate(0.01)
+
+
+def system() -> str:
+    return str(context.get(log.ILogContext)["system"])
+
+
+class Recorder(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.systems: list[str] = []
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.systems.append(system())
+        self.data += data
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.lost = reason
+
+
+class Raising(Recorder):
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        raise ZeroDivisionError("bug in dataReceived")
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseable(Recorder):
+    read_closed = False
+
+    def readConnectionLost(self) -> None:
+        self.read_closed = True
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class ServerFactory(protocol.Factory):
+    def __init__(self, make: Callable[[], Recorder]) -> None:
+        self.make = make
+        self.built: list[Recorder] = []
+        self.systems: list[str] = []
+
+    def buildProtocol(self, addr: Any) -> Recorder:
+        self.systems.append(system())
+        built = self.make()
+        self.built.append(built)
+        return built
+
+
+def connect(
+    reactor: epollreactor.EPollReactor, make: Callable[[], Recorder]
+) -> tuple[ServerFactory, Recorder]:
+    """A listening port serving `make()` protocols, and a client connected to it."""
+    factory = ServerFactory(make)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = Recorder()
+    protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", port.getHost().port)
+    spin(reactor, lambda: bool(factory.built) and client.transport is not None)
+    return factory, client
+
+
+def test_reads_and_writes_on_tcp_connections_run_without_a_logging_context(
+    reactor: EPollReactor,
+) -> None:
+    factory, client = connect(reactor, Recorder)
+    [server] = factory.built
+    client.transport.write(b"ping")
+    spin(reactor, lambda: server.data == b"ping")
+    server.transport.write(b"pong")
+    spin(reactor, lambda: client.data == b"pong")
+    assert server.systems == client.systems == ["-"]
+
+
+def test_a_listening_port_still_accepts_in_its_logging_context(
+    any_reactor: epollreactor.EPollReactor,
+) -> None:
+    factory, _client = connect(any_reactor, Recorder)
+    [accepted_in] = factory.systems
+    assert accepted_in.endswith("ServerFactory")
+
+
+def test_a_clean_close_reaches_connection_lost_as_connection_done(
+    any_reactor: epollreactor.EPollReactor,
+) -> None:
+    factory, client = connect(any_reactor, Recorder)
+    [server] = factory.built
+    client.transport.loseConnection()
+    spin(any_reactor, lambda: server.lost is not None and client.lost is not None)
+    assert server.lost is not None and server.lost.check(error.ConnectionDone)
+
+
+def test_a_half_close_reaches_read_connection_lost(any_reactor: epollreactor.EPollReactor) -> None:
+    factory, client = connect(any_reactor, HalfCloseable)
+    [server] = factory.built
+    client.transport.loseWriteConnection()
+    spin(any_reactor, lambda: client.lost is not None)
+    assert isinstance(server, HalfCloseable) and server.read_closed
+
+
+def test_an_exception_is_logged_in_the_connections_context_and_disconnects_it(
+    any_reactor: epollreactor.EPollReactor,
+) -> None:
+    with capturedLogs() as events:
+        factory, client = connect(any_reactor, Raising)
+        [server] = factory.built
+        prefix = server.transport.logPrefix()
+        client.transport.write(b"boom")
+        spin(any_reactor, lambda: server.lost is not None and client.lost is not None)
+    assert server.lost is not None and server.lost.check(ZeroDivisionError)
+    [logged] = [e for e in events if e.get("isError")]
+    assert logged["failure"].check(ZeroDivisionError)
+    assert logged["log_system"] == prefix
+    assert prefix.startswith("Raising")
+
+
+def test_a_write_larger_than_the_socket_buffers_is_finished_on_write_events(
+    any_reactor: epollreactor.EPollReactor,
+) -> None:
+    factory, client = connect(any_reactor, Recorder)
+    [server] = factory.built
+    data = bytes(range(256)) * (16 * 1024)  # 4 MiB: far more than one send() takes
+    server.transport.write(data)
+    server.transport.loseConnection()
+    spin(any_reactor, lambda: client.lost is not None)
+    assert client.data == data
+
+
+class FailingOnLost(Recorder):
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        raise ZeroDivisionError("bug in connectionLost")
+
+
+def test_an_exception_from_connection_lost_is_logged_in_the_connections_context(
+    any_reactor: epollreactor.EPollReactor,
+) -> None:
+    with capturedLogs() as events:
+        factory, client = connect(any_reactor, FailingOnLost)
+        [server] = factory.built
+        prefix = server.transport.logPrefix()
+        client.transport.loseConnection()
+        spin(any_reactor, lambda: server.lost is not None)
+    [logged] = [e for e in events if e.get("isError")]
+    assert logged["failure"].check(ZeroDivisionError)
+    assert logged["log_system"] == prefix
+
+
+def test_install_makes_it_the_global_reactor_unless_one_is_installed_already() -> None:
+    code = (
+        "from proxyd.reactor import EPollReactor, install\n"
+        "assert install()\n"
+        "from twisted.internet import reactor\n"
+        "assert type(reactor) is EPollReactor\n"
+        "assert not install()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    chosen = (
+        "from twisted.internet import pollreactor\n"
+        "pollreactor.install()\n"
+        "from proxyd.reactor import install\n"
+        "assert not install()\n"
+        "from twisted.internet import reactor\n"
+        "assert type(reactor) is pollreactor.PollReactor\n"
+    )
+    subprocess.run([sys.executable, "-c", chosen], check=True, timeout=60)
