@@ -65,16 +65,18 @@ class Pool:
         `key` is the hash key (e.g. the client's IP as bytes) for balance = hash.
         """
         now = self._now()
-        excluded = frozenset(exclude)
         candidates = [
             server
             for server in self._primaries
-            if server not in excluded and server.is_available(now)
+            if server.is_available(now) and server not in exclude
         ] or [
-            server
-            for server in self._backups
-            if server not in excluded and server.is_available(now)
+            server for server in self._backups if server.is_available(now) and server not in exclude
         ]
+        if len(candidates) == 1:
+            # Every balancer picks a lone candidate and keeps its state as it was: the
+            # common case of a pool of one server skips it.
+            server = candidates[0]
+            return server if server.has_capacity() else None
         candidates = [server for server in candidates if server.has_capacity()]
         if not candidates:
             return None

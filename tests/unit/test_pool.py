@@ -104,6 +104,28 @@ def test_pool_round_robin_gives_the_nginx_smooth_sequence() -> None:
     assert [pool.pick() for _ in range(7)] == [a, a, b, a, c, a, a]
 
 
+@pytest.mark.parametrize("balance", ALGORITHMS)
+def test_a_pick_with_one_candidate_returns_it_and_leaves_the_balancing_as_it_was(
+    balance: str,
+) -> None:
+    configs = (server(1, weight=3), server(2), server(3, weight=2))
+    pool, _ = make_pool(*configs, balance=balance)
+    alone, _ = make_pool(*configs, balance=balance)
+    a, b, c = alone.servers
+    plain = [pool.pick(key=b"%d" % i) for i in range(12)]
+    interleaved = []
+    for i in range(12):
+        assert alone.pick(exclude=[a, b]) is c
+        interleaved.append(alone.pick(key=b"%d" % i))
+    assert [pool.servers.index(s) for s in plain if s is not None] == [
+        alone.servers.index(s) for s in interleaved if s is not None
+    ]
+    full, _ = make_pool(server(1, max_connections=1), balance=balance)
+    [only] = full.servers
+    full.acquire(only)
+    assert full.pick() is None
+
+
 def test_pool_least_conn_counts_acquired_connections() -> None:
     pool, _ = make_pool(server(1), server(2), balance="least_conn")
     a, b = pool.servers
