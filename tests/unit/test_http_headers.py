@@ -219,6 +219,27 @@ def test_forwarded_without_host_or_client_address() -> None:
     assert values(out, b"forwarded") == [b"for=unknown;proto=http"]
 
 
+def test_forwarded_element_follows_each_of_client_host_and_scheme() -> None:
+    """The element is cached by (client_ip, host, scheme): each one changes it."""
+    seen = [
+        values(forward([], **changes), b"forwarded")
+        for changes in (
+            {},
+            {"client_ip": "203.0.113.8"},
+            {"host": "other.example.com"},
+            {"scheme": "https"},
+            {},
+        )
+    ]
+    assert seen == [
+        [b"for=203.0.113.7;host=www.example.com;proto=http"],
+        [b"for=203.0.113.8;host=www.example.com;proto=http"],
+        [b"for=203.0.113.7;host=other.example.com;proto=http"],
+        [b"for=203.0.113.7;host=www.example.com;proto=https"],
+        [b"for=203.0.113.7;host=www.example.com;proto=http"],
+    ]
+
+
 def test_untrusted_forwarded_is_dropped() -> None:
     out = forward([(b"Forwarded", b"for=6.6.6.6")])
     assert values(out, b"forwarded") == [b"for=203.0.113.7;host=www.example.com;proto=http"]
