@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import (
     Address,
+    HeaderRule,
     HttpListenerConfig,
     PoolConfig,
     ProxyAction,
@@ -162,6 +163,30 @@ def test_get_is_proxied_with_forwarding_fields_and_logged() -> None:
     assert record["method"] == "GET" and record["uri"] == "/a?x=1"
     assert record["bytes_out"] == 2
     assert record["route"] == "*/"
+
+
+def test_listener_header_rules_apply_before_the_routes_both_ways() -> None:
+    routed = RouteConfig(
+        name="ruled",
+        match=RouteMatch(path="/"),
+        action=ProxyAction(pool="web"),
+        request_headers=(HeaderRule("set", "X-Order", "route"), HeaderRule("add", "X-R", "r")),
+        response_headers=(HeaderRule("set", "X-Order", "route"),),
+    )
+    relay = Relay(
+        routes=(routed,),
+        request_headers=(HeaderRule("set", "X-Order", "listener"), HeaderRule("add", "X-L", "l")),
+        response_headers=(HeaderRule("add", "X-L", "{route}"),),
+    )
+    relay.send(GET)
+    upstream, ut = relay.accept_upstream()
+    sent = ut.value()
+    assert field(sent, "X-Order") == [b"route"]
+    assert (field(sent, "X-L"), field(sent, "X-R")) == ([b"l"], [b"r"])
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nX-Order: upstream\r\nContent-Length: 0\r\n\r\n")
+    answer = relay.received()
+    assert field(answer, "X-Order") == [b"route"]
+    assert field(answer, "X-L") == [b"ruled"]
 
 
 def test_hop_by_hop_fields_are_removed_both_ways() -> None:
