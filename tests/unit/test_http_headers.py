@@ -466,6 +466,26 @@ def test_remove_hop_by_hop_keeps_exactly_the_end_to_end_fields_in_order(fields: 
     assert remove_hop_by_hop(expected) == expected
 
 
+_more_names = st.sampled_from(
+    [b"Connection", b"CONNECTION", b"Upgrade", b"Expect", b"Content-Length", b"Host", b"X-A"]
+)
+_more_values = st.sampled_from(
+    [b"keep-alive", b"Upgrade", b" X-A ,, close", b"host, content-length", b"expect", b"1"]
+)
+
+
+@given(
+    st.lists(st.tuples(_more_names, _more_values)),
+    st.sampled_from([frozenset(), frozenset({b"expect"}), frozenset({b"x-a", b"host"})]),
+)
+def test_remove_hop_by_hop_also_drops_the_fields_asked_for(
+    fields: Headers, also: frozenset[bytes]
+) -> None:
+    named = connection_tokens(fields) - {b"host", b"content-length"}
+    expected = [f for f in fields if f[0].lower() not in HOP_BY_HOP | also | named]
+    assert remove_hop_by_hop(fields, also) == expected
+
+
 @given(_fields, st.booleans(), st.booleans())
 def test_forwarding_fields_appear_once_each(fields: Headers, trusted: bool, via: bool) -> None:
     out = forward(remove_hop_by_hop(fields), trusted=trusted, via=via)

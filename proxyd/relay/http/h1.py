@@ -561,7 +561,9 @@ def reason_phrase(status: int) -> bytes:
 
 
 def _fields(headers: Headers) -> bytes:
-    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+    if not headers:
+        return b""
+    return b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:

@@ -45,24 +45,48 @@ message (Content-Length) or would have to refuse it (Host, RFC 9112 3.2)."""
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
     """Lower-case tokens of all Connection fields (e.g. {b'close'}, {b'keep-alive'},
     {b'upgrade'})."""
+    return frozenset(
+        _tokens(
+            [value for name, value in headers if len(name) == 10 and name.lower() == b"connection"]
+        )
+    )
+
+
+def _tokens(values: list[bytes]) -> set[bytes]:
+    """The lower-case tokens of comma-separated list values."""
     tokens: set[bytes] = set()
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            for token in value.split(b","):
-                token = token.strip(b" \t").lower()
-                if token:
-                    tokens.add(token)
-    return frozenset(tokens)
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(b" \t").lower()
+            if token:
+                tokens.add(token)
+    return tokens
 
 
 def remove_hop_by_hop(headers: Headers, also: frozenset[bytes] = frozenset()) -> Headers:
     """Without HOP_BY_HOP fields and without every field named in Connection (RFC 9110
     7.6.1); Content-Length and Host are kept. Fields named in `also` (lower case) go too."""
-    drop = HOP_BY_HOP | also if also else HOP_BY_HOP
-    named = connection_tokens(headers)
+    drop = _dropped(also)
+    kept: Headers = []
+    named: list[bytes] = []
+    for field in headers:
+        lower = field[0].lower()
+        if lower not in drop:
+            kept.append(field)
+        elif lower == b"connection":
+            named.append(field[1])
     if named:
-        drop = drop | (named - _NEVER_CONNECTION_OPTIONS)
-    return [field for field in headers if field[0].lower() not in drop]
+        # Connection's options that name fields not dropped yet: a second pass, rarely
+        # needed (its usual values, keep-alive and upgrade, are hop-by-hop already).
+        options = _tokens(named) - drop - _NEVER_CONNECTION_OPTIONS
+        if options:
+            kept = [field for field in kept if field[0].lower() not in options]
+    return kept
+
+
+@functools.lru_cache(maxsize=16)
+def _dropped(also: frozenset[bytes]) -> frozenset[bytes]:
+    return HOP_BY_HOP | also
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:
@@ -212,9 +236,13 @@ def _forwarded_element(client_ip: str, host: str, scheme: str) -> bytes:
     return _encode(element + ";proto=" + scheme)
 
 
+_VIAS: Final = {"1.1": b"1.1 proxyd", "1.0": b"1.0 proxyd"}
+
+
 def _via(version: str) -> bytes:
     # RFC 9110 7.6.3: received-protocol is the version alone when the protocol is HTTP.
-    return version.encode("ascii") + b" proxyd"
+    via = _VIAS.get(version)
+    return via if via is not None else version.encode("ascii") + b" proxyd"
 
 
 def _append_via(out: Headers, index: int, version: str) -> None:
