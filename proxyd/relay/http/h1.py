@@ -56,7 +56,6 @@ class Request:
         target: bytes,
         version: str,
         headers: Headers,
-        *,
         keep_alive: bool = True,
         chunked: bool = False,
         content_length: int | None = None,
@@ -105,7 +104,6 @@ class Response:
         reason: bytes,
         version: str,
         headers: Headers,
-        *,
         keep_alive: bool = True,
         chunked: bool = False,
         content_length: int | None = None,
@@ -387,18 +385,19 @@ class RequestReader(_Reader):
             self._framing_after_upgrade = b"Transfer-Encoding: chunked"
         elif upgrade and content_length:
             self._framing_after_upgrade = b"Content-Length: %d" % content_length
+        # Positional arguments, in Request's order: keywords cost a third more per request.
         self._events.append(
             Request(
                 parser.get_method(),
                 self._url,
                 version,
                 headers,
-                keep_alive=parser.should_keep_alive(),
-                chunked=bool(transfer_encoding),
-                content_length=content_length,
-                host=hosts[0] if hosts else b"",
-                expect_continue=bool(expect) and expect[0].lower() == b"100-continue",
-                upgrade=upgrade,
+                parser.should_keep_alive(),  # keep_alive
+                bool(transfer_encoding),  # chunked
+                content_length,
+                hosts[0] if hosts else b"",  # host
+                bool(expect) and expect[0].lower() == b"100-continue",  # expect_continue
+                upgrade,
             )
         )
 
@@ -494,16 +493,17 @@ class ResponseReader(_Reader):
         content_length = int(lengths[0]) if lengths else None
         no_body = status < 200 or status in (204, 304) or self._head_request
         close_delimited = not no_body and not chunked and content_length is None
+        # Positional arguments, in Response's order: keywords cost a third more per response.
         response = Response(
             status,
             self._reason,
             version,
             headers,
-            keep_alive=parser.should_keep_alive() and not close_delimited,
-            chunked=chunked and not no_body,
-            content_length=None if no_body else content_length,
-            close_delimited=close_delimited,
-            no_body=no_body,
+            parser.should_keep_alive() and not close_delimited,  # keep_alive
+            chunked and not no_body,  # chunked
+            None if no_body else content_length,  # content_length
+            close_delimited,
+            no_body,
         )
         self._events.append(response)
         if self._head_request and status >= 200:
