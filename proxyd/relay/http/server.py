@@ -473,17 +473,17 @@ class HttpRelayFactory(Factory):
             f'{{"time":"{utc_millis(exchange.started)}"{exchange.client.log_fields}'
             f',"method":{_METHODS_JSON.get(method) or json_string(method.decode("latin-1"))}'
             f',"uri":{json_string(request.target.decode("latin-1"))}'
-            f',"status":{exchange.status:d},"bytes_in":{exchange.request_bytes:d}'
-            f',"bytes_out":{exchange.response_bytes:d}'
+            f',"status":{exchange.status},"bytes_in":{exchange.request_bytes}'
+            f',"bytes_out":{exchange.response_bytes}'
             f',"route":{json_string(route.name) if route is not None else "null"}'
             f',"upstream":{json_string(tried[-1].name) if tried else "null"}'
-            f',"upstream_status":{"null" if status is None else f"{status:d}"}'
+            f',"upstream_status":{"null" if status is None else str(status)}'
             f',"upstream_connect_time":{_seconds_json(exchange.connect_time)}'
             f',"upstream_header_time":{_seconds_json(exchange.header_time)}'
             f',"upstream_response_time":'
             f"{_seconds_json(now - exchange._attempt_started if tried else None)}"
             f',"request_time":{_seconds_json(now - exchange.started)}'
-            f',"attempts":{len(tried):d}'
+            f',"attempts":{len(tried)}'
             f',"request_id":{json_string(ctx.request_id) if ctx is not None else "null"}'
         )
         tls = exchange.client.tls
