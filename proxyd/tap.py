@@ -24,6 +24,9 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     """Validate the config and bind every listener, or exit with one line per problem.
     With `workers` above 1, the service is the master of that many worker processes."""
+    from proxyd.reactor import install
+
+    install()  # unless `twistd -r NAME` chose one
     from twisted.internet import reactor
 
     from proxyd.app import ProxydService, StartupError

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from proxyd.app import ProxydService
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import loads
+from proxyd.reactor import install
 from proxyd.workers.commands import Agent, AgentFactory, Counters, Reload, Serve, SetHealth
 
 MASTER_FD = 3
@@ -85,6 +86,7 @@ def main() -> int:
     info = cast(Any, LogLevelFilterPredicate(defaultLogLevel=LogLevel.info))
     observer = FilteringLogObserver(cast(Any, jsonFileLogObserver(sys.stderr)), [info])
     globalLogBeginner.beginLoggingTo([cast(Any, observer)], redirectStandardIO=False)
+    install()
     from twisted.internet import reactor as installed
 
     reactor = cast(Any, installed)

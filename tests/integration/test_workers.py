@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import Backend, ProcessList, Proxyd, free_port, wait_until
+from .harness import Backend, ProcessList, Proxyd, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +100,7 @@ def test_two_workers_share_connections_and_one_killed_leaves_the_others_alone(
 ) -> None:
     port = free_port()
     relay = start_workers(proxyd, http_config(port, http_backend.port), tmp_path)
+    assert "reactor class: proxyd.reactor.EPollReactor" in relay.log()
     pids = workers_of(relay)
     assert len(pids) == 2
     clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(30)]

@@ -1300,6 +1300,8 @@ class WorkerProcessHarness:
         monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(self.setup)))
         monkeypatch.setattr(sys, "stderr", self.stderr)
         monkeypatch.setattr(twisted.internet, "reactor", self.reactor, raising=False)
+        self.installs: list[bool] = []
+        monkeypatch.setattr(worker_module, "install", lambda: self.installs.append(True))
         monkeypatch.setattr(
             worker_module,
             "globalLogBeginner",
@@ -1361,6 +1363,7 @@ def test_worker_main_adopts_its_master_connection_and_starts_its_proxy(
 
     worker.scene = scene
     assert worker.main() == 0
+    assert worker.installs == [True]  # proxyd's reactor, before Twisted's default
     assert worker.closed == [MASTER_FD]  # Twisted holds a duplicate
     assert worker.agent()._sockets == {
         "tcp db": (4, socket.AF_INET),
