@@ -73,11 +73,13 @@ def remove_hop_by_hop(headers: Headers, also: frozenset[bytes] = frozenset()) ->
         lower = field[0].lower()
         if lower not in drop:
             kept.append(field)
-        elif lower == b"connection":
+        elif lower == b"connection" and field[1].lower() not in drop:
+            # A value that is one dropped name (keep-alive, upgrade: no comma in any) names
+            # nothing more; others are read below.
             named.append(field[1])
     if named:
         # Connection's options that name fields not dropped yet: a second pass, rarely
-        # needed (its usual values, keep-alive and upgrade, are hop-by-hop already).
+        # needed.
         options = _tokens(named) - drop - _NEVER_CONNECTION_OPTIONS
         if options:
             kept = [field for field in kept if field[0].lower() not in options]
