@@ -4,6 +4,7 @@ today; the UDP and WebSocket relays share them."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -74,7 +75,13 @@ def client_hash_key(address: Address | None) -> bytes | None:
     so that the same client gets the same key however it reached the listener."""
     if address is None:
         return None
-    ip = ipaddress.ip_address(address.host)
+    return _packed(address.host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed(host: str) -> bytes:
+    """Parsing an address takes a few microseconds: clients come back."""
+    ip = ipaddress.ip_address(host)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.packed

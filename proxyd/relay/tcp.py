@@ -361,7 +361,8 @@ class Relay:
         assert pool is not None
         server = None
         if self.attempts.may_try_another():
-            key = client_hash_key(self.record.client)
+            hashed = pool.config.balance == "hash"
+            key = client_hash_key(self.record.client) if hashed else None
             server = pool.pick(key, exclude=self.attempts.tried)
         if server is None:
             self._give_up()

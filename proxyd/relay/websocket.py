@@ -220,7 +220,8 @@ class Relay:
     def _connect_next(self) -> None:
         server = None
         if self.attempts.may_try_another():
-            key = client_hash_key(self.record.client)
+            hashed = self.pool.config.balance == "hash"
+            key = client_hash_key(self.record.client) if hashed else None
             server = self.pool.pick(key, exclude=self.attempts.tried)
         if server is None:
             self._give_up()

@@ -52,8 +52,9 @@ START = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
 class FakePool:
     """Pool API: picks the first up server not excluded; records every call."""
 
-    def __init__(self, servers: Collection[str]) -> None:
+    def __init__(self, servers: Collection[str], balance: str = "hash") -> None:
         self.name = "db"
+        self.config = PoolConfig(name="db", servers=(), balance=balance)
         self.servers = [
             Server(ServerConfig(Address(host, int(port))), pool="db")
             for host, port in (s.rsplit(":", 1) for s in servers)
@@ -279,6 +280,13 @@ def test_hash_key_is_the_client_ip_packed() -> None:
     assert client_hash_key(Address("::ffff:203.0.113.7", 1)) == bytes([203, 0, 113, 7])
     assert client_hash_key(Address("2001:db8::1", 1)) == bytes.fromhex(f"20010db8{'00' * 11}01")
     assert client_hash_key(None) is None
+
+
+def test_no_hash_key_is_made_for_a_pool_that_does_not_balance_by_hash() -> None:
+    h = Harness()
+    h.pool.config = attrs.evolve(h.pool.config, balance="round_robin")
+    h.accept()
+    assert h.pool.picks == [(None, ())]
 
 
 def test_connect_uses_the_configured_connect_timeout() -> None:
