@@ -7,6 +7,7 @@ they accept loosely (address syntax, family, port range) so that only real IP ad
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 
@@ -41,10 +42,18 @@ class ProxyHeaderError(ValueError):
 def address_of(address: IAddress | None) -> Address | None:
     """The IP host and port of a Twisted address; None when it is not an IP address."""
     if isinstance(address, IPv4Address | IPv6Address):
-        ip = _parse_ip(address.host)
-        if ip is not None:
-            return Address(str(ip), address.port)
+        host = _normal_host(address.host)
+        if host is not None:
+            return Address(host, address.port)
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_host(host: str) -> str | None:
+    """An IP address's text as ipaddress writes it (parsed once per client: it takes a few
+    microseconds, and clients come back)."""
+    ip = _parse_ip(host)
+    return None if ip is None else str(ip)
 
 
 def encode_v1(source: Address | None, destination: Address | None) -> bytes:
