@@ -10,6 +10,7 @@ its own; access logs go where the config says (stdout is the master's).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -136,6 +137,7 @@ def main() -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(terminated))
         proxy.startService()
+        gc.freeze()  # as tap.makeService does
 
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", shutting_down)

@@ -1302,6 +1302,10 @@ class WorkerProcessHarness:
         monkeypatch.setattr(twisted.internet, "reactor", self.reactor, raising=False)
         self.installs: list[bool] = []
         monkeypatch.setattr(worker_module, "install", lambda: self.installs.append(True))
+        self.freezes: list[bool] = []
+        monkeypatch.setattr(
+            worker_module, "gc", SimpleNamespace(freeze=lambda: self.freezes.append(True))
+        )
         monkeypatch.setattr(
             worker_module,
             "globalLogBeginner",
@@ -1360,6 +1364,7 @@ def test_worker_main_adopts_its_master_connection_and_starts_its_proxy(
         seen["running"] = agent.proxy.running
         seen["health"] = agent.proxy.health
         seen["handlers"] = dict(worker.handlers)
+        seen["frozen"] = list(worker.freezes)
 
     worker.scene = scene
     assert worker.main() == 0
@@ -1373,6 +1378,7 @@ def test_worker_main_adopts_its_master_connection_and_starts_its_proxy(
     assert seen["handlers"][signal.SIGINT] == signal.SIG_IGN
     assert seen["handlers"][signal.SIGHUP] == signal.SIG_IGN
     assert callable(seen["handlers"][signal.SIGTERM])
+    assert seen["frozen"] == [True]  # what the start made kept out of the cyclic collector
 
 
 def test_worker_main_logs_json_records_of_info_and_above_on_stderr(
