@@ -56,6 +56,9 @@ class CloseReason(StrEnum):
     """route_by = sni: no route for the client's server name and no default pool."""
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     """The PROXY header or the ClientHello did not arrive within handshake_timeout."""
+    SHUTDOWN = "shutdown"
+    """proxyd was stopping: a client still queued for admission when the drain began, or a
+    connection still open when the drain time ran out."""
 
 
 def close_reason(side: Side, reason: Failure | None) -> CloseReason:

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import attrs
-from twisted.internet import error
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -147,6 +148,7 @@ class Relay:
             self._server_connected(transport)
             return
         self.client.transport = transport
+        self.factory.opened(self)
         self.record.started = self.factory.reactor.seconds()
         self.record.client = proxy_protocol.address_of(transport.getPeer())
         self._local = proxy_protocol.address_of(transport.getHost())
@@ -196,6 +198,17 @@ class Relay:
         )
         self.record.close_as(CloseReason.MAX_CONNECTIONS)
         self._close_all()
+
+    def shut_down(self) -> None:
+        """proxyd is stopping: close both ends (a FIN, or close_notify over TLS), unless the
+        connection is already closing on its own. A client whose TLS handshake is unfinished
+        is reset: it has nothing to flush."""
+        if self._closing or self._finished:
+            return
+        self.record.reason = CloseReason.SHUTDOWN  # also over a half-close's reason
+        self._close_all()
+        if self.client.tls and not self.handshaken:
+            self.client.reset()
 
     def data_received(self, side: Side, data: bytes) -> None:
         self._idle.touch()
@@ -573,7 +586,7 @@ class TcpRelayFactory(Factory[_EndProtocol]):
     source address then stands for the client everywhere (hash key, access log, send_proxy).
     Call `set_listening_port()` once listening: on_max_connections = queue stops reading the
     port while max_connections relays are active, leaving further clients in the kernel's
-    accept queue.
+    accept queue. At a graceful stop, `drain()` then `close_all()`.
     """
 
     noisy = False
@@ -601,6 +614,10 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         self._waiting: deque[Relay] = deque()
         self._port: ReadingPort | None = None
         self._port_paused = False
+        self._relays: set[Relay] = set()
+        """Every relay from its client's accept until its access-log line."""
+        self._draining = False
+        self._drained: list[Deferred[None]] = []
 
     def set_listening_port(self, port: IListeningPort) -> None:
         if not hasattr(port, "stopReading"):
@@ -621,8 +638,34 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         """Clients accepted in a burst beyond max_connections, queued until a slot frees."""
         return len(self._waiting)
 
+    def opened(self, relay: Relay) -> None:
+        self._relays.add(relay)
+
+    def drain(self) -> Deferred[None]:
+        """Admit nothing new: clients queued under max_connections are closed (`shutdown`),
+        the relays already admitted go on to their end. Fires once no relay is left open."""
+        self._draining = True
+        waiting, self._waiting = list(self._waiting), deque()
+        for relay in waiting:
+            relay.shut_down()
+        if not self._relays:
+            return defer.succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drained.append(drained)
+        return drained
+
+    def close_all(self) -> None:
+        """The drain time is up: close both ends of every relay still open (`shutdown` in the
+        access log); the drain's Deferred fires once they are gone."""
+        self._draining = True
+        self._waiting.clear()
+        for relay in list(self._relays):
+            relay.shut_down()
+
     def admit(self, relay: Relay) -> None:
-        if not self._full():
+        if self._draining:
+            relay.shut_down()
+        elif not self._full():
             self._start(relay)
         elif self.config.on_max_connections == "close":
             relay.reject()
@@ -632,6 +675,7 @@ class TcpRelayFactory(Factory[_EndProtocol]):
             self._waiting.append(relay)
 
     def finished(self, relay: Relay) -> None:
+        self._relays.discard(relay)
         if relay.admitted:
             self.active -= 1
         elif relay in self._waiting:
@@ -639,6 +683,10 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         while self._waiting and not self._full():
             self._start(self._waiting.popleft())
         self._sync_port()
+        if self._draining and not self._relays and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
 
     def _full(self) -> bool:
         limit = self.config.max_connections
@@ -652,7 +700,7 @@ class TcpRelayFactory(Factory[_EndProtocol]):
 
     def _sync_port(self) -> None:
         port = self._port
-        if port is None or self.config.on_max_connections != "queue":
+        if port is None or self.config.on_max_connections != "queue" or self._draining:
             return
         full = self._full()
         if full and not self._port_paused:

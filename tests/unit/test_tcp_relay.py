@@ -873,3 +873,120 @@ def test_end_to_end_over_iosim() -> None:
     record = h.record()
     assert (record["bytes_in"], record["bytes_out"], record["close"]) == (4, 4, "client_closed")
     assert record["client"] is None  # iosim's addresses are not IP addresses
+
+
+# A graceful stop: drain, then close_all.
+
+
+def fired(d: Any) -> bool:
+    results: list[object] = []
+    d.addBoth(results.append)
+    return bool(results)
+
+
+def test_drain_with_no_connection_fires_at_once() -> None:
+    h = Harness()
+    assert fired(h.factory.drain())
+
+
+def test_drain_fires_only_once_the_open_relays_have_ended() -> None:
+    h = Harness()
+    client, server = h.relay()
+    drained = h.factory.drain()
+    h.settle()
+    assert not fired(drained)
+    client.send(b"still relayed")
+    assert server.received() == b"still relayed"
+    client.fin()
+    server.fin()
+    h.settle()
+    assert fired(drained)
+    assert h.record()["close"] == "client_closed"
+
+
+def test_drain_lets_a_relay_still_connecting_finish_connecting() -> None:
+    h = Harness()
+    client = h.accept()
+    drained = h.factory.drain()
+    server = h.connect_server()
+    client.send(b"hello")
+    assert server.received() == b"hello" and not fired(drained)
+    server.transport.peer_lost(ConnectionDone())
+    h.settle()
+    assert fired(drained)
+
+
+def test_drain_closes_the_queued_clients_which_never_connect() -> None:
+    h = Harness(max_connections=1, on_max_connections="queue")
+    port = FakePort()
+    h.factory.set_listening_port(port)  # type: ignore[arg-type]
+    first, _ = h.relay()
+    waiting = h.accept()
+    drained = h.factory.drain()
+    assert waiting.transport.disconnecting and not first.transport.disconnecting
+    h.settle()
+    assert h.factory.waiting == 0 and len(h.attempts) == 1
+    assert [r["close"] for r in h.records()] == ["shutdown"]
+    assert h.records()[0]["backend"] is None
+    first.transport.peer_lost(ConnectionDone())
+    h.settle()
+    assert len(h.attempts) == 1  # the freed slot goes to nobody
+    assert port.calls == ["stop"]  # and the port stays stopped
+    assert fired(drained)
+
+
+def test_a_client_reaching_admission_during_a_drain_is_closed() -> None:
+    h = Harness()
+    h.factory.drain()
+    late = h.accept()  # accepted before the listener stopped
+    assert late.transport.disconnecting and h.attempts == []
+    h.settle()
+    assert h.record()["close"] == "shutdown"
+
+
+def test_close_all_closes_both_ends_and_logs_shutdown_then_the_drain_fires() -> None:
+    h = Harness()
+    client, server = h.relay()
+    drained = h.factory.drain()
+    h.factory.close_all()
+    assert client.transport.disconnecting and server.transport.disconnecting
+    assert not client.transport.aborted and not server.transport.aborted  # a FIN, no RST
+    assert not fired(drained)
+    h.settle()
+    assert fired(drained)
+    record = h.record()
+    assert (record["close"], record["backend"]) == ("shutdown", "10.0.0.1:3306")
+    assert h.pool.active == 0 and h.factory.active == 0
+
+
+def test_close_all_cuts_a_half_closed_relay_as_shutdown() -> None:
+    h = Harness()
+    client, server = h.relay()
+    client.fin()
+    assert server.transport.write_closed
+    h.factory.close_all()
+    h.settle()
+    assert h.record()["close"] == "shutdown"
+
+
+def test_close_all_stops_a_connect_under_way() -> None:
+    h = Harness()
+    h.accept()
+    drained = h.factory.drain()
+    h.factory.close_all()
+    h.settle()
+    assert fired(drained)
+    assert h.reactor.connectors[0].stoppedConnecting  # type: ignore[attr-defined]
+    assert h.pool.active == 0
+    record = h.record()
+    assert (record["close"], record["connect_attempts"]) == ("shutdown", 1)
+
+
+def test_a_second_drain_fires_as_well() -> None:
+    h = Harness()
+    h.relay()
+    first, second = h.factory.drain(), h.factory.drain()
+    h.factory.close_all()
+    h.settle()
+    assert fired(first) and fired(second)
+    assert fired(h.factory.drain())  # and a third, once nothing is left, at once
