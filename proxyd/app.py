@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -361,14 +362,57 @@ class ProxydService(service.MultiService):
                     )
 
     def stopService(self) -> Any:
-        result = super().stopService()
-        for pool in self.pools.values():
-            pool.stop()
-        for upstream in self.upstreams.values():
-            upstream.stop()
-        for access_log in self._logs.values():
-            access_log.close()
-        return result
+        """Stop accepting and checking, let the connections in flight finish (up to
+        drain_timeout), then stop the pools and close the access logs."""
+        stopped = super().stopService()
+        drained = self._drain()
+
+        def release(result: Any) -> Any:
+            for pool in self.pools.values():
+                pool.stop()
+            for upstream in self.upstreams.values():
+                upstream.stop()
+            for access_log in self._logs.values():
+                access_log.close()
+            return result
+
+        return DeferredList([maybeDeferred(lambda: stopped), drained]).addBoth(release)
+
+    def _drain(self) -> Deferred[None]:
+        """Ask every relay that has connections to drain them; after drain_timeout, close
+        what is left."""
+        factories = [
+            listener.factory for listener in self.listeners if hasattr(listener.factory, "drain")
+        ]
+        waits = [factory.drain() for factory in factories]
+        if all(wait.called for wait in waits):
+            return succeed(None)
+        timeout = self.config.proxyd.drain_timeout
+        log.info(
+            "stopping: connections in flight have up to {timeout:g}s to finish", timeout=timeout
+        )
+        done: Deferred[None] = Deferred()
+
+        def timed_out() -> None:
+            log.warn(
+                "stopping: drain_timeout ({timeout:g}s) reached, closing the connections"
+                " still open",
+                timeout=timeout,
+            )
+            for factory in factories:
+                factory.close_all()
+            done.callback(None)
+
+        timer = self._reactor.callLater(timeout, timed_out)
+
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+                log.info("stopping: every connection finished")
+                done.callback(None)
+
+        DeferredList(waits).addCallback(finished)
+        return done
 
 
 def _why(error: BaseException) -> str:

@@ -215,7 +215,11 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     "proxyd": (
         GlobalConfig,
         False,
-        {"access_log": Key(v.log_target), "workers": Key(v.workers)},
+        {
+            "access_log": Key(v.log_target),
+            "workers": Key(v.workers),
+            "drain_timeout": Key(v.duration),
+        },
     ),
     "pool": (
         PoolConfig,

@@ -552,6 +552,9 @@ class GlobalConfig:
     """Processes that serve the listeners; above 1, a master process binds the listeners,
     runs the health checks and supervises them (proxyd.workers). `auto` is read as the
     number of CPUs proxyd may run on."""
+    drain_timeout: float = 30.0
+    """At a graceful stop (SIGTERM), how long connections in flight may take to finish before
+    the rest are closed."""
 
 
 @attrs.frozen

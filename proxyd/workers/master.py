@@ -8,8 +8,9 @@ processes (proxyd.workers.worker), each with the config text, its listening sock
 every worker as they happen, and to a new worker before it accepts; counters come back on
 request and are summed. A worker that exits is started again (after a growing delay when it
 keeps dying young) on the same sockets; the connections it held are lost, nobody else's.
-SIGHUP is passed on to every worker; stopping the master stops every worker (SIGTERM, then
-SIGKILL after STOP_TIMEOUT) before the master's own sockets close.
+SIGHUP is passed on to every worker; stopping the master closes its copies of the listening
+sockets and stops every worker (SIGTERM: each drains its connections; SIGKILL once
+drain_timeout and STOP_GRACE have passed).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from proxyd.workers.commands import (
 from proxyd.workers.sockets import SharedPort
 from proxyd.workers.worker import MASTER_FD
 
-STOP_TIMEOUT = 10.0
-"""Seconds a stopping worker has before it is killed."""
+STOP_GRACE = 10.0
+"""Seconds a stopping worker has beyond `[proxyd] drain_timeout` before it is killed."""
 
 YOUNG = 10.0
 """A worker that exits within this many seconds of its start died young: each death in a row
@@ -293,13 +294,17 @@ class Master(service.MultiService):
                 restart.cancel()
         self._restarts.clear()
         self._stopping = Deferred()
+        # New connections are refused from now on, not left in a queue no worker will read
+        # (each worker closes its own duplicate as it starts draining).
+        for shared in self.shared.values():
+            shared.close()
         if not self.workers:
             self._stopping.callback(None)
         else:
             log.info("stopping {count} workers", count=len(self.workers))
             for worker in list(self.workers.values()):
                 worker.signal("TERM")
-            self._kill = self.reactor.callLater(STOP_TIMEOUT, self._kill_workers)
+            self._kill = self.reactor.callLater(self.stop_timeout, self._kill_workers)
 
         def stopped(_: None) -> Any:
             if self._kill is not None and self._kill.active():
@@ -308,13 +313,18 @@ class Master(service.MultiService):
 
         return self._stopping.addCallback(stopped)
 
+    @property
+    def stop_timeout(self) -> float:
+        """How long stopping workers have: their drain, and some more to end."""
+        return self.proxy.config.proxyd.drain_timeout + STOP_GRACE
+
     def _kill_workers(self) -> None:
         for worker in list(self.workers.values()):
             log.warn(
                 "worker {worker} (pid {pid}) still running after {timeout:g}s, killing it",
                 worker=worker.index,
                 pid=worker.pid,
-                timeout=STOP_TIMEOUT,
+                timeout=self.stop_timeout,
             )
             worker.signal("KILL")
 

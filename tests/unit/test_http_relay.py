@@ -785,3 +785,86 @@ def test_error_pages_replace_proxyds_own_answers() -> None:
     assert answer.startswith(b"HTTP/1.1 502")
     assert field(answer, "Content-Type") == [b"text/html; charset=utf-8"]
     assert answer.endswith(b"\r\n\r\n<h1>down</h1>")
+
+
+# Draining at a graceful stop.
+
+
+def drained(relay: Relay) -> list[None]:
+    fired: list[None] = []
+    relay.factory.drain().addCallback(fired.append)
+    return fired
+
+
+def test_drain_closes_an_idle_keepalive_connection_and_fires_once_it_is_gone() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    assert not relay.ct.disconnecting
+    fired = drained(relay)
+    assert relay.ct.disconnecting
+    assert fired == []
+    relay.client.connectionLost(Failure(error.ConnectionDone()))
+    assert fired == [None]
+    assert relay.factory.clients == set()
+
+
+def test_drain_answers_the_request_in_progress_with_connection_close_then_closes() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    fired = drained(relay)
+    assert not relay.ct.disconnecting, "the request in progress is answered first"
+    upstream.dataReceived(OK)
+    answer = relay.received()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"hi")
+    assert field(answer, "Connection") == [b"close"]
+    assert relay.ct.disconnecting
+    relay.client.connectionLost(Failure(error.ConnectionDone()))
+    assert fired == [None]
+
+
+def test_drain_lets_a_request_whose_head_is_arriving_through_as_the_last_one() -> None:
+    relay = Relay()
+    relay.send(GET[:10])
+    fired = drained(relay)
+    assert not relay.ct.disconnecting
+    relay.send(GET[10:] + GET)  # the rest, and a pipelined request that is not read
+    upstream, ut = relay.accept_upstream()
+    assert request_lines(ut.value())[0] == b"GET /a?x=1 HTTP/1.1"
+    upstream.dataReceived(OK)
+    answer = relay.received()
+    assert field(answer, "Connection") == [b"close"]
+    assert answer.count(b"HTTP/1.1 200 OK") == 1
+    assert relay.ct.disconnecting and fired == []
+    assert relay.pending_connects() == []
+
+
+def test_drain_with_no_connection_fires_at_once_and_close_all_closes_what_is_left() -> None:
+    relay = Relay()
+    relay.client.connectionLost(Failure(error.ConnectionDone()))
+    assert drained(relay) == [None]
+
+    relay = Relay()
+    relay.send(GET)
+    relay.accept_upstream()
+    first, second = drained(relay), drained(relay)
+    assert not relay.ct.disconnecting
+    relay.factory.close_all()
+    assert relay.ct.disconnecting
+    relay.client.connectionLost(Failure(error.ConnectionLost()))
+    assert first == second == [None]
+
+
+def test_a_connection_accepted_while_draining_gets_one_request() -> None:
+    relay = Relay()
+    relay.client.connectionLost(Failure(error.ConnectionDone()))
+    drained(relay)
+    client, transport = relay.connect_client()
+    assert not transport.disconnecting
+    relay.send(GET, client)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    assert field(transport.value(), "Connection") == [b"close"]
+    assert transport.disconnecting

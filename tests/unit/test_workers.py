@@ -62,7 +62,7 @@ from proxyd.workers.commands import (
 from proxyd.workers.master import (
     RESTART_DELAY,
     RESTART_DELAY_MAX,
-    STOP_TIMEOUT,
+    STOP_GRACE,
     YOUNG,
     Master,
     WorkerProcess,
@@ -1015,13 +1015,12 @@ def test_stopping_terminates_every_worker_and_ends_when_all_have_ended(harness: 
     assert all(sock.fileno() == -1 for sock in harness.shared["tcp db"].sockets)
 
 
-def test_the_masters_sockets_stay_open_until_every_worker_has_ended(harness: Harness) -> None:
+def test_the_master_closes_its_sockets_as_the_stop_begins(harness: Harness) -> None:
     harness.start()
     harness.master.stopService()
-    harness.process(0).exit(0)
-    assert all(sock.fileno() != -1 for sock in harness.shared["tcp web"].sockets)
-    harness.process(1).exit(0)
+    # New connections are refused once the workers drain: no queue that nobody reads.
     assert all(sock.fileno() == -1 for sock in harness.shared["tcp web"].sockets)
+    assert [harness.process(i).signals for i in (0, 1)] == [["TERM"], ["TERM"]]
 
 
 def test_workers_still_running_after_the_stop_timeout_are_killed(harness: Harness) -> None:
@@ -1029,14 +1028,14 @@ def test_workers_still_running_after_the_stop_timeout_are_killed(harness: Harnes
     stopped: list[Any] = []
     harness.master.stopService().addBoth(stopped.append)
     harness.process(0).exit(0)
-    harness.reactor.advance(STOP_TIMEOUT - 0.5)
+    harness.reactor.advance(30 + STOP_GRACE - 0.5)  # drain_timeout's default, and the grace
     assert harness.process(1).signals == ["TERM"]
     with capturedLogs() as events:
         harness.reactor.advance(0.5)
     assert harness.process(0).signals == ["TERM"]
     assert harness.process(1).signals == ["TERM", "KILL"]
     assert messages(events, LogLevel.warn) == [
-        "worker 1 (pid 1001) still running after 10s, killing it"
+        "worker 1 (pid 1001) still running after 40s, killing it"
     ]
     assert stopped == []
     harness.process(1).exit(by=signal.SIGKILL)

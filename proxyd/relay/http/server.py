@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final, Protocol, cast
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, IReactorTCP
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -92,6 +93,8 @@ class ClientConnection(TwistedProtocol):
         """Set once the TLS handshake is done ([https])."""
         self.tunnel: Tunnel | None = None
         """Set once a WebSocket upgrade was answered 101: bytes go to it from then on."""
+        self._last_request = False
+        """Draining: the request whose head is arriving is the last one."""
 
     @property
     def channel(self) -> Transport:
@@ -108,7 +111,7 @@ class ClientConnection(TwistedProtocol):
         self.local = _address(channel.getHost())
         self.trusted = self.factory.is_trusted(self.peer.host)
         channel.registerProducer(self, True)
-        self.factory.connections += 1
+        self.factory.client_opened(self)
         self._set_timer("header")
 
     def dataReceived(self, data: bytes) -> None:
@@ -134,7 +137,6 @@ class ClientConnection(TwistedProtocol):
         if self.factory.tls is not None and self.tls is None:
             self.factory.log_handshake_failure(self, reason)
         self.lost = True
-        self.factory.connections -= 1
         self._cancel_timer()
         self._awaiting = None
         response_call, self._response_call = self._response_call, None
@@ -142,10 +144,12 @@ class ClientConnection(TwistedProtocol):
             response_call.cancel()
         if self.tunnel is not None:
             self.tunnel.client_lost(reason)
+            self.factory.client_closed(self)
             return
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_lost()
+        self.factory.client_closed(self)
 
     # Flow of parsed events to exchanges.
 
@@ -186,6 +190,8 @@ class ClientConnection(TwistedProtocol):
 
     def _start(self, request: Request) -> None:
         self._timer_kind = ""
+        if self._last_request:
+            self.closing = True  # answered with Connection: close
         self.factory.requests += 1
         if not request.has_body and isinstance(self.reader.peek(), End):
             # llhttp ends a body-less request with its head: nothing to wait for.
@@ -236,6 +242,22 @@ class ClientConnection(TwistedProtocol):
 
     def close_after_response(self) -> None:
         self.closing = True
+
+    def drain(self) -> None:
+        """proxyd is stopping: an idle connection is closed now; a request in progress, or
+        one whose head is arriving, is answered (with Connection: close) and then the
+        connection is closed; a WebSocket tunnel goes on until it ends."""
+        if self.lost or self.tunnel is not None:
+            return
+        if self.exchange is not None:
+            self.close_after_response()
+        elif self.reader.in_head:
+            self._last_request = True
+        else:
+            self.closing = True
+            self._cancel_timer()
+            self.channel.unregisterProducer()
+            self.lose_connection()
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         if self.exchange is not exchange:
@@ -402,6 +424,9 @@ class HttpRelayFactory(Factory):
         self.hsts = config.hsts.encode("ascii") if config.hsts is not None else None
         self._trusted = config.trusted_proxies
         self.connections = 0
+        self.clients: set[ClientConnection] = set()
+        self._drained: list[Deferred[None]] | None = None
+        """While draining: who waits for the last client connection to end."""
         self.requests = 0
         self.tunnels = 0
         """Upgraded (WebSocket) connections open now."""
@@ -417,6 +442,39 @@ class HttpRelayFactory(Factory):
 
     def tunnel_closed(self) -> None:
         self.tunnels -= 1
+
+    def client_opened(self, client: ClientConnection) -> None:
+        self.connections += 1
+        self.clients.add(client)
+        if self._drained is not None:
+            client._last_request = True  # accepted as the listener closed: one request
+
+    def client_closed(self, client: ClientConnection) -> None:
+        self.connections -= 1
+        self.clients.discard(client)
+        if not self.clients and self._drained is not None:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """Stopping: let every client connection finish what it is doing (see
+        ClientConnection.drain). Fires once none is left."""
+        if self._drained is None:
+            self._drained = []
+            for client in list(self.clients):
+                client.drain()
+        if not self.clients:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+
+    def close_all(self) -> None:
+        """The drain time is up: close every client connection still open (with what its
+        transport has buffered; the process ends soon after anyway)."""
+        for client in list(self.clients):
+            client.lose_connection()
 
     def startFactory(self) -> None:
         """Listening: large bodies are relayed without page faults from here on."""

@@ -1,0 +1,88 @@
+"""The service tree's graceful stop: stop accepting, let connections in flight finish up to
+`[proxyd] drain_timeout`, then close the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
+
+from proxyd.app import ProxydService
+from proxyd.config.load import loads
+
+CONFIG = """
+[proxyd]
+access_log = off
+drain_timeout = 5s
+[pool web]
+servers = 127.0.0.1:9001
+[http front]
+listen = tcp:0:interface=127.0.0.1
+routes =
+    path / -> pool web
+"""
+
+
+class Stopping:
+    """A ProxydService on a memory reactor with one client connection in the middle of a
+    request to its [http] listener."""
+
+    def __init__(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.proxy = ProxydService(self.reactor, loads(CONFIG, "proxyd.ini"))
+        self.proxy.startService()
+        [listener] = self.proxy.listeners
+        self.factory = listener.factory
+        self.client = self.factory.buildProtocol(None)
+        self.transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", "10.0.0.7", 40000),
+        )
+        self.client.makeConnection(self.transport)
+        self.client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.stopped: list[Any] = []
+
+    def stop(self) -> None:
+        self.proxy.stopService().addBoth(self.stopped.append)
+
+
+def test_the_stop_waits_for_the_request_in_flight_and_not_longer() -> None:
+    stopping = Stopping()
+    with capturedLogs() as events:
+        stopping.stop()
+        assert stopping.stopped == []
+        assert not stopping.transport.disconnecting
+        stopping.reactor.advance(4)
+        stopping.client.connectionLost(Failure(error.ConnectionDone()))
+        stopping.reactor.advance(10)  # the drain timer was cancelled
+    assert len(stopping.stopped) == 1 and not isinstance(stopping.stopped[0], Failure)
+    assert [e["log_format"] for e in events if e["log_level"] >= LogLevel.info] == [
+        "stopping: connections in flight have up to {timeout:g}s to finish",
+        "stopping: every connection finished",
+    ]
+
+
+def test_after_drain_timeout_what_is_left_is_closed_and_the_stop_goes_on() -> None:
+    stopping = Stopping()
+    with capturedLogs() as events:
+        stopping.stop()
+        stopping.reactor.advance(4.9)
+        assert stopping.stopped == [] and not stopping.transport.disconnecting
+        stopping.reactor.advance(0.1)
+    assert stopping.transport.disconnecting
+    assert len(stopping.stopped) == 1
+    [warning] = [e for e in events if e["log_level"] is LogLevel.warn]
+    assert warning["timeout"] == 5.0
+
+
+def test_with_nothing_in_flight_the_stop_is_immediate() -> None:
+    stopping = Stopping()
+    stopping.client.connectionLost(Failure(error.ConnectionDone()))
+    with capturedLogs() as events:
+        stopping.stop()
+    assert len(stopping.stopped) == 1
+    assert events == []
