@@ -28,7 +28,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTCP,
@@ -172,6 +172,8 @@ class Relay:
         origin = request.headers.get("origin")
         if not self.factory.origins.allows(origin):
             self._refuse(WsClose.ORIGIN_REFUSED, 403, "Forbidden", f"origin {origin!r} not allowed")
+        if self.factory.draining:
+            self._refuse(CloseReason.SHUTDOWN, 503, "Service Unavailable", "proxyd is stopping")
         if self.factory.full():
             limit = self.config.max_connections
             self._refuse(
@@ -372,6 +374,24 @@ class Relay:
         self._set_word(CloseReason.IDLE_TIMEOUT)
         self._close_both(Side.CLIENT, GOING_AWAY, "idle timeout", "idle timeout")
 
+    def shut_down(self) -> None:
+        """proxyd is stopping: an open connection gets 1001 both ways (RFC 6455 7.4.1: a
+        server going down), a handshake under way a 503, and a client that has not sent its
+        handshake a plain close. One already ending on its own is left to end."""
+        if self._closing or self._finished or self.word is not None:
+            return
+        self._set_word(CloseReason.SHUTDOWN)
+        client = self.client
+        if client.state == OPEN:
+            self._close_both(Side.CLIENT, GOING_AWAY, "going away", "going away")
+            return
+        self._start_closing()  # the linger bounds whatever follows
+        self._cancel_attempt()
+        if self._accept is not None:
+            self._deny(503, "Service Unavailable")
+        elif client.transport is not None:
+            cast(Transport, client.transport).loseConnection()
+
     def _close_both(self, side: Side, code: int, reason: str, peer_reason: str) -> None:
         """Close `side` with code and reason, and its peer with 1001 and `peer_reason`."""
         self._start_closing()
@@ -560,7 +580,8 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
     """The listening factory of one `[websocket NAME]` with `mode = message`.
 
     Counters for metrics: `active` (admitted, not finished), `total` (admitted ever),
-    `messages_in` (client to server) and `messages_out`.
+    `messages_in` (client to server) and `messages_out`. At a graceful stop, `drain()` then
+    `close_all()`.
     """
 
     protocol = ClientLeg  # type: ignore[assignment]
@@ -595,6 +616,11 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.total = 0
         self.messages_in = 0
         self.messages_out = 0
+        self.draining = False
+        """Stopping: every new handshake is refused 503 (`shutdown`)."""
+        self._relays: set[Relay] = set()
+        """Every relay from its client's TCP connection until its access-log line."""
+        self._drained: list[Deferred[None]] = []
         self.setProtocolOptions(
             webStatus=False,
             maxFramePayloadSize=config.max_frame_size,
@@ -613,7 +639,27 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         )
 
     def new_relay(self, client: ClientLeg) -> Relay:
-        return Relay(self, client)
+        relay = Relay(self, client)
+        self._relays.add(relay)
+        return relay
+
+    def drain(self) -> Deferred[None]:
+        """Admit nothing new (a handshake from now on is refused 503); the connections
+        already admitted go on to their end. Fires once no connection is left open."""
+        self.draining = True
+        if not self._relays:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drained.append(drained)
+        return drained
+
+    def close_all(self) -> None:
+        """The drain time is up: close every connection still open (1001 "going away" to
+        both ends of an open WebSocket; `shutdown` in the access log); the drain's Deferred
+        fires once they are gone."""
+        self.draining = True
+        for relay in list(self._relays):
+            relay.shut_down()
 
     def set_listening_port(self, port: IListeningPort) -> None:
         """Called once listening. Clients over max_connections are answered 503 rather than
@@ -629,5 +675,10 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.total += 1
 
     def finished(self, relay: Relay) -> None:
+        self._relays.discard(relay)
         if relay.admitted:
             self.active -= 1
+        if self.draining and not self._relays and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)

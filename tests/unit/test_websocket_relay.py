@@ -848,3 +848,100 @@ def test_a_failure_admitting_a_client_is_logged_and_answered_500() -> None:
     assert client.status.startswith("HTTP/1.1 500")
     assert any(log.get("log_failure") is not None for log in logs)
     net.assert_finished()
+
+
+# A graceful stop: drain, then close_all.
+
+
+def fired(d: Any) -> bool:
+    results: list[object] = []
+    d.addBoth(results.append)
+    return bool(results)
+
+
+def test_drain_with_no_connection_fires_at_once() -> None:
+    net = Net()
+    assert fired(net.factory.drain())
+
+
+def test_drain_fires_only_once_the_open_connections_have_ended() -> None:
+    net = Net()
+    client = opened(net)
+    drained = net.factory.drain()
+    client.sendMessage(b"still relayed")
+    net.flush()
+    assert client.messages == [(b"still relayed", False)] and not fired(drained)
+    client.sendClose(1000)
+    net.flush()
+    assert fired(drained)
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "client_closed"
+
+
+def test_a_handshake_arriving_during_a_drain_is_refused_503() -> None:
+    net = Net()
+    silent = Protocol()
+    net.connect_client(silent)  # accepted before the listener stopped, handshake yet to come
+    drained = net.factory.drain()
+    client = net.client()
+    assert client.status.startswith("HTTP/1.1 503") and net.reactor.tcpClients == []
+    assert net.lines()[0]["close"] == "shutdown"
+    assert not fired(drained)  # the silent one is still there
+    net.factory.close_all()
+    net.flush()
+    assert fired(drained)
+    assert [line["close"] for line in net.lines()] == ["shutdown", "shutdown"]
+
+
+def test_close_all_closes_both_ends_with_1001_logs_shutdown_then_the_drain_fires() -> None:
+    net = Net()
+    client = opened(net)
+    drained = net.factory.drain()
+    net.factory.close_all()
+    net.flush()
+    assert client.closed == (1001, "going away")
+    assert net.backend().last.closed == (1001, "going away")
+    assert fired(drained)
+    net.assert_finished()
+    line = net.lines()[0]
+    assert line["close"] == "shutdown"
+
+
+def test_close_all_answers_a_handshake_under_way_503_and_stops_the_connect() -> None:
+    net = Net()
+    del net.backends[SERVERS[0]]  # the connect stays pending
+    client = net.client()
+    drained = net.factory.drain()
+    net.factory.close_all()
+    net.flush()
+    assert client.status.startswith("HTTP/1.1 503")
+    assert net.reactor.connectors[0].stoppedConnecting
+    assert fired(drained)
+    net.assert_finished()
+    assert net.lines()[0]["close"] == "shutdown"
+
+
+def test_close_all_leaves_a_connection_already_closing_to_its_own_reason() -> None:
+    net = Net()
+    client = opened(net)
+    backend = net.backend().last
+    backend.dropConnection = lambda abort=False: None  # type: ignore[method-assign]
+    client.sendClose(1000)
+    net.flush()
+    drained = net.factory.drain()
+    net.factory.close_all()
+    net.flush()
+    assert not fired(drained)
+    net.advance(5)  # the linger aborts what the backend keeps open
+    assert fired(drained)
+    assert net.lines()[0]["close"] == "client_closed"
+
+
+def test_a_second_drain_fires_as_well() -> None:
+    net = Net()
+    opened(net)
+    first, second = net.factory.drain(), net.factory.drain()
+    net.factory.close_all()
+    net.flush()
+    assert fired(first) and fired(second)
+    assert fired(net.factory.drain())
