@@ -71,6 +71,10 @@ __all__ = ["Relay", "TcpRelayFactory"]
 
 _log = Logger(namespace="proxyd.relay.tcp")
 
+SHUTDOWN_LINGER = 5.0
+"""After close_all, how long a connection has to take its last bytes and close before it is
+reset: the drain's Deferred fires at most this long after close_all."""
+
 
 @attrs.define(eq=False)
 class _End:
@@ -140,6 +144,8 @@ class Relay:
         """The pool of this connection: the listener's, or the one its server name picked."""
         self._handshaking: Transport | None = None
         """A server connection whose TLS handshake is under way (upstream TLS)."""
+        self._linger: IdleTimer | None = None
+        """Once shut down: resets what is still open after SHUTDOWN_LINGER."""
 
     # Called by the protocols and the factory.
 
@@ -201,14 +207,23 @@ class Relay:
 
     def shut_down(self) -> None:
         """proxyd is stopping: close both ends (a FIN, or close_notify over TLS), unless the
-        connection is already closing on its own. A client whose TLS handshake is unfinished
-        is reset: it has nothing to flush."""
-        if self._closing or self._finished:
+        connection is already closing on its own; reset what is left after SHUTDOWN_LINGER.
+        A client whose TLS handshake is unfinished is reset at once: it has nothing to flush."""
+        if self._finished:
             return
-        self.record.reason = CloseReason.SHUTDOWN  # also over a half-close's reason
-        self._close_all()
-        if self.client.tls and not self.handshaken:
-            self.client.reset()
+        if not self._closing:
+            self.record.reason = CloseReason.SHUTDOWN  # also over a half-close's reason
+            self._close_all()
+            if self.client.tls and not self.handshaken:
+                self.client.reset()
+        if self._linger is None:
+            clock = cast(IReactorTime, self.factory.reactor)
+            self._linger = IdleTimer(clock, SHUTDOWN_LINGER, self._reset_both)
+            self._linger.start()
+
+    def _reset_both(self) -> None:
+        self.client.reset()
+        self.server.reset()
 
     def data_received(self, side: Side, data: bytes) -> None:
         self._idle.touch()
@@ -464,8 +479,7 @@ class Relay:
 
     def _on_idle(self) -> None:
         if self._closing:  # a graceful close that moved nothing for a whole timeout
-            self.client.reset()
-            self.server.reset()
+            self._reset_both()
             return
         self.record.close_as(CloseReason.IDLE_TIMEOUT)
         self._close_all()
@@ -506,6 +520,8 @@ class Relay:
         self._cancel_attempt()
         self._preamble_timer.cancel()
         self._idle.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         self._release()
         self._pending.clear()
         self.factory.access_log.log(self.record.as_log(self.factory.reactor.seconds()))

@@ -990,3 +990,31 @@ def test_a_second_drain_fires_as_well() -> None:
     h.settle()
     assert fired(first) and fired(second)
     assert fired(h.factory.drain())  # and a third, once nothing is left, at once
+
+
+def test_close_all_resets_what_is_still_open_after_the_linger() -> None:
+    h = Harness()
+    client, server = h.relay()
+    client.transport.loseConnection = lambda: None  # type: ignore[method-assign]
+    drained = h.factory.drain()
+    h.factory.close_all()
+    h.settle()
+    assert server.transport.disconnecting and not client.transport.aborted
+    assert not fired(drained)
+    h.reactor.advance(5)
+    h.settle()
+    assert client.transport.reset_by_rst() and fired(drained)
+    assert h.record()["close"] == "shutdown"
+
+
+def test_close_all_bounds_a_close_already_under_way_and_keeps_its_reason() -> None:
+    h = Harness()
+    client, server = h.relay()
+    client.transport.loseConnection = lambda: None  # type: ignore[method-assign]
+    server.transport.peer_lost(ConnectionDone())
+    drained = h.factory.drain()
+    h.factory.close_all()
+    h.reactor.advance(5)
+    h.settle()
+    assert client.transport.reset_by_rst() and fired(drained)
+    assert h.record()["close"] == "server_closed"
