@@ -377,8 +377,12 @@ class Relay:
     def shut_down(self) -> None:
         """proxyd is stopping: an open connection gets 1001 both ways (RFC 6455 7.4.1: a
         server going down), a handshake under way a 503, and a client that has not sent its
-        handshake a plain close. One already ending on its own is left to end."""
-        if self._closing or self._finished or self.word is not None:
+        handshake a plain close. One already ending on its own is left to end. Whatever is
+        left after CLOSE_LINGER is aborted."""
+        if self._finished:
+            return
+        if self._closing or self.word is not None:
+            self._start_closing()  # the linger, for a refusal still under way
             return
         self._set_word(CloseReason.SHUTDOWN)
         client = self.client
