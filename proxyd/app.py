@@ -57,6 +57,10 @@ _COUNTERS = (
 )
 """The relays' counters (attributes of their factories) that counters() reports."""
 
+CLOSE_GRACE = 5.0
+"""Seconds the connections closed at drain_timeout have to go (and be logged) before the
+stop goes on regardless."""
+
 
 class StartupError(Exception):
     """Something the operator must fix before proxyd can serve (a port in use, ...)."""
@@ -392,8 +396,10 @@ class ProxydService(service.MultiService):
             "stopping: connections in flight have up to {timeout:g}s to finish", timeout=timeout
         )
         done: Deferred[None] = Deferred()
+        timer = self._reactor.callLater(timeout, lambda: timed_out())
 
         def timed_out() -> None:
+            nonlocal timer
             log.warn(
                 "stopping: drain_timeout ({timeout:g}s) reached, closing the connections"
                 " still open",
@@ -401,15 +407,20 @@ class ProxydService(service.MultiService):
             )
             for factory in factories:
                 factory.close_all()
-            done.callback(None)
+            # The closed connections are logged as they go: wait for them, a little.
+            timer = self._reactor.callLater(CLOSE_GRACE, finish)
 
-        timer = self._reactor.callLater(timeout, timed_out)
+        def finish() -> None:
+            if not done.called:
+                done.callback(None)
 
         def finished(_: object) -> None:
+            if done.called:
+                return
             if timer.active():
                 timer.cancel()
-                log.info("stopping: every connection finished")
-                done.callback(None)
+            log.info("stopping: every connection finished")
+            done.callback(None)
 
         DeferredList(waits).addCallback(finished)
         return done

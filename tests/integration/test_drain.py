@@ -7,13 +7,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from .harness import Backend, Proxyd, free_port
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(port: int, backend: int, drain_timeout: str, workers: int = 1) -> str:
@@ -97,3 +101,30 @@ def test_what_outlives_drain_timeout_is_closed(http_backend: Backend, proxyd) ->
     assert 0.8 < time.monotonic() - began < 8
     assert "drain_timeout (1s) reached, closing the connections still open" in relay.log()
     sock.close()
+
+
+def test_a_tcp_connection_goes_on_through_the_drain_until_its_client_closes(
+    processes, proxyd
+) -> None:
+    echo = free_port()
+    argv = [sys.executable, str(ROOT / "examples" / "echo_server.py"), str(echo)]
+    processes.start("echo", argv).wait_listening([echo], 15)
+    port = free_port()
+    relay = proxyd(
+        f"[proxyd]\ndrain_timeout = 20s\n\n[pool echo]\nservers = 127.0.0.1:{echo}\n\n"
+        f"[tcp echo]\nlisten = tcp:{port}:interface=127.0.0.1\npool = echo\n"
+    )
+    sock = connect(port)
+    greeting = sock.recv(65536)
+    assert greeting.startswith(b"hello from echo backend")
+    relay.stopped_by_test = True
+    os.kill(relay.pid, signal.SIGTERM)
+    relay.wait_for_log(r"stopping: connections in flight have up to 20s to finish")
+    with pytest.raises(ConnectionRefusedError):
+        connect(port).close()
+    sock.sendall(b"still here\n")
+    assert sock.recv(65536) == b"still here\n"
+    assert relay.process.alive
+    sock.close()
+    assert relay.process.popen.wait(15) == -signal.SIGTERM
+    assert "stopping: every connection finished" in relay.log()

@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
-from proxyd.app import ProxydService
+from proxyd.app import CLOSE_GRACE, ProxydService
 from proxyd.config.load import loads
 
 CONFIG = """
@@ -73,10 +73,22 @@ def test_after_drain_timeout_what_is_left_is_closed_and_the_stop_goes_on() -> No
         stopping.reactor.advance(4.9)
         assert stopping.stopped == [] and not stopping.transport.disconnecting
         stopping.reactor.advance(0.1)
-    assert stopping.transport.disconnecting
+        assert stopping.transport.disconnecting
+        assert stopping.stopped == [], "the closed connections go (and are logged) first"
+        stopping.client.connectionLost(Failure(error.ConnectionLost()))
     assert len(stopping.stopped) == 1
     [warning] = [e for e in events if e["log_level"] is LogLevel.warn]
     assert warning["timeout"] == 5.0
+
+
+def test_connections_that_do_not_go_when_closed_hold_the_stop_only_close_grace() -> None:
+    stopping = Stopping()
+    stopping.stop()
+    stopping.reactor.advance(5)
+    stopping.reactor.advance(CLOSE_GRACE - 0.1)
+    assert stopping.stopped == []
+    stopping.reactor.advance(0.1)
+    assert len(stopping.stopped) == 1
 
 
 def test_with_nothing_in_flight_the_stop_is_immediate() -> None:
