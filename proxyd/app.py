@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application import service
@@ -15,6 +15,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from proxyd.accesslog import AccessLog
+from proxyd.admin.api import AdminResource, AdminSite
+from proxyd.admin.status import status_document
 from proxyd.cli import expiry_warning, warnings
 from proxyd.config.errors import Invalid
 from proxyd.config.model import Config
@@ -254,6 +256,17 @@ class ProxydService(service.MultiService):
                     ),
                 )
 
+        self.counters_source: Callable[[], Deferred[dict[str, Any]]] = lambda: succeed(
+            self.counters()
+        )
+        """Where status() takes the counters from: this process, or the master's sum over
+        its workers (proxyd.workers.master sets it)."""
+        self.admin: ListenerService | None = None
+        if config.admin is not None and not worker:
+            site = AdminSite(AdminResource(self.status, config.admin.token))
+            self.admin = ListenerService(reactor, "admin", config.admin.listen, site)
+            self.admin.setServiceParent(self)
+
     def _add_listener(self, reactor: Any, name: str, description: str, factory: Any) -> None:
         listener = ListenerService(reactor, name, description, factory)
         listener.setServiceParent(self)
@@ -266,11 +279,12 @@ class ProxydService(service.MultiService):
 
     def bind(self) -> None:
         """Listen on every listener now; on failure undo what was bound and raise."""
+        everything = [*self.listeners, *([self.admin] if self.admin is not None else [])]
         try:
-            for listener in self.listeners:
+            for listener in everything:
                 listener.bind()
         except StartupError:
-            for listener in self.listeners:
+            for listener in everything:
                 if listener.port is not None:
                     listener.port.stopListening()
                     listener.port = None
@@ -282,11 +296,19 @@ class ProxydService(service.MultiService):
         try:
             for listener in self.listeners:
                 shared[listener.name] = listener.bind_shared(workers)
+            if self.admin is not None:
+                self.admin.bind()  # the master's own
         except StartupError:
             for sockets in shared.values():
                 sockets.close()
             raise
         return shared
+
+    def status(self) -> Deferred[dict[str, Any]]:
+        """The admin API's status document, with the counters of now."""
+        return self.counters_source().addCallback(
+            lambda counters: status_document(self.config, self.pools, counters)
+        )
 
     def adopt(self, sockets: Mapping[str, tuple[int, int]]) -> None:
         """Accept on the sockets (fd, address family) the master passed, by listener."""

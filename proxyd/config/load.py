@@ -14,6 +14,7 @@ from proxyd.config.errors import ConfigError, ConfigErrors, Invalid, did_you_mea
 from proxyd.config.ini import Entry, Section, parse_ini
 from proxyd.config.model import (
     BALANCE_ALGORITHMS,
+    AdminConfig,
     Certificate,
     CertificateSource,
     Config,
@@ -221,6 +222,11 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "drain_timeout": Key(v.duration),
         },
     ),
+    "admin": (
+        AdminConfig,
+        False,
+        {"listen": Key(v.endpoint, required=True), "token": Key(v.bearer_token)},
+    ),
     "pool": (
         PoolConfig,
         True,
@@ -332,7 +338,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     ),
 }
 
-_BUILD_ORDER = ("proxyd", "pool", "tcp", "udp", "websocket", "route", "http", "https")
+_BUILD_ORDER = ("proxyd", "admin", "pool", "tcp", "udp", "websocket", "route", "http", "https")
 """[http] sections are built last: their routes take actions from [route] sections."""
 
 
@@ -429,6 +435,7 @@ def loads(text: str, path: str = "<config>") -> Config:
         http=http,
         udp=udp,
         websocket=websocket,
+        admin=built["admin"].get(""),
     )
 
 
@@ -688,7 +695,23 @@ def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any
     return []
 
 
+def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    """A token is required where others than this machine can reach the admin listener."""
+    if fields.get("token") is None and not v.is_local_endpoint(fields["listen"]):
+        return [
+            (
+                "token",
+                Invalid(
+                    "a 'token' when 'listen' is not a loopback address or a unix: socket",
+                    "none",
+                ),
+            )
+        ]
+    return []
+
+
 _GROUPS: Mapping[str, Callable[[Section, dict[str, Any], dict[str, Any]], _Problems]] = {
+    "admin": _admin_groups,
     "https": _https_groups,
     "tcp": _tcp_groups,
     "pool": _pool_groups,

@@ -558,6 +558,15 @@ class GlobalConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """`[admin]`: the admin API and /metrics listener (proxyd.admin)."""
+
+    listen: str
+    token: str | None = None
+    """The bearer token every request must carry; required unless `listen` is loopback."""
+
+
+@attrs.frozen
 class Config:
     """A whole validated configuration file."""
 
@@ -568,3 +577,4 @@ class Config:
     http: tuple[HttpListenerConfig, ...] = ()
     udp: tuple[UdpListenerConfig, ...] = ()
     websocket: tuple[WebSocketListenerConfig, ...] = ()
+    admin: AdminConfig | None = None

@@ -527,6 +527,35 @@ def token(what: str) -> Callable[[str], str]:
     return parse
 
 
+_BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+MIN_BEARER = 16
+
+
+def bearer_token(text: str) -> str:
+    """A bearer token (RFC 6750 2.1, b64token) of at least MIN_BEARER characters."""
+    word = text.strip()
+    if not _BEARER.fullmatch(word) or len(word) < MIN_BEARER:
+        raise Invalid(
+            f"a token of at least {MIN_BEARER} characters (letters, digits and -._~+/,"
+            " then any '=')",
+            f"{len(word)} characters" if _BEARER.fullmatch(word) else "other characters",
+        )
+    return word
+
+
+def is_local_endpoint(description: str) -> bool:
+    """Whether a server endpoint listens only for this machine: a unix: socket, or tcp: or
+    tcp6: on a loopback interface (no interface is every interface)."""
+    kind, positional, keywords = split_endpoint(description)
+    if kind.lower() == "unix":
+        return True
+    interface = keywords.get("interface", positional[1] if len(positional) > 1 else "")
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
 header_name = token("a header field name")
 cookie_name = token("a cookie name")
 

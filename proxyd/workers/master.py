@@ -133,6 +133,7 @@ class Master(service.MultiService):
         self.reactor = reactor
         self.proxy = proxy
         proxy.setServiceParent(self)
+        proxy.counters_source = self.counters  # the admin API shows the workers' sum
         self.shared = shared
         self.config_text = config_text
         self.count = count

@@ -5,12 +5,14 @@ stopping all of them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -273,3 +275,35 @@ def test_a_unix_listener_keeps_its_file_and_mode_while_workers_come_and_go(
 
     assert relay.terminate() == -signal.SIGTERM
     assert not path.exists(), "the master removes the socket file at its end"
+
+
+def test_the_admin_api_and_metrics_show_the_sum_over_the_workers(
+    http_backend: Backend, proxyd, tmp_path: Path
+) -> None:
+    port, admin = free_port(), free_port()
+    relay = start_workers(
+        proxyd,
+        http_config(port, http_backend.port)
+        + f"\n[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\n",
+        tmp_path,
+    )
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    try:
+        for client in clients:
+            for _ in range(3):
+                assert ask(client) == b"HTTP/1.1 200 OK"
+        pids = workers_of(relay)
+        assert {owner(client, pids) for client in clients} == set(pids)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/api/v1/status", timeout=10) as r:
+            status = json.load(r)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+    finally:
+        for client in clients:
+            client.close()
+    assert status["workers"] == 2
+    [web] = status["listeners"]
+    assert web["counters"]["requests"] == 60, "both workers' requests, added up"
+    assert web["counters"]["connections"] == 20
+    assert 'proxyd_http_requests_total{kind="http",listener="web"} 60.0' in metrics
+    assert "proxyd_workers 2.0" in metrics

@@ -127,8 +127,8 @@ def test_every_error_in_a_file_is_reported_at_once_in_line_order() -> None:
         ),
         (
             "[pol a]\n",
-            "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'pool', 'tcp', 'udp', "
-            "'websocket', 'http', 'https', 'route'); found [pol] (did you mean 'pool'?)",
+            "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'admin', 'pool', 'tcp', "
+            "'udp', 'websocket', 'http', 'https', 'route'); found [pol] (did you mean 'pool'?)",
         ),
         (
             "[pool a]\nservers = 127.0.0.1:1\ncheck = htp\n",
@@ -386,4 +386,48 @@ def test_with_workers_a_listener_must_be_one_whose_socket_can_be_passed_on(tmp_p
         "proxyd.ini:12: [tcp tls] listen: expected a tcp:, tcp6: or unix: endpoint when"
         " [proxyd] workers is above 1 (its sockets are passed to the worker processes);"
         f" found 'ssl:0:privateKey={pem}'"
+    ]
+
+
+def test_an_admin_section_takes_a_listen_endpoint_and_an_optional_token() -> None:
+    assert loads("[pool a]\nservers = 127.0.0.1:1\n").admin is None
+    admin = loads("[admin]\nlisten = tcp:9901:interface=127.0.0.1\n").admin
+    assert admin is not None and (admin.listen, admin.token) == (
+        "tcp:9901:interface=127.0.0.1",
+        None,
+    )
+    token = "s3cr3t-t0ken-of-32-characters.xx"
+    public = loads(f"[admin]\nlisten = tcp:9901\ntoken = {token}\n").admin
+    assert public is not None and public.token == token
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "tcp:9901:interface=127.0.0.1",
+        "tcp:9901:127.0.0.2",
+        "tcp6:9901:interface=\\:\\:1",
+        "unix:/run/a",
+    ],
+)
+def test_an_admin_listener_on_loopback_or_a_unix_socket_needs_no_token(listen: str) -> None:
+    assert loads(f"[admin]\nlisten = {listen}\n").admin is not None
+
+
+@pytest.mark.parametrize("listen", ["tcp:9901", "tcp:9901:interface=0.0.0.0", "tcp6:9901"])
+def test_an_admin_listener_others_can_reach_needs_a_token(listen: str) -> None:
+    assert errors_of(f"[admin]\nlisten = {listen}\n") == [
+        "proxyd.ini:1: [admin] token: expected a 'token' when 'listen' is not a loopback"
+        " address or a unix: socket; found none"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("token", "found"),
+    [("short", "5 characters"), ("with spaces in the token!", "other characters")],
+)
+def test_an_admin_token_is_a_long_bearer_token(token: str, found: str) -> None:
+    assert errors_of(f"[admin]\nlisten = tcp:9901:interface=127.0.0.1\ntoken = {token}\n") == [
+        "proxyd.ini:3: [admin] token: expected a token of at least 16 characters (letters,"
+        f" digits and -._~+/, then any '='); found {found}"
     ]
