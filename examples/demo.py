@@ -28,6 +28,7 @@ proxyd is starting on {config}. Try, in another terminal:
     echo hi | .venv/bin/python examples/ws_client.py ws://127.0.0.1:8090/  # WebSocket, message mode
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8091/    # passthrough: type to chat
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8080/chat  # Upgrade on the HTTP relay
+    curl -s http://127.0.0.1:9901/api/v1/status  # admin API; /metrics for Prometheus
     .venv/bin/proxyd check {config}              # validate the configuration
 Stop with Ctrl-C.
 """
