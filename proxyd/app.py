@@ -30,6 +30,7 @@ from proxyd.relay.tcp import TcpRelayFactory
 from proxyd.relay.udp import MAX_PACKET, UdpListener
 from proxyd.relay.websocket import WebSocketRelayFactory
 from proxyd.relay.websocket_policy import OriginPolicy
+from proxyd.stopping import GracefulStop
 from proxyd.tls import ClientTls, ServerTls
 from proxyd.workers.sockets import (
     NotShareable,
@@ -180,7 +181,8 @@ class ProxydService(service.MultiService):
     def __init__(
         self, reactor: Any, config: Config, handle_signals: bool = False, worker: bool = False
     ) -> None:
-        """With `handle_signals`, SIGHUP reloads the certificates (see reload_certificates).
+        """With `handle_signals`, SIGHUP reloads the certificates (see reload_certificates)
+        and SIGTERM or SIGINT stop gracefully (proxyd.stopping).
         A `worker` process runs no health checks (its health state comes from the master,
         through set_health()) and leaves the config's warnings to the master."""
         super().__init__()
@@ -350,6 +352,15 @@ class ProxydService(service.MultiService):
             log.warn("{warning}", warning=warning)
         if self._handle_signals:
             signal.signal(signal.SIGHUP, self._on_sighup)
+            # After the reactor's own handlers, which it installs as it starts running.
+            self._reactor.callWhenRunning(GracefulStop(self._reactor, self.close_now).install)
+
+    def close_now(self) -> None:
+        """Close every relay's connections at once (a second SIGTERM while draining)."""
+        for listener in self.listeners:
+            close_all = getattr(listener.factory, "close_all", None)
+            if close_all is not None:
+                close_all()
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.reload_certificates)

@@ -1,6 +1,7 @@
 """The AMP commands between the master and its workers, over a Unix socket pair each.
 
-master -> worker: SetHealth (a server's active-check state), Serve (start accepting), Reload.
+master -> worker: SetHealth (a server's active-check state), Serve (start accepting), Reload,
+CloseNow.
 master -> worker, answered: Counters (the worker's counters, summed by the master).
 """
 
@@ -85,6 +86,15 @@ class Serve(amp.Command):
 
 class Reload(amp.Command):
     """SIGHUP reached the master: read the TLS certificates anew."""
+
+    arguments = []
+    response = []
+
+
+class CloseNow(amp.Command):
+    """The master was asked to stop a second time while the workers drain: close every
+    connection still open now (a second SIGTERM to a worker does not, as systemd sends one
+    to every process of the service besides the master's)."""
 
     arguments = []
     response = []

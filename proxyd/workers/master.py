@@ -34,9 +34,11 @@ from twisted.python.failure import Failure
 import proxyd
 from proxyd.app import ProxydService
 from proxyd.pool.pool import ServerEvent
+from proxyd.stopping import GracefulStop
 from proxyd.workers.commands import (
     Agent,
     AgentFactory,
+    CloseNow,
     Counters,
     Reload,
     Serve,
@@ -151,6 +153,8 @@ class Master(service.MultiService):
             self._unsubscribe.append(pool.subscribe(self._health_changed))
         if self._handle_signals:
             signal.signal(signal.SIGHUP, self._on_sighup)
+            # After the reactor's own handlers, which it installs as it starts running.
+            self.reactor.callWhenRunning(GracefulStop(self.reactor, self._stop_now).install)
         log.info("master (pid {pid}) starting {count} workers", pid=os.getpid(), count=self.count)
         for index in range(self.count):
             self._spawn(index)
@@ -318,6 +322,11 @@ class Master(service.MultiService):
     def stop_timeout(self) -> float:
         """How long stopping workers have: their drain, and some more to end."""
         return self.proxy.config.proxyd.drain_timeout + STOP_GRACE
+
+    def _stop_now(self) -> None:
+        """A second SIGTERM or SIGINT: the workers close what they still have open."""
+        for worker in list(self.workers.values()):
+            self._tell(worker, CloseNow)
 
     def _kill_workers(self) -> None:
         for worker in list(self.workers.values()):

@@ -33,7 +33,15 @@ from proxyd.app import ProxydService
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import loads
 from proxyd.reactor import install
-from proxyd.workers.commands import Agent, AgentFactory, Counters, Reload, Serve, SetHealth
+from proxyd.workers.commands import (
+    Agent,
+    AgentFactory,
+    CloseNow,
+    Counters,
+    Reload,
+    Serve,
+    SetHealth,
+)
 
 MASTER_FD = 3
 """The worker's end of its socket pair with the master."""
@@ -71,6 +79,11 @@ class WorkerAgent(Agent):
     @Reload.responder
     def reload(self) -> dict[str, Any]:
         self.proxy.reload_certificates()
+        return {}
+
+    @CloseNow.responder
+    def close_now(self) -> dict[str, Any]:
+        self.proxy.close_now()
         return {}
 
     @Counters.responder

@@ -268,8 +268,8 @@ class Proxyd:
         return self.process.pid
 
     def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM to proxyd's own process (not its group) and its exit status. twistd ends
-        by raising the signal that stopped it again, so a clean stop is -SIGTERM."""
+        """SIGTERM to proxyd's own process (not its group) and its exit status (0 after a
+        graceful stop)."""
         self.stopped_by_test = True
         os.kill(self.pid, signal.SIGTERM)
         return self.process.popen.wait(timeout)

@@ -52,6 +52,7 @@ from proxyd.workers import worker as worker_module
 from proxyd.workers.commands import (
     Agent,
     AgentFactory,
+    CloseNow,
     Counters,
     Json,
     Reload,
@@ -500,6 +501,9 @@ class FakeProxy:
     def reload_certificates(self) -> None:
         self.calls.append(("reload",))
 
+    def close_now(self) -> None:
+        self.calls.append(("close_now",))
+
     def counters(self) -> Any:
         if isinstance(self.counters_value, Exception):
             raise self.counters_value
@@ -551,6 +555,12 @@ def test_worker_reload_reads_the_certificates_anew() -> None:
     side = WorkerSide()
     assert side.call(Reload) == [{}]
     assert side.proxy.calls == [("reload",)]
+
+
+def test_worker_close_now_closes_its_proxys_connections() -> None:
+    side = WorkerSide()
+    assert side.call(CloseNow) == [{}]
+    assert side.proxy.calls == [("close_now",)]
 
 
 def test_worker_counters_are_its_proxys() -> None:
@@ -968,6 +978,19 @@ def test_reload_asks_every_worker_to_read_its_certificates(harness: Harness) -> 
         ("reload",),
     ]
     assert messages(events) == ["reload: asking 2 workers"]
+
+
+def test_a_second_stop_signal_has_every_worker_close_what_it_still_has(
+    harness: Harness,
+) -> None:
+    harness.start()
+    harness.reactor.flush()
+    harness.master._stop_now()
+    harness.reactor.flush()
+    assert [spawned.proxy.calls[-1] for spawned in harness.reactor.spawned] == [
+        ("close_now",),
+        ("close_now",),
+    ]
 
 
 def test_sighup_reaches_every_worker_as_reload() -> None:
