@@ -43,7 +43,7 @@ class AccessLog:
             return cls(None, target)
         if target == "-":
             return cls(sys.stdout, target)
-        return cls(open(target, "a", encoding="utf-8"), target)
+        return cls(_append(target), target)
 
     @property
     def enabled(self) -> bool:
@@ -73,6 +73,15 @@ class AccessLog:
         if self._stream is not None:
             self._stream.flush()
 
+    def reopen(self) -> None:
+        """Open the file again by its path (logrotate has moved it away), writing what is
+        buffered to the old one first. stdout and `off` stay as they are. If the path cannot
+        be opened, the old file is kept and OSError raised."""
+        if self._stream is None or self.target == "-":
+            return
+        old, self._stream = self._stream, _append(self.target)
+        old.close()
+
     def close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -80,6 +89,12 @@ class AccessLog:
                 stream.flush()
             else:
                 stream.close()
+
+
+def _append(path: str) -> IO[str]:
+    """The access-log file at `path`, opened for appending: kept open as long as proxyd runs
+    (or until reopen())."""
+    return open(path, "a", encoding="utf-8")
 
 
 _MILLIS: Final = tuple(f".{millis:03d}Z" for millis in range(1000))

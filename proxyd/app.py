@@ -30,7 +30,7 @@ from proxyd.relay.tcp import TcpRelayFactory
 from proxyd.relay.udp import MAX_PACKET, UdpListener
 from proxyd.relay.websocket import WebSocketRelayFactory
 from proxyd.relay.websocket_policy import OriginPolicy
-from proxyd.stopping import GracefulStop
+from proxyd.stopping import GracefulStop, on_sigusr1
 from proxyd.tls import ClientTls, ServerTls
 from proxyd.workers.sockets import (
     NotShareable,
@@ -352,8 +352,27 @@ class ProxydService(service.MultiService):
             log.warn("{warning}", warning=warning)
         if self._handle_signals:
             signal.signal(signal.SIGHUP, self._on_sighup)
+            on_sigusr1(self._reactor, self.reopen_logs)
             # After the reactor's own handlers, which it installs as it starts running.
             self._reactor.callWhenRunning(GracefulStop(self._reactor, self.close_now).install)
+
+    def reopen_logs(self) -> None:
+        """Open the access-log files again by their paths (SIGUSR1, after logrotate moved
+        them). A file that cannot be opened keeps being written where it was."""
+        files = [
+            log_file for log_file in self._logs.values() if log_file.target not in ("-", "off")
+        ]
+        for log_file in files:
+            try:
+                log_file.reopen()
+            except OSError as e:
+                log.error(
+                    "access log {path}: cannot open it again ({why}), still writing to the old"
+                    " file",
+                    path=log_file.target,
+                    why=e.strerror or str(e),
+                )
+        log.info("access logs reopened ({count} files)", count=len(files))
 
     def close_now(self) -> None:
         """Close every relay's connections at once (a second SIGTERM while draining)."""

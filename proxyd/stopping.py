@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT as a graceful stop that exits 0.
+"""Signals: SIGTERM and SIGINT as a graceful stop that exits 0; SIGUSR1 to reopen log files.
 
 Twisted's own handlers stop the reactor and make twistd raise the same signal again at the
 very end, so that a process stopped by SIGTERM reports "killed by SIGTERM". proxyd's stop is
@@ -43,3 +43,16 @@ class GracefulStop:
             return
         log.warn("{signal} again: closing what is still open now", signal=name)
         self._close_now()
+
+
+def on_sigusr1(reactor: Any, reopen: Callable[[], None]) -> None:
+    """SIGUSR1 calls `reopen` (in the reactor's thread), after whatever handled it before:
+    twistd rotates its own --logfile on SIGUSR1."""
+    previous = signal.getsignal(signal.SIGUSR1)
+
+    def handler(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        reactor.callFromThread(reopen)
+
+    signal.signal(signal.SIGUSR1, handler)

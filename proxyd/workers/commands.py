@@ -1,7 +1,7 @@
 """The AMP commands between the master and its workers, over a Unix socket pair each.
 
 master -> worker: SetHealth (a server's active-check state), Serve (start accepting), Reload,
-CloseNow.
+ReopenLogs, CloseNow.
 master -> worker, answered: Counters (the worker's counters, summed by the master).
 """
 
@@ -86,6 +86,13 @@ class Serve(amp.Command):
 
 class Reload(amp.Command):
     """SIGHUP reached the master: read the TLS certificates anew."""
+
+    arguments = []
+    response = []
+
+
+class ReopenLogs(amp.Command):
+    """SIGUSR1 reached the master: open the access-log files again by their paths."""
 
     arguments = []
     response = []

@@ -34,13 +34,14 @@ from twisted.python.failure import Failure
 import proxyd
 from proxyd.app import ProxydService
 from proxyd.pool.pool import ServerEvent
-from proxyd.stopping import GracefulStop
+from proxyd.stopping import GracefulStop, on_sigusr1
 from proxyd.workers.commands import (
     Agent,
     AgentFactory,
     CloseNow,
     Counters,
     Reload,
+    ReopenLogs,
     Serve,
     SetHealth,
     add_counters,
@@ -153,6 +154,7 @@ class Master(service.MultiService):
             self._unsubscribe.append(pool.subscribe(self._health_changed))
         if self._handle_signals:
             signal.signal(signal.SIGHUP, self._on_sighup)
+            on_sigusr1(self.reactor, self.reopen_logs)
             # After the reactor's own handlers, which it installs as it starts running.
             self.reactor.callWhenRunning(GracefulStop(self.reactor, self._stop_now).install)
         log.info("master (pid {pid}) starting {count} workers", pid=os.getpid(), count=self.count)
@@ -271,6 +273,13 @@ class Master(service.MultiService):
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: every worker opens its access-log files again (and so does the master,
+        which holds them open too)."""
+        self.proxy.reopen_logs()
+        for worker in list(self.workers.values()):
+            self._tell(worker, ReopenLogs)
 
     def counters(self) -> Deferred[dict[str, Any]]:
         """ProxydService.counters() summed over the workers that answer, with `workers`, how

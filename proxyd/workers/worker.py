@@ -39,6 +39,7 @@ from proxyd.workers.commands import (
     CloseNow,
     Counters,
     Reload,
+    ReopenLogs,
     Serve,
     SetHealth,
 )
@@ -79,6 +80,11 @@ class WorkerAgent(Agent):
     @Reload.responder
     def reload(self) -> dict[str, Any]:
         self.proxy.reload_certificates()
+        return {}
+
+    @ReopenLogs.responder
+    def reopen_logs(self) -> dict[str, Any]:
+        self.proxy.reopen_logs()
         return {}
 
     @CloseNow.responder
@@ -144,10 +150,11 @@ def main() -> int:
     os.close(MASTER_FD)  # Twisted holds a duplicate
 
     def started() -> None:
-        # The master stops workers with SIGTERM. A terminal's Ctrl-C or hang-up reaches every
-        # process of the group: the master alone acts on them.
+        # The master stops workers with SIGTERM. A terminal's Ctrl-C or hang-up, or a signal
+        # systemd sends to the whole service, reaches every process: the master alone acts.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the master passes it on (ReopenLogs)
         signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(terminated))
         proxy.startService()
         gc.freeze()  # as tap.makeService does

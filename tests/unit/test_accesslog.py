@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
@@ -75,3 +76,35 @@ def test_utc_millis_carries_a_rounded_up_microsecond_into_the_second() -> None:
 )
 def test_json_value_is_what_the_encoder_writes(value: object) -> None:
     assert json_value(value) == json.dumps(value, separators=(",", ":"))
+
+
+def test_reopen_writes_to_a_new_file_at_the_path_after_the_old_was_moved(tmp_path) -> None:
+    path = tmp_path / "access.log"
+    access_log = AccessLog.open(str(path))
+    access_log.log({"n": 1})
+    path.rename(tmp_path / "access.log.1")  # what logrotate does
+    access_log.log({"n": 2})  # still to the moved file
+    access_log.reopen()
+    access_log.log({"n": 3})
+    access_log.close()
+    assert (tmp_path / "access.log.1").read_text() == '{"n":1}\n{"n":2}\n'
+    assert path.read_text() == '{"n":3}\n'
+
+
+def test_reopen_leaves_stdout_and_off_alone_and_keeps_the_old_file_when_it_fails(
+    tmp_path,
+) -> None:
+    AccessLog.open("off").reopen()
+    stdout = AccessLog.open("-")
+    stdout.reopen()
+    assert stdout.enabled
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    access_log = AccessLog.open(str(directory / "access.log"))
+    (directory / "access.log").rename(tmp_path / "moved.log")
+    directory.rmdir()
+    with pytest.raises(OSError):
+        access_log.reopen()
+    access_log.log({"n": 1})
+    access_log.close()
+    assert (tmp_path / "moved.log").read_text() == '{"n":1}\n'

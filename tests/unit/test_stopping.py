@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import LogLevel, capturedLogs
 
-from proxyd.stopping import GracefulStop
+from proxyd.stopping import GracefulStop, on_sigusr1
 
 
 class Reactor:
@@ -56,3 +56,15 @@ def test_a_reactor_already_stopping_for_another_reason_is_left_to_it() -> None:
     reactor = Reactor(running=False)
     GracefulStop(reactor, lambda: None).requested("SIGTERM")
     assert reactor.stops == 0
+
+
+def test_sigusr1_reopens_after_what_handled_it_before() -> None:
+    saved = signal.getsignal(signal.SIGUSR1)
+    calls: list[str] = []
+    try:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append("twistd rotates"))
+        on_sigusr1(Reactor(), lambda: calls.append("reopen"))
+        signal.getsignal(signal.SIGUSR1)(signal.SIGUSR1, None)  # type: ignore[operator]
+    finally:
+        signal.signal(signal.SIGUSR1, saved)
+    assert calls == ["twistd rotates", "reopen"]

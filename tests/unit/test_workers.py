@@ -56,6 +56,7 @@ from proxyd.workers.commands import (
     Counters,
     Json,
     Reload,
+    ReopenLogs,
     Serve,
     SetHealth,
     add_counters,
@@ -504,6 +505,9 @@ class FakeProxy:
     def close_now(self) -> None:
         self.calls.append(("close_now",))
 
+    def reopen_logs(self) -> None:
+        self.calls.append(("reopen_logs",))
+
     def counters(self) -> Any:
         if isinstance(self.counters_value, Exception):
             raise self.counters_value
@@ -555,6 +559,12 @@ def test_worker_reload_reads_the_certificates_anew() -> None:
     side = WorkerSide()
     assert side.call(Reload) == [{}]
     assert side.proxy.calls == [("reload",)]
+
+
+def test_worker_reopen_logs_reopens_its_proxys_access_logs() -> None:
+    side = WorkerSide()
+    assert side.call(ReopenLogs) == [{}]
+    assert side.proxy.calls == [("reopen_logs",)]
 
 
 def test_worker_close_now_closes_its_proxys_connections() -> None:
@@ -1342,6 +1352,7 @@ class WorkerProcessHarness:
             SimpleNamespace(
                 SIGINT=signal.SIGINT,
                 SIGHUP=signal.SIGHUP,
+                SIGUSR1=signal.SIGUSR1,
                 SIGTERM=signal.SIGTERM,
                 SIG_IGN=signal.SIG_IGN,
                 signal=self.handlers.__setitem__,
@@ -1399,6 +1410,7 @@ def test_worker_main_adopts_its_master_connection_and_starts_its_proxy(
     assert seen["running"] and seen["health"] is None  # the master runs the checks
     assert seen["handlers"][signal.SIGINT] == signal.SIG_IGN
     assert seen["handlers"][signal.SIGHUP] == signal.SIG_IGN
+    assert seen["handlers"][signal.SIGUSR1] == signal.SIG_IGN  # the master passes it on
     assert callable(seen["handlers"][signal.SIGTERM])
     assert seen["frozen"] == [True]  # what the start made kept out of the cyclic collector
 
