@@ -18,6 +18,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.admin.api import AdminResource, AdminSite
 from proxyd.admin.status import status_document
 from proxyd.cli import expiry_warning, warnings
+from proxyd.clock import DelayedCall
 from proxyd.config.errors import Invalid
 from proxyd.config.model import Config
 from proxyd.config.values import Invalids
@@ -448,7 +449,7 @@ class ProxydService(service.MultiService):
             "stopping: connections in flight have up to {timeout:g}s to finish", timeout=timeout
         )
         done: Deferred[None] = Deferred()
-        timer = self._reactor.callLater(timeout, lambda: timed_out())
+        timer: DelayedCall  # the drain's, then the closing grace's
 
         def timed_out() -> None:
             nonlocal timer
@@ -474,6 +475,7 @@ class ProxydService(service.MultiService):
             log.info("stopping: every connection finished")
             done.callback(None)
 
+        timer = self._reactor.callLater(timeout, timed_out)
         DeferredList(waits).addCallback(finished)
         return done
 

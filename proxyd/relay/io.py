@@ -10,9 +10,10 @@ import contextlib
 import ctypes
 import socket
 import struct
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import ClientFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -182,3 +183,35 @@ def retain_freed_memory(size: int = RETAINED_HEAP) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_TRIM_THRESHOLD, size))
+
+
+_Connection = TypeVar("_Connection")
+
+
+class OpenConnections(Generic[_Connection]):
+    """A relay factory's open connections, and at a graceful stop who waits for the last of
+    them to end (its drain())."""
+
+    def __init__(self) -> None:
+        self.open: set[_Connection] = set()
+        self.draining = False
+        self._waiting: list[Deferred[None]] = []
+
+    def add(self, connection: _Connection) -> None:
+        self.open.add(connection)
+
+    def discard(self, connection: _Connection) -> None:
+        self.open.discard(connection)
+        if self.draining and not self.open and self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """From now on `draining`; fires once no connection is open (at once if none is)."""
+        self.draining = True
+        if not self.open:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import attrs
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -47,6 +47,7 @@ from proxyd.relay import proxy_protocol
 from proxyd.relay.io import (
     ConnectingReactor,
     Connector,
+    OpenConnections,
     ReadingPort,
     Transport,
     reset,
@@ -630,10 +631,8 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         self._waiting: deque[Relay] = deque()
         self._port: ReadingPort | None = None
         self._port_paused = False
-        self._relays: set[Relay] = set()
+        self._relays: OpenConnections[Relay] = OpenConnections()
         """Every relay from its client's accept until its access-log line."""
-        self._draining = False
-        self._drained: list[Deferred[None]] = []
 
     def set_listening_port(self, port: IListeningPort) -> None:
         if not hasattr(port, "stopReading"):
@@ -660,26 +659,22 @@ class TcpRelayFactory(Factory[_EndProtocol]):
     def drain(self) -> Deferred[None]:
         """Admit nothing new: clients queued under max_connections are closed (`shutdown`),
         the relays already admitted go on to their end. Fires once no relay is left open."""
-        self._draining = True
+        drained = self._relays.drain()
         waiting, self._waiting = list(self._waiting), deque()
         for relay in waiting:
             relay.shut_down()
-        if not self._relays:
-            return defer.succeed(None)
-        drained: Deferred[None] = Deferred()
-        self._drained.append(drained)
         return drained
 
     def close_all(self) -> None:
         """The drain time is up: close both ends of every relay still open (`shutdown` in the
         access log); the drain's Deferred fires once they are gone."""
-        self._draining = True
+        self._relays.draining = True
         self._waiting.clear()
-        for relay in list(self._relays):
+        for relay in list(self._relays.open):
             relay.shut_down()
 
     def admit(self, relay: Relay) -> None:
-        if self._draining:
+        if self._relays.draining:
             relay.shut_down()
         elif not self._full():
             self._start(relay)
@@ -691,7 +686,6 @@ class TcpRelayFactory(Factory[_EndProtocol]):
             self._waiting.append(relay)
 
     def finished(self, relay: Relay) -> None:
-        self._relays.discard(relay)
         if relay.admitted:
             self.active -= 1
         elif relay in self._waiting:
@@ -699,10 +693,7 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         while self._waiting and not self._full():
             self._start(self._waiting.popleft())
         self._sync_port()
-        if self._draining and not self._relays and self._drained:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
+        self._relays.discard(relay)
 
     def _full(self) -> bool:
         limit = self.config.max_connections
@@ -716,7 +707,7 @@ class TcpRelayFactory(Factory[_EndProtocol]):
 
     def _sync_port(self) -> None:
         port = self._port
-        if port is None or self.config.on_max_connections != "queue" or self._draining:
+        if port is None or self.config.on_max_connections != "queue" or self._relays.draining:
             return
         full = self._full()
         if full and not self._port_paused:

@@ -28,7 +28,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import error
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTCP,
@@ -41,7 +41,7 @@ from proxyd.clock import DelayedCall
 from proxyd.config.model import WebSocketListenerConfig
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
-from proxyd.relay.io import ConnectingReactor, Connector, Transport
+from proxyd.relay.io import ConnectingReactor, Connector, OpenConnections, Transport
 from proxyd.relay.session import (
     Attempts,
     CloseReason,
@@ -620,11 +620,8 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.total = 0
         self.messages_in = 0
         self.messages_out = 0
-        self.draining = False
-        """Stopping: every new handshake is refused 503 (`shutdown`)."""
-        self._relays: set[Relay] = set()
+        self._relays: OpenConnections[Relay] = OpenConnections()
         """Every relay from its client's TCP connection until its access-log line."""
-        self._drained: list[Deferred[None]] = []
         self.setProtocolOptions(
             webStatus=False,
             maxFramePayloadSize=config.max_frame_size,
@@ -647,22 +644,22 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self._relays.add(relay)
         return relay
 
+    @property
+    def draining(self) -> bool:
+        """Stopping: every new handshake is refused 503 (`shutdown`)."""
+        return self._relays.draining
+
     def drain(self) -> Deferred[None]:
         """Admit nothing new (a handshake from now on is refused 503); the connections
         already admitted go on to their end. Fires once no connection is left open."""
-        self.draining = True
-        if not self._relays:
-            return succeed(None)
-        drained: Deferred[None] = Deferred()
-        self._drained.append(drained)
-        return drained
+        return self._relays.drain()
 
     def close_all(self) -> None:
         """The drain time is up: close every connection still open (1001 "going away" to
         both ends of an open WebSocket; `shutdown` in the access log); the drain's Deferred
         fires once they are gone."""
-        self.draining = True
-        for relay in list(self._relays):
+        self._relays.draining = True
+        for relay in list(self._relays.open):
             relay.shut_down()
 
     def set_listening_port(self, port: IListeningPort) -> None:
@@ -679,10 +676,6 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.total += 1
 
     def finished(self, relay: Relay) -> None:
-        self._relays.discard(relay)
         if relay.admitted:
             self.active -= 1
-        if self.draining and not self._relays and self._drained:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
+        self._relays.discard(relay)

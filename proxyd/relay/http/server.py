@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final, Protocol, cast
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, IReactorTCP
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -38,7 +38,7 @@ from proxyd.relay.http.h1 import (
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool
-from proxyd.relay.io import SendBatch, Transport, retain_freed_memory
+from proxyd.relay.io import OpenConnections, SendBatch, Transport, retain_freed_memory
 from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -424,9 +424,7 @@ class HttpRelayFactory(Factory):
         self.hsts = config.hsts.encode("ascii") if config.hsts is not None else None
         self._trusted = config.trusted_proxies
         self.connections = 0
-        self.clients: set[ClientConnection] = set()
-        self._drained: list[Deferred[None]] | None = None
-        """While draining: who waits for the last client connection to end."""
+        self._clients: OpenConnections[ClientConnection] = OpenConnections()
         self.requests = 0
         self.tunnels = 0
         """Upgraded (WebSocket) connections open now."""
@@ -443,32 +441,28 @@ class HttpRelayFactory(Factory):
     def tunnel_closed(self) -> None:
         self.tunnels -= 1
 
+    @property
+    def clients(self) -> set[ClientConnection]:
+        """The client connections open now."""
+        return self._clients.open
+
     def client_opened(self, client: ClientConnection) -> None:
         self.connections += 1
-        self.clients.add(client)
-        if self._drained is not None:
+        self._clients.add(client)
+        if self._clients.draining:
             client._last_request = True  # accepted as the listener closed: one request
 
     def client_closed(self, client: ClientConnection) -> None:
         self.connections -= 1
-        self.clients.discard(client)
-        if not self.clients and self._drained is not None:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+        self._clients.discard(client)
 
     def drain(self) -> Deferred[None]:
         """Stopping: let every client connection finish what it is doing (see
         ClientConnection.drain). Fires once none is left."""
-        if self._drained is None:
-            self._drained = []
+        if not self._clients.draining:
             for client in list(self.clients):
                 client.drain()
-        if not self.clients:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._drained.append(d)
-        return d
+        return self._clients.drain()
 
     def close_all(self) -> None:
         """The drain time is up: close every client connection still open (with what its
