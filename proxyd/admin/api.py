@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from proxyd.admin.status import metrics_registry
+from proxyd.admin.metrics import metrics_registry
 
 log = Logger()
 

@@ -14,7 +14,8 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from proxyd.admin.api import AdminResource
-from proxyd.admin.status import metrics_registry, status_document
+from proxyd.admin.metrics import metrics_registry
+from proxyd.admin.status import status_document
 from proxyd.app import ProxydService
 from proxyd.config.load import loads
 
