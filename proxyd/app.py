@@ -33,6 +33,7 @@ from proxyd.relay.websocket import WebSocketRelayFactory
 from proxyd.relay.websocket_policy import OriginPolicy
 from proxyd.stopping import GracefulStop, on_sigusr1
 from proxyd.tls import ClientTls, ServerTls
+from proxyd.workers.commands import add_counters
 from proxyd.workers.sockets import (
     NotShareable,
     SharedPort,
@@ -327,10 +328,15 @@ class ProxydService(service.MultiService):
                 self.pools[pool].set_health(candidate, up, reason)
 
     def counters(self) -> dict[str, Any]:
-        """The relays' counters by listener and the connections open to each server, as
-        numbers that add up across worker processes."""
+        """The relays' counters by listener, the connections open to each server, and the
+        relays' metrics (their `stats`, proxyd.metrics), as numbers that add up across worker
+        processes."""
         listeners: dict[str, dict[str, int]] = {}
+        metrics: dict[str, Any] = {}
         for listener in self.listeners:
+            stats = getattr(listener.factory, "stats", None)
+            if stats is not None:
+                add_counters(metrics, stats.snapshot())
             found = {
                 name: value
                 for name in _COUNTERS
@@ -345,7 +351,7 @@ class ProxydService(service.MultiService):
             for pool in self.pools.values()
             for server in pool.servers
         }
-        return {"listeners": listeners, "servers": servers}
+        return {"listeners": listeners, "servers": servers, "metrics": metrics}
 
     def startService(self) -> None:
         super().startService()
