@@ -868,3 +868,136 @@ def test_a_connection_accepted_while_draining_gets_one_request() -> None:
     upstream.dataReceived(OK)
     assert field(transport.value(), "Connection") == [b"close"]
     assert transport.disconnecting
+
+
+# Metrics (proxyd.metrics): what each exchange counts, on its route, pool and server.
+
+FIRST = "127.0.0.1:9001"
+SECOND = "127.0.0.1:9002"
+
+
+def metrics(relay: Relay, route_name: str = "*/", pool: str = "web", server: str = FIRST) -> Any:
+    return relay.factory.stats.snapshot()["http"]["front"][route_name][pool][server]
+
+
+def test_a_proxied_request_counts_its_class_bytes_and_latencies_on_its_server() -> None:
+    relay = Relay()
+    relay.send(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+    relay.reactor.advance(0.002)
+    upstream, _ = relay.accept_upstream()
+    relay.reactor.advance(0.020)
+    upstream.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\n")
+    relay.reactor.advance(0.5)
+    upstream.dataReceived(b"abc")
+    found = metrics(relay)
+    assert found["responses"] == {"2xx": 1}
+    assert found["bytes_in"] == 5 and found["bytes_out"] == 3
+    assert found["request_duration"]["sum"] == pytest.approx(0.522)
+    assert found["request_duration"]["buckets"]["0.5"] == 0
+    assert found["request_duration"]["buckets"]["1.0"] == 1
+    # Upstream: from the request sent (once connected) to the response head.
+    assert found["upstream_duration"]["sum"] == pytest.approx(0.020)
+    assert found["connect_duration"]["sum"] == pytest.approx(0.002)
+    assert "errors" not in found and "retries" not in found
+
+
+def test_a_reused_connection_counts_no_connect_time() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    relay.send(GET)
+    upstream.dataReceived(OK)
+    found = metrics(relay)
+    assert found["responses"] == {"2xx": 2}
+    assert found["connect_duration"]["count"] == 1
+    assert found["upstream_duration"]["count"] == 2
+
+
+def test_a_failed_connect_counts_an_error_and_a_retry_on_the_server_that_failed() -> None:
+    relay = Relay(servers=2)
+    relay.send(GET)
+    relay.refuse_upstream()
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    assert metrics(relay, server=FIRST) == {"errors": {"connect_failed": 1}, "retries": 1}
+    assert metrics(relay, server=SECOND)["responses"] == {"2xx": 1}
+
+
+def test_proxyds_own_502_after_every_attempt_failed_counts_with_no_server() -> None:
+    relay = Relay(servers=2, retries=1)
+    relay.send(GET)
+    relay.refuse_upstream()
+    relay.refuse_upstream(error.TimeoutError())
+    assert metrics(relay, server=FIRST)["errors"] == {"connect_failed": 1}
+    assert metrics(relay, server=SECOND)["errors"] == {"connect_timeout": 1}
+    own = metrics(relay, server="")
+    assert own["responses"] == {"5xx": 1}
+    assert "errors" not in own  # each failure was counted on its server
+
+
+def test_a_response_timeout_counts_on_the_server_and_the_504_as_proxyds() -> None:
+    relay = Relay(response_timeout=5.0)
+    relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    relay.accept_upstream()
+    relay.reactor.advance(5.1)
+    assert metrics(relay)["errors"] == {"upstream_timeout": 1}
+    assert metrics(relay, server="")["responses"] == {"5xx": 1}
+
+
+def test_a_retried_503_is_not_counted_as_a_response() -> None:
+    relay = Relay(servers=2)
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    second, _ = relay.accept_upstream()
+    second.dataReceived(OK)
+    assert metrics(relay, server=FIRST) == {
+        "retries": 1,
+        "connect_duration": metrics(relay, server=FIRST)["connect_duration"],
+    }
+    assert metrics(relay, server=SECOND)["responses"] == {"2xx": 1}
+
+
+def test_errors_of_the_exchange_count_once_by_kind() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+    relay.client.connectionLost(Failure(error.ConnectionLost()))
+    assert metrics(relay)["errors"] == {"client_aborted": 1}
+    assert metrics(relay)["bytes_out"] == 2
+
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    upstream.connectionLost(Failure(error.ConnectionLost()))
+    assert metrics(relay)["errors"] == {"upstream_reset": 1}
+
+
+def test_no_route_no_server_and_malformed_requests_count_as_proxyds_answers() -> None:
+    relay = Relay(routes=(route("/api/"),))
+    relay.send(GET)
+    own = metrics(relay, "", "", "")
+    assert own["responses"] == {"4xx": 1}
+    assert own["errors"] == {"no_route": 1}
+    assert own["bytes_out"] == len(b"404 Not Found\n")
+
+    relay = Relay()
+    for server in relay.pool.servers:
+        relay.pool.set_health(server, False, "test")
+    relay.send(GET)
+    assert metrics(relay, server="")["errors"] == {"no_server": 1}
+    assert metrics(relay, server="")["responses"] == {"5xx": 1}
+
+    relay = Relay()
+    relay.send(b"GET / HTTP/1.1\r\n\r\n")
+    assert metrics(relay, "", "", "") == {"responses": {"4xx": 1}, "errors": {"bad_request": 1}}
+
+
+def test_a_header_timeout_counts_as_such() -> None:
+    relay = Relay(header_timeout=1.0)
+    relay.send(b"GET / HTTP/1.1\r\nHo")
+    relay.reactor.advance(1.1)
+    assert metrics(relay, "", "", "")["errors"] == {"header_timeout": 1}

@@ -36,6 +36,7 @@ from proxyd.config.model import (
     RespondAction,
     RouteConfig,
 )
+from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.h1 import (
@@ -160,6 +161,7 @@ class Exchange:
         "connect_time",
         "ctx",
         "error",
+        "error_kind",
         "factory",
         "finished",
         "header_time",
@@ -230,6 +232,9 @@ class Exchange:
         self._body_timer: IdleTimer | None = None
         """While the request body streams."""
         self.error: str | None = None
+        self.error_kind: str | None = None
+        """What went wrong, for the metrics (proxyd.metrics.ErrorKind), when the exchange
+        itself failed; a failed attempt at a server is counted on that server as it fails."""
         # Upgrade.
         self.websocket = is_websocket_upgrade(request)
         self.tunnel: Tunnel | None = None
@@ -240,7 +245,7 @@ class Exchange:
     def start(self) -> None:
         request = self.request
         if request.method == b"CONNECT":
-            self.fail(405, "CONNECT is not served by a reverse proxy")
+            self.fail(405, "CONNECT is not served by a reverse proxy", ErrorKind.REFUSED)
             return
         target = request.target
         host = request.host
@@ -252,10 +257,10 @@ class Exchange:
             try:
                 url = httptools.parse_url(target)
             except httptools.HttpParserInvalidURLError:
-                self.fail(400, "invalid request target")
+                self.fail(400, "invalid request target", ErrorKind.BAD_REQUEST)
                 return
             if url.schema not in (b"http", b"https") or not url.host:
-                self.fail(400, "invalid request target")
+                self.fail(400, "invalid request target", ErrorKind.BAD_REQUEST)
                 return
             # RFC 9112 3.2.2: an absolute-form target's authority replaces Host.
             host = url.host + (b":%d" % url.port if url.port else b"")
@@ -265,16 +270,16 @@ class Exchange:
             ]
         host_name = split_host(host)
         if host_name is None:
-            self.fail(400, "invalid Host")
+            self.fail(400, "invalid Host", ErrorKind.BAD_REQUEST)
             return
         try:
             path_text = raw_path.decode("ascii")
         except UnicodeDecodeError:
-            self.fail(400, "invalid request target")
+            self.fail(400, "invalid request target", ErrorKind.BAD_REQUEST)
             return
         path = path_text if path_text == "*" else normalize_path(path_text)
         if path is None:
-            self.fail(400, "invalid request path")
+            self.fail(400, "invalid request path", ErrorKind.BAD_REQUEST)
             return
         method = request.method.decode("ascii")
         routes = self.factory.routes
@@ -309,7 +314,7 @@ class Exchange:
             self._redirect_to_https(host_name, raw_path, query)
             return
         if route is None:
-            self.fail(404, "no route matches")
+            self.fail(404, "no route matches", ErrorKind.NO_ROUTE)
             return
         self.route = route
         action = route.action
@@ -350,6 +355,7 @@ class Exchange:
         origins = self.factory.websocket_only
         if origins is not None:
             if not self.websocket:
+                self.error_kind = ErrorKind.REFUSED
                 self.respond(
                     426,
                     b"This port takes WebSocket connections only.\n",
@@ -362,10 +368,10 @@ class Exchange:
                 return
             origin = next((v for k, v in self.request.headers if k.lower() == b"origin"), None)
             if not origins.allows(None if origin is None else origin.decode("latin-1")):
-                self.fail(403, "Origin not allowed")
+                self.fail(403, "Origin not allowed", ErrorKind.REFUSED)
                 return
         if self.websocket and not self.factory.may_open_tunnel():
-            self.fail(503, f"max_tunnels ({self.config.max_tunnels}) reached")
+            self.fail(503, f"max_tunnels ({self.config.max_tunnels}) reached", ErrorKind.REFUSED)
             return
         upstream_path = path if path == "*" else rewrite_path(self.route, path)
         target = upstream_path.encode("latin-1") + (b"?" + query if query else b"")
@@ -429,10 +435,13 @@ class Exchange:
         if server is None:
             if not self.attempts.tried:
                 reason = "no server up" if not self.pool.any_up() else "all servers busy"
-                self.fail(503, f"pool {self.pool.name}: {reason}")
+                self.fail(503, f"pool {self.pool.name}: {reason}", ErrorKind.NO_SERVER)
             else:
                 self.fail(*self._last_failure)
             return
+        tried = self.attempts.tried
+        if tried:
+            self._cell(tried[-1]).retries += 1
         self.pool.acquire(server)
         self.server = server
         self.attempts.record(server)
@@ -461,7 +470,7 @@ class Exchange:
         )
         if not self.finished:
             self.client.close_after_response()
-            self.fail(500, "internal error")
+            self.fail(500, "internal error", ErrorKind.INTERNAL)
 
     def _connected(self, conn: UpstreamConnection) -> None:
         self._connecting = None
@@ -474,6 +483,7 @@ class Exchange:
                 conn.close()
             return
         self.connect_time = self.clock.seconds() - self._attempt_started
+        self._cell(conn.server).connect_duration.observe(self.connect_time)
         self._use(conn)
 
     def _connect_failed(self, reason: Failure, server: Server) -> None:
@@ -485,10 +495,14 @@ class Exchange:
         tls = describe_failure(reason)
         if tls is not None:
             why = f"TLS handshake failed: {tls}"
+            kind = ErrorKind.TLS_FAILED
         elif timed_out:
             why = "connect timed out"
+            kind = ErrorKind.CONNECT_TIMEOUT
         else:
             why = f"connect failed: {reason.getErrorMessage()}"
+            kind = ErrorKind.CONNECT_FAILED
+        self._cell(server).error(kind)
         self.pool.report_failure(server, why)
         self.pool.release(server)
         self.server = None
@@ -585,7 +599,7 @@ class Exchange:
             self.wants_request_events = False
             self._stop_body_timer()
             self.client.close_after_response()
-            self.fail(event.status, event.message)
+            self.fail(event.status, event.message, ErrorKind.BAD_REQUEST)
 
     def _request_sent(self) -> None:
         self.client.resume_reading("upstream")
@@ -622,7 +636,9 @@ class Exchange:
                 if self.response is not None:
                     self._response_end(event)
             elif isinstance(event, HttpError):
-                self._upstream_broken(event.message)
+                # After the connection's end, the reader's error is the cut it found.
+                kind = ErrorKind.UPSTREAM_RESET if conn.lost else ErrorKind.BAD_RESPONSE
+                self._upstream_broken(event.message, kind)
 
     def upstream_writable(self, writable: bool) -> None:
         if writable:
@@ -640,15 +656,18 @@ class Exchange:
         if self.response is None and conn.requests > 1 and self._replayable:
             self._retry("reused connection closed", 502, fresh=True)
             return
-        self._upstream_broken("upstream closed the connection")
+        self._upstream_broken("upstream closed the connection", ErrorKind.UPSTREAM_RESET)
 
-    def _upstream_broken(self, why: str) -> None:
+    def _upstream_broken(self, why: str, kind: ErrorKind) -> None:
         """The connection failed or sent garbage: retry or answer 502, or cut the client."""
         self._drop_connection()
         if self.response_started:
             self.error = f"upstream: {why}"
+            self.error_kind = kind
             self._finish(keep_alive=False, truncated=True)
             return
+        if self.server is not None:
+            self._cell(self.server).error(kind)
         if self.server is not None and self.pool is not None and self.response is None:
             self.pool.report_failure(self.server, why)
         if self._may_retry():
@@ -662,6 +681,8 @@ class Exchange:
         if self.finished or self.response is not None:
             return
         why = f"no response within {self.config.response_timeout:g}s"
+        if self.server is not None:
+            self._cell(self.server).error(ErrorKind.UPSTREAM_TIMEOUT)
         if self._may_retry():
             self._retry(why, 504)
         else:
@@ -713,7 +734,9 @@ class Exchange:
         conn = self.conn
         assert conn is not None and self.route is not None
         if not self.websocket or not _has_token(response.headers, b"upgrade", b"websocket"):
-            self._upstream_broken("upstream switched protocols without a WebSocket upgrade")
+            self._upstream_broken(
+                "upstream switched protocols without a WebSocket upgrade", ErrorKind.BAD_RESPONSE
+            )
             return
         self._cancel_response_timer()
         self.upstream_status = 101
@@ -784,6 +807,7 @@ class Exchange:
         if self.finished:
             return
         self.error = f"idle for {self.config.idle_timeout:g}s while streaming the response"
+        self.error_kind = ErrorKind.UPSTREAM_IDLE
         self._drop_connection()
         self._finish(keep_alive=False, truncated=True)
 
@@ -800,9 +824,14 @@ class Exchange:
         self._drop_connection()
         if self.response_started:
             self.error = "request body timed out"
+            self.error_kind = ErrorKind.BODY_TIMEOUT
             self._finish(keep_alive=False, truncated=True)
         else:
-            self.fail(408, f"no request body data for {self.config.body_timeout:g}s")
+            self.fail(
+                408,
+                f"no request body data for {self.config.body_timeout:g}s",
+                ErrorKind.BODY_TIMEOUT,
+            )
 
     # Backpressure from the client's write buffer.
 
@@ -817,6 +846,7 @@ class Exchange:
         if self.finished:
             return
         self.error = "client closed the connection"
+        self.error_kind = ErrorKind.CLIENT_ABORTED
         if not self.response_started:
             self.status = 499  # nginx's "client closed request"
         self._drop_connection()
@@ -824,9 +854,12 @@ class Exchange:
 
     # Answers made by proxyd.
 
-    def fail(self, status: int, why: str) -> None:
-        """Answer an error of our own (with the listener's error page, if any)."""
+    def fail(self, status: int, why: str, kind: ErrorKind | None = None) -> None:
+        """Answer an error of our own (with the listener's error page, if any). `kind` is
+        the error for the metrics, when no failed attempt at a server counted it already."""
         self.error = why
+        if kind is not None:
+            self.error_kind = kind
         self._drop_connection()
         if self.response_started:
             self._finish(keep_alive=False, truncated=True)
@@ -899,8 +932,38 @@ class Exchange:
             idle.cancel()
         self._stop_body_timer()
         self._release_server()
+        self._count()
         self.factory.log_exchange(self)
         self.client.exchange_done(self, keep_alive=keep_alive and not truncated)
+
+    # Metrics.
+
+    def _cell(self, server: Server | None) -> Cell:
+        """The metrics of this exchange's route and pool at `server` (None: proxyd's own)."""
+        route = self.route
+        pool = self.pool
+        return self.factory.stats.cell(
+            "" if route is None else route.name,
+            "" if pool is None else pool.name,
+            "" if server is None else server.name,
+        )
+
+    def _count(self) -> None:
+        """The exchange's response, bytes and latencies, on the server that answered (""
+        when proxyd answered itself)."""
+        tried = self.attempts.tried
+        cell = self._cell(tried[-1] if self.response is not None and tried else None)
+        cell.bytes_in += self.request_bytes
+        cell.bytes_out += self.response_bytes
+        if self.tunnel is None:
+            cell.response(self.status, self.clock.seconds() - self.started)
+        else:  # the tunnel's life is no response time
+            cell.responses[1] += 1
+        header_time = self.header_time
+        if header_time is not None and self.response is not None:
+            cell.upstream_duration.observe(header_time - (self.connect_time or 0.0))
+        if self.error_kind is not None:
+            cell.error(self.error_kind)
 
 
 _ID_PREFIX: Final = os.urandom(8).hex()

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from proxyd.accesslog import AccessLog, json_string, json_value, utc_millis
 from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, HttpListenerConfig
+from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.pool import Pool
 from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.h1 import (
@@ -221,6 +222,7 @@ class ClientConnection(TwistedProtocol):
             ],
         )
         self.factory.log_refusal(self, error)
+        self.factory.count_refusal(error)
         self.send([head, body])
         self.lose_connection()
 
@@ -429,6 +431,10 @@ class HttpRelayFactory(Factory):
         self.tunnels = 0
         """Upgraded (WebSocket) connections open now."""
         self.tunnels_total = 0
+        self.stats = RelayStats(
+            "websocket" if websocket_only is not None else config.kind, config.name
+        )
+        """The metrics by route, pool and server (proxyd.metrics), counted by each exchange."""
 
     def may_open_tunnel(self) -> bool:
         limit = self.config.max_tunnels
@@ -561,6 +567,13 @@ class HttpRelayFactory(Factory):
             client=client.peer_text,
             why=why,
         )
+
+    def count_refusal(self, error: HttpError) -> None:
+        """A request refused before it had a route: proxyd's answer, with no route, pool or
+        server."""
+        cell = self.stats.cell("", "", "")
+        cell.responses[error.status // 100] += 1
+        cell.error(ErrorKind.HEADER_TIMEOUT if error.status == 408 else ErrorKind.BAD_REQUEST)
 
     def log_refusal(self, client: ClientConnection, error: HttpError) -> None:
         if not self.access_log.enabled:

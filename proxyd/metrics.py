@@ -1,0 +1,291 @@
+"""The relays' metrics, without I/O: what each listener's relay counts per route, pool and
+server, cheaply enough for the HTTP hot path, and the snapshot that the admin API and
+/metrics show.
+
+Each relay factory has a `stats` (RelayStats). It holds one Cell per (route, pool, server)
+seen, found by a dict lookup on a tuple of names; a relay that keeps a connection to one server
+keeps its cell. Counting is attribute and list arithmetic: no label strings are built and no
+prometheus-client object is touched while relaying (proxyd.admin.metrics renders the
+snapshot on each scrape).
+
+The snapshot is JSON-able, nested one level per label, every key a string:
+
+    {KIND: {LISTENER: {ROUTE: {POOL: {SERVER: {field: value}}}}}}
+
+KIND is the listener's kind (tcp, http, https, udp, websocket), ROUTE the HTTP route's name,
+POOL and SERVER names from the config; "" stands for none: no route (non-HTTP listeners, a
+request no route matched), no pool, no server (proxyd answered or closed by itself). A cell's
+fields are numbers, dicts of numbers (`responses` by status class, `errors` by kind) or
+histograms ({"buckets": {LE: cumulative count}, "sum": seconds, "count": n}); fields at zero
+are left out. Every value is a total since the process started, so that
+proxyd.workers.commands.add_counters, summing two snapshots, gives the snapshot of both
+processes.
+
+Label sets are bounded by the config (listeners, routes, pools, servers) and by the fixed
+vocabularies below (status classes, ErrorKind): never by a client's address, a path or a
+Host value.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from typing import Any, Final
+
+__all__ = [
+    "BUCKETS",
+    "TRAFFIC_FIELDS",
+    "Cell",
+    "ErrorKind",
+    "Histogram",
+    "RelayStats",
+    "cells",
+    "server_traffic",
+]
+
+BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds of the latency histograms, in seconds (+Inf comes after): a relay on
+loopback answers in a millisecond, a slow upstream in seconds."""
+
+_LE: Final = (*(repr(bound) for bound in BUCKETS), "+Inf")
+"""The bucket keys of a snapshot: Prometheus's `le` values as prometheus-client writes them."""
+
+_CLASSES: Final = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+"""Status classes by status // 100 (a status outside 100-599 is not counted)."""
+
+
+class ErrorKind(StrEnum):
+    """Why a request, connection, session or query went wrong, as `errors` counts it.
+
+    The TCP and WebSocket relays count their close reasons that are not a clean end
+    (proxyd.relay.session.CloseReason, proxyd.relay.websocket.WsClose) under the same
+    words; the HTTP relay counts these."""
+
+    CONNECT_FAILED = "connect_failed"
+    """The server refused or could not be reached (a failed attempt: the request may have
+    gone on to another server)."""
+    CONNECT_TIMEOUT = "connect_timeout"
+    TLS_FAILED = "tls_handshake_failed"
+    """The TLS handshake with the server failed (pools with `tls = on`)."""
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    """No response head within response_timeout."""
+    UPSTREAM_RESET = "upstream_reset"
+    """The server closed the connection before its response was complete."""
+    BAD_RESPONSE = "bad_response"
+    """The server's response could not be parsed (or switched protocols unasked)."""
+    UPSTREAM_IDLE = "upstream_idle"
+    """The response stopped for idle_timeout while it streamed."""
+    CLIENT_ABORTED = "client_aborted"
+    """The client closed before its response was complete."""
+    BAD_REQUEST = "bad_request"
+    """The request could not be parsed or was refused as malformed (4xx by proxyd)."""
+    HEADER_TIMEOUT = "header_timeout"
+    BODY_TIMEOUT = "body_timeout"
+    NO_ROUTE = "no_route"
+    NO_SERVER = "no_server"
+    """No server of the pool was up (or all were at max_connections)."""
+    REFUSED = "refused"
+    """Refused by a policy: Origin, max_tunnels, WebSocket-only port, CONNECT."""
+    INTERNAL = "internal_error"
+    PORT_UNREACHABLE = "port_unreachable"
+    """UDP: the server answered ICMP port unreachable."""
+    QUERY_TIMEOUT = "query_timeout"
+    """DNS: no answer from the server within query_timeout."""
+    UNMATCHED = "unmatched"
+    """DNS: an answer from the server matching no query it was sent."""
+
+
+class Histogram:
+    """Observations counted per bucket of BUCKETS (not cumulative: one increment each), and
+    their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: the first bound >= seconds, as Prometheus's `le` (less or equal) wants.
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        buckets: dict[str, int] = {}
+        total = 0
+        for le, count in zip(_LE, self.counts, strict=True):
+            total += count
+            buckets[le] = total
+        return {"buckets": buckets, "sum": self.sum, "count": total}
+
+
+class Cell:
+    """The counters of one (route, pool, server) of a listener. The relays add to the
+    attributes directly; `bytes_in` is what clients sent (relayed towards servers),
+    `bytes_out` what was sent to clients."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connect_duration",
+        "connections",
+        "datagrams_in",
+        "datagrams_out",
+        "errors",
+        "query_duration",
+        "request_duration",
+        "responses",
+        "retries",
+        "sessions",
+        "upstream_duration",
+    )
+
+    def __init__(self) -> None:
+        self.responses = [0] * len(_CLASSES)
+        """HTTP responses by status // 100 (index 1..5)."""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.retries = 0
+        """HTTP requests moved from this server to another (or tried anew) after a failure."""
+        self.connections = 0
+        """TCP and WebSocket connections established to the server."""
+        self.sessions = 0
+        """UDP sessions attached to the server."""
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.errors: dict[str, int] = {}
+        self.request_duration = Histogram()
+        """HTTP: from the request head received to the response's end."""
+        self.upstream_duration = Histogram()
+        """HTTP: from the request sent to the server to its response head."""
+        self.connect_duration = Histogram()
+        """TCP, WebSocket, and HTTP's new upstream connections: the connect (and TLS and
+        WebSocket handshakes) to the server."""
+        self.query_duration = Histogram()
+        """DNS: from the query received to its answer."""
+
+    def response(self, status: int, seconds: float) -> None:
+        """An HTTP response of `status`, `seconds` after its request's head arrived."""
+        if 100 <= status < 600:
+            self.responses[status // 100] += 1
+        self.request_duration.observe(seconds)
+
+    def error(self, kind: str) -> None:
+        errors = self.errors
+        errors[kind] = errors.get(kind, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The non-zero fields as JSON-able values."""
+        found: dict[str, Any] = {}
+        responses = {
+            name: count for name, count in zip(_CLASSES, self.responses, strict=True) if count
+        }
+        if responses:
+            found["responses"] = responses
+        for name in (
+            "bytes_in",
+            "bytes_out",
+            "retries",
+            "connections",
+            "sessions",
+            "datagrams_in",
+            "datagrams_out",
+        ):
+            value = getattr(self, name)
+            if value:
+                found[name] = value
+        if self.errors:
+            found["errors"] = dict(self.errors)
+        for name in ("request_duration", "upstream_duration", "connect_duration", "query_duration"):
+            histogram: Histogram = getattr(self, name)
+            if any(histogram.counts):
+                found[name] = histogram.snapshot()
+        return found
+
+
+class RelayStats:
+    """One listener's cells, by (route, pool, server) names."""
+
+    def __init__(self, kind: str, listener: str) -> None:
+        self.kind = kind
+        self.listener = listener
+        self._cells: dict[tuple[str, str, str], Cell] = {}
+
+    def cell(self, route: str, pool: str, server: str) -> Cell:
+        """The cell of (route, pool, server), made when first asked for ("" for none)."""
+        key = (route, pool, server)
+        found = self._cells.get(key)
+        if found is None:
+            found = self._cells[key] = Cell()
+        return found
+
+    def snapshot(self) -> dict[str, Any]:
+        """{KIND: {LISTENER: {ROUTE: {POOL: {SERVER: fields}}}}}, cells with no count left
+        out."""
+        routes: dict[str, Any] = {}
+        for (route, pool, server), cell in self._cells.items():
+            fields = cell.snapshot()
+            if fields:
+                routes.setdefault(route, {}).setdefault(pool, {})[server] = fields
+        return {self.kind: {self.listener: routes}}
+
+
+def cells(snapshot: Mapping[str, Any]) -> Iterator[tuple[str, str, str, str, str, dict[str, Any]]]:
+    """Every cell of a snapshot (one process's, or a sum): kind, listener, route, pool,
+    server, fields."""
+    for kind, listeners in snapshot.items():
+        for listener, routes in listeners.items():
+            for route, pools in routes.items():
+                for pool, servers in pools.items():
+                    for server, fields in servers.items():
+                        yield kind, listener, route, pool, server, fields
+
+
+TRAFFIC_FIELDS: Final = (
+    "requests",
+    "connections",
+    "bytes_in",
+    "bytes_out",
+    "errors",
+    "response_time_sum",
+    "response_time_count",
+)
+
+
+def server_traffic(snapshot: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each server's traffic totals over every listener and route, keyed "POOL/SERVER", for
+    the status document (the stats page derives rates from two polls).
+
+    `requests` counts HTTP responses; `connections` TCP and WebSocket connections and UDP
+    sessions; `errors` every error kind. The response time is the HTTP total latency; for a
+    server that served no HTTP request, the DNS query time, else the connect time."""
+    totals: dict[str, dict[str, Any]] = {}
+    times: dict[str, dict[str, list[float]]] = {}
+    for _, _, _, pool, server, fields in cells(snapshot):
+        if not pool or not server:
+            continue
+        key = f"{pool}/{server}"
+        total = totals.get(key)
+        if total is None:
+            total = totals[key] = dict.fromkeys(TRAFFIC_FIELDS, 0)
+            total["response_time_sum"] = 0.0
+            times[key] = {}
+        total["requests"] += sum(fields.get("responses", {}).values())
+        total["connections"] += fields.get("connections", 0) + fields.get("sessions", 0)
+        total["bytes_in"] += fields.get("bytes_in", 0)
+        total["bytes_out"] += fields.get("bytes_out", 0)
+        total["errors"] += sum(fields.get("errors", {}).values())
+        for name in ("request_duration", "query_duration", "connect_duration"):
+            histogram = fields.get(name)
+            if histogram is not None:
+                seen = times[key].setdefault(name, [0.0, 0])
+                seen[0] += histogram["sum"]
+                seen[1] += histogram["count"]
+    for key, total in totals.items():
+        for name in ("request_duration", "query_duration", "connect_duration"):
+            found = times[key].get(name)
+            if found is not None and found[1]:
+                total["response_time_sum"], total["response_time_count"] = found[0], int(found[1])
+                break
+    return totals

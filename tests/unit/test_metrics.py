@@ -1,0 +1,175 @@
+"""The relays' metrics (proxyd.metrics): cells, histograms, snapshots that add up across
+worker processes, the status document's per-server traffic, and their Prometheus rendering
+(proxyd.admin.metrics) parsed back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxyd.metrics import BUCKETS, TRAFFIC_FIELDS, ErrorKind, RelayStats, server_traffic
+from proxyd.workers.commands import add_counters
+
+
+def test_a_histogram_counts_each_observation_in_the_first_bucket_at_or_above_it() -> None:
+    stats = RelayStats("http", "front")
+    histogram = stats.cell("*/", "web", "a").request_duration
+    for seconds in (0.0005, 0.001, 0.0011, 0.3, 99.0):
+        histogram.observe(seconds)
+    shown = histogram.snapshot()
+    assert shown["count"] == 5
+    assert shown["sum"] == pytest.approx(0.0005 + 0.001 + 0.0011 + 0.3 + 99.0)
+    buckets = shown["buckets"]
+    assert list(buckets) == [*(repr(bound) for bound in BUCKETS), "+Inf"]
+    assert buckets["0.001"] == 2  # le is "less than or equal"
+    assert buckets["0.0025"] == 3
+    assert buckets["0.25"] == 3
+    assert buckets["0.5"] == 4
+    assert buckets["10.0"] == 4
+    assert buckets["+Inf"] == 5
+
+
+def test_the_snapshot_nests_one_level_per_label_and_leaves_zeros_out() -> None:
+    stats = RelayStats("https", "front")
+    cell = stats.cell("*/api/", "api", "127.0.0.1:9001")
+    cell.response(200, 0.004)
+    cell.response(503, 0.02)
+    cell.bytes_out += 120
+    cell.error(ErrorKind.CONNECT_FAILED)
+    stats.cell("", "", "")  # asked for, never counted: not shown
+    snapshot = stats.snapshot()
+    assert list(snapshot) == ["https"]
+    assert list(snapshot["https"]) == ["front"]
+    fields = snapshot["https"]["front"]["*/api/"]["api"]["127.0.0.1:9001"]
+    assert fields["responses"] == {"2xx": 1, "5xx": 1}
+    assert fields["bytes_out"] == 120
+    assert "bytes_in" not in fields and "connect_duration" not in fields
+    assert fields["errors"] == {"connect_failed": 1}
+    assert fields["request_duration"]["count"] == 2
+    assert "" not in snapshot["https"]["front"]
+    assert json.loads(json.dumps(snapshot)) == snapshot
+
+
+def test_a_status_outside_100_to_599_is_timed_but_has_no_class() -> None:
+    cell = RelayStats("http", "front").cell("", "", "")
+    cell.response(0, 0.1)
+    assert "responses" not in cell.snapshot()
+    assert cell.snapshot()["request_duration"]["count"] == 1
+
+
+def _record(stats: RelayStats, events: list[tuple[int, int, float, int]]) -> None:
+    servers = ("127.0.0.1:9001", "127.0.0.1:9002")
+    for server, status, seconds, size in events:
+        cell = stats.cell("*/", "web", servers[server])
+        cell.response(status, seconds)
+        cell.upstream_duration.observe(seconds / 2)
+        cell.bytes_in += size
+        cell.retries += status // 500
+        if status >= 500:
+            cell.error(ErrorKind.UPSTREAM_TIMEOUT)
+
+
+_EVENTS = st.lists(
+    st.tuples(
+        st.integers(0, 1),
+        st.sampled_from([101, 200, 204, 301, 404, 499, 502, 504]),
+        st.floats(0.0, 20.0),
+        st.integers(0, 10**6),
+    ),
+    max_size=30,
+)
+
+
+@given(_EVENTS, _EVENTS)
+def test_two_processes_snapshots_summed_are_the_snapshot_of_both(
+    first: list[tuple[int, int, float, int]], second: list[tuple[int, int, float, int]]
+) -> None:
+    one, two, both = (RelayStats("http", "front") for _ in range(3))
+    _record(one, first)
+    _record(two, second)
+    _record(both, first + second)
+    # As the master sums its workers' counters: through JSON, then add_counters.
+    total: dict[str, Any] = {}
+    add_counters(total, json.loads(json.dumps(one.snapshot())))
+    add_counters(total, json.loads(json.dumps(two.snapshot())))
+    expected = both.snapshot()
+    assert _rounded(total) == _rounded(expected)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def test_listeners_of_every_kind_add_up_into_one_tree() -> None:
+    http = RelayStats("http", "front")
+    http.cell("*/", "web", "a").response(200, 0.01)
+    tcp = RelayStats("tcp", "db")
+    tcp.cell("", "web", "a").connections += 1
+    total: dict[str, Any] = {}
+    add_counters(total, http.snapshot())
+    add_counters(total, tcp.snapshot())
+    assert set(total) == {"http", "tcp"}
+    assert total["tcp"]["db"][""]["web"]["a"] == {"connections": 1}
+
+
+def test_server_traffic_totals_each_server_over_listeners_routes_and_kinds() -> None:
+    http = RelayStats("http", "front")
+    a = http.cell("*/", "web", "a")
+    a.response(200, 0.010)
+    a.response(502, 0.030)
+    a.bytes_in, a.bytes_out = 10, 300
+    a.error(ErrorKind.UPSTREAM_RESET)
+    a.connect_duration.observe(0.5)  # a new upstream connection: no response time
+    api = http.cell("*/api/", "web", "a")
+    api.response(204, 0.020)
+    http.cell("", "", "").response(404, 0.001)  # proxyd's own answer: no server
+    tcp = RelayStats("tcp", "db")
+    b = tcp.cell("", "web", "b")
+    b.connections += 2
+    b.connect_duration.observe(0.002)
+    b.connect_duration.observe(0.004)
+    b.error(ErrorKind.CONNECT_FAILED)
+    tcp.cell("", "web", "a").connections += 1
+    udp = RelayStats("udp", "dns")
+    udp.cell("", "dns", "c").sessions += 3
+    total: dict[str, Any] = {}
+    for stats in (http, tcp, udp):
+        add_counters(total, stats.snapshot())
+
+    traffic = server_traffic(total)
+    assert set(traffic) == {"web/a", "web/b", "dns/c"}
+    assert all(tuple(fields) == TRAFFIC_FIELDS for fields in traffic.values())
+    assert traffic["web/a"] == {
+        "requests": 3,
+        "connections": 1,
+        "bytes_in": 10,
+        "bytes_out": 300,
+        "errors": 1,
+        "response_time_sum": pytest.approx(0.060),
+        "response_time_count": 3,
+    }
+    assert traffic["web/b"]["connections"] == 2
+    assert traffic["web/b"]["errors"] == 1
+    assert traffic["web/b"]["response_time_sum"] == pytest.approx(0.006)
+    assert traffic["web/b"]["response_time_count"] == 2
+    assert traffic["dns/c"] == {
+        "requests": 0,
+        "connections": 3,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "errors": 0,
+        "response_time_sum": 0.0,
+        "response_time_count": 0,
+    }
+
+
+def test_server_traffic_of_nothing_is_empty() -> None:
+    assert server_traffic({}) == {}
