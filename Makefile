@@ -8,9 +8,11 @@ CONFIG ?= etc/proxyd.ini
 
 # command:debian-package pairs the test suite needs on the machine.
 TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester patch:patch
+# The stats page's test drives Debian's Chromium through its chromedriver (tests/browser).
+BROWSER_DEBS := chromium:chromium chromedriver:chromium-driver
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk openssl:openssl
 
-.PHONY: venv run test unit integration lint typecheck bench conformance clean
+.PHONY: venv run test unit integration browser stats-screenshot lint typecheck bench conformance clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +27,7 @@ run: venv
 	$(BIN)/python examples/demo.py --config $(CONFIG)
 
 test: venv
-	scripts/apt-need $(TEST_DEBS)
+	scripts/apt-need $(TEST_DEBS) $(BROWSER_DEBS)
 	$(BIN)/ruff check proxyd tests twisted examples bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -36,6 +38,15 @@ unit: venv
 integration: venv
 	scripts/apt-need $(TEST_DEBS)
 	$(BIN)/pytest -q tests/integration
+
+browser: venv
+	scripts/apt-need $(BROWSER_DEBS)
+	$(BIN)/pytest -q tests/browser
+
+# Takes docs/stats-page.png again: the browser test writes its screenshot there only when asked.
+stats-screenshot: venv
+	scripts/apt-need $(BROWSER_DEBS)
+	PROXYD_SCREENSHOT=1 $(BIN)/pytest -q tests/browser -k drains_a_server
 
 lint: venv
 	$(BIN)/ruff check proxyd tests twisted examples bench

@@ -76,16 +76,22 @@
     return value.toFixed(2) + " s";
   }
 
+  const pad = (value) => String(value).padStart(2, "0");
+
+  // Local time as 18:33:07, whatever the browser's locale: operators compare it with logs.
   function formatClock(unixSeconds) {
     const seconds = number(unixSeconds);
     if (seconds === null) return "–";
-    return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
+    const date = new Date(seconds * 1000);
+    return pad(date.getHours()) + ":" + pad(date.getMinutes()) + ":" + pad(date.getSeconds());
   }
 
   function formatDateTime(unixSeconds) {
     const seconds = number(unixSeconds);
     if (seconds === null) return "–";
-    return new Date(seconds * 1000).toLocaleString([], { hour12: false });
+    const date = new Date(seconds * 1000);
+    const day = date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate());
+    return day + " " + formatClock(seconds);
   }
 
   // Per second between two polls; null when there is no earlier poll or the counter went
@@ -252,6 +258,7 @@
           ["other", "other"],
         ]) {
           view[field] = view.row.appendChild(el("td", className));
+          view[field].dataset.column = field;
         }
         listenerRows.set(key, view);
       }
@@ -285,7 +292,7 @@
   function makePoolView(name) {
     const section = el("section", "pool");
     section.dataset.pool = name;
-    const table = section.appendChild(el("table", "data"));
+    const table = section.appendChild(el("div", "scroll")).appendChild(el("table", "data"));
     const caption = table.appendChild(el("caption"));
     const title = caption.appendChild(el("span", "pool-name"));
     const balance = caption.appendChild(el("span", "balance"));
@@ -352,6 +359,7 @@
     view.name = row.appendChild(el("th"));
     view.name.scope = "row";
     const stateCell = row.appendChild(el("td", "state"));
+    stateCell.dataset.column = "state";
     view.badge = stateCell.appendChild(el("span", "badge"));
     view.detail = stateCell.appendChild(el("span", "detail"));
     for (const [field, className] of [
@@ -367,6 +375,7 @@
       ["actions", "actions"],
     ]) {
       view[field] = row.appendChild(el("td", className));
+      view[field].dataset.column = field;
     }
     view.buttons = null;
     return view;
@@ -514,7 +523,7 @@
       byId("token-form").hidden = true;
       schedule(0);
     });
-    byId("forget-token").addEventListener("click", () => {
+    byId("forget-token").querySelector("button").addEventListener("click", () => {
       useToken("");
       previous = null;
       schedule(0);
