@@ -88,6 +88,8 @@ class ErrorKind(StrEnum):
     REFUSED = "refused"
     """Refused by a policy: Origin, max_tunnels, WebSocket-only port, CONNECT."""
     INTERNAL = "internal_error"
+    HANDSHAKE_FAILED = "upstream_handshake_failed"
+    """WebSocket message mode: the server did not answer proxyd's opening handshake 101."""
     PORT_UNREACHABLE = "port_unreachable"
     """UDP: the server answered ICMP port unreachable."""
     QUERY_TIMEOUT = "query_timeout"

@@ -29,6 +29,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, UdpListenerConfig
 from proxyd.datagram import ConnectedDatagram
+from proxyd.metrics import Cell, ErrorKind, RelayStats
 from proxyd.pool import Pool, Server
 from proxyd.relay.session import Attempts, client_hash_key, iso_utc
 from proxyd.relay.udp import MAX_PACKET, ClientAddress, DatagramPort, UdpReactor
@@ -87,9 +88,11 @@ class _Query:
 class _Upstream(ConnectedDatagram):
     """The shared connected socket to one server, and the queries waiting on it by ID."""
 
-    def __init__(self, relay: DnsListener, server: Server) -> None:
+    def __init__(self, relay: DnsListener, server: Server, cell: Cell) -> None:
         self.relay = relay
         self.server = server
+        self.cell = cell
+        """The metrics of the pool and this server."""
         self.port: DatagramPort | None = None
         self.pending: dict[int, _Query] = {}
 
@@ -127,6 +130,8 @@ class DnsListener(DatagramProtocol):
         """Answers with no waiting query or a question that does not match: dropped."""
         self.failed = 0
         """Queries no server answered in time (after every retry)."""
+        self.stats = RelayStats("udp", config.name)
+        """The metrics by pool and server (proxyd.metrics)."""
 
     def listen(self) -> Any:
         return self.reactor.listenUDP(
@@ -163,6 +168,9 @@ class DnsListener(DatagramProtocol):
                 self.failed += 1
                 self._log(query, None)
             return
+        tried = query.attempts.tried
+        if tried:
+            self.stats.cell("", self.pool.name, tried[-1].name).retries += 1
         query.attempts.record(server)
         upstream = self._upstream(server)
         if upstream is None or len(upstream.pending) >= 65536:
@@ -177,6 +185,8 @@ class DnsListener(DatagramProtocol):
         query.timer = self.reactor.callLater(self.config.query_timeout, self._timed_out, query)
         assert upstream.port is not None
         upstream.port.write(struct.pack("!H", new_id) + query.datagram[2:])
+        upstream.cell.datagrams_in += 1
+        upstream.cell.bytes_in += len(query.datagram)
 
     def _upstream(self, server: Server) -> _Upstream | None:
         upstream = self.upstreams.get(server)
@@ -190,7 +200,7 @@ class DnsListener(DatagramProtocol):
                 server=server.name,
             )
             return None
-        upstream = _Upstream(self, server)
+        upstream = _Upstream(self, server, self.stats.cell("", self.pool.name, server.name))
         port = self.reactor.listenUDP(
             0, upstream, interface="::" if ":" in host else "", maxPacketSize=MAX_PACKET
         )
@@ -200,17 +210,23 @@ class DnsListener(DatagramProtocol):
         return upstream
 
     def answer(self, upstream: _Upstream, datagram: bytes) -> None:
+        cell = upstream.cell
         if len(datagram) < 12:
             self.unmatched += 1
+            cell.error(ErrorKind.UNMATCHED)
             return
         (upstream_id,) = struct.unpack("!H", datagram[:2])
         query = upstream.pending.get(upstream_id)
         if query is None or _answer_question(datagram) != query.question:
             self.unmatched += 1
+            cell.error(ErrorKind.UNMATCHED)
             return
         del upstream.pending[upstream_id]
         self._cancel(query)
         self.pool.report_success(upstream.server)
+        cell.datagrams_out += 1
+        cell.bytes_out += len(datagram)
+        cell.query_duration.observe(self.reactor.seconds() - query.started)
         if self.transport is not None:
             cast(DatagramPort, self.transport).write(query.client_id + datagram[2:], query.client)
         self._log(query, datagram)
@@ -222,6 +238,7 @@ class DnsListener(DatagramProtocol):
         upstream = self.upstreams.get(server)
         if upstream is not None:
             upstream.pending.pop(query.upstream_id, None)
+        self.stats.cell("", self.pool.name, server.name).error(ErrorKind.QUERY_TIMEOUT)
         self.pool.report_failure(server, f"no DNS answer within {self.config.query_timeout:g}s")
         self._send(query)
 
@@ -230,6 +247,7 @@ class DnsListener(DatagramProtocol):
         if self.upstreams.get(upstream.server) is not upstream:
             return
         del self.upstreams[upstream.server]
+        upstream.cell.error(ErrorKind.PORT_UNREACHABLE)
         upstream.closing = True
         if upstream.port is not None:
             upstream.port.stopListening()
@@ -238,6 +256,11 @@ class DnsListener(DatagramProtocol):
         for query in waiting:
             self._cancel(query)
             self._send(query)
+
+    def reconfigure(self, config: UdpListenerConfig, pool: Pool, access_log: AccessLog) -> None:
+        """A reload kept this listener's address: new queries follow `config` and go to
+        `pool`; the queries waiting for an answer get it from their servers."""
+        self.config, self.pool, self.access_log = config, pool, access_log
 
     def stop(self) -> None:
         for upstream in list(self.upstreams.values()):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import attrs
 from twisted.internet import error
@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, TcpListenerConfig
+from proxyd.metrics import Cell, ErrorKind, RelayStats
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
 from proxyd.relay.io import (
@@ -71,6 +72,16 @@ from proxyd.tls import ClientTls, ServerTls, describe_failure, peer_tls
 __all__ = ["Relay", "TcpRelayFactory"]
 
 _log = Logger(namespace="proxyd.relay.tcp")
+
+_CLEAN: Final = frozenset(
+    {
+        CloseReason.CLIENT_CLOSED,
+        CloseReason.SERVER_CLOSED,
+        CloseReason.SHUTDOWN,
+        CloseReason.CONNECT_FAILED,  # each failed attempt was counted on its server
+    }
+)
+"""Close reasons that the metrics do not count as errors of the connection."""
 
 SHUTDOWN_LINGER = 5.0
 """After close_all, how long a connection has to take its last bytes and close before it is
@@ -147,6 +158,9 @@ class Relay:
         """A server connection whose TLS handshake is under way (upstream TLS)."""
         self._linger: IdleTimer | None = None
         """Once shut down: resets what is still open after SHUTDOWN_LINGER."""
+        self._attempt_started = 0.0
+        self._cell: Cell | None = None
+        """The metrics of the pool and server, once connected to it."""
 
     # Called by the protocols and the factory.
 
@@ -230,6 +244,8 @@ class Relay:
         self._idle.touch()
         if side is Side.SERVER:
             self.record.bytes_out += len(data)
+            if self._cell is not None:
+                self._cell.bytes_out += len(data)
             assert self.client.transport is not None
             send_now(self.client.transport, [data])
         elif self._preamble is not None:
@@ -238,6 +254,8 @@ class Relay:
             self._pending.append(data)  # at most one read: the client is paused
         else:
             self.record.bytes_in += len(data)
+            if self._cell is not None:
+                self._cell.bytes_in += len(data)
             send_now(self.server.transport, [data])
 
     def read_closed(self, side: Side) -> None:
@@ -294,15 +312,23 @@ class Relay:
 
     def connect_failed(self, attempt: _ServerAttempt, reason: Failure) -> None:
         tls = describe_failure(reason)
+        if tls:
+            kind = ErrorKind.TLS_FAILED
+        elif reason.check(error.TimeoutError, TimeoutError):
+            kind = ErrorKind.CONNECT_TIMEOUT
+        else:
+            kind = ErrorKind.CONNECT_FAILED
         self._attempt_failed(
-            attempt, f"TLS handshake failed: {tls}" if tls else reason.getErrorMessage()
+            attempt, f"TLS handshake failed: {tls}" if tls else reason.getErrorMessage(), kind
         )
 
     # Internals.
 
-    def _attempt_failed(self, attempt: _ServerAttempt, why: str) -> None:
+    def _attempt_failed(self, attempt: _ServerAttempt, why: str, kind: ErrorKind) -> None:
         if attempt is not self._attempt:
             return
+        assert self.pool is not None
+        self.factory.stats.cell("", self.pool.name, attempt.server.name).error(kind)
         self._attempt = self._connector = None
         self._handshaking = None
         self._attempt_timer.cancel()
@@ -313,7 +339,6 @@ class Relay:
             why=why,
         )
         self._release()
-        assert self.pool is not None
         self.pool.report_failure(attempt.server, why)
         self._connect_next()
 
@@ -401,6 +426,7 @@ class Relay:
         self.attempts.record(server)
         self.record.backend = server.address
         self.record.connect_attempts = self.attempts.count
+        self._attempt_started = self.factory.reactor.seconds()
         client_tls = self.factory.client_tls.get(pool.name)
         attempt = self._attempt = _ServerAttempt(self, server, tls=client_tls is not None)
         factory: ClientFactory[Any] = attempt
@@ -426,7 +452,9 @@ class Relay:
         handshaking, connector = self._handshaking, self._connector
         what = "connect" if handshaking is None else "TLS handshake"
         self._attempt_failed(
-            attempt, f"{what} not done within connect_timeout {self.config.connect_timeout:g}s"
+            attempt,
+            f"{what} not done within connect_timeout {self.config.connect_timeout:g}s",
+            ErrorKind.CONNECT_TIMEOUT,
         )
         # Stopped after moving on, so that their own failure refers to a stale attempt.
         if handshaking is not None:
@@ -455,7 +483,11 @@ class Relay:
     def _server_connected(self, transport: Transport) -> None:
         assert self._attempt is not None and self.client.transport is not None
         assert self.pool is not None
-        self.pool.report_success(self._attempt.server)
+        server = self._attempt.server
+        self.pool.report_success(server)
+        cell = self._cell = self.factory.stats.cell("", self.pool.name, server.name)
+        cell.connections += 1
+        cell.connect_duration.observe(self.factory.reactor.seconds() - self._attempt_started)
         self.server.tls = self._attempt.tls
         self._attempt = self._connector = None
         self._handshaking = None
@@ -468,6 +500,7 @@ class Relay:
             )
         for chunk in self._pending:
             self.record.bytes_in += len(chunk)
+            cell.bytes_in += len(chunk)
             transport.write(chunk)
         self._pending.clear()
         for side in (client, transport):
@@ -485,6 +518,17 @@ class Relay:
         self.record.close_as(CloseReason.IDLE_TIMEOUT)
         self._close_all()
         self._idle.start()
+
+    def _count_close(self) -> None:
+        """A close reason that is an error, on the server connected to ("" if none)."""
+        reason = self.record.reason
+        if reason is None or reason in _CLEAN:
+            return
+        cell = self._cell
+        if cell is None:
+            pool = "" if self.pool is None else self.pool.name
+            cell = self.factory.stats.cell("", pool, "")
+        cell.error(reason)
 
     def _close_all(self) -> None:
         self._closing = True
@@ -525,6 +569,7 @@ class Relay:
             self._linger.cancel()
         self._release()
         self._pending.clear()
+        self._count_close()
         self.factory.access_log.log(self.record.as_log(self.factory.reactor.seconds()))
         self.factory.finished(self)
 
@@ -633,6 +678,8 @@ class TcpRelayFactory(Factory[_EndProtocol]):
         self._port_paused = False
         self._relays: OpenConnections[Relay] = OpenConnections()
         """Every relay from its client's accept until its access-log line."""
+        self.stats = RelayStats("tcp", config.name)
+        """The metrics by pool and server (proxyd.metrics)."""
 
     def set_listening_port(self, port: IListeningPort) -> None:
         if not hasattr(port, "stopReading"):

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, UdpListenerConfig
 from proxyd.datagram import ConnectedDatagram
+from proxyd.metrics import Cell, ErrorKind, RelayStats
 from proxyd.pool import Pool, Server
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key, iso_utc
 from proxyd.sip import call_id
@@ -80,6 +81,8 @@ class Session:
     server: Server | None = None
     port: DatagramPort | None = None
     side: _ServerSide | None = None
+    cell: Cell | None = None
+    """The metrics of the pool and the server the session is attached to."""
     idle: IdleTimer | None = None
     last: bytes = b""
     """The last datagram sent to the server, re-sent to the next one if it is refused."""
@@ -122,6 +125,8 @@ class UdpListener(DatagramProtocol):
         """Datagrams dropped because max_sessions sessions were open."""
         self.dropped_oversized = 0
         self.dropped_no_server = 0
+        self.stats = RelayStats("udp", config.name)
+        """The metrics by pool and server (proxyd.metrics)."""
 
     def listen(self) -> Any:
         return self.reactor.listenUDP(
@@ -156,9 +161,12 @@ class UdpListener(DatagramProtocol):
                 return
         session.client = client
         assert session.port is not None and session.idle is not None
+        assert session.cell is not None
         session.idle.touch()
         session.datagrams_in += 1
         session.bytes_in += len(datagram)
+        session.cell.datagrams_in += 1
+        session.cell.bytes_in += len(datagram)
         session.last = datagram
         session.port.write(datagram)
 
@@ -180,9 +188,12 @@ class UdpListener(DatagramProtocol):
             self.dropped_oversized += 1
             return
         assert session.idle is not None and session.server is not None
+        assert session.cell is not None
         session.idle.touch()
         session.datagrams_out += 1
         session.bytes_out += len(datagram)
+        session.cell.datagrams_out += 1
+        session.cell.bytes_out += len(datagram)
         if session.datagrams_out == 1:
             self.pool.report_success(session.server)
         if self.transport is not None:
@@ -193,6 +204,8 @@ class UdpListener(DatagramProtocol):
         if self.sessions.get(session.key) is not session or session.server is None:
             return
         server = session.server
+        if session.cell is not None:
+            session.cell.error(ErrorKind.PORT_UNREACHABLE)
         self.pool.report_failure(server, "port unreachable (ICMP)")
         _log.info(
             "udp {listener}: {server} refused datagrams from {client}'s session",
@@ -259,6 +272,8 @@ class UdpListener(DatagramProtocol):
             port.connect(host, server.address.port)
             self.pool.acquire(server)
             session.server, session.port, session.side = server, port, side
+            session.cell = self.stats.cell("", self.pool.name, server.name)
+            session.cell.sessions += 1
             return True
         return False
 
@@ -279,6 +294,11 @@ class UdpListener(DatagramProtocol):
             session.idle.cancel()
         self._detach(session)
         self.access_log.log(self._record(session, reason))
+
+    def reconfigure(self, config: UdpListenerConfig, pool: Pool, access_log: AccessLog) -> None:
+        """A reload kept this listener's address: new sessions follow `config` and pick from
+        `pool`; the sessions open go on to their servers, as they started."""
+        self.config, self.pool, self.access_log = config, pool, access_log
 
     def stop(self) -> None:
         """Close every session (the listener is stopping)."""

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from proxyd.accesslog import AccessLog
 from proxyd.clock import DelayedCall
 from proxyd.config.model import WebSocketListenerConfig
+from proxyd.metrics import Cell, ErrorKind, RelayStats
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
 from proxyd.relay.io import ConnectingReactor, Connector, OpenConnections, Transport
@@ -111,6 +112,18 @@ Close = CloseReason | WsClose
 
 _NAMES = {Side.CLIENT: "client", Side.SERVER: "backend"}
 
+_CLEAN: frozenset[Close] = frozenset(
+    {
+        CloseReason.CLIENT_CLOSED,
+        CloseReason.SERVER_CLOSED,
+        CloseReason.SHUTDOWN,
+        # Counted on the servers, as each attempt failed or timed out.
+        CloseReason.CONNECT_FAILED,
+        WsClose.SERVER_HANDSHAKE_TIMEOUT,
+    }
+)
+"""Close words that the metrics do not count as errors of the connection."""
+
 
 class Relay:
     """One client's WebSocket and proxyd's WebSocket to a server, from the client's TCP
@@ -155,6 +168,9 @@ class Relay:
         self._deadline = IdleTimer(clock, self.config.handshake_timeout, self._handshake_timed_out)
         """handshake_timeout for the servers' answers, from the client's handshake on."""
         self._linger = IdleTimer(clock, CLOSE_LINGER, self._abort_all)
+        self._attempt_started = 0.0
+        self._cell: Cell | None = None
+        """The metrics of the pool and server, once it answered 101."""
         transport = cast(Transport, client.transport)
         self.record.client = proxy_protocol.address_of(transport.getPeer())
 
@@ -233,6 +249,7 @@ class Relay:
         self.attempts.record(server)
         self.record.backend = server.address
         self.record.connect_attempts = self.attempts.count
+        self._attempt_started = self.factory.reactor.seconds()
         attempt = self._attempt = BackendAttempt(self, server, self._offer)
         factory: Any = attempt
         client_tls = self.factory.client_tls
@@ -245,9 +262,12 @@ class Relay:
         if self._attempt is attempt:  # a synchronous failure may have moved on already
             self._connector = connector
 
-    def attempt_failed(self, attempt: BackendAttempt, why: str) -> None:
+    def attempt_failed(
+        self, attempt: BackendAttempt, why: str, kind: ErrorKind = ErrorKind.CONNECT_FAILED
+    ) -> None:
         if attempt is not self._attempt:
             return
+        self.factory.stats.cell("", self.pool.name, attempt.server.name).error(kind)
         self._attempt = self._connector = None
         attempt.relay = None
         _log.info(
@@ -284,6 +304,9 @@ class Relay:
         timeout = f"{self.config.handshake_timeout:g}s"
         if attempt is not None:
             self._cancel_attempt()
+            self.factory.stats.cell("", self.pool.name, attempt.server.name).error(
+                WsClose.SERVER_HANDSHAKE_TIMEOUT
+            )
             self.pool.report_failure(attempt.server, f"no 101 within {timeout}")
         self._set_word(WsClose.SERVER_HANDSHAKE_TIMEOUT)
         _log.warn(
@@ -309,6 +332,9 @@ class Relay:
         self._attempt = self._connector = None
         self._deadline.cancel()
         self.pool.report_success(attempt.server)
+        cell = self._cell = self.factory.stats.cell("", self.pool.name, attempt.server.name)
+        cell.connections += 1
+        cell.connect_duration.observe(self.factory.reactor.seconds() - self._attempt_started)
         self.backend = leg
         self.subprotocol = leg.websocket_protocol_in_use
         _, fields = parse_head(leg.http_response_data)
@@ -341,11 +367,15 @@ class Relay:
             self.messages_in += 1
             self.record.bytes_in += len(payload)
             factory.messages_in += 1
+            if self._cell is not None:
+                self._cell.bytes_in += len(payload)
             peer: Leg | None = self.backend
         else:
             self.messages_out += 1
             self.record.bytes_out += len(payload)
             factory.messages_out += 1
+            if self._cell is not None:
+                self._cell.bytes_out += len(payload)
             peer = self.client
         if peer is None or peer.state != OPEN:
             return
@@ -560,8 +590,19 @@ class Relay:
         self._deadline.cancel()
         self._linger.cancel()
         self._release()
+        self._count_close()
         self.factory.access_log.log(self.log_line(self.factory.reactor.seconds()))
         self.factory.finished(self)
+
+    def _count_close(self) -> None:
+        """A close word that is an error, on the server connected to ("" if none)."""
+        word = self.word
+        if word is None or word in _CLEAN:
+            return
+        cell = self._cell
+        if cell is None:
+            cell = self.factory.stats.cell("", self.pool.name, "")
+        cell.error(word)
 
     def log_line(self, ended: float) -> dict[str, object]:
         line = self.record.as_log(ended)
@@ -622,6 +663,8 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.messages_out = 0
         self._relays: OpenConnections[Relay] = OpenConnections()
         """Every relay from its client's TCP connection until its access-log line."""
+        self.stats = RelayStats("websocket", config.name)
+        """The metrics by pool and server (proxyd.metrics)."""
         self.setProtocolOptions(
             webStatus=False,
             maxFramePayloadSize=config.max_frame_size,

@@ -20,6 +20,7 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import error as twisted_error
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -28,6 +29,7 @@ from txaio.tx import make_logger
 from zope.interface import implementer
 
 from proxyd.clock import Clock, DelayedCall
+from proxyd.metrics import ErrorKind
 from proxyd.pool import Server
 from proxyd.relay.io import Transport
 from proxyd.relay.session import Side
@@ -274,7 +276,7 @@ class BackendLeg(Leg, WebSocketClientProtocol):  # type: ignore[misc]
             return
         relay = self.attempt.relay
         if relay is not None:
-            relay.attempt_failed(self.attempt, self._why_refused())
+            relay.attempt_failed(self.attempt, self._why_refused(), self._refusal_kind())
 
     def _why_refused(self) -> str:
         """Why the opening handshake failed: the server's answer, else the connection's end."""
@@ -290,6 +292,11 @@ class BackendLeg(Leg, WebSocketClientProtocol):  # type: ignore[misc]
             if tls:
                 return f"TLS handshake failed: {tls}"
         return "connection closed before answering the opening handshake"
+
+    def _refusal_kind(self) -> ErrorKind:
+        if self.lost_reason is not None and describe_failure(self.lost_reason):
+            return ErrorKind.TLS_FAILED
+        return ErrorKind.HANDSHAKE_FAILED
 
 
 class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
@@ -336,7 +343,9 @@ class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if self.relay is not None:
-            self.relay.attempt_failed(self, reason.getErrorMessage())
+            timed_out = reason.check(TimeoutError, twisted_error.TimeoutError) is not None
+            kind = ErrorKind.CONNECT_TIMEOUT if timed_out else ErrorKind.CONNECT_FAILED
+            self.relay.attempt_failed(self, reason.getErrorMessage(), kind)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         """The leg's onClose has already told the relay."""

@@ -13,6 +13,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -204,3 +205,43 @@ def test_an_error_rcode_is_relayed_and_logged() -> None:
     up.protocol.datagramReceived(response.to_wire(), up.connected_to)
     assert dns.message.from_wire(h.listener.sent[0][0]).rcode() == dns.rcode.NXDOMAIN
     assert h.records()[0]["rcode"] == "NXDOMAIN"
+
+
+# Metrics (proxyd.metrics): queries, answers, query time, timeouts and retries by server.
+
+
+def dns_metrics(h: Harness, server: str) -> Any:
+    return h.relay.stats.snapshot()["udp"]["dns"][""]["dns"][server]
+
+
+def test_an_answered_query_counts_its_datagrams_bytes_and_time() -> None:
+    h = Harness()
+    query = h.ask("a.example.test")
+    up = h.upstream()
+    [(sent, _)] = up.sent
+    h.reactor.advance(0.004)
+    answer = answer_to(sent)
+    up.protocol.datagramReceived(answer, up.connected_to)
+    found = dns_metrics(h, "10.0.0.1:53")
+    assert (found["datagrams_in"], found["datagrams_out"]) == (1, 1)
+    assert (found["bytes_in"], found["bytes_out"]) == (len(query.to_wire()), len(answer))
+    assert found["query_duration"]["sum"] == pytest.approx(0.004)
+    assert found["query_duration"]["buckets"]["0.005"] == 1
+
+
+def test_a_timed_out_query_counts_an_error_and_a_retry_on_the_first_server() -> None:
+    h = Harness()
+    h.ask("a.example.test")
+    h.reactor.advance(2.0)
+    first = dns_metrics(h, "10.0.0.1:53")
+    assert first["errors"] == {"query_timeout": 1}
+    assert first["retries"] == 1
+    assert dns_metrics(h, "10.0.0.2:53")["datagrams_in"] == 1
+
+
+def test_an_unmatched_answer_counts_on_the_server_that_sent_it() -> None:
+    h = Harness()
+    h.ask("a.example.test")
+    up = h.upstream()
+    up.protocol.datagramReceived(b"\x00" * 11, up.connected_to)
+    assert dns_metrics(h, "10.0.0.1:53")["errors"] == {"unmatched": 1}

@@ -1018,3 +1018,52 @@ def test_close_all_bounds_a_close_already_under_way_and_keeps_its_reason() -> No
     h.settle()
     assert client.transport.reset_by_rst() and fired(drained)
     assert h.record()["close"] == "server_closed"
+
+
+# Metrics (proxyd.metrics): connections, bytes, connect time and errors by pool and server.
+
+
+def tcp_metrics(h: Harness, server: str) -> Any:
+    return h.factory.stats.snapshot()["tcp"]["db"][""]["db"][server]
+
+
+def test_a_relayed_connection_counts_its_server_connect_time_and_bytes_as_they_flow() -> None:
+    h = Harness()
+    client = h.accept()
+    client.send(b"early ")
+    h.reactor.advance(0.003)
+    server = h.connect_server()
+    client.send(b"late")
+    server.send(b"answer")
+    found = tcp_metrics(h, "10.0.0.1:3306")
+    assert found["connections"] == 1
+    assert (found["bytes_in"], found["bytes_out"]) == (10, 6)  # before the connection ends
+    assert found["connect_duration"]["count"] == 1
+    assert found["connect_duration"]["sum"] == pytest.approx(0.003, abs=1e-6)  # START is large
+    client.transport.peer_lost(ConnectionDone())
+    h.settle()
+    assert "errors" not in tcp_metrics(h, "10.0.0.1:3306")  # a clean close is no error
+
+
+def test_failed_attempts_count_on_their_servers_and_a_reset_on_the_one_connected() -> None:
+    h = Harness()
+    client = h.accept()
+    h.fail_connect()
+    h.fail_connect(exc=TimeoutError())
+    server = h.connect_server()
+    server.transport.peer_lost(ConnectionLost())
+    h.settle()
+    assert tcp_metrics(h, "10.0.0.1:3306") == {"errors": {"connect_failed": 1}}
+    assert tcp_metrics(h, "10.0.0.2:3306") == {"errors": {"connect_timeout": 1}}
+    third = tcp_metrics(h, "10.0.0.3:3306")
+    assert third["connections"] == 1
+    assert third["errors"] == {"server_reset": 1}
+    assert client.transport.disconnecting
+
+
+def test_a_client_with_no_server_counts_on_the_pool_with_no_server() -> None:
+    h = Harness()
+    h.pool.down = set(h.pool.servers)
+    h.accept()
+    h.settle()
+    assert tcp_metrics(h, "") == {"errors": {"no_server": 1}}

@@ -243,3 +243,36 @@ def test_pools_used_by_udp_balance_by_hash_unless_told_otherwise() -> None:
         "first",
         "round_robin",
     )
+
+
+# Metrics (proxyd.metrics): sessions, datagrams and bytes by server, refusals.
+
+
+def udp_metrics(h: Harness, server: str) -> Any:
+    return h.relay.stats.snapshot()["udp"]["dns"][""]["dns"][server]
+
+
+def test_sessions_datagrams_and_bytes_count_on_their_server() -> None:
+    h = Harness(balance="first")
+    h.send(b"query")
+    h.send(b"more")
+    h.send(b"other", client=("192.0.2.8", 5000))
+    up = h.upstream()
+    up.protocol.datagramReceived(b"answer", up.connected_to)
+    assert udp_metrics(h, "10.0.0.1:53") == {
+        "sessions": 2,
+        "datagrams_in": 3,
+        "datagrams_out": 1,
+        "bytes_in": 14,
+        "bytes_out": 6,
+    }
+
+
+def test_a_refusal_counts_on_the_server_that_refused_and_the_session_on_the_next() -> None:
+    h = Harness(balance="first")
+    h.send(b"query")
+    h.upstream().protocol.connectionRefused()
+    assert udp_metrics(h, "10.0.0.1:53")["errors"] == {"port_unreachable": 1}
+    moved = udp_metrics(h, "10.0.0.2:53")
+    assert moved["sessions"] == 1
+    assert "datagrams_in" not in moved  # the re-sent datagram was counted where it came in

@@ -945,3 +945,46 @@ def test_a_second_drain_fires_as_well() -> None:
     net.flush()
     assert fired(first) and fired(second)
     assert fired(net.factory.drain())
+
+
+# Metrics (proxyd.metrics): connections, message bytes and errors by server.
+
+
+def ws_metrics(net: Net, server: str) -> Any:
+    return net.factory.stats.snapshot()["websocket"]["chat"][""]["chat"][server]
+
+
+def test_a_relayed_websocket_counts_its_server_handshake_time_and_message_bytes() -> None:
+    net = Net()
+    client = opened(net)
+    client.sendMessage(b"hello")
+    net.flush()
+    net.backend().last.sendMessage(b"hi there")
+    net.flush()
+    found = ws_metrics(net, "10.0.0.1:9001")
+    assert found["connections"] == 1
+    assert (found["bytes_in"], found["bytes_out"]) == (5, 5 + 8)  # the backend echoes
+    assert found["connect_duration"]["count"] == 1
+    wire(net.backend().last).loseConnection()
+    net.flush()
+    assert ws_metrics(net, "10.0.0.1:9001")["errors"] == {"server_dropped": 1}
+
+
+def test_refused_attempts_count_on_their_servers_and_nothing_more_at_the_502() -> None:
+    net = Net(retries=1)
+    net.backends[SERVERS[0]] = "refuse"
+    net.backends[SERVERS[1]] = BackendFactory(net.reactor, deny=404)
+    client = net.client()
+    assert client.status.startswith("HTTP/1.1 502")
+    assert ws_metrics(net, "10.0.0.1:9001") == {"errors": {"connect_failed": 1}}
+    assert ws_metrics(net, "10.0.0.2:9001") == {"errors": {"upstream_handshake_failed": 1}}
+    assert "" not in net.factory.stats.snapshot()["websocket"]["chat"][""]["chat"]
+
+
+def test_no_server_up_counts_on_the_pool_with_no_server() -> None:
+    net = Net()
+    for server in net.pool.servers:
+        net.pool.set_health(server, False, "down")
+    net.client()
+    net.flush()
+    assert ws_metrics(net, "") == {"errors": {"no_server": 1}}
