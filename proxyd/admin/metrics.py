@@ -1,13 +1,27 @@
 """/metrics: the status document (proxyd.admin.status) as Prometheus metrics, rendered by
-prometheus-client from a collector made for each scrape. No I/O."""
+prometheus-client from a collector made for each scrape. No I/O.
+
+Three sources: the listeners' counters (connections open, requests, ...), the servers' state
+(health, admin state, connections open), and the relays' metrics (proxyd.metrics: the
+snapshot, summed over the workers, under the document's "metrics"), whose labels are the
+listener (`listener`, `kind`), `route`, `pool` and `server` ("" for none), and for some a
+status class (`code`) or an error kind (`error`). docs/operations.md lists them all.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from proxyd.metrics import cells
 
 # A listener's counters (ProxydService's names) as metrics: name, help, type, extra labels.
 _LISTENER_METRICS: Mapping[str, tuple[str, str, str, dict[str, str]]] = {
@@ -54,6 +68,84 @@ _LISTENER_METRICS: Mapping[str, tuple[str, str, str, dict[str, str]]] = {
 }
 
 
+_RELAY_LABELS = ["listener", "kind", "route", "pool", "server"]
+
+# A cell's numbers (proxyd.metrics.Cell) as counters: field, name, help.
+_RELAY_COUNTERS = (
+    ("bytes_in", "proxyd_bytes_received", "Bytes received from clients (HTTP: request bodies)."),
+    ("bytes_out", "proxyd_bytes_sent", "Bytes sent to clients (HTTP: response bodies)."),
+    ("retries", "proxyd_retries", "Requests or queries moved on from the server after a failure."),
+    ("connections", "proxyd_upstream_connections", "TCP and WebSocket connections to the server."),
+    ("sessions", "proxyd_udp_sessions", "UDP sessions attached to the server."),
+    ("datagrams_in", "proxyd_datagrams_received", "Datagrams from clients relayed to the server."),
+    ("datagrams_out", "proxyd_datagrams_sent", "Datagrams from the server relayed to clients."),
+)
+
+# A cell's histograms: field, name, help.
+_RELAY_HISTOGRAMS = (
+    (
+        "request_duration",
+        "proxyd_http_request_duration_seconds",
+        "HTTP requests from their head received to their response's end.",
+    ),
+    (
+        "upstream_duration",
+        "proxyd_http_upstream_duration_seconds",
+        "HTTP requests from sent to the server to its response head.",
+    ),
+    (
+        "connect_duration",
+        "proxyd_upstream_connect_duration_seconds",
+        "Connects to servers (with TLS, and WebSocket's opening handshake).",
+    ),
+    (
+        "query_duration",
+        "proxyd_dns_query_duration_seconds",
+        "DNS queries from received to answered.",
+    ),
+)
+
+_STATES = ("up", "down", "drain", "maint")
+
+
+def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
+    """The relays' metrics: every cell of the snapshot, one sample per family it counts in."""
+    responses = CounterMetricFamily(
+        "proxyd_http_responses",
+        'HTTP responses by status class (server "": answered by proxyd itself).',
+        labels=[*_RELAY_LABELS, "code"],
+    )
+    errors = CounterMetricFamily(
+        "proxyd_errors",
+        "Failures by kind: at the server, or of the client's request or connection.",
+        labels=[*_RELAY_LABELS, "error"],
+    )
+    counters = {
+        field: CounterMetricFamily(name, help_text, labels=_RELAY_LABELS)
+        for field, name, help_text in _RELAY_COUNTERS
+    }
+    histograms = {
+        field: HistogramMetricFamily(name, help_text, labels=_RELAY_LABELS)
+        for field, name, help_text in _RELAY_HISTOGRAMS
+    }
+    for kind, listener, route, pool, server, fields in cells(snapshot):
+        labels = [listener, kind, route, pool, server]
+        for code, count in fields.get("responses", {}).items():
+            responses.add_metric([*labels, code], count)
+        for error, count in fields.get("errors", {}).items():
+            errors.add_metric([*labels, error], count)
+        for field, family in counters.items():
+            if field in fields:
+                family.add_metric(labels, fields[field])
+        for field, histogram in histograms.items():
+            if field in fields:
+                shown = fields[field]
+                histogram.add_metric(labels, list(shown["buckets"].items()), shown["sum"])
+    for family in (responses, *histograms.values(), *counters.values(), errors):
+        if family.samples:
+            yield family
+
+
 class _StatusCollector(Collector):
     def __init__(self, document: Mapping[str, Any]) -> None:
         self.document = document
@@ -87,6 +179,13 @@ class _StatusCollector(Collector):
             "gauge",
             ["pool", "server"],
         )
+        state = family(
+            "proxyd_server_state",
+            "1 for the server's state (drain and maint win over its health), 0 for the others.",
+            "gauge",
+            ["pool", "server", "state"],
+        )
+        weight = family("proxyd_server_weight", "The server's weight.", "gauge", ["pool", "server"])
         active = family(
             "proxyd_server_connections_open",
             "Connections open to the server.",
@@ -96,13 +195,19 @@ class _StatusCollector(Collector):
         for pool in self.document["pools"]:
             for server in pool["servers"]:
                 labels = [pool["name"], server["name"]]
-                up.add_metric(labels, 1 if server["state"] == "up" else 0)
+                health = server.get("health", server["state"])
+                up.add_metric(labels, 1 if health == "up" else 0)
+                for name in _STATES:
+                    state.add_metric([*labels, name], 1 if server["state"] == name else 0)
+                weight.add_metric(labels, server["weight"])
                 active.add_metric(labels, server["active"])
         yield from families.values()
+        yield from _relay_families(self.document.get("metrics", {}))
 
 
 def metrics_registry(document: Mapping[str, Any]) -> CollectorRegistry:
-    """A registry whose one collector shows `document` (status()) as Prometheus metrics."""
+    """A registry whose one collector shows `document` (status()) as Prometheus metrics;
+    the relays' metrics are taken from its "metrics" (counters()["metrics"])."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StatusCollector(document))
     return registry

@@ -173,3 +173,159 @@ def test_server_traffic_totals_each_server_over_listeners_routes_and_kinds() -> 
 
 def test_server_traffic_of_nothing_is_empty() -> None:
     assert server_traffic({}) == {}
+
+
+# The Prometheus rendering (proxyd.admin.metrics), parsed back.
+
+
+def _document() -> dict[str, Any]:
+    http = RelayStats("http", "front")
+    served = http.cell("*/", "web", "127.0.0.1:9001")
+    served.response(200, 0.004)
+    served.response(200, 0.3)
+    served.response(503, 0.02)
+    served.upstream_duration.observe(0.002)
+    served.bytes_in, served.bytes_out = 7, 1500
+    served.retries += 1
+    served.error(ErrorKind.CONNECT_FAILED)
+    http.cell("", "", "").response(404, 0.0001)
+    http.cell("", "", "").error(ErrorKind.NO_ROUTE)
+    tcp = RelayStats("tcp", "db")
+    db = tcp.cell("", "web", "127.0.0.1:9002")
+    db.connections += 2
+    db.connect_duration.observe(0.001)
+    udp = RelayStats("udp", "dns")
+    resolver = udp.cell("", "dns", "127.0.0.1:5353")
+    resolver.datagrams_in, resolver.datagrams_out = 4, 3
+    resolver.query_duration.observe(0.0003)
+    metrics: dict[str, Any] = {}
+    for stats in (http, tcp, udp):
+        add_counters(metrics, stats.snapshot())
+    server = {"weight": 1, "backup": False, "active": 0, "reason": ""}
+    return {
+        "workers": 1,
+        "listeners": [
+            {"name": "front", "kind": "http", "listen": "tcp:0", "counters": {"requests": 4}}
+        ],
+        "pools": [
+            {
+                "name": "web",
+                "balance": "round_robin",
+                "servers": [
+                    {**server, "name": "127.0.0.1:9001", "state": "drain", "health": "up"},
+                    {**server, "name": "127.0.0.1:9002", "state": "down", "health": "down"},
+                ],
+            }
+        ],
+        "metrics": metrics,
+    }
+
+
+def _scrape(document: dict[str, Any]) -> tuple[dict[str, str], dict[Any, float]]:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from proxyd.admin.metrics import metrics_registry
+
+    families = list(
+        text_string_to_metric_families(generate_latest(metrics_registry(document)).decode())
+    )
+    types = {family.name: family.type for family in families}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+    }
+    return types, samples
+
+
+def _labels(**labels: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
+
+
+SERVED = {
+    "listener": "front",
+    "kind": "http",
+    "route": "*/",
+    "pool": "web",
+    "server": "127.0.0.1:9001",
+}
+
+
+def test_the_relays_metrics_are_rendered_with_their_labels_and_types() -> None:
+    types, found = _scrape(_document())
+    assert types["proxyd_http_responses"] == "counter"
+    assert types["proxyd_http_request_duration_seconds"] == "histogram"
+    assert types["proxyd_errors"] == "counter"
+    assert found[("proxyd_http_responses_total", _labels(**SERVED, code="2xx"))] == 2
+    assert found[("proxyd_http_responses_total", _labels(**SERVED, code="5xx"))] == 1
+    own = {"listener": "front", "kind": "http", "route": "", "pool": "", "server": ""}
+    assert found[("proxyd_http_responses_total", _labels(**own, code="4xx"))] == 1
+    assert found[("proxyd_errors_total", _labels(**own, error="no_route"))] == 1
+    assert found[("proxyd_errors_total", _labels(**SERVED, error="connect_failed"))] == 1
+    assert found[("proxyd_bytes_received_total", _labels(**SERVED))] == 7
+    assert found[("proxyd_bytes_sent_total", _labels(**SERVED))] == 1500
+    assert found[("proxyd_retries_total", _labels(**SERVED))] == 1
+    db = {"listener": "db", "kind": "tcp", "route": "", "pool": "web", "server": "127.0.0.1:9002"}
+    assert found[("proxyd_upstream_connections_total", _labels(**db))] == 2
+    assert found[("proxyd_upstream_connect_duration_seconds_count", _labels(**db))] == 1
+    dns = {"listener": "dns", "kind": "udp", "route": "", "pool": "dns", "server": "127.0.0.1:5353"}
+    assert found[("proxyd_datagrams_received_total", _labels(**dns))] == 4
+    assert found[("proxyd_datagrams_sent_total", _labels(**dns))] == 3
+    assert found[("proxyd_dns_query_duration_seconds_bucket", _labels(**dns, le="0.001"))] == 1
+
+
+def test_latency_histograms_have_cumulative_buckets_a_sum_and_a_count() -> None:
+    _, found = _scrape(_document())
+    name = "proxyd_http_request_duration_seconds"
+    assert found[(f"{name}_bucket", _labels(**SERVED, le="0.005"))] == 1
+    assert found[(f"{name}_bucket", _labels(**SERVED, le="0.025"))] == 2
+    assert found[(f"{name}_bucket", _labels(**SERVED, le="0.5"))] == 3
+    assert found[(f"{name}_bucket", _labels(**SERVED, le="+Inf"))] == 3
+    assert found[(f"{name}_count", _labels(**SERVED))] == 3
+    assert found[(f"{name}_sum", _labels(**SERVED))] == pytest.approx(0.324)
+    upstream = "proxyd_http_upstream_duration_seconds"
+    assert found[(f"{upstream}_bucket", _labels(**SERVED, le="0.0025"))] == 1
+    assert found[(f"{upstream}_bucket", _labels(**SERVED, le="0.001"))] == 0
+
+
+def test_each_server_has_its_health_its_state_as_one_of_four_and_its_weight() -> None:
+    _, found = _scrape(_document())
+    first = {"pool": "web", "server": "127.0.0.1:9001"}
+    second = {"pool": "web", "server": "127.0.0.1:9002"}
+    assert found[("proxyd_server_up", _labels(**first))] == 1  # drained, but healthy
+    assert found[("proxyd_server_up", _labels(**second))] == 0
+    assert {
+        state: found[("proxyd_server_state", _labels(**first, state=state))]
+        for state in ("up", "down", "drain", "maint")
+    } == {"up": 0, "down": 0, "drain": 1, "maint": 0}
+    assert found[("proxyd_server_state", _labels(**second, state="down"))] == 1
+    assert found[("proxyd_server_weight", _labels(**first))] == 1
+
+
+def test_families_with_nothing_counted_are_left_out_and_no_metrics_is_fine() -> None:
+    document = _document()
+    document["metrics"] = {}
+    types, found = _scrape(document)
+    assert "proxyd_http_responses" not in types and "proxyd_errors" not in types
+    assert found[("proxyd_workers", ())] == 1
+    del document["metrics"]
+    assert _scrape(document)[1] == found
+
+
+def test_no_label_carries_a_client_address_or_a_path() -> None:
+    _, found = _scrape(_document())
+    names = {name for (_, labels) in found for name, _value in labels}
+    assert names <= {
+        "listener",
+        "kind",
+        "route",
+        "pool",
+        "server",
+        "code",
+        "error",
+        "le",
+        "state",
+        "direction",
+        "reason",
+    }
