@@ -141,9 +141,8 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
             if field in fields:
                 shown = fields[field]
                 histogram.add_metric(labels, list(shown["buckets"].items()), shown["sum"])
-    for family in (responses, *histograms.values(), *counters.values(), errors):
-        if family.samples:
-            yield family
+    every: list[Metric] = [responses, *histograms.values(), *counters.values(), errors]
+    yield from (metric for metric in every if metric.samples)
 
 
 class _StatusCollector(Collector):
