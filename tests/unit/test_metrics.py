@@ -329,3 +329,57 @@ def test_no_label_carries_a_client_address_or_a_path() -> None:
         "direction",
         "reason",
     }
+
+
+SERVICE = """
+[proxyd]
+access_log = off
+[pool web]
+servers = 127.0.0.1:9001
+[pool dns]
+servers = 127.0.0.1:5353
+[http front]
+listen = tcp:0:interface=127.0.0.1
+routes =
+    path / -> pool web
+[tcp db]
+listen = tcp:0:interface=127.0.0.1
+pool = web
+[udp raw]
+listen = udp:5300:interface=127.0.0.1
+pool = dns
+[udp names]
+listen = udp:5301:interface=127.0.0.1
+pool = dns
+protocol = dns
+[websocket chat]
+listen = tcp:0:interface=127.0.0.1
+pool = web
+mode = message
+[websocket pass]
+listen = tcp:0:interface=127.0.0.1
+pool = web
+mode = passthrough
+"""
+
+
+def test_every_relay_has_stats_under_its_kind_and_name_in_the_services_counters() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from proxyd.app import ProxydService
+    from proxyd.config.load import loads
+
+    service = ProxydService(MemoryReactorClock(), loads(SERVICE, "proxyd.ini"))
+    try:
+        for listener in service.listeners:
+            stats = listener.factory.stats
+            stats.cell("", "web", "127.0.0.1:9001").bytes_in += 1
+        metrics = service.counters()["metrics"]
+        assert {(kind, name) for kind in metrics for name in metrics[kind]} == {
+            (listener.name.split()[0], listener.name.split()[1]) for listener in service.listeners
+        }
+        assert set(metrics["udp"]) == {"raw", "names"}
+        assert set(metrics["websocket"]) == {"chat", "pass"}
+        assert server_traffic(metrics)["web/127.0.0.1:9001"]["bytes_in"] == 6
+    finally:
+        service.stopService()
