@@ -21,9 +21,16 @@ HASH_POINTS_PER_WEIGHT = 160
 
 
 class Balancer(Protocol):
-    """Chooses one of `candidates` (never empty when called by the Pool) for `key`."""
+    """Chooses one of `candidates` (never empty when called by the Pool) for `key`.
+
+    Weights are read from the servers at each pick, so a weight set at run time counts from
+    the next pick on; a balancer that derives state from the weights (the hash ring) rebuilds
+    it in weights_changed(), which the Pool calls after changing one.
+    """
 
     def pick(self, candidates: Sequence[Server], key: bytes | None) -> Server | None: ...
+
+    def weights_changed(self) -> None: ...
 
 
 def _weight(server: Server) -> int:
@@ -79,6 +86,9 @@ class RoundRobin:
     def pick(self, candidates: Sequence[Server], key: bytes | None) -> Server | None:
         return self._weights.pick(candidates)
 
+    def weights_changed(self) -> None:
+        """Nothing to do: the smooth weights grow by each server's weight of the moment."""
+
 
 class LeastConn:
     """`balance = least_conn`: the fewest active connections per unit of weight.
@@ -100,6 +110,9 @@ class LeastConn:
         if len(tied) <= 1:
             return tied[0] if tied else None
         return self._weights.pick(tied)
+
+    def weights_changed(self) -> None:
+        """Nothing to do: loads are divided by each server's weight of the moment."""
 
 
 class RandomTwo:
@@ -123,6 +136,9 @@ class RandomTwo:
         a, b = candidates[first], candidates[second]
         return b if _less_loaded(b, a) else a
 
+    def weights_changed(self) -> None:
+        """Nothing to do: each pick draws by the weights of the moment."""
+
     def _draw(self, weights: Sequence[int], total: int, skip: int | None) -> int:
         """An index drawn with probability weight / total, never `skip` (whose weight is
         already left out of `total`)."""
@@ -144,17 +160,23 @@ def _ring_hash(data: bytes) -> int:
 class ConsistentHash:
     """`balance = hash`: consistent hashing of the key (e.g. the client's address).
 
-    The ring is built once over every server of the pool, available or not: each server has
-    HASH_POINTS_PER_WEIGHT * weight points, placed by hashing its name (its address), so a
-    server's points do not depend on the other servers. A key goes to the first candidate
-    clockwise from its own hash. A server that becomes unavailable, or is removed from the
-    configuration, hands only its own keys to the servers next on the ring (about 1/N of the
-    keys); the others keep theirs. Without a key, picks are smooth weighted round robin.
+    The ring is built over every server of the pool, available or not, and again only when a
+    weight changes at run time: each server has HASH_POINTS_PER_WEIGHT * weight points, placed
+    by hashing its name (its address), so a server's points do not depend on the other servers.
+    A key goes to the first candidate clockwise from its own hash. A server that becomes
+    unavailable, or is removed from the configuration, hands only its own keys to the servers
+    next on the ring (about 1/N of the keys); the others keep theirs.
+    Without a key, picks are smooth weighted round robin.
     """
 
     def __init__(self, servers: Iterable[Server]) -> None:
+        self._servers = tuple(servers)
+        self._fallback = RoundRobin()
+        self._build()
+
+    def _build(self) -> None:
         points: list[tuple[int, int, Server]] = []
-        for order, server in enumerate(servers):
+        for order, server in enumerate(self._servers):
             name = server.name.encode()
             for i in range(HASH_POINTS_PER_WEIGHT * _weight(server)):
                 points.append((_ring_hash(b"%s-%d" % (name, i)), order, server))
@@ -162,7 +184,6 @@ class ConsistentHash:
         points.sort(key=lambda point: point[:2])
         self._points = [point for point, _, _ in points]
         self._owners = [server for _, _, server in points]
-        self._fallback = RoundRobin()
 
     def pick(self, candidates: Sequence[Server], key: bytes | None) -> Server | None:
         if key is None or not self._points:
@@ -178,6 +199,13 @@ class ConsistentHash:
         # Only candidates that are not servers of this pool get here; still answer.
         return self._fallback.pick(candidates, key)
 
+    def weights_changed(self) -> None:
+        """Rebuild the ring: a server's share of points follows its new weight. Its points
+        are the first HASH_POINTS_PER_WEIGHT * weight of the same sequence, so a heavier
+        server only gains keys and a lighter one only loses some; the other servers' points
+        do not move."""
+        self._build()
+
 
 class First:
     """`balance = first`: the first candidate in configuration order (HAProxy's `first`).
@@ -188,6 +216,9 @@ class First:
 
     def pick(self, candidates: Sequence[Server], key: bytes | None) -> Server | None:
         return candidates[0] if candidates else None
+
+    def weights_changed(self) -> None:
+        """Nothing to do: weights play no part."""
 
 
 _FACTORIES: Mapping[str, Callable[[Sequence[Server], random.Random], Balancer]] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import cast
 
 import attrs
@@ -11,16 +11,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from proxyd.clock import Clock, DelayedCall
-from proxyd.config.model import PoolConfig
+from proxyd.config.model import PoolConfig, ServerConfig
 from proxyd.pool.balance import make_balancer
-from proxyd.pool.server import Server
+from proxyd.pool.server import ADMIN_STATES, MAX_WEIGHT, MIN_WEIGHT, Server
 
 _log = Logger()
 
 
 @attrs.frozen
 class ServerEvent:
-    """A server's state changed. `state` is 'UP', 'DOWN' (checks) or 'EJECTED' (passive)."""
+    """A server's state changed. `state` is 'UP', 'DOWN' (checks), 'EJECTED' (passive), or
+    'READY', 'DRAIN', 'MAINT' (its admin state, set by an operator)."""
 
     pool: str
     server: str
@@ -33,16 +34,30 @@ class Pool:
 
     Relays call pick() for a server, acquire()/release() around each connection (counted from
     the connect attempt on), and report_success()/report_failure() for each connect attempt.
-    The health service calls set_health(). Observers get a ServerEvent on every change.
+    The health service calls set_health(), the admin API set_admin() and set_weight().
+    Observers get a ServerEvent on every change.
+
+    A reload builds a new Pool with the one it replaces as `previous`: a server of the same
+    name (its address) is carried over as the same Server object, so that the connections
+    still open on it, its health and its admin state stay right whichever pool they were
+    counted in. The old pool keeps working for the connections that picked from it; what they
+    report on a carried server is passed on to the new pool, which owns its ejection.
     """
 
     def __init__(
-        self, config: PoolConfig, clock: IReactorTime, rng: random.Random | None = None
+        self,
+        config: PoolConfig,
+        clock: IReactorTime,
+        rng: random.Random | None = None,
+        previous: Pool | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
-        self.servers = tuple(Server(config=server, pool=config.name) for server in config.servers)
         self._clock = cast(Clock, clock)
+        kept = {server.name: server for server in previous.servers} if previous is not None else {}
+        self.servers = tuple(self._server(server, kept) for server in config.servers)
+        self._members = frozenset(self.servers)
+        self._by_name = {server.name: server for server in self.servers}
         self._primaries = tuple(server for server in self.servers if not server.backup)
         self._backups = tuple(server for server in self.servers if server.backup)
         self._balancer = make_balancer(
@@ -52,6 +67,11 @@ class Pool:
         # Servers whose ejection was published and whose end has not been yet, each with the
         # timer that publishes its end when it happens.
         self._ejection_timers: dict[Server, DelayedCall] = {}
+        self._successor: Pool | None = None
+        self._stopped = False
+        if previous is not None:
+            previous._successor = self
+            self._take_ejections(previous)
 
     name: str
     config: PoolConfig
@@ -82,6 +102,93 @@ class Pool:
             return None
         return self._balancer.pick(candidates, key)
 
+    def _server(self, config: ServerConfig, kept: Mapping[str, Server]) -> Server:
+        """The Server for `config`: the previous pool's of the same name, updated, or a new one.
+
+        A weight set at run time outlives a reload unless the file's weight changed: then the
+        operator edited it, and the file wins."""
+        server = kept.get(config.name)
+        if server is None:
+            return Server(config=config, pool=self.name)
+        if server.config.weight != config.weight:
+            server.weight = config.weight
+        server.config = config
+        server.pool = self.name
+        return server
+
+    def _take_ejections(self, previous: Pool) -> None:
+        """Move the ejection timers of carried servers from `previous` to this pool, so that
+        the end of an ejection is published to this pool's observers, and stopping the
+        previous pool does not cancel it."""
+        now = self._clock.seconds()
+        for server in self.servers:
+            timer = previous._ejection_timers.pop(server, None)
+            if timer is None:
+                continue
+            if timer.active():
+                timer.cancel()
+            delay = max(server.ejected_until - now, 0.0)
+            self._ejection_timers[server] = self._clock.callLater(delay, self._now)
+
+    def _owner(self, server: Server) -> Pool:
+        """The newest pool holding `server`: this one unless a reload carried it over."""
+        pool = self
+        while pool._successor is not None and server in pool._successor._members:
+            pool = pool._successor
+        return pool
+
+    def find(self, name: str) -> Server | None:
+        """The server named `name` (its address as text, e.g. `[::1]:9001`), if any."""
+        return self._by_name.get(name)
+
+    def set_admin(self, server: Server, state: str, who: str) -> None:
+        """Put `server` in `state` ('ready', 'drain' or 'maint'), as asked by `who` (free
+        text for the log, e.g. 'admin API 127.0.0.1 (token)').
+
+        Neither drain nor maint closes a connection: they keep pick() from choosing the
+        server. Every request is logged; a change is published. Raises ValueError for an
+        unknown state or a server of another pool.
+        """
+        if state not in ADMIN_STATES:
+            known = ", ".join(repr(s) for s in ADMIN_STATES)
+            raise ValueError(f"admin state must be one of {known}; found {state!r}")
+        self._check_member(server)
+        _log.info(
+            "server {server} in pool {pool} set to {state} by {who}",
+            server=server.name,
+            pool=self.name,
+            state=state.upper(),
+            who=who,
+        )
+        if server.admin == state:
+            return
+        server.admin = state
+        self._publish(ServerEvent(self.name, server.name, state.upper(), f"set by {who}"))
+
+    def set_weight(self, server: Server, weight: int, who: str) -> None:
+        """Give `server` the balancing weight `weight` (MIN_WEIGHT..MAX_WEIGHT, as the config
+        allows) from the next pick on, as asked by `who`. Raises ValueError otherwise."""
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise ValueError(f"weight must be a whole number; found {weight!r}")
+        if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight must be from {MIN_WEIGHT} to {MAX_WEIGHT}; found {weight}")
+        self._check_member(server)
+        _log.info(
+            "server {server} in pool {pool} weight set to {weight} by {who}",
+            server=server.name,
+            pool=self.name,
+            weight=weight,
+            who=who,
+        )
+        if server.weight == weight:
+            return
+        server.weight = weight
+        self._balancer.weights_changed()
+
+    def _check_member(self, server: Server) -> None:
+        if server not in self._members:
+            raise ValueError(f"server {server.name} is not in pool {self.name}")
+
     def acquire(self, server: Server) -> None:
         server.active += 1
 
@@ -90,12 +197,22 @@ class Pool:
 
     def report_success(self, server: Server) -> None:
         """A connect to `server` succeeded: its failure count and ejection backoff reset."""
+        if self._successor is not None:
+            owner = self._owner(server)
+            if owner is not self:
+                owner.report_success(server)
+                return
         self._now()
         server.consecutive_failures = 0
         server.ejections = 0
 
     def report_failure(self, server: Server, reason: str) -> None:
         """A connect to `server` failed; max_fails in a row eject it (growing backoff)."""
+        if self._successor is not None:
+            owner = self._owner(server)
+            if owner is not self:
+                owner.report_failure(server, reason)
+                return
         now = self._now()
         if now < server.ejected_until:
             # The attempt began before the ejection (an ejected server is never picked):
@@ -109,8 +226,13 @@ class Pool:
         server.ejected_until = now + duration
         server.ejections += 1
         server.consecutive_failures = 0
-        self._ejection_timers[server] = self._clock.callLater(duration, self._now)
         why = f"{max_fails} connect failures in a row ({reason}); ejected for {duration:g}s"
+        server.ejected = True
+        server.ejection_reason = why
+        if not self._stopped:
+            # After stop() nothing may outlive the pool; the ejection still ends on time
+            # (pick() compares ejected_until), unpublished.
+            self._ejection_timers[server] = self._clock.callLater(duration, self._now)
         _log.warn(
             "server {server} in pool {pool} is EJECTED: {reason}",
             server=server.name,
@@ -153,7 +275,10 @@ class Pool:
         return now
 
     def stop(self) -> None:
-        """Cancel the pool's timers (the process is stopping, or a reload replaced the pool)."""
+        """Cancel the pool's timers (the process is stopping, or a reload replaced the pool).
+
+        Timers of servers a reload carried over are the new pool's already: they go on."""
+        self._stopped = True
         for timer in self._ejection_timers.values():
             if timer.active():
                 timer.cancel()
@@ -163,6 +288,8 @@ class Pool:
         timer = self._ejection_timers.pop(server, None)
         if timer is not None and timer.active():
             timer.cancel()
+        server.ejected = False
+        server.ejection_reason = ""
         if server.config.down or not server.healthy:
             return  # still unavailable: nothing for observers to learn until checks say so
         _log.info(

@@ -305,6 +305,51 @@ def test_first_picks_the_first_candidate_in_config_order() -> None:
     assert [balancer.pick(cands, None) for cands in ([a, b, c], [b, c], [c], [])] == [a, b, c, None]
 
 
+# weights changed at run time
+
+
+def test_round_robin_and_least_conn_read_each_servers_weight_at_each_pick() -> None:
+    for balancer in (RoundRobin(), LeastConn()):
+        pool = servers(1, 1, 1)
+        assert letters([pick(balancer, pool) for _ in range(3)], pool) == "abc"
+        pool[0].weight = 5
+        balancer.weights_changed()
+        assert letters([pick(balancer, pool) for _ in range(7)], pool) == "aabacaa"
+
+
+def test_random_two_draws_by_the_weights_of_the_moment() -> None:
+    pool = servers(1, 1)
+    balancer = RandomTwo(random.Random(4))
+    pool[1].weight = 9
+    balancer.weights_changed()
+    counts = Counter(pick(balancer, pool) for _ in range(PICKS))
+    # Idle: each pick is the first of a weighted draw of two.
+    assert counts[pool[1]] / PICKS == pytest.approx(0.9, abs=0.02)
+
+
+def test_hash_ring_follows_a_weight_change_moving_keys_only_to_the_heavier_server() -> None:
+    pool = servers(1, 1, 1)
+    balancer = ConsistentHash(pool)
+    sample = keys(5_000, seed=5)
+    before = [pick(balancer, pool, k) for k in sample]
+    pool[2].weight = 3
+    # Nothing moves until the balancer is told: the ring is built ahead of time.
+    assert [pick(balancer, pool, k) for k in sample] == before
+    balancer.weights_changed()
+    after = [pick(balancer, pool, k) for k in sample]
+    assert {a for a, b in zip(after, before, strict=True) if a is not b} == {pool[2]}
+    assert Counter(after)[pool[2]] / len(sample) == pytest.approx(3 / 5, abs=0.04)
+    assert len(balancer._points) == HASH_POINTS_PER_WEIGHT * 5
+
+
+def test_first_ignores_weights_changed() -> None:
+    pool = servers(1, 1)
+    balancer = First()
+    pool[1].weight = 100
+    balancer.weights_changed()
+    assert pick(balancer, pool) is pool[0]
+
+
 # the factory
 
 

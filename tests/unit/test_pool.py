@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from proxyd.config import values
 from proxyd.config.model import Address, PoolConfig, ServerConfig
-from proxyd.pool import Pool, Server, ServerEvent
+from proxyd.pool import ADMIN_STATES, MAX_WEIGHT, MIN_WEIGHT, Pool, Server, ServerEvent
 from proxyd.pool.balance import ALGORITHMS
 
 
@@ -545,6 +546,7 @@ class _State:
     max_connections: int
     active: int
     excluded: bool
+    admin: str
 
 
 _states = st.builds(
@@ -556,12 +558,15 @@ _states = st.builds(
     max_connections=st.integers(min_value=0, max_value=3),
     active=st.integers(min_value=0, max_value=4),
     excluded=st.booleans(),
+    admin=st.sampled_from(ADMIN_STATES),
 )
 
 
 def _expected_candidates(pool: Pool, states: Sequence[_State]) -> set[Server]:
     def usable(state: _State) -> bool:
-        return not (state.down or not state.healthy or state.ejected or state.excluded)
+        return state.admin == "ready" and not (
+            state.down or not state.healthy or state.ejected or state.excluded
+        )
 
     primaries = {
         s for s, st_ in zip(pool.servers, states, strict=True) if usable(st_) and not st_.backup
@@ -589,6 +594,7 @@ def test_pick_follows_the_candidate_rules_for_every_algorithm(
         target.healthy = state.healthy
         target.active = state.active
         target.ejected_until = 150.0 if state.ejected else 50.0
+        target.admin = state.admin
     exclude = [s for s, state in zip(pool.servers, states, strict=True) if state.excluded]
     expected = _expected_candidates(pool, states)
     for _ in range(3):
@@ -597,3 +603,300 @@ def test_pick_follows_the_candidate_rules_for_every_algorithm(
             assert picked in expected
         else:
             assert picked is None
+
+
+# admin state: drain and maint
+
+
+@pytest.mark.parametrize("admin", ["drain", "maint"])
+@pytest.mark.parametrize("balance", ALGORITHMS)
+def test_a_drained_or_maint_server_is_never_picked_while_the_other_is(
+    balance: str, admin: str
+) -> None:
+    pool, _ = make_pool(server(1, weight=5), server(2), balance=balance)
+    a, b = pool.servers
+    pool.set_admin(a, admin, "test")
+    assert picks(pool, 50) == {b}
+    assert {pool.pick(key=bytes([n])) for n in range(50)} == {b}
+    pool.set_admin(a, "ready", "test")
+    assert a in picks(pool, 50) | {pool.pick(key=bytes([n])) for n in range(50)}
+
+
+def test_a_drained_server_keeps_its_open_connections_until_they_end() -> None:
+    pool, _ = make_pool(server(1), server(2))
+    a, b = pool.servers
+    pool.acquire(a)
+    pool.acquire(a)
+    pool.set_admin(a, "drain", "test")
+    assert a.active == 2
+    assert picks(pool, 10) == {b}
+    pool.report_success(a)
+    pool.release(a)
+    pool.release(a)
+    assert a.active == 0
+
+
+def test_backups_serve_when_every_primary_is_drained_and_never_while_drained_themselves() -> None:
+    pool, _ = make_pool(server(1), server(2, backup=True), server(3, backup=True))
+    a, b, c = pool.servers
+    pool.set_admin(a, "drain", "test")
+    assert picks(pool, 10) == {b, c}
+    pool.set_admin(b, "maint", "test")
+    assert picks(pool, 10) == {c}
+    pool.set_admin(c, "drain", "test")
+    assert pool.pick() is None
+    assert not pool.any_up()
+    pool.set_admin(b, "ready", "test")
+    assert pool.any_up()
+    assert picks(pool, 10) == {b}
+
+
+def test_set_admin_logs_who_asked_and_publishes_changes_only() -> None:
+    pool, _ = make_pool(server(1))
+    (a,) = pool.servers
+    events = record(pool)
+    who = "admin API 127.0.0.1 (token)"
+    with capturedLogs() as logs:
+        pool.set_admin(a, "drain", who)
+        pool.set_admin(a, "drain", who)
+        pool.set_admin(a, "maint", "SIGHUP")
+        pool.set_admin(a, "ready", who)
+    assert [e.state for e in events] == ["DRAIN", "MAINT", "READY"]
+    assert events[0] == ServerEvent("web", "192.0.2.1:80", "DRAIN", f"set by {who}")
+    assert [e["log_level"] for e in logs] == [LogLevel.info] * 4
+    assert [formatEvent(e) for e in logs] == [
+        f"server 192.0.2.1:80 in pool web set to DRAIN by {who}",
+        f"server 192.0.2.1:80 in pool web set to DRAIN by {who}",
+        "server 192.0.2.1:80 in pool web set to MAINT by SIGHUP",
+        f"server 192.0.2.1:80 in pool web set to READY by {who}",
+    ]
+
+
+def test_set_admin_rejects_an_unknown_state_and_a_server_of_another_pool() -> None:
+    pool, _ = make_pool(server(1))
+    other, _ = make_pool(server(1))
+    events = record(pool)
+    with pytest.raises(ValueError, match="'ready', 'drain', 'maint'; found 'disabled'"):
+        pool.set_admin(pool.servers[0], "disabled", "test")
+    with pytest.raises(ValueError, match="not in pool web"):
+        pool.set_admin(other.servers[0], "drain", "test")
+    assert pool.servers[0].admin == other.servers[0].admin == "ready"
+    assert events == []
+
+
+def test_state_is_the_admin_state_when_set_else_the_health() -> None:
+    pool, clock = make_pool(server(1), server(2, down=True), max_fails=1, eject_time=10.0)
+    a, off = pool.servers
+    assert (a.state, a.health, a.reason) == ("up", "up", "")
+    assert (off.state, off.reason) == ("down", "down in the configuration")
+    pool.set_health(a, False, "connection refused")
+    assert (a.state, a.health, a.reason) == ("down", "down", "connection refused")
+    pool.set_admin(a, "drain", "test")
+    assert (a.state, a.health) == ("drain", "down")
+    pool.set_admin(a, "maint", "test")
+    assert a.state == "maint"
+    pool.set_admin(a, "ready", "test")
+    pool.set_health(a, True, "2/2 succeeded")
+    assert a.state == "up"
+    fail(pool, a, 1, "connection refused")
+    assert (a.state, a.reason) == (
+        "down",
+        "1 connect failures in a row (connection refused); ejected for 10s",
+    )
+    clock.advance(10.0)
+    assert (a.state, a.reason) == ("up", "")
+
+
+def test_find_gives_a_server_by_its_name() -> None:
+    pool, _ = make_pool(server(1), ServerConfig(Address("::1", 9001)))
+    assert pool.find("192.0.2.1:80") is pool.servers[0]
+    assert pool.find("[::1]:9001") is pool.servers[1]
+    assert pool.find("192.0.2.9:80") is None
+
+
+# runtime weight
+
+
+def test_weight_starts_as_configured() -> None:
+    pool, _ = make_pool(server(1, weight=7), server(2))
+    assert [s.weight for s in pool.servers] == [7, 1]
+
+
+def test_the_runtime_weight_bounds_are_the_configs() -> None:
+    parse = values.servers
+    assert parse(f"192.0.2.1:80 weight={MIN_WEIGHT}")[0].weight == MIN_WEIGHT
+    assert parse(f"192.0.2.1:80 weight={MAX_WEIGHT}")[0].weight == MAX_WEIGHT
+    for outside in (MIN_WEIGHT - 1, MAX_WEIGHT + 1):
+        with pytest.raises(values.Invalid):
+            parse(f"192.0.2.1:80 weight={outside}")
+
+
+@pytest.mark.parametrize("weight", [0, -1, 257, 2.0, True, "3"])
+def test_set_weight_rejects_what_the_config_would(weight: Any) -> None:
+    pool, _ = make_pool(server(1, weight=2))
+    with pytest.raises(ValueError, match="weight must be"):
+        pool.set_weight(pool.servers[0], weight, "test")
+    assert pool.servers[0].weight == 2
+
+
+def test_set_weight_is_logged_with_who_asked() -> None:
+    pool, _ = make_pool(server(1))
+    with capturedLogs() as logs:
+        pool.set_weight(pool.servers[0], 256, "admin API 127.0.0.1 (read-write token)")
+    assert [formatEvent(e) for e in logs] == [
+        "server 192.0.2.1:80 in pool web weight set to 256 by admin API 127.0.0.1 "
+        "(read-write token)"
+    ]
+    assert logs[0]["log_level"] == LogLevel.info
+    assert pool.servers[0].weight == 256
+
+
+def test_round_robin_takes_a_new_weight_on_the_next_pick() -> None:
+    pool, _ = make_pool(server(1), server(2), server(3))
+    a, b, c = pool.servers
+    assert [pool.pick() for _ in range(3)] == [a, b, c]
+    pool.set_weight(a, 5, "test")
+    assert [pool.pick() for _ in range(7)] == [a, a, b, a, c, a, a]
+
+
+@pytest.mark.parametrize("balance", ["least_conn", "random_two"])
+def test_least_conn_and_random_two_balance_by_the_new_weight(balance: str) -> None:
+    pool, _ = make_pool(server(1), server(2), balance=balance)
+    a = pool.servers[0]
+    pool.set_weight(a, 3, "test")
+    held: deque[Server] = deque()
+    counts: Counter[Server] = Counter()
+    for _ in range(10_000):
+        picked = pool.pick()
+        assert picked is not None
+        pool.acquire(picked)
+        counts[picked] += 1
+        held.append(picked)
+        if len(held) > 20:
+            pool.release(held.popleft())
+    assert counts[a] / 10_000 == pytest.approx(0.75, abs=0.02)
+
+
+def test_hash_ring_is_rebuilt_when_a_weight_changes_moving_keys_only_to_or_from_it() -> None:
+    pool, _ = make_pool(*(server(n) for n in range(1, 5)), balance="hash")
+    a = pool.servers[0]
+    rng = random.Random(3)
+    clients = [rng.randbytes(4) for _ in range(10_000)]
+    before = {key: pool.pick(key) for key in clients}
+    pool.set_weight(a, 4, "test")
+    heavier = {key: pool.pick(key) for key in clients}
+    gained = [key for key in clients if heavier[key] is not before[key]]
+    assert all(heavier[key] is a for key in gained)
+    # a holds 4 of 7 shares now, instead of 1 of 4.
+    share = sum(1 for key in clients if heavier[key] is a) / len(clients)
+    assert share == pytest.approx(4 / 7, abs=0.04)
+    pool.set_weight(a, 1, "test")
+    assert {key: pool.pick(key) for key in clients} == before
+
+
+def test_a_weight_set_to_the_same_value_leaves_the_ring_alone() -> None:
+    pool, _ = make_pool(server(1), server(2), balance="hash")
+    ring = pool._balancer._points  # type: ignore[attr-defined]
+    pool.set_weight(pool.servers[0], 1, "test")
+    assert pool._balancer._points is ring  # type: ignore[attr-defined]
+
+
+# reload: Pool(previous=...)
+
+
+def reloaded(old: Pool, clock: MemoryReactorClock, *servers: ServerConfig, **options: Any) -> Pool:
+    config = PoolConfig(name="web", servers=servers, **options)
+    return Pool(config, clock, random.Random(1), previous=old)
+
+
+def test_a_reload_carries_a_server_over_as_the_same_object_with_its_state() -> None:
+    old, clock = make_pool(server(1), server(2), server(3))
+    a, b, gone = old.servers
+    old.acquire(a)
+    old.acquire(gone)
+    old.set_health(b, False, "connection refused")
+    old.set_admin(a, "drain", "test")
+    new = reloaded(old, clock, server(2), server(1, max_connections=9), server(4))
+    assert new.servers[0] is b and new.servers[1] is a
+    assert a.active == 1 and a.admin == "drain"
+    assert not b.healthy and b.health_reason == "connection refused"
+    assert a.config == server(1, max_connections=9)
+    fresh = new.servers[2]
+    assert fresh.name == "192.0.2.4:80" and fresh.active == 0 and fresh.healthy
+    assert gone not in new.servers
+    # Connections opened before the reload end on the old pool, counted on the same objects.
+    old.release(a)
+    old.release(gone)
+    assert a.active == gone.active == 0
+    assert new.pick() is fresh
+
+
+def test_a_reload_takes_a_changed_configured_weight_and_keeps_a_runtime_one_otherwise() -> None:
+    old, clock = make_pool(server(1, weight=2), server(2, weight=2), server(3))
+    a, b, c = old.servers
+    old.set_weight(a, 10, "test")
+    old.set_weight(b, 10, "test")
+    new = reloaded(old, clock, server(1, weight=2), server(2, weight=3), server(3, weight=4))
+    assert new.servers == (a, b, c)
+    assert (a.weight, b.weight, c.weight) == (10, 3, 4)
+
+
+def test_a_reloaded_hash_pool_builds_its_ring_with_the_runtime_weights() -> None:
+    configs = (server(1), server(2), server(3))
+    old, clock = make_pool(*configs, balance="hash")
+    old.set_weight(old.servers[0], 5, "test")
+    new = reloaded(old, clock, *configs, balance="hash")
+    keys = [bytes([n, 7]) for n in range(200)]
+    assert [new.pick(k) for k in keys] == [old.pick(k) for k in keys]
+
+
+def test_an_ejection_carried_over_ends_on_time_in_the_new_pool_whatever_the_old_does() -> None:
+    old, clock = make_pool(server(1), server(2), max_fails=1, eject_time=10.0)
+    a, b = old.servers
+    fail(old, a, 1)
+    fail(old, b, 1)
+    clock.advance(4.0)
+    new = reloaded(old, clock, server(1), max_fails=1, eject_time=10.0)
+    events = record(new)
+    old_events = record(old)
+    old.stop()
+    assert new.pick() is None
+    assert a.state == "down"
+    clock.advance(6.0)
+    assert events == [ServerEvent("web", a.name, "UP", "ejection ended")]
+    assert old_events == []
+    assert a.state == "up" and new.pick() is a
+    new.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_failures_reported_to_the_old_pool_on_a_carried_server_count_in_the_new_one() -> None:
+    old, clock = make_pool(server(1), server(2), max_fails=3, eject_time=10.0)
+    a, gone = old.servers
+    fail(old, a, 1)
+    new = reloaded(old, clock, server(1), max_fails=2, eject_time=5.0)
+    events = record(new)
+    fail(old, a, 1)  # a connection opened before the reload
+    assert [(e.pool, e.state) for e in events] == [("web", "EJECTED")]
+    assert "ejected for 5s" in events[0].reason
+    old.stop()
+    clock.advance(5.0)
+    assert [e.state for e in events] == ["EJECTED", "UP"]
+    old.report_success(a)
+    assert a.ejections == 0
+    # A server the reload removed stays the old pool's business.
+    fail(old, gone, 3)
+    assert gone.ejected and len(events) == 2
+    assert clock.getDelayedCalls() == []
+
+
+def test_two_reloads_in_a_row_pass_reports_to_the_newest_pool() -> None:
+    first, clock = make_pool(server(1), max_fails=1)
+    (a,) = first.servers
+    second = reloaded(first, clock, server(1), max_fails=1)
+    third = reloaded(second, clock, server(1), max_fails=1)
+    events = record(third)
+    fail(first, a, 1)
+    assert [e.state for e in events] == ["EJECTED"]
+    third.stop()
+    assert clock.getDelayedCalls() == []
