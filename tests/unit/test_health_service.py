@@ -24,8 +24,8 @@ from proxyd.config.model import (
 )
 from proxyd.health import checks
 from proxyd.health.checks import CheckReactor
-from proxyd.health.service import HealthService, ServerHealth
-from proxyd.pool import Server
+from proxyd.health.service import HISTORY, CheckResult, HealthService, ServerHealth
+from proxyd.pool import Server, ServerEvent
 
 INTERVAL = 2.0
 TIMEOUT = 1.0
@@ -33,18 +33,35 @@ CONNECT_ONLY = TcpCheck()
 
 
 class FakePool:
-    """The part of the Pool API the service uses, recording set_health calls."""
+    """The part of the Pool API the service uses, recording set_health calls; set_admin
+    publishes the event the real pool would."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, previous: FakePool | None = None) -> None:
+        """With `previous`, servers of the same name are carried over, as Pool does."""
+        kept = {s.name: s for s in previous.servers} if previous is not None else {}
         self.name = config.name
         self.config = config
-        self.servers = tuple(Server(config=s, pool=config.name) for s in config.servers)
+        self.servers = tuple(
+            kept.get(s.name) or Server(config=s, pool=config.name) for s in config.servers
+        )
+        for server, server_config in zip(self.servers, config.servers, strict=True):
+            server.config = server_config
         self.health: list[tuple[str, bool, str]] = []
+        self.observers: list[Callable[[ServerEvent], None]] = []
 
     def set_health(self, server: Server, up: bool, reason: str) -> None:
         self.health.append((server.name, up, reason))
         server.healthy = up
         server.health_reason = reason
+
+    def set_admin(self, server: Server, state: str, who: str = "test") -> None:
+        server.admin = state
+        for observer in list(self.observers):
+            observer(ServerEvent(self.name, server.name, state.upper(), f"set by {who}"))
+
+    def subscribe(self, observer: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        self.observers.append(observer)
+        return lambda: self.observers.remove(observer)
 
 
 def pool_config(
@@ -450,4 +467,315 @@ def test_with_the_real_pool_transitions_reach_its_servers_and_subscribers() -> N
     assert pool.pick() is server
     assert (events[-1].state, events[-1].reason) == ("UP", "2/2 succeeded")
     harness.service.stopService()
+    assert harness.reactor.getDelayedCalls() == []
+
+
+# check history
+
+
+def test_history_keeps_the_last_ten_results_oldest_first() -> None:
+    harness = Harness(pool_config(fall=100))
+    harness.service.startService()
+    assert harness.service.history(harness.server) == []
+    finished = []
+    for r in "+-" * 7:
+        harness.play(r)
+        finished.append(harness.reactor.seconds())
+    history = harness.service.history(harness.server)
+    assert len(history) == HISTORY == 10
+    assert [h.time for h in history] == finished[-10:]
+    assert [h.ok for h in history] == [True, False] * 5
+    assert [h.reason for h in history] == ["", "connection refused"] * 5
+    assert all(h.duration == 0.0 for h in history)
+    harness.service.stopService()
+
+
+def test_history_records_how_long_a_check_took() -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    harness.next_check()
+    started = harness.reactor.seconds()
+    harness.reactor.advance(TIMEOUT)
+    assert harness.service.history(harness.server) == [
+        CheckResult(started + TIMEOUT, False, "timeout after 1s connecting", TIMEOUT)
+    ]
+    harness.service.stopService()
+
+
+def test_history_of_an_unchecked_server_is_empty() -> None:
+    harness = Harness(pool_config(check=None))
+    harness.service.startService()
+    assert harness.service.history(harness.server) == []
+    harness.service.stopService()
+
+
+# maintenance
+
+
+def test_maint_pauses_the_checks_and_leaving_it_resumes_them_within_an_interval(
+    logs: list[LogEvent],
+) -> None:
+    harness = Harness(pool_config(rise=1))
+    harness.service.startService()
+    harness.play("-")
+    assert not harness.server.healthy
+    harness.pool.set_admin(harness.server, "maint")
+    assert harness.reactor.getDelayedCalls() == []
+    harness.reactor.advance(100 * INTERVAL)
+    assert len(harness.reactor.tcpClients) == 1
+    # It kept the health state it had.
+    assert not harness.server.healthy
+    status = harness.service.status(harness.server)
+    assert status is not None and not status.up
+    assert "health checks of 192.0.2.1:3306 in pool mysql paused (maint)" in health_lines(logs)
+    left = harness.reactor.seconds()
+    harness.pool.set_admin(harness.server, "ready")
+    (call,) = harness.reactor.getDelayedCalls()
+    assert left <= call.getTime() < left + INTERVAL
+    harness.play("+")
+    assert harness.server.healthy
+    assert [h.ok for h in harness.service.history(harness.server)] == [False, True]
+    harness.service.stopService()
+
+
+def test_maint_cancels_the_check_in_flight_without_counting_it() -> None:
+    harness = Harness(pool_config(check=MysqlCheck(), timeout=5.0))
+    harness.service.startService()
+    transport = harness.accept()  # waiting for the handshake
+    harness.pool.set_admin(harness.server, "maint")
+    assert transport.disconnected
+    assert harness.reactor.getDelayedCalls() == []
+    assert harness.pool.health == []
+    assert harness.service.history(harness.server) == []
+    assert harness.server.healthy
+    harness.service.stopService()
+
+
+def test_leaving_maint_for_drain_resumes_the_checks() -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    harness.pool.set_admin(harness.server, "maint")
+    assert harness.reactor.getDelayedCalls() == []
+    harness.pool.set_admin(harness.server, "drain")
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    harness.play("-")
+    assert harness.pool.health == [("192.0.2.1:3306", False, "connection refused")]
+    harness.service.stopService()
+
+
+def test_drain_does_not_pause_the_checks() -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    harness.pool.set_admin(harness.server, "drain")
+    harness.play("+-")
+    assert len(harness.service.history(harness.server)) == 2
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    harness.service.stopService()
+
+
+def test_a_server_in_maint_at_start_is_not_checked_until_it_leaves() -> None:
+    harness = Harness(pool_config(servers=("192.0.2.1:3306", "192.0.2.2:3306")))
+    harness.pool.servers[0].admin = "maint"
+    harness.service.startService()
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    harness.next_check()
+    assert [c[:2] for c in harness.reactor.tcpClients] == [("192.0.2.2", 3306)]
+    harness.pool.set_admin(harness.pool.servers[0], "ready")
+    assert len(harness.reactor.getDelayedCalls()) == 2
+    harness.service.stopService()
+    assert harness.reactor.getDelayedCalls() == []
+
+
+def test_other_events_and_servers_leave_the_loops_alone() -> None:
+    harness = Harness(pool_config(servers=("192.0.2.1:3306", "192.0.2.2:3306")))
+    harness.service.startService()
+    first, second = harness.pool.servers
+    harness.pool.set_admin(first, "maint")
+    for observer in harness.pool.observers:
+        observer(ServerEvent("mysql", first.name, "DOWN", "checks"))
+        observer(ServerEvent("other", first.name, "READY", "another pool's server"))
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    assert harness.service.status(second) is not None
+    harness.service.stopService()
+
+
+def test_a_stopped_service_hears_no_more_events() -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    harness.service.stopService()
+    assert harness.pool.observers == []
+
+
+# reload
+
+
+def reload(harness: Harness, *configs: PoolConfig) -> dict[str, FakePool]:
+    """Build the pools of `configs` carrying servers over as Pool(previous=...) does, and
+    hand them to the running service."""
+    old = harness.pools
+    pools = {c.name: FakePool(c, old.get(c.name)) for c in configs}
+    harness.service.reload(pools)  # type: ignore[arg-type]
+    harness.pools = pools
+    return pools
+
+
+def test_reload_keeps_the_loop_of_an_unchanged_check_reporting_to_the_new_pool() -> None:
+    harness = Harness(pool_config(rise=2, fall=3))
+    harness.service.startService()
+    harness.play("+--")
+    (before,) = harness.reactor.getDelayedCalls()
+    history = harness.service.history(harness.server)
+    old_pool = harness.pool
+    new_pool = reload(harness, pool_config(rise=2, fall=3))["mysql"]
+    assert new_pool.servers[0] is old_pool.servers[0]
+    # The same next check, counters and history.
+    assert harness.reactor.getDelayedCalls() == [before]
+    assert harness.service.history(harness.server) == history
+    status = harness.service.status(harness.server)
+    assert status is not None and (status.up, status.failures) == (True, 2)
+    harness.play("-")
+    assert new_pool.health == [("192.0.2.1:3306", False, "connection refused")]
+    assert old_pool.health == []
+    assert harness.service.pools is harness.pools
+    harness.service.stopService()
+    assert harness.reactor.getDelayedCalls() == []
+
+
+def test_reload_drops_the_loops_of_servers_no_longer_checked() -> None:
+    servers = ("192.0.2.1:3306", "192.0.2.2:3306", "192.0.2.3:3306")
+    harness = Harness(pool_config(servers=servers))
+    harness.service.startService()
+    assert len(harness.reactor.getDelayedCalls()) == 3
+    kept = harness.pool.servers[0]
+    pools = reload(
+        harness,
+        pool_config(servers=(servers[0], servers[1]), down=(servers[1],)),
+        pool_config(name="web", servers=(servers[2],), check=None),
+    )
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    assert [s.server for s in harness.service.statuses()] == [kept.name]
+    assert harness.service.status(pools["mysql"].servers[1]) is None
+    harness.reactor.advance(10 * INTERVAL)
+    assert {c[:2] for c in harness.reactor.tcpClients} == {("192.0.2.1", 3306)}
+    harness.service.stopService()
+    assert harness.reactor.getDelayedCalls() == []
+
+
+def test_reload_with_a_changed_check_starts_a_new_loop_from_the_servers_health() -> None:
+    harness = Harness(pool_config(servers=("192.0.2.1:3306", "192.0.2.2:3306"), rise=2))
+    harness.service.startService()
+    up, down = harness.pool.servers
+    harness.play("++")
+    harness.pool.set_health(down, False, "refused")
+    assert harness.service.history(up) != []
+    pools = reload(
+        harness,
+        pool_config(servers=("192.0.2.1:3306", "192.0.2.2:3306"), rise=2, check=MysqlCheck()),
+    )
+    assert harness.service.history(up) == []
+    status = harness.service.status(up)
+    assert status is not None and (status.up, status.probation) == (True, True)
+    status = harness.service.status(down)
+    assert status is not None and (status.up, status.probation) == (False, False)
+    calls: Sequence[Any] = harness.reactor.getDelayedCalls()
+    assert len(calls) == 2
+    assert all(c.getTime() < harness.reactor.seconds() + INTERVAL for c in calls)
+    assert up.healthy and not down.healthy
+    assert pools["mysql"].health == []
+    harness.service.stopService()
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"rise": 3},
+        {"fall": 1},
+        {"timeout": 0.5},
+        {"check": TcpCheck(send=b"PING\r\n", expect=b"+PONG")},
+    ],
+)
+def test_reload_with_other_check_settings_starts_a_new_loop(changed: dict[str, Any]) -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    harness.play("+")
+    reload(harness, pool_config(**changed))
+    assert harness.service.history(harness.server) == []
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    harness.service.stopService()
+    assert harness.reactor.getDelayedCalls() == []
+
+
+def test_reload_sets_up_a_server_down_by_checks_that_are_no_longer_run() -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    harness.play("-")
+    pools = reload(harness, pool_config(check=None))
+    assert harness.reactor.getDelayedCalls() == []
+    assert pools["mysql"].health == [("192.0.2.1:3306", True, "no longer checked")]
+    assert harness.server.healthy
+    harness.service.stopService()
+
+
+def test_reload_keeps_a_paused_loop_paused_and_hears_the_new_pools() -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    old_pool = harness.pool
+    old_pool.set_admin(harness.server, "maint")
+    new_pool = reload(harness, pool_config())["mysql"]
+    assert harness.reactor.getDelayedCalls() == []
+    assert old_pool.observers == []
+    new_pool.set_admin(harness.server, "ready")
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    harness.service.stopService()
+
+
+def test_reload_with_a_check_kind_without_checker_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    pools = harness.pools
+    monkeypatch.setattr(checks, "_checkers", {TcpCheck: checks._checkers[TcpCheck]})
+    with pytest.raises(LookupError, match="MysqlCheck"):
+        reload(harness, pool_config(check=MysqlCheck()))
+    assert harness.service.pools is pools
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    harness.service.stopService()
+
+
+def test_reload_of_a_stopped_service_only_takes_the_pools() -> None:
+    harness = Harness(pool_config())
+    pools = reload(harness, pool_config(servers=("192.0.2.9:3306",)))
+    assert harness.reactor.getDelayedCalls() == []
+    harness.service.startService()
+    harness.next_check()
+    assert [c[:2] for c in harness.reactor.tcpClients] == [("192.0.2.9", 3306)]
+    assert harness.service.pools is pools
+    harness.service.stopService()
+
+
+def test_with_the_real_pool_a_reload_keeps_health_and_events_reach_the_new_pool() -> None:
+    from proxyd.pool import Pool
+
+    harness = Harness(pool_config(rise=1), make_pool=lambda c, r: Pool(c, r, random.Random(1)))
+    harness.service.startService()
+    old_pool = harness.pool
+    (server,) = old_pool.servers
+    harness.play("-")
+    new_pool = Pool(pool_config(rise=1), harness.reactor, random.Random(1), previous=old_pool)
+    events: list[ServerEvent] = []
+    new_pool.subscribe(events.append)
+    harness.service.reload({"mysql": new_pool})
+    harness.pools = {"mysql": new_pool}
+    assert new_pool.servers == (server,) and not server.healthy
+    harness.play("+")
+    assert server.healthy and new_pool.pick() is server
+    assert [(e.state, e.reason) for e in events] == [("UP", "1/1 succeeded")]
+    new_pool.set_admin(server, "maint", "test")
+    assert harness.reactor.getDelayedCalls() == []
+    new_pool.set_admin(server, "ready", "test")
+    assert len(harness.reactor.getDelayedCalls()) == 1
+    harness.service.stopService()
+    old_pool.stop()
+    new_pool.stop()
     assert harness.reactor.getDelayedCalls() == []
