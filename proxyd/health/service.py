@@ -330,9 +330,9 @@ class HealthService(Service):
         A server checked before with the same check, rise, fall, interval and timeout keeps
         its loop (its counters, history and next check), now reporting to its new pool. Other
         checked servers get a new loop, starting from the health they have; a server that is
-        no longer checked but still serves is set up if its checks had taken it down (else
-        nothing would ever bring it back). Raises LookupError, changing nothing, if a check
-        kind has no checker.
+        no longer checked but still serves (not configured down) is set up if its checks had
+        taken it down (else nothing would ever bring it back). Raises LookupError, changing
+        nothing, if a check kind has no checker.
         """
         plans = self._plans(pools)
         if not self.running:
@@ -360,7 +360,7 @@ class HealthService(Service):
         self.pools = pools
         for pool in pools.values():
             for server in pool.servers:
-                if server not in watches and not server.healthy:
+                if server not in watches and not server.healthy and not server.config.down:
                     pool.set_health(server, True, "no longer checked")
         self._subscribe()
 

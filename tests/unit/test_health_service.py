@@ -716,6 +716,20 @@ def test_reload_sets_up_a_server_down_by_checks_that_are_no_longer_run() -> None
     harness.service.stopService()
 
 
+def test_reload_leaves_a_server_down_by_checks_and_now_configured_down_as_it_is() -> None:
+    harness = Harness(pool_config())
+    harness.service.startService()
+    harness.play("-")
+    pools = reload(harness, pool_config(down=("192.0.2.1:3306",)))
+    assert harness.reactor.getDelayedCalls() == []
+    assert pools["mysql"].health == []
+    assert not harness.server.healthy
+    # Back in service without a check, nothing would ever set it up but the reload.
+    pools = reload(harness, pool_config(check=None))
+    assert pools["mysql"].health == [("192.0.2.1:3306", True, "no longer checked")]
+    harness.service.stopService()
+
+
 def test_reload_keeps_a_paused_loop_paused_and_hears_the_new_pools() -> None:
     harness = Harness(pool_config())
     harness.service.startService()
