@@ -30,7 +30,8 @@ def makeService(options: Options) -> Any:
     install()  # unless `twistd -r NAME` chose one
     from twisted.internet import reactor
 
-    from proxyd.app import ProxydService, StartupError
+    from proxyd.app import ProxydService
+    from proxyd.listeners import StartupError
 
     path = options["config"]
     try:
@@ -47,9 +48,9 @@ def makeService(options: Options) -> Any:
         if workers == 1:
             proxy.bind()
             return proxy
-        shared = proxy.bind_shared(workers)
+        proxy.bind_shared(workers)
     except (StartupError, OSError) as e:
         raise SystemExit(str(e)) from None
     from proxyd.workers.master import Master
 
-    return Master(reactor, proxy, shared, text, workers, handle_signals=True)
+    return Master(reactor, proxy, text, workers, handle_signals=True)

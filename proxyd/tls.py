@@ -40,7 +40,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from proxyd.config import tls as tls_config
 from proxyd.config.model import Certificate, TlsClientConfig, TlsServerConfig
 
 __all__ = [
@@ -97,8 +96,8 @@ class CertificateIndex:
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTls:
-    """TLS termination for one listener. `reload()` swaps in the certificates read anew:
-    connections already open keep theirs, new handshakes get the new ones."""
+    """TLS termination for one listener, with the certificates its config loaded (a reload
+    makes a new one: connections already open keep theirs, new handshakes get the new ones)."""
 
     def __init__(self, listener: str, config: TlsServerConfig, alpn: Sequence[bytes] = ()) -> None:
         self.listener = listener
@@ -120,16 +119,6 @@ class ServerTls:
         return TLSMemoryBIOFactory(
             cast(IOpenSSLServerConnectionCreator, self), False, factory, clock
         )
-
-    def reload(self) -> tuple[Certificate, ...]:
-        """Read the certificates again; raises Invalid/Invalids (nothing changed) when they
-        cannot all be used."""
-        loaded = tls_config.load_all(
-            self.config.certificates,
-            refuse_expired=self.config.expired_certificates == "refuse",
-        )
-        self._install(loaded)
-        return loaded
 
     def _install(self, certificates: tuple[Certificate, ...]) -> None:
         contexts = [self._context(certificate) for certificate in certificates]

@@ -1,14 +1,26 @@
-"""The admin listener's HTTP resource: GET /api/v1/status (JSON) and GET /metrics (Prometheus
-text format, rendered by prometheus-client), behind a bearer token when one is configured."""
+"""The admin listener's HTTP resource (docs/operations.md):
+
+    GET  /api/v1/status                         listeners, pools, servers, counters (JSON)
+    GET  /api/v1/config                         the effective config, secrets masked
+    POST /api/v1/pools/POOL/servers/SERVER      {"admin": "drain"|"maint"|"ready", "weight": N}
+    POST /api/v1/reload                         read the config file again and serve it
+    GET  /metrics                               Prometheus text, rendered by prometheus-client
+    GET  /, /stats/FILE                         the stats page (no token: it holds no data)
+
+`[admin] token` may do everything, `read_token` only GET; without tokens (loopback only)
+everyone may. Every change is logged with who asked: the client's address and the token's kind.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import unquote
 
 from prometheus_client.exposition import choose_encoder
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -16,11 +28,34 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from proxyd.admin.metrics import metrics_registry
+from proxyd.admin.page import asset
+from proxyd.admin.status import config_document
+from proxyd.config.model import AdminConfig
 
 log = Logger()
 
-Status = Callable[[], Deferred[dict[str, Any]]]
-"""Makes the status document (proxyd.admin.status.status_document) with the counters of now."""
+MAX_BODY = 64 * 1024
+"""A change's JSON body is a few bytes; more is refused (413)."""
+
+_POOLS = [b"", b"api", b"v1", b"pools"]
+
+FULL, READ = "token", "read_token"
+"""What a request may do: the kind of token it carries (FULL also without tokens)."""
+
+
+class Proxy(Protocol):
+    """What the admin API steers (proxyd.app.ProxydService)."""
+
+    config: Any
+
+    def status(self) -> Deferred[dict[str, Any]]: ...
+
+    def change_server(
+        self, pool: str, server: str, admin: str | None, weight: int | None, who: str
+    ) -> Any: ...
+
+    @property
+    def reload_source(self) -> Callable[[], Deferred[Any]]: ...
 
 
 class AdminResource(Resource):
@@ -28,43 +63,148 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, status: Status, token: str | None) -> None:
+    def __init__(self, proxy: Proxy, admin_config: AdminConfig) -> None:
         super().__init__()
-        self._status = status
-        self._token = f"Bearer {token}".encode() if token is not None else None
+        self._proxy = proxy
+        self.admin_config = admin_config
+        """The `[admin]` section: its tokens (a reload sets a new one)."""
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"Server", b"proxyd")
         request.setHeader(b"Cache-Control", b"no-store")
-        if not self._authorized(request):
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        path = request.path.rstrip(b"/") or b"/"
+        page = asset(path.decode("latin-1"))
+        if page is not None:
+            return self._get(request, lambda: _page(request, *page))
+        access = self._access(request)
+        if access is None:
             request.setResponseCode(401)
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="proxyd"')
             return _json(request, {"error": "a bearer token is required"})
-        if request.method not in (b"GET", b"HEAD"):
-            request.setResponseCode(405)
-            request.setHeader(b"Allow", b"GET, HEAD")
-            return _json(request, {"error": "only GET and HEAD"})
-        path = request.path.rstrip(b"/")
+        parts = path.split(b"/")
         if path == b"/api/v1/status":
-            return self._later(request, lambda document: _json(request, document))
+            return self._get(request, lambda: self._status(request, access))
+        if path == b"/api/v1/config":
+            return self._get(request, lambda: _json(request, config_document(self._proxy.config)))
         if path == b"/metrics":
-            return self._later(request, lambda document: _metrics(request, document))
+            return self._get(
+                request, lambda: self._later(request, lambda document: _metrics(request, document))
+            )
+        if path == b"/api/v1/reload":
+            return self._post(request, access, lambda who: self._reload(request, who))
+        if len(parts) == 7 and parts[:4] == _POOLS and parts[5] == b"servers":
+            pool, server = (unquote(part.decode("latin-1")) for part in (parts[4], parts[6]))
+            return self._post(request, access, lambda who: self._change(request, pool, server, who))
         request.setResponseCode(404)
-        return _json(request, {"error": "not found", "paths": ["/api/v1/status", "/metrics"]})
+        return _json(
+            request,
+            {
+                "error": "not found",
+                "paths": [
+                    "/api/v1/status",
+                    "/api/v1/config",
+                    "/api/v1/pools/POOL/servers/SERVER",
+                    "/api/v1/reload",
+                    "/metrics",
+                    "/",
+                ],
+            },
+        )
 
-    def _authorized(self, request: Request) -> bool:
-        if self._token is None:
-            return True
+    def _access(self, request: Request) -> str | None:
+        """FULL, READ, or None (no valid token)."""
+        config = self.admin_config
+        if config.token is None:
+            return FULL
         given = request.getHeader(b"Authorization") or b""
-        return hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._token)
+        given_bytes = given.encode("latin-1") if isinstance(given, str) else given
+        if hmac.compare_digest(given_bytes, f"Bearer {config.token}".encode()):
+            return FULL
+        if config.read_token is not None and hmac.compare_digest(
+            given_bytes, f"Bearer {config.read_token}".encode()
+        ):
+            return READ
+        return None
+
+    @staticmethod
+    def _get(request: Request, answer: Callable[[], Any]) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            return _not_allowed(request, b"GET, HEAD")
+        return answer()
+
+    def _post(self, request: Request, access: str, change: Callable[[str], Any]) -> Any:
+        if request.method != b"POST":
+            return _not_allowed(request, b"POST")
+        if access != FULL:
+            request.setResponseCode(403)
+            return _json(request, {"error": "this token may read, not change"})
+        client = request.getClientAddress()
+        host = client.host if isinstance(client, IPv4Address | IPv6Address) else "a unix socket"
+        tokens = "no token" if self.admin_config.token is None else "token"
+        return change(f"admin API, {host} ({tokens})")
+
+    def _status(self, request: Request, access: str) -> Any:
+        def render(document: dict[str, Any]) -> bytes:
+            document["can_change"] = access == FULL
+            return _json(request, document)
+
+        return self._later(request, render)
+
+    def _change(self, request: Request, pool: str, server: str, who: str) -> Any:
+        body = _body(request)
+        if isinstance(body, bytes):
+            return body
+        unknown = sorted(set(body) - {"admin", "weight"})
+        admin, weight = body.get("admin"), body.get("weight")
+        if unknown or (admin is None and weight is None):
+            return _bad(request, 'a JSON object with "admin" and/or "weight"')
+        if admin is not None and admin not in ("ready", "drain", "maint"):
+            return _bad(request, '"admin" is one of "ready", "drain", "maint"')
+        if weight is not None and (type(weight) is not int):
+            return _bad(request, '"weight" is a whole number')
+        try:
+            self._proxy.change_server(pool, server, admin, weight, who)
+        except KeyError as e:
+            request.setResponseCode(404)
+            return _json(request, {"error": e.args[0]})
+        except ValueError as e:
+            return _bad(request, str(e))
+
+        def render(document: dict[str, Any]) -> bytes:
+            for shown in document["pools"]:
+                if shown["name"] == pool:
+                    for entry in shown["servers"]:
+                        if entry["name"] == server:
+                            return _json(request, entry)
+            request.setResponseCode(404)  # a reload in the same turn took it away
+            return _json(request, {"error": f"no server {server} in pool {pool}"})
+
+        return self._later(request, render)
+
+    def _reload(self, request: Request, who: str) -> Any:
+        log.info("reload asked by {who}", who=who)
+
+        def render(outcome: Any) -> bytes:
+            if not outcome.reloaded:
+                request.setResponseCode(422)
+            return _json(request, outcome.document())
+
+        return self._answer(request, self._proxy.reload_source(), render)
 
     def _later(self, request: Request, render: Callable[[dict[str, Any]], bytes]) -> Any:
+        """Answer with `render` of the status document (the counters come asynchronously:
+        with workers, from each of them)."""
+        return self._answer(request, self._proxy.status(), render)
+
+    @staticmethod
+    def _answer(request: Request, result: Deferred[Any], render: Callable[[Any], bytes]) -> Any:
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
-        def answer(document: dict[str, Any]) -> None:
+        def answer(value: Any) -> None:
             if not gone:
-                request.write(render(document))
+                request.write(render(value))
                 request.finish()
 
         def failed(failure: Failure) -> None:
@@ -74,13 +214,52 @@ class AdminResource(Resource):
                 request.write(_json(request, {"error": "internal error"}))
                 request.finish()
 
-        self._status().addCallbacks(answer, failed)
+        result.addCallbacks(answer, failed)
         return NOT_DONE_YET
 
 
 def _json(request: Request, document: Any) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def _page(request: Request, content_type: bytes, body: bytes) -> bytes:
+    """A file of the stats page: its script and style come from this listener alone."""
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(
+        b"Content-Security-Policy",
+        b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    )
+    request.setHeader(b"X-Frame-Options", b"DENY")
+    request.setHeader(b"Referrer-Policy", b"no-referrer")
+    return body
+
+
+def _not_allowed(request: Request, allow: bytes) -> bytes:
+    request.setResponseCode(405)
+    request.setHeader(b"Allow", allow)
+    return _json(request, {"error": f"only {allow.decode()}"})
+
+
+def _bad(request: Request, expected: str) -> bytes:
+    request.setResponseCode(400)
+    return _json(request, {"error": f"expected {expected}"})
+
+
+def _body(request: Request) -> dict[str, Any] | bytes:
+    """The request's JSON object, or the error answer already made."""
+    content = request.content
+    data = content.read(MAX_BODY + 1) if content is not None else b""
+    if len(data) > MAX_BODY:
+        request.setResponseCode(413)
+        return _json(request, {"error": f"a body of at most {MAX_BODY} bytes"})
+    try:
+        body = json.loads(data or b"null")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return _bad(request, 'a JSON object with "admin" and/or "weight"')
+    return body
 
 
 def _metrics(request: Request, document: dict[str, Any]) -> bytes:
@@ -92,12 +271,13 @@ def _metrics(request: Request, document: dict[str, Any]) -> bytes:
 
 
 class AdminSite(Site):
-    """The admin listener's factory: no access-log line per request (reading is not a change)."""
+    """The admin listener's factory: no access-log line per request (changes are logged by
+    the resource, with who asked)."""
 
     noisy = False
 
     def log(self, request: Any) -> None:
-        """Nothing: GET requests change nothing."""
+        """Nothing: GET requests change nothing, and changes are logged as they happen."""
 
     def set_listening_port(self, port: Any) -> None:
         """Nothing: the admin listener never pauses accepting."""

@@ -1,22 +1,63 @@
-"""What the admin API shows: listeners with their counters, pools with their servers' state,
-built from the config, the pools (health state: the process that runs the checks) and the
+"""What the admin API shows: listeners with their counters, pools with their servers' state
+and check history, and the effective config with its secrets masked. Built from the running
+proxy (its config, pools and health service: the process that runs the checks) and the
 counters (ProxydService.counters(), summed over the workers by their master). No I/O."""
 
 from __future__ import annotations
 
+import datetime
+import enum
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from proxyd.config.model import Config
-from proxyd.pool import Pool
+import attrs
+
+import proxyd
+from proxyd.config.model import Certificate, Config
+from proxyd.health import HealthService
+from proxyd.metrics import server_traffic
+from proxyd.pool import Pool, Server
+
+TRAFFIC = (
+    "requests",
+    "connections",
+    "bytes_in",
+    "bytes_out",
+    "errors",
+    "response_time_sum",
+    "response_time_count",
+)
+"""A server's traffic totals in the status document (proxyd.metrics.server_traffic)."""
+
+SECRET_KEYS = frozenset({"token", "read_token"})
+"""Config fields whose values the API never shows."""
+MASK = "********"
 
 
-def status_document(
-    config: Config, pools: Mapping[str, Pool], counters: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The JSON document of GET /api/v1/status."""
+class Proxy(Protocol):
+    """What the status document is made from (proxyd.app.ProxydService)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def pools(self) -> Mapping[str, Pool]: ...
+
+    @property
+    def health(self) -> HealthService | None: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def loaded(self) -> float: ...
+
+
+def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The JSON document of GET /api/v1/status (docs/operations.md)."""
+    config = proxy.config
     by_listener = counters.get("listeners", {})
-    by_server = counters.get("servers", {})
+    traffic = server_traffic(counters.get("metrics", {}))
     listeners = []
     for kind, configs in (
         ("tcp", config.tcp),
@@ -35,24 +76,87 @@ def status_document(
                 }
             )
     return {
+        "time": now,
+        "version": proxyd.__version__,
         "workers": counters.get("workers", 1),
+        "config": {"path": config.path, "generation": proxy.generation, "loaded": proxy.loaded},
         "listeners": listeners,
+        "metrics": counters.get("metrics", {}),
         "pools": [
             {
                 "name": pool.name,
                 "balance": pool.config.balance,
                 "servers": [
-                    {
-                        "name": server.name,
-                        "state": "up" if server.healthy else "down",
-                        "reason": server.health_reason,
-                        "weight": server.weight,
-                        "backup": server.backup,
-                        "active": by_server.get(f"{pool.name}/{server.name}", {}).get("active", 0),
-                    }
-                    for server in pool.servers
+                    server_document(proxy, server, counters, traffic) for server in pool.servers
                 ],
             }
-            for pool in pools.values()
+            for pool in proxy.pools.values()
         ],
     }
+
+
+def server_document(
+    proxy: Proxy,
+    server: Server,
+    counters: Mapping[str, Any],
+    traffic_by_server: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """One server of the status document (also the answer to a change of its state)."""
+    key = f"{server.pool}/{server.name}"
+    history = proxy.health.history(server) if proxy.health is not None else []
+    traffic = traffic_by_server.get(key, {})
+    return {
+        "name": server.name,
+        "state": server.state,
+        "health": server.health,
+        "admin": server.admin,
+        "reason": server.reason,
+        "weight": server.weight,
+        "backup": server.backup,
+        "active": counters.get("servers", {}).get(key, {}).get("active", server.active),
+        "traffic": {field: traffic.get(field, 0) for field in TRAFFIC},
+        "checks": [
+            {
+                "time": result.time,
+                "ok": result.ok,
+                "reason": result.reason,
+                "duration": result.duration,
+            }
+            for result in history
+        ],
+    }
+
+
+def config_document(config: Config) -> dict[str, Any]:
+    """The effective config (every key with its value or its default), secrets masked."""
+    shown = _plain(config)
+    assert isinstance(shown, dict)
+    return shown
+
+
+def _plain(value: Any, key: str = "") -> Any:
+    if key in SECRET_KEYS:
+        return None if value is None else MASK
+    if isinstance(value, Certificate):
+        return {
+            "path": value.path,
+            "key_path": value.key_path,
+            "names": list(value.names),
+            "not_after": value.not_after.isoformat(),
+        }
+    if attrs.has(type(value)):
+        return {
+            field.name: _plain(getattr(value, field.name), field.name)
+            for field in attrs.fields(type(value))
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | frozenset | set):
+        return [_plain(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return str(value)

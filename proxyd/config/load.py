@@ -225,7 +225,11 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     "admin": (
         AdminConfig,
         False,
-        {"listen": Key(v.endpoint, required=True), "token": Key(v.bearer_token)},
+        {
+            "listen": Key(v.endpoint, required=True),
+            "token": Key(v.bearer_token),
+            "read_token": Key(v.bearer_token),
+        },
     ),
     "pool": (
         PoolConfig,
@@ -697,6 +701,18 @@ def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any
 
 def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
     """A token is required where others than this machine can reach the admin listener."""
+    if fields.get("read_token") is not None and fields.get("token") is None:
+        return [
+            (
+                "read_token",
+                Invalid(
+                    "a 'token' too: without one every request may change everything",
+                    "a read_token alone",
+                ),
+            )
+        ]
+    if fields.get("read_token") is not None and fields.get("read_token") == fields.get("token"):
+        return [("read_token", Invalid("a token other than 'token'", "the same token"))]
     if fields.get("token") is None and not v.is_local_endpoint(fields["listen"]):
         return [
             (

@@ -564,6 +564,8 @@ class AdminConfig:
     listen: str
     token: str | None = None
     """The bearer token every request must carry; required unless `listen` is loopback."""
+    read_token: str | None = None
+    """A bearer token that may read (status, metrics, config) but change nothing."""
 
 
 @attrs.frozen

@@ -1,8 +1,8 @@
 """The AMP commands between the master and its workers, over a Unix socket pair each.
 
-master -> worker: SetHealth (a server's active-check state), Serve (start accepting), Reload,
-ReopenLogs, CloseNow.
-master -> worker, answered: Counters (the worker's counters, summed by the master).
+master -> worker: SetHealth (a server's active-check state), SetServer (its admin state and
+weight), Serve (start accepting), PassSocket and Reload, ReopenLogs, CloseNow.
+master -> worker, answered: Counters (the worker's counters, summed by the master), Reload.
 """
 
 from __future__ import annotations
@@ -84,11 +84,34 @@ class Serve(amp.Command):
     response = []
 
 
-class Reload(amp.Command):
-    """SIGHUP reached the master: read the TLS certificates anew."""
+class SetServer(amp.Command):
+    """The admin API set `server` of `pool` to `admin` (ready, drain, maint) and `weight`;
+    `who` asked."""
 
-    arguments = []
+    arguments = [
+        (b"pool", amp.Unicode()),
+        (b"server", amp.Unicode()),
+        (b"admin", amp.Unicode()),
+        (b"weight", amp.Integer()),
+        (b"who", amp.Unicode()),
+    ]
     response = []
+
+
+class PassSocket(amp.Command):
+    """A listening socket the master bound for the listener `name` of the config that the
+    next Reload brings (its address is new): the worker accepts on it from that Reload on."""
+
+    arguments = [(b"name", amp.Unicode()), (b"family", amp.Integer()), (b"fd", amp.Descriptor())]
+    response = []
+
+
+class Reload(amp.Command):
+    """Serve this config (the text the master validated and applied) from now on; the
+    sockets of its new addresses came before, by PassSocket."""
+
+    arguments = [(b"path", amp.Unicode()), (b"config", Json())]
+    response = [(b"reloaded", amp.Boolean()), (b"errors", Json())]
 
 
 class ReopenLogs(amp.Command):

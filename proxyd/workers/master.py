@@ -23,6 +23,7 @@ import socket
 import sys
 from typing import Any, cast
 
+import attrs
 from twisted.application import service
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -32,7 +33,10 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 import proxyd
-from proxyd.app import ProxydService
+from proxyd.app import ProxydService, ReloadOutcome
+from proxyd.config.errors import ConfigErrors
+from proxyd.config.load import loads, read
+from proxyd.pool import Server
 from proxyd.pool.pool import ServerEvent
 from proxyd.stopping import GracefulStop, on_sigusr1
 from proxyd.workers.commands import (
@@ -40,10 +44,12 @@ from proxyd.workers.commands import (
     AgentFactory,
     CloseNow,
     Counters,
+    PassSocket,
     Reload,
     ReopenLogs,
     Serve,
     SetHealth,
+    SetServer,
     add_counters,
 )
 from proxyd.workers.sockets import SharedPort
@@ -127,7 +133,6 @@ class Master(service.MultiService):
         self,
         reactor: Any,
         proxy: ProxydService,
-        shared: dict[str, SharedPort],
         config_text: str,
         count: int,
         handle_signals: bool = False,
@@ -137,7 +142,8 @@ class Master(service.MultiService):
         self.proxy = proxy
         proxy.setServiceParent(self)
         proxy.counters_source = self.counters  # the admin API shows the workers' sum
-        self.shared = shared
+        proxy.reload_source = self.reload
+        proxy.server_changed = self._server_changed
         self.config_text = config_text
         self.count = count
         self._handle_signals = handle_signals
@@ -150,8 +156,7 @@ class Master(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        for pool in self.proxy.pools.values():
-            self._unsubscribe.append(pool.subscribe(self._health_changed))
+        self._subscribe()
         if self._handle_signals:
             signal.signal(signal.SIGHUP, self._on_sighup)
             on_sigusr1(self.reactor, self.reopen_logs)
@@ -166,7 +171,7 @@ class Master(service.MultiService):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds: dict[int, Any] = {0: "w", 1: 1, 2: "r", MASTER_FD: child.fileno()}
         listeners: dict[str, tuple[int, int]] = {}
-        for number, (name, shared) in enumerate(self.shared.items(), start=MASTER_FD + 1):
+        for number, (name, shared) in enumerate(self.proxy.shared().items(), start=MASTER_FD + 1):
             fds[number] = shared.for_worker(index).fileno()
             listeners[name] = (number, shared.family)
         worker = WorkerProcess(self, index)
@@ -197,9 +202,7 @@ class Master(service.MultiService):
         stdin = cast(Any, worker.transport)
         stdin.write(json.dumps(setup).encode())
         stdin.closeStdin()
-        for pool in self.proxy.pools.values():
-            for server in pool.servers:
-                self._tell(worker, SetHealth, pool.name, server, server.healthy)
+        self._tell_servers(worker)
         agent.callRemote(Serve).addCallbacks(
             lambda _: self._serving(worker), lambda f: self._not_serving(worker, f)
         )
@@ -224,20 +227,55 @@ class Master(service.MultiService):
         if worker.agent is None:
             return
         if command is SetHealth:
-            pool, server, up = args
+            (server,) = args
             call = worker.agent.callRemote(
-                SetHealth, pool=pool, server=server.name, up=up, reason=server.health_reason
+                SetHealth,
+                pool=server.pool,
+                server=server.name,
+                up=server.healthy,
+                reason=server.health_reason,
+            )
+        elif command is SetServer:
+            server, who = args
+            call = worker.agent.callRemote(
+                SetServer,
+                pool=server.pool,
+                server=server.name,
+                admin=server.admin,
+                weight=server.weight,
+                who=who,
             )
         else:
             call = worker.agent.callRemote(command)
         call.addErrback(lambda _: None)
 
+    def _tell_servers(self, worker: WorkerProcess) -> None:
+        """Every server's health, admin state and weight as the master has them (a new
+        worker, or one that has just reloaded)."""
+        for pool in self.proxy.pools.values():
+            for server in pool.servers:
+                self._tell(worker, SetHealth, server)
+                if server.admin != "ready" or server.weight != server.config.weight:
+                    self._tell(worker, SetServer, server, "the master")
+
+    def _subscribe(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = [
+            pool.subscribe(self._health_changed) for pool in self.proxy.pools.values()
+        ]
+
     def _health_changed(self, event: ServerEvent) -> None:
-        pool = self.proxy.pools[event.pool]
-        for server in pool.servers:
+        if event.state not in ("UP", "DOWN"):
+            return  # the admin API's changes reach the workers by _server_changed
+        for server in self.proxy.pools[event.pool].servers:
             if server.name == event.server:
                 for worker in list(self.workers.values()):
-                    self._tell(worker, SetHealth, pool.name, server, server.healthy)
+                    self._tell(worker, SetHealth, server)
+
+    def _server_changed(self, server: Server, who: str) -> None:
+        for worker in list(self.workers.values()):
+            self._tell(worker, SetServer, server, who)
 
     def worker_ended(self, worker: WorkerProcess, reason: Failure) -> None:
         if self.workers.get(worker.index) is worker:
@@ -265,11 +303,80 @@ class Master(service.MultiService):
         )
         self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
 
-    def reload(self) -> None:
-        """Ask every worker to read its TLS certificates anew (SIGHUP)."""
-        log.info("reload: asking {count} workers", count=len(self.workers))
+    def reload(self) -> Deferred[ReloadOutcome]:
+        """Read the config file again; if it is valid, serve it here (health checks, admin,
+        the sockets of new addresses) and then in every worker (SIGHUP, the admin API).
+        The outcome is the master's, with the errors of any worker that could not follow."""
+        path = self.proxy.config.path
+        log.info("reload: reading {path}", path=path)
+        try:
+            text = read(path)
+            config = loads(text, path)
+        except ConfigErrors as e:
+            return succeed(self.proxy.refused([str(error) for error in e.errors]))
+        before = {name: id(shared) for name, shared in self.proxy.shared().items()}
+        outcome = self.proxy.apply(config)
+        if not outcome.reloaded:
+            return succeed(outcome)
+        self.config_text = text
+        self._subscribe()
+        new = {
+            name: shared
+            for name, shared in self.proxy.shared().items()
+            if before.get(name) != id(shared)
+        }
+        calls = []
         for worker in list(self.workers.values()):
-            self._tell(worker, Reload)
+            if not worker.serving or worker.agent is None:
+                # Started with the old config and not serving yet: start it again on the new.
+                worker.signal("KILL")
+                continue
+            calls.append(self._reload_worker(worker, path, text, new))
+        log.info("reload: asking {count} workers", count=len(calls))
+
+        def answered(results: list[tuple[bool, Any]]) -> ReloadOutcome:
+            errors = [error for ok, result in results if ok for error in result]
+            return attrs.evolve(outcome, errors=outcome.errors + tuple(errors))
+
+        return DeferredList(calls, consumeErrors=True).addCallback(answered)
+
+    def _reload_worker(
+        self, worker: WorkerProcess, path: str, text: str, new: dict[str, SharedPort]
+    ) -> Deferred[list[str]]:
+        """Pass `worker` the sockets of the new addresses, then the config; its errors."""
+        agent = worker.agent
+        assert agent is not None
+        for name, shared in new.items():
+            fd = shared.for_worker(worker.index).fileno()
+            agent.callRemote(PassSocket, name=name, family=shared.family, fd=fd).addErrback(
+                lambda _: None
+            )
+
+        def done(answer: dict[str, Any]) -> list[str]:
+            self._tell_servers(worker)
+            if answer["reloaded"]:
+                return []
+            for problem in answer["errors"]:
+                log.error(
+                    "worker {worker} (pid {pid}) did not reload: {error}",
+                    worker=worker.index,
+                    pid=worker.pid,
+                    error=problem,
+                )
+            return [f"worker {worker.index}: {problem}" for problem in answer["errors"]]
+
+        def failed(failure: Failure) -> list[str]:
+            why = failure.getErrorMessage()
+            log.error(
+                "worker {worker} (pid {pid}) did not answer the reload: {why}",
+                worker=worker.index,
+                pid=worker.pid,
+                why=why,
+            )
+            return [f"worker {worker.index}: {why}"]
+
+        reloaded: Deferred[dict[str, Any]] = agent.callRemote(Reload, path=path, config=text)
+        return reloaded.addCallbacks(done, failed)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload)
@@ -310,7 +417,7 @@ class Master(service.MultiService):
         self._stopping = Deferred()
         # New connections are refused from now on, not left in a queue no worker will read
         # (each worker closes its own duplicate as it starts draining).
-        for shared in self.shared.values():
+        for shared in self.proxy.shared().values():
             shared.close()
         if not self.workers:
             self._stopping.callback(None)

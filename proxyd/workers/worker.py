@@ -38,10 +38,12 @@ from proxyd.workers.commands import (
     AgentFactory,
     CloseNow,
     Counters,
+    PassSocket,
     Reload,
     ReopenLogs,
     Serve,
     SetHealth,
+    SetServer,
 )
 
 MASTER_FD = 3
@@ -64,6 +66,8 @@ class WorkerAgent(Agent):
         self._sockets = sockets
         self._lost = lost
         self.serving = False
+        self._passed: dict[str, tuple[int, int]] = {}
+        """Sockets the master passed for the next Reload (fd, family), by listener."""
 
     @SetHealth.responder
     def set_health(self, pool: str, server: str, up: bool, reason: str) -> dict[str, Any]:
@@ -77,10 +81,34 @@ class WorkerAgent(Agent):
             self.proxy.adopt(self._sockets)
         return {}
 
-    @Reload.responder
-    def reload(self) -> dict[str, Any]:
-        self.proxy.reload_certificates()
+    @SetServer.responder
+    def set_server(
+        self, pool: str, server: str, admin: str, weight: int, who: str
+    ) -> dict[str, Any]:
+        self.proxy.set_server(pool, server, admin, weight, who)
         return {}
+
+    @PassSocket.responder
+    def pass_socket(self, name: str, family: int, fd: int) -> dict[str, Any]:
+        previous = self._passed.pop(name, None)
+        if previous is not None:
+            os.close(previous[0])
+        self._passed[name] = (fd, family)
+        return {}
+
+    @Reload.responder
+    def reload(self, path: str, config: str) -> dict[str, Any]:
+        """Serve the config the master reloaded. The master validated it: an error here is
+        this worker's alone (the master logs it, and this worker serves the old one)."""
+        passed, self._passed = self._passed, {}
+        try:
+            outcome = self.proxy.apply(loads(config, path), passed)
+        except ConfigErrors as e:
+            outcome = self.proxy.refused([str(error) for error in e.errors])
+        finally:
+            for fd, _family in passed.values():
+                os.close(fd)  # not needed after all (apply() took out those it adopted)
+        return {"reloaded": outcome.reloaded, "errors": list(outcome.errors)}
 
     @ReopenLogs.responder
     def reopen_logs(self) -> dict[str, Any]:

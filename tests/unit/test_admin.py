@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -18,6 +22,7 @@ from proxyd.admin.metrics import metrics_registry
 from proxyd.admin.status import status_document
 from proxyd.app import ProxydService
 from proxyd.config.load import loads
+from proxyd.config.model import AdminConfig
 
 CONFIG = """
 [proxyd]
@@ -47,22 +52,25 @@ COUNTERS = {
 }
 
 TOKEN = "0123456789abcdefXYZ"
+READ_TOKEN = "readonly-0123456789"
 
 
-def proxy() -> ProxydService:
-    return ProxydService(MemoryReactorClock(), loads(CONFIG, "proxyd.ini"))
+def proxy(config: str = CONFIG, path: str = "proxyd.ini") -> ProxydService:
+    return ProxydService(MemoryReactorClock(), loads(config, path))
 
 
 def document() -> dict[str, Any]:
     service = proxy()
     first = service.pools["web"].servers[0]
     service.pools["web"].set_health(first, False, "connection refused")
-    return status_document(service.config, service.pools, COUNTERS)
+    return status_document(service, COUNTERS, 1000.0)
 
 
 def test_the_status_document_has_listeners_with_their_counters_and_servers_with_state() -> None:
     doc = document()
     assert doc["workers"] == 2
+    assert doc["time"] == 1000.0
+    assert doc["config"] == {"path": "proxyd.ini", "generation": 1, "loaded": 0.0}
     assert doc["listeners"] == [
         {
             "name": "db",
@@ -79,24 +87,33 @@ def test_the_status_document_has_listeners_with_their_counters_and_servers_with_
     ]
     [pool] = doc["pools"]
     assert pool["name"] == "web" and pool["balance"] == "round_robin"
-    assert pool["servers"] == [
-        {
-            "name": "127.0.0.1:9001",
-            "state": "down",
-            "reason": "connection refused",
-            "weight": 1,
-            "backup": False,
-            "active": 5,
-        },
-        {
-            "name": "127.0.0.1:9002",
-            "state": "up",
-            "reason": "",
-            "weight": 3,
-            "backup": True,
-            "active": 0,
-        },
-    ]
+    first, second = pool["servers"]
+    assert {key: first[key] for key in first if key != "traffic"} == {
+        "name": "127.0.0.1:9001",
+        "state": "down",
+        "health": "down",
+        "admin": "ready",
+        "reason": "connection refused",
+        "weight": 1,
+        "backup": False,
+        "active": 5,
+        "checks": [],
+    }
+    assert (second["state"], second["health"], second["weight"], second["backup"]) == (
+        "up",
+        "up",
+        3,
+        True,
+    )
+
+
+def test_a_server_in_drain_shows_drain_whatever_its_health() -> None:
+    service = proxy()
+    first = service.pools["web"].servers[0]
+    service.pools["web"].set_health(first, False, "refused")
+    service.change_server("web", "127.0.0.1:9001", "drain", None, "test")
+    [pool] = status_document(service, COUNTERS, 0.0)["pools"]
+    assert (pool["servers"][0]["state"], pool["servers"][0]["health"]) == ("drain", "down")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -124,12 +141,33 @@ def test_the_metrics_are_the_status_document_in_prometheus_text_format() -> None
     assert found[("proxyd_server_connections_open", first)] == 5
 
 
+class Stub:
+    """A proxy for AdminResource whose status() is `status` (a function)."""
+
+    def __init__(self, status: Any) -> None:
+        self.status = status
+        self.config = loads(CONFIG, "proxyd.ini")
+
+
+def admin(
+    token: str | None = None, read_token: str | None = None, status: Any = None
+) -> AdminResource:
+    stub = Stub(status or (lambda: succeed(document())))
+    return AdminResource(stub, AdminConfig("tcp:0", token, read_token))  # type: ignore[arg-type]
+
+
 def get(
-    resource: AdminResource, path: bytes, headers: dict[bytes, bytes] | None = None, method=b"GET"
+    resource: AdminResource,
+    path: bytes,
+    headers: dict[bytes, bytes] | None = None,
+    method: bytes = b"GET",
+    content: bytes = b"",
 ) -> DummyRequest:
     request = DummyRequest(path.lstrip(b"/").split(b"/"))
     request.path = path
     request.method = method
+    request.content = io.BytesIO(content)
+    request.client = IPv4Address("TCP", "127.0.0.9", 40000)
     for name, value in (headers or {}).items():
         request.requestHeaders.addRawHeader(name, value)
     result = resource.render(request)
@@ -147,12 +185,16 @@ def header(request: DummyRequest, name: bytes) -> bytes | None:
     return request.responseHeaders.getRawHeaders(name, [None])[0]
 
 
+def bearer(token: str) -> dict[bytes, bytes]:
+    return {b"Authorization": b"Bearer " + token.encode()}
+
+
 def test_status_and_metrics_are_served_with_their_content_types() -> None:
-    resource = AdminResource(lambda: succeed(document()), None)
+    resource = admin()
     status = get(resource, b"/api/v1/status")
     assert status.responseCode in (None, 200) and status.finished
     assert header(status, b"content-type") == b"application/json"
-    assert json.loads(body(status)) == document()
+    assert json.loads(body(status)) == {**document(), "can_change": True}
     metrics = get(resource, b"/metrics")
     assert header(metrics, b"content-type").startswith(b"text/plain; version=0.0.4")
     assert b"proxyd_http_requests_total" in body(metrics)
@@ -168,7 +210,7 @@ def test_status_and_metrics_are_served_with_their_content_types() -> None:
     "authorization", [None, b"Bearer wrong-token-wrong-token", b"Basic " + TOKEN.encode()]
 )
 def test_with_a_token_a_request_without_it_is_refused(authorization: bytes | None) -> None:
-    resource = AdminResource(lambda: succeed(document()), TOKEN)
+    resource = admin(TOKEN)
     headers = {b"Authorization": authorization} if authorization else {}
     request = get(resource, b"/api/v1/status", headers)
     assert request.responseCode == 401
@@ -177,31 +219,141 @@ def test_with_a_token_a_request_without_it_is_refused(authorization: bytes | Non
 
 
 def test_with_the_token_a_request_is_served() -> None:
-    resource = AdminResource(lambda: succeed(document()), TOKEN)
-    request = get(resource, b"/metrics", {b"Authorization": b"Bearer " + TOKEN.encode()})
+    request = get(admin(TOKEN), b"/metrics", bearer(TOKEN))
     assert request.responseCode in (None, 200)
     assert b"proxyd_workers 2.0" in body(request)
 
 
+def test_the_read_token_reads_and_may_not_change() -> None:
+    resource = admin(TOKEN, READ_TOKEN)
+    status = get(resource, b"/api/v1/status", bearer(READ_TOKEN))
+    assert json.loads(body(status))["can_change"] is False
+    change = get(
+        resource,
+        b"/api/v1/pools/web/servers/127.0.0.1:9001",
+        bearer(READ_TOKEN),
+        b"POST",
+        b'{"admin": "drain"}',
+    )
+    assert change.responseCode == 403
+    reload = get(resource, b"/api/v1/reload", bearer(READ_TOKEN), b"POST")
+    assert reload.responseCode == 403
+
+
 def test_other_methods_and_paths_are_answered_405_and_404() -> None:
-    resource = AdminResource(lambda: succeed(document()), None)
+    resource = admin()
     post = get(resource, b"/api/v1/status", method=b"POST")
     assert post.responseCode == 405 and header(post, b"allow") == b"GET, HEAD"
+    change = get(resource, b"/api/v1/pools/web/servers/127.0.0.1:9001")
+    assert change.responseCode == 405 and header(change, b"allow") == b"POST"
     missing = get(resource, b"/nothing")
     assert missing.responseCode == 404
-    assert json.loads(body(missing))["paths"] == ["/api/v1/status", "/metrics"]
+    assert "/api/v1/reload" in json.loads(body(missing))["paths"]
 
 
 def test_a_status_that_fails_is_a_500_and_one_whose_client_left_writes_nothing() -> None:
-    resource = AdminResource(lambda: fail(RuntimeError("boom")), None)
-    failed = get(resource, b"/api/v1/status")
+    failed = get(admin(status=lambda: fail(RuntimeError("boom"))), b"/api/v1/status")
     assert failed.responseCode == 500 and failed.finished
     later: Deferred[dict[str, Any]] = Deferred()
-    resource = AdminResource(lambda: later, None)
-    request = get(resource, b"/metrics")
+    request = get(admin(status=lambda: later), b"/metrics")
     request.processingFailed(Exception("client gone"))  # its notifyFinish errbacks
     later.callback(document())
     assert body(request) == b""
+
+
+def test_the_stats_page_is_served_without_a_token_under_a_strict_policy() -> None:
+    resource = admin(TOKEN)
+    page = get(resource, b"/")
+    assert page.responseCode in (None, 200)
+    assert header(page, b"content-type") == b"text/html; charset=utf-8"
+    assert b"<html" in body(page).lower()
+    assert header(page, b"content-security-policy").startswith(b"default-src 'self'")
+    script = get(resource, b"/stats/stats.js")
+    assert header(script, b"content-type") == b"text/javascript; charset=utf-8"
+    assert get(resource, b"/stats/../app.py").responseCode == 401  # not a page file: the API
+    assert get(resource, b"/", method=b"POST").responseCode == 405
+
+
+def post(service: ProxydService, path: bytes, content: bytes = b"") -> DummyRequest:
+    assert service.admin_resource is not None
+    return get(service.admin_resource, path, method=b"POST", content=content)
+
+
+def test_a_server_is_put_in_drain_and_back_and_the_change_is_logged_with_who_asked() -> None:
+    service = proxy()
+    with capturedLogs() as events:
+        drained = post(service, b"/api/v1/pools/web/servers/127.0.0.1%3A9001", b'{"admin":"drain"}')
+    assert drained.responseCode in (None, 200)
+    shown = json.loads(body(drained))
+    assert (shown["name"], shown["state"], shown["admin"]) == ("127.0.0.1:9001", "drain", "drain")
+    server = service.pools["web"].servers[0]
+    assert server.admin == "drain"
+    assert service.pools["web"].pick() is not server
+    assert any("admin API, 127.0.0.9 (no token)" in str(e.get("who")) for e in events)
+    ready = post(service, b"/api/v1/pools/web/servers/127.0.0.1:9001", b'{"admin": "ready"}')
+    assert json.loads(body(ready))["state"] == "up"
+
+
+def test_a_weight_is_changed() -> None:
+    service = proxy()
+    request = post(service, b"/api/v1/pools/web/servers/127.0.0.1:9002", b'{"weight": 7}')
+    assert json.loads(body(request))["weight"] == 7
+    assert service.pools["web"].servers[1].weight == 7
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "code"),
+    [
+        (b"/api/v1/pools/web/servers/127.0.0.1:9001", b"", 400),
+        (b"/api/v1/pools/web/servers/127.0.0.1:9001", b"[1]", 400),
+        (b"/api/v1/pools/web/servers/127.0.0.1:9001", b'{"admin": "off"}', 400),
+        (b"/api/v1/pools/web/servers/127.0.0.1:9001", b'{"weight": "2"}', 400),
+        (b"/api/v1/pools/web/servers/127.0.0.1:9001", b'{"weight": 0}', 400),
+        (b"/api/v1/pools/web/servers/127.0.0.1:9001", b'{"admin": "drain", "x": 1}', 400),
+        (b"/api/v1/pools/web/servers/127.0.0.1:9001", b" " * 70000, 413),
+        (b"/api/v1/pools/nope/servers/127.0.0.1:9001", b'{"admin": "drain"}', 404),
+        (b"/api/v1/pools/web/servers/127.0.0.1:1", b'{"admin": "drain"}', 404),
+    ],
+)
+def test_a_bad_change_is_refused_and_changes_nothing(
+    path: bytes, content: bytes, code: int
+) -> None:
+    service = proxy()
+    request = post(service, path, content)
+    assert request.responseCode == code
+    assert "error" in json.loads(body(request))
+    assert [(s.admin, s.weight) for s in service.pools["web"].servers] == [
+        ("ready", 1),
+        ("ready", 3),
+    ]
+
+
+def test_a_reload_through_the_api_answers_its_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "proxyd.ini"
+    path.write_text(CONFIG)
+    service = proxy(CONFIG, str(path))
+    path.write_text(CONFIG.replace("weight=3", "weight=4"))
+    reloaded = post(service, b"/api/v1/reload")
+    assert json.loads(body(reloaded)) == {"reloaded": True, "generation": 2, "errors": []}
+    assert service.pools["web"].servers[1].weight == 4
+    path.write_text(CONFIG.replace("weight=3", "weight=zero"))
+    refused = post(service, b"/api/v1/reload")
+    assert refused.responseCode == 422
+    outcome = json.loads(body(refused))
+    assert outcome["reloaded"] is False and outcome["generation"] == 2
+    assert f"{path}:7: [pool web] servers:" in outcome["errors"][0]
+
+
+def test_the_effective_config_masks_the_tokens() -> None:
+    text = CONFIG + f"token = {TOKEN}\nread_token = {READ_TOKEN}\n"
+    service = proxy(text)
+    assert service.admin_resource is not None
+    request = get(service.admin_resource, b"/api/v1/config", bearer(TOKEN))
+    shown = json.loads(body(request))
+    assert shown["admin"]["token"] == shown["admin"]["read_token"] == "********"
+    assert TOKEN not in body(request).decode() and READ_TOKEN not in body(request).decode()
+    assert shown["pools"]["web"]["servers"][1]["weight"] == 3
+    assert shown["proxyd"]["drain_timeout"] == 30.0
 
 
 def test_the_proxy_serves_its_own_status_and_a_master_the_sum_of_its_workers() -> None:

@@ -1,4 +1,4 @@
-"""The service tree's TLS parts: listeners wrapped in TLS, certificates reloaded on demand."""
+"""The service tree's TLS parts: listeners wrapped in TLS, certificates read anew at a reload."""
 
 from __future__ import annotations
 
@@ -38,35 +38,42 @@ def capture(events: list[dict[str, Any]]) -> Any:
     return lambda: globalLogPublisher.removeObserver(events.append)
 
 
-def test_reload_swaps_in_the_certificates_now_on_disk(tmp_path: Path) -> None:
+def test_a_reload_serves_the_certificates_now_on_disk_to_new_connections(tmp_path: Path) -> None:
     ca = TestCA()
     ca.issue(["old.example.test"]).write(tmp_path / "site.pem")
-    proxy, tls = service(tmp_path)
+    (tmp_path / "proxyd.ini").write_text(CONFIG)
+    reactor = MemoryReactorClock()
+    proxy, old_tls = service(tmp_path, reactor)
+    proxy.bind()
+    [(_port, listening, *_rest)] = reactor.tcpServers
+    [old] = proxy.listeners
+    old.port.factory = listening  # as a tcp.Port has it; MemoryReactor's port has none
     ca.issue(["new.example.test"]).write(tmp_path / "site.pem")
-    events: list[dict[str, Any]] = []
-    stop = capture(events)
-    try:
-        proxy.reload_certificates()
-    finally:
-        stop()
-    assert tls.certificates[0].names == ("new.example.test",)
-    assert any(e.get("count") == 1 and "reloaded" in e["log_format"] for e in events)
+    assert proxy.reload().reloaded
+    [listener] = proxy.listeners
+    assert listener.port is not None and listener.port.factory.wrappedFactory is listener.factory
+    assert listener.factory.tls.certificates[0].names == ("new.example.test",)
+    assert old_tls.certificates[0].names == ("old.example.test",)  # open connections' own
+    assert len(reactor.tcpServers) == 1  # the same socket, not bound again
 
 
 def test_a_reload_that_fails_keeps_the_old_certificates_and_says_why(tmp_path: Path) -> None:
     ca = TestCA()
     ca.issue(["old.example.test"]).write(tmp_path / "site.pem")
+    (tmp_path / "proxyd.ini").write_text(CONFIG)
     proxy, tls = service(tmp_path)
     (tmp_path / "site.pem").write_bytes(ca.issue(["x.test"]).pem(with_key=False))
     events: list[dict[str, Any]] = []
     stop = capture(events)
     try:
-        proxy.reload_certificates()
+        outcome = proxy.reload()
     finally:
         stop()
-    assert tls.certificates[0].names == ("old.example.test",)
-    [error] = [e for e in events if "not reloaded" in e.get("log_format", "")]
-    assert "site.pem" in error["why"] and "private key" in error["why"]
+    assert not outcome.reloaded and outcome.generation == 1
+    [listener] = proxy.listeners
+    assert listener.factory.tls is tls
+    [error] = [e for e in events if e.get("error") and "site.pem" in e["error"]]
+    assert "private key" in error["error"] and "[https front]" in error["error"]
 
 
 def test_an_https_listener_listens_through_tls(tmp_path: Path) -> None:

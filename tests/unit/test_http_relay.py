@@ -870,6 +870,49 @@ def test_a_connection_accepted_while_draining_gets_one_request() -> None:
     assert transport.disconnecting
 
 
+def test_drain_lets_a_connection_not_yet_asked_anything_make_its_one_request() -> None:
+    relay = Relay()  # accepted; its request may be on its way
+    fired = drained(relay)
+    assert not relay.ct.disconnecting
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    assert field(relay.received(), "Connection") == [b"close"]
+    assert relay.ct.disconnecting and fired == []
+
+
+def retired(relay: Relay) -> list[None]:
+    fired: list[None] = []
+    relay.factory.retire().addCallback(fired.append)
+    return fired
+
+
+def test_a_reload_leaves_an_idle_keepalive_connection_open_for_one_last_request() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    upstream.dataReceived(OK)
+    relay.received()
+    fired = retired(relay)
+    assert not relay.ct.disconnecting, "not closed under a request that may be on its way"
+    relay.send(GET)
+    upstream.dataReceived(OK)
+    assert field(relay.received(), "Connection") == [b"close"]
+    assert relay.ct.disconnecting
+    relay.client.connectionLost(Failure(error.ConnectionDone()))
+    assert fired == [None]
+
+
+def test_a_reload_answers_the_request_in_progress_with_connection_close() -> None:
+    relay = Relay()
+    relay.send(GET)
+    upstream, _ = relay.accept_upstream()
+    fired = retired(relay)
+    upstream.dataReceived(OK)
+    assert field(relay.received(), "Connection") == [b"close"]
+    assert relay.ct.disconnecting and fired == []
+
+
 # Metrics (proxyd.metrics): what each exchange counts, on its route, pool and server.
 
 FIRST = "127.0.0.1:9001"

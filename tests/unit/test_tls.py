@@ -21,7 +21,6 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from proxyd.config.errors import Invalid
 from proxyd.config.load import loads
 from proxyd.config.model import Certificate, TlsClientConfig, TlsServerConfig
 from proxyd.config.tls import load_pair
@@ -414,69 +413,6 @@ def test_without_client_verification_no_certificate_is_asked_for(server: ServerT
 def test_peer_tls_of_a_connection_that_is_not_tls_is_none() -> None:
     assert peer_tls(object()) is None
     assert peer_tls(FakeTransport(None)) is None  # type: ignore[arg-type]
-
-
-# Reload.
-
-
-def test_reload_serves_the_certificates_now_on_disk_to_new_handshakes(
-    tmp_path: Path, ca: TestCA
-) -> None:
-    old = ca.issue(["old.test"])
-    tls = serve(tmp_path, [old])
-    before = plain_client()
-    handshake(before, accept(tls))
-    new = ca.issue(["new.test"])
-    new.write(tmp_path / "0.pem")
-    assert tls.certificates[0].leaf == old.cert
-    [loaded] = tls.reload()
-    assert loaded.leaf == new.cert and tls.certificates == (loaded,)
-    after = plain_client()
-    handshake(after, accept(tls))
-    assert leaf(after) == new.cert
-    assert leaf(before) == old.cert
-
-
-def test_reload_of_a_directory_picks_up_a_new_certificate_by_name(
-    tmp_path: Path, ca: TestCA
-) -> None:
-    (tmp_path / "certs").mkdir()
-    first = ca.issue(["first.test"])
-    first.write(tmp_path / "certs" / "1.pem")
-    tls = ServerTls("https h", config_of(tmp_path, ["certs"]))
-    second = ca.issue(["second.test"])
-    second.write(tmp_path / "certs" / "2.pem")
-    tls.reload()
-    named, unnamed = plain_client(b"second.test"), plain_client()
-    handshake(named, accept(tls))
-    handshake(unnamed, accept(tls))
-    assert (leaf(named), leaf(unnamed)) == (second.cert, first.cert)
-
-
-def test_a_failing_reload_raises_and_keeps_the_old_certificates(tmp_path: Path, ca: TestCA) -> None:
-    old = ca.issue(["old.test"])
-    tls = serve(tmp_path, [old])
-    (tmp_path / "0.pem").write_text("broken\n")
-    with pytest.raises(Invalid) as info:
-        tls.reload()
-    assert str(info.value) == f"expected a PEM certificate; found none in '{tmp_path}/0.pem'"
-    assert tls.certificates[0].leaf == old.cert
-    client = plain_client()
-    handshake(client, accept(tls))
-    assert leaf(client) == old.cert
-
-
-def test_reload_refuses_an_expired_certificate_with_expired_certificates_refuse(
-    tmp_path: Path, ca: TestCA
-) -> None:
-    old = ca.issue(["a.test"])
-    tls = serve(tmp_path, [old], "expired_certificates = refuse\n")
-    ca.expired(["a.test"]).write(tmp_path / "0.pem")
-    with pytest.raises(Invalid, match="expired_certificates = refuse"):
-        tls.reload()
-    client = plain_client()
-    handshake(client, accept(tls))
-    assert leaf(client) == old.cert
 
 
 # The upstream side: proxyd as a TLS client of a pool's servers.

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 
 import proxyd
-from proxyd.app import ProxydService
+from proxyd.app import ProxydService, ReloadOutcome
 from proxyd.config.load import loads
 from proxyd.config.values import split_endpoint
 from proxyd.workers import master as master_module
@@ -59,6 +59,7 @@ from proxyd.workers.commands import (
     ReopenLogs,
     Serve,
     SetHealth,
+    SetServer,
     add_counters,
 )
 from proxyd.workers.master import (
@@ -499,8 +500,17 @@ class FakeProxy:
     def adopt(self, sockets: Mapping[str, tuple[int, int]]) -> None:
         self.calls.append(("adopt", dict(sockets)))
 
-    def reload_certificates(self) -> None:
-        self.calls.append(("reload",))
+    def set_server(self, pool: str, server: str, admin: str, weight: int, who: str) -> None:
+        self.calls.append(("set_server", pool, server, admin, weight, who))
+
+    def apply(self, config: Any, sockets: dict[str, tuple[int, int]]) -> ReloadOutcome:
+        self.calls.append(("reload", config.path, dict(sockets)))
+        sockets.clear()  # adopted
+        return ReloadOutcome(True, 2)
+
+    def refused(self, errors: list[str]) -> ReloadOutcome:
+        self.calls.append(("refused", errors))
+        return ReloadOutcome(False, 1, tuple(errors))
 
     def close_now(self) -> None:
         self.calls.append(("close_now",))
@@ -555,10 +565,31 @@ def test_worker_serve_adopts_the_sockets_once_even_when_asked_twice() -> None:
     assert side.agent.serving
 
 
-def test_worker_reload_reads_the_certificates_anew() -> None:
+def test_worker_reload_applies_the_config_with_the_sockets_passed_before() -> None:
     side = WorkerSide()
-    assert side.call(Reload) == [{}]
-    assert side.proxy.calls == [("reload",)]
+    spare = socket.socket()
+    side.agent.pass_socket("tcp new", int(socket.AF_INET), os.dup(spare.fileno()))
+    answers = side.call(Reload, path=PATH, config=CONFIG)
+    spare.close()
+    assert answers == [{"reloaded": True, "errors": []}]
+    [(kind, path, sockets)] = side.proxy.calls
+    assert (kind, path, list(sockets)) == ("reload", PATH, ["tcp new"])
+
+
+def test_worker_reload_of_a_config_it_cannot_load_answers_the_errors() -> None:
+    side = WorkerSide()
+    [answer] = side.call(Reload, path=PATH, config="[pool web]\n")
+    assert answer["reloaded"] is False and PATH in answer["errors"][0]
+    assert side.proxy.calls[0][0] == "refused"
+
+
+def test_worker_set_server_applies_the_admin_state_and_weight() -> None:
+    side = WorkerSide()
+    answers = side.call(
+        SetServer, pool="web", server="127.0.0.1:9001", admin="drain", weight=3, who="x"
+    )
+    assert answers == [{}]
+    assert side.proxy.calls == [("set_server", "web", "127.0.0.1:9001", "drain", 3, "x")]
 
 
 def test_worker_reopen_logs_reopens_its_proxys_access_logs() -> None:
@@ -751,7 +782,7 @@ class Harness:
         self.reactor = FakeReactor()
         self.proxy = ProxydService(self.reactor, loads(CONFIG, PATH))
         self.shared = self.proxy.bind_shared(count)
-        self.master = Master(self.reactor, self.proxy, self.shared, CONFIG, count)
+        self.master = Master(self.reactor, self.proxy, CONFIG, count)
 
     def start(self) -> None:
         self.master.startService()
@@ -977,17 +1008,48 @@ def test_a_restarted_worker_learns_the_health_changes_made_while_it_was_down(
     assert harness.worker(1).proxy.calls[-1][0] == "adopt"  # the dead one was told nothing
 
 
-def test_reload_asks_every_worker_to_read_its_certificates(harness: Harness) -> None:
+def test_reload_applies_the_file_here_and_asks_every_worker_to_follow(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("proxyd.workers.master.read", lambda path: CONFIG)
     harness.start()
     harness.reactor.flush()
+    outcomes: list[Any] = []
     with capturedLogs() as events:
-        harness.master.reload()
+        harness.master.reload().addCallback(outcomes.append)
+        harness.reactor.flush()
+    assert [
+        [call for call in spawned.proxy.calls if call[0] == "reload"]
+        for spawned in harness.reactor.spawned
+    ] == [[("reload", PATH, {})]] * 2
+    # ... and then the servers' state as the master has it, for servers new in the file.
+    assert harness.reactor.spawned[0].proxy.calls[-1][0] == "set_health"
+    assert outcomes == [ReloadOutcome(True, 2)]
+    assert "reload: asking 2 workers" in messages(events)
+
+
+def test_a_reload_the_master_refuses_reaches_no_worker(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("proxyd.workers.master.read", lambda path: "[pool web]\n")
+    harness.start()
+    harness.reactor.flush()
+    outcomes: list[Any] = []
+    harness.master.reload().addCallback(outcomes.append)
+    harness.reactor.flush()
+    assert all(spawned.proxy.calls[-1][0] != "reload" for spawned in harness.reactor.spawned)
+    [outcome] = outcomes
+    assert not outcome.reloaded and outcome.generation == 1 and PATH in outcome.errors[0]
+
+
+def test_a_server_changed_through_the_api_is_set_in_every_worker(harness: Harness) -> None:
+    harness.start()
+    harness.reactor.flush()
+    harness.proxy.change_server("web", "127.0.0.1:9002", "maint", 5, "admin API, 127.0.0.1")
     harness.reactor.flush()
     assert [spawned.proxy.calls[-1] for spawned in harness.reactor.spawned] == [
-        ("reload",),
-        ("reload",),
-    ]
-    assert messages(events) == ["reload: asking 2 workers"]
+        ("set_server", "web", "127.0.0.1:9002", "maint", 5, "admin API, 127.0.0.1"),
+    ] * 2
 
 
 def test_a_second_stop_signal_has_every_worker_close_what_it_still_has(
@@ -1003,11 +1065,10 @@ def test_a_second_stop_signal_has_every_worker_close_what_it_still_has(
     ]
 
 
-def test_sighup_reaches_every_worker_as_reload() -> None:
+def test_sighup_reaches_every_worker_as_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxyd.workers.master.read", lambda path: CONFIG)
     harness = Harness()
-    harness.master = Master(
-        harness.reactor, harness.proxy, harness.shared, CONFIG, 2, handle_signals=True
-    )
+    harness.master = Master(harness.reactor, harness.proxy, CONFIG, 2, handle_signals=True)
     previous = signal.getsignal(signal.SIGHUP)
     try:
         harness.start()
@@ -1018,13 +1079,11 @@ def test_sighup_reaches_every_worker_as_reload() -> None:
         signal.signal(signal.SIGHUP, previous)
         harness.close()
     harness.reactor.flush()
-    assert all(("reload",) not in spawned.proxy.calls for spawned in harness.reactor.spawned)
+    reload = ("reload", PATH, {})
+    assert all(reload not in spawned.proxy.calls for spawned in harness.reactor.spawned)
     harness.reactor.advance(0)
     harness.reactor.flush()
-    assert [spawned.proxy.calls.count(("reload",)) for spawned in harness.reactor.spawned] == [
-        1,
-        1,
-    ]
+    assert [spawned.proxy.calls.count(reload) for spawned in harness.reactor.spawned] == [1, 1]
 
 
 def test_stopping_terminates_every_worker_and_ends_when_all_have_ended(harness: Harness) -> None:

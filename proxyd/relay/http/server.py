@@ -246,20 +246,34 @@ class ClientConnection(TwistedProtocol):
         self.closing = True
 
     def drain(self) -> None:
-        """proxyd is stopping: an idle connection is closed now; a request in progress, or
-        one whose head is arriving, is answered (with Connection: close) and then the
-        connection is closed; a WebSocket tunnel goes on until it ends."""
+        """proxyd is stopping: an idle keep-alive connection is closed now; a request in
+        progress, one whose head is arriving, or the first one of a connection accepted but
+        not yet asked anything (its request may be on its way), is answered (with
+        Connection: close) and then the connection is closed; a WebSocket tunnel goes on until
+        it ends."""
         if self.lost or self.tunnel is not None:
             return
         if self.exchange is not None:
             self.close_after_response()
-        elif self.reader.in_head:
+        elif self.reader.in_head or self._timer_kind == "header":
             self._last_request = True
         else:
             self.closing = True
             self._cancel_timer()
             self.channel.unregisterProducer()
             self.lose_connection()
+
+    def retire(self) -> None:
+        """A reload replaced the config this connection started on: its request in progress,
+        or its next one if it is idle, is its last (answered with Connection: close), so
+        that the client's next connection gets the new config without any request lost. An
+        idle connection that asks nothing more ends at its keep-alive timeout."""
+        if self.lost or self.tunnel is not None:
+            return
+        if self.exchange is not None:
+            self.close_after_response()
+        else:
+            self._last_request = True
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         if self.exchange is not exchange:
@@ -468,6 +482,13 @@ class HttpRelayFactory(Factory):
         if not self._clients.draining:
             for client in list(self.clients):
                 client.drain()
+        return self._clients.drain()
+
+    def retire(self) -> Deferred[None]:
+        """A reload replaced this listener's relay: every client connection finishes with
+        its next response (see ClientConnection.retire). Fires once none is left."""
+        for client in list(self.clients):
+            client.retire()
         return self._clients.drain()
 
     def close_all(self) -> None:
