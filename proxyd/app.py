@@ -362,7 +362,7 @@ class ProxydService(service.MultiService):
             self._reactor.callWhenRunning(GracefulStop(self._reactor, self.close_now).install)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
-        self._reactor.callFromThread(self.reload_source)
+        self._reactor.callFromThread(sighup_reload, self.reload_source)
 
     def reload(self) -> ReloadOutcome:
         """Read the config file again and serve it (apply()); a file that is not valid is
@@ -648,6 +648,12 @@ class ProxydService(service.MultiService):
         timer = self._reactor.callLater(timeout, timed_out)
         DeferredList(waits).addCallback(finished)
         return done
+
+
+def sighup_reload(reload: Callable[[], Deferred[ReloadOutcome]]) -> None:
+    """SIGHUP: reload, saying who asked (the outcome is logged by the reload itself)."""
+    log.info("reload asked by SIGHUP")
+    reload()
 
 
 def _relays(listeners: Iterable[ListenerService]) -> list[Any]:

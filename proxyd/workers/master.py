@@ -33,7 +33,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 import proxyd
-from proxyd.app import ProxydService, ReloadOutcome
+from proxyd.app import ProxydService, ReloadOutcome, sighup_reload
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import loads, read
 from proxyd.pool import Server
@@ -379,7 +379,7 @@ class Master(service.MultiService):
         return reloaded.addCallbacks(done, failed)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
+        self.reactor.callFromThread(sighup_reload, self.reload)
 
     def reopen_logs(self) -> None:
         """SIGUSR1: every worker opens its access-log files again (and so does the master,
