@@ -29,6 +29,8 @@ proxyd is starting on {config}. Try, in another terminal:
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8091/    # passthrough: type to chat
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8080/chat  # Upgrade on the HTTP relay
     curl -s http://127.0.0.1:9901/api/v1/status  # admin API; /metrics for Prometheus
+    xdg-open http://127.0.0.1:9901/              # the live stats page
+    curl -s -X POST http://127.0.0.1:9901/api/v1/reload   # reload {config} (or SIGHUP)
     .venv/bin/proxyd check {config}              # validate the configuration
 Stop with Ctrl-C.
 """
