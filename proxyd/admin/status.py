@@ -15,19 +15,8 @@ import attrs
 import proxyd
 from proxyd.config.model import Certificate, Config
 from proxyd.health import HealthService
-from proxyd.metrics import server_traffic
+from proxyd.metrics import TRAFFIC_FIELDS, server_traffic
 from proxyd.pool import Pool, Server
-
-TRAFFIC = (
-    "requests",
-    "connections",
-    "bytes_in",
-    "bytes_out",
-    "errors",
-    "response_time_sum",
-    "response_time_count",
-)
-"""A server's traffic totals in the status document (proxyd.metrics.server_traffic)."""
 
 SECRET_KEYS = frozenset({"token", "read_token"})
 """Config fields whose values the API never shows."""
@@ -114,7 +103,7 @@ def server_document(
         "weight": server.weight,
         "backup": server.backup,
         "active": counters.get("servers", {}).get(key, {}).get("active", server.active),
-        "traffic": {field: traffic.get(field, 0) for field in TRAFFIC},
+        "traffic": {field: traffic.get(field, 0) for field in TRAFFIC_FIELDS},
         "checks": [
             {
                 "time": result.time,

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Backend, ProcessList, Proxyd, free_port, start_proxyd
+from tests.integration import conftest as integration
+from tests.integration.harness import Backend, ProcessList, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -83,16 +84,9 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[ProcessList]:
-    """Every process a test starts; all of them are stopped when it ends, pass or fail."""
-    directory = tmp_path / "processes"
-    directory.mkdir()
-    procs = ProcessList(directory)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
+processes = integration.processes
+proxyd = integration.proxyd
+"""The integration tests' fixtures: the processes a test starts, and the real proxyd."""
 
 
 @pytest.fixture
@@ -107,31 +101,3 @@ def http_backend(processes: ProcessList) -> Callable[[str], Backend]:
         return Backend(process, port)
 
     return start
-
-
-@pytest.fixture
-def proxyd(tmp_path: Path, processes: ProcessList) -> Iterator[Callable[[str], Proxyd]]:
-    """`proxyd(config_text)` starts `twistd -n proxyd`; the test fails if it exited by itself
-    or logged a traceback."""
-    started: list[Proxyd] = []
-
-    def start(config: str) -> Proxyd:
-        directory = tmp_path / f"proxyd-{len(started)}"
-        directory.mkdir()
-        instance = start_proxyd(processes, directory, config)
-        started.append(instance)
-        return instance
-
-    yield start
-
-    problems = []
-    for instance in started:
-        died_early = not instance.process.alive and not instance.stopped_by_test
-        status = instance.process.stop()
-        if died_early:
-            problems.append(f"proxyd exited by itself with status {status}")
-        report = instance.crash_report()
-        if report is not None:
-            problems.append(f"proxyd logged an unhandled error:\n{report[-6000:]}")
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
