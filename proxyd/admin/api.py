@@ -31,6 +31,7 @@ from proxyd.admin.metrics import metrics_registry
 from proxyd.admin.page import asset
 from proxyd.admin.status import config_document
 from proxyd.config.model import AdminConfig
+from proxyd.pool import ADMIN_STATES
 
 log = Logger()
 
@@ -159,8 +160,8 @@ class AdminResource(Resource):
         admin, weight = body.get("admin"), body.get("weight")
         if unknown or (admin is None and weight is None):
             return _bad(request, 'a JSON object with "admin" and/or "weight"')
-        if admin is not None and admin not in ("ready", "drain", "maint"):
-            return _bad(request, '"admin" is one of "ready", "drain", "maint"')
+        if admin is not None and admin not in ADMIN_STATES:
+            return _bad(request, '"admin" is one of ' + ", ".join(f'"{s}"' for s in ADMIN_STATES))
         if weight is not None and (type(weight) is not int):
             return _bad(request, '"weight" is a whole number')
         try:

@@ -5,8 +5,6 @@ counters (ProxydService.counters(), summed over the workers by their master). No
 
 from __future__ import annotations
 
-import datetime
-import enum
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -140,12 +138,8 @@ def _plain(value: Any, key: str = "") -> Any:
         }
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list | frozenset | set):
+    if isinstance(value, tuple | list | frozenset):
         return [_plain(item) for item in value]
-    if isinstance(value, enum.Enum):
-        return value.value
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
     return str(value)
