@@ -66,6 +66,9 @@ IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"
 REPLAY_LIMIT: Final = 64 * 1024
 """Request body bytes kept so that a failed attempt can be sent again elsewhere."""
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
+MAX_INTERIM_RESPONSES: Final = 16
+"""1xx responses a server may send before its final one (100 Continue, 102, 103 Early
+Hints); past that it is answering with a storm, a bad response."""
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NOT_FORWARDED: Final = frozenset({b"expect"})
 """Request fields proxyd answers itself (Expect: 100-continue) beside the hop-by-hop ones."""
@@ -146,6 +149,7 @@ class Exchange:
         "_connecting",
         "_head",
         "_idle",
+        "_interim",
         "_last_failure",
         "_replay",
         "_replay_size",
@@ -219,6 +223,8 @@ class Exchange:
         self.header_time: float | None = None
         self._awaiting_response = False
         """The response timeout runs (on the client connection's timer)."""
+        self._interim = 0
+        """1xx responses received for this request, over all attempts."""
         self._sticky_cookie: bytes | None = None
         # Response side.
         self.response: Response | None = None
@@ -694,7 +700,18 @@ class Exchange:
             self._switch(response)
             return
         if response.interim:
-            self._cancel_response_timer()
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                self._upstream_broken(
+                    f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses",
+                    ErrorKind.BAD_RESPONSE,
+                )
+                return
+            if self._awaiting_response:
+                # An interim response is progress: the response timeout starts again
+                # (nginx's proxy_read_timeout runs between reads), bounded by the count.
+                self._cancel_response_timer()
+                self._request_sent()
             if response.status == 100 and self._sent_continue:
                 return
             if self.request.version == "1.1":

@@ -432,16 +432,39 @@ class ResponseReader(_Reader):
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
         self._head_request = False
+        self._awaiting = True
+        """A request was sent whose final response has not ended yet (a new reader is
+        made for a connection's first request)."""
         self._current: Response | None = None
         self.upgraded: bytes | None = None
+        self.overrun = False
+        """The server sent bytes that answer nothing asked, after a final response ended:
+        a body longer than its Content-Length, a 204 or 304 with a body, a response too
+        many. Sticky: such a connection is never reused, so that what it sent, parsed or
+        not, reaches no one."""
 
     @property
     def idle(self) -> bool:
         """Between messages: no part of a response is pending."""
         return self._current is None and not self._in_head
 
+    @property
+    def clean(self) -> bool:
+        """The last final response ended exactly where the bytes received end, and nothing
+        else arrived or waits: the connection may carry another request. (llhttp skips
+        CR and LF between messages without a callback; they cannot change a message.)"""
+        return (
+            not self.overrun
+            and not self.finished
+            and not self._awaiting
+            and self._current is None
+            and not self._in_head
+            and not self._events
+        )
+
     def expect(self, method: bytes) -> None:
         self._head_request = method == b"HEAD"
+        self._awaiting = True
 
     def feed(self, data: bytes) -> None:
         if self.finished or not data:
@@ -464,6 +487,9 @@ class ResponseReader(_Reader):
             self._events.append(HttpError(502, "upstream closed in the middle of a response"))
 
     def on_message_begin(self) -> None:
+        if not self._awaiting:
+            # RFC 9112 9.3: responses answer requests in order; this one answers none.
+            self.overrun = True
         self._begin()
         self._reason = b""
 
@@ -520,7 +546,9 @@ class ResponseReader(_Reader):
     def on_message_complete(self) -> None:
         self._awaiting_chunk_data = False
         self._partial_head = 0
-        self._current = None
+        current, self._current = self._current, None
+        if current is None or not current.interim:
+            self._awaiting = False  # a final response: what follows answers nothing
         self._events.append(End(self._trailers))
 
 

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import ClientFactory, connectionDone
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -33,6 +34,8 @@ from proxyd.tls import ClientTls
 
 if TYPE_CHECKING:
     from proxyd.relay.http.tunnel import Tunnel
+
+_log = Logger(namespace="proxyd.relay.http")
 
 
 class UpstreamHandler(Protocol):
@@ -83,6 +86,13 @@ class UpstreamConnection(TwistedProtocol):
         if handler is None:
             # Nothing was asked: a server talking out of turn cannot be trusted with the
             # next request.
+            _log.info(
+                "pool {pool}: {server} sent {size} bytes on an idle keep-alive connection;"
+                " closed it",
+                pool=self.pool.config.name,
+                server=self.server.name,
+                size=len(data),
+            )
             self.abort()
             return
         self.reader.feed(data)
@@ -277,19 +287,31 @@ class ConnectionPool:
         return None
 
     def checkin(self, connection: UpstreamConnection) -> None:
-        """Keep `connection` for reuse when there is room, else close it. The caller checked
-        that its last response was read whole and that both sides allow keep-alive."""
+        """Keep `connection` for reuse when there is room and it is provably clean (its last
+        response ended exactly where the bytes received end: ResponseReader.clean), else
+        close it. The caller checked that both sides allow keep-alive."""
         connection.handler = None
-        connection.resume_reading()
+        reader = connection.reader
+        if reader.overrun:
+            # nginx: "upstream sent more data than specified"; whatever it was, it must
+            # never reach the next request's client.
+            _log.warn(
+                "pool {pool}: {server} sent bytes after its response ended (a body longer"
+                " than its Content-Length, or a 1xx, 204 or 304 with a body); closed the"
+                " connection",
+                pool=self.config.name,
+                server=connection.server.name,
+            )
+            connection.abort()
+            return
+        if connection.lost or not reader.clean:
+            connection.abort()
+            return
         idle = self._idle.setdefault(connection.server, [])
-        if (
-            connection.lost
-            or len(idle) >= self.config.keepalive
-            or connection.reader.finished
-            or not connection.reader.idle
-        ):
+        if len(idle) >= self.config.keepalive:
             connection.close()
             return
+        connection.resume_reading()
         idle.append(connection)
         # A connection is checked in after every request: its idle deadline moves, and the
         # delayed call, scheduled at most once per keepalive_timeout, re-arms itself for the
