@@ -90,6 +90,10 @@ class ErrorKind(StrEnum):
     REFUSED = "refused"
     """Refused by a policy: Origin, max_tunnels, WebSocket-only port, CONNECT."""
     INTERNAL = "internal_error"
+    LOCAL_RESOURCE = "local_resource"
+    """proxyd could not open a connection to a server for want of a resource of its own
+    (file descriptors, ephemeral ports, memory): answered 503, never counted against the
+    server."""
     HANDSHAKE_FAILED = "upstream_handshake_failed"
     """WebSocket message mode: the server did not answer proxyd's opening handshake 101."""
     PORT_UNREACHABLE = "port_unreachable"

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from proxyd.clock import Clock
 from proxyd.config.model import Address
+from proxyd.pool.fault import Fault, fault_of
 
 
 class Transport(typing.Protocol):
@@ -62,6 +63,26 @@ class CheckFailed(Exception):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class CheckSkipped(Exception):
+    """A check could not run for want of a local resource (proxyd out of file descriptors
+    or ports): it says nothing about the server and counts neither way."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def connect_outcome(reason: Failure, timeout: float) -> CheckFailed | CheckSkipped:
+    """A failed connect as a check's outcome: the server's failure, or a check skipped when
+    proxyd itself could not open the connection (proxyd.pool.fault)."""
+    if fault_of(reason) is not Fault.SERVER:
+        return CheckSkipped(f"check not run: {reason.getErrorMessage()}")
+    return CheckFailed(describe_connect_failure(reason, timeout))
 
 
 C = TypeVar("C")
@@ -216,7 +237,10 @@ class _Attempt(ClientFactory):
             )
         except Exception as e:
             self._connecting = False
-            self.finish(CheckFailed(f"connect failed: {e}"))
+            if fault_of(e) is Fault.SERVER:
+                self.finish(CheckFailed(f"connect failed: {e}"))
+            else:
+                self.finish(CheckSkipped(f"check not run: {e}"))
 
     def buildProtocol(self, addr: IAddress | None) -> CheckProtocol | None:
         if self.finished:
@@ -230,12 +254,12 @@ class _Attempt(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self._connecting = False
-        self.finish(CheckFailed(describe_connect_failure(reason, self._timeout)))
+        self.finish(connect_outcome(reason, self._timeout))
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         """The protocol's connectionLost has already decided."""
 
-    def finish(self, outcome: CheckFailed | None, abort: bool | None = None) -> None:
+    def finish(self, outcome: CheckFailed | CheckSkipped | None, abort: bool | None = None) -> None:
         """Decide the check once: close the connection (or stop connecting) and report.
 
         The connection is aborted unless the check passed (then what the protocol last wrote,

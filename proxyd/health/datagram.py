@@ -10,7 +10,8 @@ from twisted.internet.defer import Deferred
 
 from proxyd.config.model import Address
 from proxyd.datagram import ConnectedDatagram
-from proxyd.health.checks import CheckFailed, CheckReactor, format_duration
+from proxyd.health.checks import CheckFailed, CheckReactor, CheckSkipped, format_duration
+from proxyd.pool.fault import Fault, fault_of
 
 WAIT = object()
 """judge()'s answer for a datagram that is not the reply: keep waiting."""
@@ -39,7 +40,10 @@ class DatagramProbe(ConnectedDatagram):
             self.port.connect(address.host, address.port)
             self.port.write(self.request())
         except Exception as e:  # a host name (connect wants an address), no route...
-            self._finish(CheckFailed(f"cannot send the request: {e}"))
+            if fault_of(e) is Fault.SERVER:
+                self._finish(CheckFailed(f"cannot send the request: {e}"))
+            else:  # out of file descriptors or buffers: not the server's doing
+                self._finish(CheckSkipped(f"check not run: {e}"))
         return self.done
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
@@ -54,7 +58,7 @@ class DatagramProbe(ConnectedDatagram):
         what = f"timeout after {format_duration(timeout)} waiting for {self.waiting_for}"
         self._finish(CheckFailed(what))
 
-    def _finish(self, outcome: CheckFailed | None) -> None:
+    def _finish(self, outcome: CheckFailed | CheckSkipped | None) -> None:
         if self.finished:
             return
         self._close()

@@ -26,7 +26,13 @@ from twisted.python.failure import Failure
 
 from proxyd.clock import DelayedCall
 from proxyd.config.model import CheckConfig
-from proxyd.health.checks import Checker, CheckFailed, CheckReactor, checker_for
+from proxyd.health.checks import (
+    Checker,
+    CheckFailed,
+    CheckReactor,
+    CheckSkipped,
+    checker_for,
+)
 from proxyd.health.state import HealthState, Transition
 from proxyd.pool import MAINT, Pool, Server, ServerEvent
 
@@ -158,6 +164,9 @@ class _Watch:
     def failed(self, failure: Failure, run: int) -> None:
         if run != self.runs:
             return  # cancelled by a pause or a stop, which cleared in_flight already
+        if failure.check(CheckSkipped):
+            self.skipped(str(failure.value))
+            return
         if failure.check(CheckFailed):
             reason = str(failure.value)
         else:
@@ -180,6 +189,19 @@ class _Watch:
         )
         self.in_flight = None
         if not self.stopped and not self.paused and self.pending is None:
+            self.schedule(self.pool.config.check_interval)
+
+    def skipped(self, reason: str) -> None:
+        """The check could not run (proxyd short of a local resource): nothing is recorded
+        against or for the server; the next one runs at the usual interval."""
+        self.in_flight = None
+        log.warn(
+            "health check of {server} in pool {pool} skipped: {reason}",
+            server=self.server.name,
+            pool=self.pool.name,
+            reason=reason,
+        )
+        if not self.stopped and not self.paused:
             self.schedule(self.pool.config.check_interval)
 
     def result(self, ok: bool, reason: str) -> None:

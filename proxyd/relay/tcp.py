@@ -44,6 +44,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.metrics import Cell, ErrorKind, RelayStats
 from proxyd.pool import Pool, Server
+from proxyd.pool.fault import Fault, fault_of
 from proxyd.relay import proxy_protocol
 from proxyd.relay.io import (
     ConnectingReactor,
@@ -311,8 +312,13 @@ class Relay:
         return True
 
     def connect_failed(self, attempt: _ServerAttempt, reason: Failure) -> None:
+        fault = fault_of(reason)
+        if fault is Fault.CANCELLED:
+            return
         tls = describe_failure(reason)
-        if tls:
+        if fault is Fault.LOCAL:
+            kind = ErrorKind.LOCAL_RESOURCE
+        elif tls:
             kind = ErrorKind.TLS_FAILED
         elif reason.check(error.TimeoutError, TimeoutError):
             kind = ErrorKind.CONNECT_TIMEOUT
@@ -339,7 +345,8 @@ class Relay:
             why=why,
         )
         self._release()
-        self.pool.report_failure(attempt.server, why)
+        if kind is not ErrorKind.LOCAL_RESOURCE:  # only the server's doing counts against it
+            self.pool.report_failure(attempt.server, why)
         self._connect_next()
 
     def _ends(self, side: Side) -> tuple[_End, _End]:

@@ -277,7 +277,8 @@ class Relay:
             why=why,
         )
         self._release()
-        self.pool.report_failure(attempt.server, why)
+        if kind is not ErrorKind.LOCAL_RESOURCE:  # only the server's doing counts against it
+            self.pool.report_failure(attempt.server, why)
         self._connect_next()
 
     def _give_up(self) -> None:

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from proxyd.clock import Clock, DelayedCall
 from proxyd.metrics import ErrorKind
 from proxyd.pool import Server
+from proxyd.pool.fault import Fault, fault_of
 from proxyd.relay.io import Transport
 from proxyd.relay.session import Side
 from proxyd.relay.websocket_policy import (
@@ -342,9 +343,13 @@ class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
         return leg
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if self.relay is not None:
+        fault = fault_of(reason)
+        if self.relay is not None and fault is not Fault.CANCELLED:
             timed_out = reason.check(TimeoutError, twisted_error.TimeoutError) is not None
-            kind = ErrorKind.CONNECT_TIMEOUT if timed_out else ErrorKind.CONNECT_FAILED
+            if fault is Fault.LOCAL:
+                kind = ErrorKind.LOCAL_RESOURCE
+            else:
+                kind = ErrorKind.CONNECT_TIMEOUT if timed_out else ErrorKind.CONNECT_FAILED
             self.relay.attempt_failed(self, reason.getErrorMessage(), kind)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:

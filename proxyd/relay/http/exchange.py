@@ -38,6 +38,7 @@ from proxyd.config.model import (
 )
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
+from proxyd.pool.fault import Fault, fault_of
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.h1 import (
     Body,
@@ -494,9 +495,22 @@ class Exchange:
 
     def _connect_failed(self, reason: Failure, server: Server) -> None:
         self._connecting = None
-        if reason.check(defer.CancelledError):
-            return  # we cancelled it
+        fault = fault_of(reason)
+        if fault is Fault.CANCELLED:
+            return  # we gave it up: the client left, or a timer of ours
         assert self.pool is not None
+        if fault is Fault.LOCAL:
+            # proxyd's own resources ran out: not the server's doing, and no other server
+            # would fare better now.
+            self.pool.release(server)
+            self.server = None
+            if not self.finished:
+                self.fail(
+                    503,
+                    f"cannot connect to {server.name}: {reason.getErrorMessage()}",
+                    ErrorKind.LOCAL_RESOURCE,
+                )
+            return
         timed_out = reason.check(twisted_error.TimeoutError, TimeoutError) is not None
         tls = describe_failure(reason)
         if tls is not None:

@@ -173,6 +173,7 @@ class _Connect(ClientFactory[UpstreamConnection]):
         self.result: Deferred[UpstreamConnection] = Deferred(self._cancel)
         self.connector: Connector | None = None
         self.announcing: _Announcing | None = None
+        self._cancelling = False
 
     def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection | None:
         if self.result.called:
@@ -181,10 +182,13 @@ class _Connect(ClientFactory[UpstreamConnection]):
         return self.announcing
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.result.called:
+        # stopConnecting() below reports UserError at once: the Deferred fails with
+        # CancelledError instead, which no one counts against the server.
+        if not self.result.called and not self._cancelling:
             self.result.errback(reason)
 
     def _cancel(self, result: Deferred[UpstreamConnection]) -> None:
+        self._cancelling = True
         if self.announcing is not None:
             self.announcing.abort()  # cancelled mid-handshake
         elif self.connector is not None:
