@@ -24,6 +24,7 @@ ANSWERS = {
     "/overrun": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" + INJECTED,
     "/204": b"HTTP/1.1 204 No Content\r\n\r\n" + INJECTED,
     "/304": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 8\r\n\r\nINJECTED",
+    "/early": b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n",
     "/storm": b"HTTP/1.1 102 Processing\r\n\r\n" * 200
     + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
 }
@@ -169,6 +170,22 @@ def test_bytes_sent_on_an_idle_pooled_connection_close_it(
         raw_backend.last.sendall(INJECTED)  # out of turn: proxyd's connection idles in its pool
         proxy.wait_for_log(r"bytes on an idle keep-alive connection; closed it")
         assert get(client, "/second") == (200, b"/second")
+    assert raw_backend.connections == 2
+
+
+def test_a_response_before_the_request_body_was_sent_closes_both_connections(
+    raw_backend: RawBackend, proxyd: Callable[..., Proxyd]
+) -> None:
+    port = free_port()
+    proxyd(http_config(port, raw_backend.address))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        client.sendall(b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n")  # body bytes, not a request
+        status, _ = read_response(client)
+        assert status == 413
+        assert client.recv(4096) == b""  # Connection: close, the rest of the body unread
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as victim:
+        assert get(victim, "/victim") == (200, b"/victim")
     assert raw_backend.connections == 2
 
 
