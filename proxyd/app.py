@@ -28,8 +28,9 @@ from proxyd.admin.status import status_document
 from proxyd.cli import warnings
 from proxyd.clock import DelayedCall
 from proxyd.config.errors import ConfigErrors
-from proxyd.config.load import loads, read
+from proxyd.config.load import read
 from proxyd.config.model import Config
+from proxyd.config.reload import reload_config
 from proxyd.health import HealthService
 from proxyd.listeners import ListenerService, StartupError, UdpListenerService
 from proxyd.pool import Pool, Server
@@ -126,9 +127,11 @@ class ProxydService(service.MultiService):
         )
         """Where status() takes the counters from: this process, or the master's sum over
         its workers (proxyd.workers.master sets it)."""
-        self.reload_source: Callable[[], Deferred[ReloadOutcome]] = lambda: succeed(self.reload())
-        """What SIGHUP and the admin API's reload run: reload() here, or the master's, which
-        reloads its workers too."""
+        self.reload_source: Callable[[bool], Deferred[ReloadOutcome]] = lambda force: succeed(
+            self.reload(force)
+        )
+        """What SIGHUP and the admin API's reload run, with its `force`: reload() here, or the
+        master's, which reloads its workers too."""
         self.server_changed: Callable[[Server, str], None] = lambda server, who: None
         """Called after the admin API changed a server (the master tells its workers)."""
         self.admin: ListenerService | None = None
@@ -364,13 +367,14 @@ class ProxydService(service.MultiService):
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(sighup_reload, self.reload_source)
 
-    def reload(self) -> ReloadOutcome:
-        """Read the config file again and serve it (apply()); a file that is not valid is
-        refused with its errors, and the config serving now goes on."""
+    def reload(self, force: bool = False) -> ReloadOutcome:
+        """Read the config file again and serve it (apply()); a file that is not valid, has
+        no listener, or (unless `force`) would remove the admin listener is refused with its
+        errors (proxyd.config.reload), and the config serving now goes on."""
         path = self.config.path
         log.info("reload: reading {path}", path=path)
         try:
-            config = loads(read(path), path)
+            config = reload_config(self.config, read(path), force)
         except ConfigErrors as e:
             return self.refused([str(error) for error in e.errors])
         return self.apply(config)
@@ -527,6 +531,12 @@ class ProxydService(service.MultiService):
     def _switch_admin(self, config: Config, admin: ListenerService | None) -> None:
         if self.admin_resource is not None and config.admin is not None:
             self.admin_resource.admin_config = config.admin
+        if self.admin is not None and config.admin is None:
+            log.warn(
+                "reload (forced): the new file has no [admin] section; the admin listener on"
+                " {listen} closes",
+                listen=self.admin.description,
+            )
         if self.admin is not None and (admin is not None or config.admin is None):
             self.admin.disownServiceParent()
             self.admin = None
@@ -650,10 +660,11 @@ class ProxydService(service.MultiService):
         return done
 
 
-def sighup_reload(reload: Callable[[], Deferred[ReloadOutcome]]) -> None:
-    """SIGHUP: reload, saying who asked (the outcome is logged by the reload itself)."""
+def sighup_reload(reload: Callable[[bool], Deferred[ReloadOutcome]]) -> None:
+    """SIGHUP: reload, saying who asked (the outcome is logged by the reload itself). A
+    signal carries no flag: a SIGHUP reload is never forced."""
     log.info("reload asked by SIGHUP")
-    reload()
+    reload(False)
 
 
 def _relays(listeners: Iterable[ListenerService]) -> list[Any]:

@@ -36,7 +36,7 @@ def makeService(options: Options) -> Any:
     path = options["config"]
     try:
         text = read(path)
-        config = loads(text, path)
+        config = loads(text, path, serving=True)
     except ConfigErrors as e:
         raise SystemExit(f"{e}\nproxyd: configuration invalid, not starting") from None
     # What exists once the service has started lives as long as the process: out of the

@@ -3,7 +3,8 @@
     GET  /api/v1/status                         listeners, pools, servers, counters (JSON)
     GET  /api/v1/config                         the effective config, secrets masked
     POST /api/v1/pools/POOL/servers/SERVER      {"admin": "drain"|"maint"|"ready", "weight": N}
-    POST /api/v1/reload                         read the config file again and serve it
+    POST /api/v1/reload                         read the config file again and serve it;
+                                                {"force": true} lets it remove [admin]
     GET  /metrics                               Prometheus text, rendered by prometheus-client
     GET  /, /stats/FILE                         the stats page (no token: it holds no data)
 
@@ -56,7 +57,7 @@ class Proxy(Protocol):
     ) -> Any: ...
 
     @property
-    def reload_source(self) -> Callable[[], Deferred[Any]]: ...
+    def reload_source(self) -> Callable[[bool], Deferred[Any]]: ...
 
 
 class AdminResource(Resource):
@@ -153,13 +154,13 @@ class AdminResource(Resource):
         return self._later(request, render)
 
     def _change(self, request: Request, pool: str, server: str, who: str) -> Any:
-        body = _body(request)
+        body = _body(request, _CHANGE)
         if isinstance(body, bytes):
             return body
         unknown = sorted(set(body) - {"admin", "weight"})
         admin, weight = body.get("admin"), body.get("weight")
         if unknown or (admin is None and weight is None):
-            return _bad(request, 'a JSON object with "admin" and/or "weight"')
+            return _bad(request, _CHANGE)
         if admin is not None and admin not in ADMIN_STATES:
             return _bad(request, '"admin" is one of ' + ", ".join(f'"{s}"' for s in ADMIN_STATES))
         if weight is not None and (type(weight) is not int):
@@ -184,14 +185,25 @@ class AdminResource(Resource):
         return self._later(request, render)
 
     def _reload(self, request: Request, who: str) -> Any:
-        log.info("reload asked by {who}", who=who)
+        """Reload; `{"force": true}` lets the new file remove the admin listener (without
+        it, such a reload is refused: proxyd.config.reload). No body is `{}`."""
+        body = _body(request, _RELOAD, empty={})
+        if isinstance(body, bytes):
+            return body
+        force = body.get("force", False)
+        if set(body) - {"force"} or type(force) is not bool:
+            return _bad(request, _RELOAD)
+        if force:
+            log.info("reload asked by {who}, forced", who=who, force=True)
+        else:
+            log.info("reload asked by {who}", who=who)
 
         def render(outcome: Any) -> bytes:
             if not outcome.reloaded:
                 request.setResponseCode(422)
             return _json(request, outcome.document())
 
-        return self._answer(request, self._proxy.reload_source(), render)
+        return self._answer(request, self._proxy.reload_source(force), render)
 
     def _later(self, request: Request, render: Callable[[dict[str, Any]], bytes]) -> Any:
         """Answer with `render` of the status document (the counters come asynchronously:
@@ -247,19 +259,28 @@ def _bad(request: Request, expected: str) -> bytes:
     return _json(request, {"error": f"expected {expected}"})
 
 
-def _body(request: Request) -> dict[str, Any] | bytes:
-    """The request's JSON object, or the error answer already made."""
+_CHANGE = 'a JSON object with "admin" and/or "weight"'
+_RELOAD = 'no body, or a JSON object with "force": true or false'
+
+
+def _body(
+    request: Request, expected: str, empty: dict[str, Any] | None = None
+) -> dict[str, Any] | bytes:
+    """The request's JSON object (`empty` when the body is empty and that is allowed), or
+    the error answer already made (`expected` says what the body should have been)."""
     content = request.content
     data = content.read(MAX_BODY + 1) if content is not None else b""
     if len(data) > MAX_BODY:
         request.setResponseCode(413)
         return _json(request, {"error": f"a body of at most {MAX_BODY} bytes"})
+    if empty is not None and not data.strip():
+        return empty
     try:
         body = json.loads(data or b"null")
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        return _bad(request, 'a JSON object with "admin" and/or "weight"')
+        return _bad(request, expected)
     return body
 
 

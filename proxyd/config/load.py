@@ -346,9 +346,14 @@ _BUILD_ORDER = ("proxyd", "admin", "pool", "tcp", "udp", "websocket", "route", "
 """[http] sections are built last: their routes take actions from [route] sections."""
 
 
+LISTENER_KINDS = ("http", "https", "tcp", "udp", "websocket")
+"""The section kinds that serve traffic: a file proxyd serves has at least one of them."""
+
+
 def load(path: str) -> Config:
-    """Read and validate `path`; raises ConfigErrors listing every problem found."""
-    return loads(read(path), path)
+    """Read and validate `path` as a file to serve (loads() with `serving`); raises
+    ConfigErrors listing every problem found."""
+    return loads(read(path), path, serving=True)
 
 
 def read(path: str) -> str:
@@ -364,8 +369,16 @@ def read(path: str) -> str:
         raise ConfigErrors([ConfigError(path, None, None, None, "UTF-8 text", str(e))]) from None
 
 
-def loads(text: str, path: str = "<config>") -> Config:
+def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config:
+    """Parse and validate `text`, the file `path`; raises ConfigErrors listing every problem.
+
+    With `serving`, `text` is the whole file proxyd is to serve (at start, in `proxyd check`,
+    at a reload), and one without a listener section is an error too: an empty or
+    comment-only file (a truncating editor, a full disk) would otherwise be served as
+    nothing at all. Without it, `text` may be a part of a configuration (a lone [pool])."""
     sections, errors = parse_ini(text, path)
+    if serving:
+        errors.extend(_no_listener(text, sections, path))
     ctx = Context(
         base_dir=os.path.dirname(path),
         pools=frozenset(s.name for s in sections if s.kind == "pool" and s.name),
@@ -441,6 +454,29 @@ def loads(text: str, path: str = "<config>") -> Config:
         websocket=websocket,
         admin=built["admin"].get(""),
     )
+
+
+def _no_listener(text: str, sections: list[Section], path: str) -> list[ConfigError]:
+    """The error of a file with no listener section, saying what it holds instead. An
+    [admin] section does not count: it serves no traffic, and an [admin]-only file is as
+    likely a truncated one (it comes first in most files)."""
+    if any(section.kind in LISTENER_KINDS for section in sections):
+        return []
+    kinds = [f"[{kind} NAME]" for kind in LISTENER_KINDS]
+    expected = f"at least one listener section ({', '.join(kinds[:-1])} or {kinds[-1]})"
+    hint: str | None
+    if not text.strip():
+        hint = "the file is empty"
+    elif not sections:
+        meaningful = [line for line in text.splitlines() if line.strip()]
+        only_comments = all(line.lstrip()[0] in ";#" for line in meaningful)
+        hint = "the file holds only comments" if only_comments else None
+    else:
+        titles = list(dict.fromkeys(f"[{section.kind}]" for section in sections))
+        hint = f"the file's sections: {', '.join(titles)}"
+        if "[admin]" in titles:
+            hint += "; the admin listener serves no traffic"
+    return [ConfigError(path, 1, None, None, expected, "none", hint)]
 
 
 _SHAREABLE = ("tcp", "tcp6", "unix")

@@ -35,7 +35,8 @@ from twisted.python.failure import Failure
 import proxyd
 from proxyd.app import ProxydService, ReloadOutcome, sighup_reload
 from proxyd.config.errors import ConfigErrors
-from proxyd.config.load import loads, read
+from proxyd.config.load import read
+from proxyd.config.reload import reload_config
 from proxyd.pool import Server
 from proxyd.pool.pool import ServerEvent
 from proxyd.stopping import GracefulStop, on_sigusr1
@@ -303,15 +304,16 @@ class Master(service.MultiService):
         )
         self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
 
-    def reload(self) -> Deferred[ReloadOutcome]:
-        """Read the config file again; if it is valid, serve it here (health checks, admin,
-        the sockets of new addresses) and then in every worker (SIGHUP, the admin API).
-        The outcome is the master's, with the errors of any worker that could not follow."""
+    def reload(self, force: bool = False) -> Deferred[ReloadOutcome]:
+        """Read the config file again; if it is valid (and, unless `force`, keeps the admin
+        listener: proxyd.config.reload), serve it here (health checks, admin, the sockets of
+        new addresses) and then in every worker (SIGHUP, the admin API). The outcome is the
+        master's, with the errors of any worker that could not follow."""
         path = self.proxy.config.path
         log.info("reload: reading {path}", path=path)
         try:
             text = read(path)
-            config = loads(text, path)
+            config = reload_config(self.proxy.config, text, force)
         except ConfigErrors as e:
             return succeed(self.proxy.refused([str(error) for error in e.errors]))
         before = {name: id(shared) for name, shared in self.proxy.shared().items()}

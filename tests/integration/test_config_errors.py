@@ -157,3 +157,31 @@ def test_twistd_exits_with_one_clear_line_when_the_port_is_taken(tmp_path):
     lines = [text for text in output.splitlines() if str(port) in text]
     assert lines, f"nothing names port {port}:\n{output}"
     assert any(re.search(r"(?i)in use", text) for text in lines), output
+
+
+NO_LISTENER = "1: expected at least one listener section ([http NAME], [https NAME], [tcp NAME]"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("", "the file is empty"),
+        ("; proxyd.ini\n; cut short here\n", "the file holds only comments"),
+        (
+            "[proxyd]\naccess_log = off\n\n[admin]\nlisten = tcp:{port}:interface=127.0.0.1\n",
+            "the file's sections: [proxyd], [admin]; the admin listener serves no traffic",
+        ),
+    ],
+    ids=["empty", "comments", "admin-only"],
+)
+def test_check_and_twistd_refuse_a_file_with_no_listener(tmp_path, text, hint):
+    path = write(tmp_path, text.format(port=free_port()))
+    for argv in ([str(PROXYD_CLI), "check", str(path)], twistd_argv(path)):
+        result = run(argv)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert "Traceback" not in output
+        line = error_line(output, path, 1)
+        assert f"{path.name}:{NO_LISTENER}" in line and line.endswith(f"found none ({hint})")
+    assert output.splitlines()[-1] == "proxyd: configuration invalid, not starting"

@@ -174,6 +174,67 @@ def test_a_reload_keeps_opens_and_closes_listeners_and_swaps_the_pools(
     assert relay.crash_report() is None
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_truncated_file_or_one_without_admin_is_refused_and_everything_serves_on(
+    processes: ProcessList, proxyd, tmp_path: Path, workers: int
+) -> None:
+    web, echo = http_backend(processes, "web"), echo_backend(processes)
+    http_port, tcp_port, admin_port = free_port(), free_port(), free_port()
+    listeners = (
+        f"[pool web]\nservers = 127.0.0.1:{web.port}\n\n"
+        f"[pool echo]\nservers = 127.0.0.1:{echo.port}\n\n"
+        f"[http front]\nlisten = tcp:{http_port}:interface=127.0.0.1\n{ROUTES}"
+        f"[tcp echo]\nlisten = tcp:{tcp_port}:interface=127.0.0.1\npool = echo\n\n"
+    )
+    admin_section = f"[admin]\nlisten = tcp:{admin_port}:interface=127.0.0.1\n"
+    relay = start(proxyd, listeners + admin_section, workers, tmp_path)
+    path = relay.config_path
+
+    def everything_serves(generation: int) -> None:
+        assert get(http_port)[0] == 200
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as sock:
+            assert recv_line(sock).startswith(b"hello from echo backend")
+        status, document = admin(admin_port, "/api/v1/status")
+        assert status == 200 and document["config"]["generation"] == generation
+
+    def sighup_refused() -> str:
+        start_at = relay.log_offset()
+        relay.process.signal_group(signal.SIGHUP)
+        relay.wait_for_log(r"reload refused: still serving generation 1", start=start_at)
+        return relay.log()[start_at:]
+
+    # A truncating editor or a full disk: the file is empty. SIGHUP is refused, saying why.
+    path.write_bytes(b"")
+    said = sighup_refused()
+    assert f"reload refused: {path}:1: expected at least one listener section ([http NAME]," in said
+    assert "found none (the file is empty)" in said
+    assert "reloaded" not in said, "no worker was asked to follow"
+    everything_serves(1)
+    status, outcome = admin(admin_port, "/api/v1/reload", "POST")
+    assert status == 422 and outcome["reloaded"] is False and outcome["generation"] == 1
+    assert outcome["errors"][0].startswith(f"{path}:1: expected at least one listener section")
+
+    # Listeners but no [admin]: refused by SIGHUP and by an API reload that does not force.
+    rewrite(relay, workers, relay.access_log, listeners)
+    said = sighup_refused()
+    assert f"{path}: [admin]: expected an [admin] section" in said
+    assert f"would close the admin listener on tcp:{admin_port}:interface=127.0.0.1" in said
+    assert "SIGHUP cannot force it" in said
+    everything_serves(1)
+    status, outcome = admin(admin_port, "/api/v1/reload", "POST")
+    assert status == 422 and '{"force": true}' in outcome["errors"][0]
+
+    # Forced, the admin listener goes and the others serve on.
+    start_at = relay.log_offset()
+    status, outcome = admin(admin_port, "/api/v1/reload", "POST", b'{"force": true}')
+    assert (status, outcome) == (200, {"reloaded": True, "generation": 2, "errors": []})
+    relay.wait_for_log(r"reload \(forced\): the new file has no \[admin\] section", start=start_at)
+    wait_until(lambda: refused(admin_port), 10, "the admin listener to close")
+    assert get(http_port)[0] == 200
+    assert relay.terminate() == 0
+    assert relay.crash_report() is None
+
+
 class Loop(threading.Thread):
     """One kind of client, asking again and again (for at most two minutes) until told to
     stop, or until the proxy refuses its connection after the stop began; counts what it got.

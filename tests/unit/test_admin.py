@@ -13,14 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from proxyd.admin.api import AdminResource
 from proxyd.admin.metrics import metrics_registry
 from proxyd.admin.status import status_document
-from proxyd.app import ProxydService
+from proxyd.app import ProxydService, sighup_reload
 from proxyd.config.load import loads
 from proxyd.config.model import AdminConfig
 
@@ -370,3 +370,110 @@ def test_the_proxy_serves_its_own_status_and_a_master_the_sum_of_its_workers() -
 
 def test_a_worker_has_no_admin_listener() -> None:
     assert ProxydService(MemoryReactorClock(), loads(CONFIG), worker=True).admin is None
+
+
+ADMIN_SECTION = "[admin]\nlisten = tcp:0:interface=127.0.0.1\n"
+NO_ADMIN = CONFIG.replace(ADMIN_SECTION, "")
+
+
+def served(tmp_path: Path) -> tuple[ProxydService, Path]:
+    path = tmp_path / "proxyd.ini"
+    path.write_text(CONFIG)
+    return proxy(CONFIG, str(path)), path
+
+
+def serving_as_before(service: ProxydService, listeners: list[Any], admin: Any) -> bool:
+    return (
+        service.generation == 1
+        and service.listeners == listeners
+        and all(listener.parent is service for listener in listeners)
+        and service.admin is admin
+        and admin.parent is service
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "; cut short\n",
+        "[proxyd]\naccess_log = off\n[pool web]\nservers = 127.0.0.1:9001\n",
+        ADMIN_SECTION,
+    ],
+    ids=["empty", "comments", "proxyd-and-pool", "admin"],
+)
+def test_a_reload_to_a_file_with_no_listener_is_refused_and_every_listener_stays(
+    tmp_path: Path, text: str
+) -> None:
+    service, path = served(tmp_path)
+    listeners, admin = list(service.listeners), service.admin
+    path.write_text(text)
+    with capturedLogs() as events:
+        refused = post(service, b"/api/v1/reload")
+        sighup_reload(service.reload_source)
+    assert refused.responseCode == 422
+    outcome = json.loads(body(refused))
+    assert outcome["reloaded"] is False and outcome["generation"] == 1
+    [error] = outcome["errors"]
+    assert error.startswith(f"{path}:1: expected at least one listener section ([http NAME],")
+    assert serving_as_before(service, listeners, admin)
+    said = [str(e.get("error")) for e in events if e.get("error")]
+    assert said == [error, error], "the API's reload and SIGHUP's both log why"
+
+
+def test_a_reload_that_would_remove_the_admin_listener_is_refused_unless_forced(
+    tmp_path: Path,
+) -> None:
+    service, path = served(tmp_path)
+    listeners, admin = list(service.listeners), service.admin
+    path.write_text(NO_ADMIN)
+    with capturedLogs() as events:
+        refused = post(service, b"/api/v1/reload")
+        sighup_reload(service.reload_source)  # a signal cannot force
+        unforced = post(service, b"/api/v1/reload", b'{"force": false}')
+    assert refused.responseCode == unforced.responseCode == 422
+    outcome = json.loads(body(refused))
+    assert outcome["reloaded"] is False and outcome["generation"] == 1
+    assert outcome["errors"] == [
+        f"{path}: [admin]: expected an [admin] section: without one this reload would close"
+        " the admin listener on tcp:0:interface=127.0.0.1, which only a forced reload does;"
+        ' found none (to remove it, POST /api/v1/reload with {"force": true}, or restart'
+        " proxyd; SIGHUP cannot force it)"
+    ]
+    assert [e["error"] for e in events if e.get("error")] == outcome["errors"] * 3
+    assert serving_as_before(service, listeners, admin)
+
+    with capturedLogs() as events:
+        forced = post(service, b"/api/v1/reload", b'{"force": true}')
+    assert forced.responseCode in (None, 200)
+    assert json.loads(body(forced)) == {"reloaded": True, "generation": 2, "errors": []}
+    assert service.admin is None and admin is not None and admin.parent is None
+    assert [listener.name for listener in service.listeners] == ["tcp db", "http front"]
+    said = [formatEvent(e) for e in events]
+    assert "reload asked by admin API, 127.0.0.9 (no token), forced" in said
+    assert (
+        "reload (forced): the new file has no [admin] section; the admin listener on"
+        " tcp:0:interface=127.0.0.1 closes" in said
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b'{"force": "yes"}', 400),
+        (b'{"force": 1}', 400),
+        (b'{"forse": true}', 400),
+        (b"[true]", 400),
+        (b"force=1", 400),
+        (b" " * 70000, 413),
+    ],
+)
+def test_a_reload_with_a_body_that_is_not_a_force_flag_is_a_400_and_reloads_nothing(
+    tmp_path: Path, content: bytes, code: int
+) -> None:
+    service, path = served(tmp_path)
+    path.write_text(NO_ADMIN)
+    request = post(service, b"/api/v1/reload", content)
+    assert request.responseCode == code
+    assert "error" in json.loads(body(request))
+    assert service.generation == 1 and service.admin is not None

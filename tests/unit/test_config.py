@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxyd.cli import main
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import load, loads
 from proxyd.config.model import (
@@ -20,6 +21,7 @@ from proxyd.config.model import (
     SmtpCheck,
     TcpCheck,
 )
+from proxyd.config.reload import reload_config
 from proxyd.config.values import duration
 from proxyd.pool.balance import ALGORITHMS
 from tests.certs import TestCA
@@ -431,3 +433,149 @@ def test_an_admin_token_is_a_long_bearer_token(token: str, found: str) -> None:
         "proxyd.ini:3: [admin] token: expected a token of at least 16 characters (letters,"
         f" digits and -._~+/, then any '='); found {found}"
     ]
+
+
+NO_LISTENER = (
+    "proxyd.ini:1: expected at least one listener section ([http NAME], [https NAME],"
+    " [tcp NAME], [udp NAME] or [websocket NAME]); found none"
+)
+ADMIN = "[admin]\nlisten = tcp:9901:interface=127.0.0.1\n"
+
+
+def serving_errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        loads(text, "proxyd.ini", serving=True)
+    return [str(e) for e in info.value.errors]
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("", "the file is empty"),
+        ("\n  \n", "the file is empty"),
+        ("; proxyd.ini, cut short\n\n  # by a full disk\n", "the file holds only comments"),
+        (
+            "[proxyd]\naccess_log = off\n\n[pool web]\nservers = 127.0.0.1:9001\n"
+            "[pool db]\nservers = 127.0.0.1:3306\n",
+            "the file's sections: [proxyd], [pool]",
+        ),
+        (ADMIN, "the file's sections: [admin]; the admin listener serves no traffic"),
+        (
+            ADMIN + "[pool web]\nservers = 127.0.0.1:9001\n",
+            "the file's sections: [admin], [pool]; the admin listener serves no traffic",
+        ),
+    ],
+    ids=["empty", "blank", "comments", "proxyd-and-pools", "admin", "admin-and-pool"],
+)
+def test_a_file_to_serve_without_a_listener_section_is_an_error_on_line_1(
+    text: str, hint: str
+) -> None:
+    assert serving_errors_of(text) == [f"{NO_LISTENER} ({hint})"]
+    with pytest.raises(ConfigErrors) as info:
+        loads(text, "proxyd.ini", serving=True)
+    [error] = info.value.errors
+    assert (error.path, error.line, error.section, error.key) == ("proxyd.ini", 1, None, None)
+
+
+@given(st.lists(st.sampled_from(["", "  ", "; a comment", "# another", "\t; [tcp x]"])))
+def test_any_file_of_blank_and_comment_lines_serves_nothing_and_is_refused(
+    lines: list[str],
+) -> None:
+    [error] = serving_errors_of("\n".join(lines))
+    assert error.startswith(NO_LISTENER)
+
+
+def test_a_listener_section_with_errors_of_its_own_is_not_also_reported_missing() -> None:
+    text = "[pool a]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = tcp:abc\npool = a\n"
+    [error] = serving_errors_of(text)
+    assert error.startswith("proxyd.ini:4: [tcp t] listen:")
+
+
+def test_the_missing_listener_is_reported_beside_the_other_errors() -> None:
+    first, *others = serving_errors_of("[pool a]\nservers = 127.0.0.1:x\n[tpc t]\nlisten = tcp:1\n")
+    assert first == f"{NO_LISTENER} (the file's sections: [pool], [tpc])"
+    assert [error.split(": ", 2)[:2] for error in others] == [
+        ["proxyd.ini:2", "[pool a] servers"],
+        ["proxyd.ini:3", "[tpc t]"],
+    ]
+    assert others[1].endswith("(did you mean 'tcp'?)")
+
+
+@pytest.mark.parametrize(
+    "listener",
+    [
+        "[http web]\nlisten = tcp:8080\nroutes = path / -> pool a\n",
+        "[tcp t]\nlisten = tcp:3306\npool = a\n",
+        "[udp u]\nlisten = udp:5300\npool = a\n",
+        "[websocket w]\nlisten = tcp:8090\npool = a\n",
+    ],
+    ids=["http", "tcp", "udp", "websocket"],
+)
+def test_one_listener_of_any_kind_is_enough_to_serve(listener: str) -> None:
+    config = loads(f"{ADMIN}[pool a]\nservers = 127.0.0.1:1\n{listener}", serving=True)
+    assert len(config.http + config.tcp + config.udp + config.websocket) == 1
+
+
+def test_an_https_listener_counts_too(tmp_path) -> None:
+    pem = TestCA().issue("site.test").write(tmp_path / "site.pem")
+    text = f"[pool a]\nservers = 127.0.0.1:1\n[https s]\nlisten = tcp:8443\ncertificates = {pem}\n"
+    config = loads(text + "routes = path / -> pool a\n", str(tmp_path / "p.ini"), serving=True)
+    assert [listener.kind for listener in config.http] == ["https"]
+
+
+def test_load_reads_a_file_to_serve(tmp_path) -> None:
+    path = tmp_path / "proxyd.ini"
+    path.write_bytes(b"")
+    with pytest.raises(ConfigErrors) as info:
+        load(str(path))
+    assert (
+        str(info.value) == f"{path}:1: {NO_LISTENER.split(':', 2)[2].strip()} (the file is empty)"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "; nothing\n", "[pool a]\nservers = 127.0.0.1:1\n", ADMIN])
+def test_proxyd_check_refuses_a_file_with_no_listener(tmp_path, capsys, text: str) -> None:
+    path = tmp_path / "proxyd.ini"
+    path.write_text(text)
+    assert main(["check", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    first, last = err.splitlines()
+    assert first.startswith(f"{path}:1: expected at least one listener section")
+    assert last == f"{path}: 1 error(s)"
+
+
+RUNNING = ADMIN + "[pool a]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = tcp:3306\npool = a\n"
+WITHOUT_ADMIN = RUNNING.replace(ADMIN, "")
+
+
+def test_a_reload_that_would_remove_the_admin_listener_is_refused_unless_forced() -> None:
+    running = loads(RUNNING, "proxyd.ini", serving=True)
+    with pytest.raises(ConfigErrors) as info:
+        reload_config(running, WITHOUT_ADMIN)
+    assert str(info.value) == (
+        "proxyd.ini: [admin]: expected an [admin] section: without one this reload would close"
+        " the admin listener on tcp:9901:interface=127.0.0.1, which only a forced reload does;"
+        ' found none (to remove it, POST /api/v1/reload with {"force": true}, or restart'
+        " proxyd; SIGHUP cannot force it)"
+    )
+    assert reload_config(running, WITHOUT_ADMIN, force=True).admin is None
+
+
+def test_a_reload_may_keep_move_or_add_the_admin_listener_unforced() -> None:
+    running = loads(RUNNING, "proxyd.ini", serving=True)
+    assert reload_config(running, RUNNING).admin == running.admin
+    moved = reload_config(running, RUNNING.replace("9901", "9902")).admin
+    assert moved is not None and moved.listen == "tcp:9902:interface=127.0.0.1"
+    without = loads(WITHOUT_ADMIN, "proxyd.ini", serving=True)
+    assert reload_config(without, WITHOUT_ADMIN).admin is None
+    assert reload_config(without, RUNNING).admin is not None
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_even_a_forced_reload_refuses_a_file_with_no_listener(force: bool) -> None:
+    running = loads(RUNNING, "proxyd.ini", serving=True)
+    for text in ("", ADMIN):
+        with pytest.raises(ConfigErrors) as info:
+            reload_config(running, text, force=force)
+        assert str(info.value).startswith(NO_LISTENER)

@@ -778,11 +778,11 @@ class Harness:
     """A Master of `count` workers over a real ProxydService (no health checks: the test
     sets health itself) with its listeners bound for real on loopback."""
 
-    def __init__(self, count: int = 2) -> None:
+    def __init__(self, count: int = 2, config: str = CONFIG) -> None:
         self.reactor = FakeReactor()
-        self.proxy = ProxydService(self.reactor, loads(CONFIG, PATH))
+        self.proxy = ProxydService(self.reactor, loads(config, PATH))
         self.shared = self.proxy.bind_shared(count)
-        self.master = Master(self.reactor, self.proxy, CONFIG, count)
+        self.master = Master(self.reactor, self.proxy, config, count)
 
     def start(self) -> None:
         self.master.startService()
@@ -1040,6 +1040,64 @@ def test_a_reload_the_master_refuses_reaches_no_worker(
     assert all(spawned.proxy.calls[-1][0] != "reload" for spawned in harness.reactor.spawned)
     [outcome] = outcomes
     assert not outcome.reloaded and outcome.generation == 1 and PATH in outcome.errors[0]
+
+
+def reloads_asked(harness: Harness) -> list[int]:
+    """How many reloads each worker was asked for."""
+    return [
+        len([call for call in spawned.proxy.calls if call[0] == "reload"])
+        for spawned in harness.reactor.spawned
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "; cut short\n", "[pool web]\nservers = 127.0.0.1:9001\n"])
+def test_the_master_refuses_a_file_with_no_listener_and_asks_no_worker(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setattr("proxyd.workers.master.read", lambda path: text)
+    harness.start()
+    harness.reactor.flush()
+    listeners = list(harness.proxy.listeners)
+    outcomes: list[Any] = []
+    harness.master.reload().addCallback(outcomes.append)
+    harness.reactor.flush()
+    assert reloads_asked(harness) == [0, 0]
+    [outcome] = outcomes
+    assert not outcome.reloaded and outcome.generation == 1
+    assert outcome.errors[0].startswith(f"{PATH}:1: expected at least one listener section")
+    assert harness.proxy.listeners == listeners and harness.master.config_text == CONFIG
+
+
+def test_the_master_keeps_its_admin_listener_at_a_sighup_and_removes_it_when_forced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness = Harness(config=CONFIG + "\n[admin]\nlisten = tcp:0:interface=127.0.0.1\n")
+    try:
+        monkeypatch.setattr("proxyd.workers.master.read", lambda path: CONFIG)
+        harness.start()
+        harness.reactor.flush()
+        admin = harness.proxy.admin
+        assert admin is not None
+        outcomes: list[Any] = []
+        with capturedLogs() as events:
+            harness.master._on_sighup(signal.SIGHUP, None)
+            harness.reactor.advance(0)
+            harness.reactor.flush()
+        assert "reload asked by SIGHUP" in [formatEvent(e) for e in events]
+        assert reloads_asked(harness) == [0, 0]
+        assert harness.proxy.admin is admin and harness.proxy.generation == 1
+        [refused] = [e["error"] for e in events if e.get("error")]
+        assert refused.startswith(f"{PATH}: [admin]: expected an [admin] section")
+        assert "SIGHUP cannot force it" in refused
+
+        harness.proxy.reload_source(True).addCallback(outcomes.append)
+        harness.reactor.flush()
+        assert outcomes == [ReloadOutcome(True, 2)]
+        assert reloads_asked(harness) == [1, 1]
+        assert harness.proxy.admin is None and admin.parent is None
+        assert harness.master.config_text == CONFIG
+    finally:
+        harness.close()
 
 
 def test_a_server_changed_through_the_api_is_set_in_every_worker(harness: Harness) -> None:
