@@ -17,6 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from proxyd.accept_log import AcceptLog, watch
 from proxyd.relay.dns import DnsListener
 from proxyd.relay.udp import MAX_PACKET, UdpListener
 from proxyd.tls import ServerTls
@@ -26,6 +27,7 @@ from proxyd.workers.sockets import (
     adopt_stream,
     bind_datagram,
     bind_stream,
+    with_backlog,
 )
 
 log = Logger()
@@ -52,6 +54,8 @@ class ListenerService(service.Service):
         self.port: Any = None
         self.shared: SharedPort | None = None
         self._kept = False
+        self.accept_log: AcceptLog | None = None
+        """Counts and logs the port's accept failures (proxyd.accept_log)."""
 
     def _cannot_listen(self, why: str) -> StartupError:
         return StartupError(f"proxyd: [{self.name}] cannot listen on {self.description}: {why}")
@@ -73,16 +77,22 @@ class ListenerService(service.Service):
             self.port = adopt_stream(self._reactor, fd, family, self._listening())
         finally:
             os.close(fd)
+        self._watch()
         self.factory.set_listening_port(self.port)
 
+    def _watch(self) -> None:
+        self.accept_log = watch(self.port, self._reactor, self.name, self.factory)
+
     def bind(self) -> None:
-        endpoint = serverFromString(self._reactor, self.description)
+        """Listen now, with proxyd's listen backlog unless the endpoint gives one."""
+        endpoint = serverFromString(self._reactor, with_backlog(self.description))
         result: list[Any] = []
         endpoint.listen(self._listening()).addBoth(result.append)
         outcome = result[0]
         if not IListeningPort.providedBy(outcome):
             raise self._cannot_listen(_why(outcome.value))
         self.port = outcome
+        self._watch()
         self.factory.set_listening_port(outcome)
 
     @property
@@ -96,6 +106,7 @@ class ListenerService(service.Service):
         connections and no longer has a socket."""
         self.port, old.port = old.port, None
         self.shared, old.shared = old.shared, None
+        self.accept_log, old.accept_log = old.accept_log, None
         self._kept = True
         if self.port is None:
             return  # the master's shared sockets, or a worker not serving yet
@@ -103,6 +114,7 @@ class ListenerService(service.Service):
         self.port.factory.doStop()
         self.port.factory = wrapped
         wrapped.doStart()
+        self._watch()
         self.factory.set_listening_port(self.port)
 
     def _listening(self) -> Any:
@@ -128,6 +140,12 @@ class ListenerService(service.Service):
         if self.port is not None:
             port, self.port = self.port, None
             port.stopListening()
+        self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self.accept_log is not None:
+            accept_log, self.accept_log = self.accept_log, None
+            accept_log.stop()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -140,6 +158,7 @@ class ListenerService(service.Service):
                 # Accept what the kernel has queued: closing the socket would reset those
                 # connections, whose clients saw their connect succeed. They get served.
                 port.doRead()
+            self._unwatch()
             return port.stopListening()
         return None
 

@@ -102,6 +102,9 @@ class ErrorKind(StrEnum):
     """DNS: no answer from the server within query_timeout."""
     UNMATCHED = "unmatched"
     """DNS: an answer from the server matching no query it was sent."""
+    ACCEPT_FAILED = "accept_failed"
+    """A listener could not accept a connection for want of a resource of proxyd's (EMFILE,
+    ENFILE, ENOBUFS, ENOMEM; proxyd.accept_log): counted with no route, pool or server."""
 
 
 class Histogram:

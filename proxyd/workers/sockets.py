@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import attrs
 from twisted.internet import tcp, unix
@@ -25,8 +25,51 @@ from twisted.python.failure import Failure
 
 from proxyd.config.values import split_endpoint
 
-DEFAULT_BACKLOG = 50
-"""Twisted's listenTCP default, which the tcp: endpoint uses when no backlog= is given."""
+SOMAXCONN_PATH: Final = "/proc/sys/net/core/somaxconn"
+MIN_BACKLOG: Final = 511
+"""nginx's listen backlog on Linux (NGX_LISTEN_BACKLOG); also the fallback where the
+kernel's maximum cannot be read."""
+
+
+def default_backlog(path: str = SOMAXCONN_PATH) -> int:
+    """The listen backlog of a stream listener whose endpoint gives no `backlog=`: the
+    kernel's maximum (Linux net.core.somaxconn, which caps any backlog at listen() anyway),
+    at least MIN_BACKLOG. Twisted's own default, 50, drops SYNs in a burst of connects."""
+    try:
+        with open(path, "rb") as f:
+            found = int(f.read().strip() or b"0")
+    except (OSError, ValueError):
+        return MIN_BACKLOG
+    return max(found, MIN_BACKLOG)
+
+
+DEFAULT_BACKLOG: Final = default_backlog()
+"""The backlog every tcp:, tcp6:, ssl: and unix: listener gets unless its endpoint string
+gives one (read once, when proxyd starts)."""
+
+_BACKLOG_POSITION: Final = {"tcp": 2, "tcp6": 1, "ssl": 5, "unix": 2}
+"""Where Twisted's endpoint parsers take `backlog` as a positional argument (after the
+port, or the path): tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG:INTERFACE, ..."""
+
+_POSITIONAL: Final = {
+    "tcp": ("port", "interface", "backlog"),
+    "tcp6": ("port", "backlog", "interface"),
+}
+"""The names of tcp: and tcp6: endpoints' positional arguments, in Twisted's order."""
+
+
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """`description` with `:backlog=BACKLOG` added, when it is a stream endpoint Twisted
+    takes a backlog for and it gives none (by keyword or position); else unchanged."""
+    kind, positional, keywords = split_endpoint(description)
+    position = _BACKLOG_POSITION.get(kind)
+    if position is None or "backlog" in keywords or len(positional) > position:
+        return description
+    extended = f"{description}:backlog={backlog}"
+    # A description ending in a lone backslash would escape the colon added.
+    if split_endpoint(extended)[2].get("backlog") != str(backlog):
+        return description
+    return extended
 
 
 class NotShareable(Exception):
@@ -65,8 +108,7 @@ def bind_stream(reactor: Any, description: str, count: int) -> SharedPort:
     """Bind `description` for `count` workers, raising CannotListenError as listenTCP does."""
     kind, positional, keywords = split_endpoint(description)
     if kind in ("tcp", "tcp6"):
-        names = ("port", "interface", "backlog")
-        options = dict(zip(names, positional, strict=False)) | keywords
+        options = dict(zip(_POSITIONAL[kind], positional, strict=False)) | keywords
         family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
         interface = options.get("interface", "::" if kind == "tcp6" else "")
         backlog = int(options.get("backlog", DEFAULT_BACKLOG))
@@ -78,7 +120,7 @@ def bind_stream(reactor: Any, description: str, count: int) -> SharedPort:
             ),
         )
     if kind == "unix":
-        port = serverFromString(reactor, description)
+        port = serverFromString(reactor, with_backlog(description))
         result: list[Any] = []
         port.listen(_Unused()).addBoth(result.append)
         listening = result[0]
