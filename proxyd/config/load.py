@@ -14,6 +14,7 @@ from proxyd.config.errors import ConfigError, ConfigErrors, Invalid, did_you_mea
 from proxyd.config.ini import Entry, Section, parse_ini
 from proxyd.config.model import (
     BALANCE_ALGORITHMS,
+    ESCAPED_SLASHES,
     AdminConfig,
     Certificate,
     CertificateSource,
@@ -197,6 +198,7 @@ _HTTP_KEYS: Mapping[str, Key] = {
     "access_log": Key(v.log_target),
     "tunnel_timeout": Key(v.positive_duration),
     "max_tunnels": Key(v.integer(0)),
+    "escaped_slashes": Key(v.choice(*ESCAPED_SLASHES)),
 }
 """Keys shared by [http] and [https]."""
 

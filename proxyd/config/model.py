@@ -237,6 +237,10 @@ class TlsClientConfig:
 
 
 BALANCE_ALGORITHMS = ("round_robin", "least_conn", "random_two", "hash", "first")
+
+ESCAPED_SLASHES = ("reject", "decode", "keep")
+"""[http] escaped_slashes: what a request path with %2F, %5C or a backslash gets
+(proxyd.relay.http.routing)."""
 """The pool layer implements each of these (proxyd.pool.balance); config only names them."""
 
 
@@ -438,6 +442,9 @@ class HttpListenerConfig:
     max_tunnels: int = 0
     """Most upgraded connections at once; further upgrade requests are answered 503; 0 is
     unlimited."""
+    escaped_slashes: str = "reject"
+    """A request path with %2F or %5C (any case) or a backslash: reject (400) | decode (as
+    '/', then normalised) | keep (as data, routed and sent as they are)."""
 
     @property
     def kind(self) -> str:
@@ -540,6 +547,7 @@ class WebSocketListenerConfig:
             tunnel_timeout=self.idle_timeout,
             max_tunnels=self.max_connections,
             tls=self.tls,
+            escaped_slashes="keep",  # one route, to one pool: no path rule to get round
         )
 
 

@@ -163,7 +163,7 @@ _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 def match_path(text: str) -> str:
     """A path prefix, written as proxyd normalises request paths (relay.http.routing), so
     that it can match: no dot segments, no `//`, `%XX` in upper case and only for characters
-    that are not unreserved."""
+    that are not unreserved, no `;` (routes match paths without their parameters)."""
     expected = "a normalised path starting with '/'"
     if not _PATH_CHARS.match(text) or "?" in text or "#" in text:
         hint = None
@@ -183,6 +183,10 @@ def match_path(text: str) -> str:
         raise Invalid(expected, repr(text), "repeated slashes are merged in request paths")
     if any(segment in (".", "..") for segment in text.split("/")):
         raise Invalid(expected, repr(text), "dot segments are removed from request paths")
+    if ";" in text:
+        raise Invalid(
+            expected, repr(text), "routes match request paths without their ';' parameters"
+        )
     return text
 
 

@@ -257,6 +257,54 @@ def test_trusted_forwarded_elements_are_kept_and_one_appended() -> None:
     ]
 
 
+_PROXY_SET_NAMES = [
+    "X-Real-IP",
+    "Client-IP",
+    "True-Client-IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "CF-Connecting-IP",
+    "Fastly-Client-IP",
+    "X-Original-Forwarded-For",
+    "X-Forwarded-Port",
+    "X-Forwarded-Server",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Ssl",
+    "Front-End-Https",
+    "X-Url-Scheme",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+]
+
+
+@pytest.mark.parametrize("name", _PROXY_SET_NAMES)
+def test_client_address_and_other_proxy_set_fields_are_removed_unless_from_trusted_proxies(
+    name: str,
+) -> None:
+    for spelling in (name, name.lower(), name.upper()):
+        out = forward([(spelling.encode(), b"127.0.0.1"), (b"Accept", b"*/*")])
+        assert values(out, name.lower().encode()) == []
+        assert values(out, b"accept") == [b"*/*"]
+        assert values(out, b"x-forwarded-for") == [b"203.0.113.7"]
+    out = forward([(name.encode(), b"198.51.100.1"), (b"Accept", b"*/*")], trusted=True)
+    assert out[:2] == [(name.encode(), b"198.51.100.1"), (b"Accept", b"*/*")]  # as received
+    assert values(out, b"x-forwarded-proto") == [b"http"]
+    assert values(out, b"x-forwarded-host") == [b"www.example.com"]
+
+
+def test_a_forged_x_real_ip_does_not_reach_the_server_beside_the_real_address() -> None:
+    headers = [
+        (b"X-Real-IP", b"10.0.0.1"),
+        (b"True-Client-IP", b"10.0.0.1"),
+        (b"Client-IP", b"10.0.0.1"),
+        (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"Forwarded", b"for=10.0.0.1"),
+    ]
+    out = forward(headers)
+    assert not [value for _, value in out if b"10.0.0.1" in value]
+
+
 # Via.
 
 

@@ -52,7 +52,7 @@ from proxyd.relay.http.h1 import (
     request_head,
     response_head,
 )
-from proxyd.relay.http.routing import normalize_path, rewrite_path
+from proxyd.relay.http.routing import BadPath, request_path, rewrite_path
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key
@@ -284,9 +284,14 @@ class Exchange:
         except UnicodeDecodeError:
             self.fail(400, "invalid request target", ErrorKind.BAD_REQUEST)
             return
-        path = path_text if path_text == "*" else normalize_path(path_text)
-        if path is None:
-            self.fail(400, "invalid request path", ErrorKind.BAD_REQUEST)
+        try:
+            path = (
+                path_text
+                if path_text == "*"
+                else request_path(path_text, self.config.escaped_slashes)
+            )
+        except BadPath as e:
+            self.fail(400, str(e), ErrorKind.BAD_REQUEST)
             return
         method = request.method.decode("ascii")
         routes = self.factory.routes

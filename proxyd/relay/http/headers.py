@@ -202,7 +202,36 @@ _XFH: Final = b"x-forwarded-host"
 _FORWARDED: Final = b"forwarded"
 _VIA: Final = b"via"
 _REQUEST_ID: Final = b"x-request-id"
-_FORWARDING: Final = frozenset({_XFF, _XFP, _XFH, _FORWARDED, _VIA, _REQUEST_ID})
+PROXY_SET: Final = frozenset(
+    {
+        # The client's address, as other proxies and CDNs name it.
+        b"x-real-ip",
+        b"client-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-original-forwarded-for",
+        # The scheme, host, port and prefix the client used (Werkzeug's ProxyFix, Spring's
+        # ForwardedHeaderFilter, Rails, ...).
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-forwarded-prefix",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"front-end-https",
+        b"x-url-scheme",
+        # The URL itself, read instead of the request line's (IIS URL Rewrite, Symfony).
+        b"x-original-url",
+        b"x-rewrite-url",
+    }
+)
+"""Fields a proxy sets, that backends believe as X-Forwarded-For: kept from a client in
+trusted_proxies, removed from any other (X-Forwarded-For, -Proto, -Host and Forwarded are
+replaced by proxyd's own)."""
+
+_FORWARDING: Final = frozenset({_XFF, _XFP, _XFH, _FORWARDED, _VIA, _REQUEST_ID}) | PROXY_SET
 
 _TOKEN: Final = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")
 """RFC 9110 5.6.2 token (fullmatch)."""
@@ -274,6 +303,8 @@ def forward_request_headers(
       ctx.scheme / ctx.host (X-Forwarded-Host left out when ctx.host is "").
     - Forwarded (RFC 7239): trusted -> incoming elements kept and this hop's appended;
       untrusted -> incoming dropped. See forwarded_element().
+    - PROXY_SET (X-Real-IP, True-Client-IP, X-Forwarded-Port, X-Original-URL, ...): kept
+      when trusted, dropped when not.
     - Via: '<version> proxyd' added as a new element of an existing Via, when `via`.
     - X-Request-ID: ctx.request_id, replacing any incoming fields.
 
@@ -300,7 +331,7 @@ def forward_request_headers(
         else:
             if lower == _XFP:
                 has_proto = True
-            else:
+            elif lower == _XFH:
                 has_host = True
             out.append(field)
     client_ip = ctx.client_ip.encode("ascii")

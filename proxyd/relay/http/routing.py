@@ -1,6 +1,22 @@
 """Choosing a route for a request: path normalisation, the route table, upstream paths, and
 the routes that can never be chosen. Sans-IO: plain functions of strings.
 
+The path policy (request_path). A route such as `path /admin/` must hold for every spelling
+of a path that a backend reads as /admin/, so the path is normalised before it is matched and
+that normal form is what is sent upstream; what cannot be normalised safely is refused (400):
+
+- `%2F` and `%5C` (an encoded slash or backslash) and a raw backslash: Tomcat, IIS, Spring
+  and many frameworks decode them, or read a backslash as a slash, after proxyd has matched
+  the path (`/public%2F..%2Fadmin/`, `/public\\..\\admin/`). The listener's
+  `escaped_slashes` says what to do: `reject` (the default, Envoy's
+  path_with_escaped_slashes_action REJECT_REQUEST), `decode` them as `/` and normalise
+  (UNESCAPE_AND_FORWARD), or `keep` them as data (KEEP_UNCHANGED; nginx's behaviour);
+- a dot segment with path parameters (`..;x`, `.;`): Tomcat and Jetty remove the parameters
+  and then the dot segment (`/public/..;/admin/` is their /admin/). Always refused.
+
+Path parameters elsewhere (`/admin;jsessionid=1/x`) are sent on as they are, but routes are
+matched on the path without them (`/admin/x`), as Tomcat and Jetty will read it.
+
 The route for a request is the most specific route that matches it, whatever the order of
 the `routes` lines (as nginx picks the longest prefix). Of the matching routes, the winner is
 the first by, in turn:
@@ -35,6 +51,13 @@ _INVALID: Final = re.compile(r"[^\x21-\x7e]")
 """Controls, space, DEL and anything beyond ASCII: not in an origin-form path (RFC 9112 3.2.1)."""
 _ESCAPE: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+_ESCAPED_SLASH: Final = re.compile(r"%(?:2[Ff]|5[Cc])")
+
+
+class BadPath(ValueError):
+    """A request path refused with 400; the message says why."""
 
 
 def _unescape_unreserved(match: re.Match[str]) -> str:
@@ -72,6 +95,32 @@ def normalize_path(path: str) -> str | None:
         last = ""
     out.append(last)
     return "/" + "/".join(out)
+
+
+def request_path(path: str, escaped_slashes: str = "reject") -> str:
+    """The normalised path a request is routed on and sent upstream with, under the policy
+    of the module's docstring; `escaped_slashes` is one of config.model.ESCAPED_SLASHES.
+    Raises BadPath."""
+    if "\\" in path or ("%" in path and _ESCAPED_SLASH.search(path)):
+        if escaped_slashes == "reject":
+            raise BadPath("encoded slash or backslash in the path (escaped_slashes = reject)")
+        if escaped_slashes == "decode":
+            path = _ESCAPED_SLASH.sub("/", path.replace("\\", "/"))
+    normal = normalize_path(path)
+    if normal is None:
+        raise BadPath("invalid request path")
+    if ";" in normal and any(
+        segment.partition(";")[0] in (".", "..") for segment in normal.split("/")
+    ):
+        raise BadPath("path parameters on a dot segment ('..;')")
+    return normal
+
+
+def without_parameters(path: str) -> str:
+    """A normalised path as Tomcat and Jetty read it: each segment's `;parameters` removed
+    (RFC 3986 3.3), the result normalised again (`/a;x/;y/b` is `/a/b`)."""
+    joined = "/".join(segment.partition(";")[0] for segment in path.split("/"))
+    return normalize_path(joined) or "/"
 
 
 def _order(route: RouteConfig, index: int) -> tuple[int, ...]:
@@ -137,8 +186,11 @@ class RouteTable:
     def match(
         self, host: str, path: str, method: str, headers: Mapping[str, str]
     ) -> RouteConfig | None:
-        """host: lower-case, no port, no trailing dot ('' when absent); path: normalised;
-        headers: lower-case name -> value (repeated fields joined with ', ')."""
+        """host: lower-case, no port, no trailing dot ('' when absent); path: normalised
+        (matched without its path parameters); headers: lower-case name -> value (repeated
+        fields joined with ', ')."""
+        if ";" in path:
+            path = without_parameters(path)
         if host:
             for route in self._exact.get(host, ()):
                 if _matches_request(route.match, path, method, headers):
@@ -159,11 +211,14 @@ class RouteTable:
 def rewrite_path(route: RouteConfig, path: str) -> str:
     """The path to send upstream for a ProxyAction route: strip_prefix removes
     route.match.path (the result keeps a leading '/': '/v1/x' with prefix '/v1/' is '/x',
-    '/v1' with prefix '/v1' is '/'), then the rewrite regex applies (re.sub, count=1). A
-    rewrite result without a leading '/' gets one."""
+    '/v1' with prefix '/v1' is '/'; a path that matched only without its path parameters
+    loses them), then the rewrite regex applies (re.sub, count=1). A rewrite result without
+    a leading '/' gets one."""
     action = route.action
     if not isinstance(action, ProxyAction):
         return path
+    if action.strip_prefix and not path.startswith(route.match.path) and ";" in path:
+        path = without_parameters(path)  # the route matched it so: parameters go with the prefix
     if action.strip_prefix and path.startswith(route.match.path):
         path = path[len(route.match.path) :]
         if not path.startswith("/"):
