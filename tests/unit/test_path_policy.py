@@ -112,6 +112,12 @@ def test_other_paths_are_normalised_as_before(path: str, normal: str) -> None:
     assert request_path(path) == normal
 
 
+@pytest.mark.parametrize("escaped_slashes", ["reject", "decode", "keep"])
+def test_an_encoded_nul_is_always_refused(escaped_slashes: str) -> None:
+    with pytest.raises(BadPath, match=r"NUL"):
+        request_path("/admin%00.html", escaped_slashes)
+
+
 def test_an_invalid_path_is_refused_as_before() -> None:
     with pytest.raises(BadPath, match=r"^invalid request path$"):
         request_path("/a b")

@@ -101,6 +101,9 @@ def request_path(path: str, escaped_slashes: str = "reject") -> str:
     """The normalised path a request is routed on and sent upstream with, under the policy
     of the module's docstring; `escaped_slashes` is one of config.model.ESCAPED_SLASHES.
     Raises BadPath."""
+    if "%00" in path:
+        # nginx refuses it too: C code behind (CGI, a file system) ends the path there.
+        raise BadPath("encoded NUL (%00) in the path")
     if "\\" in path or ("%" in path and _ESCAPED_SLASH.search(path)):
         if escaped_slashes == "reject":
             raise BadPath("encoded slash or backslash in the path (escaped_slashes = reject)")
