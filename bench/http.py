@@ -191,7 +191,24 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 # --- scenarios ----------------------------------------------------------------------------
 
 
-class HttpScenario(Scenario):
+class ProxiedHttp(Scenario):
+    """An HTTP scenario's proxies: each forwards every path to the origin, keeping its
+    connections to it alive."""
+
+    def nginx(self, bench: Bench, port: int, origin: int) -> str:
+        server = f"    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n"
+        server += f"{NGINX_PROXY_LOCATION}    }}\n"
+        return bench.nginx_http("nginx", nginx_upstream(origin) + server)
+
+    def haproxy(self, bench: Bench, port: int, origin: int) -> str:
+        return haproxy_http(bench, f"127.0.0.1:{port}", origin)
+
+    def proxyd(self, bench: Bench, port: int, origin: int) -> str:
+        listener = f"[http bench]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+        return f"{proxyd_pool(origin)}\n{listener}routes =\n    path / -> pool origin\n"
+
+
+class HttpScenario(ProxiedHttp):
     """wrk -c 50 -t 2 on one URL; `size` bytes of body per request (answered, or uploaded with
     `upload`) make the unit MiB rather than requests."""
 
@@ -216,18 +233,6 @@ class HttpScenario(Scenario):
 
     def origin(self, bench: Bench) -> int:
         return start_origin(bench)
-
-    def nginx(self, bench: Bench, port: int, origin: int) -> str:
-        server = f"    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n"
-        server += f"{NGINX_PROXY_LOCATION}    }}\n"
-        return bench.nginx_http("nginx", nginx_upstream(origin) + server)
-
-    def haproxy(self, bench: Bench, port: int, origin: int) -> str:
-        return haproxy_http(bench, f"127.0.0.1:{port}", origin)
-
-    def proxyd(self, bench: Bench, port: int, origin: int) -> str:
-        listener = f"[http bench]\nlisten = tcp:{port}:interface=127.0.0.1\n"
-        return f"{proxyd_pool(origin)}\n{listener}routes =\n    path / -> pool origin\n"
 
     def check(self, bench: Bench, port: int) -> str | None:
         body = b"x" * self.size if self.upload else None

@@ -33,13 +33,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import http, tcp, tls, udp, websocket
+from bench import http, small_post, tcp, tls, udp, websocket
 from bench.processes import Pinning, which
 from bench.scenario import TARGETS, Bench, Meter, Scenario, StartError
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
-    for s in (*http.SCENARIOS, *tls.SCENARIOS, *tcp.SCENARIOS, *udp.SCENARIOS, *websocket.SCENARIOS)
+    for s in (
+        *http.SCENARIOS,
+        *small_post.SCENARIOS,
+        *tls.SCENARIOS,
+        *tcp.SCENARIOS,
+        *udp.SCENARIOS,
+        *websocket.SCENARIOS,
+    )
 }
 DEFAULT_SCENARIOS = (
     "http-keepalive",
@@ -63,7 +70,7 @@ VERSION_COMMANDS = {
     "node": ["--version"],
 }
 LOG_PROBLEM = re.compile(r"Traceback|Unhandled|Error|CRITICAL")
-KEYS = ("rate", "p50_ms", "p99_ms", "us_per_op", "cpu_share", "rss_mib")
+KEYS = ("rate", "p50_ms", "p90_ms", "p99_ms", "us_per_op", "cpu_share", "rss_mib")
 
 Sample = dict[str, float]
 
@@ -152,6 +159,8 @@ def measure(bench: Bench, scenario: Scenario, target: str, port: int) -> Sample:
     }
     if load.p50_ms is not None and load.p99_ms is not None:
         sample |= {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms}
+    if load.p90_ms is not None:
+        sample["p90_ms"] = load.p90_ms
     if meter.cpu is not None and meter.rss is not None:
         sample["cpu_s"] = meter.cpu
         sample["cpu_share"] = meter.cpu / meter.seconds if meter.seconds else 0.0
@@ -163,7 +172,10 @@ def measure(bench: Bench, scenario: Scenario, target: str, port: int) -> Sample:
 def describe_sample(sample: Sample, unit: str) -> str:
     line = f"{sample['rate']:10.1f} {unit}/s"
     if "p50_ms" in sample:
-        line += f"  p50 {sample['p50_ms']:7.2f} ms  p99 {sample['p99_ms']:7.2f} ms"
+        line += f"  p50 {sample['p50_ms']:7.2f} ms"
+        if "p90_ms" in sample:
+            line += f"  p90 {sample['p90_ms']:7.2f} ms"
+        line += f"  p99 {sample['p99_ms']:7.2f} ms"
     line += f"  {int(sample['errors'])} errors"
     if "us_per_op" in sample:
         line += f"  {sample['us_per_op']:8.1f} µs CPU/{unit}  CPU {sample['cpu_share']:4.0%}"
@@ -287,8 +299,11 @@ def print_table(scenario: Scenario, outcomes: dict[str, Outcome], args: argparse
     unit = scenario.unit
     print(f"\n{scenario.name}: {scenario.title}")
     print(f"{scenario.describe()}; medians of {args.runs} runs of {args.duration} s")
+    p90 = any(o.median is not None and "p90_ms" in o.median for o in outcomes.values())
     header = (
-        f"{'target':12} {unit + '/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+        f"{'target':12} {unit + '/s':>11} {'p50 ms':>8} "
+        + (f"{'p90 ms':>8} " if p90 else "")
+        + f"{'p99 ms':>8} {'errors':>6} "
         f"{'µs CPU/' + unit:>14} {'CPU':>5} {'/nginx':>7} {'/haproxy':>8} "
         f"{'CPU/nginx':>9} {'CPU/haproxy':>11}"
     )
@@ -305,7 +320,8 @@ def print_table(scenario: Scenario, outcomes: dict[str, Outcome], args: argparse
         print(
             f"{target:12} {number(rate, '{:.0f}' if rate >= 100 else '{:.1f}'):>11} "
             f"{number(values.get('p50_ms'), '{:.2f}'):>8} "
-            f"{number(values.get('p99_ms'), '{:.2f}'):>8} {int(values['errors']):6d} "
+            + (f"{number(values.get('p90_ms'), '{:.2f}'):>8} " if p90 else "")
+            + f"{number(values.get('p99_ms'), '{:.2f}'):>8} {int(values['errors']):6d} "
             f"{number(cost, '{:.1f}'):>14} {number(values.get('cpu_share'), '{:.0%}'):>5} "
             f"{ratio(rate, nginx and nginx['rate']):>7} "
             f"{ratio(rate, haproxy and haproxy['rate']):>8} "

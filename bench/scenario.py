@@ -47,6 +47,8 @@ class Load:
     p50_ms: float | None = None
     p99_ms: float | None = None
     errors: int = 0
+    p90_ms: float | None = None
+    """Reported by the scenarios where the 90th percentile tells something (http-small-post)."""
     extra: Mapping[str, float] = field(default_factory=dict)
 
 

@@ -80,6 +80,11 @@ class ErrorKind(StrEnum):
     """The response stopped for idle_timeout while it streamed."""
     CLIENT_ABORTED = "client_aborted"
     """The client closed before its response was complete."""
+    CLIENT_STALLED = "client_stalled"
+    """The client took none of what waited for it (it stopped reading) for the send timeout
+    (idle_timeout; a tunnel's tunnel_timeout): reset."""
+    UPSTREAM_STALLED = "upstream_stalled"
+    """A tunnel's server took none of what waited for it for tunnel_timeout: reset."""
     BAD_REQUEST = "bad_request"
     """The request could not be parsed or was refused as malformed (4xx by proxyd)."""
     HEADER_TIMEOUT = "header_timeout"

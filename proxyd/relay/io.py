@@ -80,15 +80,20 @@ def reset(transport: Transport) -> None:
 
 
 def no_delay(transport: object) -> None:
-    """TCP_NODELAY on (below Twisted's TLS layer too): small interactive writes, such as
-    WebSocket frames, leave at once instead of waiting for the peer's ACK (Nagle)."""
+    """TCP_NODELAY on (below Twisted's TLS layer too): a small write leaves at once instead of
+    waiting for the peer's ACK of what was sent before (Nagle). A relay that writes what it
+    reads as it reads it (an HTTP request's head, then its few body bytes; WebSocket frames)
+    needs it: the peer, waiting for the rest before it answers, delays that ACK (up to 40 ms
+    on Linux). Large transfers are unaffected: their writes fill whole segments anyway."""
     set_it = getattr(socket_of(transport), "setTcpNoDelay", None)
     if set_it is not None:
         with contextlib.suppress(OSError):
             set_it(True)
 
 
-_PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})
+PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})
+"""Twisted's plain TCP connections (no TLS layer): their write buffer fields are read here
+and in proxyd.relay.send_timeout."""
 
 
 def send_now(transport: Transport, pieces: list[bytes]) -> None:
@@ -100,7 +105,7 @@ def send_now(transport: Transport, pieces: list[bytes]) -> None:
     """
     fd = cast(Any, transport)
     if (
-        type(fd) in _PLAIN_TCP
+        type(fd) in PLAIN_TCP
         and fd.connected
         and not (
             fd.disconnecting or fd._writeDisconnecting or fd._tempDataLen or fd.dataBuffer or fd.TLS
@@ -135,7 +140,7 @@ class SendBatch:
         self._flushing: DelayedCall | None = None
 
     def send(self, transport: Transport, pieces: list[bytes]) -> None:
-        if type(transport) not in _PLAIN_TCP:
+        if type(transport) not in PLAIN_TCP:
             transport.writeSequence(pieces)
             return
         queued = self._queued.get(transport)

@@ -44,6 +44,11 @@ class CloseReason(StrEnum):
     CLIENT_RESET = "client_reset"
     SERVER_RESET = "server_reset"
     IDLE_TIMEOUT = "idle_timeout"
+    CLIENT_STALLED = "client_stalled"
+    """The client took none of what waited for it (it stopped reading) for idle_timeout: both
+    sides were reset."""
+    SERVER_STALLED = "server_stalled"
+    """The server took none of what waited for it for idle_timeout: both sides were reset."""
     CONNECT_FAILED = "connect_failed"
     NO_SERVER = "no_server"
     MAX_CONNECTIONS = "max_connections"

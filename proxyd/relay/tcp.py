@@ -4,7 +4,11 @@ Per connection: the client is paused at once, a server is picked (hash key: the 
 connected to (trying further servers on failure), optionally sent a PROXY protocol header, and
 then bytes stream both ways with each transport the other's producer (as in Twisted's
 portforward), so a slow reader on either side pauses the other. FINs are passed on one way at
-a time (half-close); a reset on one side is passed on as a reset (RST) to the other.
+a time (half-close); a reset on one side is passed on as a reset (RST) to the other. A side
+that takes none of what waits for it for idle_timeout (it stopped reading, or a close waits on
+it) gets both sides reset (`client_stalled`, `server_stalled`), whatever the other direction
+does. Both sockets have TCP_NODELAY, as HAProxy's and nginx's stream proxies set it: each read
+is written on at once, and Nagle would only add the peer's delayed ACK to a small one.
 
 With TLS termination the client is admitted only once its handshake is done; with route_by =
 sni its ClientHello picks the pool (proxyd.relay.tcp_preamble reads it, and the PROXY header);
@@ -19,6 +23,7 @@ Twisted's callbacks to it; `TcpRelayFactory` admits connections against max_conn
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final, cast
@@ -52,11 +57,13 @@ from proxyd.relay.io import (
     OpenConnections,
     ReadingPort,
     Transport,
+    no_delay,
     reset,
     send_now,
     set_buffer_size,
     socket_of,
 )
+from proxyd.relay.send_timeout import SendTimeout, closes_at_once, producer_paused
 from proxyd.relay.session import (
     Attempts,
     CloseReason,
@@ -101,6 +108,8 @@ class _End:
     has_producer: bool = False
     read_closed: bool = False
     lost: bool = False
+    sending: SendTimeout | None = None
+    """Its send timeout, once connected to the other side."""
 
     @property
     def open(self) -> bool:
@@ -116,6 +125,17 @@ class _End:
             assert self.transport is not None
             self.unregister_producer()
             self.transport.loseConnection()
+            if self.sending is not None and not closes_at_once(self.transport):
+                self.sending.closing()
+
+    def wrote(self) -> None:
+        """After relaying a read to this end. A read from the other side means that this
+        end's buffer drained since it last filled (a full one pauses that side), unless this
+        very write filled it: the send timeout starts again either way."""
+        sending = self.sending
+        if sending is not None and producer_paused(self.transport):
+            sending.resumed()
+            sending.paused()
 
     def reset(self) -> None:
         """Abort with an RST."""
@@ -170,6 +190,7 @@ class Relay:
             self._server_connected(transport)
             return
         self.client.transport = transport
+        no_delay(transport)
         self.factory.opened(self)
         self.record.started = self.factory.reactor.seconds()
         self.record.client = proxy_protocol.address_of(transport.getPeer())
@@ -249,6 +270,7 @@ class Relay:
                 self._cell.bytes_out += len(data)
             assert self.client.transport is not None
             send_now(self.client.transport, [data])
+            self.client.wrote()
         elif self._preamble is not None:
             self._preamble_received(data)
         elif self.server.transport is None:
@@ -258,6 +280,7 @@ class Relay:
             if self._cell is not None:
                 self._cell.bytes_in += len(data)
             send_now(self.server.transport, [data])
+            self.server.wrote()
 
     def read_closed(self, side: Side) -> None:
         """A FIN from `side`: pass it on; once both ways are shut, close."""
@@ -286,6 +309,8 @@ class Relay:
         end, peer = self._ends(side)
         end.lost = True
         end.has_producer = False
+        if end.sending is not None:
+            end.sending.cancel()
         if not self._closing:
             self._closing = True
             why = close_reason(side, reason)
@@ -348,6 +373,9 @@ class Relay:
         if kind is not ErrorKind.LOCAL_RESOURCE:  # only the server's doing counts against it
             self.pool.report_failure(attempt.server, why)
         self._connect_next()
+
+    def _both(self) -> tuple[_End, _End]:
+        return self.client, self.server
 
     def _ends(self, side: Side) -> tuple[_End, _End]:
         if side is Side.CLIENT:
@@ -501,6 +529,7 @@ class Relay:
         self._attempt_timer.cancel()
         self.server.transport = transport
         client = self.client.transport
+        no_delay(transport)
         if self.config.send_proxy != "off":
             transport.write(
                 proxy_protocol.encode(self.config.send_proxy, self.record.client, self._local)
@@ -516,15 +545,57 @@ class Relay:
         self.client.has_producer = True
         transport.registerProducer(client, True)
         self.server.has_producer = True
+        for which, end in ((Side.CLIENT, self.client), (Side.SERVER, self.server)):
+            end.sending = SendTimeout(
+                self.factory.reactor,
+                end.transport,
+                self.config.idle_timeout,
+                functools.partial(self._stalled, which),
+                poll=True,
+            )
         client.resumeProducing()
 
     def _on_idle(self) -> None:
-        if self._closing:  # a graceful close that moved nothing for a whole timeout
+        if self._closing:  # a graceful close that read nothing for a whole timeout
+            if any(end.open and end.sending and end.sending.waiting for end in self._both()):
+                # An end still has bytes to take: its send timeout bounds the close, and
+                # lets a slow reader take the rest.
+                self._idle.start()
+                return
             self._reset_both()
             return
         self.record.close_as(CloseReason.IDLE_TIMEOUT)
         self._close_all()
         self._idle.start()
+
+    def _stalled(self, side: Side) -> None:
+        """`side` took none of what waits for it for idle_timeout: reset both sides. The
+        first close reason stays the access log's (a stall counts on its own then)."""
+        if self._finished:
+            return
+        end, _ = self._ends(side)
+        sending = end.sending
+        assert sending is not None
+        if sending.held != 0:
+            if side is Side.CLIENT:
+                reason, name, peer = CloseReason.CLIENT_STALLED, "client", self.record.client
+            else:
+                reason, name, peer = CloseReason.SERVER_STALLED, "server", self.record.backend
+            _log.info(
+                "tcp {listener}: {name} {peer} took no bytes for {timeout:g}s"
+                " ({held} bytes waiting): reset",
+                listener=self.config.name,
+                name=name,
+                peer=str(peer),
+                timeout=sending.timeout,
+                held="?" if sending.held is None else sending.held,
+            )
+            if self.record.reason is None:
+                self.record.close_as(reason)
+            elif self._cell is not None:
+                self._cell.error(reason)
+        self._closing = True
+        self._reset_both()
 
     def _count_close(self) -> None:
         """A close reason that is an error, on the server connected to ("" if none)."""

@@ -6,7 +6,10 @@ WebSocket to a server of the pool (autobahn's client protocol, over TLS when the
 message. The client's opening handshake waits, paused, until a server has answered proxyd's
 with 101; the client is then accepted with the subprotocol the server chose. Close codes and
 reasons are passed on; a side that ends without a close makes proxyd close the other with
-1001. Each side's transport is the other's producer, so a slow reader pauses the sender.
+1001. Each side's transport is the other's producer, so a slow reader pauses the sender; a
+side that takes none of what waits for it for idle_timeout (it stopped reading) gets both
+sides aborted (`client_stalled`, `server_stalled`), whatever the other direction does.
+autobahn sets TCP_NODELAY on both legs (its tcpNoDelay option, on by default).
 
 Layout: proxyd.relay.websocket_policy decides (Origins, message rate, handshake fields, close
 codes); `Relay` holds one connection's two legs; `ClientLeg` and `BackendLeg` forward
@@ -17,6 +20,7 @@ listening factory.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, cast
@@ -43,6 +47,7 @@ from proxyd.metrics import Cell, ErrorKind, RelayStats
 from proxyd.pool import Pool, Server
 from proxyd.relay import proxy_protocol
 from proxyd.relay.io import ConnectingReactor, Connector, OpenConnections, Transport
+from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import (
     Attempts,
     CloseReason,
@@ -171,6 +176,8 @@ class Relay:
         self._attempt_started = 0.0
         self._cell: Cell | None = None
         """The metrics of the pool and server, once it answered 101."""
+        self._sending: dict[Side, SendTimeout] = {}
+        """Each side's send timeout, once relaying."""
         transport = cast(Transport, client.transport)
         self.record.client = proxy_protocol.address_of(transport.getPeer())
 
@@ -350,8 +357,19 @@ class Relay:
             return
         client_transport = cast(Transport, self.client.transport)
         backend_transport = cast(Transport, backend.transport)
-        client_transport.registerProducer(Reader(backend_transport), True)
-        backend_transport.registerProducer(Reader(client_transport), True)
+        for side, transport in ((Side.CLIENT, client_transport), (Side.SERVER, backend_transport)):
+            self._sending[side] = SendTimeout(
+                self.factory.reactor,
+                transport,
+                self.config.idle_timeout,
+                functools.partial(self._stalled, side),
+            )
+        client_transport.registerProducer(
+            Reader(backend_transport, self._sending[Side.CLIENT]), True
+        )
+        backend_transport.registerProducer(
+            Reader(client_transport, self._sending[Side.SERVER]), True
+        )
         self._producers = True
         client_transport.resumeProducing()
         self._idle.start()
@@ -400,6 +418,30 @@ class Relay:
         self._close_both(
             Side.CLIENT, POLICY_VIOLATION, "message rate exceeded", "client message rate exceeded"
         )
+
+    def _stalled(self, side: Side) -> None:
+        """`side` took none of what waits for it for idle_timeout (it stopped reading; its
+        pongs and close frames wait behind the rest): both legs are aborted. A connection
+        already closing keeps its first word (a stall counts on its own then)."""
+        if self._finished:
+            return
+        sending = self._sending[side]
+        word = CloseReason.CLIENT_STALLED if side is Side.CLIENT else CloseReason.SERVER_STALLED
+        _log.info(
+            "websocket {listener}: {side} of {client} took no bytes for {timeout:g}s"
+            " ({held} bytes waiting): aborting",
+            listener=self.config.name,
+            side=_NAMES[side],
+            client=str(self.record.client),
+            timeout=sending.timeout,
+            held="?" if sending.held is None else sending.held,
+        )
+        if self.word is None:
+            self.word = word
+        else:
+            (self._cell or self.factory.stats.cell("", self.pool.name, "")).error(word)
+        self._start_closing()
+        self._abort_all()
 
     def _on_idle(self) -> None:
         self._set_word(CloseReason.IDLE_TIMEOUT)
@@ -507,6 +549,9 @@ class Relay:
     def leg_closed(self, side: Side, code: int | None, reason: str | None) -> None:
         """A leg's TCP connection is gone."""
         self.closes[side] = (code, reason)
+        sending = self._sending.get(side)
+        if sending is not None:
+            sending.cancel()
         if side is Side.CLIENT:
             self._client_gone = True
             self._client_ended_early()

@@ -33,6 +33,7 @@ from proxyd.metrics import ErrorKind
 from proxyd.pool import Server
 from proxyd.pool.fault import Fault, fault_of
 from proxyd.relay.io import Transport
+from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import Side
 from proxyd.relay.websocket_policy import (
     INVALID_PAYLOAD,
@@ -82,18 +83,24 @@ class ReactorTimer:
 @implementer(IPushProducer)
 class Reader:
     """A leg's transport as the producer for the other leg's transport: a full write buffer
-    on one side pauses reading on the other. Unlike the transport itself, it does not close
-    the connection when the consumer's ends (stopProducing): the relay closes each side
-    itself, with a close frame."""
+    on one side pauses reading on the other, and starts the send timeout of the side whose
+    buffer it is (`sending`). Unlike the transport itself, it does not close the connection
+    when the consumer's ends (stopProducing): the relay closes each side itself, with a close
+    frame."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, sending: SendTimeout | None = None) -> None:
         self._transport = transport
+        self._sending = sending
 
     def pauseProducing(self) -> None:
         self._transport.pauseProducing()
+        if self._sending is not None:
+            self._sending.paused()
 
     def resumeProducing(self) -> None:
         self._transport.resumeProducing()
+        if self._sending is not None:
+            self._sending.resumed()
 
     def stopProducing(self) -> None:
         """The consumer is gone; this side closes on the relay's word."""

@@ -842,6 +842,11 @@ class Exchange:
     def _idle_timed_out(self) -> None:
         if self.finished:
             return
+        if not self.client.writable and self._idle is not None:
+            # Not the server's silence: the client stopped reading (its full write buffer
+            # paused the upstream). Its send timeout ends the exchange, blaming the client.
+            self._idle.start()
+            return
         self.error = f"idle for {self.config.idle_timeout:g}s while streaming the response"
         self.error_kind = ErrorKind.UPSTREAM_IDLE
         self._drop_connection()
@@ -881,8 +886,9 @@ class Exchange:
     def client_lost(self) -> None:
         if self.finished:
             return
-        self.error = "client closed the connection"
-        self.error_kind = ErrorKind.CLIENT_ABORTED
+        if self.error_kind is None:  # else reset by proxyd, which said why (client_stalled)
+            self.error = "client closed the connection"
+            self.error_kind = ErrorKind.CLIENT_ABORTED
         if not self.response_started:
             self.status = 499  # nginx's "client closed request"
         self._drop_connection()

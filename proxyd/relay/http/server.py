@@ -39,7 +39,15 @@ from proxyd.relay.http.h1 import (
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool
-from proxyd.relay.io import OpenConnections, SendBatch, Transport, retain_freed_memory
+from proxyd.relay.io import (
+    OpenConnections,
+    SendBatch,
+    Transport,
+    no_delay,
+    reset,
+    retain_freed_memory,
+)
+from proxyd.relay.send_timeout import SendTimeout, closes_at_once
 from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -60,8 +68,10 @@ class OriginCheck(Protocol):
 @implementer(IPushProducer, IHandshakeListener)
 class ClientConnection(TwistedProtocol):
     """One client connection. It is its transport's producer: a full write buffer pauses the
-    current exchange's upstream reads. On [https] it sits inside Twisted's TLS wrapper, which
-    delivers no request bytes before the handshake is done."""
+    current exchange's upstream reads, and starts the client's send timeout (idle_timeout;
+    a tunnel's tunnel_timeout): a client that takes none of what waits for it for that long
+    is reset, as is a close that waits on such a client. On [https] it sits inside Twisted's
+    TLS wrapper, which delivers no request bytes before the handshake is done."""
 
     def __init__(self, factory: HttpRelayFactory) -> None:
         self.factory = factory
@@ -96,6 +106,11 @@ class ClientConnection(TwistedProtocol):
         """Set once a WebSocket upgrade was answered 101: bytes go to it from then on."""
         self._last_request = False
         """Draining: the request whose head is arriving is the last one."""
+        self._producing = False
+        """Registered as the transport's producer."""
+        self._sending: SendTimeout | None = None
+        """Made when the write buffer first fills, or at a close that has to wait."""
+        self._send_timeout = factory.config.idle_timeout
 
     @property
     def channel(self) -> Transport:
@@ -111,7 +126,11 @@ class ClientConnection(TwistedProtocol):
         )
         self.local = _address(channel.getHost())
         self.trusted = self.factory.is_trusted(self.peer.host)
+        # Writes are gathered per reactor turn already (SendBatch): what is sent is meant to
+        # leave now, not after the peer's (possibly delayed) ACK of the previous segment.
+        no_delay(channel)
         channel.registerProducer(self, True)
+        self._producing = True
         self.factory.client_opened(self)
         self._set_timer("header")
 
@@ -139,6 +158,8 @@ class ClientConnection(TwistedProtocol):
             self.factory.log_handshake_failure(self, reason)
         self.lost = True
         self._cancel_timer()
+        if self._sending is not None:
+            self._sending.cancel()
         self._awaiting = None
         response_call, self._response_call = self._response_call, None
         if response_call is not None:
@@ -239,8 +260,65 @@ class ClientConnection(TwistedProtocol):
         self.factory.sends.flush_to(self.channel)
 
     def lose_connection(self) -> None:
+        """Close once what is buffered is sent, within the send timeout. The connection stops
+        being its transport's producer unless an exchange still streams into it: a transport
+        closing with its producer paused would resume the producer once its buffer drains,
+        instead of closing."""
         self.flush()
-        self.channel.loseConnection()
+        channel = self.channel
+        if self._producing and (self.exchange is None or self.tunnel is not None):
+            self._producing = False
+            channel.unregisterProducer()
+        channel.loseConnection()
+        if not self.lost and not closes_at_once(channel):
+            self._send_watch().closing()
+
+    def set_send_timeout(self, timeout: float) -> None:
+        """The send timeout from now on (a tunnel's)."""
+        self._send_timeout = timeout
+        if self._sending is not None:
+            self._sending.set_timeout(timeout)
+
+    def _send_watch(self) -> SendTimeout:
+        sending = self._sending
+        if sending is None:
+            sending = self._sending = SendTimeout(
+                self.factory.reactor, self.transport, self._send_timeout, self._send_timed_out
+            )
+        return sending
+
+    def _send_timed_out(self) -> None:
+        """The client took none of what waits for it for the send timeout: reset, counted
+        (client_stalled) and logged. A close with nothing left to send that did not end (a TLS
+        client that never answers close_notify) is reset without more ado."""
+        sending = self._sending
+        if self.lost or sending is None:
+            return
+        tunnel = self.tunnel
+        if sending.held != 0:
+            why = f"took no bytes for {sending.timeout:g}s"
+            _log.info(
+                "{kind} {listener}: client {client} {why} ({held} bytes waiting): reset",
+                kind=self.factory.config.kind,
+                listener=self.factory.config.name,
+                client=self.peer_text,
+                why=why,
+                held="?" if sending.held is None else sending.held,
+            )
+            exchange = self.exchange
+            if tunnel is not None:
+                tunnel.client_stalled(why)  # resets both sides
+                return
+            if exchange is not None and not exchange.finished:
+                exchange.error = f"client {why}"  # it ends with the connection's loss
+                exchange.error_kind = ErrorKind.CLIENT_STALLED
+            else:
+                self.factory.stats.cell("", "", "").error(ErrorKind.CLIENT_STALLED)
+        elif tunnel is not None:
+            tunnel.client_stalled(None)
+            return
+        self.factory.sends.discard(self.channel)
+        reset(self.channel)
 
     def close_after_response(self) -> None:
         self.closing = True
@@ -260,7 +338,6 @@ class ClientConnection(TwistedProtocol):
         else:
             self.closing = True
             self._cancel_timer()
-            self.channel.unregisterProducer()
             self.lose_connection()
 
     def retire(self) -> None:
@@ -284,7 +361,6 @@ class ClientConnection(TwistedProtocol):
             self.closing = True
             self._cancel_timer()
             if not self.lost:
-                self.channel.unregisterProducer()
                 self.lose_connection()
             return
         self.drive()
@@ -305,6 +381,7 @@ class ClientConnection(TwistedProtocol):
 
     def pauseProducing(self) -> None:
         self.writable = False
+        self._send_watch().paused()
         if self.tunnel is not None:
             self.tunnel.client_writable(False)
         elif self.exchange is not None:
@@ -312,6 +389,8 @@ class ClientConnection(TwistedProtocol):
 
     def resumeProducing(self) -> None:
         self.writable = True
+        if self._sending is not None:
+            self._sending.resumed()
         if self.tunnel is not None:
             self.tunnel.client_writable(True)
         elif self.exchange is not None:

@@ -29,7 +29,7 @@ from proxyd.clock import DelayedCall
 from proxyd.config.model import PoolConfig
 from proxyd.pool import Server
 from proxyd.relay.http.h1 import ResponseReader
-from proxyd.relay.io import ConnectingReactor, Connector, SendBatch, Transport
+from proxyd.relay.io import ConnectingReactor, Connector, SendBatch, Transport, no_delay
 from proxyd.tls import ClientTls
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ class UpstreamConnection(TwistedProtocol):
         return cast(Transport, self.transport)
 
     def connectionMade(self) -> None:
+        # The exchange writes a request's head, then its body as it arrives, in as many
+        # writes: without TCP_NODELAY a small body waits for the server's ACK of the head,
+        # which the server delays (up to 40 ms) while it waits for the body.
+        no_delay(self.transport)
         self.channel.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
