@@ -269,6 +269,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "accept_proxy": Key(v.boolean),
             "access_log": Key(v.log_target),
             "buffer_size": Key(v.size(1024, 16 << 20)),
+            "tcp_nodelay": Key(v.boolean),
             "route_by": Key(v.choice("sni")),
             "routes": Key(_sni_routes, context=True),
             "handshake_timeout": Key(v.positive_duration),

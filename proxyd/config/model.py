@@ -299,6 +299,9 @@ class TcpListenerConfig:
     buffer_size: int = 65536
     """Per direction: bytes read at a time, and bytes waiting to be written before the
     reading side is paused. Bounds a connection's memory to about 4 x this."""
+    tcp_nodelay: bool = True
+    """TCP_NODELAY on both sockets (nginx stream's `tcp_nodelay`): a small write leaves at
+    once instead of waiting for the peer's delayed ACK."""
     tls: TlsServerConfig | None = None
     """TLS terminated here (`certificates` given): the pool gets the plaintext."""
     route_by: str | None = None

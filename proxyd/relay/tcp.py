@@ -190,7 +190,8 @@ class Relay:
             self._server_connected(transport)
             return
         self.client.transport = transport
-        no_delay(transport)
+        if self.config.tcp_nodelay:
+            no_delay(transport)
         self.factory.opened(self)
         self.record.started = self.factory.reactor.seconds()
         self.record.client = proxy_protocol.address_of(transport.getPeer())
@@ -529,7 +530,8 @@ class Relay:
         self._attempt_timer.cancel()
         self.server.transport = transport
         client = self.client.transport
-        no_delay(transport)
+        if self.config.tcp_nodelay:
+            no_delay(transport)
         if self.config.send_proxy != "off":
             transport.write(
                 proxy_protocol.encode(self.config.send_proxy, self.record.client, self._local)

@@ -208,6 +208,13 @@ def test_sizes_read_in_bytes(text: str, size: int) -> None:
     assert config.tcp[0].buffer_size == size
 
 
+@pytest.mark.parametrize(("text", "on"), [(None, True), ("off", False), ("on", True)])
+def test_tcp_nodelay_is_on_unless_turned_off(text: str | None, on: bool) -> None:
+    line = "" if text is None else f"tcp_nodelay = {text}\n"
+    config = loads(f"[pool a]\nservers = 127.0.0.1:1\n[tcp t]\nlisten = tcp:1\npool = a\n{line}")
+    assert config.tcp[0].tcp_nodelay is on
+
+
 @pytest.mark.parametrize("text", ["64 KB", "1.5MiB", "KiB", "-1k", "512", "1GiB", "big"])
 def test_bad_sizes_are_errors(text: str) -> None:
     (error,) = errors_of(

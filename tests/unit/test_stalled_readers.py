@@ -416,6 +416,18 @@ def test_tcp_relay_sockets_get_tcp_nodelay() -> None:
     assert calls == [("client", True), ("server", True)]
 
 
+def test_tcp_nodelay_off_leaves_the_tcp_relays_sockets_to_nagle() -> None:
+    h = Harness(tcp_nodelay=False)
+    calls: list[bool] = []
+    client_transport = FakeTcpTransport(
+        h.reactor, IPv4Address("TCP", "203.0.113.7", 1), IPv4Address("TCP", "127.0.0.1", 2)
+    )
+    client_transport.setTcpNoDelay = calls.append  # type: ignore[attr-defined]
+    h.accept(transport=client_transport)
+    h.connect_server()
+    assert calls == []
+
+
 def test_tcp_close_lets_a_slow_client_take_the_rest_and_resets_a_stuck_one() -> None:
     h = Harness(idle_timeout=60.0, buffer_size=1024)
     slow = StuckReader(h.reactor)
