@@ -1,6 +1,6 @@
 """Backend pools shared by every relay: servers, their runtime state, balancing (sans-IO)."""
 
-from proxyd.pool.pool import Pool, ServerEvent
+from proxyd.pool.pool import Pool, ServerEvent, why_no_server
 from proxyd.pool.server import (
     ADMIN_STATES,
     DRAIN,
@@ -21,4 +21,5 @@ __all__ = [
     "Pool",
     "Server",
     "ServerEvent",
+    "why_no_server",
 ]

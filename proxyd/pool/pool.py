@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Mapping
-from typing import cast
+from typing import Final, Protocol, cast
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -312,3 +312,18 @@ class Pool:
                     pool=self.name,
                     event=event,
                 )
+
+
+class _MayHaveServers(Protocol):
+    def any_up(self) -> bool: ...
+
+
+NO_SERVER_UP: Final = "no server up"
+ALL_SERVERS_BUSY: Final = "all servers busy"
+
+
+def why_no_server(pool: _MayHaveServers) -> str:
+    """Why pick() found no server for a first attempt, in the words every relay logs and
+    answers with: none is up (down, ejected, drained or in maintenance), or every one that is
+    up is at max_connections."""
+    return NO_SERVER_UP if not pool.any_up() else ALL_SERVERS_BUSY

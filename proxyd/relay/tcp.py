@@ -48,7 +48,7 @@ from zope.interface import implementer
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.metrics import Cell, ErrorKind, RelayStats
-from proxyd.pool import Pool, Server
+from proxyd.pool import Pool, Server, why_no_server
 from proxyd.pool.fault import Fault, fault_of
 from proxyd.relay import proxy_protocol
 from proxyd.relay.io import (
@@ -503,7 +503,7 @@ class Relay:
         assert self.pool is not None
         if self.attempts.count == 0:
             self.record.close_as(CloseReason.NO_SERVER)
-            why = "no server up" if not self.pool.any_up() else "all servers busy"
+            why = why_no_server(self.pool)
         else:
             self.record.close_as(CloseReason.CONNECT_FAILED)
             why = f"connect failed after {self.attempts.count} attempt(s)"

@@ -32,7 +32,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, UdpListenerConfig
 from proxyd.datagram import ConnectedDatagram
 from proxyd.metrics import Cell, ErrorKind, RelayStats
-from proxyd.pool import Pool, Server
+from proxyd.pool import Pool, Server, why_no_server
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key, iso_utc
 from proxyd.sip import call_id
 
@@ -229,7 +229,7 @@ class UdpListener(DatagramProtocol):
             key, client, hash_key, self.reactor.seconds(), Attempts(self.config.retries)
         )
         if not self._attach(session):
-            why = "no server up" if not self.pool.any_up() else "all servers busy"
+            why = why_no_server(self.pool)
             _log.warn(
                 "udp {listener}: pool {pool}: {why}, dropping datagrams from {client}",
                 listener=self.config.name,

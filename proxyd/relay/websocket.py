@@ -44,7 +44,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.clock import DelayedCall
 from proxyd.config.model import WebSocketListenerConfig
 from proxyd.metrics import Cell, ErrorKind, RelayStats
-from proxyd.pool import Pool, Server
+from proxyd.pool import Pool, Server, why_no_server
 from proxyd.relay import proxy_protocol
 from proxyd.relay.io import ConnectingReactor, Connector, OpenConnections, Transport
 from proxyd.relay.send_timeout import SendTimeout
@@ -291,7 +291,7 @@ class Relay:
     def _give_up(self) -> None:
         if self.attempts.count == 0:
             self._set_word(CloseReason.NO_SERVER)
-            why = "no server up" if not self.pool.any_up() else "all servers busy"
+            why = why_no_server(self.pool)
             code, phrase = 503, "Service Unavailable"
         else:
             self._set_word(CloseReason.CONNECT_FAILED)

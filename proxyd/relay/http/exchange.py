@@ -37,7 +37,7 @@ from proxyd.config.model import (
     RouteConfig,
 )
 from proxyd.metrics import Cell, ErrorKind
-from proxyd.pool import Pool, Server
+from proxyd.pool import Pool, Server, why_no_server
 from proxyd.pool.fault import Fault, fault_of
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.h1 import (
@@ -446,7 +446,7 @@ class Exchange:
         server = self._pick() if self.attempts.may_try_another() else None
         if server is None:
             if not self.attempts.tried:
-                reason = "no server up" if not self.pool.any_up() else "all servers busy"
+                reason = why_no_server(self.pool)
                 self.fail(503, f"pool {self.pool.name}: {reason}", ErrorKind.NO_SERVER)
             else:
                 self.fail(*self._last_failure)
