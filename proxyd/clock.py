@@ -19,3 +19,62 @@ class Clock(Protocol):
     def callLater(
         self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
     ) -> DelayedCall: ...
+
+
+class Deadline:
+    """Calls `on_due` once the time set with `set_at()` has passed, with one delayed call
+    that is moved only when it would fire too late: a deadline pushed back again and again (a
+    keep-alive connection's next request, a stream's next chunk) costs no callLater and no
+    cancel, since the call re-arms itself for the rest when it fires early. `clear()` disarms
+    it as cheaply, leaving the call to fire and find nothing due; `cancel()` also cancels the
+    call (the owner is gone).
+
+    proxyd's re-arming timers (idle, header, keep-alive, response, pooled connections) are
+    this one helper."""
+
+    __slots__ = ("_call", "_call_at", "_clock", "_on_due", "at")
+
+    def __init__(self, clock: Clock, on_due: Callable[[], Any]) -> None:
+        self._clock = clock
+        self._on_due = on_due
+        self._call: DelayedCall | None = None
+        self._call_at = 0.0
+        """When `_call` fires: at or before `at`."""
+        self.at: float | None = None
+        """When it is due; None while disarmed."""
+
+    def set_at(self, at: float) -> None:
+        self.at = at
+        call = self._call
+        if call is not None:
+            if self._call_at <= at:
+                return
+            call.cancel()
+        self._call_at = at
+        self._call = self._clock.callLater(max(0.0, at - self._clock.seconds()), self._fire)
+
+    def set_in(self, delay: float) -> None:
+        """Due `delay` seconds from now."""
+        self.set_at(self._clock.seconds() + delay)
+
+    def clear(self) -> None:
+        self.at = None
+
+    def cancel(self) -> None:
+        self.at = None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fire(self) -> None:
+        self._call = None
+        at = self.at
+        if at is None:
+            return
+        remaining = at - self._clock.seconds()
+        if remaining > 0:
+            self._call_at = at
+            self._call = self._clock.callLater(remaining, self._fire)
+            return
+        self.at = None
+        self._on_due()

@@ -16,7 +16,7 @@ from twisted.internet import error
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from proxyd.clock import Clock, DelayedCall
+from proxyd.clock import Clock, Deadline
 from proxyd.config.model import Address
 from proxyd.pool import Server
 
@@ -162,35 +162,27 @@ class ConnectionRecord:
 class IdleTimer:
     """Calls `on_idle` once nothing was touched for `timeout` seconds; 0 disables it.
 
-    `touch()` only stores the time: a single delayed call, on firing, re-arms itself for the
-    remainder when there was activity, instead of rescheduling on every chunk.
+    `touch()` only pushes the deadline back (proxyd.clock.Deadline): its one delayed call
+    re-arms itself for the rest when there was activity, instead of rescheduling on every
+    chunk.
     """
+
+    __slots__ = ("_clock", "_deadline", "_timeout")
 
     def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
         self._clock = cast(Clock, clock)
         self._timeout = timeout
-        self._on_idle = on_idle
-        self._last = 0.0
-        self._call: DelayedCall | None = None
+        self._deadline = Deadline(self._clock, on_idle)
 
     def start(self) -> None:
-        self.cancel()
+        self._deadline.cancel()
         if self._timeout > 0:
-            self._last = self._clock.seconds()
-            self._call = self._clock.callLater(self._timeout, self._fire)
+            self._deadline.set_in(self._timeout)
 
     def touch(self) -> None:
-        self._last = self._clock.seconds()
+        deadline = self._deadline
+        if deadline.at is not None:
+            deadline.set_at(self._clock.seconds() + self._timeout)
 
     def cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-    def _fire(self) -> None:
-        remaining = self._last + self._timeout - self._clock.seconds()
-        if remaining > 0:
-            self._call = self._clock.callLater(remaining, self._fire)
-            return
-        self._call = None
-        self._on_idle()
+        self._deadline.cancel()
