@@ -4,16 +4,19 @@ still open after `[proxyd] drain_timeout` is closed. The same with worker proces
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .harness import Backend, Proxyd, free_port
+from .harness import Backend, Proxyd, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +50,26 @@ def ask(sock: socket.socket, path: str) -> bytes:
     return data
 
 
+def arrivals(backend: Backend) -> Callable[[], int]:
+    """A function that tells how many requests `backend` has begun to answer since now, from
+    its /stats (which counts the asks for /stats too: those are left out)."""
+    asks = 0
+
+    def requests() -> int:
+        nonlocal asks
+        asks += 1
+        url = f"http://127.0.0.1:{backend.port}/stats"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())["requests"]
+
+    before = requests()
+    return lambda: requests() - before - (asks - 1)
+
+
+def wait_for_arrivals(since: Callable[[], int], count: int) -> None:
+    wait_until(lambda: since() >= count, 10, f"{count} requests to reach the backend", 0.05)
+
+
 def start(proxyd, port: int, backend: Backend, drain_timeout: str, workers: int) -> Proxyd:
     relay = proxyd(config(port, backend.port, drain_timeout, workers))
     if workers > 1:
@@ -65,9 +88,10 @@ def test_sigterm_answers_the_requests_in_flight_then_exits(
     for sock in idle:
         assert ask(sock, "/").startswith(b"HTTP/1.1 200")
     busy = [connect(port) for _ in range(4)]
+    since = arrivals(http_backend)
     for sock in busy:
         sock.sendall(b"GET /slow/1.5 HTTP/1.1\r\nHost: drain.test\r\n\r\n")
-    time.sleep(0.3)  # the slow requests reach the backend
+    wait_for_arrivals(since, len(busy))  # the slow requests reach the backend
     began = time.monotonic()
     relay.stopped_by_test = True
     os.kill(relay.pid, signal.SIGTERM)
@@ -91,8 +115,9 @@ def test_what_outlives_drain_timeout_is_closed(http_backend: Backend, proxyd) ->
     port = free_port()
     relay = start(proxyd, port, http_backend, "1s", 1)
     sock = connect(port)
+    since = arrivals(http_backend)
     sock.sendall(b"GET /slow/30 HTTP/1.1\r\nHost: drain.test\r\n\r\n")
-    time.sleep(0.3)
+    wait_for_arrivals(since, 1)
     began = time.monotonic()
     relay.stopped_by_test = True
     os.kill(relay.pid, signal.SIGTERM)
@@ -137,8 +162,9 @@ def test_a_second_sigterm_closes_what_is_left_at_once(
     port = free_port()
     relay = start(proxyd, port, http_backend, "60s", workers)
     sock = connect(port)
+    since = arrivals(http_backend)
     sock.sendall(b"GET /slow/30 HTTP/1.1\r\nHost: drain.test\r\n\r\n")
-    time.sleep(0.3)
+    wait_for_arrivals(since, 1)
     relay.stopped_by_test = True
     os.kill(relay.pid, signal.SIGTERM)
     relay.wait_for_log(r"SIGTERM: stopping gracefully")

@@ -274,6 +274,20 @@ class Loop(threading.Thread):
                 self.failures.append(f"{type(e).__name__} {when} the stop: {e}")
 
 
+def each_served(loops: list[Loop], times: int) -> None:
+    """Waits until every client loop has been answered `times` more times (or one of them
+    failed or ended: the test's assertions then say what it got)."""
+    marks = [loop.results["ok"] + times for loop in loops]
+
+    def done() -> bool:
+        return all(
+            loop.results["ok"] >= mark or loop.failures or not loop.is_alive()
+            for loop, mark in zip(loops, marks, strict=True)
+        )
+
+    wait_until(done, 30, f"each client loop to be answered {times} more times")
+
+
 class KeepAlive:
     """HTTP/1.1 keep-alive as browsers and curl do it: a request on a reused connection that
     the server closed before answering is sent again once on a new one (RFC 9112 section
@@ -370,7 +384,7 @@ def test_ten_reloads_and_a_graceful_stop_under_load_fail_no_request(
         loop.start()
     try:
         for generation in range(2, 12):
-            time.sleep(0.3)
+            each_served(everything, 3)  # on the running generation, before the next reload
             relay.config_path.write_text(
                 relay.config_path.read_text().split("[pool web]")[0] + config(generation)
             )
@@ -379,7 +393,7 @@ def test_ten_reloads_and_a_graceful_stop_under_load_fail_no_request(
             relay.wait_for_log(
                 rf"reloaded .*: generation {generation};", timeout=20, start=start_at
             )
-        time.sleep(0.3)
+        each_served(everything, 3)
         wait_until(lambda: get(http_port)[1].get("X-Generation") == "11", 10, "the last generation")
         # UDP has no refusal to tell a client that the relay stopped: stop asking first.
         udp_loop.stop_asking.set()
