@@ -21,6 +21,7 @@ from proxyd.accept_log import AcceptLog, watch
 from proxyd.relay.dns import DnsListener
 from proxyd.relay.udp import MAX_PACKET, UdpListener
 from proxyd.tls import ServerTls
+from proxyd.twisted_internals import accept_queued, hand_over, hand_over_datagram
 from proxyd.workers.sockets import (
     NotShareable,
     SharedPort,
@@ -110,10 +111,7 @@ class ListenerService(service.Service):
         self._kept = True
         if self.port is None:
             return  # the master's shared sockets, or a worker not serving yet
-        wrapped = self._listening()
-        self.port.factory.doStop()
-        self.port.factory = wrapped
-        wrapped.doStart()
+        hand_over(self.port, self._listening())
         self._watch()
         self.factory.set_listening_port(self.port)
 
@@ -154,10 +152,10 @@ class ListenerService(service.Service):
             shared.close()
         if self.port is not None:
             port, self.port = self.port, None
-            if not self.datagram and getattr(port, "connected", False):
+            if not self.datagram:
                 # Accept what the kernel has queued: closing the socket would reset those
                 # connections, whose clients saw their connect succeed. They get served.
-                port.doRead()
+                accept_queued(port)
             self._unwatch()
             return port.stopListening()
         return None
@@ -203,8 +201,7 @@ class UdpListenerService(ListenerService):
             self.relay = self.factory = old.relay
         elif self.port is not None:
             old.relay.stop()
-            self.port.protocol = self.relay
-            self.relay.makeConnection(self.port)
+            hand_over_datagram(self.port, self.relay)
 
     def adopt(self, fd: int, family: int) -> None:
         try:

@@ -2,6 +2,12 @@
 
 zope interfaces cannot type method calls for mypy without the mypy-zope plugin, so the relays
 describe what they use of a transport, a connector and a reactor here.
+
+This is the one module that reads Twisted's private write-buffer fields of a TCP connection
+(twisted.internet.abstract.FileDescriptor's dataBuffer, offset, _tempDataLen,
+_writeDisconnecting, producerPaused, and tcp.Connection's TLS): send_now, held and
+producer_paused. send_now runs for every write of a request, so it reads them directly rather
+than through a helper; tests/unit/test_twisted_internals.py fails when Twisted changes them.
 """
 
 from __future__ import annotations
@@ -92,16 +98,15 @@ def no_delay(transport: object) -> None:
 
 
 PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})
-"""Twisted's plain TCP connections (no TLS layer): their write buffer fields are read here
-and in proxyd.relay.send_timeout."""
+"""Twisted's plain TCP connections (no TLS layer): their write buffer fields are read here."""
 
 
 def send_now(transport: Transport, pieces: list[bytes]) -> None:
     """Write `pieces` like writeSequence, but hand them to the kernel at once when `transport`
     is a plain TCP connection with nothing queued; what the socket does not take is queued
     with write(), in order, as before (and a socket error is left for Twisted's own write to
-    find). This reads FileDescriptor's private write-buffer fields, here only: any other
-    transport (TLS, test transports) just queues.
+    find). This reads FileDescriptor's private write-buffer fields (see the module's
+    docstring): any other transport (TLS, test transports) just queues.
     """
     fd = cast(Any, transport)
     if (
@@ -120,6 +125,34 @@ def send_now(transport: Transport, pieces: list[bytes]) -> None:
         fd.write(data)
         return
     transport.writeSequence(pieces)
+
+
+def held(transport: object) -> int | None:
+    """The bytes `transport` holds that its peer has not taken yet: Twisted's write buffer
+    (FileDescriptor's private dataBuffer, offset and _tempDataLen), of the TCP connection
+    below a TLS layer. None for a transport without one (test transports)."""
+    fd = socket_of(transport)
+    try:
+        return int(len(fd.dataBuffer) - fd.offset + fd._tempDataLen)
+    except (AttributeError, TypeError):
+        return None
+
+
+def producer_paused(transport: object) -> bool:
+    """`transport`'s write buffer is full: it has paused its producer and not resumed it yet
+    (FileDescriptor's producerPaused, below a TLS layer)."""
+    return bool(getattr(socket_of(transport), "producerPaused", False))
+
+
+def closes_at_once(transport: object) -> bool:
+    """After loseConnection(), `transport` closes at its next write event, with no peer to
+    wait for: a plain TCP connection with nothing left to send and no producer to resume
+    (TLS waits for the peer's close_notify; a paused producer would be resumed instead)."""
+    return (
+        type(transport) in PLAIN_TCP
+        and held(transport) == 0
+        and getattr(transport, "producer", None) is None
+    )
 
 
 class SendBatch:

@@ -1,8 +1,9 @@
 """PROXY protocol (HAProxy's proxy-protocol.txt) headers: encoding to send, reading received ones.
 
 Encoding is pure functions of two addresses. Reading frames the header out of the first bytes of
-a connection and hands it to Twisted's own parsers (twisted.protocols.haproxy), then checks what
-they accept loosely (address syntax, family, port range) so that only real IP addresses come out.
+a connection and hands it to Twisted's own parsers (twisted.protocols.haproxy's private ones,
+through proxyd.twisted_internals), then checks what they accept loosely (address syntax, family,
+port range) so that only real IP addresses come out.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import struct
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 
 from proxyd.config.model import Address
+from proxyd.twisted_internals import InvalidProxyHeader, V1Parser, V2Parser
 
 V1_PREFIX = b"PROXY"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"

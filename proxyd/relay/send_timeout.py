@@ -1,44 +1,16 @@
 """A peer that stops reading is reset (nginx's send_timeout, HAProxy's `timeout client` on
-the sending side): SendTimeout, and what it reads of Twisted's write buffers to see progress
-(FileDescriptor's private fields, read here only, with a test that fails when Twisted renames
-them: tests/unit/test_stalled_readers.py)."""
+the sending side): SendTimeout. What it reads of Twisted's write buffers to see progress
+(held, producer_paused, closes_at_once: FileDescriptor's private fields) lives in
+proxyd.relay.io, the one module that reads them; they are re-exported here for the relays."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from proxyd.clock import Clock, DelayedCall
-from proxyd.relay.io import PLAIN_TCP, socket_of
+from proxyd.relay.io import closes_at_once, held, producer_paused
 
 __all__ = ["SendTimeout", "closes_at_once", "held", "producer_paused"]
-
-
-def held(transport: object) -> int | None:
-    """The bytes `transport` holds that its peer has not taken yet: Twisted's write buffer
-    (FileDescriptor's private dataBuffer, offset and _tempDataLen, read here only), of the TCP
-    connection below a TLS layer. None for a transport without one (test transports)."""
-    fd = socket_of(transport)
-    try:
-        return int(len(fd.dataBuffer) - fd.offset + fd._tempDataLen)
-    except (AttributeError, TypeError):
-        return None
-
-
-def producer_paused(transport: object) -> bool:
-    """`transport`'s write buffer is full: it has paused its producer and not resumed it yet
-    (FileDescriptor's producerPaused, below a TLS layer)."""
-    return bool(getattr(socket_of(transport), "producerPaused", False))
-
-
-def closes_at_once(transport: object) -> bool:
-    """After loseConnection(), `transport` closes at its next write event, with no peer to
-    wait for: a plain TCP connection with nothing left to send and no producer to resume
-    (TLS waits for the peer's close_notify; a paused producer would be resumed instead)."""
-    return (
-        type(transport) in PLAIN_TCP
-        and held(transport) == 0
-        and getattr(transport, "producer", None) is None
-    )
 
 
 class SendTimeout:

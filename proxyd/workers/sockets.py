@@ -13,17 +13,16 @@ A `unix:` listener has no SO_REUSEPORT: its one socket is shared by every worker
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import attrs
-from twisted.internet import tcp, unix
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from proxyd.config.values import split_endpoint
+from proxyd.twisted_internals import adopt_unix, close_now, stop_accepting
 
 SOMAXCONN_PATH: Final = "/proc/sys/net/core/somaxconn"
 MIN_BACKLOG: Final = 511
@@ -93,15 +92,10 @@ class SharedPort:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
-        if self.owner is not None and self.owner.connected:
-            # What stopListening() does on the reactor's next turn, done now: the master may
-            # be closing as its reactor stops. A unix: port removes its socket file and lock,
-            # so that the next start can bind the path again (with lockfile=0 it could not).
-            # When the lock names the pid that bound the socket before twistd forked, Twisted
-            # refuses to unlock it (ValueError): the socket file is gone by then, and the next
-            # start finds the lock stale and takes it.
-            with contextlib.suppress(ValueError):
-                self.owner.connectionLost(Failure(ConnectionDone()))
+        if self.owner is not None:
+            # A unix: port removes its socket file and lock, so that the next start can bind
+            # the path again (with lockfile=0 it could not).
+            close_now(self.owner)
 
 
 def bind_stream(reactor: Any, description: str, count: int) -> SharedPort:
@@ -128,8 +122,7 @@ def bind_stream(reactor: Any, description: str, count: int) -> SharedPort:
             listening.raiseException()
         # Twisted's Port stays the owner of the socket file; only its reading is stopped so that
         # the master never accepts. A duplicate goes to the workers.
-        listening.stopReading()
-        return SharedPort(socket.AF_UNIX, "stream", (listening.socket.dup(),), listening)
+        return SharedPort(socket.AF_UNIX, "stream", (stop_accepting(listening),), listening)
     raise NotShareable(
         f"{description!r}: with workers above 1, listeners must be tcp:, tcp6: or unix:"
         " endpoints (their sockets are passed to the worker processes)"
@@ -179,30 +172,7 @@ def adopt_stream(reactor: Any, fd: int, family: int, factory: Any) -> Any:
     unlink it when one worker stops."""
     if family != socket.AF_UNIX:
         return reactor.adoptStreamPort(fd, family, factory)
-    port = _WorkerUnixPort._fromListeningDescriptor(reactor, fd, factory)
-    port.startListening()
-    return port
-
-
-class _WorkerUnixPort(unix.Port):
-    """unix.Port on a socket listening already, whose file belongs to the master."""
-
-    def startListening(self) -> None:
-        # unix.Port.startListening without the lock, the bind, the chmod and the listen: all
-        # done by the master.
-        listening = cast(socket.socket, self._preexistingSocket)
-        tcp._reservedFD.reserve()
-        cast(Any, self.factory).doStart()
-        self._preexistingSocket = None
-        self._shouldShutdown = False  # shutdown() would stop the socket in every process
-        self.socket = listening
-        self.fileno = listening.fileno  # type: ignore[method-assign]
-        self.connected = True
-        self.numberAccepts = 100
-        self.startReading()
-
-    def connectionLost(self, reason: Failure) -> None:
-        tcp.Port.connectionLost(self, reason)  # not unix.Port's: the file stays
+    return adopt_unix(reactor, fd, factory)
 
 
 class _Unused:

@@ -1,0 +1,114 @@
+"""What proxyd uses of Twisted beyond its public interfaces: listening ports and the PROXY
+protocol parsers, each behind one small adapter here.
+
+Twisted's private names proxyd relies on, and the one place that uses each (docs/operations.md
+lists them; tests/unit/test_twisted_internals.py has a test per internal that fails, naming the
+module to update, when a Twisted upgrade changes it; pyproject.toml bounds Twisted's version):
+
+- EPollReactor.doPoll, _poller, _selectables, _doReadOrWrite, _disconnectSelectable and
+  posixbase._NO_FILEDESC: proxyd.reactor (its doPoll is a copy of Twisted's).
+- tcp.Port._logger and tcp._accept's messages: proxyd.accept_log.
+- FileDescriptor's write buffer (dataBuffer, offset, _tempDataLen, _writeDisconnecting,
+  producerPaused) and tcp.Connection.TLS: proxyd.relay.io (read directly in send_now, a hot
+  path).
+- twisted.protocols.haproxy's private parsers (V1Parser, V2Parser, InvalidProxyHeader): here,
+  for proxyd.relay.proxy_protocol.
+- Listening ports beyond IListeningPort (a port's factory or protocol swapped at a reload,
+  doRead, stopReading, socket, connected, connectionLost; unix.Port._fromListeningDescriptor
+  and what tcp.Port.startListening sets): here. proxyd.relay.tcp pauses accepting with the
+  port's stopReading/startReading (its ReadingPort, proxyd.relay.io).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any, cast
+
+from twisted.internet import tcp, unix
+from twisted.internet.error import ConnectionDone
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.python.failure import Failure
+
+__all__ = [
+    "InvalidProxyHeader",
+    "V1Parser",
+    "V2Parser",
+    "accept_queued",
+    "adopt_unix",
+    "close_now",
+    "hand_over",
+    "hand_over_datagram",
+    "stop_accepting",
+]
+
+
+def hand_over(port: Any, factory: Any) -> None:
+    """From its next accept on, the listening `port` (tcp.Port, unix.Port) builds protocols
+    with `factory`: Twisted's Port reads its `factory` attribute at each accept. The factory
+    it had is stopped, the new one started, as the port would at its own stop and start."""
+    port.factory.doStop()
+    port.factory = factory
+    factory.doStart()
+
+
+def hand_over_datagram(port: Any, protocol: Any) -> None:
+    """From its next datagram on, the UDP `port` (udp.Port) delivers to `protocol`, which
+    is given the port as its transport."""
+    port.protocol = protocol
+    protocol.makeConnection(port)
+
+
+def accept_queued(port: Any) -> None:
+    """Accept the connections the kernel has queued on the listening `port`, as the reactor
+    would at its next readable event (tcp.Port.doRead), unless it has stopped listening."""
+    if getattr(port, "connected", False):
+        port.doRead()
+
+
+def stop_accepting(port: Any) -> socket.socket:
+    """A duplicate of the listening `port`'s socket, the port no longer accepting on it (it
+    stays its socket's owner: for unix:, its file and lock)."""
+    port.stopReading()
+    return cast(socket.socket, port.socket.dup())
+
+
+def close_now(port: Any) -> None:
+    """What stopListening() does on the reactor's next turn, done now (the reactor may be
+    stopping). A unix: port removes its socket file and lock. When the lock names the pid
+    that bound the socket before twistd forked, Twisted refuses to unlock it (ValueError):
+    the socket file is gone by then, and the next start finds the lock stale and takes it."""
+    if port.connected:
+        with contextlib.suppress(ValueError):
+            port.connectionLost(Failure(ConnectionDone()))
+
+
+def adopt_unix(reactor: Any, fd: int, factory: Any) -> unix.Port:
+    """A listening unix.Port on the socket `fd` (a duplicate is kept), which leaves the
+    socket file alone: no lock, bind, chmod or listen at start, no unlink at its end."""
+    port = _AdoptedUnixPort._fromListeningDescriptor(reactor, fd, factory)
+    port.startListening()
+    return port
+
+
+class _AdoptedUnixPort(unix.Port):
+    """unix.Port on a socket listening already, whose file belongs to another process."""
+
+    def startListening(self) -> None:
+        # unix.Port.startListening without the lock, the bind, the chmod and the listen: all
+        # done by the process that made the socket.
+        listening = cast(socket.socket, self._preexistingSocket)
+        tcp._reservedFD.reserve()
+        cast(Any, self.factory).doStart()
+        self._preexistingSocket = None
+        self._shouldShutdown = False  # shutdown() would stop the socket in every process
+        self.socket = listening
+        self.fileno = listening.fileno  # type: ignore[method-assign]
+        self.connected = True
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)  # not unix.Port's: the file stays
