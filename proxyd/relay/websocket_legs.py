@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -21,6 +21,7 @@ from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflat
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import error as twisted_error
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -29,10 +30,11 @@ from txaio.tx import make_logger
 from zope.interface import implementer
 
 from proxyd.clock import Clock, DelayedCall
+from proxyd.config.model import WebSocketListenerConfig
 from proxyd.metrics import ErrorKind
 from proxyd.pool import Server
 from proxyd.pool.fault import Fault, fault_of
-from proxyd.relay.io import Transport
+from proxyd.relay.io import ConnectingReactor, Transport
 from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import Side
 from proxyd.relay.websocket_policy import (
@@ -40,10 +42,7 @@ from proxyd.relay.websocket_policy import (
     PROTOCOL_ERROR,
     close_reason_bytes,
 )
-from proxyd.tls import describe_failure
-
-if TYPE_CHECKING:
-    from proxyd.relay.websocket import Relay, WebSocketRelayFactory
+from proxyd.tls import ClientTls, describe_failure
 
 _log = Logger(namespace="proxyd.relay.websocket")
 
@@ -106,6 +105,65 @@ class Reader:
         """The consumer is gone; this side closes on the relay's word."""
 
 
+class Listener(Protocol):
+    """What a BackendAttempt uses of the listener's factory (proxyd.relay.websocket's
+    WebSocketRelayFactory)."""
+
+    @property
+    def config(self) -> WebSocketListenerConfig: ...
+
+    @property
+    def reactor(self) -> ConnectingReactor: ...
+
+    @property
+    def timer(self) -> ReactorTimer: ...
+
+    @property
+    def client_tls(self) -> ClientTls | None: ...
+
+
+class LegRelay(Protocol):
+    """What the legs hand autobahn's callbacks to: the Relay of proxyd.relay.websocket, which
+    decides."""
+
+    @property
+    def factory(self) -> Listener: ...
+
+    @property
+    def config(self) -> WebSocketListenerConfig: ...
+
+    def admit(self, request: ConnectionRequest) -> Deferred[Any]: ...
+
+    def backend_request(self, key: str) -> bytes: ...
+
+    def attempt_failed(self, attempt: BackendAttempt, why: str, kind: ErrorKind) -> None: ...
+
+    def backend_open(self, attempt: BackendAttempt, leg: BackendLeg) -> None: ...
+
+    def client_open(self) -> None: ...
+
+    def message(self, side: Side, payload: bytes, is_binary: bool) -> None: ...
+
+    def close_frame(self, side: Side, code: int | None, reason: str | None) -> None: ...
+
+    def leg_failed(self, side: Side, code: int | None) -> None: ...
+
+    def client_failing(self, code: int, reason: str) -> bool: ...
+
+    def close_answered(self, side: Side) -> None: ...
+
+    def ping_timed_out(self, side: Side) -> None: ...
+
+    def leg_closed(self, side: Side, code: int | None, reason: str | None) -> None: ...
+
+
+class RelayMaker(Protocol):
+    """What a client's leg uses of its factory (proxyd.relay.websocket's
+    WebSocketRelayFactory)."""
+
+    def new_relay(self, client: ClientLeg) -> LegRelay: ...
+
+
 def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
     """permessage_deflate = on: accept the client's first permessage-deflate offer."""
     for offer in offers:
@@ -124,7 +182,7 @@ class Leg(WebSocketProtocol):
 
     side: Side
     transport: Any
-    relay: Relay | None = None
+    relay: LegRelay | None = None
     log = QUIET
     _relay_closing = False
     """The close frame being sent is the relay's (close_with), not autobahn's own."""
@@ -169,7 +227,7 @@ class Leg(WebSocketProtocol):
 
 class ClientLeg(Leg, WebSocketServerProtocol):  # type: ignore[misc]
     side = Side.CLIENT
-    factory: WebSocketRelayFactory
+    factory: RelayMaker
     _failing: tuple[int, str] | None = None
     """The client broke the protocol (1002) or sent invalid UTF-8 (1007): the close waits for
     the server's answers to the messages relayed before (see Relay.client_failing), and
@@ -315,7 +373,7 @@ class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
     noisy = False
     log = QUIET
 
-    def __init__(self, relay: Relay, server: Server, protocols: list[str]) -> None:
+    def __init__(self, relay: LegRelay, server: Server, protocols: list[str]) -> None:
         factory = relay.factory
         address = server.address
         host = f"[{address.host}]" if ":" in address.host else address.host
@@ -337,7 +395,7 @@ class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
             autoPingInterval=config.ping_interval,
             autoPingTimeout=config.ping_timeout if config.ping_interval > 0 else 0,
         )
-        self.relay: Relay | None = relay
+        self.relay: LegRelay | None = relay
         self.server = server
         self.leg: BackendLeg | None = None
 

@@ -21,7 +21,8 @@ import hashlib
 import itertools
 import os
 import re
-from typing import TYPE_CHECKING, Final
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
 import httptools
 from twisted.internet import defer
@@ -30,13 +31,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proxyd.config.model import (
+    Address,
     HeaderRule,
+    HttpListenerConfig,
     ProxyAction,
     RedirectAction,
     RespondAction,
     RouteConfig,
 )
-from proxyd.metrics import Cell, ErrorKind
+from proxyd.metrics import Cell, ErrorKind, RelayStats
 from proxyd.pool import Pool, Server, why_no_server
 from proxyd.pool.fault import Fault, fault_of
 from proxyd.relay.http import headers as policy
@@ -46,20 +49,18 @@ from proxyd.relay.http.h1 import (
     Headers,
     HttpError,
     Request,
+    RequestReader,
     Response,
     chunk,
     last_chunk,
     request_head,
     response_head,
 )
-from proxyd.relay.http.routing import BadPath, request_path, rewrite_path
-from proxyd.relay.http.tunnel import Tunnel
+from proxyd.relay.http.routing import BadPath, RouteTable, request_path, rewrite_path
+from proxyd.relay.http.tunnel import Tunnel, TunnelClient
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
 from proxyd.relay.session import Attempts, IdleTimer, client_hash_key
 from proxyd.tls import PeerTls, describe_failure
-
-if TYPE_CHECKING:
-    from proxyd.relay.http.server import ClientConnection
 
 _log = Logger(namespace="proxyd.relay.http")
 
@@ -137,6 +138,93 @@ def _cookie(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+class OriginCheck(Protocol):
+    """[websocket] allowed_origins (proxyd.relay.websocket_policy.OriginPolicy)."""
+
+    def allows(self, origin: str | None) -> bool: ...
+
+
+class Listener(Protocol):
+    """What an exchange uses of its listener's factory (proxyd.relay.http.server's
+    HttpRelayFactory): the config, the pools, the counters and the access log."""
+
+    @property
+    def config(self) -> HttpListenerConfig: ...
+
+    @property
+    def reactor(self) -> Any:
+        """IReactorTCP and IReactorTime."""
+
+    @property
+    def routes(self) -> RouteTable: ...
+
+    @property
+    def pools(self) -> Mapping[str, Pool]: ...
+
+    @property
+    def upstreams(self) -> Mapping[str, ConnectionPool]: ...
+
+    @property
+    def websocket_only(self) -> OriginCheck | None: ...
+
+    @property
+    def hsts(self) -> bytes | None: ...
+
+    @property
+    def stats(self) -> RelayStats: ...
+
+    def may_open_tunnel(self) -> bool: ...
+
+    def tunnel_opened(self) -> None: ...
+
+    def tunnel_closed(self) -> None: ...
+
+    def error_body(self, status: int) -> tuple[bytes, bytes]: ...
+
+    def log_exchange(self, exchange: Exchange) -> None: ...
+
+
+class ExchangeClient(TunnelClient, Protocol):
+    """What an exchange uses of its client connection (proxyd.relay.http.server's
+    ClientConnection), beside what the tunnel of an upgrade uses of it."""
+
+    @property
+    def factory(self) -> Listener: ...
+
+    @property
+    def reader(self) -> RequestReader: ...
+
+    @property
+    def peer(self) -> Address: ...
+
+    @property
+    def local(self) -> Address: ...
+
+    @property
+    def tls(self) -> PeerTls | None: ...
+
+    @property
+    def trusted(self) -> bool: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def log_fields(self) -> str: ...
+
+    def send(self, pieces: list[bytes]) -> None: ...
+
+    def drive(self) -> None: ...
+
+    def close_after_response(self) -> None: ...
+
+    def expect_response(self, exchange: Exchange, timeout: float) -> None: ...
+
+    def stop_expecting_response(self) -> None: ...
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None: ...
+
+
 class Exchange:
     """One request from a client connection, from its head to its access-log line. Slotted:
     one is made per request, with over forty attributes (1.9 -> 1.1 us to make one)."""
@@ -189,7 +277,7 @@ class Exchange:
         "websocket",
     )
 
-    def __init__(self, client: ClientConnection, request: Request) -> None:
+    def __init__(self, client: ExchangeClient, request: Request) -> None:
         self.client = client
         self.factory = factory = client.factory
         self.config = factory.config

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Mapping
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, IReactorTCP
@@ -22,11 +22,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog, json_string, json_value, utc_millis
-from proxyd.clock import DelayedCall
+from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.pool import Pool
-from proxyd.relay.http.exchange import Exchange
+from proxyd.relay.http.exchange import Exchange, OriginCheck
 from proxyd.relay.http.h1 import (
     Body,
     End,
@@ -59,12 +59,6 @@ def _address(address: IAddress) -> Address:
     return Address(host, port)
 
 
-class OriginCheck(Protocol):
-    """[websocket] allowed_origins (proxyd.relay.websocket_policy.OriginPolicy)."""
-
-    def allows(self, origin: str | None) -> bool: ...
-
-
 @implementer(IPushProducer, IHandshakeListener)
 class ClientConnection(TwistedProtocol):
     """One client connection. It is its transport's producer: a full write buffer pauses the
@@ -74,7 +68,7 @@ class ClientConnection(TwistedProtocol):
     TLS wrapper, which delivers no request bytes before the handshake is done."""
 
     def __init__(self, factory: HttpRelayFactory) -> None:
-        self.factory = factory
+        self.factory: HttpRelayFactory = factory
         self.reader = factory.new_reader()
         self.exchange: Exchange | None = None
         self.closing = False
@@ -82,15 +76,10 @@ class ClientConnection(TwistedProtocol):
         self.lost = False
         self.writable = True
         self._pause_reasons: set[str] = set()
-        self._timer: DelayedCall | None = None
-        self._timer_at = 0.0
-        """When `_timer` fires: at or before `_deadline`."""
-        self._deadline = 0.0
+        self._timer = Deadline(factory.reactor, self._timer_fired)
         self._timer_kind = ""
         """"header", "keepalive", or "" while an exchange runs."""
-        self._response_call: DelayedCall | None = None
-        self._response_call_at = 0.0
-        self._response_deadline = 0.0
+        self._response_timer = Deadline(factory.reactor, self._response_due)
         self._awaiting: Exchange | None = None
         """The exchange whose response timeout runs."""
         self.peer = Address("", 0)
@@ -161,9 +150,7 @@ class ClientConnection(TwistedProtocol):
         if self._sending is not None:
             self._sending.cancel()
         self._awaiting = None
-        response_call, self._response_call = self._response_call, None
-        if response_call is not None:
-            response_call.cancel()
+        self._response_timer.cancel()
         if self.tunnel is not None:
             self.tunnel.client_lost(reason)
             self.factory.client_closed(self)
@@ -212,6 +199,7 @@ class ClientConnection(TwistedProtocol):
 
     def _start(self, request: Request) -> None:
         self._timer_kind = ""
+        self._timer.clear()
         if self._last_request:
             self.closing = True  # answered with Connection: close
         self.factory.requests += 1
@@ -400,77 +388,40 @@ class ClientConnection(TwistedProtocol):
         pass
 
     # Timers between requests: the header timeout (a started head, or the first request) and
-    # the keep-alive timeout (idle between requests). One delayed call serves both, and is
-    # left alone while an exchange runs (its kind is then ""): when it fires before the
-    # deadline it is armed again for the rest, so that a request on a kept-alive connection
-    # costs no callLater and no cancel.
+    # the keep-alive timeout (idle between requests), on one Deadline, cleared while an
+    # exchange runs; the response timeout on another. A Deadline moves its delayed call only
+    # when it would fire too late, so that a request on a kept-alive connection costs no
+    # callLater and no cancel.
 
     def _set_timer(self, kind: str) -> None:
         if self._timer_kind == kind:
             return
         config = self.factory.config
-        delay = config.header_timeout if kind == "header" else config.keepalive_timeout
-        clock = self.factory.reactor
         self._timer_kind = kind
-        self._deadline = deadline = clock.seconds() + delay
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= deadline:
-                return
-            timer.cancel()
-        self._timer_at = deadline
-        self._timer = clock.callLater(delay, self._timer_fired)
+        self._timer.set_in(config.header_timeout if kind == "header" else config.keepalive_timeout)
 
     def expect_response(self, exchange: Exchange, timeout: float) -> None:
         """Call exchange.response_timed_out() unless stop_expecting_response() comes within
-        `timeout`. As for the timers above, one delayed call serves every exchange of the
-        connection: armed once, it is moved only when it would fire too late, and re-armed
-        for the rest when it fires early."""
-        clock = self.factory.reactor
+        `timeout`."""
         self._awaiting = exchange
-        self._response_deadline = deadline = clock.seconds() + timeout
-        call = self._response_call
-        if call is not None:
-            if self._response_call_at <= deadline:
-                return
-            call.cancel()
-        self._response_call_at = deadline
-        self._response_call = clock.callLater(timeout, self._response_due)
+        self._response_timer.set_in(timeout)
 
     def stop_expecting_response(self) -> None:
         self._awaiting = None
+        self._response_timer.clear()
 
     def _response_due(self) -> None:
-        self._response_call = None
-        exchange = self._awaiting
-        if exchange is None:
-            return
-        clock = self.factory.reactor
-        remaining = self._response_deadline - clock.seconds()
-        if remaining > 0:
-            self._response_call_at = self._response_deadline
-            self._response_call = clock.callLater(remaining, self._response_due)
-            return
-        self._awaiting = None
-        exchange.response_timed_out()
+        exchange, self._awaiting = self._awaiting, None
+        if exchange is not None:
+            exchange.response_timed_out()
 
     def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
         self._timer_kind = ""
-        if timer is not None:
-            timer.cancel()
+        self._timer.cancel()
 
     def _timer_fired(self) -> None:
-        self._timer = None
-        if not self._timer_kind or self.lost:
-            return
-        clock = self.factory.reactor
-        remaining = self._deadline - clock.seconds()
-        if remaining > 0:
-            self._timer_at = self._deadline
-            self._timer = clock.callLater(remaining, self._timer_fired)
-            return
-        self._timed_out()
+        if self._timer_kind and not self.lost:
+            self._timed_out()
 
     def _timed_out(self) -> None:
         kind, self._timer_kind = self._timer_kind, ""
@@ -484,7 +435,7 @@ class ClientConnection(TwistedProtocol):
         self.lose_connection()
 
 
-class HttpRelayFactory(Factory):
+class HttpRelayFactory(Factory[ClientConnection]):
     """The listening factory of one `[http NAME]`."""
 
     noisy = False

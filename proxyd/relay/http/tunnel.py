@@ -12,22 +12,70 @@ exchange is logged, when both connections are gone.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from proxyd.config.model import HttpListenerConfig
 from proxyd.metrics import ErrorKind
 from proxyd.relay.io import Transport, no_delay, reset, send_now
 from proxyd.relay.send_timeout import SendTimeout, closes_at_once
 from proxyd.relay.session import CloseReason, IdleTimer, Side, close_reason
 
 if TYPE_CHECKING:
-    from proxyd.relay.http.exchange import Exchange
-    from proxyd.relay.http.server import ClientConnection
     from proxyd.relay.http.upstream import UpstreamConnection
 
 _log = Logger(namespace="proxyd.relay.http")
+
+
+class TunnelClient(Protocol):
+    """What the tunnel uses of the client connection (proxyd.relay.http.server's
+    ClientConnection), which hands it the client's bytes and events once `tunnel` is set."""
+
+    tunnel: Tunnel | None
+
+    @property
+    def channel(self) -> Transport: ...
+
+    @property
+    def transport(self) -> object: ...
+
+    @property
+    def writable(self) -> bool: ...
+
+    @property
+    def lost(self) -> bool: ...
+
+    @property
+    def peer_text(self) -> str: ...
+
+    def set_send_timeout(self, timeout: float) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def lose_connection(self) -> None: ...
+
+    def pause_reading(self, reason: str) -> None: ...
+
+    def resume_reading(self, reason: str) -> None: ...
+
+
+class TunnelOwner(Protocol):
+    """What the tunnel uses of the exchange that answered the upgrade
+    (proxyd.relay.http.exchange's Exchange), which logs the tunnel once it ended."""
+
+    error: str | None
+    error_kind: str | None
+
+    @property
+    def clock(self) -> Any:
+        """The listener's reactor (IReactorTime)."""
+
+    @property
+    def config(self) -> HttpListenerConfig: ...
+
+    def tunnel_ended(self, tunnel: Tunnel) -> None: ...
 
 
 def close(transport: Transport) -> None:
@@ -42,8 +90,8 @@ class Tunnel:
 
     def __init__(
         self,
-        exchange: Exchange,
-        client: ClientConnection,
+        exchange: TunnelOwner,
+        client: TunnelClient,
         upstream: UpstreamConnection,
         timeout: float,
     ) -> None:

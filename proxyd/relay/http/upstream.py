@@ -9,7 +9,7 @@ recently used first so that surplus connections age out.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -25,15 +25,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from proxyd.clock import DelayedCall
+from proxyd.clock import Deadline, DelayedCall
 from proxyd.config.model import PoolConfig
 from proxyd.pool import Server
 from proxyd.relay.http.h1 import ResponseReader
 from proxyd.relay.io import ConnectingReactor, Connector, SendBatch, Transport, no_delay
 from proxyd.tls import ClientTls
-
-if TYPE_CHECKING:
-    from proxyd.relay.http.tunnel import Tunnel
 
 _log = Logger(namespace="proxyd.relay.http")
 
@@ -51,6 +48,13 @@ class UpstreamHandler(Protocol):
         """The connection is gone; the reader may hold final events first."""
 
 
+class SplicedHandler(UpstreamHandler, Protocol):
+    """What a tunnel (proxyd.relay.http.tunnel) offers the connection spliced to it."""
+
+    def upstream_data(self, data: bytes) -> None:
+        """Bytes from the server, passed on as they came."""
+
+
 @implementer(IPushProducer)
 class UpstreamConnection(TwistedProtocol):
     """One TCP connection to `server`. It is its transport's producer, so that a full write
@@ -66,10 +70,13 @@ class UpstreamConnection(TwistedProtocol):
         self.writable = True
         self.lost = False
         self.paused = False
-        self._idle_call: DelayedCall | None = None
-        self._idle_until: float | None = None
-        """While idle in the pool: when it expires (its `_idle_call` fires then or before)."""
-        self._tunnel: Tunnel | None = None
+        self.idle_deadline = Deadline(pool.reactor, self._idle_expired)
+        """While idle in the pool: when it expires (keepalive_timeout after its checkin)."""
+        self._tunnel: SplicedHandler | None = None
+
+    def _idle_expired(self) -> None:
+        self.pool.forget(self)
+        self.close()
 
     @property
     def channel(self) -> Transport:
@@ -143,7 +150,7 @@ class UpstreamConnection(TwistedProtocol):
         self.requests += 1
         self.reader.expect(method)
 
-    def splice(self, tunnel: Tunnel) -> None:
+    def splice(self, tunnel: SplicedHandler) -> None:
         """After a 101: bytes go to `tunnel` as they come (it is the handler from now on);
         the connection is never reused."""
         self.handler = self._tunnel = tunnel
@@ -284,12 +291,12 @@ class ConnectionPool:
         return factory.result
 
     def checkout(self, server: Server) -> UpstreamConnection | None:
-        """The most recently used idle connection to `server`, if any. Its idle timer is
-        left to fire (and find it busy) rather than cancelled: see `checkin`."""
+        """The most recently used idle connection to `server`, if any. Its idle deadline is
+        cleared, its delayed call left to fire and find nothing due: see `checkin`."""
         idle = self._idle.get(server)
         while idle:
             connection = idle.pop()
-            connection._idle_until = None
+            connection.idle_deadline.clear()
             if not connection.lost:
                 return connection
         return None
@@ -323,15 +330,12 @@ class ConnectionPool:
         idle.append(connection)
         # A connection is checked in after every request: its idle deadline moves, and the
         # delayed call, scheduled at most once per keepalive_timeout, re-arms itself for the
-        # rest when it fires early.
-        timeout = self.config.keepalive_timeout
-        connection._idle_until = self.reactor.seconds() + timeout
-        if connection._idle_call is None:
-            connection._idle_call = self.reactor.callLater(timeout, self._expire, connection)
+        # rest when it fires early (proxyd.clock.Deadline).
+        connection.idle_deadline.set_in(self.config.keepalive_timeout)
 
     def forget(self, connection: UpstreamConnection) -> None:
         """A connection that closed, idle or not."""
-        self._cancel_idle_timer(connection)
+        connection.idle_deadline.cancel()
         idle = self._idle.get(connection.server)
         if idle and connection in idle:
             idle.remove(connection)
@@ -339,25 +343,6 @@ class ConnectionPool:
     def stop(self) -> None:
         for idle in self._idle.values():
             for connection in idle:
-                self._cancel_idle_timer(connection)
+                connection.idle_deadline.cancel()
                 connection.close()
         self._idle.clear()
-
-    def _expire(self, connection: UpstreamConnection) -> None:
-        connection._idle_call = None
-        until = connection._idle_until
-        if until is None:
-            return  # in use
-        remaining = until - self.reactor.seconds()
-        if remaining > 0:
-            connection._idle_call = self.reactor.callLater(remaining, self._expire, connection)
-            return
-        self.forget(connection)
-        connection.close()
-
-    @staticmethod
-    def _cancel_idle_timer(connection: UpstreamConnection) -> None:
-        connection._idle_until = None
-        call, connection._idle_call = connection._idle_call, None
-        if call is not None and call.active():
-            call.cancel()
