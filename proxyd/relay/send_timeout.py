@@ -1,16 +1,16 @@
 """A peer that stops reading is reset (nginx's send_timeout, HAProxy's `timeout client` on
 the sending side): SendTimeout. What it reads of Twisted's write buffers to see progress
 (held, producer_paused, closes_at_once: FileDescriptor's private fields) lives in
-proxyd.relay.io, the one module that reads them; they are re-exported here for the relays."""
+proxyd.relay.io, the one module that reads them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from proxyd.clock import Clock, DelayedCall
-from proxyd.relay.io import closes_at_once, held, producer_paused
+from proxyd.relay.io import held, producer_paused
 
-__all__ = ["SendTimeout", "closes_at_once", "held", "producer_paused"]
+__all__ = ["SendTimeout"]
 
 
 class SendTimeout:

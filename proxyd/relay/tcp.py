@@ -57,13 +57,15 @@ from proxyd.relay.io import (
     OpenConnections,
     ReadingPort,
     Transport,
+    closes_at_once,
     no_delay,
+    producer_paused,
     reset,
     send_now,
     set_buffer_size,
     socket_of,
 )
-from proxyd.relay.send_timeout import SendTimeout, closes_at_once, producer_paused
+from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import (
     Attempts,
     CloseReason,

@@ -22,7 +22,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from proxyd.relay.http.upstream import UpstreamConnection
-from proxyd.relay.send_timeout import SendTimeout, closes_at_once, held, producer_paused
+from proxyd.relay.io import closes_at_once, held, producer_paused
+from proxyd.relay.send_timeout import SendTimeout
 from tests.unit.test_http_relay import GET, Relay
 from tests.unit.test_http_tunnel import FRAME, tunnel
 from tests.unit.test_tcp_relay import FakeTcpTransport, Harness, SlowReader

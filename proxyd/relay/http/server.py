@@ -43,11 +43,12 @@ from proxyd.relay.io import (
     OpenConnections,
     SendBatch,
     Transport,
+    closes_at_once,
     no_delay,
     reset,
     retain_freed_memory,
 )
-from proxyd.relay.send_timeout import SendTimeout, closes_at_once
+from proxyd.relay.send_timeout import SendTimeout
 from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
 
 _log = Logger(namespace="proxyd.relay.http")

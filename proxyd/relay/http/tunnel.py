@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 
 from proxyd.config.model import HttpListenerConfig
 from proxyd.metrics import ErrorKind
-from proxyd.relay.io import Transport, no_delay, reset, send_now
-from proxyd.relay.send_timeout import SendTimeout, closes_at_once
+from proxyd.relay.io import Transport, closes_at_once, no_delay, reset, send_now
+from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import CloseReason, IdleTimer, Side, close_reason
 
 if TYPE_CHECKING:
