@@ -66,6 +66,13 @@ class Deadline:
         if call is not None and call.active():
             call.cancel()
 
+    def release(self) -> None:
+        """Cancel for good (the owner is gone) and let go of `on_due`: a bound method of the
+        owner, whose reference cycle would otherwise be left to the garbage collector, once
+        per connection."""
+        self.cancel()
+        self._on_due = _nothing
+
     def _fire(self) -> None:
         self._call = None
         at = self.at
@@ -78,3 +85,7 @@ class Deadline:
             return
         self.at = None
         self._on_due()
+
+
+def _nothing() -> None:
+    """What a released Deadline calls, should it be set again."""

@@ -3,6 +3,8 @@ fire too late."""
 
 from __future__ import annotations
 
+import weakref
+
 from twisted.internet.testing import MemoryReactorClock
 
 from proxyd.clock import Deadline
@@ -84,4 +86,25 @@ def test_cancel_cancels_the_call() -> None:
     timer.cancel()
     assert clock.getDelayedCalls() == []
     clock.advance(10)
+    assert fired == []
+
+
+def test_release_cancels_and_lets_go_of_the_owner() -> None:
+    clock = MemoryReactorClock()
+    fired: list[float] = []
+
+    class Owner:
+        def due(self) -> None:
+            fired.append(clock.seconds())
+
+    owner = Owner()
+    timer = Deadline(clock, owner.due)
+    owner_ref = weakref.ref(owner)
+    timer.set_in(5)
+    timer.release()
+    assert clock.getDelayedCalls() == []
+    del owner
+    assert owner_ref() is None  # freed at once, not left to the garbage collector
+    timer.set_in(1)  # harmless after release
+    clock.advance(1)
     assert fired == []

@@ -114,6 +114,7 @@ class UpstreamConnection(TwistedProtocol):
         self.reader.eof()
         handler, self.handler = self.handler, None
         self.pool.forget(self)
+        self.idle_deadline.release()
         if handler is not None:
             handler.upstream_lost(reason)
 
