@@ -29,18 +29,41 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port free for UDP and for TCP on 127.0.0.1 a moment ago: dnsmasq listens on both.
+    (A port free for UDP alone may be a TCP connection's local port of the moment, in the
+    same ephemeral range, and dnsmasq then fails with "Address already in use".)"""
+    for _ in range(100):
+        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no port free for both UDP and TCP in 100 tries")
+
+
 def dnsmasq(processes: ProcessList, tmp_path: Path, name: str, answer: str) -> tuple[int, object]:
-    port = free_udp_port()
     config = tmp_path / f"{name}.conf"
     config.write_text(
         "no-resolv\nno-hosts\nbind-interfaces\nlisten-address=127.0.0.1\n"
         f"address=/example.test/{answer}\n"
     )
-    argv = [shutil.which("dnsmasq", path="/usr/sbin:/usr/bin"), "-k", "-C", str(config)]
-    argv += ["-p", str(port), "--pid-file=", "--log-facility=-", "--user=" + _user()]
-    process = processes.start(f"dnsmasq-{name}", argv)
-    process.wait_for_output(r"started, version", 15)
-    return port, process
+    tries = 3  # the port may be taken between its choice and dnsmasq's bind
+    while True:
+        tries -= 1
+        port = free_udp_and_tcp_port()
+        argv = [shutil.which("dnsmasq", path="/usr/sbin:/usr/bin"), "-k", "-C", str(config)]
+        argv += ["-p", str(port), "--pid-file=", "--log-facility=-", "--user=" + _user()]
+        process = processes.start(f"dnsmasq-{name}", argv)
+        try:
+            process.wait_for_output(r"started, version", 15)
+        except AssertionError:
+            if not tries or "Address already in use" not in process.output():
+                raise
+            continue
+        return port, process
 
 
 def _user() -> str:
