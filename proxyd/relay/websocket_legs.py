@@ -228,6 +228,9 @@ class Leg(WebSocketProtocol):
 class ClientLeg(Leg, WebSocketServerProtocol):  # type: ignore[misc]
     side = Side.CLIENT
     factory: RelayMaker
+    _skipping = False
+    """fail_now() is reading the frame that failed the connection again (see
+    _skip_failed_frame)."""
     _failing: tuple[int, str] | None = None
     """The client broke the protocol (1002) or sent invalid UTF-8 (1007): the close waits for
     the server's answers to the messages relayed before (see Relay.client_failing), and
@@ -256,14 +259,25 @@ class ClientLeg(Leg, WebSocketServerProtocol):  # type: ignore[misc]
         return bool(data) and data[0] & 0x0F == _CLOSE_FRAME
 
     def _protocol_violation(self, reason: str) -> bool:
+        if self._skip_failed_frame():
+            return False
         if self._defer_failure(PROTOCOL_ERROR, reason):
             return True  # stop processing the frame and what follows it
         return bool(super()._protocol_violation(reason))
 
     def _invalid_payload(self, reason: str) -> bool:
+        if self._skip_failed_frame():
+            return False
         if self._defer_failure(INVALID_PAYLOAD, reason):
             return True
         return bool(super()._invalid_payload(reason))
+
+    def _skip_failed_frame(self) -> bool:
+        """fail_now() parses the frame that failed the connection again: it is skipped, as
+        autobahn skips it when it fails at once, so that the frames after it are read in step
+        and the client's answer to the close is found."""
+        skip, self._skipping = self._skipping, False
+        return skip
 
     def processData(self) -> bool:
         if self._failing is not None:
@@ -271,12 +285,17 @@ class ClientLeg(Leg, WebSocketServerProtocol):  # type: ignore[misc]
         return bool(super().processData())
 
     def fail_now(self) -> None:
-        """Fail the connection as autobahn asked before; what the client sent after the
-        failure is dropped, and its answer to the close is read."""
+        """Fail the connection as autobahn asked before. What the client sent from the frame
+        that failed on is read on, frame by frame, in the closing state (messages are no
+        longer relayed), so that its answer to the close is found: dropping the bytes buffered
+        would leave the parser in the middle of a frame when the client's frames come in
+        pieces, and the close could be read as part of one."""
         failing, self._failing = self._failing, None
         if failing is not None and self.state == OPEN:
-            self.data = b""
             super()._fail_connection(*failing)
+            self._skipping = True
+            self.consumeData()
+            self._skipping = False
             cast(Transport, self.transport).resumeProducing()
 
     def connectionMade(self) -> None:

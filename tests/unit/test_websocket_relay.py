@@ -751,6 +751,25 @@ def test_a_server_that_does_not_answer_the_close_does_not_hold_the_failing_clien
     assert client.closed is not None and client.closed[0] == 1002
 
 
+def test_a_client_failed_mid_frame_is_read_on_in_step_and_its_close_found() -> None:
+    # Autobahn's case 5.14: frames sent in pieces, the failure deferred while the server
+    # answers; the bytes of the next frame that arrive after the failure must be read as that
+    # frame's, not as a new frame's header that would swallow the client's close.
+    net = Net()
+    client = opened(net)
+    net.backend().last.onCloseFrame = lambda code, reason: None  # type: ignore[method-assign,assignment]  # never answers a close
+    bad = b"\x00\x80\x00\x00\x00\x00"  # a continuation with nothing to continue: 1002
+    # A masked text frame whose key, read as a header, is a masked 65535-byte binary frame.
+    text = b"\x81\x86" + b"\x82\xfe\xff\xff" + b"\x00" * 6
+    wire(client).write(bad + text[:2])
+    net.flush()
+    net.reactor.advance(2.0)  # CLOSE_TIMEOUT: the client is failed now
+    wire(client).write(text[2:])  # the rest of the frame arrives after the failure
+    net.flush()
+    assert client.closed is not None and client.closed[0] == 1002
+    net.assert_finished()
+
+
 def test_a_broken_close_frame_is_answered_at_once() -> None:
     net = Net()
     client = opened(net)
