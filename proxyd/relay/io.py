@@ -97,7 +97,7 @@ def no_delay(transport: object) -> None:
             set_it(True)
 
 
-PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})
+_PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})
 """Twisted's plain TCP connections (no TLS layer): their write buffer fields are read here."""
 
 
@@ -110,7 +110,7 @@ def send_now(transport: Transport, pieces: list[bytes]) -> None:
     """
     fd = cast(Any, transport)
     if (
-        type(fd) in PLAIN_TCP
+        type(fd) in _PLAIN_TCP
         and fd.connected
         and not (
             fd.disconnecting or fd._writeDisconnecting or fd._tempDataLen or fd.dataBuffer or fd.TLS
@@ -149,7 +149,7 @@ def closes_at_once(transport: object) -> bool:
     wait for: a plain TCP connection with nothing left to send and no producer to resume
     (TLS waits for the peer's close_notify; a paused producer would be resumed instead)."""
     return (
-        type(transport) in PLAIN_TCP
+        type(transport) in _PLAIN_TCP
         and held(transport) == 0
         and getattr(transport, "producer", None) is None
     )
@@ -173,7 +173,7 @@ class SendBatch:
         self._flushing: DelayedCall | None = None
 
     def send(self, transport: Transport, pieces: list[bytes]) -> None:
-        if type(transport) not in PLAIN_TCP:
+        if type(transport) not in _PLAIN_TCP:
             transport.writeSequence(pieces)
             return
         queued = self._queued.get(transport)

@@ -817,8 +817,7 @@ class Exchange:
             if self._awaiting_response:
                 # An interim response is progress: the response timeout starts again
                 # (nginx's proxy_read_timeout runs between reads), bounded by the count.
-                self._cancel_response_timer()
-                self._request_sent()
+                self.client.expect_response(self, self.config.response_timeout)
             if response.status == 100 and self._sent_continue:
                 return
             if self.request.version == "1.1":

@@ -124,7 +124,7 @@ class Tunnel:
         # waiting for the turn's end), after what the relay's batches hold: the 101 first.
         self.client.flush()
         self.upstream.flush()
-        no_delay(self.client.transport)  # set as they were made already; said again here
+        no_delay(self.client.transport)
         no_delay(self.upstream.transport)
         if from_upstream:
             self.upstream_data(from_upstream)
