@@ -21,6 +21,8 @@ proxyd is starting on {config}. Try, in another terminal:
     curl -si http://127.0.0.1:8080/ http://127.0.0.1:8080/       # HTTP relay -> web 9101/9102
     curl -si http://127.0.0.1:8080/api/echo                      # strip_prefix; X-Forwarded-*
     curl -si http://127.0.0.1:8080/healthz                       # answered by proxyd itself
+    curl -s http://127.0.0.1:8080/hello                          # a Python filter rewrites it
+    curl -si -H 'X-Canary: 1' http://127.0.0.1:8080/             # a Python filter: canary pool
     curl -si --cacert etc/demo-tls/demo-ca.pem https://localhost:8443/echo    # HTTPS
     echo hi | openssl s_client -quiet -connect 127.0.0.1:7443   # TLS on a TCP listener
     curl -s --cacert etc/demo-tls/demo-ca.pem https://localhost:9443/  # SNI passthrough

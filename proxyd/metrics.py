@@ -95,6 +95,9 @@ class ErrorKind(StrEnum):
     REFUSED = "refused"
     """Refused by a policy: Origin, max_tunnels, WebSocket-only port, CONNECT."""
     INTERNAL = "internal_error"
+    FILTER_FAILED = "filter_failed"
+    """An HTTP filter raised, returned what its phase does not take, did not finish within
+    its bound, or found a body over its buffer bound: 500 (or 504, 413), or the response cut."""
     LOCAL_RESOURCE = "local_resource"
     """proxyd could not open a connection to a server for want of a resource of its own
     (file descriptors, ephemeral ports, memory): answered 503, never counted against the

@@ -19,6 +19,7 @@ from proxyd.config.model import (
     Certificate,
     CertificateSource,
     Config,
+    FilterConfig,
     GlobalConfig,
     HttpCheck,
     HttpListenerConfig,
@@ -35,6 +36,7 @@ from proxyd.config.model import (
     WebSocketListenerConfig,
 )
 from proxyd.config.routes import RouteSection
+from proxyd.filters.loader import load_filter
 
 
 @attrs.frozen
@@ -49,6 +51,10 @@ class Context:
     """Every [route] section's name, valid or not."""
     routes: dict[str, RouteSection] = attrs.field(factory=dict)
     """The valid [route] sections, built before the [http] sections that refer to them."""
+    filter_names: frozenset[str] = frozenset()
+    """Every [filter] section's name, valid or not."""
+    filters: dict[str, FilterConfig] = attrs.field(factory=dict)
+    """The valid [filter] sections, built before the sections that list them."""
 
 
 @attrs.frozen
@@ -99,6 +105,26 @@ def _routes(text: str, ctx: Context) -> tuple[RouteConfig, ...]:
     v.raise_all(errors)
     if not text.strip():
         raise Invalid("at least one route, one a line", "none")
+    return tuple(result)
+
+
+def _filters(text: str, ctx: Context) -> tuple[FilterConfig, ...]:
+    """`filters`: names of [filter] sections, in the order the requests meet them."""
+    result: list[FilterConfig] = []
+    errors: list[Invalid] = []
+    seen: set[str] = set()
+    for name in text.split():
+        try:
+            _reference("filter", name, ctx.filter_names)
+            if name in seen:
+                raise Invalid("each filter once", f"{name!r} twice")
+        except Invalid as e:
+            v.collect(errors, 0, e)
+            continue
+        seen.add(name)
+        if name in ctx.filters:  # else the [filter] has errors, reported there
+            result.append(ctx.filters[name])
+    v.raise_all(errors)
     return tuple(result)
 
 
@@ -182,6 +208,7 @@ _HTTP_KEYS: Mapping[str, Key] = {
     "trusted_proxies": Key(v.networks),
     "request_headers": Key(routes.header_rules),
     "response_headers": Key(routes.header_rules),
+    "filters": Key(_filters, context=True),
     "via": Key(v.boolean),
     "max_header_size": Key(v.size(1024, 1 << 20)),
     "max_headers": Key(v.integer(1, 10000)),
@@ -341,12 +368,25 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "content_type": Key(routes.content_type),
             "request_headers": Key(routes.header_rules),
             "response_headers": Key(routes.header_rules),
+            "filters": Key(_filters, context=True),
         },
     ),
 }
 
-_BUILD_ORDER = ("proxyd", "admin", "pool", "tcp", "udp", "websocket", "route", "http", "https")
-"""[http] sections are built last: their routes take actions from [route] sections."""
+_BUILD_ORDER = (
+    "proxyd",
+    "admin",
+    "pool",
+    "filter",
+    "tcp",
+    "udp",
+    "websocket",
+    "route",
+    "http",
+    "https",
+)
+"""[http] sections are built last: their routes take actions from [route] sections; [filter]
+sections before the sections that list them."""
 
 
 LISTENER_KINDS = ("http", "https", "tcp", "udp", "websocket")
@@ -386,11 +426,15 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         base_dir=os.path.dirname(path),
         pools=frozenset(s.name for s in sections if s.kind == "pool" and s.name),
         route_names=frozenset(s.name for s in sections if s.kind == "route" and s.name),
+        filter_names=frozenset(s.name for s in sections if s.kind == "filter" and s.name),
     )
     built: dict[str, dict[str, Any]] = {kind: {} for kind in SCHEMAS}
     lines: dict[tuple[str, str], Section] = {}
     order = {kind: n for n, kind in enumerate(_BUILD_ORDER)}
     for section in sorted(sections, key=lambda s: order.get(s.kind, 0)):  # stable: file order
+        if section.kind == "filter":
+            _build_filter(section, path, errors, ctx)
+            continue
         obj = _build(section, path, errors, ctx)
         if section.kind == "route" and section.name:
             problems = _route_section_errors(section, path)
@@ -457,6 +501,24 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         websocket=websocket,
         admin=built["admin"].get(""),
     )
+
+
+def _build_filter(section: Section, path: str, errors: list[ConfigError], ctx: Context) -> None:
+    if not section.name:
+        errors.append(
+            ConfigError(path, section.line, section.title, None, "[filter NAME]", section.title)
+        )
+        return
+    if section.name in ctx.filters:
+        errors.append(
+            ConfigError(
+                path, section.line, section.title, None, "each section once", "a second one"
+            )
+        )
+        return
+    loaded = load_filter(section, path, ctx.pools, errors)
+    if loaded is not None:
+        ctx.filters[section.name] = loaded
 
 
 def _no_listener(text: str, sections: list[Section], path: str) -> list[ConfigError]:
@@ -549,9 +611,9 @@ def _build(section: Section, path: str, errors: list[ConfigError], ctx: Context)
                 section.line,
                 section.title,
                 None,
-                f"a section kind ({one_of(SCHEMAS)})",
+                f"a section kind ({one_of([*SCHEMAS, 'filter'])})",
                 f"[{section.kind}]",
-                did_you_mean(section.kind, SCHEMAS),
+                did_you_mean(section.kind, [*SCHEMAS, "filter"]),
             )
         )
         return None

@@ -381,6 +381,19 @@ RouteAction = ProxyAction | RedirectAction | RespondAction
 
 
 @attrs.frozen
+class FilterConfig:
+    """`[filter NAME]`: an HTTP filter class (proxyd.filters.api) with its options, and the
+    instance made of them when the file was loaded (each load makes its own: a reload's new
+    requests get new instances). Equal when the class and the options are."""
+
+    name: str
+    cls: str
+    """`package.module:Name`."""
+    options: tuple[tuple[str, str], ...] = ()
+    instance: Any = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
 class RouteConfig:
     """One line of an `[http NAME]` section's `routes`, with its action's options."""
 
@@ -390,6 +403,8 @@ class RouteConfig:
     action: RouteAction
     request_headers: tuple[HeaderRule, ...] = ()
     response_headers: tuple[HeaderRule, ...] = ()
+    filters: tuple[FilterConfig, ...] = ()
+    """The route's own filters ([route NAME] `filters`), after the listener's."""
     line: int = 0
     """The line of the routes entry in the config file, for messages."""
 
@@ -406,6 +421,8 @@ class HttpListenerConfig:
     """Clients whose X-Forwarded-* and Forwarded values are kept and extended."""
     request_headers: tuple[HeaderRule, ...] = ()
     """Rules applied to every request before the route's own."""
+    filters: tuple[FilterConfig, ...] = ()
+    """Filters every request of the listener runs through, before its route's."""
     response_headers: tuple[HeaderRule, ...] = ()
     via: bool = True
     """Add `Via: 1.1 proxyd` to requests and responses (RFC 9110 7.6.3)."""

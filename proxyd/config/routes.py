@@ -21,6 +21,7 @@ import attrs
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid, did_you_mean, one_of
 from proxyd.config.model import (
+    FilterConfig,
     HeaderRule,
     ProxyAction,
     RedirectAction,
@@ -301,6 +302,7 @@ class RouteLine:
             section.action(),
             section.request_headers,
             section.response_headers,
+            section.filters,
             line=line,
         )
 
@@ -407,6 +409,7 @@ class RouteSection:
     content_type: str | None = None
     request_headers: tuple[HeaderRule, ...] = ()
     response_headers: tuple[HeaderRule, ...] = ()
+    filters: tuple[FilterConfig, ...] = ()
 
     def action(self) -> RouteAction:
         if self.pool is not None:

@@ -71,6 +71,8 @@ class Relay:
         if "pool_keepalive_timeout" in config:
             pool_keys["keepalive_timeout"] = config.pop("pool_keepalive_timeout")
         servers = config.pop("servers", 1)
+        error_pages = config.pop("error_pages", {})
+        websocket_only = config.pop("websocket_only", None)
         self.reactor = MemoryReactorClock()
         self.pool_config = PoolConfig(
             name="web",
@@ -92,7 +94,8 @@ class Relay:
             {"web": self.pool},
             {"web": self.upstreams},
             self.log,
-            {},
+            error_pages,
+            websocket_only,
         )
         self.client, self.ct = self.connect_client()
         self.used = 0
@@ -777,8 +780,7 @@ def test_garbage_from_a_client_never_raises_and_gets_an_answer_or_nothing(
 
 
 def test_error_pages_replace_proxyds_own_answers() -> None:
-    relay = Relay(servers=1, retries=0)
-    relay.factory.error_pages[502] = b"<h1>down</h1>"
+    relay = Relay(servers=1, retries=0, error_pages={502: b"<h1>down</h1>"})
     relay.send(GET)
     relay.refuse_upstream()
     answer = relay.received()

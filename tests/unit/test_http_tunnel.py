@@ -204,8 +204,7 @@ class _Origins:
 
 
 def test_websocket_only_listener_answers_426_to_plain_requests() -> None:
-    relay = Relay()
-    relay.factory.websocket_only = _Origins()
+    relay = Relay(websocket_only=_Origins())
     relay.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     answer = relay.received()
     assert answer.startswith(b"HTTP/1.1 426 ")
@@ -214,11 +213,11 @@ def test_websocket_only_listener_answers_426_to_plain_requests() -> None:
 
 
 def test_websocket_only_listener_refuses_other_origins_with_403() -> None:
-    relay = Relay()
-    relay.factory.websocket_only = _Origins("http://b.test")
+    origins = _Origins("http://b.test")
+    relay = Relay(websocket_only=origins)
     relay.send(UPGRADE)
     assert relay.received().startswith(b"HTTP/1.1 403 ")
-    relay.factory.websocket_only = _Origins("http://a.test")
+    origins.allowed = ("http://a.test",)
     relay.send(UPGRADE)
     assert relay.pending_connects() != []
 

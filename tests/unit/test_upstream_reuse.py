@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import error
 from twisted.python.failure import Failure
 
-from proxyd.relay.http.exchange import MAX_INTERIM_RESPONSES
+from proxyd.relay.http.forward import MAX_INTERIM_RESPONSES
 
 from .test_http_relay import GET, OK, Relay, field, request_lines
 

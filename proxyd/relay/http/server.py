@@ -24,9 +24,11 @@ from zope.interface import implementer
 from proxyd.accesslog import AccessLog, json_string, json_value, utc_millis
 from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
+from proxyd.filters.local_answers import OriginCheck
 from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.pool import Pool
-from proxyd.relay.http.exchange import Exchange, OriginCheck
+from proxyd.relay.http.chains import build_chains
+from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.h1 import (
     Body,
     End,
@@ -36,6 +38,7 @@ from proxyd.relay.http.h1 import (
     reason_phrase,
     response_head,
 )
+from proxyd.relay.http.roles import ResponseWaiter
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import ConnectionPool
@@ -81,7 +84,7 @@ class ClientConnection(TwistedProtocol):
         self._timer_kind = ""
         """"header", "keepalive", or "" while an exchange runs."""
         self._response_timer = Deadline(factory.reactor, self._response_due)
-        self._awaiting: Exchange | None = None
+        self._awaiting: ResponseWaiter | None = None
         """The exchange whose response timeout runs."""
         self.peer = Address("", 0)
         self.peer_text = ""
@@ -401,7 +404,7 @@ class ClientConnection(TwistedProtocol):
         self._timer_kind = kind
         self._timer.set_in(config.header_timeout if kind == "header" else config.keepalive_timeout)
 
-    def expect_response(self, exchange: Exchange, timeout: float) -> None:
+    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
         """Call exchange.response_timed_out() unless stop_expecting_response() comes within
         `timeout`."""
         self._awaiting = exchange
@@ -462,13 +465,19 @@ class HttpRelayFactory(Factory[ClientConnection]):
         self.error_pages = dict(error_pages or {})
         self.websocket_only = websocket_only
         self.routes = RouteTable(config.routes)
+        self.chains = build_chains(
+            config,
+            {name: pool.config for name, pool in pools.items()},
+            self.error_pages,
+            websocket_only,
+        )
+        """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
         self.tls: ServerTls | None = (
             ServerTls(f"https {config.name}", config.tls, [b"http/1.1"])
             if config.tls is not None
             else None
         )
-        self.hsts = config.hsts.encode("ascii") if config.hsts is not None else None
         self._trusted = config.trusted_proxies
         self.connections = 0
         self._clients: OpenConnections[ClientConnection] = OpenConnections()
@@ -574,11 +583,12 @@ class HttpRelayFactory(Factory[ClientConnection]):
             return
         now = self.reactor.seconds()
         request = exchange.request
-        tried = exchange.attempts.tried
+        forward = exchange.forward
+        tried = forward.attempts.tried if forward is not None else ()
         route = exchange.route
         ctx = exchange.ctx
         method = request.method
-        status = exchange.upstream_status
+        status = forward.upstream_status if forward is not None else None
         line = (
             f'{{"time":"{utc_millis(exchange.started)}"{exchange.client.log_fields}'
             f',"method":{_METHODS_JSON.get(method) or json_string(method.decode("latin-1"))}'
@@ -588,10 +598,12 @@ class HttpRelayFactory(Factory[ClientConnection]):
             f',"route":{json_string(route.name) if route is not None else "null"}'
             f',"upstream":{json_string(tried[-1].name) if tried else "null"}'
             f',"upstream_status":{"null" if status is None else str(status)}'
-            f',"upstream_connect_time":{_seconds_json(exchange.connect_time)}'
-            f',"upstream_header_time":{_seconds_json(exchange.header_time)}'
+            f',"upstream_connect_time":'
+            f"{_seconds_json(forward.connect_time if forward is not None else None)}"
+            f',"upstream_header_time":'
+            f"{_seconds_json(forward.header_time if forward is not None else None)}"
             f',"upstream_response_time":'
-            f"{_seconds_json(now - exchange._attempt_started if tried else None)}"
+            f"{_seconds_json(now - forward.attempt_started if forward and tried else None)}"
             f',"request_time":{_seconds_json(now - exchange.started)}'
             f',"attempts":{len(tried)}'
             f',"request_id":{json_string(ctx.request_id) if ctx is not None else "null"}'

@@ -1,0 +1,31 @@
+"""The forwarding fields (X-Forwarded-*, Forwarded, Via, X-Request-ID) on a proxied request,
+its hop-by-hop fields removed: proxyd.relay.http.headers does the work."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from proxyd.filters.internal import RelayExchange
+from proxyd.relay.http import headers as policy
+
+NOT_FORWARDED: Final = frozenset({b"expect"})
+"""Request fields proxyd answers itself (Expect: 100-continue) beside the hop-by-hop ones."""
+
+
+class Forwarding:
+    """Built in, on every proxied route."""
+
+    def __init__(self, via: bool) -> None:
+        self.via = via
+
+    def request_head(self, exchange: RelayExchange) -> None:
+        fields = policy.remove_hop_by_hop(exchange.request_headers, NOT_FORWARDED)
+        exchange.set_request_headers(
+            policy.forward_request_headers(
+                fields,
+                exchange.ctx,
+                trusted=exchange.trusted,
+                via=self.via,
+                version=exchange.request.version,
+            )
+        )

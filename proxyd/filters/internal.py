@@ -1,0 +1,53 @@
+"""What the built-in filters use of an exchange beyond the public interface (api.Exchange):
+the relay's own objects. proxyd.relay.http.exchange.Exchange provides it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from proxyd.filters.api import Exchange
+from proxyd.pool import Pool, Server
+from proxyd.relay.http.h1 import Request
+from proxyd.relay.http.headers import RequestContext
+
+
+class RelayExchange(Exchange, Protocol):
+    @property
+    def request(self) -> Request: ...
+
+    @property
+    def ctx(self) -> RequestContext: ...
+
+    @property
+    def host_name(self) -> str:
+        """Host without its port, lower case (as routing matched it)."""
+
+    @property
+    def raw_target(self) -> tuple[bytes, bytes]:
+        """The path and the query as received."""
+
+    @property
+    def trusted(self) -> bool:
+        """The client is one of the listener's trusted_proxies."""
+
+    @property
+    def websocket(self) -> bool:
+        """The request is a WebSocket opening handshake."""
+
+    @property
+    def pool(self) -> Pool | None:
+        """The pool the request goes to (None until it is proxied)."""
+
+    @property
+    def upstream_server(self) -> Server | None:
+        """The server that answers (None when proxyd or a filter does)."""
+
+    def prefer(self, server: Server) -> None:
+        """Try `server` first (when it is available and has capacity)."""
+
+    def set_error_kind(self, kind: str) -> None:
+        """Count the exchange under `kind` (proxyd.metrics.ErrorKind) though it succeeds."""
+
+    def set_request_headers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def set_response_headers(self, headers: list[tuple[bytes, bytes]]) -> None: ...

@@ -1,0 +1,198 @@
+"""Routing a request, as a pure function: the request head and the connection's facts in, the
+route table consulted, a decision out: refuse it (with the status and why), or run the
+matched route's chain (None when no route matches: the listener's filters, then 404).
+
+No transport, no clock: tested table-driven (tests/unit/test_decide.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Final
+
+import httptools
+
+from proxyd.config.model import Address, RouteConfig
+from proxyd.metrics import ErrorKind
+from proxyd.relay.http import headers as policy
+from proxyd.relay.http.h1 import Headers, Request
+from proxyd.relay.http.routing import BadPath, RouteTable, request_path
+from proxyd.tls import PeerTls
+
+_HOST_RE: Final = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?$")
+
+
+@functools.lru_cache(maxsize=1024)
+def split_host(host: bytes) -> str | None:
+    """The name of a Host value for routing: lower case, no port, no trailing dot; None when
+    the value is not a valid uri-host[:port] (RFC 9110 7.2). Cached: a listener sees the same
+    few Host values again and again."""
+    match = _HOST_RE.match(host)
+    if match is None:
+        return None
+    return match.group(1).decode("ascii").lower().rstrip(".")
+
+
+class Refused:
+    """Answer the request with `status` (proxyd's error answer): it cannot be routed."""
+
+    __slots__ = ("kind", "status", "why")
+
+    def __init__(self, status: int, why: str, kind: ErrorKind) -> None:
+        self.status = status
+        self.why = why
+        self.kind = kind
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Refused) and (self.status, self.why, self.kind) == (
+            other.status,
+            other.why,
+            other.kind,
+        )
+
+    def __repr__(self) -> str:
+        return f"Refused({self.status}, {self.why!r})"
+
+
+class Routed:
+    """Run `route`'s chain (the listener's alone when `route` is None) for this request."""
+
+    __slots__ = ("ctx", "headers", "host_name", "raw_path", "raw_query", "route")
+
+    def __init__(
+        self,
+        route: RouteConfig | None,
+        ctx: policy.RequestContext,
+        headers: Headers,
+        host_name: str,
+        raw_path: bytes,
+        raw_query: bytes,
+    ) -> None:
+        self.route = route
+        self.ctx = ctx
+        """The request's facts for templates, forwarding fields and filters."""
+        self.headers = headers
+        """The request's fields (Host replaced by an absolute-form target's authority)."""
+        self.host_name = host_name
+        self.raw_path = raw_path
+        """The path as received (for https_redirect)."""
+        self.raw_query = raw_query
+
+
+def has_token(headers: Headers, name: bytes, token: bytes) -> bool:
+    """A comma-separated field `name` lists `token` (case-insensitive)."""
+    for key, value in headers:
+        if key.lower() == name and any(
+            part.strip(b" \t").lower() == token for part in value.split(b",")
+        ):
+            return True
+    return False
+
+
+def is_websocket_upgrade(request: Request) -> bool:
+    """An opening handshake of RFC 6455 4.1: GET, HTTP/1.1, no body, Connection: upgrade,
+    Upgrade: websocket. Other upgrades (h2c) are not relayed: their fields are removed."""
+    return (
+        request.upgrade
+        and request.method == b"GET"
+        and request.version == "1.1"
+        and not request.has_body
+        and has_token(request.headers, b"upgrade", b"websocket")
+    )
+
+
+Decision = Refused | Routed
+
+_BAD_TARGET: Final = Refused(400, "invalid request target", ErrorKind.BAD_REQUEST)
+
+
+def _tls_fields(tls: PeerTls) -> dict[str, str]:
+    return {
+        "tls_version": tls.version,
+        "tls_cipher": tls.cipher,
+        "tls_sni": tls.server_name,
+        "tls_client_subject": tls.client_subject,
+        "tls_client_issuer": tls.client_issuer,
+        "tls_client_fingerprint": tls.client_fingerprint,
+        "tls_client_verify": tls.client_verify,
+    }
+
+
+def _header_map(headers: Headers) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        fields[key] = fields[key] + ", " + text if key in fields else text
+    return fields
+
+
+def decide(
+    request: Request,
+    *,
+    peer: Address,
+    local: Address,
+    tls: PeerTls | None,
+    routes: RouteTable,
+    escaped_slashes: str,
+    new_request_id: Callable[[], str],
+) -> Decision:
+    """Parse the target (origin-form, absolute-form, or `*` for OPTIONS), check the Host,
+    normalize the path (routing.request_path), match the route, and gather the context."""
+    if request.method == b"CONNECT":
+        return Refused(405, "CONNECT is not served by a reverse proxy", ErrorKind.REFUSED)
+    target = request.target
+    host = request.host
+    headers = request.headers
+    if target.startswith(b"/"):
+        raw_path, _, query = target.partition(b"?")
+    elif target == b"*" and request.method == b"OPTIONS":
+        raw_path, query = b"*", b""
+    else:
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            return _BAD_TARGET
+        if url.schema not in (b"http", b"https") or not url.host:
+            return _BAD_TARGET
+        # RFC 9112 3.2.2: an absolute-form target's authority replaces Host.
+        host = url.host + (b":%d" % url.port if url.port else b"")
+        raw_path, query = url.path or b"/", url.query or b""
+        headers = [(k, v) for k, v in headers if k.lower() != b"host"] + [(b"Host", host)]
+    host_name = split_host(host)
+    if host_name is None:
+        return Refused(400, "invalid Host", ErrorKind.BAD_REQUEST)
+    try:
+        path_text = raw_path.decode("ascii")
+    except UnicodeDecodeError:
+        return _BAD_TARGET
+    try:
+        path = path_text if path_text == "*" else request_path(path_text, escaped_slashes)
+    except BadPath as e:
+        return Refused(400, str(e), ErrorKind.BAD_REQUEST)
+    method = request.method.decode("ascii")
+    route = routes.match(
+        host_name,
+        "/" if path == "*" else path,
+        method,
+        _header_map(headers) if routes.uses_headers else {},
+    )
+    query_text = query.decode("latin-1")
+    ctx = policy.RequestContext(
+        client_ip=peer.host,
+        client_port=peer.port,
+        scheme="http" if tls is None else "https",
+        host=host.decode("latin-1"),
+        method=method,
+        path=path,
+        query=query_text,
+        uri=path + ("?" + query_text if query else ""),
+        request_id=policy.request_id(headers, new_request_id),
+        route=route.name if route is not None else "",
+        local_ip=local.host,
+        local_port=local.port,
+        **(_tls_fields(tls) if tls is not None else {}),
+    )
+    return Routed(route, ctx, headers, host_name, raw_path, query)

@@ -1,0 +1,256 @@
+"""The exchange as its filters see it (proxyd.filters.api.Exchange and the built-ins'
+proxyd.filters.internal.RelayExchange), and the running of filters: a filter that fails,
+one that waits too long, the body runs and the log phase.
+
+A base class of proxyd.relay.http.exchange.Exchange, holding no state of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from proxyd.config.model import HttpListenerConfig, RouteConfig
+from proxyd.filters.api import Answer, Headers
+from proxyd.filters.chain import BodyRun, Chain, FilterFailed, HeadRun, Step, TooLarge
+from proxyd.metrics import ErrorKind
+from proxyd.pool import Pool, Server
+from proxyd.relay.http import headers as policy
+from proxyd.relay.http.h1 import Request
+from proxyd.relay.session import IdleTimer
+
+_log = Logger(namespace="proxyd.relay.http")
+
+
+class Filtering:
+    __slots__ = (
+        "_filter_bound",
+        "_head_run",
+        "_preferred",
+        "_vars",
+        "error_kind",
+        "pool",
+        "response_fields",
+    )
+
+    # The exchange's state this class reads (proxyd.relay.http.exchange.Exchange).
+    client: Any
+    clock: Any
+    config: HttpListenerConfig
+    request: Request
+    route: RouteConfig | None
+    chain: Chain
+    ctx: policy.RequestContext | None
+    pool: Pool | None
+    forward: Any
+    answer: Answer | None
+    response_fields: Headers
+    status: int
+    error_kind: str | None
+    path: str
+    query: str
+    _vars: dict[str, Any] | None
+    _preferred: Server | None
+    _filter_bound: IdleTimer | None
+    _head_run: HeadRun | None
+
+    @property
+    def finished(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def response_started(self) -> bool:
+        raise NotImplementedError
+
+    def fail(
+        self,
+        status: int,
+        why: str,
+        kind: ErrorKind | str | None = None,
+        *,
+        answer: Any = None,
+        position: int = 1 << 30,
+    ) -> None:
+        raise NotImplementedError
+
+    def _cut(self, why: str, kind: ErrorKind) -> None:
+        raise NotImplementedError
+
+    # proxyd.filters.api.Exchange.
+
+    @property
+    def reactor(self) -> Any:
+        return self.clock
+
+    @property
+    def method(self) -> str:
+        return self.request.method.decode("latin-1")
+
+    @property
+    def host(self) -> str:
+        return "" if self.ctx is None else self.ctx.host
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.client.tls is None else "https"
+
+    @property
+    def client_ip(self) -> str:
+        return str(self.client.peer.host)
+
+    @property
+    def request_id(self) -> str:
+        return "" if self.ctx is None else self.ctx.request_id
+
+    @property
+    def route_name(self) -> str | None:
+        return None if self.route is None else self.route.name
+
+    @property
+    def request_headers(self) -> Headers:
+        return self.request.headers
+
+    @property
+    def response_headers(self) -> Headers:
+        return self.response_fields
+
+    @property
+    def server(self) -> str | None:
+        server = self.upstream_server
+        return None if server is None else server.name
+
+    @property
+    def vars(self) -> dict[str, Any]:
+        found = self._vars
+        if found is None:
+            found = self._vars = {}
+        return found
+
+    def use_pool(self, name: str) -> None:
+        pools = self.client.factory.pools
+        if name not in pools:
+            raise KeyError(f"no pool {name!r} in the configuration")
+        self.pool = pools[name]
+
+    # proxyd.filters.internal.RelayExchange.
+
+    @property
+    def trusted(self) -> bool:
+        return bool(self.client.trusted)
+
+    @property
+    def upstream_server(self) -> Server | None:
+        forward = self.forward
+        if forward is None or self.answer is not None or not forward.attempts.tried:
+            return None
+        server: Server = forward.attempts.tried[-1]
+        return server
+
+    def prefer(self, server: Server) -> None:
+        self._preferred = server
+
+    def set_request_headers(self, headers: Headers) -> None:
+        self.request.headers = headers
+
+    def set_response_headers(self, headers: Headers) -> None:
+        self.response_fields = headers
+
+    def set_error_kind(self, kind: str) -> None:
+        self.error_kind = kind
+
+    # Running filters.
+
+    def _filter_failed(self, problem: Exception) -> None:
+        """A filter raised (or returned what its phase does not take): 500, or the response
+        cut if it started; logged with the traceback, counted; other requests go on."""
+        if self.finished:
+            return
+        if isinstance(problem, FilterFailed):
+            _log.failure(
+                "{kind} {listener}: filter {filter} failed on {method} {target}",
+                problem.failure,
+                kind=self.config.kind,
+                listener=self.config.name,
+                filter=problem.name,
+                method=self.method,
+                target=self.request.target.decode("latin-1")[:200],
+            )
+            why = f"filter {problem.name} failed: {problem.failure.getErrorMessage()}"
+        else:
+            why = str(problem)
+        if isinstance(problem, TooLarge) and not self.response_started:
+            # A request body too large for a filter that buffers it (a response's head is
+            # sent before its body is read: that one is cut below).
+            self.client.close_after_response()
+            self.fail(413, why, ErrorKind.FILTER_FAILED)
+            return
+        if self.response_started:
+            self._cut(why, ErrorKind.FILTER_FAILED)
+            return
+        self.client.close_after_response()
+        self.fail(500, why, ErrorKind.FILTER_FAILED)
+
+    def _bound_filter(self, timeout: float) -> None:
+        """A filter waits: it has `timeout` to finish."""
+        if self._filter_bound is None:
+            self._filter_bound = IdleTimer(self.clock, timeout, self._filter_timed_out)
+        self._filter_bound.start()
+
+    def _unbound_filter(self) -> None:
+        bound, self._filter_bound = self._filter_bound, None
+        if bound is not None:
+            bound.cancel()
+
+    def _filter_timed_out(self) -> None:
+        if self.finished:
+            return
+        why = "a filter did not finish within its bound"
+        self._filter_bound = None
+        if self.response_started:
+            self._cut(why, ErrorKind.FILTER_FAILED)
+        else:
+            self.client.close_after_response()
+            self.fail(504, why, ErrorKind.FILTER_FAILED)
+
+    def _run_head(
+        self, steps: tuple[Step, ...], done: Callable[[int, Answer | None], None], bound: float
+    ) -> None:
+        run = self._head_run = HeadRun(steps, self, done, self._filter_failed)
+        run.run()
+        if run.waiting is not None:
+            self._bound_filter(bound)
+
+    def _body_run(
+        self,
+        steps: tuple[Step, ...],
+        phase: str,
+        emit: Callable[[bytes, bool], None],
+        hold: Callable[[bool], None],
+    ) -> BodyRun:
+        buffers = {
+            position: bound
+            for (named, position), bound in self.chain.buffers.items()
+            if named == phase
+        }
+
+        def held(waiting: bool) -> None:
+            if waiting:
+                self._bound_filter(self.config.idle_timeout)
+            else:
+                self._unbound_filter()
+            hold(waiting)
+
+        return BodyRun(steps, buffers, self, emit, held, self._filter_failed)  # type: ignore[arg-type]
+
+    def _run_log_filters(self) -> None:
+        for _, name, call in self.chain.log:
+            try:
+                call(self)
+            except Exception:
+                _log.failure(
+                    "{kind} {listener}: filter {filter} failed in its log phase",
+                    kind=self.config.kind,
+                    listener=self.config.name,
+                    filter=name,
+                )

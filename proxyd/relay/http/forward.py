@@ -1,0 +1,524 @@
+"""The upstream side of a proxied request: attempts at the pool's servers, the request sent
+(head, the body held so far, then the rest as it arrives), the response read and handed to the
+exchange as it streams.
+
+Retries (nginx's proxy_next_upstream, with its defaults made explicit):
+- a failed connect always moves on to the next server;
+- a reused keep-alive connection that closes before any response byte is the race with the
+  server's own idle timeout: the request is sent again on a fresh connection, not counted;
+- a reset, a response timeout, or a 502/503/504 answer moves on only for idempotent methods
+  (RFC 9110 9.2.2), and only while the request body sent so far is still held (up to
+  REPLAY_LIMIT bytes);
+- never once any of the response was sent to the client; at most `retries` times.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+from twisted.internet import defer
+from twisted.internet import error as twisted_error
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from proxyd.config.model import HttpListenerConfig
+from proxyd.metrics import Cell, ErrorKind
+from proxyd.pool import Pool, Server, why_no_server
+from proxyd.pool.fault import Fault, fault_of
+from proxyd.relay.http import headers as policy
+from proxyd.relay.http.decide import has_token
+from proxyd.relay.http.h1 import Body, End, Headers, HttpError, Request, Response, response_head
+from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
+from proxyd.relay.session import Attempts, IdleTimer, client_hash_key
+from proxyd.tls import describe_failure
+
+_log = Logger(namespace="proxyd.relay.http")
+
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+REPLAY_LIMIT: Final = 64 * 1024
+"""Request body bytes kept so that a failed attempt can be sent again elsewhere."""
+RETRY_STATUSES: Final = frozenset({502, 503, 504})
+MAX_INTERIM_RESPONSES: Final = 16
+"""1xx responses a server may send before its final one (100 Continue, 102, 103 Early
+Hints); past that it is answering with a storm, a bad response."""
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Forwarded(Protocol):
+    """What a Forward uses of its exchange (proxyd.relay.http.exchange.Exchange)."""
+
+    @property
+    def config(self) -> HttpListenerConfig: ...
+
+    @property
+    def clock(self) -> Any: ...
+
+    @property
+    def request(self) -> Request: ...
+
+    @property
+    def client(self) -> Any:
+        """The client connection (proxyd.relay.http.exchange.ExchangeClient)."""
+
+    @property
+    def request_done(self) -> bool: ...
+
+    @property
+    def response_started(self) -> bool: ...
+
+    @property
+    def websocket(self) -> bool: ...
+
+    @property
+    def reading_response(self) -> bool:
+        """Response events are wanted now (not while a filter holds the response)."""
+
+    def cell(self, server: Server | None) -> Cell: ...
+
+    def want_request_body(self) -> None: ...
+
+    def upstream_response(self, response: Response) -> None: ...
+
+    def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_end(self, trailers: Headers | None) -> None: ...
+
+    def upstream_failed(self, status: int, why: str, kind: ErrorKind | None) -> None: ...
+
+    def upstream_cut(self, why: str, kind: ErrorKind) -> None: ...
+
+    def upstream_switched(self, response: Response, conn: UpstreamConnection) -> None: ...
+
+    def crashed(self, failure: Failure) -> None: ...
+
+
+class Forward:
+    """One proxied request's attempts, connection and response reading."""
+
+    __slots__ = (
+        "_attempt_started",
+        "_awaiting_response",
+        "_connecting",
+        "_held",
+        "_idle",
+        "_interim",
+        "_last_failure",
+        "_replay",
+        "_replay_size",
+        "_replayable",
+        "_sent_continue",
+        "attempts",
+        "conn",
+        "connect_time",
+        "exchange",
+        "head",
+        "header_time",
+        "pool",
+        "preferred",
+        "response",
+        "server",
+        "upstream_status",
+        "upstreams",
+    )
+
+    def __init__(
+        self,
+        exchange: Forwarded,
+        pool: Pool,
+        upstreams: ConnectionPool,
+        head: list[bytes],
+        preferred: Server | None,
+    ) -> None:
+        self.exchange = exchange
+        self.pool = pool
+        self.upstreams = upstreams
+        self.head = head
+        self.preferred = preferred
+        self.attempts = Attempts(retries=exchange.config.retries)
+        self.server: Server | None = None
+        self.conn: UpstreamConnection | None = None
+        self._connecting: defer.Deferred[UpstreamConnection] | None = None
+        self._last_failure: tuple[int, str] = (502, "no attempt")
+        self._attempt_started = 0.0
+        self.upstream_status: int | None = None
+        self.connect_time: float | None = None
+        self.header_time: float | None = None
+        self.response: Response | None = None
+        self._awaiting_response = False
+        """The response timeout runs (on the client connection's timer)."""
+        self._interim = 0
+        """1xx responses received for this request, over all attempts."""
+        self._replay: list[bytes] = []
+        self._replay_size = 0
+        self._replayable = True
+        self._sent_continue = False
+        self._idle: IdleTimer | None = None
+        """While the response streams: started after the read that brought its head, if that
+        read did not end it (a small response needs no timer)."""
+        self._held = False
+        """The exchange holds the response (a filter is busy): reading is paused."""
+
+    @property
+    def attempt_started(self) -> float:
+        return self._attempt_started
+
+    # Attempts.
+
+    def start(self) -> None:
+        self._attempt()
+
+    def _pick(self) -> Server | None:
+        pool = self.pool
+        preferred = self.preferred
+        if preferred is not None and not self.attempts.tried:
+            return preferred
+        key = client_hash_key(self.exchange.client.peer) if pool.config.balance == "hash" else None
+        return pool.pick(key, exclude=self.attempts.tried)
+
+    def _attempt(self) -> None:
+        server = self._pick() if self.attempts.may_try_another() else None
+        if server is None:
+            if not self.attempts.tried:
+                reason = why_no_server(self.pool)
+                self.exchange.upstream_failed(
+                    503, f"pool {self.pool.name}: {reason}", ErrorKind.NO_SERVER
+                )
+            else:
+                self.exchange.upstream_failed(*self._last_failure, None)
+            return
+        tried = self.attempts.tried
+        if tried:
+            self.exchange.cell(tried[-1]).retries += 1
+        self.pool.acquire(server)
+        self.server = server
+        self.attempts.record(server)
+        self._attempt_started = self.exchange.clock.seconds()
+        conn = self.upstreams.checkout(server)
+        if conn is not None:
+            self.connect_time = 0.0
+            self._use(conn)
+            return
+        self._connect(server)
+
+    def _connect(self, server: Server) -> None:
+        d = self.upstreams.connect(server, self.exchange.config.connect_timeout)
+        self._connecting = d
+        d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(server,))
+        d.addErrback(self.exchange.crashed)
+
+    def _connected(self, conn: UpstreamConnection) -> None:
+        self._connecting = None
+        self.pool.report_success(conn.server)
+        self.connect_time = self.exchange.clock.seconds() - self._attempt_started
+        self.exchange.cell(conn.server).connect_duration.observe(self.connect_time)
+        self._use(conn)
+
+    def _connect_failed(self, reason: Failure, server: Server) -> None:
+        self._connecting = None
+        fault = fault_of(reason)
+        if fault is Fault.CANCELLED:
+            return  # we gave it up: the client left, or a timer of ours
+        if fault is Fault.LOCAL:
+            # proxyd's own resources ran out: not the server's doing, and no other server
+            # would fare better now.
+            self.pool.release(server)
+            self.server = None
+            self.exchange.upstream_failed(
+                503,
+                f"cannot connect to {server.name}: {reason.getErrorMessage()}",
+                ErrorKind.LOCAL_RESOURCE,
+            )
+            return
+        timed_out = reason.check(twisted_error.TimeoutError, TimeoutError) is not None
+        tls = describe_failure(reason)
+        if tls is not None:
+            why = f"TLS handshake failed: {tls}"
+            kind = ErrorKind.TLS_FAILED
+        elif timed_out:
+            why = "connect timed out"
+            kind = ErrorKind.CONNECT_TIMEOUT
+        else:
+            why = f"connect failed: {reason.getErrorMessage()}"
+            kind = ErrorKind.CONNECT_FAILED
+        self.exchange.cell(server).error(kind)
+        self.pool.report_failure(server, why)
+        self.pool.release(server)
+        self.server = None
+        config = self.exchange.config
+        _log.warn(
+            "{kind} {listener}: {server} in pool {pool}: {why}",
+            kind=config.kind,
+            listener=config.name,
+            server=server.name,
+            pool=self.pool.name,
+            why=why,
+        )
+        self._last_failure = (504 if timed_out else 502, f"{server.name}: {why}")
+        self._attempt()
+
+    def _use(self, conn: UpstreamConnection) -> None:
+        """Send the request on `conn`: the head, the body held so far, then the rest."""
+        exchange = self.exchange
+        request = exchange.request
+        self.conn = conn
+        conn.begin(self, request.method)
+        if not exchange.client.writable:
+            conn.pause_reading()
+        conn.send(self.head + self._replay)
+        if request.expect_continue and not self._sent_continue and not exchange.request_done:
+            # The body is wanted now; answer the client's Expect ourselves (as nginx does).
+            self._sent_continue = True
+            if request.version == "1.1":
+                exchange.client.send([_CONTINUE])
+        if exchange.request_done:
+            self.request_sent()
+        else:
+            if not conn.writable:
+                self.upstream_writable(False)
+            exchange.want_request_body()
+
+    def _retry(self, why: str, status: int, *, fresh: bool = False) -> None:
+        """Drop the current attempt and try again (another server unless `fresh`)."""
+        self._drop_connection()
+        self._last_failure = (status, why)
+        if fresh and self.server is not None:
+            server = self.server
+            self._attempt_started = self.exchange.clock.seconds()
+            self._connect(server)
+            return
+        self.release_server()
+        self._attempt()
+
+    def _may_retry(self) -> bool:
+        return (
+            not self.exchange.response_started
+            and self.exchange.request.method in IDEMPOTENT
+            and self._replayable
+            and self.attempts.may_try_another()
+        )
+
+    # The request body, from the exchange.
+
+    def send_body(self, pieces: list[bytes], size: int) -> None:
+        """Body `pieces` (framed as the upstream expects) carrying `size` bytes of body."""
+        if self._replayable:
+            self._replay_size += size
+            if self._replay_size > REPLAY_LIMIT:
+                self._replayable = False
+                self._replay = []
+            else:
+                self._replay.extend(pieces)
+        if self.conn is not None:
+            self.conn.send(pieces)
+
+    def request_sent(self) -> None:
+        exchange = self.exchange
+        exchange.client.resume_reading("upstream")
+        if self.response is None and not self._awaiting_response:
+            self._awaiting_response = True
+            exchange.client.expect_response(exchange, exchange.config.response_timeout)
+
+    def _cancel_response_timer(self) -> None:
+        if self._awaiting_response:
+            self._awaiting_response = False
+            self.exchange.client.stop_expecting_response()
+
+    # Upstream events, called by the connection.
+
+    def upstream_readable(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        reader = conn.reader
+        exchange = self.exchange
+        while conn is self.conn and exchange.reading_response and not self._held:
+            event = reader.next_event()
+            if event is None:
+                if self.response is not None and self._idle is None:
+                    config = exchange.config
+                    self._idle = IdleTimer(
+                        exchange.clock, config.idle_timeout, self._idle_timed_out
+                    )
+                    self._idle.start()
+                return
+            if isinstance(event, Body):
+                if self._idle is not None:
+                    self._idle.touch()
+                exchange.upstream_body(event.data)
+            elif isinstance(event, Response):
+                self._response_head(event)
+            elif isinstance(event, End):
+                if self.response is not None:
+                    self._response_end(event)
+            elif isinstance(event, HttpError):
+                # After the connection's end, the reader's error is the cut it found.
+                kind = ErrorKind.UPSTREAM_RESET if conn.lost else ErrorKind.BAD_RESPONSE
+                self._broken(event.message, kind)
+
+    def upstream_writable(self, writable: bool) -> None:
+        client = self.exchange.client
+        if writable:
+            client.resume_reading("upstream")
+        elif not self.exchange.request_done:
+            client.pause_reading("upstream")
+
+    def upstream_lost(self, reason: Failure) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.upstream_readable()  # the reader may hold a close-delimited end, or an error
+        if self.conn is not conn:
+            return
+        if self.response is None and conn.requests > 1 and self._replayable:
+            self._retry("reused connection closed", 502, fresh=True)
+            return
+        self._broken("upstream closed the connection", ErrorKind.UPSTREAM_RESET)
+
+    def _broken(self, why: str, kind: ErrorKind) -> None:
+        """The connection failed or sent garbage: retry or answer 502, or cut the client."""
+        self._drop_connection()
+        if self.exchange.response_started:
+            self.exchange.upstream_cut(f"upstream: {why}", kind)
+            return
+        if self.server is not None:
+            self.exchange.cell(self.server).error(kind)
+            if self.response is None:
+                self.pool.report_failure(self.server, why)
+        if self._may_retry():
+            self._retry(why, 502)
+        else:
+            self.exchange.upstream_failed(502, f"upstream: {why}", None)
+
+    def response_timed_out(self) -> None:
+        """No response head within response_timeout."""
+        self._awaiting_response = False
+        if self.response is not None:
+            return
+        why = f"no response within {self.exchange.config.response_timeout:g}s"
+        if self.server is not None:
+            self.exchange.cell(self.server).error(ErrorKind.UPSTREAM_TIMEOUT)
+        if self._may_retry():
+            self._retry(why, 504)
+        else:
+            self._drop_connection()
+            self.exchange.upstream_failed(504, why, None)
+
+    def _response_head(self, response: Response) -> None:
+        exchange = self.exchange
+        if response.status == 101:
+            self._switch(response)
+            return
+        if response.interim:
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                self._broken(
+                    f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses",
+                    ErrorKind.BAD_RESPONSE,
+                )
+                return
+            if self._awaiting_response:
+                # An interim response is progress: the response timeout starts again
+                # (nginx's proxy_read_timeout runs between reads), bounded by the count.
+                exchange.client.expect_response(exchange, exchange.config.response_timeout)
+            if response.status == 100 and self._sent_continue:
+                return
+            if exchange.request.version == "1.1":
+                fields = policy.remove_hop_by_hop(response.headers)
+                exchange.client.send([response_head(response.status, response.reason, fields)])
+            return
+        self._cancel_response_timer()
+        self.upstream_status = response.status
+        self.header_time = exchange.clock.seconds() - self._attempt_started
+        if response.status in RETRY_STATUSES and self._may_retry():
+            self._retry(f"upstream answered {response.status}", response.status)
+            return
+        self.response = response
+        exchange.upstream_response(response)
+
+    def _switch(self, response: Response) -> None:
+        """A 101: the exchange passes it on and splices the two connections."""
+        conn = self.conn
+        assert conn is not None
+        if not self.exchange.websocket or not has_token(response.headers, b"upgrade", b"websocket"):
+            self._broken(
+                "upstream switched protocols without a WebSocket upgrade", ErrorKind.BAD_RESPONSE
+            )
+            return
+        self._cancel_response_timer()
+        self.upstream_status = 101
+        self.header_time = self.exchange.clock.seconds() - self._attempt_started
+        self.response = response
+        self.conn = None
+        self.exchange.upstream_switched(response, conn)
+
+    def _response_end(self, end: End) -> None:
+        assert self.response is not None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            if self.response.keep_alive and self.exchange.request_done:
+                self.upstreams.checkin(conn)
+            else:
+                conn.close()
+        self.exchange.upstream_end(end.trailers)
+
+    def _idle_timed_out(self) -> None:
+        if self.conn is None:
+            return
+        if (not self.exchange.client.writable or self._held) and self._idle is not None:
+            # Not the server's silence: the client stopped reading (its full write buffer
+            # paused the upstream), or a filter holds the response. The client's send timeout
+            # (or the filter's bound) ends the exchange, blaming the client.
+            self._idle.start()
+            return
+        self._drop_connection()
+        self.exchange.upstream_cut(
+            f"idle for {self.exchange.config.idle_timeout:g}s while streaming the response",
+            ErrorKind.UPSTREAM_IDLE,
+        )
+
+    # Backpressure from the client's write buffer, and holds by the exchange's filters.
+
+    def client_writable(self, writable: bool) -> None:
+        conn = self.conn
+        if conn is not None:
+            if writable and not self._held:
+                conn.resume_reading()
+            elif not writable:
+                conn.pause_reading()
+
+    def hold(self, held: bool) -> None:
+        """A filter holds the response (pause reading it) or let it go (read on)."""
+        self._held = held
+        conn = self.conn
+        if conn is None:
+            return
+        if held:
+            conn.pause_reading()
+        elif self.exchange.client.writable:
+            conn.resume_reading()
+            self.upstream_readable()
+
+    # Ending.
+
+    def _drop_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+        self._cancel_response_timer()
+
+    def release_server(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            self.pool.release(server)
+
+    def stop(self) -> None:
+        """The exchange is over or answered otherwise: drop the attempt and its timers."""
+        self._drop_connection()
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle.cancel()
+        self.release_server()

@@ -1,0 +1,99 @@
+"""The parties of an exchange, as it sees them: its listener's factory and its client
+connection (proxyd.relay.http.server provides both)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from proxyd.config.model import Address, HttpListenerConfig
+from proxyd.filters.chain import Chain
+from proxyd.metrics import RelayStats
+from proxyd.pool import Pool
+from proxyd.relay.http.h1 import RequestReader
+from proxyd.relay.http.routing import RouteTable
+from proxyd.relay.http.tunnel import TunnelClient
+from proxyd.relay.http.upstream import ConnectionPool
+from proxyd.tls import PeerTls
+
+
+class ResponseWaiter(Protocol):
+    def response_timed_out(self) -> None: ...
+
+
+class Listener(Protocol):
+    """What an exchange uses of its listener's factory (proxyd.relay.http.server's
+    HttpRelayFactory)."""
+
+    @property
+    def config(self) -> HttpListenerConfig: ...
+
+    @property
+    def reactor(self) -> Any:
+        """IReactorTCP and IReactorTime."""
+
+    @property
+    def routes(self) -> RouteTable: ...
+
+    @property
+    def chains(self) -> Mapping[str | None, Chain]:
+        """The filter chain of each route by name; None: the listener's alone."""
+
+    @property
+    def pools(self) -> Mapping[str, Pool]: ...
+
+    @property
+    def upstreams(self) -> Mapping[str, ConnectionPool]: ...
+
+    @property
+    def stats(self) -> RelayStats: ...
+
+    def may_open_tunnel(self) -> bool: ...
+
+    def tunnel_opened(self) -> None: ...
+
+    def tunnel_closed(self) -> None: ...
+
+    def log_exchange(self, exchange: Any) -> None:
+        """Write the access-log line of `exchange` (proxyd.relay.http.exchange.Exchange)."""
+
+
+class ExchangeClient(TunnelClient, Protocol):
+    """What an exchange uses of its client connection (proxyd.relay.http.server's
+    ClientConnection), beside what the tunnel of an upgrade uses of it."""
+
+    @property
+    def factory(self) -> Listener: ...
+
+    @property
+    def reader(self) -> RequestReader: ...
+
+    @property
+    def peer(self) -> Address: ...
+
+    @property
+    def local(self) -> Address: ...
+
+    @property
+    def tls(self) -> PeerTls | None: ...
+
+    @property
+    def trusted(self) -> bool: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def log_fields(self) -> str: ...
+
+    def send(self, pieces: list[bytes]) -> None: ...
+
+    def drive(self) -> None: ...
+
+    def close_after_response(self) -> None: ...
+
+    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None: ...
+
+    def stop_expecting_response(self) -> None: ...
+
+    def exchange_done(self, exchange: Any, keep_alive: bool) -> None: ...

@@ -1,0 +1,42 @@
+"""The progress of an exchange (proxyd.relay.http.exchange), as h11's _state.py models an
+HTTP connection: one state at a time, moved only along NEXT, so that an event in the wrong
+state is a bug found at once rather than a flag combination nobody thought of."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Final
+
+
+class State(enum.Enum):
+    REQUEST_FILTERS = "request filters"
+    """The request head's filters run (or one of them waits)."""
+    PROXYING = "proxying"
+    """At a server: attempts, the request sent or streaming, the response awaited."""
+    RESPONSE_FILTERS = "response filters"
+    """The response head's filters run: a server's response, or an answer."""
+    STREAMING = "streaming"
+    """The response head is sent; its body streams."""
+    TUNNEL = "tunnel"
+    """Switched protocols (a WebSocket upgrade): bytes flow both ways."""
+    DONE = "done"
+    """Logged; nothing more happens."""
+
+
+NEXT: Final[Mapping[State, frozenset[State]]] = {
+    State.REQUEST_FILTERS: frozenset({State.PROXYING, State.RESPONSE_FILTERS, State.DONE}),
+    State.PROXYING: frozenset({State.RESPONSE_FILTERS, State.DONE}),
+    State.RESPONSE_FILTERS: frozenset(
+        {State.RESPONSE_FILTERS, State.STREAMING, State.TUNNEL, State.DONE}
+    ),
+    State.STREAMING: frozenset({State.DONE}),
+    State.TUNNEL: frozenset({State.DONE}),
+    State.DONE: frozenset(),
+}
+HEAD_SENT: Final = frozenset({State.STREAMING, State.TUNNEL})
+
+
+def check_move(now: State, then: State) -> None:
+    if then not in NEXT[now]:
+        raise AssertionError(f"exchange: {now.value} -> {then.value}")
