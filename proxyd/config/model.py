@@ -1,19 +1,89 @@
 """The validated configuration tree: frozen attrs values, built only by proxyd.config.load.
 
 Durations are float seconds, sizes are int bytes. Nothing here changes at run time; a reload
-builds a new tree.
+builds a new tree. This module holds the tree's trunk (the file, its pools and listeners);
+its TLS parts are in proxyd.config.tls_model, the health checks in
+proxyd.config.check_model and the HTTP routes in proxyd.config.route_model, all of them
+importable from here too.
 """
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
-import re
 from collections.abc import Mapping
-from typing import Any
 
 import attrs
-from cryptography import x509
+
+from proxyd.config.check_model import (
+    CheckConfig,
+    DnsCheck,
+    HttpCheck,
+    MysqlCheck,
+    SipCheck,
+    SmtpCheck,
+    TcpCheck,
+    TlsCheck,
+    WebSocketCheck,
+)
+from proxyd.config.route_model import (
+    FilterConfig,
+    HeaderRule,
+    ProxyAction,
+    RedirectAction,
+    RespondAction,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+)
+from proxyd.config.tls_model import (
+    DEFAULT_CIPHERS,
+    DEFAULT_CIPHERSUITES,
+    TLS_PROTOCOLS,
+    Certificate,
+    CertificateSource,
+    TlsClientConfig,
+    TlsServerConfig,
+)
+
+__all__ = [
+    "BALANCE_ALGORITHMS",
+    "DEFAULT_CIPHERS",
+    "DEFAULT_CIPHERSUITES",
+    "ESCAPED_SLASHES",
+    "TLS_PROTOCOLS",
+    "Address",
+    "AdminConfig",
+    "Certificate",
+    "CertificateSource",
+    "CheckConfig",
+    "Config",
+    "DnsCheck",
+    "FilterConfig",
+    "GlobalConfig",
+    "HeaderRule",
+    "HttpCheck",
+    "HttpListenerConfig",
+    "MysqlCheck",
+    "PoolConfig",
+    "ProxyAction",
+    "RedirectAction",
+    "RespondAction",
+    "RouteAction",
+    "RouteConfig",
+    "RouteMatch",
+    "ServerConfig",
+    "SipCheck",
+    "SmtpCheck",
+    "SniRoute",
+    "TcpCheck",
+    "TcpListenerConfig",
+    "TlsCheck",
+    "TlsClientConfig",
+    "TlsServerConfig",
+    "UdpListenerConfig",
+    "WebSocketCheck",
+    "WebSocketListenerConfig",
+]
 
 
 @attrs.frozen
@@ -46,202 +116,12 @@ class ServerConfig:
         return str(self.address)
 
 
-@attrs.frozen
-class TcpCheck:
-    """`check = tcp [send STR] [expect STR | expect_regex STR]`: connect, optionally converse."""
-
-    send: bytes | None = None
-    expect: bytes | None = None
-    expect_regex: re.Pattern[bytes] | None = None
-
-    kind = "tcp"
-
-
-@attrs.frozen
-class SmtpCheck:
-    """`check = smtp [DOMAIN]`: 220 banner, EHLO DOMAIN, 250, QUIT."""
-
-    domain: str = "proxyd.localhost"
-
-    kind = "smtp"
-
-
-@attrs.frozen
-class MysqlCheck:
-    """`check = mysql`: read the server's initial handshake packet, expect protocol 10."""
-
-    kind = "mysql"
-
-
-@attrs.frozen
-class HttpCheck:
-    """`check = http [METHOD] [PATH] [host NAME] [expect CODES] [body STR]`: one HTTP/1.1
-    request; the server is up when the status is in `expect` and the body holds `body`."""
-
-    method: str = "GET"
-    path: str = "/"
-    host: str | None = None
-    """Host header to send; None sends the server's address."""
-    expect: tuple[tuple[int, int], ...] = ((200, 399),)
-    """Inclusive status ranges; a single code is (code, code)."""
-    body: bytes | None = None
-    """A substring the response body must contain (the first 64 KiB are searched)."""
-
-    kind = "http"
-
-
-@attrs.frozen
-class DnsCheck:
-    """`check = dns NAME [TYPE] [expect RCODE[,RCODE...]]`: one query over UDP; the server is up
-    when its answer has one of the expected rcodes."""
-
-    name: str
-    rdtype: str = "A"
-    expect: tuple[str, ...] = ("NOERROR",)
-
-    kind = "dns"
-
-
-@attrs.frozen
-class SipCheck:
-    """`check = sip [URI]`: an OPTIONS request over UDP; the server is up when a final response
-    (200-699) comes back."""
-
-    uri: str | None = None
-    """The Request-URI; None is `sip:HOST:PORT` of the server."""
-
-    kind = "sip"
-
-
-@attrs.frozen
-class TlsCheck:
-    """`check = tls [http ...]`: a TLS handshake that verifies as the pool's `tls_*` keys say,
-    then, with `http ...`, that HTTP check over it. A pool with `tls = on` runs its `http`
-    check this way too."""
-
-    tls: TlsClientConfig
-    http: HttpCheck | None = None
-
-    kind = "tls"
-
-
-@attrs.frozen
-class WebSocketCheck:
-    """`check = websocket [PATH] [host NAME] [ping]`: a WebSocket opening handshake to PATH;
-    the server is up when it answers 101 (and, with `ping`, answers a ping with its pong)."""
-
-    path: str = "/"
-    host: str | None = None
-    """Host header to send; None sends the server's address."""
-    ping: bool = False
-    tls: TlsClientConfig | None = None
-    """Set by the loader for a pool with `tls = on`: the handshake runs over TLS (wss)."""
-
-    kind = "websocket"
-
-
-CheckConfig = (
-    TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck | DnsCheck | SipCheck | WebSocketCheck
-)
-
-
-@attrs.frozen(eq=False)
-class Certificate:
-    """A certificate as read from its files: leaf first, then its chain, and its key."""
-
-    path: str
-    """The file the certificate came from."""
-    key_path: str
-    chain: tuple[x509.Certificate, ...]
-    key: Any
-    """A cryptography private key matching chain[0]."""
-    names: tuple[str, ...]
-    """The lower-case DNS names (`*.example.com` for a wildcard) and IP addresses it serves:
-    its subjectAltName entries, else its subject's common name."""
-
-    @property
-    def leaf(self) -> x509.Certificate:
-        return self.chain[0]
-
-    @property
-    def not_after(self) -> datetime.datetime:
-        return self.leaf.not_valid_after_utc
-
-
-@attrs.frozen
-class CertificateSource:
-    """One entry of a `certificates` list: a PEM file or a directory of them."""
-
-    path: str
-    key: str | None = None
-    """The key file; None looks in the certificate's own file, then beside it (NAME.key)."""
-
-
-TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
-
-DEFAULT_CIPHERS = ":".join(
-    (
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-    )
-)
-"""TLS 1.2 ciphers: forward secrecy and AEAD only (Mozilla's intermediate profile without
-DHE)."""
-
-DEFAULT_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-
-
-@attrs.frozen
-class TlsServerConfig:
-    """TLS termination on a listener: `certificates` and the `tls_*` keys."""
-
-    certificates: tuple[CertificateSource, ...]
-    loaded: tuple[Certificate, ...] = attrs.field(eq=False)
-    """The certificates as read when the configuration was loaded; the first is the default
-    for clients that send no (or an unknown) server name. SIGHUP reads `certificates` anew."""
-    protocols: tuple[str, ...] = TLS_PROTOCOLS
-    ciphers: str = DEFAULT_CIPHERS
-    ciphersuites: str = DEFAULT_CIPHERSUITES
-    prefer_server_ciphers: bool = True
-    session_tickets: bool = True
-    session_cache: bool = True
-    session_timeout: float = 300.0
-    verify_client: str = "off"
-    """off | optional | required: ask for a client certificate, verified against client_ca."""
-    client_ca: str | None = None
-    alpn: tuple[str, ...] = ()
-    """Protocols offered by ALPN ([tcp] listeners; [https] offers http/1.1)."""
-    expired_certificates: str = "warn"
-    """warn | refuse: what an expired certificate does at start and on reload."""
-
-
-@attrs.frozen
-class TlsClientConfig:
-    """A pool's `tls` and `tls_*` keys: TLS from proxyd to the pool's servers."""
-
-    enabled: bool = False
-    """`tls = on`: relays speak TLS to the servers (the `tls` check kind uses the other keys
-    either way)."""
-    ca: str | None = None
-    """CA bundle file; None is the system's trust store."""
-    verify: bool = True
-    server_name: str | None = None
-    """SNI and the name verified; None uses each server's host (an IP is verified against the
-    certificate's IP addresses and sends no SNI)."""
-    certificate: Certificate | None = None
-    """A client certificate presented to servers that ask for one."""
-
-
 BALANCE_ALGORITHMS = ("round_robin", "least_conn", "random_two", "hash", "first")
+"""The pool layer implements each of these (proxyd.pool.balance); config only names them."""
 
 ESCAPED_SLASHES = ("reject", "decode", "keep")
 """[http] escaped_slashes: what a request path with %2F, %5C or a backslash gets
 (proxyd.relay.http.routing)."""
-"""The pool layer implements each of these (proxyd.pool.balance); config only names them."""
 
 
 @attrs.frozen
@@ -269,7 +149,7 @@ class PoolConfig:
     """HTTP relays: an idle upstream connection is closed after this long."""
     sticky_cookie: str | None = None
     """HTTP relays: name of the cookie that pins a client to a server; None is no stickiness."""
-    tls: TlsClientConfig = TlsClientConfig()
+    tls: TlsClientConfig = TlsClientConfig()  # noqa: RUF009 (frozen: safe to share)
 
 
 @attrs.frozen
@@ -320,93 +200,6 @@ class SniRoute:
     name: str
     """Lower case; `*.example.com` matches one label in front of `example.com`."""
     pool: str
-
-
-@attrs.frozen
-class HeaderRule:
-    """`set NAME VALUE` (replace), `add NAME VALUE` (append a field), `remove NAME`.
-
-    VALUE is a template: `{client_ip}`, `{host}`, `{scheme}`, `{uri}`, `{path}`, `{query}`,
-    `{method}`, `{request_id}`, `{route}` are substituted per request; `{{` is a literal `{`.
-    """
-
-    op: str
-    """set | add | remove"""
-    name: str
-    value: str = ""
-
-
-@attrs.frozen
-class RouteMatch:
-    """What a route matches; an absent part matches anything."""
-
-    host: str | None = None
-    """Lower case, no port; `*.example.com` matches any name ending in `.example.com`."""
-    path: str = "/"
-    """A prefix of the normalised request path (dot segments removed)."""
-    methods: frozenset[str] | None = None
-    headers: tuple[tuple[str, str | None], ...] = ()
-    """(lower-case name, exact value or None for "present"); all must hold."""
-
-
-@attrs.frozen
-class ProxyAction:
-    """Send the request to a pool."""
-
-    pool: str
-    strip_prefix: bool = False
-    """Remove the matched path prefix before sending (keeping a leading `/`)."""
-    rewrite: tuple[re.Pattern[str], str] | None = None
-    """(regex, replacement with \\1 groups) applied to the path after strip_prefix."""
-    host: str | None = None
-    """Host header sent upstream; None passes the client's."""
-
-
-@attrs.frozen
-class RedirectAction:
-    status: int
-    """301 | 302 | 303 | 307 | 308"""
-    location: str
-    """A template, as header rule values."""
-
-
-@attrs.frozen
-class RespondAction:
-    status: int
-    body: str = ""
-    content_type: str = "text/plain; charset=utf-8"
-
-
-RouteAction = ProxyAction | RedirectAction | RespondAction
-
-
-@attrs.frozen
-class FilterConfig:
-    """`[filter NAME]`: an HTTP filter class (proxyd.filters.api) with its options, and the
-    instance made of them when the file was loaded (each load makes its own: a reload's new
-    requests get new instances). Equal when the class and the options are."""
-
-    name: str
-    cls: str
-    """`package.module:Name`."""
-    options: tuple[tuple[str, str], ...] = ()
-    instance: Any = attrs.field(default=None, eq=False, repr=False)
-
-
-@attrs.frozen
-class RouteConfig:
-    """One line of an `[http NAME]` section's `routes`, with its action's options."""
-
-    name: str
-    """`[route NAME]`'s name, else the host and path, e.g. `api.example.com/v1/` or `*/`."""
-    match: RouteMatch
-    action: RouteAction
-    request_headers: tuple[HeaderRule, ...] = ()
-    response_headers: tuple[HeaderRule, ...] = ()
-    filters: tuple[FilterConfig, ...] = ()
-    """The route's own filters ([route NAME] `filters`), after the listener's."""
-    line: int = 0
-    """The line of the routes entry in the config file, for messages."""
 
 
 @attrs.frozen

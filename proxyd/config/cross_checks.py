@@ -1,0 +1,196 @@
+"""The checks of a section that span several of its keys, per section kind, and the parts of
+its object built from grouped keys (a listener's or a pool's `tls`). They run once every key
+has parsed on its own (proxyd.config.schema)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from proxyd.config import routes, tls
+from proxyd.config import values as v
+from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
+from proxyd.config.errors import ConfigError, Invalid, one_of
+from proxyd.config.ini import Section
+from proxyd.config.schema import TLS_SERVER_KEYS, WEBSOCKET_MESSAGE_KEYS
+from proxyd.config.tls_model import TlsClientConfig, TlsServerConfig
+
+
+def route_section_errors(section: Section, path: str) -> list[ConfigError]:
+    """A [route] has exactly one action key, and options only of that action."""
+    actions = [key for key in routes.ROUTE_ACTION_KEYS if key in section.entries]
+    expected = f"exactly one of {one_of(routes.ROUTE_ACTION_KEYS)}"
+    if not actions:
+        return [ConfigError(path, section.line, section.title, None, expected, "none")]
+    if len(actions) > 1:
+        entry = section.entries[actions[1]]
+        found = " and ".join(f"'{key}'" for key in actions)
+        return [ConfigError(path, entry.line, section.title, actions[1], expected, found)]
+    problems = []
+    for key, needs in routes.ROUTE_OPTION_KEYS.items():
+        if key in section.entries and needs != actions[0]:
+            problems.append(
+                ConfigError(
+                    path,
+                    section.entries[key].line,
+                    section.title,
+                    key,
+                    f"'{key}' only in a [route] with '{needs}'",
+                    f"a [route] with '{actions[0]}'",
+                )
+            )
+    return problems
+
+
+_Problems = list[tuple[str | None, Invalid | v.Invalids]]
+"""(key, what is wrong): problems found across a section's keys."""
+
+
+def _no_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    return []
+
+
+def _tls_server(section: Section, values: dict[str, Any]) -> tuple[Any, _Problems]:
+    """A TlsServerConfig from the `certificates` and `tls_*` keys, the certificates read."""
+    sources = values.pop("certificates")
+    refuse = values.get("expired_certificates") == "refuse"
+    try:
+        loaded = tls.load_all(sources, refuse_expired=refuse)
+    except (Invalid, v.Invalids) as e:
+        return None, [("certificates", e)]
+    config = TlsServerConfig(sources, loaded, **values)
+    problems: _Problems = []
+    if config.verify_client != "off" and config.client_ca is None:
+        problems.append(
+            (
+                "tls_verify_client",
+                Invalid(
+                    "tls_client_ca, the CA bundle client certificates are verified against",
+                    f"tls_verify_client = {config.verify_client} without it",
+                ),
+            )
+        )
+    return config, problems
+
+
+def _https_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    fields["tls"], problems = _tls_server(section, values)
+    return problems
+
+
+def _tcp_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    problems: _Problems = []
+    sni = fields.get("route_by") == "sni"
+    if "certificates" in values:
+        if sni:
+            problems.append(
+                (
+                    "route_by",
+                    Invalid(
+                        "route_by = sni (passthrough) or certificates (termination), not both",
+                        "both",
+                    ),
+                )
+            )
+        if fields.get("accept_proxy"):
+            # The PROXY header comes before the TLS handshake; the TLS layer would get it.
+            problems.append(
+                (
+                    "accept_proxy",
+                    Invalid("accept_proxy without certificates (not supported yet)", "both"),
+                )
+            )
+        fields["tls"], more = _tls_server(section, values)
+        problems += more
+    else:
+        for key in section.entries:
+            if key in TLS_SERVER_KEYS or key == "tls_alpn":
+                problems.append(
+                    (key, Invalid(f"'{key}' only with certificates (TLS termination)", "none"))
+                )
+    if "routes" in fields and not sni:
+        problems.append(("routes", Invalid("routes only with route_by = sni", "no route_by")))
+    if sni and "routes" not in fields:
+        problems.append(("routes", Invalid("a 'routes' key with route_by = sni", "none")))
+    if not sni and "pool" not in fields:
+        problems.append(("pool", Invalid("a 'pool' key", "none")))
+    fields.setdefault("pool", None)
+    return problems
+
+
+def _websocket_groups(
+    section: Section, fields: dict[str, Any], values: dict[str, Any]
+) -> _Problems:
+    problems: _Problems = []
+    if fields.get("mode") == "passthrough":
+        for key in WEBSOCKET_MESSAGE_KEYS:
+            if key in section.entries:
+                problems.append(
+                    (key, Invalid(f"'{key}' only with mode = message", "mode = passthrough"))
+                )
+    if "certificates" in values:
+        fields["tls"], more = _tls_server(section, values)
+        problems += more
+    else:
+        for key in section.entries:
+            if key in TLS_SERVER_KEYS:
+                problems.append(
+                    (key, Invalid(f"'{key}' only with certificates (TLS termination)", "none"))
+                )
+    return problems
+
+
+def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    client = fields["tls"] = TlsClientConfig(**values)
+    check = fields.get("check")
+    if isinstance(check, TlsCheck) or (isinstance(check, WebSocketCheck) and client.enabled):
+        fields["check"] = attrs.evolve(check, tls=client)
+    elif isinstance(check, HttpCheck) and client.enabled:
+        fields["check"] = TlsCheck(client, check)
+    return []
+
+
+def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    """A token is required where others than this machine can reach the admin listener."""
+    if fields.get("read_token") is not None and fields.get("token") is None:
+        return [
+            (
+                "read_token",
+                Invalid(
+                    "a 'token' too: without one every request may change everything",
+                    "a read_token alone",
+                ),
+            )
+        ]
+    if fields.get("read_token") is not None and fields.get("read_token") == fields.get("token"):
+        return [("read_token", Invalid("a token other than 'token'", "the same token"))]
+    if fields.get("token") is None and not v.is_local_endpoint(fields["listen"]):
+        return [
+            (
+                "token",
+                Invalid(
+                    "a 'token' when 'listen' is not a loopback address or a unix: socket",
+                    "none",
+                ),
+            )
+        ]
+    return []
+
+
+_GROUPS: Mapping[str, Callable[[Section, dict[str, Any], dict[str, Any]], _Problems]] = {
+    "admin": _admin_groups,
+    "https": _https_groups,
+    "tcp": _tcp_groups,
+    "pool": _pool_groups,
+    "websocket": _websocket_groups,
+}
+"""Per section kind: builds the parts of its object from grouped keys and checks what
+spans several keys."""
+
+
+def cross_check(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    """The problems across `section`'s keys, its own `fields` parsed and its grouped `values`
+    (the `tls_*` keys); completes `fields` with the parts built from `values`."""
+    return _GROUPS.get(section.kind, _no_groups)(section, fields, values)

@@ -1,0 +1,97 @@
+"""The routes of an HTTP listener: what a route matches, its action (proxy to a pool,
+redirect, respond), its header rules and filters. Frozen attrs values, as the rest of
+proxyd.config.model."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class HeaderRule:
+    """`set NAME VALUE` (replace), `add NAME VALUE` (append a field), `remove NAME`.
+
+    VALUE is a template: `{client_ip}`, `{host}`, `{scheme}`, `{uri}`, `{path}`, `{query}`,
+    `{method}`, `{request_id}`, `{route}` are substituted per request; `{{` is a literal `{`.
+    """
+
+    op: str
+    """set | add | remove"""
+    name: str
+    value: str = ""
+
+
+@attrs.frozen
+class RouteMatch:
+    """What a route matches; an absent part matches anything."""
+
+    host: str | None = None
+    """Lower case, no port; `*.example.com` matches any name ending in `.example.com`."""
+    path: str = "/"
+    """A prefix of the normalised request path (dot segments removed)."""
+    methods: frozenset[str] | None = None
+    headers: tuple[tuple[str, str | None], ...] = ()
+    """(lower-case name, exact value or None for "present"); all must hold."""
+
+
+@attrs.frozen
+class ProxyAction:
+    """Send the request to a pool."""
+
+    pool: str
+    strip_prefix: bool = False
+    """Remove the matched path prefix before sending (keeping a leading `/`)."""
+    rewrite: tuple[re.Pattern[str], str] | None = None
+    """(regex, replacement with \\1 groups) applied to the path after strip_prefix."""
+    host: str | None = None
+    """Host header sent upstream; None passes the client's."""
+
+
+@attrs.frozen
+class RedirectAction:
+    status: int
+    """301 | 302 | 303 | 307 | 308"""
+    location: str
+    """A template, as header rule values."""
+
+
+@attrs.frozen
+class RespondAction:
+    status: int
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+RouteAction = ProxyAction | RedirectAction | RespondAction
+
+
+@attrs.frozen
+class FilterConfig:
+    """`[filter NAME]`: an HTTP filter class (proxyd.filters.api) with its options, and the
+    instance made of them when the file was loaded (each load makes its own: a reload's new
+    requests get new instances). Equal when the class and the options are."""
+
+    name: str
+    cls: str
+    """`package.module:Name`."""
+    options: tuple[tuple[str, str], ...] = ()
+    instance: Any = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class RouteConfig:
+    """One line of an `[http NAME]` section's `routes`, with its action's options."""
+
+    name: str
+    """`[route NAME]`'s name, else the host and path, e.g. `api.example.com/v1/` or `*/`."""
+    match: RouteMatch
+    action: RouteAction
+    request_headers: tuple[HeaderRule, ...] = ()
+    response_headers: tuple[HeaderRule, ...] = ()
+    filters: tuple[FilterConfig, ...] = ()
+    """The route's own filters ([route NAME] `filters`), after the listener's."""
+    line: int = 0
+    """The line of the routes entry in the config file, for messages."""

@@ -1,0 +1,365 @@
+"""The schema of each section kind: its model class, whether it takes a NAME, and its keys,
+each with the parser of its value. The parsers that need more than their text (other
+sections' names, the file's directory) are here too, taking a Context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from proxyd.config import routes, tls
+from proxyd.config import values as v
+from proxyd.config.errors import Invalid, did_you_mean, one_of
+from proxyd.config.model import (
+    BALANCE_ALGORITHMS,
+    ESCAPED_SLASHES,
+    AdminConfig,
+    GlobalConfig,
+    HttpListenerConfig,
+    PoolConfig,
+    SniRoute,
+    TcpListenerConfig,
+    UdpListenerConfig,
+    WebSocketListenerConfig,
+)
+from proxyd.config.route_model import FilterConfig, ProxyAction, RouteConfig
+from proxyd.config.routes import RouteSection
+from proxyd.config.tls_model import Certificate, CertificateSource
+
+
+@attrs.frozen
+class Context:
+    """What a parser may need beyond its text: where the file is, what else it defines."""
+
+    base_dir: str
+    """The config file's directory: relative file paths in values are relative to it."""
+    pools: frozenset[str]
+    """Every [pool] section's name, valid or not (a bad pool is reported once, as itself)."""
+    route_names: frozenset[str]
+    """Every [route] section's name, valid or not."""
+    routes: dict[str, RouteSection] = attrs.field(factory=dict)
+    """The valid [route] sections, built before the [http] sections that refer to them."""
+    filter_names: frozenset[str] = frozenset()
+    """Every [filter] section's name, valid or not."""
+    filters: dict[str, FilterConfig] = attrs.field(factory=dict)
+    """The valid [filter] sections, built before the sections that list them."""
+
+
+@attrs.frozen
+class Key:
+    parse: Callable[..., Any]
+    required: bool = False
+    context: bool = False
+    """parse takes (text, Context)."""
+    group: str | None = None
+    """The value belongs to a part of the section's object (`tls`), which
+    proxyd.config.cross_checks builds."""
+    field: str | None = None
+    """Its name in that part (default: the key)."""
+
+
+def _reference(kind: str, name: str, names: frozenset[str]) -> str:
+    if name not in names:
+        raise Invalid(
+            f"the name of a [{kind}] ({one_of(sorted(names)) or 'none defined'})",
+            repr(name),
+            did_you_mean(name, names),
+        )
+    return name
+
+
+def _pool_name(text: str, ctx: Context) -> str:
+    return _reference("pool", text.strip(), ctx.pools)
+
+
+def _routes(text: str, ctx: Context) -> tuple[RouteConfig, ...]:
+    """The `routes` value, one route a line, with its references checked. Each route's `line`
+    is its index in the value here; loads() makes it the file line."""
+    result: list[RouteConfig] = []
+    errors: list[Invalid] = []
+    for index, text_line in v.each_line(text):
+        try:
+            line = routes.route_line(text_line)
+            if isinstance(line.action, ProxyAction):
+                _reference("pool", line.action.pool, ctx.pools)
+            if line.ref is None:
+                result.append(line.route(index))
+                continue
+            _reference("route", line.ref, ctx.route_names)
+            section = ctx.routes.get(line.ref)
+            if section is not None:  # else the [route] has errors, reported there
+                result.append(line.route(index, section))
+        except Invalid as e:
+            v.collect(errors, index, e)
+    v.raise_all(errors)
+    if not text.strip():
+        raise Invalid("at least one route, one a line", "none")
+    return tuple(result)
+
+
+def _filters(text: str, ctx: Context) -> tuple[FilterConfig, ...]:
+    """`filters`: names of [filter] sections, in the order the requests meet them."""
+    result: list[FilterConfig] = []
+    errors: list[Invalid] = []
+    seen: set[str] = set()
+    for name in text.split():
+        try:
+            _reference("filter", name, ctx.filter_names)
+            if name in seen:
+                raise Invalid("each filter once", f"{name!r} twice")
+        except Invalid as e:
+            v.collect(errors, 0, e)
+            continue
+        seen.add(name)
+        if name in ctx.filters:  # else the [filter] has errors, reported there
+            result.append(ctx.filters[name])
+    v.raise_all(errors)
+    return tuple(result)
+
+
+def _error_pages(text: str, ctx: Context) -> tuple[tuple[int, str], ...]:
+    return v.error_pages(text, ctx.base_dir)
+
+
+def _certificates(text: str, ctx: Context) -> tuple[CertificateSource, ...]:
+    return tls.sources(text, ctx.base_dir)
+
+
+def _ca_file(text: str, ctx: Context) -> str:
+    return tls.ca_file(text, ctx.base_dir)
+
+
+def _client_certificate(text: str, ctx: Context) -> Certificate:
+    return tls.client_certificate(text, ctx.base_dir)
+
+
+def _sni_routes(text: str, ctx: Context) -> tuple[SniRoute, ...]:
+    """`routes` of a [tcp] with route_by = sni: lines of `NAME -> pool POOL`."""
+    result: list[SniRoute] = []
+    errors: list[Invalid] = []
+    seen: set[str] = set()
+    expected = "NAME -> pool POOL, NAME a server name or *.domain"
+    for index, line in v.each_line(text):
+        try:
+            parts = v.words(line, "an SNI route")
+            if not parts:
+                continue
+            if len(parts) != 4 or parts[1] != "->" or parts[2] != "pool":
+                raise Invalid(expected, repr(line))
+            name = parts[0].lower().rstrip(".")
+            bare = name[2:] if name.startswith("*.") else name
+            if not v.is_hostname(bare) or "*" in bare:
+                raise Invalid(expected, repr(parts[0]))
+            if name in seen:
+                raise Invalid("each name once", f"{name!r} twice")
+            seen.add(name)
+            result.append(SniRoute(name, _reference("pool", parts[3], ctx.pools)))
+        except Invalid as e:
+            v.collect(errors, index, e)
+    v.raise_all(errors)
+    if not result:
+        raise Invalid(expected + ", one a line", "nothing")
+    return tuple(result)
+
+
+def _tls(field: str, parse: Callable[..., Any], context: bool = False) -> Key:
+    return Key(parse, context=context, group="tls", field=field)
+
+
+TLS_SERVER_KEYS: Mapping[str, Key] = {
+    "certificates": _tls("certificates", _certificates, context=True),
+    "tls_protocols": _tls("protocols", tls.protocols),
+    "tls_ciphers": _tls("ciphers", tls.ciphers),
+    "tls_ciphersuites": _tls("ciphersuites", tls.ciphersuites),
+    "tls_prefer_server_ciphers": _tls("prefer_server_ciphers", v.boolean),
+    "tls_session_tickets": _tls("session_tickets", v.boolean),
+    "tls_session_cache": _tls("session_cache", v.boolean),
+    "tls_session_timeout": _tls("session_timeout", v.positive_duration),
+    "tls_verify_client": _tls("verify_client", v.choice("off", "optional", "required")),
+    "tls_client_ca": _tls("client_ca", _ca_file, context=True),
+    "expired_certificates": _tls("expired_certificates", v.choice("warn", "refuse")),
+}
+"""Keys of TLS termination, on [https] and [tcp] sections."""
+
+TLS_CLIENT_KEYS: Mapping[str, Key] = {
+    "tls": _tls("enabled", v.boolean),
+    "tls_ca": _tls("ca", _ca_file, context=True),
+    "tls_verify": _tls("verify", v.boolean),
+    "tls_server_name": _tls("server_name", tls.server_name),
+    "tls_certificate": _tls("certificate", _client_certificate, context=True),
+}
+"""A pool's keys for TLS to its servers."""
+
+
+HTTP_KEYS: Mapping[str, Key] = {
+    "listen": Key(v.endpoint, required=True),
+    "routes": Key(_routes, required=True, context=True),
+    "trusted_proxies": Key(v.networks),
+    "request_headers": Key(routes.header_rules),
+    "response_headers": Key(routes.header_rules),
+    "filters": Key(_filters, context=True),
+    "via": Key(v.boolean),
+    "max_header_size": Key(v.size(1024, 1 << 20)),
+    "max_headers": Key(v.integer(1, 10000)),
+    "max_uri_length": Key(v.size(256, 1 << 20)),
+    "max_body_size": Key(v.size(0, 1 << 40)),
+    "header_timeout": Key(v.positive_duration),
+    "body_timeout": Key(v.positive_duration),
+    "keepalive_timeout": Key(v.positive_duration),
+    "connect_timeout": Key(v.positive_duration),
+    "response_timeout": Key(v.positive_duration),
+    "idle_timeout": Key(v.positive_duration),
+    "retries": Key(v.integer(0, 100)),
+    "error_pages": Key(_error_pages, context=True),
+    "access_log": Key(v.log_target),
+    "tunnel_timeout": Key(v.positive_duration),
+    "max_tunnels": Key(v.integer(0)),
+    "escaped_slashes": Key(v.choice(*ESCAPED_SLASHES)),
+}
+"""Keys shared by [http] and [https]."""
+
+WEBSOCKET_MESSAGE_KEYS = (
+    "max_message_size",
+    "max_frame_size",
+    "max_messages_per_second",
+    "ping_interval",
+    "ping_timeout",
+    "permessage_deflate",
+)
+"""[websocket] keys that only mode = message acts on."""
+
+# One schema per section kind: key -> parser. Defaults live on the model classes.
+SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
+    # kind: (model class, takes a NAME, keys)
+    "proxyd": (
+        GlobalConfig,
+        False,
+        {
+            "access_log": Key(v.log_target),
+            "workers": Key(v.workers),
+            "drain_timeout": Key(v.duration),
+        },
+    ),
+    "admin": (
+        AdminConfig,
+        False,
+        {
+            "listen": Key(v.endpoint, required=True),
+            "token": Key(v.bearer_token),
+            "read_token": Key(v.bearer_token),
+        },
+    ),
+    "pool": (
+        PoolConfig,
+        True,
+        {
+            "servers": Key(v.servers, required=True),
+            "balance": Key(v.choice(*BALANCE_ALGORITHMS)),
+            "hash_key": Key(v.choice("client_ip")),
+            "check": Key(v.check),
+            "check_interval": Key(v.positive_duration),
+            "check_timeout": Key(v.positive_duration),
+            "rise": Key(v.integer(1, 100)),
+            "fall": Key(v.integer(1, 100)),
+            "max_fails": Key(v.integer(0)),
+            "eject_time": Key(v.positive_duration),
+            "eject_time_max": Key(v.positive_duration),
+            "keepalive": Key(v.integer(0)),
+            "keepalive_timeout": Key(v.positive_duration),
+            "sticky_cookie": Key(v.cookie_name),
+            **TLS_CLIENT_KEYS,
+        },
+    ),
+    "tcp": (
+        TcpListenerConfig,
+        True,
+        {
+            "listen": Key(v.endpoint, required=True),
+            "pool": Key(_pool_name, context=True),
+            "connect_timeout": Key(v.positive_duration),
+            "idle_timeout": Key(v.positive_duration),
+            "retries": Key(v.integer(0, 100)),
+            "max_connections": Key(v.integer(0)),
+            "on_max_connections": Key(v.choice("queue", "close")),
+            "send_proxy": Key(v.choice("off", "v1", "v2")),
+            "accept_proxy": Key(v.boolean),
+            "access_log": Key(v.log_target),
+            "buffer_size": Key(v.size(1024, 16 << 20)),
+            "tcp_nodelay": Key(v.boolean),
+            "route_by": Key(v.choice("sni")),
+            "routes": Key(_sni_routes, context=True),
+            "handshake_timeout": Key(v.positive_duration),
+            **TLS_SERVER_KEYS,
+            "tls_alpn": _tls("alpn", tls.alpn),
+        },
+    ),
+    "udp": (
+        UdpListenerConfig,
+        True,
+        {
+            "listen": Key(v.udp_endpoint, required=True),
+            "pool": Key(_pool_name, required=True, context=True),
+            "protocol": Key(v.choice("raw", "dns", "sip")),
+            "query_timeout": Key(v.positive_duration),
+            "session_timeout": Key(v.positive_duration),
+            "max_sessions": Key(v.integer(0)),
+            "max_datagram_size": Key(v.size(1, 65535)),
+            "retries": Key(v.integer(0, 100)),
+            "access_log": Key(v.log_target),
+        },
+    ),
+    "websocket": (
+        WebSocketListenerConfig,
+        True,
+        {
+            "listen": Key(v.endpoint, required=True),
+            "pool": Key(_pool_name, required=True, context=True),
+            "mode": Key(v.choice("message", "passthrough")),
+            "connect_timeout": Key(v.positive_duration),
+            "retries": Key(v.integer(0, 100)),
+            "handshake_timeout": Key(v.positive_duration),
+            "idle_timeout": Key(v.positive_duration),
+            "max_connections": Key(v.integer(0)),
+            "allowed_origins": Key(v.origins),
+            "max_message_size": Key(v.size(1, 1 << 40)),
+            "max_frame_size": Key(v.size(1, 1 << 40)),
+            "max_messages_per_second": Key(v.integer(0)),
+            "ping_interval": Key(v.duration),
+            "ping_timeout": Key(v.positive_duration),
+            "permessage_deflate": Key(v.boolean),
+            "access_log": Key(v.log_target),
+            **TLS_SERVER_KEYS,
+        },
+    ),
+    "http": (HttpListenerConfig, True, {**HTTP_KEYS, "https_redirect": Key(tls.https_redirect)}),
+    "https": (
+        HttpListenerConfig,
+        True,
+        {
+            **HTTP_KEYS,
+            **TLS_SERVER_KEYS,
+            "certificates": Key(
+                _certificates, required=True, context=True, group="tls", field="certificates"
+            ),
+            "hsts": Key(tls.hsts),
+        },
+    ),
+    "route": (
+        RouteSection,
+        True,
+        {
+            "pool": Key(_pool_name, context=True),
+            "strip_prefix": Key(v.boolean),
+            "rewrite": Key(routes.rewrite),
+            "host": Key(v.host_header),
+            "redirect": Key(routes.redirect_value),
+            "respond": Key(routes.respond_value),
+            "content_type": Key(routes.content_type),
+            "request_headers": Key(routes.header_rules),
+            "response_headers": Key(routes.header_rules),
+            "filters": Key(_filters, context=True),
+        },
+    ),
+}
