@@ -7,8 +7,8 @@ from typing import Protocol
 
 from proxyd.filters.api import Exchange
 from proxyd.pool import Pool, Server
-from proxyd.relay.http.h1 import Request
 from proxyd.relay.http.headers import RequestContext
+from proxyd.relay.http.messages import Request
 
 
 class RelayExchange(Exchange, Protocol):

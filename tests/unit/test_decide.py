@@ -13,7 +13,7 @@ from proxyd.config.model import (
 )
 from proxyd.metrics import ErrorKind
 from proxyd.relay.http.decide import Refused, Routed, decide, split_host
-from proxyd.relay.http.h1 import Request
+from proxyd.relay.http.messages import Request
 from proxyd.relay.http.routing import RouteTable
 from proxyd.tls import PeerTls
 

@@ -10,15 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxyd.relay.http.h1 import (
+from proxyd.relay.http.h1 import RequestReader, ResponseReader
+from proxyd.relay.http.messages import (
     Body,
     End,
     Headers,
     HttpError,
     Request,
-    RequestReader,
     Response,
-    ResponseReader,
     chunk,
     last_chunk,
     request_head,

@@ -247,7 +247,8 @@ def test_an_upgrade_request_with_a_body_is_proxied_as_a_plain_one() -> None:
 
 
 def test_chunked_body_after_an_upgrade_head_is_read_by_the_next_parser() -> None:
-    from proxyd.relay.http.h1 import Body, End, Request, RequestReader
+    from proxyd.relay.http.h1 import RequestReader
+    from proxyd.relay.http.messages import Body, End, Request
 
     data = (
         b"POST /ws HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"

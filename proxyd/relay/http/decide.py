@@ -17,7 +17,7 @@ import httptools
 from proxyd.config.model import Address, RouteConfig
 from proxyd.metrics import ErrorKind
 from proxyd.relay.http import headers as policy
-from proxyd.relay.http.h1 import Headers, Request
+from proxyd.relay.http.messages import Headers, Request
 from proxyd.relay.http.routing import BadPath, RouteTable, request_path
 from proxyd.tls import PeerTls
 

@@ -17,7 +17,7 @@ from proxyd.filters.chain import BodyRun, Chain, FilterFailed, HeadRun, Step, To
 from proxyd.metrics import ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
-from proxyd.relay.http.h1 import Request
+from proxyd.relay.http.messages import Request
 from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")

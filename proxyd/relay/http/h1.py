@@ -1,4 +1,4 @@
-"""HTTP/1.1 framing, sans-IO: bytes in, message events out, over httptools (llhttp).
+"""HTTP/1.1 readers, sans-IO: bytes in, message events out, over httptools (llhttp).
 
 `RequestReader` and `ResponseReader` follow h11's shape: `feed()` bytes, then take events with
 `next_event()` — a head (`Request` / `Response`), `Body` pieces, an `End` — until it returns
@@ -8,7 +8,8 @@ smuggling (Content-Length with Transfer-Encoding, duplicate Content-Length, bad 
 obs-fold, bare CR, invalid field names); the readers add the limits and the checks llhttp
 leaves to its user (RFC 9112 3.2 Host, 6.1 Transfer-Encoding in HTTP/1.0, versions).
 
-The writer half is plain functions that build the bytes of heads and chunks.
+The events, and the writer half (plain functions that build the bytes of heads and chunks),
+are in proxyd.relay.http.messages; they are importable from here too.
 """
 
 from __future__ import annotations
@@ -18,139 +19,37 @@ from typing import Final
 
 import httptools
 
-Headers = list[tuple[bytes, bytes]]
+from proxyd.relay.http.messages import (
+    Body,
+    End,
+    Event,
+    Headers,
+    HttpError,
+    Request,
+    Response,
+    chunk,
+    last_chunk,
+    reason_phrase,
+    request_head,
+    response_head,
+)
 
-
-class HttpError:
-    """The message cannot be relayed: answer `status` and close the connection."""
-
-    __slots__ = ("message", "status")
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"HttpError({self.status}, {self.message!r})"
-
-
-class Request:
-    """A request head. `content_length` is None when the body is chunked or absent."""
-
-    __slots__ = (
-        "chunked",
-        "content_length",
-        "expect_continue",
-        "headers",
-        "host",
-        "keep_alive",
-        "method",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        version: str,
-        headers: Headers,
-        keep_alive: bool = True,
-        chunked: bool = False,
-        content_length: int | None = None,
-        host: bytes = b"",
-        expect_continue: bool = False,
-        upgrade: bool = False,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.chunked = chunked
-        self.content_length = content_length
-        self.host = host
-        self.expect_continue = expect_continue
-        self.upgrade = upgrade
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-    def __repr__(self) -> str:
-        return f"Request({self.method!r}, {self.target!r}, {self.version!r})"
-
-
-class Response:
-    """A response head. The body is chunked, `content_length` long, or runs to the close
-    (`close_delimited`); `no_body` for 1xx, 204, 304 and answers to HEAD."""
-
-    __slots__ = (
-        "chunked",
-        "close_delimited",
-        "content_length",
-        "headers",
-        "keep_alive",
-        "no_body",
-        "reason",
-        "status",
-        "version",
-    )
-
-    def __init__(
-        self,
-        status: int,
-        reason: bytes,
-        version: str,
-        headers: Headers,
-        keep_alive: bool = True,
-        chunked: bool = False,
-        content_length: int | None = None,
-        close_delimited: bool = False,
-        no_body: bool = False,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.chunked = chunked
-        self.content_length = content_length
-        self.close_delimited = close_delimited
-        self.no_body = no_body
-
-    @property
-    def interim(self) -> bool:
-        return 100 <= self.status < 200
-
-    def __repr__(self) -> str:
-        return f"Response({self.status}, {self.reason!r})"
-
-
-class Body:
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"Body({len(self.data)} bytes)"
-
-
-class End:
-    """The message is complete; `trailers` are the chunked trailer fields, if any."""
-
-    __slots__ = ("trailers",)
-
-    def __init__(self, trailers: Headers | None = None) -> None:
-        self.trailers = trailers
-
-    def __repr__(self) -> str:
-        return f"End({self.trailers!r})"
-
-
-Event = Request | Response | Body | End | HttpError
+__all__ = [
+    "Body",
+    "End",
+    "Event",
+    "Headers",
+    "HttpError",
+    "Request",
+    "RequestReader",
+    "Response",
+    "ResponseReader",
+    "chunk",
+    "last_chunk",
+    "reason_phrase",
+    "request_head",
+    "response_head",
+]
 
 
 class _Abort(Exception):
@@ -550,62 +449,3 @@ class ResponseReader(_Reader):
         if current is None or not current.interim:
             self._awaiting = False  # a final response: what follows answers nothing
         self._events.append(End(self._trailers))
-
-
-# Writing.
-
-_REASONS: Final = {
-    100: b"Continue",
-    200: b"OK",
-    201: b"Created",
-    204: b"No Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    303: b"See Other",
-    304: b"Not Modified",
-    307: b"Temporary Redirect",
-    308: b"Permanent Redirect",
-    400: b"Bad Request",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    417: b"Expectation Failed",
-    426: b"Upgrade Required",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
-
-
-def reason_phrase(status: int) -> bytes:
-    return _REASONS.get(status, b"")
-
-
-def _fields(headers: Headers) -> bytes:
-    if not headers:
-        return b""
-    return b"\r\n".join([b": ".join(field) for field in headers]) + b"\r\n"
-
-
-def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, _fields(headers))
-
-
-def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), _fields(headers))
-
-
-def chunk(data: bytes) -> list[bytes]:
-    """A chunk of a chunked body, as pieces for writeSequence (no copy of `data`)."""
-    return [b"%x\r\n" % len(data), data, b"\r\n"]
-
-
-def last_chunk(trailers: Headers | None = None) -> bytes:
-    return b"0\r\n" + _fields(trailers or []) + b"\r\n"
