@@ -20,7 +20,7 @@ request no route matched), no pool, no server (proxyd answered or closed by itse
 fields are numbers, dicts of numbers (`responses` by status class, `errors` by kind) or
 histograms ({"buckets": {LE: cumulative count}, "sum": seconds, "count": n}); fields at zero
 are left out. Every value is a total since the process started, so that
-proxyd.workers.commands.add_counters, summing two snapshots, gives the snapshot of both
+add_counters, summing two snapshots, gives the snapshot of both
 processes.
 
 Label sets are bounded by the config (listeners, routes, pools, servers) and by the fixed
@@ -42,6 +42,7 @@ __all__ = [
     "ErrorKind",
     "Histogram",
     "RelayStats",
+    "add_counters",
     "cells",
     "server_traffic",
 ]
@@ -308,3 +309,14 @@ def server_traffic(snapshot: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 total["response_time_sum"], total["response_time_count"] = found[0], int(found[1])
                 break
     return totals
+
+
+def add_counters(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    """Add `more` into `total` key by key: numbers are summed, dicts are added recursively.
+    Summing the counters (and `stats` snapshots) of two processes gives those of both."""
+    for key, value in more.items():
+        if isinstance(value, Mapping):
+            add_counters(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+    return total

@@ -43,7 +43,7 @@ def makeService(options: Options) -> Any:
     # cyclic collector's way, its full passes stop scanning it every few hundred connections.
     reactor.callWhenRunning(gc.freeze)
     workers = config.proxyd.workers
-    proxy = ProxydService(reactor, config, handle_signals=workers == 1)
+    proxy = ProxydService(reactor, config, handle_signals=workers == 1, source=text)
     try:
         if workers == 1:
             proxy.bind()

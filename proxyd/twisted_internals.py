@@ -13,10 +13,11 @@ module to update, when a Twisted upgrade changes it; pyproject.toml bounds Twist
   path).
 - twisted.protocols.haproxy's private parsers (V1Parser, V2Parser, InvalidProxyHeader): here,
   for proxyd.relay.proxy_protocol.
-- Listening ports beyond IListeningPort (a port's factory or protocol swapped at a reload,
-  doRead, stopReading, socket, connected, connectionLost; unix.Port._fromListeningDescriptor
-  and what tcp.Port.startListening sets): here. proxyd.relay.tcp pauses accepting with the
-  port's stopReading/startReading (its ReadingPort, proxyd.relay.io).
+- Listening ports beyond IListeningPort (doRead, stopReading, socket, connected,
+  connectionLost; unix.Port._fromListeningDescriptor and what tcp.Port.startListening sets):
+  here. A reload changes no port's attribute: each port keeps one factory for its life, which
+  delegates to the relay serving (proxyd.listeners.Front). proxyd.relay.tcp pauses accepting
+  with the port's stopReading/startReading (its ReadingPort, proxyd.relay.io).
 """
 
 from __future__ import annotations
@@ -39,26 +40,8 @@ __all__ = [
     "accept_queued",
     "adopt_unix",
     "close_now",
-    "hand_over",
-    "hand_over_datagram",
     "stop_accepting",
 ]
-
-
-def hand_over(port: Any, factory: Any) -> None:
-    """From its next accept on, the listening `port` (tcp.Port, unix.Port) builds protocols
-    with `factory`: Twisted's Port reads its `factory` attribute at each accept. The factory
-    it had is stopped, the new one started, as the port would at its own stop and start."""
-    port.factory.doStop()
-    port.factory = factory
-    factory.doStart()
-
-
-def hand_over_datagram(port: Any, protocol: Any) -> None:
-    """From its next datagram on, the UDP `port` (udp.Port) delivers to `protocol`, which
-    is given the port as its transport."""
-    port.protocol = protocol
-    protocol.makeConnection(port)
 
 
 def accept_queued(port: Any) -> None:

@@ -48,7 +48,8 @@ FULL, READ = "token", "read_token"
 class Proxy(Protocol):
     """What the admin API steers (proxyd.app.ProxydService)."""
 
-    config: Any
+    @property
+    def config(self) -> Any: ...
 
     def status(self) -> Deferred[dict[str, Any]]: ...
 

@@ -8,7 +8,6 @@ master -> worker, answered: Counters (the worker's counters, summed by the maste
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.protocol import connectionDone
@@ -135,13 +134,3 @@ class Counters(amp.Command):
 
     arguments = []
     response = [(b"counters", Json())]
-
-
-def add_counters(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
-    """Add `more` into `total` key by key: numbers are summed, dicts are added recursively."""
-    for key, value in more.items():
-        if isinstance(value, Mapping):
-            add_counters(total.setdefault(key, {}), value)
-        else:
-            total[key] = total.get(key, 0) + value
-    return total

@@ -37,6 +37,8 @@ from proxyd.app import ProxydService, ReloadOutcome, sighup_reload
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import read
 from proxyd.config.reload import reload_config
+from proxyd.listen_sockets import SharedPort
+from proxyd.metrics import add_counters
 from proxyd.pool import Server
 from proxyd.pool.pool import ServerEvent
 from proxyd.stopping import GracefulStop, on_sigusr1
@@ -51,9 +53,7 @@ from proxyd.workers.commands import (
     Serve,
     SetHealth,
     SetServer,
-    add_counters,
 )
-from proxyd.workers.sockets import SharedPort
 from proxyd.workers.worker import MASTER_FD
 
 STOP_GRACE = 10.0
@@ -317,7 +317,7 @@ class Master(service.MultiService):
         except ConfigErrors as e:
             return succeed(self.proxy.refused([str(error) for error in e.errors]))
         before = {name: id(shared) for name, shared in self.proxy.shared().items()}
-        outcome = self.proxy.apply(config)
+        outcome = self.proxy.apply(config, source=text)
         if not outcome.reloaded:
             return succeed(outcome)
         self.config_text = text

@@ -46,12 +46,12 @@ def test_a_reload_serves_the_certificates_now_on_disk_to_new_connections(tmp_pat
     proxy, old_tls = service(tmp_path, reactor)
     proxy.bind()
     [(_port, listening, *_rest)] = reactor.tcpServers
-    [old] = proxy.listeners
-    old.port.factory = listening  # as a tcp.Port has it; MemoryReactor's port has none
     ca.issue(["new.example.test"]).write(tmp_path / "site.pem")
     assert proxy.reload().reloaded
     [listener] = proxy.listeners
-    assert listener.port is not None and listener.port.factory.wrappedFactory is listener.factory
+    # The port keeps its factory (a Front), which now builds through TLS around the new relay.
+    assert listener.port is not None and listener.front is listening
+    assert listening.current.wrappedFactory is listener.factory
     assert listener.factory.tls.certificates[0].names == ("new.example.test",)
     assert old_tls.certificates[0].names == ("old.example.test",)  # open connections' own
     assert len(reactor.tcpServers) == 1  # the same socket, not bound again
@@ -82,6 +82,7 @@ def test_an_https_listener_listens_through_tls(tmp_path: Path) -> None:
     proxy, _tls = service(tmp_path, reactor)
     proxy.bind()
     [listener] = proxy.listeners
-    [(_port, factory, _backlog, _interface)] = reactor.tcpServers
+    [(_port, front, _backlog, _interface)] = reactor.tcpServers
+    factory = front.current  # the port's factory delegates to the relay's, inside TLS
     assert isinstance(factory, TLSMemoryBIOFactory)
     assert factory.wrappedFactory is listener.factory

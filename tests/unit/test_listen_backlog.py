@@ -15,14 +15,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
 from proxyd.accept_log import AcceptLog
-from proxyd.listeners import ListenerService
-from proxyd.workers.sockets import (
+from proxyd.listen_sockets import (
     DEFAULT_BACKLOG,
     MIN_BACKLOG,
     bind_stream,
     default_backlog,
     with_backlog,
 )
+from proxyd.listeners import ListenerService
 
 
 def listen_backlog(sock: socket.socket) -> int:

@@ -11,8 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxyd.metrics import BUCKETS, TRAFFIC_FIELDS, ErrorKind, RelayStats, server_traffic
-from proxyd.workers.commands import add_counters
+from proxyd.metrics import (
+    BUCKETS,
+    TRAFFIC_FIELDS,
+    ErrorKind,
+    RelayStats,
+    add_counters,
+    server_traffic,
+)
 
 
 def test_a_histogram_counts_each_observation_in_the_first_bucket_at_or_above_it() -> None:
@@ -383,3 +389,21 @@ def test_every_relay_has_stats_under_its_kind_and_name_in_the_services_counters(
         assert server_traffic(metrics)["web/127.0.0.1:9001"]["bytes_in"] == 6
     finally:
         service.stopService()
+
+
+def test_add_counters_sums_numbers_key_by_key_at_any_depth() -> None:
+    total: dict[str, Any] = {"workers": 1, "listeners": {"tcp db": {"active": 2}}}
+    result = add_counters(
+        total,
+        {
+            "workers": 1,
+            "listeners": {"tcp db": {"active": 3, "total": 9}, "udp dns": {"sessions": 4}},
+            "servers": {"db/10.0.0.1:3306": {"active": 1}},
+        },
+    )
+    assert result is total
+    assert total == {
+        "workers": 2,
+        "listeners": {"tcp db": {"active": 5, "total": 9}, "udp dns": {"sessions": 4}},
+        "servers": {"db/10.0.0.1:3306": {"active": 1}},
+    }

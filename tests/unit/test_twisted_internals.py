@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from twisted.copyright import version as VERSION
-from twisted.internet import abstract, epollreactor, error, posixbase, tcp, udp, unix
+from twisted.internet import abstract, epollreactor, error, posixbase, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -254,22 +254,6 @@ def test_haproxy_v2_parser() -> None:
 # proxyd.twisted_internals: listening ports beyond IListeningPort.
 
 
-def test_port_factory_is_read_at_each_accept(port: tcp.Port) -> None:
-    """hand_over (a reload gives the socket to the listener that replaces it)."""
-    built: list[Any] = []
-    successor = Factory.forProtocol(Protocol)
-    successor.buildProtocol = lambda addr: built.append(addr)  # type: ignore[method-assign]
-    twisted_internals.hand_over(port, successor)
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
-    try:
-        port.doRead()
-        assert port.factory is successor and len(built) == 1, changed(
-            "tcp.Port.factory (read at each accept)", "proxyd.twisted_internals (hand_over)"
-        )
-    finally:
-        client.close()
-
-
 def test_port_do_read_accepts_what_is_queued(port: tcp.Port) -> None:
     """accept_queued (a listener that stops serves the connections queued)."""
     accepted: list[Any] = []
@@ -307,29 +291,6 @@ def test_port_stop_reading_socket_and_connection_lost(port: tcp.Port) -> None:
         )
     finally:
         duplicate.close()
-
-
-def test_udp_port_protocol_is_read_at_each_datagram() -> None:
-    """hand_over_datagram (a reload gives a [udp] socket to a relay of another kind)."""
-    reactor = MemoryReactorClock()
-    first, second = DatagramProtocol(), DatagramProtocol()
-    received: list[bytes] = []
-    second.datagramReceived = lambda data, addr: received.append(data)  # type: ignore[method-assign]
-    listening = udp.Port(0, first, interface="127.0.0.1", reactor=reactor)
-    listening.startListening()
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        twisted_internals.hand_over_datagram(listening, second)
-        assert second.transport is listening
-        sender.sendto(b"hello", ("127.0.0.1", listening.getHost().port))
-        listening.doRead()
-        assert received == [b"hello"], changed(
-            "udp.Port.protocol (read at each datagram)",
-            "proxyd.twisted_internals (hand_over_datagram)",
-        )
-    finally:
-        sender.close()
-        listening.connectionLost()
 
 
 def test_unix_port_from_listening_descriptor(tmp_path: Any) -> None:

@@ -47,6 +47,14 @@ import proxyd
 from proxyd.app import ProxydService, ReloadOutcome
 from proxyd.config.load import loads
 from proxyd.config.values import split_endpoint
+from proxyd.listen_sockets import (
+    DEFAULT_BACKLOG,
+    NotShareable,
+    SharedPort,
+    adopt_stream,
+    bind_datagram,
+    bind_stream,
+)
 from proxyd.workers import master as master_module
 from proxyd.workers import worker as worker_module
 from proxyd.workers.commands import (
@@ -60,7 +68,6 @@ from proxyd.workers.commands import (
     Serve,
     SetHealth,
     SetServer,
-    add_counters,
 )
 from proxyd.workers.master import (
     RESTART_DELAY,
@@ -70,14 +77,6 @@ from proxyd.workers.master import (
     Master,
     WorkerProcess,
     relay_log,
-)
-from proxyd.workers.sockets import (
-    DEFAULT_BACKLOG,
-    NotShareable,
-    SharedPort,
-    adopt_stream,
-    bind_datagram,
-    bind_stream,
 )
 from proxyd.workers.worker import MASTER_FD, WorkerAgent
 
@@ -446,24 +445,6 @@ def test_any_json_value_round_trips_through_json_boxes(value: Any) -> None:
     objects: dict[str, Any] = {}
     Json().fromBox(b"v", strings, objects, None)
     assert objects == {"v": value}
-
-
-def test_add_counters_sums_numbers_key_by_key_at_any_depth() -> None:
-    total: dict[str, Any] = {"workers": 1, "listeners": {"tcp db": {"active": 2}}}
-    result = add_counters(
-        total,
-        {
-            "workers": 1,
-            "listeners": {"tcp db": {"active": 3, "total": 9}, "udp dns": {"sessions": 4}},
-            "servers": {"db/10.0.0.1:3306": {"active": 1}},
-        },
-    )
-    assert result is total
-    assert total == {
-        "workers": 2,
-        "listeners": {"tcp db": {"active": 5, "total": 9}, "udp dns": {"sessions": 4}},
-        "servers": {"db/10.0.0.1:3306": {"active": 1}},
-    }
 
 
 def test_agents_log_nothing_when_connected_and_disconnected() -> None:

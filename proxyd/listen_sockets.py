@@ -1,4 +1,5 @@
-"""Listening sockets the master binds for its workers.
+"""Listening sockets the master binds for its workers (proxyd.workers), next to the listeners
+(proxyd.listeners) that bind, share and adopt them.
 
 A `tcp:`/`tcp6:` listener and a `[udp]` listener get one socket per worker, all bound to the
 same address with SO_REUSEPORT: the kernel spreads new connections (and clients' datagrams)
