@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from proxyd.clock import Clock, DelayedCall
 from proxyd.config.model import PoolConfig, ServerConfig
+from proxyd.pool.affinity import Affinity, hash_key
 from proxyd.pool.balance import make_balancer
 from proxyd.pool.server import ADMIN_STATES, MAX_WEIGHT, MIN_WEIGHT, Server
 
@@ -77,12 +78,15 @@ class Pool:
     config: PoolConfig
     servers: tuple[Server, ...]
 
-    def pick(self, key: bytes | None = None, exclude: Collection[Server] = ()) -> Server | None:
+    def pick(
+        self, exclude: Collection[Server] = (), *, affinity: Affinity | None = None
+    ) -> Server | None:
         """The server for a new connection, or None when no server can take one.
 
         Candidates are the available primaries not in `exclude`; only when there are none,
         the available backups not in `exclude`. Servers at max_connections are skipped.
-        `key` is the hash key (e.g. the client's IP as bytes) for balance = hash.
+        `affinity` says who asks (the client's address, a SIP dialog): with balance = hash the
+        pool keys on it (proxyd.pool.affinity.hash_key).
         """
         now = self._now()
         candidates = [
@@ -100,7 +104,7 @@ class Pool:
         candidates = [server for server in candidates if server.has_capacity()]
         if not candidates:
             return None
-        return self._balancer.pick(candidates, key)
+        return self._balancer.pick(candidates, hash_key(self.config.balance, affinity))
 
     def _server(self, config: ServerConfig, kept: Mapping[str, Server]) -> Server:
         """The Server for `config`: the previous pool's of the same name, updated, or a new one.

@@ -30,8 +30,8 @@ from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, UdpListenerConfig
 from proxyd.datagram import ConnectedDatagram
 from proxyd.metrics import Cell, ErrorKind, RelayStats
-from proxyd.pool import Pool, Server
-from proxyd.relay.session import Attempts, client_hash_key, iso_utc
+from proxyd.pool import Affinity, Pool, Server
+from proxyd.relay.session import Attempts, iso_utc
 from proxyd.relay.udp import MAX_PACKET, ClientAddress, DatagramPort, UdpReactor
 
 __all__ = ["DnsListener", "parse_query"]
@@ -159,8 +159,8 @@ class DnsListener(DatagramProtocol):
     def _send(self, query: _Query) -> None:
         server = None
         if query.attempts.may_try_another():
-            key = client_hash_key(Address(*query.client))
-            server = self.pool.pick(key, exclude=query.attempts.tried)
+            affinity = Affinity(Address(*query.client))
+            server = self.pool.pick(exclude=query.attempts.tried, affinity=affinity)
         if server is None:
             if not query.attempts.tried:
                 self.dropped_no_server += 1

@@ -1,11 +1,8 @@
 """What every relay decides about a connection, without I/O: how it ended, the access-log
-record, connect attempts, the idle timer and the client's hash key. The TCP relay uses these
-today; the UDP and WebSocket relays share them."""
+record, connect attempts and the idle timer."""
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
@@ -26,7 +23,6 @@ __all__ = [
     "ConnectionRecord",
     "IdleTimer",
     "Side",
-    "client_hash_key",
     "close_reason",
 ]
 
@@ -76,23 +72,6 @@ def close_reason(side: Side, reason: Failure | None) -> CloseReason:
     if side is Side.CLIENT:
         return CloseReason.CLIENT_CLOSED if clean else CloseReason.CLIENT_RESET
     return CloseReason.SERVER_CLOSED if clean else CloseReason.SERVER_RESET
-
-
-def client_hash_key(address: Address | None) -> bytes | None:
-    """The `balance = hash` key of a client: its IP address packed (IPv4-mapped IPv6 as IPv4),
-    so that the same client gets the same key however it reached the listener."""
-    if address is None:
-        return None
-    return _packed(address.host)
-
-
-@functools.lru_cache(maxsize=4096)
-def _packed(host: str) -> bytes:
-    """Parsing an address takes a few microseconds: clients come back."""
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.packed
 
 
 @attrs.define

@@ -32,8 +32,8 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, UdpListenerConfig
 from proxyd.datagram import ConnectedDatagram
 from proxyd.metrics import Cell, ErrorKind, RelayStats
-from proxyd.pool import Pool, Server, why_no_server
-from proxyd.relay.session import Attempts, IdleTimer, client_hash_key, iso_utc
+from proxyd.pool import Affinity, Pool, Server, why_no_server
+from proxyd.relay.session import Attempts, IdleTimer, iso_utc
 from proxyd.sip import call_id
 
 __all__ = ["UdpListener"]
@@ -75,7 +75,8 @@ class Session:
     key: Hashable
     client: ClientAddress
     """Where the server's datagrams go: the address of the client's latest datagram."""
-    hash_key: bytes | None
+    affinity: Affinity
+    """What `balance = hash` keys on: the first datagram's client, or its dialog."""
     started: float
     attempts: Attempts
     server: Server | None = None
@@ -140,7 +141,7 @@ class UdpListener(DatagramProtocol):
         if len(datagram) > self.config.max_datagram_size:
             self.dropped_oversized += 1
             return
-        key, hash_key = self._key(datagram, client)
+        key, dialog = self._key(datagram, client)
         session = self.sessions.get(key)
         if session is None:
             limit = self.config.max_sessions
@@ -155,7 +156,7 @@ class UdpListener(DatagramProtocol):
                         count=self.dropped_sessions,
                     )
                 return
-            session = self._open(key, client, hash_key)
+            session = self._open(key, client, Affinity(Address(*client), dialog))
             if session is None:
                 self.dropped_no_server += 1
                 return
@@ -171,12 +172,13 @@ class UdpListener(DatagramProtocol):
         session.port.write(datagram)
 
     def _key(self, datagram: bytes, client: ClientAddress) -> tuple[Hashable, bytes | None]:
-        """The session a datagram belongs to, and the hash key its server is picked by."""
+        """The session a datagram belongs to, and its SIP dialog (which `balance = hash`
+        keys on, rather than the client, when there is one)."""
         if self.config.protocol == "sip":
             dialog = call_id(datagram)
             if dialog is not None:
                 return ("call-id", dialog), dialog
-        return client, client_hash_key(Address(*client))
+        return client, None
 
     # From servers.
 
@@ -224,9 +226,9 @@ class UdpListener(DatagramProtocol):
 
     # Sessions.
 
-    def _open(self, key: Hashable, client: ClientAddress, hash_key: bytes | None) -> Session | None:
+    def _open(self, key: Hashable, client: ClientAddress, affinity: Affinity) -> Session | None:
         session = Session(
-            key, client, hash_key, self.reactor.seconds(), Attempts(self.config.retries)
+            key, client, affinity, self.reactor.seconds(), Attempts(self.config.retries)
         )
         if not self._attach(session):
             why = why_no_server(self.pool)
@@ -250,7 +252,7 @@ class UdpListener(DatagramProtocol):
     def _attach(self, session: Session) -> bool:
         """Pick a server not tried yet and connect a socket to it."""
         while session.attempts.may_try_another():
-            server = self.pool.pick(session.hash_key, exclude=session.attempts.tried)
+            server = self.pool.pick(exclude=session.attempts.tried, affinity=session.affinity)
             if server is None:
                 return False
             session.attempts.record(server)

@@ -8,6 +8,7 @@ legs only hand autobahn's callbacks to the Relay, which decides.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -22,7 +23,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import error as twisted_error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,8 +34,8 @@ from proxyd.clock import Clock, DelayedCall
 from proxyd.config.model import WebSocketListenerConfig
 from proxyd.metrics import ErrorKind
 from proxyd.pool import Server
-from proxyd.pool.fault import Fault, fault_of
-from proxyd.relay.io import ConnectingReactor, Transport
+from proxyd.relay.attempt import AttemptError, Failed
+from proxyd.relay.io import ConnectingReactor, Connector, Transport
 from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import Side
 from proxyd.relay.websocket_policy import (
@@ -135,10 +136,6 @@ class LegRelay(Protocol):
     def admit(self, request: ConnectionRequest) -> Deferred[Any]: ...
 
     def backend_request(self, key: str) -> bytes: ...
-
-    def attempt_failed(self, attempt: BackendAttempt, why: str, kind: ErrorKind) -> None: ...
-
-    def backend_open(self, attempt: BackendAttempt, leg: BackendLeg) -> None: ...
 
     def client_open(self) -> None: ...
 
@@ -348,7 +345,7 @@ class BackendLeg(Leg, WebSocketClientProtocol):  # type: ignore[misc]
             return
         self.opened = True
         self.relay = relay
-        relay.backend_open(self.attempt, self)
+        self.attempt.opened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost_reason = reason
@@ -359,9 +356,8 @@ class BackendLeg(Leg, WebSocketClientProtocol):  # type: ignore[misc]
             if self.relay is not None:
                 self.relay.leg_closed(Side.SERVER, code, reason)
             return
-        relay = self.attempt.relay
-        if relay is not None:
-            relay.attempt_failed(self.attempt, self._why_refused(), self._refusal_kind())
+        if self.attempt.relay is not None:
+            self.attempt.refused(Failed(self._why_refused(), self._refusal_kind()))
 
     def _why_refused(self) -> str:
         """Why the opening handshake failed: the server's answer, else the connection's end."""
@@ -385,8 +381,9 @@ class BackendLeg(Leg, WebSocketClientProtocol):  # type: ignore[misc]
 
 
 class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
-    """One attempt at a server: connect, then proxyd's opening handshake. `relay` is None
-    once the relay has given up on it."""
+    """One attempt at a server: connect, then proxyd's opening handshake. `result` fires with
+    the leg once the server answered 101, or fails (a connect error, or AttemptError with the
+    refusal); cancelling it drops the attempt. `relay` is None once it is over."""
 
     protocol = BackendLeg
     noisy = False
@@ -417,6 +414,17 @@ class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
         self.relay: LegRelay | None = relay
         self.server = server
         self.leg: BackendLeg | None = None
+        self.connector: Connector | None = None
+        self.result: Deferred[BackendLeg] = Deferred(self._cancel)
+
+    def connect(self, reactor: ConnectingReactor, tls: ClientTls | None, timeout: float) -> None:
+        factory: Any = self
+        address = self.server.address
+        if tls is not None:
+            factory = tls.wrap(self, address.host, cast(IReactorTime, reactor))
+        connector = reactor.connectTCP(address.host, address.port, factory, timeout=timeout)
+        if not self.result.called:  # a synchronous failure may have ended it already
+            self.connector = connector
 
     def buildProtocol(self, addr: IAddress | None) -> BackendLeg | None:
         if self.relay is None:
@@ -427,14 +435,29 @@ class BackendAttempt(WebSocketClientFactory):  # type: ignore[misc]
         return leg
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        fault = fault_of(reason)
-        if self.relay is not None and fault is not Fault.CANCELLED:
-            timed_out = reason.check(TimeoutError, twisted_error.TimeoutError) is not None
-            if fault is Fault.LOCAL:
-                kind = ErrorKind.LOCAL_RESOURCE
-            else:
-                kind = ErrorKind.CONNECT_TIMEOUT if timed_out else ErrorKind.CONNECT_FAILED
-            self.relay.attempt_failed(self, reason.getErrorMessage(), kind)
+        if self.relay is not None:
+            self.relay = None
+            self.result.errback(reason)
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         """The leg's onClose has already told the relay."""
+
+    def opened(self, leg: BackendLeg) -> None:
+        """The server answered 101."""
+        if not self.result.called:
+            self.result.callback(leg)
+
+    def refused(self, failed: Failed) -> None:
+        """The connection ended before a 101."""
+        self.relay = None
+        if not self.result.called:
+            self.result.errback(AttemptError(failed))
+
+    def _cancel(self, result: Deferred[BackendLeg]) -> None:
+        self.relay = None
+        leg, connector = self.leg, self.connector
+        if leg is not None and leg.transport is not None:
+            cast(Transport, leg.transport).abortConnection()
+        elif connector is not None:
+            with contextlib.suppress(twisted_error.NotConnectingError):
+                connector.stopConnecting()

@@ -1,6 +1,7 @@
 """What the message-mode WebSocket relay decides, without I/O: which Origins are allowed, the
 per-connection message rate, the opening handshake sent to a server and the response headers
-passed back to the client, and the close codes proxyd may put on the wire.
+passed back to the client, the close codes proxyd may put on the wire, and the words the
+access log and the metrics say a connection ended with.
 
 Header lists are `[(name, value), ...]` of str in wire order (the handshake's bytes decoded as
 latin-1, as autobahn reads them); names compare case-insensitively.
@@ -10,12 +11,48 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Final
 from urllib.parse import urlsplit
 
 from proxyd.relay.http.headers import remove_hop_by_hop
+from proxyd.relay.session import CloseReason
 
 Headers = list[tuple[str, str]]
+
+
+class WsClose(StrEnum):
+    """How a WebSocket connection ended, where proxyd.relay.session.CloseReason has no word."""
+
+    ORIGIN_REFUSED = "origin_refused"
+    BAD_HANDSHAKE = "bad_handshake"
+    """The client's opening handshake was malformed (autobahn answered it 400 or the like)."""
+    SERVER_HANDSHAKE_TIMEOUT = "server_handshake_timeout"
+    """No server answered proxyd's opening handshake with 101 within handshake_timeout."""
+    CLIENT_DROPPED = "client_dropped"
+    """The client's TCP connection ended without a WebSocket close."""
+    SERVER_DROPPED = "server_dropped"
+    MESSAGE_TOO_BIG = "message_too_big"
+    MESSAGE_RATE = "message_rate"
+    PROTOCOL_ERROR = "protocol_error"
+    """A side broke RFC 6455 (autobahn closed it with 1002, 1007, ...)."""
+    PING_TIMEOUT = "ping_timeout"
+
+
+Close = CloseReason | WsClose
+
+CLEAN_CLOSES: frozenset[Close] = frozenset(
+    {
+        CloseReason.CLIENT_CLOSED,
+        CloseReason.SERVER_CLOSED,
+        CloseReason.SHUTDOWN,
+        # Counted on the servers, as each attempt failed or timed out.
+        CloseReason.CONNECT_FAILED,
+        WsClose.SERVER_HANDSHAKE_TIMEOUT,
+    }
+)
+"""Close words that the metrics do not count as errors of the connection."""
+
 
 UNSENDABLE_CLOSE_CODES: Final = frozenset({1005, 1006, 1015})
 """RFC 6455 7.4.1: codes that only report what happened and never go in a close frame."""

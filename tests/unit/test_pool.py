@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from proxyd.config import values
 from proxyd.config.model import Address, PoolConfig, ServerConfig
-from proxyd.pool import ADMIN_STATES, MAX_WEIGHT, MIN_WEIGHT, Pool, Server, ServerEvent
+from proxyd.pool import ADMIN_STATES, MAX_WEIGHT, MIN_WEIGHT, Affinity, Pool, Server, ServerEvent
 from proxyd.pool.balance import ALGORITHMS
 
 
@@ -30,6 +30,11 @@ def make_pool(
     clock = clock if clock is not None else MemoryReactorClock()
     config = PoolConfig(name="web", servers=servers or (server(1),), **options)
     return Pool(config, clock, random.Random(1)), clock
+
+
+def keyed(key: bytes | None) -> Affinity:
+    """An affinity that balance = hash keys on as `key` itself."""
+    return Affinity(dialog=key)
 
 
 def picks(pool: Pool, n: int, **kwargs: Any) -> set[Server | None]:
@@ -113,11 +118,11 @@ def test_a_pick_with_one_candidate_returns_it_and_leaves_the_balancing_as_it_was
     pool, _ = make_pool(*configs, balance=balance)
     alone, _ = make_pool(*configs, balance=balance)
     a, b, c = alone.servers
-    plain = [pool.pick(key=b"%d" % i) for i in range(12)]
+    plain = [pool.pick(affinity=keyed(b"%d" % i)) for i in range(12)]
     interleaved = []
     for i in range(12):
         assert alone.pick(exclude=[a, b]) is c
-        interleaved.append(alone.pick(key=b"%d" % i))
+        interleaved.append(alone.pick(affinity=keyed(b"%d" % i)))
     assert [pool.servers.index(s) for s in plain if s is not None] == [
         alone.servers.index(s) for s in interleaved if s is not None
     ]
@@ -143,16 +148,16 @@ def test_pool_least_conn_counts_acquired_connections() -> None:
 def test_pool_hash_sends_a_client_to_the_same_server_until_it_is_unavailable() -> None:
     pool, _ = make_pool(*(server(n) for n in range(1, 6)), balance="hash")
     clients = [bytes([198, 51, 100, n]) for n in range(200)]
-    before = {key: pool.pick(key) for key in clients}
-    assert before == {key: pool.pick(key) for key in clients}
+    before = {key: pool.pick(affinity=keyed(key)) for key in clients}
+    assert before == {key: pool.pick(affinity=keyed(key)) for key in clients}
     gone = pool.servers[1]
     pool.set_health(gone, False, "connection refused")
-    after = {key: pool.pick(key) for key in clients}
+    after = {key: pool.pick(affinity=keyed(key)) for key in clients}
     assert {k for k in clients if after[k] is not before[k]} == {
         k for k in clients if before[k] is gone
     }
     pool.set_health(gone, True, "2/2 succeeded")
-    assert before == {key: pool.pick(key) for key in clients}
+    assert before == {key: pool.pick(affinity=keyed(key)) for key in clients}
 
 
 def test_pool_hash_a_server_removed_from_the_config_moves_about_one_nth_of_clients() -> None:
@@ -163,11 +168,11 @@ def test_pool_hash_a_server_removed_from_the_config_moves_about_one_nth_of_clien
     clients = [rng.randbytes(4) for _ in range(10_000)]
 
     def name(pool: Pool, key: bytes) -> str | None:
-        picked = pool.pick(key)
+        picked = pool.pick(affinity=keyed(key))
         return picked.name if picked is not None else None
 
     moved = [key for key in clients if name(old, key) != name(new, key)]
-    assert all(old.pick(key) is old.servers[0] for key in moved)
+    assert all(old.pick(affinity=keyed(key)) is old.servers[0] for key in moved)
     assert len(moved) / len(clients) <= 1 / 5 + 0.03
 
 
@@ -189,7 +194,7 @@ def test_pool_first_fills_servers_in_config_order() -> None:
 @pytest.mark.parametrize("balance", ALGORITHMS)
 def test_administratively_down_server_is_never_picked(balance: str) -> None:
     pool, _ = make_pool(server(1, down=True), server(2), server(3, down=True), balance=balance)
-    assert picks(pool, 50, key=b"\x01") == {pool.servers[1]}
+    assert picks(pool, 50, affinity=keyed(b"\x01")) == {pool.servers[1]}
 
 
 def test_administratively_down_servers_leave_nothing_to_pick_even_as_backups() -> None:
@@ -598,7 +603,7 @@ def test_pick_follows_the_candidate_rules_for_every_algorithm(
     exclude = [s for s, state in zip(pool.servers, states, strict=True) if state.excluded]
     expected = _expected_candidates(pool, states)
     for _ in range(3):
-        picked = pool.pick(key, exclude=exclude)
+        picked = pool.pick(exclude=exclude, affinity=keyed(key))
         if expected:
             assert picked in expected
         else:
@@ -617,9 +622,9 @@ def test_a_drained_or_maint_server_is_never_picked_while_the_other_is(
     a, b = pool.servers
     pool.set_admin(a, admin, "test")
     assert picks(pool, 50) == {b}
-    assert {pool.pick(key=bytes([n])) for n in range(50)} == {b}
+    assert {pool.pick(affinity=keyed(bytes([n]))) for n in range(50)} == {b}
     pool.set_admin(a, "ready", "test")
-    assert a in picks(pool, 50) | {pool.pick(key=bytes([n])) for n in range(50)}
+    assert a in picks(pool, 50) | {pool.pick(affinity=keyed(bytes([n]))) for n in range(50)}
 
 
 def test_a_drained_server_keeps_its_open_connections_until_they_end() -> None:
@@ -782,16 +787,16 @@ def test_hash_ring_is_rebuilt_when_a_weight_changes_moving_keys_only_to_or_from_
     a = pool.servers[0]
     rng = random.Random(3)
     clients = [rng.randbytes(4) for _ in range(10_000)]
-    before = {key: pool.pick(key) for key in clients}
+    before = {key: pool.pick(affinity=keyed(key)) for key in clients}
     pool.set_weight(a, 4, "test")
-    heavier = {key: pool.pick(key) for key in clients}
+    heavier = {key: pool.pick(affinity=keyed(key)) for key in clients}
     gained = [key for key in clients if heavier[key] is not before[key]]
     assert all(heavier[key] is a for key in gained)
     # a holds 4 of 7 shares now, instead of 1 of 4.
     share = sum(1 for key in clients if heavier[key] is a) / len(clients)
     assert share == pytest.approx(4 / 7, abs=0.04)
     pool.set_weight(a, 1, "test")
-    assert {key: pool.pick(key) for key in clients} == before
+    assert {key: pool.pick(affinity=keyed(key)) for key in clients} == before
 
 
 def test_a_weight_set_to_the_same_value_leaves_the_ring_alone() -> None:
@@ -847,7 +852,9 @@ def test_a_reloaded_hash_pool_builds_its_ring_with_the_runtime_weights() -> None
     old.set_weight(old.servers[0], 5, "test")
     new = reloaded(old, clock, *configs, balance="hash")
     keys = [bytes([n, 7]) for n in range(200)]
-    assert [new.pick(k) for k in keys] == [old.pick(k) for k in keys]
+    assert [new.pick(affinity=keyed(k)) for k in keys] == [
+        old.pick(affinity=keyed(k)) for k in keys
+    ]
 
 
 def test_an_ejection_carried_over_ends_on_time_in_the_new_pool_whatever_the_old_does() -> None:

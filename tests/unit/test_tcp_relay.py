@@ -28,16 +28,9 @@ from twisted.test import iosim
 
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, PoolConfig, ServerConfig, TcpListenerConfig
-from proxyd.pool import Pool, Server
+from proxyd.pool import Affinity, Pool, Server, client_hash_key, hash_key
 from proxyd.relay.proxy_protocol import encode_v1, encode_v2
-from proxyd.relay.session import (
-    Attempts,
-    CloseReason,
-    IdleTimer,
-    Side,
-    client_hash_key,
-    close_reason,
-)
+from proxyd.relay.session import Attempts, CloseReason, IdleTimer, Side, close_reason
 from proxyd.relay.tcp import TcpRelayFactory
 
 CLIENT = ("203.0.113.7", 51000)
@@ -64,7 +57,16 @@ class FakePool:
         self.failures: list[tuple[Server, str]] = []
         self.successes: list[Server] = []
 
-    def pick(self, key: bytes | None = None, exclude: Collection[Server] = ()) -> Server | None:
+    def pick(
+        self,
+        key: bytes | None = None,
+        exclude: Collection[Server] = (),
+        *,
+        affinity: Affinity | None = None,
+    ) -> Server | None:
+        """Records the hash key the real pool would make of `affinity` (its hash_key)."""
+        if affinity is not None:
+            key = hash_key(self.config.balance, affinity)
         self.picks.append((key, tuple(exclude)))
         for server in self.servers:
             if server not in exclude and server not in self.down:

@@ -16,21 +16,28 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
-from twisted.internet import defer
-from twisted.internet import error as twisted_error
+import attrs
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proxyd.config.model import HttpListenerConfig
 from proxyd.metrics import Cell, ErrorKind
-from proxyd.pool import Pool, Server, why_no_server
-from proxyd.pool.fault import Fault, fault_of
+from proxyd.pool import Affinity, Pool, Server
+from proxyd.pool.fault import Fault
+from proxyd.relay.attempt import AttemptDriver, Failed, GiveUp, GiveUpReason, classify
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.decide import has_token
-from proxyd.relay.http.h1 import Body, End, Headers, HttpError, Request, Response, response_head
+from proxyd.relay.http.messages import (
+    Body,
+    End,
+    Headers,
+    HttpError,
+    Request,
+    Response,
+    response_head,
+)
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
-from proxyd.relay.session import Attempts, IdleTimer, client_hash_key
-from proxyd.tls import describe_failure
+from proxyd.relay.session import Attempts, IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
 
@@ -47,76 +54,51 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 class Forwarded(Protocol):
     """What a Forward uses of its exchange (proxyd.relay.http.exchange.Exchange)."""
 
-    @property
-    def config(self) -> HttpListenerConfig: ...
-
-    @property
-    def clock(self) -> Any: ...
-
-    @property
-    def request(self) -> Request: ...
-
-    @property
-    def client(self) -> Any:
-        """The client connection (proxyd.relay.http.exchange.ExchangeClient)."""
-
-    @property
-    def request_done(self) -> bool: ...
+    config: HttpListenerConfig
+    clock: Any
+    request: Request
+    client: Any
+    """The client connection (proxyd.relay.http.exchange.ExchangeClient)."""
+    request_done: bool
+    websocket: bool
 
     @property
     def response_started(self) -> bool: ...
-
-    @property
-    def websocket(self) -> bool: ...
 
     @property
     def reading_response(self) -> bool:
         """Response events are wanted now (not while a filter holds the response)."""
 
     def cell(self, server: Server | None) -> Cell: ...
-
     def want_request_body(self) -> None: ...
-
     def upstream_response(self, response: Response) -> None: ...
-
     def upstream_body(self, data: bytes) -> None: ...
-
     def upstream_end(self, trailers: Headers | None) -> None: ...
-
     def upstream_failed(self, status: int, why: str, kind: ErrorKind | None) -> None: ...
-
     def upstream_cut(self, why: str, kind: ErrorKind) -> None: ...
-
     def upstream_switched(self, response: Response, conn: UpstreamConnection) -> None: ...
-
-    def crashed(self, failure: Failure) -> None: ...
 
 
 class Forward:
-    """One proxied request's attempts, connection and response reading."""
+    """One proxied request's attempts (an AttemptDriver), connection and response reading."""
 
     __slots__ = (
-        "_attempt_started",
         "_awaiting_response",
-        "_connecting",
         "_held",
         "_idle",
         "_interim",
-        "_last_failure",
         "_replay",
         "_replay_size",
         "_replayable",
         "_sent_continue",
+        "_why",
         "attempts",
         "conn",
-        "connect_time",
+        "driver",
         "exchange",
         "head",
         "header_time",
-        "pool",
-        "preferred",
         "response",
-        "server",
         "upstream_status",
         "upstreams",
     )
@@ -130,18 +112,28 @@ class Forward:
         preferred: Server | None,
     ) -> None:
         self.exchange = exchange
-        self.pool = pool
         self.upstreams = upstreams
         self.head = head
-        self.preferred = preferred
-        self.attempts = Attempts(retries=exchange.config.retries)
-        self.server: Server | None = None
+        config = exchange.config
+        self.driver: AttemptDriver[UpstreamConnection] = AttemptDriver(
+            exchange.clock,
+            pool,
+            lambda server: upstreams.connect(server, config.connect_timeout),
+            _Owner(self),
+            retries=config.retries,
+            cell=exchange.cell,
+            affinity=Affinity(exchange.client.peer),
+            prefer=preferred,
+            checkout=upstreams.checkout,
+            count_retries=True,
+            local_gives_up=True,
+            classify=_classify,
+        )
+        self.attempts: Attempts = self.driver.attempts
         self.conn: UpstreamConnection | None = None
-        self._connecting: defer.Deferred[UpstreamConnection] | None = None
-        self._last_failure: tuple[int, str] = (502, "no attempt")
-        self._attempt_started = 0.0
+        self._why = "no attempt"
+        """What the client is answered if the attempts end now."""
         self.upstream_status: int | None = None
-        self.connect_time: float | None = None
         self.header_time: float | None = None
         self.response: Response | None = None
         self._awaiting_response = False
@@ -160,101 +152,44 @@ class Forward:
 
     @property
     def attempt_started(self) -> float:
-        return self._attempt_started
+        return self.driver.started
+
+    @property
+    def connect_time(self) -> float | None:
+        return self.driver.connect_time
 
     # Attempts.
 
     def start(self) -> None:
-        self._attempt()
+        self.driver.start()
 
-    def _pick(self) -> Server | None:
-        pool = self.pool
-        preferred = self.preferred
-        if preferred is not None and not self.attempts.tried:
-            return preferred
-        key = client_hash_key(self.exchange.client.peer) if pool.config.balance == "hash" else None
-        return pool.pick(key, exclude=self.attempts.tried)
-
-    def _attempt(self) -> None:
-        server = self._pick() if self.attempts.may_try_another() else None
-        if server is None:
-            if not self.attempts.tried:
-                reason = why_no_server(self.pool)
-                self.exchange.upstream_failed(
-                    503, f"pool {self.pool.name}: {reason}", ErrorKind.NO_SERVER
-                )
-            else:
-                self.exchange.upstream_failed(*self._last_failure, None)
+    def _attempt_failed(self, server: Server, failed: Failed) -> None:
+        if failed.fault is Fault.LOCAL:
+            self._why = f"cannot connect to {server.name}: {failed.why}"
             return
-        tried = self.attempts.tried
-        if tried:
-            self.exchange.cell(tried[-1]).retries += 1
-        self.pool.acquire(server)
-        self.server = server
-        self.attempts.record(server)
-        self._attempt_started = self.exchange.clock.seconds()
-        conn = self.upstreams.checkout(server)
-        if conn is not None:
-            self.connect_time = 0.0
-            self._use(conn)
-            return
-        self._connect(server)
-
-    def _connect(self, server: Server) -> None:
-        d = self.upstreams.connect(server, self.exchange.config.connect_timeout)
-        self._connecting = d
-        d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(server,))
-        d.addErrback(self.exchange.crashed)
-
-    def _connected(self, conn: UpstreamConnection) -> None:
-        self._connecting = None
-        self.pool.report_success(conn.server)
-        self.connect_time = self.exchange.clock.seconds() - self._attempt_started
-        self.exchange.cell(conn.server).connect_duration.observe(self.connect_time)
-        self._use(conn)
-
-    def _connect_failed(self, reason: Failure, server: Server) -> None:
-        self._connecting = None
-        fault = fault_of(reason)
-        if fault is Fault.CANCELLED:
-            return  # we gave it up: the client left, or a timer of ours
-        if fault is Fault.LOCAL:
-            # proxyd's own resources ran out: not the server's doing, and no other server
-            # would fare better now.
-            self.pool.release(server)
-            self.server = None
-            self.exchange.upstream_failed(
-                503,
-                f"cannot connect to {server.name}: {reason.getErrorMessage()}",
-                ErrorKind.LOCAL_RESOURCE,
-            )
-            return
-        timed_out = reason.check(twisted_error.TimeoutError, TimeoutError) is not None
-        tls = describe_failure(reason)
-        if tls is not None:
-            why = f"TLS handshake failed: {tls}"
-            kind = ErrorKind.TLS_FAILED
-        elif timed_out:
-            why = "connect timed out"
-            kind = ErrorKind.CONNECT_TIMEOUT
-        else:
-            why = f"connect failed: {reason.getErrorMessage()}"
-            kind = ErrorKind.CONNECT_FAILED
-        self.exchange.cell(server).error(kind)
-        self.pool.report_failure(server, why)
-        self.pool.release(server)
-        self.server = None
+        self._why = f"{server.name}: {failed.why}"
         config = self.exchange.config
         _log.warn(
             "{kind} {listener}: {server} in pool {pool}: {why}",
             kind=config.kind,
             listener=config.name,
             server=server.name,
-            pool=self.pool.name,
-            why=why,
+            pool=self.driver.pool.name,
+            why=failed.why,
         )
-        self._last_failure = (504 if timed_out else 502, f"{server.name}: {why}")
-        self._attempt()
+
+    def _gave_up(self, give_up: GiveUp) -> None:
+        exchange, reason = self.exchange, give_up.reason
+        kind: ErrorKind | None
+        if give_up.no_server:
+            why, kind = f"pool {self.driver.pool.name}: {reason}", ErrorKind.NO_SERVER
+        elif reason is GiveUpReason.INTERNAL:  # logged by the driver, with its traceback
+            exchange.client.close_after_response()
+            why, kind = "internal error", ErrorKind.INTERNAL
+        else:
+            why = self._why
+            kind = ErrorKind.LOCAL_RESOURCE if reason is GiveUpReason.LOCAL_RESOURCE else None
+        exchange.upstream_failed(give_up.status, why, kind)
 
     def _use(self, conn: UpstreamConnection) -> None:
         """Send the request on `conn`: the head, the body held so far, then the rest."""
@@ -277,24 +212,21 @@ class Forward:
                 self.upstream_writable(False)
             exchange.want_request_body()
 
-    def _retry(self, why: str, status: int, *, fresh: bool = False) -> None:
-        """Drop the current attempt and try again (another server unless `fresh`)."""
+    def _failed(self, failed: Failed, *, report: bool, answer: str | None = None) -> None:
+        """Drop the attempt and count `failed` on its server (reported to the pool if
+        `report`); then the next server, or with `answer`, answer the client that."""
         self._drop_connection()
-        self._last_failure = (status, why)
-        if fresh and self.server is not None:
-            server = self.server
-            self._attempt_started = self.exchange.clock.seconds()
-            self._connect(server)
-            return
-        self.release_server()
-        self._attempt()
+        self._why = failed.why
+        self.driver.failed(failed, retry=answer is None, report=report)
+        if answer is not None:
+            self.exchange.upstream_failed(failed.status, answer, None)
 
     def _may_retry(self) -> bool:
         return (
             not self.exchange.response_started
             and self.exchange.request.method in IDEMPOTENT
             and self._replayable
-            and self.attempts.may_try_another()
+            and self.driver.attempts.may_try_another()
         )
 
     # The request body, from the exchange.
@@ -335,10 +267,8 @@ class Forward:
             event = reader.next_event()
             if event is None:
                 if self.response is not None and self._idle is None:
-                    config = exchange.config
-                    self._idle = IdleTimer(
-                        exchange.clock, config.idle_timeout, self._idle_timed_out
-                    )
+                    idle = exchange.config.idle_timeout
+                    self._idle = IdleTimer(exchange.clock, idle, self._idle_timed_out)
                     self._idle.start()
                 return
             if isinstance(event, Body):
@@ -370,38 +300,27 @@ class Forward:
         if self.conn is not conn:
             return
         if self.response is None and conn.requests > 1 and self._replayable:
-            self._retry("reused connection closed", 502, fresh=True)
+            self._drop_connection()  # the keep-alive race: the same server afresh, uncounted
+            self.driver.reconnect()
             return
         self._broken("upstream closed the connection", ErrorKind.UPSTREAM_RESET)
 
     def _broken(self, why: str, kind: ErrorKind) -> None:
         """The connection failed or sent garbage: retry or answer 502, or cut the client."""
-        self._drop_connection()
         if self.exchange.response_started:
+            self._drop_connection()
             self.exchange.upstream_cut(f"upstream: {why}", kind)
             return
-        if self.server is not None:
-            self.exchange.cell(self.server).error(kind)
-            if self.response is None:
-                self.pool.report_failure(self.server, why)
-        if self._may_retry():
-            self._retry(why, 502)
-        else:
-            self.exchange.upstream_failed(502, f"upstream: {why}", None)
+        answer = None if self._may_retry() else f"upstream: {why}"
+        self._failed(Failed(why, kind), report=self.response is None, answer=answer)
 
     def response_timed_out(self) -> None:
         """No response head within response_timeout."""
         self._awaiting_response = False
-        if self.response is not None:
-            return
-        why = f"no response within {self.exchange.config.response_timeout:g}s"
-        if self.server is not None:
-            self.exchange.cell(self.server).error(ErrorKind.UPSTREAM_TIMEOUT)
-        if self._may_retry():
-            self._retry(why, 504)
-        else:
-            self._drop_connection()
-            self.exchange.upstream_failed(504, why, None)
+        if self.response is None:
+            why = f"no response within {self.exchange.config.response_timeout:g}s"
+            answer = None if self._may_retry() else why
+            self._failed(Failed(why, ErrorKind.UPSTREAM_TIMEOUT, 504), report=False, answer=answer)
 
     def _response_head(self, response: Response) -> None:
         exchange = self.exchange
@@ -411,10 +330,8 @@ class Forward:
         if response.interim:
             self._interim += 1
             if self._interim > MAX_INTERIM_RESPONSES:
-                self._broken(
-                    f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses",
-                    ErrorKind.BAD_RESPONSE,
-                )
+                why = f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+                self._broken(why, ErrorKind.BAD_RESPONSE)
                 return
             if self._awaiting_response:
                 # An interim response is progress: the response timeout starts again
@@ -427,10 +344,10 @@ class Forward:
                 exchange.client.send([response_head(response.status, response.reason, fields)])
             return
         self._cancel_response_timer()
-        self.upstream_status = response.status
-        self.header_time = exchange.clock.seconds() - self._attempt_started
-        if response.status in RETRY_STATUSES and self._may_retry():
-            self._retry(f"upstream answered {response.status}", response.status)
+        status = self.upstream_status = response.status
+        self.header_time = exchange.clock.seconds() - self.driver.started
+        if status in RETRY_STATUSES and self._may_retry():
+            self._failed(Failed(f"upstream answered {status}", None, status), report=False)
             return
         self.response = response
         exchange.upstream_response(response)
@@ -440,13 +357,12 @@ class Forward:
         conn = self.conn
         assert conn is not None
         if not self.exchange.websocket or not has_token(response.headers, b"upgrade", b"websocket"):
-            self._broken(
-                "upstream switched protocols without a WebSocket upgrade", ErrorKind.BAD_RESPONSE
-            )
+            why = "upstream switched protocols without a WebSocket upgrade"
+            self._broken(why, ErrorKind.BAD_RESPONSE)
             return
         self._cancel_response_timer()
         self.upstream_status = 101
-        self.header_time = self.exchange.clock.seconds() - self._attempt_started
+        self.header_time = self.exchange.clock.seconds() - self.driver.started
         self.response = response
         self.conn = None
         self.exchange.upstream_switched(response, conn)
@@ -505,15 +421,7 @@ class Forward:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None:
-            connecting.cancel()
         self._cancel_response_timer()
-
-    def release_server(self) -> None:
-        server, self.server = self.server, None
-        if server is not None:
-            self.pool.release(server)
 
     def stop(self) -> None:
         """The exchange is over or answered otherwise: drop the attempt and its timers."""
@@ -521,4 +429,41 @@ class Forward:
         idle, self._idle = self._idle, None
         if idle is not None:
             idle.cancel()
-        self.release_server()
+        self.driver.cancel()
+
+
+class _Owner:
+    """A Forward's side of its AttemptDriver (proxyd.relay.attempt.AttemptOwner); a separate
+    object because the access log reads `Forward.attempt_started` as a time."""
+
+    __slots__ = ("forward",)
+
+    def __init__(self, forward: Forward) -> None:
+        self.forward = forward
+
+    def attempt_started(self, server: Server) -> None:
+        """The driver holds the server: nothing to do."""
+
+    def attempt_connected(self, conn: UpstreamConnection, server: Server, reused: bool) -> None:
+        self.forward._use(conn)
+
+    def attempt_failed(self, server: Server, failed: Failed) -> None:
+        self.forward._attempt_failed(server, failed)
+
+    def attempt_gave_up(self, give_up: GiveUp) -> None:
+        self.forward._gave_up(give_up)
+
+
+def _classify(failure: Failure) -> Failed | None:
+    """A failed connect in the HTTP relay's words. proxyd's own shortage is not counted on
+    the server: the exchange counts it (LOCAL_RESOURCE)."""
+    failed = classify(failure)
+    if failed is None:
+        return None
+    if failed.fault is Fault.LOCAL:
+        return attrs.evolve(failed, kind=None)
+    if failed.kind == ErrorKind.CONNECT_TIMEOUT:
+        return attrs.evolve(failed, why="connect timed out")
+    if failed.kind == ErrorKind.CONNECT_FAILED:
+        return attrs.evolve(failed, why=f"connect failed: {failed.why}")
+    return failed

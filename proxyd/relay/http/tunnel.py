@@ -1,6 +1,6 @@
 """An upgraded connection on an HTTP listener: once the server answered a WebSocket upgrade
 with 101, the client connection and that upstream connection are spliced and bytes flow both
-ways untouched, as in the TCP relay.
+ways untouched, through the same splice as the TCP relay's (proxyd.relay.splice).
 
 Each side's full write buffer pauses reading from the other (the client connection and the
 upstream connection are their transports' producers already). A close from either side
@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from proxyd.clock import Clock
 from proxyd.config.model import HttpListenerConfig
 from proxyd.metrics import ErrorKind
 from proxyd.relay.io import Transport, closes_at_once, no_delay, reset, send_now
 from proxyd.relay.send_timeout import SendTimeout
-from proxyd.relay.session import CloseReason, IdleTimer, Side, close_reason
+from proxyd.relay.session import CloseReason, Side
+from proxyd.relay.splice import OnStall, Pipe, Splice
 
 if TYPE_CHECKING:
     from proxyd.relay.http.upstream import UpstreamConnection
@@ -85,8 +87,112 @@ def close(transport: Transport) -> None:
     transport.loseConnection()
 
 
+class _ClientPipe:
+    """The client connection as one side of the splice. It is its transport's producer and
+    has its own send timeout (tunnel_timeout from the 101 on), which reports to the tunnel
+    (Tunnel.client_stalled)."""
+
+    def __init__(self, client: TunnelClient) -> None:
+        self.client = client
+
+    def splice_to(self, peer: Pipe, on_stall: OnStall) -> None:
+        """Nothing to wire: the connection reports its write buffer (Tunnel.client_writable)."""
+
+    def send(self, data: bytes) -> None:
+        if not self.client.lost:
+            send_now(self.client.channel, [data])
+
+    def shut_write(self) -> bool:
+        return False  # the HTTP client connection is not half-closeable: never asked
+
+    def close(self) -> None:
+        self.client.lose_connection()  # bounded by its send timeout
+
+    def reset(self) -> None:
+        reset(self.client.channel)
+
+    def pause_reading(self) -> None:
+        self.client.pause_reading("upstream")
+
+    def resume_reading(self) -> None:
+        self.client.resume_reading("upstream")
+
+    @property
+    def waiting(self) -> bool:
+        return False  # its own send timeout bounds a close that waits on it
+
+    def gone(self) -> None:
+        pass
+
+
+class _UpstreamPipe:
+    """The upstream connection as the other side. It is its transport's producer (it reports
+    its write buffer: Tunnel.upstream_writable); its send timeout is the tunnel's, made when
+    its write buffer first fills or a close has to wait."""
+
+    def __init__(self, upstream: UpstreamConnection, clock: Clock, timeout: float) -> None:
+        self.upstream = upstream
+        self._clock = clock
+        self._timeout = timeout
+        self._on_stall: OnStall | None = None
+        self.sending: SendTimeout | None = None
+
+    def splice_to(self, peer: Pipe, on_stall: OnStall) -> None:
+        self._on_stall = on_stall
+
+    def writable(self, writable: bool) -> None:
+        if writable:
+            if self.sending is not None:
+                self.sending.resumed()
+        else:
+            self._watch().paused()
+
+    def send(self, data: bytes) -> None:
+        send_now(self.upstream.channel, [data])
+
+    def shut_write(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        channel = self.upstream.channel
+        close(channel)
+        if not closes_at_once(channel):
+            self._watch().closing()
+
+    def reset(self) -> None:
+        reset(self.upstream.channel)
+
+    def pause_reading(self) -> None:
+        self.upstream.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.upstream.resume_reading()
+
+    @property
+    def waiting(self) -> bool:
+        return self.sending is not None and self.sending.waiting
+
+    def gone(self) -> None:
+        if self.sending is not None:
+            self.sending.cancel()
+
+    def _watch(self) -> SendTimeout:
+        sending = self.sending
+        if sending is None:
+            sending = self.sending = SendTimeout(
+                self._clock, self.upstream.transport, self._timeout, self._stalled
+            )
+        return sending
+
+    def _stalled(self) -> None:
+        sending = self.sending
+        if self._on_stall is not None and sending is not None:
+            self._on_stall(sending.held, sending.timeout)
+
+
 class Tunnel:
-    """Bytes between `client` and `upstream` after a 101, for `exchange`."""
+    """Bytes between `client` and `upstream` after a 101, for `exchange`: the two connections'
+    events handed to one Splice (proxyd.relay.splice)."""
 
     def __init__(
         self,
@@ -98,25 +204,28 @@ class Tunnel:
         self.exchange = exchange
         self.client = client
         self.upstream = upstream
-        self.bytes_in = 0
-        """Client to server, after the 101."""
-        self.bytes_out = 0
-        self.reason: CloseReason | None = None
-        self._client_lost = False
-        self._upstream_lost = False
-        self._client_closed = False
-        """close() or reset() was called on the client's transport."""
-        self._upstream_closed = False
-        self._closing = False
-        self._ended = False
         self.timeout = timeout
-        self._idle = IdleTimer(exchange.clock, timeout, self._idle_timed_out)
-        self._upstream_sending: SendTimeout | None = None
-        """The server's send timeout (the client's is its connection's)."""
+        self._upstream_pipe = _UpstreamPipe(upstream, exchange.clock, timeout)
+        self._splice = Splice(
+            exchange.clock, _ClientPipe(client), self._upstream_pipe, self, idle_timeout=timeout
+        )
+        self._client_why = ""
+
+    @property
+    def bytes_in(self) -> int:
+        """Client to server, after the 101."""
+        return self._splice.bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self._splice.bytes_out
+
+    @property
+    def reason(self) -> CloseReason | None:
+        return self._splice.reason
 
     def start(self, from_client: bytes, from_upstream: bytes) -> None:
         """Splice; the bytes each side sent after the upgrade's head go first."""
-        self._idle.start()
         self.client.tunnel = self
         self.client.set_send_timeout(self.timeout)
         self.upstream.splice(self)
@@ -126,6 +235,7 @@ class Tunnel:
         self.upstream.flush()
         no_delay(self.client.transport)
         no_delay(self.upstream.transport)
+        self._splice.start()
         if from_upstream:
             self.upstream_data(from_upstream)
         if from_client:
@@ -137,93 +247,44 @@ class Tunnel:
         self.client.resume_reading("upgrade")
         self.client.resume_reading("backlog")
 
-    # Bytes.
+    # Events of the client connection (proxyd.relay.http.server) and of the upstream one.
 
     def client_data(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        self._idle.touch()
-        if not self._upstream_lost:
-            send_now(self.upstream.channel, [data])
+        self._splice.received(Side.CLIENT, data)
 
     def upstream_data(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        self._idle.touch()
-        if not self.client.lost:
-            send_now(self.client.channel, [data])
-
-    # Backpressure.
+        self._splice.received(Side.SERVER, data)
 
     def client_writable(self, writable: bool) -> None:
-        if writable:
-            self.upstream.resume_reading()
-        else:
-            self.upstream.pause_reading()
+        self._splice.writable(Side.CLIENT, writable)
 
     def upstream_writable(self, writable: bool) -> None:
-        if writable:
-            if self._upstream_sending is not None:
-                self._upstream_sending.resumed()
-            self.client.resume_reading("upstream")
-        else:
-            self._upstream_send_watch().paused()
-            self.client.pause_reading("upstream")
-
-    def _upstream_send_watch(self) -> SendTimeout:
-        sending = self._upstream_sending
-        if sending is None:
-            sending = self._upstream_sending = SendTimeout(
-                self.exchange.clock, self.upstream.transport, self.timeout, self._upstream_stalled
-            )
-        return sending
+        self._upstream_pipe.writable(writable)
+        self._splice.writable(Side.SERVER, writable)
 
     def upstream_readable(self) -> None:
         """Unused: a spliced connection hands over bytes, not parsed events."""
 
-    # Ends.
-
     def client_lost(self, reason: Failure) -> None:
-        self._client_lost = True
-        why = close_reason(Side.CLIENT, reason)
-        self._close_as(why)
-        self._end_upstream(reset_it=why is CloseReason.CLIENT_RESET)
-        self._maybe_end()
+        self._splice.lost(Side.CLIENT, reason)
 
     def upstream_lost(self, reason: Failure) -> None:
-        self._upstream_lost = True
-        if self._upstream_sending is not None:
-            self._upstream_sending.cancel()
-        why = close_reason(Side.SERVER, reason)
-        self._close_as(why)
-        self._end_client(reset_it=why is CloseReason.SERVER_RESET)
-        self._maybe_end()
-
-    def _idle_timed_out(self) -> None:
-        if self._closing:
-            # A close that moved nothing for a whole timeout: a peer does not read.
-            self._end_client(reset_it=True)
-            self._end_upstream(reset_it=True)
-            return
-        self._close_as(CloseReason.IDLE_TIMEOUT)
-        self._end_client(reset_it=False)
-        self._end_upstream(reset_it=False)
-        self._idle.start()
+        self._splice.lost(Side.SERVER, reason)
 
     def client_stalled(self, why: str | None) -> None:
         """The client took nothing for tunnel_timeout (its connection's send timeout, which
         logs it), or with `why` None a close waiting on it did not end: both sides are
         reset."""
-        if why is None:
-            self._end_client(reset_it=True)
-            self._end_upstream(reset_it=True)
-            return
-        self._stalled(CloseReason.CLIENT_STALLED, ErrorKind.CLIENT_STALLED, f"client {why}")
+        self._client_why = why or ""
+        self._splice.stalled(Side.CLIENT, None if why is not None else 0, self.timeout)
 
-    def _upstream_stalled(self) -> None:
-        sending = self._upstream_sending
-        if self._upstream_lost or sending is None:
-            return
-        if sending.held != 0:
-            why = f"took no bytes for {self.timeout:g}s"
+    # proxyd.relay.splice's SpliceOwner.
+
+    def splice_stalled(self, side: Side, held: int | None, timeout: float, first: bool) -> None:
+        if side is Side.CLIENT:
+            why, kind = f"client {self._client_why}", ErrorKind.CLIENT_STALLED
+        else:
+            took = f"took no bytes for {timeout:g}s"
             _log.info(
                 "{kind} {listener}: tunnel of {client}: server {server} {why}"
                 " ({held} bytes waiting): reset",
@@ -231,54 +292,14 @@ class Tunnel:
                 listener=self.exchange.config.name,
                 client=self.client.peer_text,
                 server=self.upstream.server.name,
-                why=why,
-                held="?" if sending.held is None else sending.held,
+                why=took,
+                held="?" if held is None else held,
             )
-            self._stalled(CloseReason.SERVER_STALLED, ErrorKind.UPSTREAM_STALLED, f"server {why}")
-        else:  # a close that did not end
-            self._end_client(reset_it=True)
-            self._end_upstream(reset_it=True)
-
-    def _stalled(self, reason: CloseReason, kind: ErrorKind, why: str) -> None:
-        """Reset both sides. A tunnel already closing keeps its first reason (the access
-        log's `close`), as ConnectionRecord does."""
-        self._close_as(reason)
+            why, kind = f"server {took}", ErrorKind.UPSTREAM_STALLED
         exchange = self.exchange
         if exchange.error_kind is None:
             exchange.error = why
             exchange.error_kind = kind
-        self._end_client(reset_it=True)
-        self._end_upstream(reset_it=True)
 
-    def _end_client(self, reset_it: bool) -> None:
-        if self._client_lost or (self._client_closed and not reset_it):
-            return
-        self._client_closed = True
-        if reset_it:
-            reset(self.client.channel)
-        else:
-            self.client.lose_connection()  # bounded by its send timeout
-
-    def _end_upstream(self, reset_it: bool) -> None:
-        if self._upstream_lost or (self._upstream_closed and not reset_it):
-            return
-        self._upstream_closed = True
-        channel = self.upstream.channel
-        if reset_it:
-            reset(channel)
-            return
-        close(channel)
-        if not closes_at_once(channel):
-            self._upstream_send_watch().closing()
-
-    def _close_as(self, reason: CloseReason) -> None:
-        self._closing = True
-        if self.reason is None:
-            self.reason = reason
-
-    def _maybe_end(self) -> None:
-        if self._ended or not (self._client_lost and self._upstream_lost):
-            return
-        self._ended = True
-        self._idle.cancel()
+    def splice_ended(self) -> None:
         self.exchange.tunnel_ended(self)

@@ -1,0 +1,388 @@
+"""One way to reach a server for every relay: pick, acquire, connect, classify a failure,
+report it to the pool, release, then the next server or give up (design principle 10).
+
+How a relay uses it::
+
+    driver = AttemptDriver(
+        clock, pool, connect, owner,
+        retries=config.retries,
+        affinity=Affinity(client_address),           # what balance = hash keys on
+        cell=lambda server: stats.cell("", pool.name, server.name),
+    )
+    driver.start()
+
+`connect(server)` is the pool's one connect function: a cancellable Deferred that fires with
+the connection once it is usable (TCP connected, the TLS handshake done and verified, a
+WebSocket's 101 received) or fails (a Twisted connect error, a TLS error, or AttemptError
+carrying the caller's own classification). The driver calls the owner back:
+`attempt_started(server)` before each try, `attempt_connected(connection, server, reused)`
+once one is usable, `attempt_failed(server, failed)` for each failed connect (to log it), and
+`attempt_gave_up(give_up)` when no server is left to try, with one of the GiveUpReason words.
+
+After connecting the caller may still find the server at fault (a reset before any response
+byte, a 502/503/504, a response timeout): `failed(Failed(...), retry=...)` counts it on the
+server, reports it to the pool, releases the server and tries the next one. `reconnect()`
+tries the same server again on a fresh connection, not counted as an attempt (a reused
+keep-alive connection that closed before any response byte). `cancel()` stops a connect under
+way and lets go of the server (the client left); `release()` lets go of it once the
+connection is over.
+
+Options: `prefer`, a server tried first when it is available and has capacity (the HTTP
+sticky cookie); `checkout`, an idle keep-alive connection to the picked server, used instead
+of connecting when there is one; `count_retries`, each try after the first counts as a retry
+on the metrics of the server tried before it; `local_gives_up`, a connect that failed for
+want of proxyd's own resources ends the attempts (no other server would fare better) rather
+than moving on; `classify`, a relay's own reading of a failed connect in place of this
+module's `classify` (the HTTP relay words its failures for its logs and the pool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from enum import StrEnum
+from typing import Generic, Protocol, TypeVar
+
+import attrs
+from twisted.internet import error
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from proxyd.clock import Clock
+from proxyd.metrics import Cell, ErrorKind
+from proxyd.pool import ALL_SERVERS_BUSY, NO_SERVER_UP, Affinity, Server
+from proxyd.pool.fault import Fault, fault_of
+from proxyd.relay.session import Attempts
+from proxyd.tls import describe_failure
+
+__all__ = [
+    "AttemptDriver",
+    "AttemptError",
+    "AttemptOwner",
+    "Failed",
+    "GiveUp",
+    "GiveUpReason",
+    "PoolApi",
+    "classify",
+]
+
+_log = Logger(namespace="proxyd.relay.attempt")
+
+C = TypeVar("C")
+C_contra = TypeVar("C_contra", contravariant=True)
+
+
+class GiveUpReason(StrEnum):
+    """Why no server took the connection: the words every relay logs and answers with."""
+
+    NO_SERVER_UP = NO_SERVER_UP
+    """None is up: down, ejected, drained or in maintenance (HTTP: 503)."""
+    ALL_SERVERS_BUSY = ALL_SERVERS_BUSY
+    """Every server up is at max_connections (HTTP: 503)."""
+    ATTEMPTS_FAILED = "attempts failed"
+    """Each server tried failed, and the retries or the servers ran out (HTTP: the last
+    failure's status, 502 or 504)."""
+    LOCAL_RESOURCE = "local resource"
+    """proxyd ran out of a resource of its own (file descriptors, ports): 503, no server
+    blamed."""
+    INTERNAL = "internal error"
+    """A bug of proxyd's, logged with its traceback (HTTP: 500)."""
+
+
+@attrs.frozen
+class Failed:
+    """A failed attempt, classified: what the logs and the pool are told (`why`), the
+    metrics' error kind (None: not an error to count, e.g. a 503 answer retried), the HTTP
+    status it would be answered with, and whose fault it is (only Fault.SERVER is reported
+    to the pool)."""
+
+    why: str
+    kind: str | None
+    status: int = 502
+    fault: Fault = Fault.SERVER
+
+
+class AttemptError(Exception):
+    """A connect function's own verdict on a failed attempt (a WebSocket's refused opening
+    handshake, a TLS handshake over connect_timeout), passed through classify as is."""
+
+    def __init__(self, failed: Failed) -> None:
+        super().__init__(failed.why)
+        self.failed = failed
+
+
+def classify(failure: Failure) -> Failed | None:
+    """What a failed connect says, or None when proxyd cancelled it (nothing to count)."""
+    value = failure.value
+    if isinstance(value, AttemptError):
+        return value.failed
+    fault = fault_of(failure)
+    if fault is Fault.CANCELLED:
+        return None
+    message = failure.getErrorMessage()
+    if fault is Fault.LOCAL:
+        return Failed(message, ErrorKind.LOCAL_RESOURCE, 503, Fault.LOCAL)
+    tls = describe_failure(failure)
+    if tls:
+        return Failed(f"TLS handshake failed: {tls}", ErrorKind.TLS_FAILED)
+    if failure.check(error.TimeoutError, TimeoutError) is not None:
+        return Failed(message, ErrorKind.CONNECT_TIMEOUT, 504)
+    return Failed(message, ErrorKind.CONNECT_FAILED)
+
+
+@attrs.frozen
+class GiveUp:
+    """The attempts are over without a usable connection."""
+
+    reason: GiveUpReason
+    attempts: int
+    """Servers tried."""
+    last: Failed | None = None
+    """The last failure, if a server was tried."""
+
+    @property
+    def no_server(self) -> bool:
+        """No server could be tried at all."""
+        return self.reason in (GiveUpReason.NO_SERVER_UP, GiveUpReason.ALL_SERVERS_BUSY)
+
+    @property
+    def why(self) -> str:
+        if self.no_server:
+            return str(self.reason)
+        if self.reason is GiveUpReason.ATTEMPTS_FAILED:
+            return f"connect failed after {self.attempts} attempt(s)"
+        return self.last.why if self.last is not None else str(self.reason)
+
+    @property
+    def status(self) -> int:
+        """The HTTP status to answer with."""
+        if self.reason is GiveUpReason.INTERNAL:
+            return 500
+        if self.no_server or self.reason is GiveUpReason.LOCAL_RESOURCE:
+            return 503
+        return self.last.status if self.last is not None else 502
+
+
+class PoolApi(Protocol):
+    """What the driver uses of a pool (proxyd.pool.Pool)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def pick(
+        self, exclude: Collection[Server] = (), *, affinity: Affinity | None = None
+    ) -> Server | None: ...
+
+    def acquire(self, server: Server) -> None: ...
+
+    def release(self, server: Server) -> None: ...
+
+    def report_success(self, server: Server) -> None: ...
+
+    def report_failure(self, server: Server, reason: str) -> None: ...
+
+    def any_up(self) -> bool: ...
+
+
+class AttemptOwner(Protocol[C_contra]):
+    """What the driver tells the relay that drives it."""
+
+    def attempt_started(self, server: Server) -> None:
+        """A try at `server` begins (it is acquired): the access log's backend."""
+
+    def attempt_connected(self, connection: C_contra, server: Server, reused: bool) -> None:
+        """`connection` to `server` is usable (`reused`: an idle keep-alive one)."""
+
+    def attempt_failed(self, server: Server, failed: Failed) -> None:
+        """A connect to `server` failed (counted and reported already): log it."""
+
+    def attempt_gave_up(self, give_up: GiveUp) -> None:
+        """No server is left to try."""
+
+
+class AttemptDriver(Generic[C]):
+    """The attempts of one client connection (or request) at the servers of one pool."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        pool: PoolApi,
+        connect: Callable[[Server], Deferred[C]],
+        owner: AttemptOwner[C],
+        *,
+        retries: int,
+        cell: Callable[[Server], Cell],
+        affinity: Affinity | None = None,
+        prefer: Server | None = None,
+        checkout: Callable[[Server], C | None] | None = None,
+        count_retries: bool = False,
+        local_gives_up: bool = False,
+        classify: Callable[[Failure], Failed | None] = classify,
+    ) -> None:
+        self._clock = clock
+        self.pool = pool
+        self._connect_to = connect
+        self._owner = owner
+        self._cell = cell
+        self.affinity = affinity
+        self.prefer = prefer
+        self._checkout = checkout
+        self._count_retries = count_retries
+        self._local_gives_up = local_gives_up
+        self._classify = classify
+        self.attempts = Attempts(retries)
+        self.server: Server | None = None
+        """The server acquired: the one being tried or connected to, until released."""
+        self.started = 0.0
+        """When the current try began."""
+        self.connect_time: float | None = None
+        """How long the usable connection took to make (0 for a reused one)."""
+        self.last: Failed | None = None
+        """The last failure."""
+        self._pending: Deferred[C] | None = None
+
+    @property
+    def count(self) -> int:
+        """Servers tried so far."""
+        return self.attempts.count
+
+    @property
+    def connecting(self) -> bool:
+        return self._pending is not None
+
+    def start(self) -> None:
+        """Try the first server (the preferred one, else the pool's pick)."""
+        self._next()
+
+    def failed(self, failed: Failed, *, retry: bool = True, report: bool = True) -> None:
+        """The caller found the server at fault (after connecting, or at a deadline of its
+        own): stop a connect under way, count `failed` on the server, report it to the pool
+        (unless `report` is False or it is not the server's fault), release the server; with
+        `retry`, try the next server (the owner hears attempt_gave_up if none is left)."""
+        self._stop_pending()
+        server = self.server
+        if server is not None:
+            self._count_failure(server, failed, report)
+        else:
+            self.last = failed
+        if retry:
+            self._next()
+
+    def reconnect(self) -> None:
+        """The same server again on a fresh connection, not counted as a new attempt."""
+        self._stop_pending()
+        server = self.server
+        assert server is not None, "reconnect() needs a server acquired"
+        self.started = self._clock.seconds()
+        self._connect(server)
+
+    def cancel(self) -> None:
+        """Stop a connect under way and let go of the server (the client left)."""
+        self._stop_pending()
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the server (the connection is over); idempotent."""
+        server, self.server = self.server, None
+        if server is not None:
+            self.pool.release(server)
+
+    # Internals.
+
+    def _pick(self) -> Server | None:
+        tried = self.attempts.tried
+        prefer = self.prefer
+        if (
+            prefer is not None
+            and not tried
+            and prefer.is_available(self._clock.seconds())
+            and prefer.has_capacity()
+        ):
+            return prefer
+        return self.pool.pick(exclude=tried, affinity=self.affinity)
+
+    def _next(self) -> None:
+        attempts = self.attempts
+        server = self._pick() if attempts.may_try_another() else None
+        if server is None:
+            self._give_up(None)
+            return
+        if attempts.tried and self._count_retries:
+            self._cell(attempts.tried[-1]).retries += 1
+        self.pool.acquire(server)
+        self.server = server
+        attempts.record(server)
+        self.started = self._clock.seconds()
+        self._owner.attempt_started(server)
+        if self._checkout is not None:
+            connection = self._checkout(server)
+            if connection is not None:
+                self.connect_time = 0.0
+                self._owner.attempt_connected(connection, server, True)
+                return
+        self._connect(server)
+
+    def _connect(self, server: Server) -> None:
+        pending = self._connect_to(server)
+        self._pending = pending
+        pending.addCallbacks(
+            self._connected,
+            self._connect_failed,
+            callbackArgs=(server, pending),
+            errbackArgs=(server, pending),
+        )
+        pending.addErrback(self._crashed)
+
+    def _connected(self, connection: C, server: Server, pending: Deferred[C]) -> None:
+        if pending is not self._pending:
+            return  # cannot happen: a connect given up on was cancelled
+        self._pending = None
+        self.pool.report_success(server)
+        self.connect_time = self._clock.seconds() - self.started
+        self._cell(server).connect_duration.observe(self.connect_time)
+        self._owner.attempt_connected(connection, server, False)
+
+    def _connect_failed(self, failure: Failure, server: Server, pending: Deferred[C]) -> None:
+        if pending is not self._pending:
+            return  # given up on already (cancelled, or a deadline of the caller's)
+        self._pending = None
+        failed = self._classify(failure)
+        if failed is None:
+            return  # stopped by proxyd, not by this driver: nothing to count, nothing to do
+        self._count_failure(server, failed, report=True)
+        self._owner.attempt_failed(server, failed)
+        if failed.fault is Fault.LOCAL and self._local_gives_up:
+            self._give_up(GiveUpReason.LOCAL_RESOURCE)
+            return
+        self._next()
+
+    def _count_failure(self, server: Server, failed: Failed, report: bool) -> None:
+        self.last = failed
+        if failed.kind is not None:
+            self._cell(server).error(failed.kind)
+        if report and failed.fault is Fault.SERVER:
+            self.pool.report_failure(server, failed.why)
+        self.release()
+
+    def _give_up(self, reason: GiveUpReason | None) -> None:
+        if reason is None:
+            if self.attempts.tried:
+                reason = GiveUpReason.ATTEMPTS_FAILED
+            elif self.pool.any_up():
+                reason = GiveUpReason.ALL_SERVERS_BUSY
+            else:
+                reason = GiveUpReason.NO_SERVER_UP
+        self._owner.attempt_gave_up(GiveUp(reason, self.attempts.count, self.last))
+
+    def _stop_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+
+    def _crashed(self, failure: Failure) -> None:
+        """A bug in an owner's callback: logged with its traceback, then given up on."""
+        _log.failure("pool {pool}: an upstream attempt failed", failure, pool=self.pool.name)
+        self._stop_pending()
+        self.release()
+        self.last = Failed("internal error", ErrorKind.INTERNAL, 500, Fault.LOCAL)
+        self._give_up(GiveUpReason.INTERNAL)
