@@ -11,9 +11,7 @@ buffer is full; a filter that waits on a Deferred holds its side the same way.
 
 from __future__ import annotations
 
-import itertools
-import os
-from typing import Any, Final
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,7 +25,8 @@ from proxyd.relay.http import headers as policy
 from proxyd.relay.http.decide import Refused, decide, is_websocket_upgrade
 from proxyd.relay.http.filtering import Filtering
 from proxyd.relay.http.forward import Forward
-from proxyd.relay.http.h1 import (
+from proxyd.relay.http.framing import Framing, frame
+from proxyd.relay.http.messages import (
     Body,
     End,
     HttpError,
@@ -43,7 +42,7 @@ from proxyd.relay.http.roles import ExchangeClient
 from proxyd.relay.http.routing import rewrite_path
 from proxyd.relay.http.state import HEAD_SENT, State, check_move
 from proxyd.relay.http.tunnel import Tunnel
-from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
+from proxyd.relay.http.upstream import UpstreamConnection
 from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -86,7 +85,6 @@ class Exchange(Filtering):
         "status",
         "tunnel",
         "tunnel_close",
-        "upstreams",
         "wants_request_events",
         "websocket",
     )
@@ -108,9 +106,7 @@ class Exchange(Filtering):
         self.query = ""
         self.status = 0
         self.error: str | None = None
-        self.error_kind: str | None = None
-        """What went wrong, for the metrics (proxyd.metrics.ErrorKind), when the exchange
-        itself failed; a failed attempt at a server is counted on that server as it fails."""
+        self.error_kind: str | None = None  # for the metrics (see proxyd.metrics.ErrorKind)
         self._vars: dict[str, Any] | None = None
         self._head_run: HeadRun | None = None
         self._filter_bound: IdleTimer | None = None
@@ -120,11 +116,9 @@ class Exchange(Filtering):
         self.request_bytes = 0
         self._upstream_chunked = request.chunked
         self._request_run: BodyRun | None = None
-        self._body_timer: IdleTimer | None = None
-        """While the request body streams."""
+        self._body_timer: IdleTimer | None = None  # while the request body streams
         # Upstream side.
         self.pool: Pool | None = None
-        self.upstreams: ConnectionPool | None = None
         self.forward: Forward | None = None
         self._preferred: Server | None = None
         # Response side.
@@ -171,7 +165,7 @@ class Exchange(Filtering):
             tls=client.tls,
             routes=self.factory.routes,
             escaped_slashes=self.config.escaped_slashes,
-            new_request_id=_new_request_id,
+            new_request_id=policy.new_request_id,
         )
         if isinstance(decision, Refused):
             self.fail(decision.status, decision.why, decision.kind)
@@ -213,7 +207,6 @@ class Exchange(Filtering):
             self.fail(503, f"max_tunnels ({self.config.max_tunnels}) reached", ErrorKind.REFUSED)
             return
         action = route.action
-        self.upstreams = self.factory.upstreams[pool.name]
         path = self.path
         upstream_path = path if path == "*" else rewrite_path(route, path)
         query = self.query.encode("latin-1")
@@ -241,7 +234,7 @@ class Exchange(Filtering):
         forward = self.forward = Forward(
             self,
             pool,
-            self.upstreams,
+            self.factory.upstreams[pool.name],
             [request_head(request.method, target, fields)],
             self._preferred,
         )
@@ -419,47 +412,45 @@ class Exchange(Filtering):
     def _send_response(self) -> None:
         response = self.response
         assert response is not None
-        fields = self.response_fields
-        if not response.no_body:
-            steps = self.chain.response_body
-            if steps:
-                # Filters may change the body's length: it goes chunked (or to the close).
-                fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
-                self._response_run = self._body_run(
-                    steps, "response_body", self._response_body_out, self._hold_response
-                )
-            if steps or response.content_length is None:
-                if self.request.version == "1.1":
-                    self._client_chunked = True
-                    fields.append((b"Transfer-Encoding", b"chunked"))
-                else:
-                    self._client_keep_alive = False
-        if response.status >= 200 and not self.request_done:
-            # The server answered before the whole body arrived (an early 413, say): the
-            # rest of the body cannot be told from a next request without reading it all.
-            self._client_keep_alive = False
-        self._connection_field(fields)
+        steps = () if response.no_body else self.chain.response_body
+        if steps:
+            self._response_run = self._body_run(
+                steps, "response_body", self._response_body_out, self._hold_response
+            )
+        framed = self._frame(not response.no_body, response.content_length is not None, bool(steps))
         reason = response.reason if self.status == response.status else b""
         self._move(State.STREAMING)
-        self.client.send([response_head(self.status, reason, fields)])
+        self.client.send([response_head(self.status, reason, framed.fields)])
         forward = self.forward
         if forward is not None and forward._held:
             forward.hold(False)
 
     def _send_answer(self, answer: Answer) -> None:
         status = self.status
-        fields = self.response_fields
         body = answer.body
         head_only = self.request.method == b"HEAD" or status in (204, 304)
         if status not in (204, 304):
-            fields.append((b"Content-Length", b"%d" % len(body)))
-        if not self.request_done:
-            self._client_keep_alive = False  # its body was not read
-        self._connection_field(fields)
+            self.response_fields.append((b"Content-Length", b"%d" % len(body)))
+        framed = self._frame(False, True)
         self._move(State.STREAMING)
         self.response_bytes = 0 if head_only else len(body)
-        self.client.send([response_head(status, b"", fields), b"" if head_only else body])
+        self.client.send([response_head(status, b"", framed.fields), b"" if head_only else body])
         self._finish(keep_alive=self._client_keep_alive)
+
+    def _frame(self, has_body: bool, length_known: bool, transformed: bool = False) -> Framing:
+        framed = frame(
+            self.response_fields,
+            version=self.request.version,
+            keep_alive=self._client_keep_alive,
+            closing=self.client.closing,
+            request_done=self.request_done,
+            has_body=has_body,
+            length_known=length_known,
+            transformed=transformed,
+        )
+        self._client_chunked = framed.chunked
+        self._client_keep_alive = framed.keep_alive
+        return framed
 
     def _open_tunnel(self, conn: UpstreamConnection) -> None:
         self._tunnel_conn = None
@@ -474,14 +465,6 @@ class Exchange(Filtering):
         self.tunnel = Tunnel(self, self.client, conn, self.config.tunnel_timeout)
         self.factory.tunnel_opened()
         self.tunnel.start(from_client, conn.reader.upgraded or b"")
-
-    def _connection_field(self, fields: Headers) -> None:
-        keep = self._client_keep_alive and not self.client.closing
-        self._client_keep_alive = keep
-        if not keep:
-            fields.append((b"Connection", b"close"))
-        elif self.request.version == "1.0":
-            fields.append((b"Connection", b"keep-alive"))
 
     def _response_body_out(self, data: bytes, end: bool) -> None:
         if self.finished:
@@ -599,8 +582,7 @@ class Exchange(Filtering):
         self.wants_request_events = False
         self._stop_forward()
         self._stop_body_timer()
-        self._count()
-        self.factory.log_exchange(self)
+        self.factory.exchange_over(self)
         self._run_log_filters()
         self.client.exchange_done(self, keep_alive=keep_alive and not truncated)
 
@@ -615,31 +597,3 @@ class Exchange(Filtering):
             "" if pool is None else pool.name,
             "" if server is None else server.name,
         )
-
-    def _count(self) -> None:
-        """The exchange's response, bytes and latencies, on the server that answered (""
-        when proxyd answered itself)."""
-        forward = self.forward
-        tried = forward.attempts.tried if forward is not None else ()
-        answered = self.response is not None and forward is not None and self.answer is None
-        cell = self.cell(tried[-1] if answered and tried else None)
-        cell.bytes_in += self.request_bytes
-        cell.bytes_out += self.response_bytes
-        if self.tunnel is None:
-            cell.response(self.status, self.clock.seconds() - self.started)
-        else:  # the tunnel's life is no response time
-            cell.responses[1] += 1
-        if forward is not None and forward.header_time is not None and answered:
-            cell.upstream_duration.observe(forward.header_time - (forward.connect_time or 0.0))
-        if self.error_kind is not None:
-            cell.error(self.error_kind)
-
-
-_ID_PREFIX: Final = os.urandom(8).hex()
-_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-
-def _new_request_id() -> str:
-    """32 hex digits: a random per-process prefix and a counter (unique, and cheaper than
-    a uuid4 per request)."""
-    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"

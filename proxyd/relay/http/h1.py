@@ -27,29 +27,9 @@ from proxyd.relay.http.messages import (
     HttpError,
     Request,
     Response,
-    chunk,
-    last_chunk,
-    reason_phrase,
-    request_head,
-    response_head,
 )
 
-__all__ = [
-    "Body",
-    "End",
-    "Event",
-    "Headers",
-    "HttpError",
-    "Request",
-    "RequestReader",
-    "Response",
-    "ResponseReader",
-    "chunk",
-    "last_chunk",
-    "reason_phrase",
-    "request_head",
-    "response_head",
-]
+__all__ = ["RequestReader", "ResponseReader"]
 
 
 class _Abort(Exception):

@@ -9,6 +9,9 @@ a single pass over the fields with one `lower()` per name and no regular express
 from __future__ import annotations
 
 import functools
+import ipaddress
+import itertools
+import os
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -185,6 +188,16 @@ _VISIBLE: Final = bytes(range(0x21, 0x7F))
 _MAX_REQUEST_ID: Final = 200
 
 
+_ID_PREFIX: Final = os.urandom(8).hex()
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_request_id() -> str:
+    """32 hex digits: a random per-process prefix and a counter (unique, and cheaper than
+    a uuid4 per request)."""
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
 def request_id(headers: Headers, generate: Callable[[], str]) -> str:
     """The incoming X-Request-ID if it is 1..200 visible ASCII characters (0x21-0x7e), else
     generate(). Several X-Request-ID fields join with ', ', which is not valid."""
@@ -290,6 +303,22 @@ def _join(values: list[bytes], last: bytes) -> bytes:
     kept = [value for value in values if value.strip(b" \t")]
     kept.append(last)
     return b", ".join(kept)
+
+
+def is_trusted(
+    host: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    """The client address `host` is in one of `networks` (a listener's trusted_proxies); an
+    IPv4-mapped IPv6 address counts as its IPv4 address."""
+    if not networks or not host:
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 def forward_request_headers(

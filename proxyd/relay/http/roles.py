@@ -54,8 +54,8 @@ class Listener(Protocol):
 
     def tunnel_closed(self) -> None: ...
 
-    def log_exchange(self, exchange: Any) -> None:
-        """Write the access-log line of `exchange` (proxyd.relay.http.exchange.Exchange)."""
+    def exchange_over(self, exchange: Any) -> None:
+        """Count `exchange` (proxyd.relay.http.exchange.Exchange) and log it."""
 
 
 class ExchangeClient(TunnelClient, Protocol):

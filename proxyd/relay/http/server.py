@@ -8,10 +8,8 @@ connection holds at most about one read of unprocessed input.
 
 from __future__ import annotations
 
-import ipaddress
-import math
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer, IReactorTCP
@@ -21,23 +19,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from proxyd.accesslog import AccessLog, json_string, json_value, utc_millis
+from proxyd.accesslog import AccessLog, json_string
 from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.local_answers import OriginCheck
 from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.pool import Pool
+from proxyd.relay.http import headers as policy
 from proxyd.relay.http.chains import build_chains
 from proxyd.relay.http.exchange import Exchange
-from proxyd.relay.http.h1 import (
+from proxyd.relay.http.h1 import RequestReader
+from proxyd.relay.http.messages import (
     Body,
     End,
     HttpError,
     Request,
-    RequestReader,
     reason_phrase,
     response_head,
 )
+from proxyd.relay.http.outcome import count, exchange_line, refusal_record
 from proxyd.relay.http.roles import ResponseWaiter
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
@@ -564,61 +564,15 @@ class HttpRelayFactory(Factory[ClientConnection]):
         return ClientConnection(self)
 
     def is_trusted(self, host: str) -> bool:
-        if not self._trusted or not host:
-            return False
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self._trusted)
+        return policy.is_trusted(host, self._trusted)
 
-    def log_exchange(self, exchange: Exchange) -> None:
-        """The exchange's access-log line, written as text: building a dict for the encoder
-        cost twice as much on every request. The fields that are the same for every line of a
-        connection are made into JSON once, and the common methods' once for all."""
-        access_log = self.access_log
-        if not access_log.enabled:
-            return
-        now = self.reactor.seconds()
-        request = exchange.request
-        forward = exchange.forward
-        tried = forward.attempts.tried if forward is not None else ()
-        route = exchange.route
-        ctx = exchange.ctx
-        method = request.method
-        status = forward.upstream_status if forward is not None else None
-        line = (
-            f'{{"time":"{utc_millis(exchange.started)}"{exchange.client.log_fields}'
-            f',"method":{_METHODS_JSON.get(method) or json_string(method.decode("latin-1"))}'
-            f',"uri":{json_string(request.target.decode("latin-1"))}'
-            f',"status":{exchange.status},"bytes_in":{exchange.request_bytes}'
-            f',"bytes_out":{exchange.response_bytes}'
-            f',"route":{json_string(route.name) if route is not None else "null"}'
-            f',"upstream":{json_string(tried[-1].name) if tried else "null"}'
-            f',"upstream_status":{"null" if status is None else str(status)}'
-            f',"upstream_connect_time":'
-            f"{_seconds_json(forward.connect_time if forward is not None else None)}"
-            f',"upstream_header_time":'
-            f"{_seconds_json(forward.header_time if forward is not None else None)}"
-            f',"upstream_response_time":'
-            f"{_seconds_json(now - forward.attempt_started if forward and tried else None)}"
-            f',"request_time":{_seconds_json(now - exchange.started)}'
-            f',"attempts":{len(tried)}'
-            f',"request_id":{json_string(ctx.request_id) if ctx is not None else "null"}'
-        )
-        tls = exchange.client.tls
-        if tls is not None:
-            line += (
-                f',"tls_version":{json_value(tls.version)}'
-                f',"sni":{json_value(tls.server_name or None)}'
-            )
-        if exchange.tunnel is not None:
-            line += f',"upgrade":"websocket","close":{json_value(exchange.tunnel_close)}'
-        if exchange.error is not None:
-            line += f',"error":{json_value(exchange.error)}'
-        access_log.write(line + "}", self.reactor)
+    def exchange_over(self, exchange: Exchange) -> None:
+        """Count the exchange in the metrics and write its access-log line
+        (proxyd.relay.http.outcome)."""
+        count(exchange)
+        if self.access_log.enabled:
+            now = self.reactor.seconds()
+            self.access_log.write(exchange_line(exchange, now), self.reactor)
 
     def log_handshake_failure(self, client: ClientConnection, reason: Failure) -> None:
         """A client that never completed its handshake: why, at info level (scanners and
@@ -640,39 +594,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
         cell.error(ErrorKind.HEADER_TIMEOUT if error.status == 408 else ErrorKind.BAD_REQUEST)
 
     def log_refusal(self, client: ClientConnection, error: HttpError) -> None:
-        if not self.access_log.enabled:
-            return
-        self.access_log.log(
-            {
-                "time": utc_millis(self.reactor.seconds()),
-                "listener": self.config.name,
-                "client": client.peer_text,
-                "method": None,
-                "uri": None,
-                "status": error.status,
-                "bytes_in": 0,
-                "bytes_out": 0,
-                "error": error.message,
-            },
-            self.reactor,
-        )
-
-
-_METHODS_JSON: Final = {
-    method: json_string(method.decode("ascii"))
-    for method in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
-}
-
-
-def _seconds_json(value: float | None) -> str:
-    """A duration in the access log: seconds, to the millisecond."""
-    if value is None:
-        return "null"
-    # repr(round(max(value, 0.0), 3)), as the JSON encoder would write it, for less: both
-    # round the exact binary value half to even. No double lies between 0.0005 and the
-    # double nearest to it, which is above it: what is below that rounds to 0 (and -0.0,
-    # never a measured duration, keeps its sign as round() keeps it).
-    if value < 0.0005:
-        return "0.0" if value or math.copysign(1.0, value) > 0 else "-0.0"
-    text = f"{value:.3f}".rstrip("0")
-    return text + "0" if text[-1] == "." else text
+        if self.access_log.enabled:
+            now = self.reactor.seconds()
+            record = refusal_record(self.config.name, client.peer_text, error, now)
+            self.access_log.log(record, self.reactor)

@@ -1,0 +1,59 @@
+"""How a response's head is framed for the client, as a pure function of the facts: whether
+its body goes chunked, whether the connection stays open, and the Connection field that says
+so. Tested table-driven (tests/unit/test_framing.py)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from proxyd.relay.http.messages import Headers
+
+
+class Framing(NamedTuple):
+    chunked: bool
+    """The body goes chunked (Transfer-Encoding: chunked added)."""
+    keep_alive: bool
+    """The client connection stays open after this response."""
+    fields: Headers
+    """The head's fields, framed: Content-Length dropped when the body is transformed,
+    Transfer-Encoding and Connection added as needed."""
+
+
+def frame(
+    fields: Headers,
+    *,
+    version: str,
+    keep_alive: bool,
+    closing: bool,
+    request_done: bool,
+    has_body: bool,
+    length_known: bool,
+    transformed: bool = False,
+) -> Framing:
+    """Frame a response with `fields` to an HTTP/`version` request.
+
+    - a body of unknown length (`length_known` false, or `transformed` by a filter, whose
+      Content-Length is then dropped) goes chunked to an HTTP/1.1 client, and to the close to
+      an HTTP/1.0 one;
+    - the connection closes when the client asked (`keep_alive` false), when it is `closing`
+      (draining, or a reload's last request), or when the request body was not all read
+      (`request_done` false: an early answer; the rest cannot be told from a next request);
+    - `Connection: close` says it closes; `Connection: keep-alive` tells an HTTP/1.0 client it
+      does not.
+    """
+    chunked = False
+    if has_body:
+        if transformed:
+            fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
+        if transformed or not length_known:
+            if version == "1.1":
+                chunked = True
+                fields.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                keep_alive = False
+    keep_alive = keep_alive and request_done and not closing
+    if not keep_alive:
+        fields.append((b"Connection", b"close"))
+    elif version == "1.0":
+        fields.append((b"Connection", b"keep-alive"))
+    return Framing(chunked, keep_alive, fields)

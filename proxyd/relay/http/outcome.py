@@ -1,0 +1,107 @@
+"""What an exchange leaves behind once it is over: its counts in the metrics, and its
+access-log line, written as text: building a dict for the JSON encoder cost twice as much on
+every request. The fields that are the same for every line of a connection are made into JSON
+once (ClientConnection.log_fields), and the common methods' once for all."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+from proxyd.accesslog import json_string, json_value, utc_millis
+from proxyd.relay.http.exchange import Exchange
+from proxyd.relay.http.messages import HttpError
+
+
+def count(exchange: Exchange) -> None:
+    """The exchange's response, bytes and latencies, on the server that answered (""
+    when proxyd answered itself)."""
+    forward = exchange.forward
+    tried = forward.attempts.tried if forward is not None else ()
+    answered = exchange.response is not None and forward is not None and exchange.answer is None
+    cell = exchange.cell(tried[-1] if answered and tried else None)
+    cell.bytes_in += exchange.request_bytes
+    cell.bytes_out += exchange.response_bytes
+    if exchange.tunnel is None:
+        cell.response(exchange.status, exchange.clock.seconds() - exchange.started)
+    else:  # the tunnel's life is no response time
+        cell.responses[1] += 1
+    if forward is not None and forward.header_time is not None and answered:
+        cell.upstream_duration.observe(forward.header_time - (forward.connect_time or 0.0))
+    if exchange.error_kind is not None:
+        cell.error(exchange.error_kind)
+
+
+def refusal_record(listener: str, client: str, error: HttpError, now: float) -> dict[str, Any]:
+    """The record of a request refused before it was parsed (no method, no target)."""
+    return {
+        "time": utc_millis(now),
+        "listener": listener,
+        "client": client,
+        "method": None,
+        "uri": None,
+        "status": error.status,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "error": error.message,
+    }
+
+
+def exchange_line(exchange: Exchange, now: float) -> str:
+    """The line of `exchange`, ended at `now`."""
+    request = exchange.request
+    forward = exchange.forward
+    tried = forward.attempts.tried if forward is not None else ()
+    route = exchange.route
+    ctx = exchange.ctx
+    method = request.method
+    status = forward.upstream_status if forward is not None else None
+    line = (
+        f'{{"time":"{utc_millis(exchange.started)}"{exchange.client.log_fields}'
+        f',"method":{METHODS_JSON.get(method) or json_string(method.decode("latin-1"))}'
+        f',"uri":{json_string(request.target.decode("latin-1"))}'
+        f',"status":{exchange.status},"bytes_in":{exchange.request_bytes}'
+        f',"bytes_out":{exchange.response_bytes}'
+        f',"route":{json_string(route.name) if route is not None else "null"}'
+        f',"upstream":{json_string(tried[-1].name) if tried else "null"}'
+        f',"upstream_status":{"null" if status is None else str(status)}'
+        f',"upstream_connect_time":'
+        f"{seconds_json(forward.connect_time if forward is not None else None)}"
+        f',"upstream_header_time":'
+        f"{seconds_json(forward.header_time if forward is not None else None)}"
+        f',"upstream_response_time":'
+        f"{seconds_json(now - forward.attempt_started if forward and tried else None)}"
+        f',"request_time":{seconds_json(now - exchange.started)}'
+        f',"attempts":{len(tried)}'
+        f',"request_id":{json_string(ctx.request_id) if ctx is not None else "null"}'
+    )
+    tls = exchange.client.tls
+    if tls is not None:
+        line += (
+            f',"tls_version":{json_value(tls.version)},"sni":{json_value(tls.server_name or None)}'
+        )
+    if exchange.tunnel is not None:
+        line += f',"upgrade":"websocket","close":{json_value(exchange.tunnel_close)}'
+    if exchange.error is not None:
+        line += f',"error":{json_value(exchange.error)}'
+    return line + "}"
+
+
+METHODS_JSON: Final = {
+    method: json_string(method.decode("ascii"))
+    for method in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
+}
+
+
+def seconds_json(value: float | None) -> str:
+    """A duration in the access log: seconds, to the millisecond."""
+    if value is None:
+        return "null"
+    # repr(round(max(value, 0.0), 3)), as the JSON encoder would write it, for less: both
+    # round the exact binary value half to even. No double lies between 0.0005 and the
+    # double nearest to it, which is above it: what is below that rounds to 0 (and -0.0,
+    # never a measured duration, keeps its sign as round() keeps it).
+    if value < 0.0005:
+        return "0.0" if value or math.copysign(1.0, value) > 0 else "-0.0"
+    text = f"{value:.3f}".rstrip("0")
+    return text + "0" if text[-1] == "." else text
