@@ -89,6 +89,7 @@ class Processes:
         argv: Sequence[str],
         tcp: Sequence[int] = (),
         udp: Sequence[int] = (),
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Starts `argv` and waits until it listens on the TCP ports `tcp` and has bound the
         UDP ports `udp`; raises RuntimeError, with the end of its output, if it exits first or
@@ -101,6 +102,7 @@ class Processes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=env,
             )
         self.children[name] = (child, log)
         deadline = time.monotonic() + STARTUP_TIMEOUT

@@ -198,7 +198,9 @@ def run_scenario(
         return outcomes
     ports: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix=f"bench-{scenario.name}-") as tmp:
-        bench = Bench(Path(tmp), pinning, args.duration, args.access_log == "on")
+        bench = Bench(
+            Path(tmp), pinning, args.duration, args.access_log == "on", args.baseline_tree
+        )
         try:
             try:
                 origin = scenario.origin(bench)
@@ -391,6 +393,15 @@ def versions(tools: set[str]) -> dict[str, str]:
     return found
 
 
+def export(revision: str, directory: Path) -> str | None:
+    """The source of git `revision` into `directory`; what went wrong, if anything."""
+    archive = subprocess.run(["git", "archive", revision], capture_output=True)
+    if archive.returncode != 0:
+        return archive.stderr.decode(errors="replace").strip()
+    untar = subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout)
+    return None if untar.returncode == 0 else "tar failed"
+
+
 def listed(
     parser: argparse.ArgumentParser, option: str, text: str, known: tuple[str, ...]
 ) -> list[str]:
@@ -408,7 +419,16 @@ def main(argv: list[str]) -> int:
         default=",".join(DEFAULT_SCENARIOS),
         help=f"comma-separated, among {', '.join(SCENARIOS)} (default: all but the extras)",
     )
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated")
+    parser.add_argument(
+        "--targets",
+        default=",".join(t for t in TARGETS if t != "proxyd-baseline"),
+        help="comma-separated (proxyd-baseline with --baseline)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run proxyd-baseline: proxyd-1 from this git revision's source, side by side",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per target; medians reported")
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--access-log", choices=("on", "off"), default="on")
@@ -418,7 +438,15 @@ def main(argv: list[str]) -> int:
         SCENARIOS[n] for n in listed(parser, "--scenarios", args.scenarios, tuple(SCENARIOS))
     ]
     chosen = listed(parser, "--targets", args.targets, TARGETS)
+    if args.baseline and "proxyd-baseline" not in chosen:
+        chosen.append("proxyd-baseline")
     targets = [t for t in TARGETS if t in chosen]
+    baseline = tempfile.TemporaryDirectory(prefix="bench-baseline-")  # removed at exit
+    args.baseline_tree = Path(baseline.name) if args.baseline else None
+    if args.baseline:
+        problem = export(args.baseline, Path(baseline.name))
+        if problem:
+            parser.error(f"--baseline {args.baseline}: {problem}")
     if not 1 <= args.runs <= 20 or not 1 <= args.duration <= 60:
         parser.error("--runs must be 1..20 and --duration 1..60")
 

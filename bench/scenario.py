@@ -22,8 +22,10 @@ from types import TracebackType
 from bench.processes import Pinning, Processes, free_port, which
 
 TWISTD = Path(sys.executable).parent / "twistd"
-TARGETS = ("direct", "proxyd-1", "proxyd-auto", "nginx", "haproxy")
-PROXYD_WORKERS = {"proxyd-1": None, "proxyd-auto": "auto"}
+TARGETS = ("direct", "proxyd-1", "proxyd-baseline", "proxyd-auto", "nginx", "haproxy")
+PROXYD_WORKERS = {"proxyd-1": None, "proxyd-baseline": None, "proxyd-auto": "auto"}
+"""proxyd-baseline is proxyd-1 run from another revision's source (`--baseline REV`): a
+change's cost, measured side by side with the tree it changes."""
 """The `[proxyd] workers` value of each proxyd target; None leaves the key out (one process)."""
 NGINX_STREAM = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 NGINX_TEMP = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -89,8 +91,17 @@ class Meter:
 class Bench:
     """One scenario's temporary directory, processes and settings."""
 
-    def __init__(self, workdir: Path, pinning: Pinning, duration: int, access_log: bool) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        pinning: Pinning,
+        duration: int,
+        access_log: bool,
+        baseline: Path | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.baseline = baseline
+        """The source tree proxyd-baseline runs (on its PYTHONPATH)."""
         self.pinning = pinning
         self.procs = Processes(workdir)
         self.duration = duration
@@ -106,11 +117,12 @@ class Bench:
         tcp: tuple[int, ...] = (),
         udp: tuple[int, ...] = (),
         logs: tuple[Path, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         """Starts `argv` as `name`; a StartError says why it did not come up, from the end of
         its output and of its `logs`."""
         try:
-            self.procs.start(name, argv, tcp=tcp, udp=udp)
+            self.procs.start(name, argv, tcp=tcp, udp=udp, env=env)
         except RuntimeError as e:
             said = [self.procs.log(name), *logs]
             tails = [p.read_text(errors="replace")[-2000:] for p in said if p.exists()]
@@ -207,7 +219,12 @@ class Bench:
         cpus = self.pinning.proxy() if workers is None else self.pinning.all()
         twistd = [str(TWISTD), "-n", "--pidfile", "", "--logfile", str(self.proxyd_log(target))]
         argv = [*cpus, *twistd, "proxyd", "--config", str(path)]
-        self.start(target, argv, tcp=tcp, udp=udp, logs=(self.proxyd_log(target),))
+        env = None
+        if target == "proxyd-baseline":
+            if self.baseline is None:
+                raise StartError("proxyd-baseline needs --baseline REV")
+            env = {**os.environ, "PYTHONPATH": str(self.baseline)}
+        self.start(target, argv, tcp=tcp, udp=udp, logs=(self.proxyd_log(target),), env=env)
 
 
 def nginx_main() -> str:
