@@ -159,8 +159,9 @@ class Exchange(Protocol):
 
 
 class Filter:
-    """A convenient base: an instance keeps its `name` (the `[filter NAME]`) and `options`.
-    Subclasses define the phases they take part in (see the module's docstring)."""
+    """The interface of a filter, typed, as a base class: a subclass overrides the phases it
+    takes part in (see the module's docstring); the phases it leaves as they are here are
+    not called at all. An instance keeps its `name` (the `[filter NAME]`)."""
 
     buffer_request_body = 0
     """Above 0: request_body is called once, with the whole body up to this many bytes."""
@@ -169,6 +170,34 @@ class Filter:
 
     def __init__(self, options: Options) -> None:
         self.name = options.filter_name
+
+    def request_head(self, exchange: Exchange) -> HeadResult:
+        """Go on (None), answer (an Answer), or wait (a Deferred or coroutine of either)."""
+        return None
+
+    def request_body(self, exchange: Exchange, data: bytes, end: bool) -> BodyResult:
+        """The request body bytes to pass on for `data` (or a Deferred or coroutine of them)."""
+        return data
+
+    def response_head(self, exchange: Exchange) -> HeadResult:
+        """Go on (None), replace the response (an Answer), or wait."""
+        return None
+
+    def response_body(self, exchange: Exchange, data: bytes, end: bool) -> BodyResult:
+        """The response body bytes to pass on for `data` (or a Deferred or coroutine)."""
+        return data
+
+    def log(self, exchange: Exchange) -> None:
+        """The exchange is over and logged."""
+
+
+def phases(cls: type) -> list[str]:
+    """The phases `cls` takes part in: those it defines, other than Filter's own."""
+    return [
+        phase
+        for phase in PHASES
+        if callable(getattr(cls, phase, None)) and getattr(cls, phase) is not getattr(Filter, phase)
+    ]
 
 
 class OptionError(Exception):

@@ -44,8 +44,8 @@ class Chain:
                 method = getattr(instance, phase, None)
                 if method is None or not callable(method):
                     continue
-                if getattr(type(instance), phase, None) is getattr(Filter, phase, None):
-                    continue
+                if getattr(type(instance), phase, None) is getattr(Filter, phase):
+                    continue  # Filter's own: the filter takes no part in this phase
                 steps[phase].append((index, name, method))
             for phase, attribute in (
                 ("request_body", "buffer_request_body"),
@@ -92,12 +92,16 @@ def _deferred(result: object) -> Deferred[Any] | None:
     return None
 
 
+ALL_WENT_ON: Final = 1 << 30
+"""The position a head phase reports when no filter answered."""
+
+
 class HeadRun:
     """Runs a head phase's steps in order until one answers. A step returning a Deferred or a
     coroutine holds the run (`waiting`) until it fires; `cancel()` gives it up.
 
     `done(position, answer)` gets the answering filter's position and its Answer, or
-    (len, None) when every step let the exchange go on; `failed(FilterFailed)` gets what a
+    (ALL_WENT_ON, None) when every step let the exchange go on; `failed(FilterFailed)` gets what a
     step raised or returned wrongly."""
 
     __slots__ = ("_done", "_exchange", "_failed", "_index", "_steps", "waiting")
@@ -117,15 +121,21 @@ class HeadRun:
         self.waiting: Deferred[Any] | None = None
         """The Deferred the run waits on; None while it runs or once it is over."""
 
-    def run(self) -> None:
+    def run(self, index: int = 0, first: object = None) -> None:
+        """Run the steps from `index`; `first`, when not None, is what the step at `index`
+        returned already (its caller ran it): a Deferred, a coroutine, or a wrong value."""
         steps = self._steps
+        self._index = index
         while self._index < len(steps):
             position, name, call = steps[self._index]
-            try:
-                result = call(self._exchange)
-            except Exception:
-                self._failed(FilterFailed(name, Failure()))
-                return
+            if first is not None:
+                result, first = first, None
+            else:
+                try:
+                    result = call(self._exchange)
+                except Exception:
+                    self._failed(FilterFailed(name, Failure()))
+                    return
             if result is None:
                 self._index += 1
                 continue
@@ -139,7 +149,7 @@ class HeadRun:
             self.waiting = waiting
             waiting.addCallbacks(self._resumed, self._raised, errbackArgs=(name,))
             return
-        self._done(1 << 30, None)
+        self._done(ALL_WENT_ON, None)
 
     def _resumed(self, result: object) -> None:
         self.waiting = None
@@ -147,8 +157,7 @@ class HeadRun:
         if isinstance(result, Answer):
             self._done(position, result)
         elif result is None:
-            self._index += 1
-            self.run()
+            self.run(self._index + 1)
         else:
             self._wrong(name, result)
 

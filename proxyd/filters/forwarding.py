@@ -19,13 +19,12 @@ class Forwarding:
         self.via = via
 
     def request_head(self, exchange: RelayExchange) -> None:
-        fields = policy.remove_hop_by_hop(exchange.request_headers, NOT_FORWARDED)
-        exchange.set_request_headers(
-            policy.forward_request_headers(
-                fields,
-                exchange.ctx,
-                trusted=exchange.trusted,
-                via=self.via,
-                version=exchange.request.version,
-            )
+        request = exchange.request
+        fields = policy.remove_hop_by_hop(request.headers, NOT_FORWARDED)
+        request.headers = policy.forward_request_headers(
+            fields,
+            exchange.ctx,
+            trusted=exchange.client_trusted,
+            via=self.via,
+            version=request.version,
         )

@@ -27,7 +27,7 @@ class RelayExchange(Exchange, Protocol):
         """The path and the query as received."""
 
     @property
-    def trusted(self) -> bool:
+    def client_trusted(self) -> bool:
         """The client is one of the listener's trusted_proxies."""
 
     @property

@@ -21,7 +21,7 @@ from typing import Final
 from proxyd.config.errors import ConfigError, did_you_mean
 from proxyd.config.ini import Section
 from proxyd.config.model import FilterConfig
-from proxyd.filters.api import PHASES, OptionError, Options
+from proxyd.filters.api import PHASES, OptionError, Options, phases
 
 RESERVED: Final = ("class", "python_path")
 """Keys of [filter] proxyd reads itself; the rest are the filter's options."""
@@ -79,7 +79,7 @@ def load_filter(
             did_you_mean(class_name, names),
         )
         return None
-    if not any(callable(getattr(cls, phase, None)) for phase in PHASES):
+    if not phases(cls):
         error("class", f"a filter class (with a method {', '.join(PHASES)})", f"{spec} has none")
         return None
     values = {key: e.value for key, e in section.entries.items() if key not in RESERVED}

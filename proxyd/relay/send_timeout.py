@@ -105,8 +105,10 @@ class SendTimeout:
             self._start()
 
     def cancel(self) -> None:
-        """The connection is gone."""
+        """The connection is gone: the timeout ends for good, and lets go of `on_stall` (a
+        bound method of the connection: a reference cycle, else)."""
         self._ended = True
+        self._on_stall = _nothing
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
@@ -142,3 +144,7 @@ class SendTimeout:
         self._ended = True
         self.held = left
         self._on_stall()
+
+
+def _nothing() -> None:
+    pass

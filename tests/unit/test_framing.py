@@ -46,8 +46,8 @@ def test_framing(
         "length_known": True,
     }
     settings.update(facts)
-    framed = frame(list(LENGTH), **settings)  # type: ignore[arg-type]
-    assert (framed.chunked, framed.keep_alive) == (chunked, keep_alive)
+    framed_chunked, framed_keep_alive, fields = frame(list(LENGTH), **settings)  # type: ignore[arg-type]
+    assert (framed_chunked, framed_keep_alive) == (chunked, keep_alive)
     expected = [] if b"-Content-Length" in added else [b"Content-Length: 5"]
     expected += [field for field in added if not field.startswith(b"-")]
-    assert [name + b": " + value for name, value in framed.fields] == expected
+    assert [name + b": " + value for name, value in fields] == expected

@@ -25,7 +25,7 @@ from proxyd.relay.http import headers as policy
 from proxyd.relay.http.decide import Refused, decide, is_websocket_upgrade
 from proxyd.relay.http.filtering import Filtering
 from proxyd.relay.http.forward import Forward
-from proxyd.relay.http.framing import Framing, frame
+from proxyd.relay.http.framing import frame
 from proxyd.relay.http.messages import (
     Body,
     End,
@@ -40,7 +40,7 @@ from proxyd.relay.http.messages import (
 )
 from proxyd.relay.http.roles import ExchangeClient
 from proxyd.relay.http.routing import rewrite_path
-from proxyd.relay.http.state import HEAD_SENT, State, check_move
+from proxyd.relay.http.state import HEAD_SENT, NEXT, State, check_move
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import UpstreamConnection
 from proxyd.relay.session import IdleTimer
@@ -64,21 +64,25 @@ class Exchange(Filtering):
         "answer",
         "chain",
         "client",
+        "client_trusted",
         "clock",
         "config",
         "ctx",
         "error",
         "factory",
+        "finished",
         "forward",
         "host_name",
         "path",
         "query",
         "raw_target",
+        "reading_response",
         "request",
         "request_bytes",
         "request_done",
         "response",
         "response_bytes",
+        "response_started",
         "route",
         "started",
         "state",
@@ -91,12 +95,15 @@ class Exchange(Filtering):
 
     def __init__(self, client: ExchangeClient, request: Request) -> None:
         self.client = client
+        self.client_trusted = client.trusted
+        """The client is one of the listener's trusted_proxies."""
         self.factory = factory = client.factory
         self.config = factory.config
         self.request = request
         self.clock = factory.reactor
         self.started = self.clock.seconds()
         self.state = State.REQUEST_FILTERS
+        self.finished = self.response_started = self.reading_response = False
         self.route: RouteConfig | None = None
         self.chain = EMPTY
         self.ctx: policy.RequestContext | None = None
@@ -138,21 +145,15 @@ class Exchange(Filtering):
         self._tunnel_conn: UpstreamConnection | None = None
 
     def _move(self, state: State) -> None:
-        check_move(self.state, state)
+        """The one place the state changes; the flags the hot paths read follow from it."""
+        if state not in NEXT[self.state]:
+            check_move(self.state, state)  # raises, saying what moved where
         self.state = state
-
-    @property
-    def finished(self) -> bool:
-        return self.state is State.DONE
-
-    @property
-    def response_started(self) -> bool:
+        self.finished = state is State.DONE
+        self.response_started = state in HEAD_SENT
         """The response head went to the client."""
-        return self.state in HEAD_SENT
-
-    @property
-    def reading_response(self) -> bool:
-        return self.state is State.PROXYING or self.state is State.STREAMING
+        self.reading_response = state is State.PROXYING or state is State.STREAMING
+        """Response events are wanted (not while filters run on the response head)."""
 
     # Start: route, run the request head's filters, answer or proxy.
 
@@ -187,7 +188,8 @@ class Exchange(Filtering):
 
     def _request_filtered(self, position: int, answer: Answer | None) -> None:
         self._head_run = None
-        self._unbound_filter()
+        if self._filter_bound is not None:
+            self._unbound_filter()
         if answer is not None:
             if isinstance(answer, Reject):
                 self.fail(answer.status, answer.why, answer.kind, answer=answer, position=position)
@@ -238,7 +240,7 @@ class Exchange(Filtering):
             [request_head(request.method, target, fields)],
             self._preferred,
         )
-        forward.start()
+        forward.driver.start()
 
     # Request body, driven by the client connection.
 
@@ -330,7 +332,13 @@ class Exchange(Filtering):
         self.response_fields = policy.response_headers(
             fields, via=self.config.via, version=response.version
         )
-        self._respond(self.chain.response_head)
+        steps = self.chain.response_head
+        if steps:
+            self._respond(steps)
+        elif self._tunnel_conn is None:
+            self._send_response()  # no response filter: straight to streaming
+        else:
+            self._open_tunnel(self._tunnel_conn)
 
     def upstream_switched(self, response: Response, conn: UpstreamConnection) -> None:
         """A 101 to the WebSocket upgrade: pass it on, then splice the two connections."""
@@ -341,16 +349,19 @@ class Exchange(Filtering):
         run = self._response_run
         if run is not None:
             run.feed(data, False)
-        else:
-            self._response_body_out(data, False)
+        elif not self.finished:
+            self.response_bytes += len(data)
+            self.client.send(chunk(data) if self._client_chunked else [data])
 
     def upstream_end(self, trailers: Headers | None) -> None:
-        self._trailers = trailers
         run = self._response_run
         if run is not None:
+            self._trailers = trailers
             run.feed(b"", True)
-        else:
-            self._response_body_out(b"", True)
+        elif not self.finished:
+            if self._client_chunked:
+                self.client.send([last_chunk(trailers)])
+            self._finish(keep_alive=self._client_keep_alive)
 
     def upstream_failed(self, status: int, why: str, kind: ErrorKind | None) -> None:
         self.fail(status, why, kind)
@@ -384,7 +395,7 @@ class Exchange(Filtering):
         self._move(State.RESPONSE_FILTERS)
         self._response_steps = steps
         if not steps:
-            self._response_filtered(-1, None)
+            self._response_ready()
             return
         self._run_head(steps, self._response_filtered, self.config.response_timeout)
         if self._head_run is not None and self._head_run.waiting is not None:
@@ -402,7 +413,12 @@ class Exchange(Filtering):
                 return
             self._stop_forward()
             self._start_answer(answer, Chain.before(self._response_steps, position))
-        elif self.answer is not None:
+        else:
+            self._response_ready()
+
+    def _response_ready(self) -> None:
+        """The response head's filters are done: send it."""
+        if self.answer is not None:
             self._send_answer(self.answer)
         elif self._tunnel_conn is not None:
             self._open_tunnel(self._tunnel_conn)
@@ -417,10 +433,10 @@ class Exchange(Filtering):
             self._response_run = self._body_run(
                 steps, "response_body", self._response_body_out, self._hold_response
             )
-        framed = self._frame(not response.no_body, response.content_length is not None, bool(steps))
+        fields = self._frame(not response.no_body, response.content_length is not None, bool(steps))
         reason = response.reason if self.status == response.status else b""
         self._move(State.STREAMING)
-        self.client.send([response_head(self.status, reason, framed.fields)])
+        self.client.send([response_head(self.status, reason, fields)])
         forward = self.forward
         if forward is not None and forward._held:
             forward.hold(False)
@@ -431,16 +447,17 @@ class Exchange(Filtering):
         head_only = self.request.method == b"HEAD" or status in (204, 304)
         if status not in (204, 304):
             self.response_fields.append((b"Content-Length", b"%d" % len(body)))
-        framed = self._frame(False, True)
+        fields = self._frame(False, True)
         self._move(State.STREAMING)
         self.response_bytes = 0 if head_only else len(body)
-        self.client.send([response_head(status, b"", framed.fields), b"" if head_only else body])
+        self.client.send([response_head(status, b"", fields), b"" if head_only else body])
         self._finish(keep_alive=self._client_keep_alive)
 
-    def _frame(self, has_body: bool, length_known: bool, transformed: bool = False) -> Framing:
-        framed = frame(
+    def _frame(self, has_body: bool, length_known: bool, transformed: bool = False) -> Headers:
+        """The response's fields framed (proxyd.relay.http.framing), its framing kept."""
+        self._client_chunked, self._client_keep_alive, fields = frame(
             self.response_fields,
-            version=self.request.version,
+            self.request.version,
             keep_alive=self._client_keep_alive,
             closing=self.client.closing,
             request_done=self.request_done,
@@ -448,9 +465,7 @@ class Exchange(Filtering):
             length_known=length_known,
             transformed=transformed,
         )
-        self._client_chunked = framed.chunked
-        self._client_keep_alive = framed.keep_alive
-        return framed
+        return fields
 
     def _open_tunnel(self, conn: UpstreamConnection) -> None:
         self._tunnel_conn = None
@@ -570,10 +585,14 @@ class Exchange(Filtering):
         conn, self._tunnel_conn = self._tunnel_conn, None
         if conn is not None:
             conn.abort()
-        for run in (self._head_run, self._request_run, self._response_run):
-            if run is not None:
-                run.cancel()
-        self._unbound_filter()
+        if self._head_run is not None:
+            self._head_run.cancel()
+        if self._request_run is not None:
+            self._request_run.cancel()
+        if self._response_run is not None:
+            self._response_run.cancel()
+        if self._filter_bound is not None:
+            self._unbound_filter()
 
     def _finish(self, keep_alive: bool, truncated: bool = False) -> None:
         if self.finished:
@@ -581,10 +600,21 @@ class Exchange(Filtering):
         self._move(State.DONE)
         self.wants_request_events = False
         self._stop_forward()
-        self._stop_body_timer()
+        if self._body_timer is not None:
+            self._stop_body_timer()
         self.factory.exchange_over(self)
-        self._run_log_filters()
+        if self.chain.log:
+            self._run_log_filters()
+        self._let_go()
         self.client.exchange_done(self, keep_alive=keep_alive and not truncated)
+
+    def _let_go(self) -> None:
+        """Drop the references back to this exchange (the forward's driver's, the runs'
+        bound methods), so that it is freed at once, not left to the cycle collector."""
+        forward, self.forward = self.forward, None
+        if forward is not None:
+            forward.driver.detach()
+        self._head_run = self._request_run = self._response_run = None
 
     # Metrics.
 

@@ -10,10 +10,19 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from proxyd.config.model import HttpListenerConfig, RouteConfig
 from proxyd.filters.api import Answer, Headers
-from proxyd.filters.chain import BodyRun, Chain, FilterFailed, HeadRun, Step, TooLarge
+from proxyd.filters.chain import (
+    ALL_WENT_ON,
+    BodyRun,
+    Chain,
+    FilterFailed,
+    HeadRun,
+    Step,
+    TooLarge,
+)
 from proxyd.metrics import ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
@@ -55,13 +64,9 @@ class Filtering:
     _filter_bound: IdleTimer | None
     _head_run: HeadRun | None
 
-    @property
-    def finished(self) -> bool:
-        raise NotImplementedError
-
-    @property
-    def response_started(self) -> bool:
-        raise NotImplementedError
+    finished: bool
+    client_trusted: bool
+    response_started: bool
 
     def fail(
         self,
@@ -136,10 +141,6 @@ class Filtering:
     # proxyd.filters.internal.RelayExchange.
 
     @property
-    def trusted(self) -> bool:
-        return bool(self.client.trusted)
-
-    @property
     def upstream_server(self) -> Server | None:
         forward = self.forward
         if forward is None or self.answer is not None or not forward.attempts.tried:
@@ -198,8 +199,9 @@ class Filtering:
         self._filter_bound.start()
 
     def _unbound_filter(self) -> None:
-        bound, self._filter_bound = self._filter_bound, None
+        bound = self._filter_bound
         if bound is not None:
+            self._filter_bound = None
             bound.cancel()
 
     def _filter_timed_out(self) -> None:
@@ -216,10 +218,25 @@ class Filtering:
     def _run_head(
         self, steps: tuple[Step, ...], done: Callable[[int, Answer | None], None], bound: float
     ) -> None:
-        run = self._head_run = HeadRun(steps, self, done, self._filter_failed)
-        run.run()
-        if run.waiting is not None:
-            self._bound_filter(bound)
+        # The common case, every filter deciding at once, makes no HeadRun.
+        for index in range(len(steps)):
+            position, name, call = steps[index]
+            try:
+                result = call(self)
+            except Exception:
+                self._filter_failed(FilterFailed(name, Failure()))
+                return
+            if result is None:
+                continue
+            if isinstance(result, Answer):
+                done(position, result)
+                return
+            run = self._head_run = HeadRun(steps, self, done, self._filter_failed)
+            run.run(index, result)
+            if run.waiting is not None:
+                self._bound_filter(bound)
+            return
+        done(ALL_WENT_ON, None)
 
     def _body_run(
         self,

@@ -17,12 +17,13 @@ from __future__ import annotations
 from typing import Any, Final, Protocol
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proxyd.config.model import HttpListenerConfig
 from proxyd.metrics import Cell, ErrorKind
-from proxyd.pool import Affinity, Pool, Server
+from proxyd.pool import Pool, Server
 from proxyd.pool.fault import Fault
 from proxyd.relay.attempt import AttemptDriver, Failed, GiveUp, GiveUpReason, classify
 from proxyd.relay.http import headers as policy
@@ -118,11 +119,11 @@ class Forward:
         self.driver: AttemptDriver[UpstreamConnection] = AttemptDriver(
             exchange.clock,
             pool,
-            lambda server: upstreams.connect(server, config.connect_timeout),
-            _Owner(self),
+            self._connect,
+            self,
             retries=config.retries,
             cell=exchange.cell,
-            affinity=Affinity(exchange.client.peer),
+            affinity=exchange.client.affinity,
             prefer=preferred,
             checkout=upstreams.checkout,
             count_retries=True,
@@ -150,18 +151,19 @@ class Forward:
         self._held = False
         """The exchange holds the response (a filter is busy): reading is paused."""
 
-    @property
-    def attempt_started(self) -> float:
-        return self.driver.started
+    # Attempts (this Forward is its AttemptDriver's owner).
 
-    @property
-    def connect_time(self) -> float | None:
-        return self.driver.connect_time
+    def _connect(self, server: Server) -> Deferred[UpstreamConnection]:
+        return self.upstreams.connect(server, self.exchange.config.connect_timeout)
 
-    # Attempts.
+    def attempt_started(self, server: Server) -> None:
+        """The driver holds the server: nothing to do."""
 
-    def start(self) -> None:
-        self.driver.start()
+    def attempt_failed(self, server: Server, failed: Failed) -> None:
+        self._attempt_failed(server, failed)
+
+    def attempt_gave_up(self, give_up: GiveUp) -> None:
+        self._gave_up(give_up)
 
     def _attempt_failed(self, server: Server, failed: Failed) -> None:
         if failed.fault is Fault.LOCAL:
@@ -191,7 +193,7 @@ class Forward:
             kind = ErrorKind.LOCAL_RESOURCE if reason is GiveUpReason.LOCAL_RESOURCE else None
         exchange.upstream_failed(give_up.status, why, kind)
 
-    def _use(self, conn: UpstreamConnection) -> None:
+    def attempt_connected(self, conn: UpstreamConnection, server: Server, reused: bool) -> None:
         """Send the request on `conn`: the head, the body held so far, then the rest."""
         exchange = self.exchange
         request = exchange.request
@@ -425,33 +427,13 @@ class Forward:
 
     def stop(self) -> None:
         """The exchange is over or answered otherwise: drop the attempt and its timers."""
-        self._drop_connection()
-        idle, self._idle = self._idle, None
+        if self.conn is not None or self._awaiting_response:
+            self._drop_connection()
+        idle = self._idle
         if idle is not None:
+            self._idle = None
             idle.cancel()
         self.driver.cancel()
-
-
-class _Owner:
-    """A Forward's side of its AttemptDriver (proxyd.relay.attempt.AttemptOwner); a separate
-    object because the access log reads `Forward.attempt_started` as a time."""
-
-    __slots__ = ("forward",)
-
-    def __init__(self, forward: Forward) -> None:
-        self.forward = forward
-
-    def attempt_started(self, server: Server) -> None:
-        """The driver holds the server: nothing to do."""
-
-    def attempt_connected(self, conn: UpstreamConnection, server: Server, reused: bool) -> None:
-        self.forward._use(conn)
-
-    def attempt_failed(self, server: Server, failed: Failed) -> None:
-        self.forward._attempt_failed(server, failed)
-
-    def attempt_gave_up(self, give_up: GiveUp) -> None:
-        self.forward._gave_up(give_up)
 
 
 def _classify(failure: Failure) -> Failed | None:

@@ -4,24 +4,16 @@ so. Tested table-driven (tests/unit/test_framing.py)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from proxyd.relay.http.messages import Headers
 
-
-class Framing(NamedTuple):
-    chunked: bool
-    """The body goes chunked (Transfer-Encoding: chunked added)."""
-    keep_alive: bool
-    """The client connection stays open after this response."""
-    fields: Headers
-    """The head's fields, framed: Content-Length dropped when the body is transformed,
-    Transfer-Encoding and Connection added as needed."""
+Framing = tuple[bool, bool, Headers]
+"""(chunked: the body goes chunked; keep_alive: the connection stays open after this
+response; the head's fields, framed: Content-Length dropped when the body is transformed,
+Transfer-Encoding and Connection added as needed). A plain tuple: made on every response."""
 
 
 def frame(
     fields: Headers,
-    *,
     version: str,
     keep_alive: bool,
     closing: bool,
@@ -56,4 +48,4 @@ def frame(
         fields.append((b"Connection", b"close"))
     elif version == "1.0":
         fields.append((b"Connection", b"keep-alive"))
-    return Framing(chunked, keep_alive, fields)
+    return chunked, keep_alive, fields

@@ -164,6 +164,12 @@ class _Reader:
         return None
 
 
+_DEAD_REQUESTS: Final = httptools.HttpRequestParser(object())
+_DEAD_RESPONSES: Final = httptools.HttpResponseParser(object())
+"""What a reader's parser becomes once its connection is gone: parsers with no callbacks.
+A live parser holds its reader's bound methods, a reference cycle."""
+
+
 class RequestReader(_Reader):
     """Client side: parses requests, pipelined or not, into events."""
 
@@ -184,6 +190,11 @@ class RequestReader(_Reader):
         """After an upgrade request: the bytes that followed its head."""
         self._framing_after_upgrade: bytes | None = None
         """An upgrade request with a body, which llhttp leaves unread: its framing field."""
+
+    def release(self) -> None:
+        """The connection is gone: let go of the parser (it holds this reader's bound
+        methods, a reference cycle). Events parsed already stay readable."""
+        self._parser = _DEAD_REQUESTS
 
     def feed(self, data: bytes) -> None:
         if self.finished or not data:
@@ -344,6 +355,10 @@ class ResponseReader(_Reader):
     def expect(self, method: bytes) -> None:
         self._head_request = method == b"HEAD"
         self._awaiting = True
+
+    def release(self) -> None:
+        """The connection is gone: let go of the parser (see RequestReader.release)."""
+        self._parser = _DEAD_RESPONSES
 
     def feed(self, data: bytes) -> None:
         if self.finished or not data:

@@ -27,7 +27,7 @@ def count(exchange: Exchange) -> None:
     else:  # the tunnel's life is no response time
         cell.responses[1] += 1
     if forward is not None and forward.header_time is not None and answered:
-        cell.upstream_duration.observe(forward.header_time - (forward.connect_time or 0.0))
+        cell.upstream_duration.observe(forward.header_time - (forward.driver.connect_time or 0.0))
     if exchange.error_kind is not None:
         cell.error(exchange.error_kind)
 
@@ -66,11 +66,11 @@ def exchange_line(exchange: Exchange, now: float) -> str:
         f',"upstream":{json_string(tried[-1].name) if tried else "null"}'
         f',"upstream_status":{"null" if status is None else str(status)}'
         f',"upstream_connect_time":'
-        f"{seconds_json(forward.connect_time if forward is not None else None)}"
+        f"{seconds_json(forward.driver.connect_time if forward is not None else None)}"
         f',"upstream_header_time":'
         f"{seconds_json(forward.header_time if forward is not None else None)}"
         f',"upstream_response_time":'
-        f"{seconds_json(now - forward.attempt_started if forward and tried else None)}"
+        f"{seconds_json(now - forward.driver.started if forward and tried else None)}"
         f',"request_time":{seconds_json(now - exchange.started)}'
         f',"attempts":{len(tried)}'
         f',"request_id":{json_string(ctx.request_id) if ctx is not None else "null"}'

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.chain import Chain
 from proxyd.metrics import RelayStats
-from proxyd.pool import Pool
+from proxyd.pool import Affinity, Pool
 from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import TunnelClient
@@ -70,6 +70,10 @@ class ExchangeClient(TunnelClient, Protocol):
 
     @property
     def peer(self) -> Address: ...
+
+    @property
+    def affinity(self) -> Affinity:
+        """What a pool with `balance = hash` keys on (the client's address)."""
 
     @property
     def local(self) -> Address: ...

@@ -24,7 +24,7 @@ from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.local_answers import OriginCheck
 from proxyd.metrics import ErrorKind, RelayStats
-from proxyd.pool import Pool
+from proxyd.pool import Affinity, Pool
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.chains import build_chains
 from proxyd.relay.http.exchange import Exchange
@@ -93,6 +93,8 @@ class ClientConnection(TwistedProtocol):
         """The listener and `peer_text` as the access log writes them."""
         self.local = Address("", 0)
         self.trusted = False
+        self.affinity = Affinity()
+        """What `balance = hash` keys on: the client's address."""
         self.tls: PeerTls | None = None
         """Set once the TLS handshake is done ([https])."""
         self.tunnel: Tunnel | None = None
@@ -119,6 +121,7 @@ class ClientConnection(TwistedProtocol):
         )
         self.local = _address(channel.getHost())
         self.trusted = self.factory.is_trusted(self.peer.host)
+        self.affinity = Affinity(self.peer)
         # Writes are gathered per reactor turn already (SendBatch): what is sent is meant to
         # leave now, not after the peer's (possibly delayed) ACK of the previous segment.
         no_delay(channel)
@@ -150,11 +153,16 @@ class ClientConnection(TwistedProtocol):
         if self.factory.tls is not None and self.tls is None:
             self.factory.log_handshake_failure(self, reason)
         self.lost = True
-        self._cancel_timer()
+        self._timer_kind = ""
+        # Released, not only cancelled: each holds a bound method of this connection, a
+        # reference cycle the garbage collector would otherwise have to find, once per
+        # connection.
+        self._timer.release()
         if self._sending is not None:
             self._sending.cancel()
         self._awaiting = None
-        self._response_timer.cancel()
+        self._response_timer.release()
+        self.reader.release()
         if self.tunnel is not None:
             self.tunnel.client_lost(reason)
             self.factory.client_closed(self)

@@ -1,6 +1,7 @@
 """The progress of an exchange (proxyd.relay.http.exchange), as h11's _state.py models an
 HTTP connection: one state at a time, moved only along NEXT, so that an event in the wrong
-state is a bug found at once rather than a flag combination nobody thought of."""
+state is a bug found at once rather than a flag combination nobody thought of. A server's
+response that no filter takes part in goes from PROXYING straight to STREAMING (or TUNNEL)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,27 @@ from collections.abc import Mapping
 from typing import Final
 
 
-class State(enum.Enum):
-    REQUEST_FILTERS = "request filters"
+class State(enum.IntEnum):
+    """An IntEnum: it hashes and compares as an int, in C (an Enum's __hash__ is Python
+    code, run twice for each move of every request)."""
+
+    REQUEST_FILTERS = 1
     """The request head's filters run (or one of them waits)."""
-    PROXYING = "proxying"
+    PROXYING = 2
     """At a server: attempts, the request sent or streaming, the response awaited."""
-    RESPONSE_FILTERS = "response filters"
+    RESPONSE_FILTERS = 3
     """The response head's filters run: a server's response, or an answer."""
-    STREAMING = "streaming"
+    STREAMING = 4
     """The response head is sent; its body streams."""
-    TUNNEL = "tunnel"
+    TUNNEL = 5
     """Switched protocols (a WebSocket upgrade): bytes flow both ways."""
-    DONE = "done"
+    DONE = 6
     """Logged; nothing more happens."""
 
 
 NEXT: Final[Mapping[State, frozenset[State]]] = {
     State.REQUEST_FILTERS: frozenset({State.PROXYING, State.RESPONSE_FILTERS, State.DONE}),
-    State.PROXYING: frozenset({State.RESPONSE_FILTERS, State.DONE}),
+    State.PROXYING: frozenset({State.RESPONSE_FILTERS, State.STREAMING, State.TUNNEL, State.DONE}),
     State.RESPONSE_FILTERS: frozenset(
         {State.RESPONSE_FILTERS, State.STREAMING, State.TUNNEL, State.DONE}
     ),
@@ -39,4 +43,4 @@ HEAD_SENT: Final = frozenset({State.STREAMING, State.TUNNEL})
 
 def check_move(now: State, then: State) -> None:
     if then not in NEXT[now]:
-        raise AssertionError(f"exchange: {now.value} -> {then.value}")
+        raise AssertionError(f"exchange: {now.name} -> {then.name}")

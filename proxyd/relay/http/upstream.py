@@ -117,6 +117,7 @@ class UpstreamConnection(TwistedProtocol):
         self.idle_deadline.release()
         if handler is not None:
             handler.upstream_lost(reason)
+        self.reader.release()
 
     # IPushProducer, called by our own transport about its write buffer.
     def pauseProducing(self) -> None:
