@@ -201,7 +201,28 @@ class AttemptOwner(Protocol[C_contra]):
 
 
 class AttemptDriver(Generic[C]):
-    """The attempts of one client connection (or request) at the servers of one pool."""
+    """The attempts of one client connection (or request) at the servers of one pool.
+    Slotted: the HTTP relay makes one a request."""
+
+    __slots__ = (
+        "_cell",
+        "_checkout",
+        "_classify",
+        "_clock",
+        "_connect_to",
+        "_count_retries",
+        "_local_gives_up",
+        "_owner",
+        "_pending",
+        "affinity",
+        "attempts",
+        "connect_time",
+        "last",
+        "pool",
+        "prefer",
+        "server",
+        "started",
+    )
 
     def __init__(
         self,

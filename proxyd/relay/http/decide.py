@@ -180,19 +180,20 @@ def decide(
         _header_map(headers) if routes.uses_headers else {},
     )
     query_text = query.decode("latin-1")
+    # Positional, in RequestContext's order (keywords cost a third more, every request).
     ctx = policy.RequestContext(
-        client_ip=peer.host,
-        client_port=peer.port,
-        scheme="http" if tls is None else "https",
-        host=host.decode("latin-1"),
-        method=method,
-        path=path,
-        query=query_text,
-        uri=path + ("?" + query_text if query else ""),
-        request_id=policy.request_id(headers, new_request_id),
-        route=route.name if route is not None else "",
-        local_ip=local.host,
-        local_port=local.port,
+        peer.host,  # client_ip
+        peer.port,  # client_port
+        "http" if tls is None else "https",  # scheme
+        host.decode("latin-1"),  # host
+        method,
+        path,
+        query_text,  # query
+        path + ("?" + query_text if query else ""),  # uri
+        policy.request_id(headers, new_request_id),
+        route.name if route is not None else "",  # route
+        local.host,  # local_ip
+        local.port,  # local_port
         **(_tls_fields(tls) if tls is not None else {}),
     )
     return Routed(route, ctx, headers, host_name, raw_path, query)

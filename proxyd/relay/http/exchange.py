@@ -40,7 +40,18 @@ from proxyd.relay.http.messages import (
 )
 from proxyd.relay.http.roles import ExchangeClient
 from proxyd.relay.http.routing import rewrite_path
-from proxyd.relay.http.state import HEAD_SENT, NEXT, State, check_move
+from proxyd.relay.http.state import (
+    DONE,
+    HEAD_SENT,
+    NEXT,
+    PROXYING,
+    REQUEST_FILTERS,
+    RESPONSE_FILTERS,
+    STREAMING,
+    TUNNEL,
+    State,
+    check_move,
+)
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import UpstreamConnection
 from proxyd.relay.session import IdleTimer
@@ -102,7 +113,7 @@ class Exchange(Filtering):
         self.request = request
         self.clock = factory.reactor
         self.started = self.clock.seconds()
-        self.state = State.REQUEST_FILTERS
+        self.state = REQUEST_FILTERS
         self.finished = self.response_started = self.reading_response = False
         self.route: RouteConfig | None = None
         self.chain = EMPTY
@@ -149,10 +160,10 @@ class Exchange(Filtering):
         if state not in NEXT[self.state]:
             check_move(self.state, state)  # raises, saying what moved where
         self.state = state
-        self.finished = state is State.DONE
+        self.finished = state is DONE
         self.response_started = state in HEAD_SENT
         """The response head went to the client."""
-        self.reading_response = state is State.PROXYING or state is State.STREAMING
+        self.reading_response = state is PROXYING or state is STREAMING
         """Response events are wanted (not while filters run on the response head)."""
 
     # Start: route, run the request head's filters, answer or proxy.
@@ -232,7 +243,7 @@ class Exchange(Filtering):
             fields.append((b"Transfer-Encoding", b"chunked"))
         if self.websocket:
             fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
-        self._move(State.PROXYING)
+        self._move(PROXYING)
         forward = self.forward = Forward(
             self,
             pool,
@@ -320,7 +331,7 @@ class Exchange(Filtering):
     def response_timed_out(self) -> None:
         """The client connection's response timer: no response head within
         response_timeout."""
-        if self.state is State.PROXYING and self.forward is not None:
+        if self.state is PROXYING and self.forward is not None:
             self.forward.response_timed_out()
 
     # The server's response, from the Forward.
@@ -392,7 +403,7 @@ class Exchange(Filtering):
     # The response head's filters, then the head to the client.
 
     def _respond(self, steps: tuple[Step, ...]) -> None:
-        self._move(State.RESPONSE_FILTERS)
+        self._move(RESPONSE_FILTERS)
         self._response_steps = steps
         if not steps:
             self._response_ready()
@@ -435,7 +446,7 @@ class Exchange(Filtering):
             )
         fields = self._frame(not response.no_body, response.content_length is not None, bool(steps))
         reason = response.reason if self.status == response.status else b""
-        self._move(State.STREAMING)
+        self._move(STREAMING)
         self.client.send([response_head(self.status, reason, fields)])
         forward = self.forward
         if forward is not None and forward._held:
@@ -448,7 +459,7 @@ class Exchange(Filtering):
         if status not in (204, 304):
             self.response_fields.append((b"Content-Length", b"%d" % len(body)))
         fields = self._frame(False, True)
-        self._move(State.STREAMING)
+        self._move(STREAMING)
         self.response_bytes = 0 if head_only else len(body)
         self.client.send([response_head(status, b"", fields), b"" if head_only else body])
         self._finish(keep_alive=self._client_keep_alive)
@@ -473,7 +484,7 @@ class Exchange(Filtering):
         assert response is not None
         fields = self.response_fields
         fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
-        self._move(State.TUNNEL)
+        self._move(TUNNEL)
         self.client.send([response_head(101, response.reason, fields)])
         from_client = self.client.reader.upgraded or b""
         self.client.reader.upgraded = b""
@@ -551,7 +562,7 @@ class Exchange(Filtering):
         if not answer.body:
             answer.body = b"%d %s\n" % (status, reason_phrase(status))
             answer.headers.append((b"Content-Type", b"text/plain; charset=utf-8"))
-        if self.state is State.RESPONSE_FILTERS:
+        if self.state is RESPONSE_FILTERS:
             # A response filter failed: the error goes out as it is, through no filter.
             self._start_answer(answer, ())
             return
@@ -597,7 +608,7 @@ class Exchange(Filtering):
     def _finish(self, keep_alive: bool, truncated: bool = False) -> None:
         if self.finished:
             return
-        self._move(State.DONE)
+        self._move(DONE)
         self.wants_request_events = False
         self._stop_forward()
         if self._body_timer is not None:

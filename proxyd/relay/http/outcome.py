@@ -51,28 +51,33 @@ def exchange_line(exchange: Exchange, now: float) -> str:
     """The line of `exchange`, ended at `now`."""
     request = exchange.request
     forward = exchange.forward
-    tried = forward.attempts.tried if forward is not None else ()
     route = exchange.route
     ctx = exchange.ctx
     method = request.method
-    status = forward.upstream_status if forward is not None else None
+    if forward is None:
+        upstream = '"upstream":null,"upstream_status":null,"upstream_connect_time":null'
+        upstream += ',"upstream_header_time":null,"upstream_response_time":null'
+        attempts = 0
+    else:
+        tried = forward.attempts.tried
+        driver = forward.driver
+        status = forward.upstream_status
+        upstream = (
+            f'"upstream":{json_string(tried[-1].name) if tried else "null"}'
+            f',"upstream_status":{"null" if status is None else str(status)}'
+            f',"upstream_connect_time":{seconds_json(driver.connect_time)}'
+            f',"upstream_header_time":{seconds_json(forward.header_time)}'
+            f',"upstream_response_time":{seconds_json(now - driver.started if tried else None)}'
+        )
+        attempts = len(tried)
     line = (
         f'{{"time":"{utc_millis(exchange.started)}"{exchange.client.log_fields}'
         f',"method":{METHODS_JSON.get(method) or json_string(method.decode("latin-1"))}'
         f',"uri":{json_string(request.target.decode("latin-1"))}'
         f',"status":{exchange.status},"bytes_in":{exchange.request_bytes}'
         f',"bytes_out":{exchange.response_bytes}'
-        f',"route":{json_string(route.name) if route is not None else "null"}'
-        f',"upstream":{json_string(tried[-1].name) if tried else "null"}'
-        f',"upstream_status":{"null" if status is None else str(status)}'
-        f',"upstream_connect_time":'
-        f"{seconds_json(forward.driver.connect_time if forward is not None else None)}"
-        f',"upstream_header_time":'
-        f"{seconds_json(forward.header_time if forward is not None else None)}"
-        f',"upstream_response_time":'
-        f"{seconds_json(now - forward.driver.started if forward and tried else None)}"
-        f',"request_time":{seconds_json(now - exchange.started)}'
-        f',"attempts":{len(tried)}'
+        f',"route":{json_string(route.name) if route is not None else "null"},{upstream}'
+        f',"request_time":{seconds_json(now - exchange.started)},"attempts":{attempts}'
         f',"request_id":{json_string(ctx.request_id) if ctx is not None else "null"}'
     )
     tls = exchange.client.tls
