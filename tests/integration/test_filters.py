@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -132,3 +133,29 @@ def test_a_100_mib_body_is_transformed_as_it_streams_under_100_mib_rss(front) ->
     expected = hashlib.sha256(PATTERN.upper() * (size // len(PATTERN))).hexdigest()
     assert digest.hexdigest() == expected
     assert sampler.peak_kib < RSS_LIMIT_KIB, f"peak RSS {sampler.peak_kib} KiB"
+
+
+def test_each_worker_loads_the_filters_and_a_reload_makes_new_instances(
+    http_backend,  # noqa: F811
+    proxyd,
+) -> None:  # type: ignore[no-untyped-def]
+    backend = http_backend("web-1")
+    port = free_port()
+    text = config(port, backend.address)
+    proxy = proxyd("[proxyd]\nworkers = 2\n" + text)
+    for index in (0, 1):
+        proxy.wait_for_log(rf"worker {index} \(pid \d+\) serving", timeout=20)
+    answers = {curl(f"http://127.0.0.1:{port}/local").stdout for _ in range(8)}
+    assert answers == {"answered by filter local\n"}
+    start = proxy.log_offset()
+    proxy.config_path.write_text(
+        "[proxyd]\nworkers = 2\n" + text.replace("path = /local", "path = /moved")
+    )
+    proxy.process.signal_group(signal.SIGHUP)
+    for index in (0, 1):
+        proxy.wait_for_log(
+            rf"\[worker {index}#info [\w.]+\] reloaded .*: generation 2", start=start
+        )
+    moved = {curl(f"http://127.0.0.1:{port}/moved").stdout for _ in range(8)}
+    assert moved == {"answered by filter local\n"}  # the new instance, in every worker
+    assert "answered by filter" not in curl(f"http://127.0.0.1:{port}/local").stdout
