@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+from pathlib import Path
 
 from bench.processes import free_port, which
 from bench.scenario import Bench, Load, Meter, Scenario, bounded
@@ -268,8 +269,49 @@ class HttpScenario(ProxiedHttp):
         return f"{method} {self.path}; wrk -c {WRK_CONNECTIONS} -t {WRK_THREADS} --latency"
 
 
+FILTERS = Path(__file__).resolve().parent / "filters"
+
+
+class FilteredHttp(HttpScenario):
+    """http-keepalive with a field added to each request and each response: by an operator's
+    Python filter in proxyd (bench/filters/tag.py), by proxy_set_header and add_header in nginx,
+    by http-request / http-response set-header in HAProxy. Its cost per request is the
+    difference from http-keepalive's."""
+
+    def nginx(self, bench: Bench, port: int, origin: int) -> str:
+        location = NGINX_PROXY_LOCATION.replace(
+            "            proxy_max_temp_file_size 0;\n",
+            "            proxy_max_temp_file_size 0;\n"
+            "            proxy_set_header X-Bench-Filter request;\n"
+            "            add_header X-Bench-Filter response;\n",
+        )
+        server = f"    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n"
+        server += f"{location}    }}\n"
+        return bench.nginx_http("nginx", nginx_upstream(origin) + server)
+
+    def haproxy(self, bench: Bench, port: int, origin: int) -> str:
+        config = haproxy_http(bench, f"127.0.0.1:{port}", origin)
+        return config.replace(
+            "    default_backend origin\n",
+            "    http-request set-header X-Bench-Filter request\n"
+            "    http-response set-header X-Bench-Filter response\n"
+            "    default_backend origin\n",
+        )
+
+    def proxyd(self, bench: Bench, port: int, origin: int) -> str:
+        sections = f"[filter tag]\nclass = tag:Tag\npython_path = {FILTERS}\n\n"
+        listener = f"[http bench]\nlisten = tcp:{port}:interface=127.0.0.1\nfilters = tag\n"
+        return f"{proxyd_pool(origin)}\n{sections}{listener}routes =\n    path / -> pool origin\n"
+
+
 SCENARIOS = (
     HttpScenario("http-keepalive", "HTTP small answers, keep-alive", "/", len(SMALL_BODY)),
+    FilteredHttp(
+        "http-filter",
+        "HTTP small answers, keep-alive, a field added to each request and response",
+        "/",
+        len(SMALL_BODY),
+    ),
     HttpScenario(
         "http-close",
         "HTTP small answers, Connection: close (the proxies keep their upstreams alive)",

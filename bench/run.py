@@ -50,6 +50,7 @@ SCENARIOS: dict[str, Scenario] = {
 }
 DEFAULT_SCENARIOS = (
     "http-keepalive",
+    "http-filter",
     "http-close",
     "http-1m",
     "http-upload",
