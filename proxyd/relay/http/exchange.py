@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from proxyd.config.model import ProxyAction, RouteConfig
 from proxyd.filters.api import Answer, Headers, Reject
@@ -68,7 +67,6 @@ class Exchange(Filtering):
         "_client_keep_alive",
         "_request_run",
         "_response_run",
-        "_response_steps",
         "_trailers",
         "_tunnel_conn",
         "_upstream_chunked",
@@ -300,14 +298,6 @@ class Exchange(Filtering):
                 forward.send_body([last_chunk()], 0)
             forward.request_sent()
 
-    def _hold_request(self, held: bool) -> None:
-        if self.finished:
-            return
-        if held:
-            self.client.pause_reading("filter")
-        else:
-            self.client.resume_reading("filter")
-
     def _stop_body_timer(self) -> None:
         timer, self._body_timer = self._body_timer, None
         if timer is not None:
@@ -381,18 +371,6 @@ class Exchange(Filtering):
         """The response broke off after its head went to the client."""
         self._cut(why, kind)
 
-    def crashed(self, failure: Failure) -> None:
-        """A bug of ours: logged with its traceback; the client still gets an answer."""
-        _log.failure(
-            "{kind} {listener}: internal error",
-            failure,
-            kind=self.config.kind,
-            listener=self.config.name,
-        )
-        if not self.finished:
-            self.client.close_after_response()
-            self.fail(500, "internal error", ErrorKind.INTERNAL)
-
     def tunnel_ended(self, tunnel: Tunnel) -> None:
         self.factory.tunnel_closed()
         self.request_bytes += tunnel.bytes_in
@@ -401,31 +379,6 @@ class Exchange(Filtering):
         self._finish(keep_alive=False)
 
     # The response head's filters, then the head to the client.
-
-    def _respond(self, steps: tuple[Step, ...]) -> None:
-        self._move(RESPONSE_FILTERS)
-        self._response_steps = steps
-        if not steps:
-            self._response_ready()
-            return
-        self._run_head(steps, self._response_filtered, self.config.response_timeout)
-        if self._head_run is not None and self._head_run.waiting is not None:
-            forward = self.forward
-            if forward is not None and self.answer is None:
-                forward.hold(True)
-
-    def _response_filtered(self, position: int, answer: Answer | None) -> None:
-        self._head_run = None
-        self._unbound_filter()
-        if answer is not None:
-            # A filter replaces the response: the server's, if any, is dropped.
-            if isinstance(answer, Reject):
-                self.fail(answer.status, answer.why, answer.kind, answer=answer)
-                return
-            self._stop_forward()
-            self._start_answer(answer, Chain.before(self._response_steps, position))
-        else:
-            self._response_ready()
 
     def _response_ready(self) -> None:
         """The response head's filters are done: send it."""
@@ -502,11 +455,6 @@ class Exchange(Filtering):
             if self._client_chunked:
                 self.client.send([last_chunk(self._trailers)])
             self._finish(keep_alive=self._client_keep_alive)
-
-    def _hold_response(self, held: bool) -> None:
-        forward = self.forward
-        if forward is not None and not self.finished:
-            forward.hold(held)
 
     # Backpressure from the client's write buffer.
 

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proxyd.config.model import HttpListenerConfig, RouteConfig
-from proxyd.filters.api import Answer, Headers
+from proxyd.filters.api import Answer, Headers, Reject
 from proxyd.filters.chain import (
     ALL_WENT_ON,
     BodyRun,
@@ -27,6 +27,7 @@ from proxyd.metrics import ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.messages import Request
+from proxyd.relay.http.state import State
 from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -37,6 +38,7 @@ class Filtering:
         "_filter_bound",
         "_head_run",
         "_preferred",
+        "_response_steps",
         "_vars",
         "error_kind",
         "pool",
@@ -80,6 +82,18 @@ class Filtering:
         raise NotImplementedError
 
     def _cut(self, why: str, kind: ErrorKind) -> None:
+        raise NotImplementedError
+
+    def _move(self, state: State) -> None:
+        raise NotImplementedError
+
+    def _response_ready(self) -> None:
+        raise NotImplementedError
+
+    def _stop_forward(self) -> None:
+        raise NotImplementedError
+
+    def _start_answer(self, answer: Answer, steps: tuple[Step, ...]) -> None:
         raise NotImplementedError
 
     # proxyd.filters.api.Exchange.
@@ -271,3 +285,43 @@ class Filtering:
                     listener=self.config.name,
                     filter=name,
                 )
+
+    # The response head's filters, and holds on either body.
+
+    def _respond(self, steps: tuple[Step, ...]) -> None:
+        self._move(State.RESPONSE_FILTERS)
+        self._response_steps = steps
+        if not steps:
+            self._response_ready()
+            return
+        self._run_head(steps, self._response_filtered, self.config.response_timeout)
+        if self._head_run is not None and self._head_run.waiting is not None:
+            forward = self.forward
+            if forward is not None and self.answer is None:
+                forward.hold(True)
+
+    def _response_filtered(self, position: int, answer: Answer | None) -> None:
+        self._head_run = None
+        self._unbound_filter()
+        if answer is not None:
+            # A filter replaces the response: the server's, if any, is dropped.
+            if isinstance(answer, Reject):
+                self.fail(answer.status, answer.why, answer.kind, answer=answer)
+                return
+            self._stop_forward()
+            self._start_answer(answer, Chain.before(self._response_steps, position))
+        else:
+            self._response_ready()
+
+    def _hold_request(self, held: bool) -> None:
+        if self.finished:
+            return
+        if held:
+            self.client.pause_reading("filter")
+        else:
+            self.client.resume_reading("filter")
+
+    def _hold_response(self, held: bool) -> None:
+        forward = self.forward
+        if forward is not None and not self.finished:
+            forward.hold(held)

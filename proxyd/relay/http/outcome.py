@@ -8,9 +8,16 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
 from proxyd.accesslog import json_string, json_value, utc_millis
+from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.messages import HttpError
+from proxyd.tls import describe_failure
+
+_log = Logger(namespace="proxyd.relay.http")
 
 
 def count(exchange: Exchange) -> None:
@@ -30,6 +37,27 @@ def count(exchange: Exchange) -> None:
         cell.upstream_duration.observe(forward.header_time - (forward.driver.connect_time or 0.0))
     if exchange.error_kind is not None:
         cell.error(exchange.error_kind)
+
+
+def count_refusal(stats: RelayStats, error: HttpError) -> None:
+    """A request refused before it had a route: proxyd's answer, with no route, pool or
+    server."""
+    cell = stats.cell("", "", "")
+    cell.responses[error.status // 100] += 1
+    cell.error(ErrorKind.HEADER_TIMEOUT if error.status == 408 else ErrorKind.BAD_REQUEST)
+
+
+def handshake_failed(listener: str, client: str, reason: Failure) -> None:
+    """A client that never completed its TLS handshake: why, at info level (scanners and
+    clients with old TLS versions are common; a refused client certificate is warned about
+    when it is verified)."""
+    why = describe_failure(reason) or "connection closed during the handshake"
+    _log.info(
+        "https {listener}: TLS handshake with {client} failed: {why}",
+        listener=listener,
+        client=client,
+        why=why,
+    )
 
 
 def refusal_record(listener: str, client: str, error: HttpError, now: float) -> dict[str, Any]:

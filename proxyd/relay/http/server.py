@@ -37,7 +37,13 @@ from proxyd.relay.http.messages import (
     reason_phrase,
     response_head,
 )
-from proxyd.relay.http.outcome import count, exchange_line, refusal_record
+from proxyd.relay.http.outcome import (
+    count,
+    count_refusal,
+    exchange_line,
+    handshake_failed,
+    refusal_record,
+)
 from proxyd.relay.http.roles import ResponseWaiter
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
@@ -52,7 +58,7 @@ from proxyd.relay.io import (
     retain_freed_memory,
 )
 from proxyd.relay.send_timeout import SendTimeout
-from proxyd.tls import PeerTls, ServerTls, describe_failure, peer_tls
+from proxyd.tls import PeerTls, ServerTls, peer_tls
 
 _log = Logger(namespace="proxyd.relay.http")
 
@@ -151,7 +157,7 @@ class ClientConnection(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.factory.tls is not None and self.tls is None:
-            self.factory.log_handshake_failure(self, reason)
+            handshake_failed(self.factory.config.name, self.peer_text, reason)
         self.lost = True
         self._timer_kind = ""
         # Released, not only cancelled: each holds a bound method of this connection, a
@@ -243,7 +249,7 @@ class ClientConnection(TwistedProtocol):
             ],
         )
         self.factory.log_refusal(self, error)
-        self.factory.count_refusal(error)
+        count_refusal(self.factory.stats, error)
         self.send([head, body])
         self.lose_connection()
 
@@ -581,25 +587,6 @@ class HttpRelayFactory(Factory[ClientConnection]):
         if self.access_log.enabled:
             now = self.reactor.seconds()
             self.access_log.write(exchange_line(exchange, now), self.reactor)
-
-    def log_handshake_failure(self, client: ClientConnection, reason: Failure) -> None:
-        """A client that never completed its handshake: why, at info level (scanners and
-        clients with old TLS versions are common; a refused client certificate is warned
-        about when it is verified)."""
-        why = describe_failure(reason) or "connection closed during the handshake"
-        _log.info(
-            "https {listener}: TLS handshake with {client} failed: {why}",
-            listener=self.config.name,
-            client=client.peer_text,
-            why=why,
-        )
-
-    def count_refusal(self, error: HttpError) -> None:
-        """A request refused before it had a route: proxyd's answer, with no route, pool or
-        server."""
-        cell = self.stats.cell("", "", "")
-        cell.responses[error.status // 100] += 1
-        cell.error(ErrorKind.HEADER_TIMEOUT if error.status == 408 else ErrorKind.BAD_REQUEST)
 
     def log_refusal(self, client: ClientConnection, error: HttpError) -> None:
         if self.access_log.enabled:
