@@ -113,3 +113,77 @@ def test_tls_facts_reach_the_context() -> None:
 )
 def test_split_host(host: bytes, name: str | None) -> None:
     assert split_host(host) == name
+
+
+def test_the_memo_remembers_origin_form_places_and_gives_the_same_decision() -> None:
+    memo: dict[tuple[bytes, bytes, bytes], object] = {}
+
+    def routed(req: Request) -> Routed:
+        decision = decide(
+            req,
+            peer=PEER,
+            local=LOCAL,
+            tls=None,
+            routes=ROUTES,
+            escaped_slashes="reject",
+            new_request_id=lambda: "id",
+            memo=memo,  # type: ignore[arg-type]
+        )
+        assert isinstance(decision, Routed)
+        return decision
+
+    first = routed(request(b"GET", b"/v1/a/../x?q=1", b"api.test"))
+    again = routed(request(b"GET", b"/v1/a/../x?q=1", b"api.test"))
+    assert list(memo) == [(b"/v1/a/../x?q=1", b"api.test", b"GET")]
+    assert (again.route, again.ctx.path, again.ctx.query, again.host_name) == (
+        first.route,
+        "/v1/x",
+        "q=1",
+        "api.test",
+    )
+    routed(request(b"GET", b"http://api.test/v1/", b"www.test"))  # absolute-form: not kept
+    assert len(memo) == 1
+    refused = decide(
+        request(b"GET", b"/a%2Fb"),
+        peer=PEER,
+        local=LOCAL,
+        tls=None,
+        routes=ROUTES,
+        escaped_slashes="reject",
+        new_request_id=lambda: "id",
+        memo=memo,  # type: ignore[arg-type]
+    )
+    assert isinstance(refused, Refused) and len(memo) == 1  # refusals are not kept
+
+
+def test_the_memo_is_bounded_and_unused_when_routes_match_headers() -> None:
+    from proxyd.relay.http.decide import MEMO_SIZE
+
+    memo: dict[tuple[bytes, bytes, bytes], object] = {}
+    for n in range(MEMO_SIZE + 1):
+        decide(
+            request(b"GET", b"/p%d" % n),
+            peer=PEER,
+            local=LOCAL,
+            tls=None,
+            routes=ROUTES,
+            escaped_slashes="reject",
+            new_request_id=lambda: "id",
+            memo=memo,  # type: ignore[arg-type]
+        )
+    assert len(memo) == 1  # full at MEMO_SIZE: started again
+    by_header = RouteTable(
+        (RouteConfig("h", RouteMatch(path="/", headers=(("x-a", None),)), ProxyAction("web")),)
+    )
+    memo.clear()
+    decide(
+        request(b"GET", b"/"),
+        peer=PEER,
+        local=LOCAL,
+        tls=None,
+        routes=by_header,
+        escaped_slashes="reject",
+        new_request_id=lambda: "id",
+        memo=memo,  # type: ignore[arg-type]
+    )
+    assert memo == {}

@@ -129,6 +129,12 @@ def _header_map(headers: Headers) -> dict[str, str]:
     return fields
 
 
+Place = tuple[str, bytes, bytes, str, str, "RouteConfig | None"]
+"""Where a request goes: (host name, raw path, raw query, normalized path, method, route)."""
+MEMO_SIZE: Final = 4096
+"""Places remembered per listener (decide's `memo`); past that the memo starts again."""
+
+
 def decide(
     request: Request,
     *,
@@ -138,11 +144,58 @@ def decide(
     routes: RouteTable,
     escaped_slashes: str,
     new_request_id: Callable[[], str],
+    memo: dict[tuple[bytes, bytes, bytes], Place] | None = None,
 ) -> Decision:
     """Parse the target (origin-form, absolute-form, or `*` for OPTIONS), check the Host,
-    normalize the path (routing.request_path), match the route, and gather the context."""
+    normalize the path (routing.request_path), match the route, and gather the context.
+
+    `memo` (one per listener and route table) remembers where origin-form targets went, by
+    target, Host and method, when the routes match no header: the same few are asked again
+    and again, and their parse, normalization and match are the same every time."""
     if request.method == b"CONNECT":
         return Refused(405, "CONNECT is not served by a reverse proxy", ErrorKind.REFUSED)
+    headers = request.headers
+    key = (request.target, request.host, request.method)
+    place = memo.get(key) if memo is not None else None
+    if place is None:
+        found = _place(request, routes, escaped_slashes)
+        if isinstance(found, Refused):
+            return found
+        place, headers = found
+        if memo is not None and headers is request.headers and not routes.uses_headers:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = place
+    host_name, raw_path, query, path, method, route = place
+    query_text = query.decode("latin-1")
+    # Positional, in RequestContext's order (keywords cost a third more, every request).
+    ctx = policy.RequestContext(
+        peer.host,  # client_ip
+        peer.port,  # client_port
+        "http" if tls is None else "https",  # scheme
+        (request.host if headers is request.headers else _host_of(headers)).decode("latin-1"),
+        method,
+        path,
+        query_text,  # query
+        path + ("?" + query_text if query else ""),  # uri
+        policy.request_id(headers, new_request_id),
+        route.name if route is not None else "",  # route
+        local.host,  # local_ip
+        local.port,  # local_port
+        **(_tls_fields(tls) if tls is not None else {}),
+    )
+    return Routed(route, ctx, headers, host_name, raw_path, query)
+
+
+def _host_of(headers: Headers) -> bytes:
+    """The Host an absolute-form target put last in `headers`."""
+    return headers[-1][1]
+
+
+def _place(
+    request: Request, routes: RouteTable, escaped_slashes: str
+) -> tuple[Place, Headers] | Refused:
+    """Where `request` goes, and its fields (Host replaced by an absolute-form target's)."""
     target = request.target
     host = request.host
     headers = request.headers
@@ -179,21 +232,4 @@ def decide(
         method,
         _header_map(headers) if routes.uses_headers else {},
     )
-    query_text = query.decode("latin-1")
-    # Positional, in RequestContext's order (keywords cost a third more, every request).
-    ctx = policy.RequestContext(
-        peer.host,  # client_ip
-        peer.port,  # client_port
-        "http" if tls is None else "https",  # scheme
-        host.decode("latin-1"),  # host
-        method,
-        path,
-        query_text,  # query
-        path + ("?" + query_text if query else ""),  # uri
-        policy.request_id(headers, new_request_id),
-        route.name if route is not None else "",  # route
-        local.host,  # local_ip
-        local.port,  # local_port
-        **(_tls_fields(tls) if tls is not None else {}),
-    )
-    return Routed(route, ctx, headers, host_name, raw_path, query)
+    return (host_name, raw_path, query, path, method, route), headers

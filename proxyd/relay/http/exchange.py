@@ -176,6 +176,7 @@ class Exchange(Filtering):
             routes=self.factory.routes,
             escaped_slashes=self.config.escaped_slashes,
             new_request_id=policy.new_request_id,
+            memo=self.factory.places,
         )
         if isinstance(decision, Refused):
             self.fail(decision.status, decision.why, decision.kind)

@@ -10,6 +10,7 @@ from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.chain import Chain
 from proxyd.metrics import RelayStats
 from proxyd.pool import Affinity, Pool
+from proxyd.relay.http.decide import Place
 from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import TunnelClient
@@ -34,6 +35,10 @@ class Listener(Protocol):
 
     @property
     def routes(self) -> RouteTable: ...
+
+    @property
+    def places(self) -> dict[tuple[bytes, bytes, bytes], Place]:
+        """decide's memo."""
 
     @property
     def chains(self) -> Mapping[str | None, Chain]:

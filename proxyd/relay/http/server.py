@@ -27,6 +27,7 @@ from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.pool import Affinity, Pool
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.chains import build_chains
+from proxyd.relay.http.decide import Place
 from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.messages import (
@@ -479,6 +480,8 @@ class HttpRelayFactory(Factory[ClientConnection]):
         self.error_pages = dict(error_pages or {})
         self.websocket_only = websocket_only
         self.routes = RouteTable(config.routes)
+        self.places: dict[tuple[bytes, bytes, bytes], Place] = {}
+        """Where requests went, by target, Host and method (proxyd.relay.http.decide)."""
         self.chains = build_chains(
             config,
             {name: pool.config for name, pool in pools.items()},
