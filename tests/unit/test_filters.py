@@ -353,3 +353,57 @@ def test_no_body_phase_for_a_response_without_a_body(method: str) -> None:
     _, answer = proxied(relay, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
     assert field(answer, "Content-Length") == [b"2"]
     assert upper.calls == []
+
+
+def test_a_websocket_upgrade_runs_the_response_filters_then_becomes_a_tunnel() -> None:
+    from tests.unit.test_http_tunnel import FRAME, SWITCH, UPGRADE
+
+    relay = Relay(filters=(loaded(AddHeader(Options("ws", {})), "ws"),))
+    relay.send(UPGRADE)
+    upstream, ut = relay.accept_upstream()
+    assert field(ut.value(), "X-Filtered") == [b"1"]
+    upstream.dataReceived(SWITCH)
+    head = relay.received()
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert field(head, "X-Seen-By") == [b"ws"]
+    ut.clear()
+    relay.send(FRAME)
+    assert ut.value() == FRAME  # spliced
+
+
+def test_a_client_that_leaves_while_a_filter_waits_cancels_it_and_frees_the_exchange() -> None:
+    waits = Waits(options())
+    relay = Relay(filters=(loaded(waits),))
+    relay.send(GET)
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    relay.client.connectionLost(Failure(error.ConnectionDone()))
+    assert waits.waiting[0].called  # cancelled (its errback swallowed by the chain)
+    record = relay.log.records[-1]
+    assert record["status"] == 499 and record["error"] == "client closed the connection"
+    assert relay.pending_connects() == []
+
+
+def test_a_response_filter_waiting_holds_the_upstream_until_it_fires() -> None:
+    class Later(Filter):
+        def __init__(self, options: Options) -> None:
+            super().__init__(options)
+            self.waiting: list[defer.Deferred[None]] = []
+
+        def response_head(self, exchange: Exchange) -> defer.Deferred[None]:
+            d: defer.Deferred[None] = defer.Deferred()
+            self.waiting.append(d)
+            return d
+
+    later = Later(options())
+    relay = Relay(filters=(loaded(later),))
+    relay.send(GET)
+    upstream, ut = relay.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    assert relay.received() == b"" and ut.producerState == "paused"
+    later.waiting[0].callback(None)
+    assert relay.received().endswith(b"\r\n\r\nab")
+    upstream.dataReceived(b"cd")
+    assert relay.received() == b"cd"
+    assert relay.log.records[-1]["status"] == 200
