@@ -12,7 +12,7 @@ from proxyd.config.model import (
     RouteMatch,
 )
 from proxyd.metrics import ErrorKind
-from proxyd.relay.http.decide import Refused, Routed, decide, split_host
+from proxyd.relay.http.decide import MEMO_SIZE, Place, Refused, Routed, decide, split_host
 from proxyd.relay.http.messages import Request
 from proxyd.relay.http.routing import RouteTable
 from proxyd.tls import PeerTls
@@ -32,15 +32,22 @@ def request(method: bytes, target: bytes, host: bytes = b"www.test") -> Request:
     return Request(method, target, "1.1", [(b"Host", host)], host=host)
 
 
-def run(req: Request, tls: PeerTls | None = None, slashes: str = "reject") -> Refused | Routed:
+def run(
+    req: Request,
+    tls: PeerTls | None = None,
+    slashes: str = "reject",
+    memo: dict[tuple[bytes, bytes, bytes], Place] | None = None,
+    routes: RouteTable = ROUTES,
+) -> Refused | Routed:
     return decide(
         req,
         peer=PEER,
         local=LOCAL,
         tls=tls,
-        routes=ROUTES,
+        routes=routes,
         escaped_slashes=slashes,
         new_request_id=lambda: "id1",
+        memo=memo,
     )
 
 
@@ -116,74 +123,31 @@ def test_split_host(host: bytes, name: str | None) -> None:
 
 
 def test_the_memo_remembers_origin_form_places_and_gives_the_same_decision() -> None:
-    memo: dict[tuple[bytes, bytes, bytes], object] = {}
-
-    def routed(req: Request) -> Routed:
-        decision = decide(
-            req,
-            peer=PEER,
-            local=LOCAL,
-            tls=None,
-            routes=ROUTES,
-            escaped_slashes="reject",
-            new_request_id=lambda: "id",
-            memo=memo,  # type: ignore[arg-type]
-        )
-        assert isinstance(decision, Routed)
-        return decision
-
-    first = routed(request(b"GET", b"/v1/a/../x?q=1", b"api.test"))
-    again = routed(request(b"GET", b"/v1/a/../x?q=1", b"api.test"))
+    memo: dict[tuple[bytes, bytes, bytes], Place] = {}
+    first = run(request(b"GET", b"/v1/a/../x?q=1", b"api.test"), memo=memo)
+    again = run(request(b"GET", b"/v1/a/../x?q=1", b"api.test"), memo=memo)
     assert list(memo) == [(b"/v1/a/../x?q=1", b"api.test", b"GET")]
+    assert isinstance(first, Routed) and isinstance(again, Routed)
     assert (again.route, again.ctx.path, again.ctx.query, again.host_name) == (
         first.route,
         "/v1/x",
         "q=1",
         "api.test",
     )
-    routed(request(b"GET", b"http://api.test/v1/", b"www.test"))  # absolute-form: not kept
-    assert len(memo) == 1
-    refused = decide(
-        request(b"GET", b"/a%2Fb"),
-        peer=PEER,
-        local=LOCAL,
-        tls=None,
-        routes=ROUTES,
-        escaped_slashes="reject",
-        new_request_id=lambda: "id",
-        memo=memo,  # type: ignore[arg-type]
-    )
-    assert isinstance(refused, Refused) and len(memo) == 1  # refusals are not kept
+    run(request(b"GET", b"http://api.test/v1/", b"www.test"), memo=memo)  # absolute-form
+    assert len(memo) == 1  # not kept
+    assert isinstance(run(request(b"GET", b"/a%2Fb"), memo=memo), Refused)
+    assert len(memo) == 1  # refusals are not kept
 
 
 def test_the_memo_is_bounded_and_unused_when_routes_match_headers() -> None:
-    from proxyd.relay.http.decide import MEMO_SIZE
-
-    memo: dict[tuple[bytes, bytes, bytes], object] = {}
+    memo: dict[tuple[bytes, bytes, bytes], Place] = {}
     for n in range(MEMO_SIZE + 1):
-        decide(
-            request(b"GET", b"/p%d" % n),
-            peer=PEER,
-            local=LOCAL,
-            tls=None,
-            routes=ROUTES,
-            escaped_slashes="reject",
-            new_request_id=lambda: "id",
-            memo=memo,  # type: ignore[arg-type]
-        )
+        run(request(b"GET", b"/p%d" % n), memo=memo)
     assert len(memo) == 1  # full at MEMO_SIZE: started again
     by_header = RouteTable(
         (RouteConfig("h", RouteMatch(path="/", headers=(("x-a", None),)), ProxyAction("web")),)
     )
     memo.clear()
-    decide(
-        request(b"GET", b"/"),
-        peer=PEER,
-        local=LOCAL,
-        tls=None,
-        routes=by_header,
-        escaped_slashes="reject",
-        new_request_id=lambda: "id",
-        memo=memo,  # type: ignore[arg-type]
-    )
+    run(request(b"GET", b"/"), memo=memo, routes=by_header)
     assert memo == {}
