@@ -38,6 +38,7 @@ from typing import Any, Protocol, TypeVar
 
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid, did_you_mean, one_of
+from proxyd.relay.http.headers import replace_field
 
 Headers = list[tuple[bytes, bytes]]
 """Header fields as received and sent: (name, value) pairs in order, names as written."""
@@ -324,19 +325,7 @@ def header(headers: Headers, name: bytes | str) -> str | None:
 def set_header(headers: Headers, name: bytes | str, value: bytes | str) -> None:
     """Replace every field `name` with one (in the first one's place, else at the end)."""
     key = _bytes(name)
-    lower = key.lower()
-    field = (key, _bytes(value))
-    placed = False
-    kept: Headers = []
-    for existing in headers:
-        if existing[0].lower() != lower:
-            kept.append(existing)
-        elif not placed:
-            kept.append(field)
-            placed = True
-    if not placed:
-        kept.append(field)
-    headers[:] = kept
+    headers[:] = replace_field(headers, (key, _bytes(value)), key.lower())
 
 
 def add_header(headers: Headers, name: bytes | str, value: bytes | str) -> None:

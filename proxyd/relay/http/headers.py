@@ -391,6 +391,24 @@ def response_headers(headers: Headers, *, via: bool, version: str) -> Headers:
     return out
 
 
+def replace_field(
+    headers: Headers, field: tuple[bytes, bytes], lower: bytes, *, remove_only: bool = False
+) -> Headers:
+    """`headers` with every field named `lower` (lower case) replaced by one `field`, in the
+    first one's place, else at the end; with `remove_only`, only removed."""
+    kept: Headers = []
+    placed = remove_only
+    for existing in headers:
+        if existing[0].lower() != lower:
+            kept.append(existing)
+        elif not placed:
+            kept.append(field)
+            placed = True
+    if not placed:
+        kept.append(field)
+    return kept
+
+
 # Header rules.
 
 _CompiledRule = tuple[str, bytes, bytes]
@@ -431,18 +449,7 @@ def apply_rules(headers: Headers, rules: Sequence[HeaderRule], ctx: RequestConte
             out = [field for field in out if field[0].lower() != lower]
         elif op == "set":
             value = expand(rule.value, ctx)
-            field = (name, _encode(value))
-            kept: Headers = []
-            placed = not value
-            for existing in out:
-                if existing[0].lower() != lower:
-                    kept.append(existing)
-                elif not placed:
-                    kept.append(field)
-                    placed = True
-            if not placed:
-                kept.append(field)
-            out = kept
+            out = replace_field(out, (name, _encode(value)), lower, remove_only=not value)
         else:
             raise ValueError(f"unknown header rule operation {op!r}")
     return out
