@@ -52,7 +52,6 @@ from proxyd.clock import Clock
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import ALL_SERVERS_BUSY, NO_SERVER_UP, Affinity, Server
 from proxyd.pool.fault import Fault, fault_of
-from proxyd.relay.session import Attempts
 from proxyd.tls import describe_failure
 
 __all__ = [
@@ -215,13 +214,14 @@ class AttemptDriver(Generic[C]):
         "_owner",
         "_pending",
         "affinity",
-        "attempts",
         "connect_time",
         "last",
         "pool",
         "prefer",
+        "retries",
         "server",
         "started",
+        "tried",
     )
 
     def __init__(
@@ -251,7 +251,9 @@ class AttemptDriver(Generic[C]):
         self._count_retries = count_retries
         self._local_gives_up = local_gives_up
         self._classify = classify
-        self.attempts = Attempts(retries)
+        self.retries = retries
+        self.tried: list[Server] = []
+        """The servers tried, in order (the last is the current one)."""
         self.server: Server | None = None
         """The server acquired: the one being tried or connected to, until released."""
         self.started = 0.0
@@ -265,7 +267,7 @@ class AttemptDriver(Generic[C]):
     @property
     def count(self) -> int:
         """Servers tried so far."""
-        return self.attempts.count
+        return len(self.tried)
 
     @property
     def connecting(self) -> bool:
@@ -326,7 +328,7 @@ class AttemptDriver(Generic[C]):
     # Internals.
 
     def _pick(self) -> Server | None:
-        tried = self.attempts.tried
+        tried = self.tried
         prefer = self.prefer
         if (
             prefer is not None
@@ -337,17 +339,21 @@ class AttemptDriver(Generic[C]):
             return prefer
         return self.pool.pick(exclude=tried, affinity=self.affinity)
 
+    def may_try_another(self) -> bool:
+        """The first attempt, then `retries` more."""
+        return len(self.tried) <= self.retries
+
     def _next(self) -> None:
-        attempts = self.attempts
-        server = self._pick() if attempts.may_try_another() else None
+        tried = self.tried
+        server = self._pick() if len(tried) <= self.retries else None
         if server is None:
             self._give_up(None)
             return
-        if attempts.tried and self._count_retries:
-            self._cell(attempts.tried[-1]).retries += 1
+        if tried and self._count_retries:
+            self._cell(tried[-1]).retries += 1
         self.pool.acquire(server)
         self.server = server
-        attempts.record(server)
+        tried.append(server)
         self.started = self._clock.seconds()
         self._owner.attempt_started(server)
         if self._checkout is not None:
@@ -402,13 +408,13 @@ class AttemptDriver(Generic[C]):
 
     def _give_up(self, reason: GiveUpReason | None) -> None:
         if reason is None:
-            if self.attempts.tried:
+            if self.tried:
                 reason = GiveUpReason.ATTEMPTS_FAILED
             elif self.pool.any_up():
                 reason = GiveUpReason.ALL_SERVERS_BUSY
             else:
                 reason = GiveUpReason.NO_SERVER_UP
-        self._owner.attempt_gave_up(GiveUp(reason, self.attempts.count, self.last))
+        self._owner.attempt_gave_up(GiveUp(reason, len(self.tried), self.last))
 
     def _stop_pending(self) -> None:
         pending, self._pending = self._pending, None

@@ -157,9 +157,9 @@ class Filtering:
     @property
     def upstream_server(self) -> Server | None:
         forward = self.forward
-        if forward is None or self.answer is not None or not forward.attempts.tried:
+        if forward is None or self.answer is not None or not forward.driver.tried:
             return None
-        server: Server = forward.attempts.tried[-1]
+        server: Server = forward.driver.tried[-1]
         return server
 
     def prefer(self, server: Server) -> None:

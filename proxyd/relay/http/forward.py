@@ -38,7 +38,7 @@ from proxyd.relay.http.messages import (
     response_head,
 )
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
-from proxyd.relay.session import Attempts, IdleTimer
+from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
 
@@ -93,7 +93,6 @@ class Forward:
         "_replayable",
         "_sent_continue",
         "_why",
-        "attempts",
         "conn",
         "driver",
         "exchange",
@@ -130,7 +129,6 @@ class Forward:
             local_gives_up=True,
             classify=_classify,
         )
-        self.attempts: Attempts = self.driver.attempts
         self.conn: UpstreamConnection | None = None
         self._why = "no attempt"
         """What the client is answered if the attempts end now."""
@@ -228,7 +226,7 @@ class Forward:
             not self.exchange.response_started
             and self.exchange.request.method in IDEMPOTENT
             and self._replayable
-            and self.driver.attempts.may_try_another()
+            and self.driver.may_try_another()
         )
 
     # The request body, from the exchange.

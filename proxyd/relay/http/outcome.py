@@ -24,7 +24,7 @@ def count(exchange: Exchange) -> None:
     """The exchange's response, bytes and latencies, on the server that answered (""
     when proxyd answered itself)."""
     forward = exchange.forward
-    tried = forward.attempts.tried if forward is not None else ()
+    tried = forward.driver.tried if forward is not None else ()
     answered = exchange.response is not None and forward is not None and exchange.answer is None
     cell = exchange.cell(tried[-1] if answered and tried else None)
     cell.bytes_in += exchange.request_bytes
@@ -87,7 +87,7 @@ def exchange_line(exchange: Exchange, now: float) -> str:
         upstream += ',"upstream_header_time":null,"upstream_response_time":null'
         attempts = 0
     else:
-        tried = forward.attempts.tried
+        tried = forward.driver.tried
         driver = forward.driver
         status = forward.upstream_status
         upstream = (
