@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import cast
 
 import attrs
@@ -27,7 +27,10 @@ __all__ = [
 ]
 
 
-class Side(Enum):
+class Side(StrEnum):
+    """A str enum: it hashes as its str, in C (an Enum's hash is Python code, and the splice
+    looks its legs up by side on every read)."""
+
     CLIENT = "client"
     SERVER = "server"
 
