@@ -168,3 +168,8 @@ class IdleTimer:
 
     def cancel(self) -> None:
         self._deadline.cancel()
+
+    def release(self) -> None:
+        """Cancel for good and let go of `on_idle` (a bound method of the owner: a reference
+        cycle, else, for the garbage collector)."""
+        self._deadline.release()

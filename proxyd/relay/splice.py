@@ -165,6 +165,17 @@ class Splice:
         for leg in self._legs.values():
             leg.pipe.splice_to(leg.peer.pipe, functools.partial(self.stalled, leg.side))
 
+    def release(self) -> None:
+        """The owner is done with the splice (both sides gone, counted): let go of the owner,
+        of the legs' pipes' timers and of the legs' links to each other, so that the
+        connection's objects are freed at once by their reference counts, not left in cycles
+        for the garbage collector."""
+        self._owner = _RELEASED
+        self._idle.release()
+        for leg in self._legs.values():
+            leg.pipe.gone()
+            del leg.peer
+
     def note(self, reason: CloseReason) -> None:
         """A close reason, unless one was set before (the first wins)."""
         if self.reason is None:
@@ -348,3 +359,16 @@ class TransportPipe:
         if self._has_producer:
             self._has_producer = False
             self.transport.unregisterProducer()
+
+
+class _Released:
+    """The owner of a released splice: it hears nothing more."""
+
+    def splice_stalled(self, side: Side, held: int | None, timeout: float, first: bool) -> None:
+        pass
+
+    def splice_ended(self) -> None:
+        pass
+
+
+_RELEASED: Final = _Released()

@@ -475,6 +475,16 @@ class Relay:
         self._count_close()
         self.factory.access_log.log(self.record.as_log(self.factory.reactor.seconds()))
         self.factory.finished(self)
+        # Let go of what refers back to this relay (timers' and the driver's callbacks, the
+        # splice's owner): freed at once by reference counts, not by the cycle collector.
+        self._idle.release()
+        self._preamble_timer.release()
+        if self._linger is not None:
+            self._linger.release()
+        if self.driver is not None:
+            self.driver.detach()
+        if splice is not None:
+            splice.release()
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
