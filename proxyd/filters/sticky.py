@@ -10,10 +10,9 @@ from proxyd.filters.internal import RelayExchange
 from proxyd.pool import Server
 
 
-def sticky_id(server: Server | str) -> str:
+def sticky_id(server: Server) -> str:
     """The cookie value naming `server`."""
-    name = server if isinstance(server, str) else server.name
-    return hashlib.blake2b(name.encode(), digest_size=6).hexdigest()
+    return hashlib.blake2b(server.name.encode(), digest_size=6).hexdigest()
 
 
 def cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from proxyd.config.model import ProxyAction, RouteConfig
 from proxyd.filters.api import Answer, Headers, Reject
-from proxyd.filters.chain import EMPTY, BodyRun, Chain, HeadRun, Step
+from proxyd.filters.chain import ALL_WENT_ON, EMPTY, BodyRun, Chain, HeadRun, Step
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
@@ -194,7 +194,7 @@ class Exchange(Filtering):
         if chain.request_head:
             self._run_head(chain.request_head, self._request_filtered, self.config.response_timeout)
         else:
-            self._request_filtered(1 << 30, None)
+            self._request_filtered(ALL_WENT_ON, None)
 
     def _request_filtered(self, position: int, answer: Answer | None) -> None:
         self._head_run = None
@@ -365,9 +365,6 @@ class Exchange(Filtering):
                 self.client.send([last_chunk(trailers)])
             self._finish(keep_alive=self._client_keep_alive)
 
-    def upstream_failed(self, status: int, why: str, kind: ErrorKind | None) -> None:
-        self.fail(status, why, kind)
-
     def upstream_cut(self, why: str, kind: ErrorKind) -> None:
         """The response broke off after its head went to the client."""
         self._cut(why, kind)
@@ -483,7 +480,7 @@ class Exchange(Filtering):
         kind: ErrorKind | str | None = None,
         *,
         answer: Reject | None = None,
-        position: int = 1 << 30,
+        position: int = ALL_WENT_ON,
     ) -> None:
         """Answer an error of our own (the listener's error page, if any, by its filter).
         `kind` is the error for the metrics, when no failed attempt at a server counted it

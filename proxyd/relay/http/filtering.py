@@ -77,7 +77,7 @@ class Filtering:
         kind: ErrorKind | str | None = None,
         *,
         answer: Any = None,
-        position: int = 1 << 30,
+        position: int = ALL_WENT_ON,
     ) -> None:
         raise NotImplementedError
 

@@ -75,7 +75,9 @@ class Forwarded(Protocol):
     def upstream_response(self, response: Response) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_end(self, trailers: Headers | None) -> None: ...
-    def upstream_failed(self, status: int, why: str, kind: ErrorKind | None) -> None: ...
+    def fail(self, status: int, why: str, kind: ErrorKind | None = None) -> None:
+        """Answer proxyd's error `status` (or cut the response if it started)."""
+
     def upstream_cut(self, why: str, kind: ErrorKind) -> None: ...
     def upstream_switched(self, response: Response, conn: UpstreamConnection) -> None: ...
 
@@ -158,12 +160,6 @@ class Forward:
         """The driver holds the server: nothing to do."""
 
     def attempt_failed(self, server: Server, failed: Failed) -> None:
-        self._attempt_failed(server, failed)
-
-    def attempt_gave_up(self, give_up: GiveUp) -> None:
-        self._gave_up(give_up)
-
-    def _attempt_failed(self, server: Server, failed: Failed) -> None:
         if failed.fault is Fault.LOCAL:
             self._why = f"cannot connect to {server.name}: {failed.why}"
             return
@@ -178,7 +174,7 @@ class Forward:
             why=failed.why,
         )
 
-    def _gave_up(self, give_up: GiveUp) -> None:
+    def attempt_gave_up(self, give_up: GiveUp) -> None:
         exchange, reason = self.exchange, give_up.reason
         kind: ErrorKind | None
         if give_up.no_server:
@@ -189,7 +185,7 @@ class Forward:
         else:
             why = self._why
             kind = ErrorKind.LOCAL_RESOURCE if reason is GiveUpReason.LOCAL_RESOURCE else None
-        exchange.upstream_failed(give_up.status, why, kind)
+        exchange.fail(give_up.status, why, kind)
 
     def attempt_connected(self, conn: UpstreamConnection, server: Server, reused: bool) -> None:
         """Send the request on `conn`: the head, the body held so far, then the rest."""
@@ -219,7 +215,7 @@ class Forward:
         self._why = failed.why
         self.driver.failed(failed, retry=answer is None, report=report)
         if answer is not None:
-            self.exchange.upstream_failed(failed.status, answer, None)
+            self.exchange.fail(failed.status, answer)
 
     def _may_retry(self) -> bool:
         return (

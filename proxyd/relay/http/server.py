@@ -478,7 +478,6 @@ class HttpRelayFactory(Factory[ClientConnection]):
         self.upstreams = upstreams
         self.access_log = access_log
         self.error_pages = dict(error_pages or {})
-        self.websocket_only = websocket_only
         self.routes = RouteTable(config.routes)
         self.places: dict[tuple[bytes, bytes, bytes], Place] = {}
         """Where requests went, by target, Host and method (proxyd.relay.http.decide)."""
