@@ -8,33 +8,35 @@ from proxyd.filters.internal import RelayExchange
 from proxyd.relay.http import headers as policy
 
 
-class HeaderRules:
-    """Built in where the listener or the route has rules. Response rules apply to the
-    server's responses and to the route's own answers (respond, redirect, a filter's), not
-    to proxyd's error answers (Reject)."""
+def _nonempty(rules: tuple[tuple[HeaderRule, ...], ...]) -> tuple[tuple[HeaderRule, ...], ...]:
+    return tuple(each for each in rules if each)
 
-    def __init__(
-        self,
-        request: tuple[tuple[HeaderRule, ...], ...],
-        response: tuple[tuple[HeaderRule, ...], ...],
-    ) -> None:
-        self.request_rules = tuple(rules for rules in request if rules)
-        self.response_rules = tuple(rules for rules in response if rules)
-        if not self.request_rules:
-            self.request_head = None  # type: ignore[assignment]
-        if not self.response_rules:
-            self.response_head = None  # type: ignore[assignment]
+
+class RequestRules:
+    """`request_headers`: built in where the listener or the route has some."""
+
+    def __init__(self, rules: tuple[tuple[HeaderRule, ...], ...]) -> None:
+        self.rules = _nonempty(rules)
 
     def request_head(self, exchange: RelayExchange) -> None:
         fields = exchange.request_headers
-        for rules in self.request_rules:
+        for rules in self.rules:
             fields = policy.apply_rules(fields, rules, exchange.ctx)
         exchange.set_request_headers(fields)
+
+
+class ResponseRules:
+    """`response_headers`: built in where the listener or the route has some. They apply to
+    the server's responses and to the route's own answers (respond, redirect, a filter's),
+    not to proxyd's error answers (Reject)."""
+
+    def __init__(self, rules: tuple[tuple[HeaderRule, ...], ...]) -> None:
+        self.rules = _nonempty(rules)
 
     def response_head(self, exchange: RelayExchange) -> None:
         if isinstance(exchange.answer, Reject):
             return
         fields = exchange.response_headers
-        for rules in self.response_rules:
+        for rules in self.rules:
             fields = policy.apply_rules(fields, rules, exchange.ctx)
         exchange.set_response_headers(fields)

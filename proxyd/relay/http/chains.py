@@ -34,7 +34,7 @@ from proxyd.config.model import (
 from proxyd.filters.chain import Chain
 from proxyd.filters.error_pages import ErrorPages
 from proxyd.filters.forwarding import Forwarding
-from proxyd.filters.header_rules import HeaderRules
+from proxyd.filters.header_rules import RequestRules, ResponseRules
 from proxyd.filters.hsts import Hsts
 from proxyd.filters.local_answers import HttpsRedirect, OriginCheck, RouteAnswer, WebSocketOnly
 from proxyd.filters.sticky import StickyCookie
@@ -84,12 +84,13 @@ def _route(
         filters.append(("forwarding", forwarding))
         if sticky is not None:
             filters.append(("sticky_cookie", sticky))
-    rules = HeaderRules(
-        (config.request_headers, route.request_headers),
-        (config.response_headers, route.response_headers),
-    )
-    if rules.request_rules or rules.response_rules:
-        filters.append(("header_rules", rules))
+    # Both at the same row of the order: listener's rules, then the route's, each way.
+    request_rules = RequestRules((config.request_headers, route.request_headers))
+    if request_rules.rules:
+        filters.append(("header_rules", request_rules))
+    response_rules = ResponseRules((config.response_headers, route.response_headers))
+    if response_rules.rules:
+        filters.append(("header_rules", response_rules))
     if isinstance(action, RespondAction | RedirectAction):
         filters.append(
             ("respond" if isinstance(action, RespondAction) else "redirect", RouteAnswer(action))
