@@ -3,11 +3,11 @@ report it to the pool, release, then the next server or give up (design principl
 
 How a relay uses it::
 
+    policy = AttemptPolicy(config.retries)           # once, for every connection
     driver = AttemptDriver(
-        clock, pool, connect, owner,
-        retries=config.retries,
-        affinity=Affinity(client_address),           # what balance = hash keys on
+        clock, pool, connect, owner, policy,
         cell=lambda server: stats.cell("", pool.name, server.name),
+        affinity=Affinity(client_address),           # what balance = hash keys on
     )
     driver.start()
 
@@ -27,13 +27,10 @@ keep-alive connection that closed before any response byte). `cancel()` stops a 
 way and lets go of the server (the client left); `release()` lets go of it once the
 connection is over.
 
-Options: `prefer`, a server tried first when it is available and has capacity (the HTTP
-sticky cookie); `checkout`, an idle keep-alive connection to the picked server, used instead
-of connecting when there is one; `count_retries`, each try after the first counts as a retry
-on the metrics of the server tried before it; `local_gives_up`, a connect that failed for
-want of proxyd's own resources ends the attempts (no other server would fare better) rather
-than moving on; `classify`, a relay's own reading of a failed connect in place of this
-module's `classify` (the HTTP relay words its failures for its logs and the pool).
+Options of a driver: `prefer`, a server tried first when it is available and has capacity
+(the HTTP sticky cookie); `checkout`, an idle keep-alive connection to the picked server, used
+instead of connecting when there is one. The AttemptPolicy, the same for all of a listener's
+drivers, holds the rest (made once: a driver is made per HTTP request or TCP connection).
 """
 
 from __future__ import annotations
@@ -58,6 +55,7 @@ __all__ = [
     "AttemptDriver",
     "AttemptError",
     "AttemptOwner",
+    "AttemptPolicy",
     "Failed",
     "GiveUp",
     "GiveUpReason",
@@ -199,6 +197,23 @@ class AttemptOwner(Protocol[C_contra]):
         """No server is left to try."""
 
 
+@attrs.frozen
+class AttemptPolicy:
+    """How a relay's attempts go: the same for every driver of a listener."""
+
+    retries: int
+    """Servers tried after the first, at most."""
+    count_retries: bool = False
+    """Each try after the first counts as a retry on the metrics of the server tried before
+    it."""
+    local_gives_up: bool = False
+    """A connect that failed for want of proxyd's own resources ends the attempts (no other
+    server would fare better) rather than moving on."""
+    classify: Callable[[Failure], Failed | None] = classify
+    """A relay's own reading of a failed connect in place of this module's `classify` (the
+    HTTP relay words its failures for its logs and the pool)."""
+
+
 class AttemptDriver(Generic[C]):
     """The attempts of one client connection (or request) at the servers of one pool.
     Slotted: the HTTP relay makes one a request."""
@@ -206,13 +221,11 @@ class AttemptDriver(Generic[C]):
     __slots__ = (
         "_cell",
         "_checkout",
-        "_classify",
         "_clock",
         "_connect_to",
-        "_count_retries",
-        "_local_gives_up",
         "_owner",
         "_pending",
+        "_policy",
         "affinity",
         "connect_time",
         "last",
@@ -230,28 +243,22 @@ class AttemptDriver(Generic[C]):
         pool: PoolApi,
         connect: Callable[[Server], Deferred[C]],
         owner: AttemptOwner[C],
-        *,
-        retries: int,
+        policy: AttemptPolicy,
         cell: Callable[[Server], Cell],
         affinity: Affinity | None = None,
         prefer: Server | None = None,
         checkout: Callable[[Server], C | None] | None = None,
-        count_retries: bool = False,
-        local_gives_up: bool = False,
-        classify: Callable[[Failure], Failed | None] = classify,
     ) -> None:
         self._clock = clock
         self.pool = pool
         self._connect_to = connect
         self._owner = owner
+        self._policy = policy
+        self.retries = policy.retries
         self._cell = cell
         self.affinity = affinity
         self.prefer = prefer
         self._checkout = checkout
-        self._count_retries = count_retries
-        self._local_gives_up = local_gives_up
-        self._classify = classify
-        self.retries = retries
         self.tried: list[Server] = []
         """The servers tried, in order (the last is the current one)."""
         self.server: Server | None = None
@@ -349,7 +356,7 @@ class AttemptDriver(Generic[C]):
         if server is None:
             self._give_up(None)
             return
-        if tried and self._count_retries:
+        if tried and self._policy.count_retries:
             self._cell(tried[-1]).retries += 1
         self.pool.acquire(server)
         self.server = server
@@ -388,12 +395,12 @@ class AttemptDriver(Generic[C]):
         if pending is not self._pending:
             return  # given up on already (cancelled, or a deadline of the caller's)
         self._pending = None
-        failed = self._classify(failure)
+        failed = self._policy.classify(failure)
         if failed is None:
             return  # stopped by proxyd, not by this driver: nothing to count, nothing to do
         self._count_failure(server, failed, report=True)
         self._owner.attempt_failed(server, failed)
-        if failed.fault is Fault.LOCAL and self._local_gives_up:
+        if failed.fault is Fault.LOCAL and self._policy.local_gives_up:
             self._give_up(GiveUpReason.LOCAL_RESOURCE)
             return
         self._next()

@@ -36,6 +36,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import TcpListenerConfig
 from proxyd.metrics import RelayStats
 from proxyd.pool import Pool
+from proxyd.relay.attempt import AttemptPolicy
 from proxyd.relay.io import ConnectingReactor, OpenConnections, ReadingPort
 from proxyd.relay.session import Side
 from proxyd.relay.sni import SniRoutes
@@ -78,6 +79,7 @@ class TcpRelayFactory(Factory[EndProtocol]):
         self.tls = ServerTls(f"tcp {config.name}", config.tls) if config.tls is not None else None
         self.access_log = access_log
         self.active = 0
+        self.attempts = AttemptPolicy(config.retries)
         """Relays admitted and not finished: at most max_connections (when not 0)."""
         self._waiting: deque[Relay] = deque()
         self._port: ReadingPort | None = None

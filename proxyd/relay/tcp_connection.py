@@ -23,7 +23,7 @@ from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.metrics import Cell, RelayStats
 from proxyd.pool import Affinity, Pool, Server
 from proxyd.relay import proxy_protocol
-from proxyd.relay.attempt import AttemptDriver, Failed, GiveUp
+from proxyd.relay.attempt import AttemptDriver, AttemptPolicy, Failed, GiveUp
 from proxyd.relay.dial import Dial, dial
 from proxyd.relay.io import ConnectingReactor, Transport, no_delay, set_buffer_size, socket_of
 from proxyd.relay.session import CloseReason, ConnectionRecord, IdleTimer, Side, close_reason
@@ -77,6 +77,11 @@ class Listener(Protocol):
 
     @property
     def access_log(self) -> AccessLog: ...
+
+    @property
+    def attempts(self) -> AttemptPolicy:
+        """How its connections try servers (retries), made once."""
+        ...
 
     @property
     def stats(self) -> RelayStats: ...
@@ -378,9 +383,9 @@ class Relay:
             pool,
             self._dial,
             self,
-            retries=self.config.retries,
-            affinity=Affinity(self.record.client),
-            cell=lambda server: stats.cell("", pool.name, server.name),
+            self.factory.attempts,
+            lambda server: stats.cell("", pool.name, server.name),
+            Affinity(self.record.client),
         )
         driver.start()
 

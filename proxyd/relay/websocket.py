@@ -31,6 +31,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import WebSocketListenerConfig
 from proxyd.metrics import RelayStats
 from proxyd.pool import Pool
+from proxyd.relay.attempt import AttemptPolicy
 from proxyd.relay.io import ConnectingReactor, OpenConnections
 from proxyd.relay.websocket_connection import Relay
 from proxyd.relay.websocket_legs import (
@@ -79,6 +80,7 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.pool = pools[config.pool]
         self.access_log = access_log
         self.client_tls = client_tls
+        self.attempts = AttemptPolicy(config.retries)
         self.tls = (
             ServerTls(f"websocket {config.name}", config.tls, [b"http/1.1"])
             if config.tls is not None

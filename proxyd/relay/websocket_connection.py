@@ -18,7 +18,7 @@ from proxyd.clock import DelayedCall
 from proxyd.metrics import Cell, RelayStats
 from proxyd.pool import Affinity, Pool, Server
 from proxyd.relay import proxy_protocol
-from proxyd.relay.attempt import AttemptDriver, Failed, GiveUp
+from proxyd.relay.attempt import AttemptDriver, AttemptPolicy, Failed, GiveUp
 from proxyd.relay.io import Transport
 from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import CloseReason, ConnectionRecord, IdleTimer, Side
@@ -74,6 +74,11 @@ class Listener(LegListener, Protocol):
 
     @property
     def access_log(self) -> AccessLog: ...
+
+    @property
+    def attempts(self) -> AttemptPolicy:
+        """How its connections try servers (retries), made once."""
+        ...
 
     @property
     def tls(self) -> ServerTls | None: ...
@@ -182,9 +187,9 @@ class Relay:
             pool,
             self._dial,
             self,
-            retries=self.config.retries,
-            affinity=Affinity(self.record.client),
-            cell=lambda server: stats.cell("", pool.name, server.name),
+            self.factory.attempts,
+            lambda server: stats.cell("", pool.name, server.name),
+            Affinity(self.record.client),
         )
         self.driver.start()
         return accept

@@ -18,6 +18,7 @@ from proxyd.pool import Affinity, Pool, Server
 from proxyd.relay.attempt import (
     AttemptDriver,
     AttemptError,
+    AttemptPolicy,
     Failed,
     GiveUp,
     GiveUpReason,
@@ -56,13 +57,21 @@ class Harness:
         self.stats = RelayStats("tcp", "t")
         self.owner = Owner()
         self.connects: list[tuple[Server, Deferred[str]]] = []
-        options.setdefault("retries", 2)
+        policy = AttemptPolicy(
+            options.pop("retries", 2),
+            **{
+                k: options.pop(k)
+                for k in ("count_retries", "local_gives_up", "classify")
+                if k in options
+            },
+        )
         self.driver: AttemptDriver[str] = AttemptDriver(
             self.clock,
             self.pool,
             self.connect,
             self.owner,
-            cell=lambda server: self.stats.cell("", "web", server.name),
+            policy,
+            lambda server: self.stats.cell("", "web", server.name),
             **options,
         )
 

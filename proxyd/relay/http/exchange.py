@@ -41,7 +41,7 @@ from proxyd.relay.http.roles import ExchangeClient
 from proxyd.relay.http.routing import rewrite_path
 from proxyd.relay.http.state import (
     DONE,
-    HEAD_SENT,
+    FLAGS,
     NEXT,
     PROXYING,
     REQUEST_FILTERS,
@@ -158,11 +158,9 @@ class Exchange(Filtering):
         if state not in NEXT[self.state]:
             check_move(self.state, state)  # raises, saying what moved where
         self.state = state
-        self.finished = state is DONE
-        self.response_started = state in HEAD_SENT
-        """The response head went to the client."""
-        self.reading_response = state is PROXYING or state is STREAMING
-        """Response events are wanted (not while filters run on the response head)."""
+        # finished; the response head went to the client; response events are wanted (not
+        # while filters run on the response head).
+        self.finished, self.response_started, self.reading_response = FLAGS[state]
 
     # Start: route, run the request head's filters, answer or proxy.
 
@@ -249,6 +247,7 @@ class Exchange(Filtering):
             self.factory.upstreams[pool.name],
             [request_head(request.method, target, fields)],
             self._preferred,
+            self.factory.attempts,
         )
         forward.driver.start()
 

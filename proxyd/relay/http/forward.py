@@ -25,7 +25,14 @@ from proxyd.config.model import HttpListenerConfig
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.pool.fault import Fault
-from proxyd.relay.attempt import AttemptDriver, Failed, GiveUp, GiveUpReason, classify
+from proxyd.relay.attempt import (
+    AttemptDriver,
+    AttemptPolicy,
+    Failed,
+    GiveUp,
+    GiveUpReason,
+    classify,
+)
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.decide import has_token
 from proxyd.relay.http.messages import (
@@ -112,24 +119,22 @@ class Forward:
         upstreams: ConnectionPool,
         head: list[bytes],
         preferred: Server | None,
+        policy: AttemptPolicy,
     ) -> None:
+        """`policy` is the listener's attempt_policy()."""
         self.exchange = exchange
         self.upstreams = upstreams
         self.head = head
-        config = exchange.config
         self.driver: AttemptDriver[UpstreamConnection] = AttemptDriver(
             exchange.clock,
             pool,
             self._connect,
             self,
-            retries=config.retries,
-            cell=exchange.cell,
-            affinity=exchange.client.affinity,
-            prefer=preferred,
-            checkout=upstreams.checkout,
-            count_retries=True,
-            local_gives_up=True,
-            classify=_classify,
+            policy,
+            exchange.cell,
+            exchange.client.affinity,
+            preferred,
+            upstreams.checkout,
         )
         self.conn: UpstreamConnection | None = None
         self._why = "no attempt"
@@ -428,6 +433,14 @@ class Forward:
             self._idle = None
             idle.cancel()
         self.driver.cancel()
+
+
+def attempt_policy(config: HttpListenerConfig) -> AttemptPolicy:
+    """How an HTTP listener's requests try servers: retries counted, proxyd's own shortage
+    ending the attempts, failures worded for the HTTP relay's logs."""
+    return AttemptPolicy(
+        config.retries, count_retries=True, local_gives_up=True, classify=_classify
+    )
 
 
 def _classify(failure: Failure) -> Failed | None:

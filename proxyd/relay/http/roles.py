@@ -10,6 +10,7 @@ from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.chain import Chain
 from proxyd.metrics import RelayStats
 from proxyd.pool import Affinity, Pool
+from proxyd.relay.attempt import AttemptPolicy
 from proxyd.relay.http.decide import Place
 from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.routing import RouteTable
@@ -49,6 +50,11 @@ class Listener(Protocol):
 
     @property
     def upstreams(self) -> Mapping[str, ConnectionPool]: ...
+
+    @property
+    def attempts(self) -> AttemptPolicy:
+        """How its requests try servers (proxyd.relay.http.forward.attempt_policy)."""
+        ...
 
     @property
     def stats(self) -> RelayStats: ...

@@ -29,6 +29,7 @@ from proxyd.relay.http import headers as policy
 from proxyd.relay.http.chains import build_chains
 from proxyd.relay.http.decide import Place
 from proxyd.relay.http.exchange import Exchange
+from proxyd.relay.http.forward import attempt_policy
 from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.messages import (
     Body,
@@ -479,6 +480,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
         self.access_log = access_log
         self.error_pages = dict(error_pages or {})
         self.routes = RouteTable(config.routes)
+        self.attempts = attempt_policy(config)
         self.places: dict[tuple[bytes, bytes, bytes], Place] = {}
         """Where requests went, by target, Host and method (proxyd.relay.http.decide)."""
         self.chains = build_chains(

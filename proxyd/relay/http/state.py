@@ -39,6 +39,15 @@ NEXT: Final[Mapping[State, frozenset[State]]] = {
     State.DONE: frozenset(),
 }
 HEAD_SENT: Final = frozenset({State.STREAMING, State.TUNNEL})
+FLAGS: Final[Mapping[State, tuple[bool, bool, bool]]] = {
+    state: (
+        state is State.DONE,
+        state in HEAD_SENT,
+        state is State.PROXYING or state is State.STREAMING,
+    )
+    for state in State
+}
+"""The exchange's flags in each state: (finished, response_started, reading_response)."""
 
 # The members as module constants: reading an Enum member through its class costs ten times
 # a global's load (60 ns), on every move of every request.
