@@ -4,20 +4,19 @@ report it to the pool, release, then the next server or give up (design principl
 How a relay uses it::
 
     policy = AttemptPolicy(config.retries)           # once, for every connection
-    driver = AttemptDriver(
-        clock, pool, connect, owner, policy,
-        cell=lambda server: stats.cell("", pool.name, server.name),
-        affinity=Affinity(client_address),           # what balance = hash keys on
-    )
+    driver = AttemptDriver(clock, pool, owner, policy, Affinity(client_address))
     driver.start()
 
-`connect(server)` is the pool's one connect function: a cancellable Deferred that fires with
-the connection once it is usable (TCP connected, the TLS handshake done and verified, a
-WebSocket's 101 received) or fails (a Twisted connect error, a TLS error, or AttemptError
-carrying the caller's own classification). The driver calls the owner back:
-`attempt_started(server)` before each try, `attempt_connected(connection, server, reused)`
-once one is usable, `attempt_failed(server, failed)` for each failed connect (to log it), and
-`attempt_gave_up(give_up)` when no server is left to try, with one of the GiveUpReason words.
+The owner (AttemptOwner) connects: `attempt_connect(server)` is the pool's one connect
+function, a cancellable Deferred that fires with the connection once it is usable (TCP
+connected, the TLS handshake done and verified, a WebSocket's 101 received) or fails (a Twisted
+connect error, a TLS error, or AttemptError carrying the caller's own classification);
+`attempt_cell(server)` is where the attempts are counted (proxyd.metrics). The driver tells the
+owner `attempt_started(server)` before each try, `attempt_connected(connection, server,
+reused)` once one is usable, `attempt_failed(server, failed)` for each failed connect (to log
+it), and `attempt_gave_up(give_up)` when no server is left to try, with one of the
+GiveUpReason words. Methods of the owner rather than callables given to each driver: a bound
+method is an object more a request.
 
 After connecting the caller may still find the server at fault (a reset before any response
 byte, a 502/503/504, a response timeout): `failed(Failed(...), retry=...)` counts it on the
@@ -27,10 +26,10 @@ keep-alive connection that closed before any response byte). `cancel()` stops a 
 way and lets go of the server (the client left); `release()` lets go of it once the
 connection is over.
 
-Options of a driver: `prefer`, a server tried first when it is available and has capacity
-(the HTTP sticky cookie); `checkout`, an idle keep-alive connection to the picked server, used
-instead of connecting when there is one. The AttemptPolicy, the same for all of a listener's
-drivers, holds the rest (made once: a driver is made per HTTP request or TCP connection).
+Options of a driver: `affinity`, what balance = hash keys on; `prefer`, a server tried first
+when it is available and has capacity (the HTTP sticky cookie). The AttemptPolicy, the same
+for all of a listener's drivers, holds the rest (made once: a driver is made per HTTP request
+or TCP connection).
 """
 
 from __future__ import annotations
@@ -66,7 +65,6 @@ __all__ = [
 _log = Logger(namespace="proxyd.relay.attempt")
 
 C = TypeVar("C")
-C_contra = TypeVar("C_contra", contravariant=True)
 
 
 class GiveUpReason(StrEnum):
@@ -181,13 +179,26 @@ class PoolApi(Protocol):
     def any_up(self) -> bool: ...
 
 
-class AttemptOwner(Protocol[C_contra]):
-    """What the driver tells the relay that drives it."""
+class AttemptOwner(Protocol[C]):
+    """The relay that drives a driver: what it is asked, and told."""
+
+    def attempt_connect(self, server: Server) -> Deferred[C]:
+        """Connect to `server`: the connection once usable."""
+        ...
+
+    def attempt_checkout(self, server: Server) -> C | None:
+        """An idle keep-alive connection to `server`, if any (asked only when the policy
+        says `checkout`)."""
+        ...
+
+    def attempt_cell(self, server: Server) -> Cell:
+        """The metrics the attempts at `server` count on."""
+        ...
 
     def attempt_started(self, server: Server) -> None:
         """A try at `server` begins (it is acquired): the access log's backend."""
 
-    def attempt_connected(self, connection: C_contra, server: Server, reused: bool) -> None:
+    def attempt_connected(self, connection: C, server: Server, reused: bool) -> None:
         """`connection` to `server` is usable (`reused`: an idle keep-alive one)."""
 
     def attempt_failed(self, server: Server, failed: Failed) -> None:
@@ -209,6 +220,8 @@ class AttemptPolicy:
     local_gives_up: bool = False
     """A connect that failed for want of proxyd's own resources ends the attempts (no other
     server would fare better) rather than moving on."""
+    checkout: bool = False
+    """Before connecting, ask the owner for an idle keep-alive connection to the server."""
     classify: Callable[[Failure], Failed | None] = classify
     """A relay's own reading of a failed connect in place of this module's `classify` (the
     HTTP relay words its failures for its logs and the pool)."""
@@ -219,10 +232,7 @@ class AttemptDriver(Generic[C]):
     Slotted: the HTTP relay makes one a request."""
 
     __slots__ = (
-        "_cell",
-        "_checkout",
         "_clock",
-        "_connect_to",
         "_owner",
         "_pending",
         "_policy",
@@ -241,24 +251,18 @@ class AttemptDriver(Generic[C]):
         self,
         clock: Clock,
         pool: PoolApi,
-        connect: Callable[[Server], Deferred[C]],
         owner: AttemptOwner[C],
         policy: AttemptPolicy,
-        cell: Callable[[Server], Cell],
         affinity: Affinity | None = None,
         prefer: Server | None = None,
-        checkout: Callable[[Server], C | None] | None = None,
     ) -> None:
         self._clock = clock
         self.pool = pool
-        self._connect_to = connect
         self._owner = owner
         self._policy = policy
         self.retries = policy.retries
-        self._cell = cell
         self.affinity = affinity
         self.prefer = prefer
-        self._checkout = checkout
         self.tried: list[Server] = []
         """The servers tried, in order (the last is the current one)."""
         self.server: Server | None = None
@@ -316,15 +320,16 @@ class AttemptDriver(Generic[C]):
             self.pool.release(server)
 
     def detach(self) -> None:
-        """The attempts are over for good: drop the owner and the callables given (each
-        refers back to the owner), so that the driver and its owner are freed at once by
-        their reference counts rather than left in a cycle for the garbage collector (an
-        HTTP request makes a driver: that was 26 objects a request)."""
+        """The attempts are over for good: cancel() them, then drop the owner, so that the
+        driver and its owner are freed at once by their reference counts rather than left in
+        a cycle for the garbage collector (an HTTP request makes a driver)."""
         if self._pending is not None:
             self._stop_pending()
+        server = self.server
+        if server is not None:
+            self.server = None
+            self.pool.release(server)
         self._owner = _DETACHED
-        self._connect_to = _detached_connect
-        self._cell = _detached_cell
 
     def release(self) -> None:
         """Let go of the server (the connection is over); idempotent."""
@@ -357,14 +362,14 @@ class AttemptDriver(Generic[C]):
             self._give_up(None)
             return
         if tried and self._policy.count_retries:
-            self._cell(tried[-1]).retries += 1
+            self._owner.attempt_cell(tried[-1]).retries += 1
         self.pool.acquire(server)
         self.server = server
         tried.append(server)
         self.started = self._clock.seconds()
         self._owner.attempt_started(server)
-        if self._checkout is not None:
-            connection = self._checkout(server)
+        if self._policy.checkout:
+            connection = self._owner.attempt_checkout(server)
             if connection is not None:
                 self.connect_time = 0.0
                 self._owner.attempt_connected(connection, server, True)
@@ -372,7 +377,7 @@ class AttemptDriver(Generic[C]):
         self._connect(server)
 
     def _connect(self, server: Server) -> None:
-        pending = self._connect_to(server)
+        pending = self._owner.attempt_connect(server)
         self._pending = pending
         pending.addCallbacks(
             self._connected,
@@ -388,7 +393,7 @@ class AttemptDriver(Generic[C]):
         self._pending = None
         self.pool.report_success(server)
         self.connect_time = self._clock.seconds() - self.started
-        self._cell(server).connect_duration.observe(self.connect_time)
+        self._owner.attempt_cell(server).connect_duration.observe(self.connect_time)
         self._owner.attempt_connected(connection, server, False)
 
     def _connect_failed(self, failure: Failure, server: Server, pending: Deferred[C]) -> None:
@@ -408,7 +413,7 @@ class AttemptDriver(Generic[C]):
     def _count_failure(self, server: Server, failed: Failed, report: bool) -> None:
         self.last = failed
         if failed.kind is not None:
-            self._cell(server).error(failed.kind)
+            self._owner.attempt_cell(server).error(failed.kind)
         if report and failed.fault is Fault.SERVER:
             self.pool.report_failure(server, failed.why)
         self.release()
@@ -438,7 +443,17 @@ class AttemptDriver(Generic[C]):
 
 
 class _Detached:
-    """The owner of a detached driver: it hears nothing more."""
+    """The owner of a detached driver: it hears nothing more, and connects and counts no
+    more."""
+
+    def attempt_connect(self, server: Server) -> Deferred[Any]:
+        raise RuntimeError("a detached AttemptDriver connects no more")
+
+    def attempt_checkout(self, server: Server) -> None:
+        return None
+
+    def attempt_cell(self, server: Server) -> Cell:
+        raise RuntimeError("a detached AttemptDriver counts no more")
 
     def attempt_started(self, server: Server) -> None:
         pass
@@ -454,11 +469,3 @@ class _Detached:
 
 
 _DETACHED: Final = _Detached()
-
-
-def _detached_connect(server: Server) -> Deferred[Any]:
-    raise RuntimeError("a detached AttemptDriver connects no more")
-
-
-def _detached_cell(server: Server) -> Cell:
-    raise RuntimeError("a detached AttemptDriver counts no more")

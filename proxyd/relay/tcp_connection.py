@@ -377,19 +377,24 @@ class Relay:
     def _connect(self) -> None:
         pool = self.pool
         assert pool is not None
-        stats = self.factory.stats
         driver = self.driver = AttemptDriver(
             self.factory.reactor,
             pool,
-            self._dial,
             self,
             self.factory.attempts,
-            lambda server: stats.cell("", pool.name, server.name),
             Affinity(self.record.client),
         )
         driver.start()
 
-    def _dial(self, server: Server) -> Deferred[EndProtocol]:
+    def attempt_cell(self, server: Server) -> Cell:
+        pool = self.pool
+        assert pool is not None
+        return self.factory.stats.cell("", pool.name, server.name)
+
+    def attempt_checkout(self, server: Server) -> None:
+        return None  # the policy never asks
+
+    def attempt_connect(self, server: Server) -> Deferred[EndProtocol]:
         assert self.pool is not None
         return dial(
             self.factory.reactor,

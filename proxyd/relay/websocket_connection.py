@@ -181,14 +181,11 @@ class Relay:
         self._accept = accept
         self._deadline.start()
         pool = self.pool
-        stats = self.factory.stats
         self.driver = AttemptDriver(
             self.factory.reactor,
             pool,
-            self._dial,
             self,
             self.factory.attempts,
-            lambda server: stats.cell("", pool.name, server.name),
             Affinity(self.record.client),
         )
         self.driver.start()
@@ -220,7 +217,15 @@ class Relay:
 
     # The attempts at servers (proxyd.relay.attempt's AttemptOwner).
 
-    def _dial(self, server: Server) -> Deferred[BackendLeg]:
+    def attempt_cell(self, server: Server) -> Cell:
+        pool = self.pool
+        assert pool is not None
+        return self.factory.stats.cell("", pool.name, server.name)
+
+    def attempt_checkout(self, server: Server) -> None:
+        return None  # the policy never asks
+
+    def attempt_connect(self, server: Server) -> Deferred[BackendLeg]:
         """Connect, then proxyd's opening handshake: the leg once the server answered 101."""
         attempt = BackendAttempt(self, server, self._offer)
         factory = self.factory

@@ -4,6 +4,7 @@ over a real Pool, Deferreds for connects and a MemoryReactorClock."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from proxyd.config.model import Address, PoolConfig, ServerConfig
-from proxyd.metrics import RelayStats
+from proxyd.metrics import Cell, RelayStats
 from proxyd.pool import Affinity, Pool, Server
 from proxyd.relay.attempt import (
     AttemptDriver,
@@ -29,8 +30,23 @@ EMFILE = error.ConnectBindError(errno.EMFILE, "Too many open files")
 
 
 class Owner:
+    """Records what it is told; connects and counts through its harness."""
+
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        self.harness: Harness | None = None
+        self.checkout: Callable[[Server], str | None] = lambda server: None
+
+    def attempt_connect(self, server: Server) -> Deferred[str]:
+        assert self.harness is not None
+        return self.harness.connect(server)
+
+    def attempt_checkout(self, server: Server) -> str | None:
+        return self.checkout(server)
+
+    def attempt_cell(self, server: Server) -> Cell:
+        assert self.harness is not None
+        return self.harness.stats.cell("", "web", server.name)
 
     def attempt_started(self, server: Server) -> None:
         self.events.append(("started", server.name))
@@ -56,9 +72,14 @@ class Harness:
         self.pool = Pool(config, self.clock)
         self.stats = RelayStats("tcp", "t")
         self.owner = Owner()
+        self.owner.harness = self
         self.connects: list[tuple[Server, Deferred[str]]] = []
+        checkout = options.pop("checkout", None)
+        if checkout is not None:
+            self.owner.checkout = checkout
         policy = AttemptPolicy(
             options.pop("retries", 2),
+            checkout=checkout is not None,
             **{
                 k: options.pop(k)
                 for k in ("count_retries", "local_gives_up", "classify")
@@ -66,13 +87,7 @@ class Harness:
             },
         )
         self.driver: AttemptDriver[str] = AttemptDriver(
-            self.clock,
-            self.pool,
-            self.connect,
-            self.owner,
-            policy,
-            lambda server: self.stats.cell("", "web", server.name),
-            **options,
+            self.clock, self.pool, self.owner, policy, **options
         )
 
     def connect(self, server: Server) -> Deferred[str]:

@@ -538,6 +538,10 @@ class Exchange(Filtering):
         forward = self.forward
         if forward is not None:
             forward.stop()
+        self._stop_runs()
+
+    def _stop_runs(self) -> None:
+        """Stop all but the forward: a tunnel's connection, the filters' runs and bound."""
         conn, self._tunnel_conn = self._tunnel_conn, None
         if conn is not None:
             conn.abort()
@@ -555,22 +559,20 @@ class Exchange(Filtering):
             return
         self._move(DONE)
         self.wants_request_events = False
-        self._stop_forward()
+        forward = self.forward
+        if forward is not None:
+            forward.stop(for_good=True)  # its driver lets go of the forward and this exchange
+        self._stop_runs()
         if self._body_timer is not None:
             self._stop_body_timer()
         self.factory.exchange_over(self)
         if self.chain.log:
             self._run_log_filters()
-        self._let_go()
-        self.client.exchange_done(self, keep_alive=keep_alive and not truncated)
-
-    def _let_go(self) -> None:
-        """Drop the references back to this exchange (the forward's driver's, the runs'
-        bound methods), so that it is freed at once, not left to the cycle collector."""
-        forward, self.forward = self.forward, None
-        if forward is not None:
-            forward.driver.detach()
+        # Drop the references back to this exchange (the runs' bound methods), so that it is
+        # freed at once, not left to the cycle collector.
+        self.forward = None
         self._head_run = self._request_run = self._response_run = None
+        self.client.exchange_done(self, keep_alive=keep_alive and not truncated)
 
     # Metrics.
 

@@ -233,8 +233,8 @@ class Filtering:
         self, steps: tuple[Step, ...], done: Callable[[int, Answer | None], None], bound: float
     ) -> None:
         # The common case, every filter deciding at once, makes no HeadRun.
-        for index in range(len(steps)):
-            position, name, call = steps[index]
+        for step in steps:
+            position, name, call = step
             try:
                 result = call(self)
             except Exception:
@@ -246,7 +246,7 @@ class Filtering:
                 done(position, result)
                 return
             run = self._head_run = HeadRun(steps, self, done, self._filter_failed)
-            run.run(index, result)
+            run.run(steps.index(step), result)
             if run.waiting is not None:
                 self._bound_filter(bound)
             return

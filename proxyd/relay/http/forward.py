@@ -126,15 +126,7 @@ class Forward:
         self.upstreams = upstreams
         self.head = head
         self.driver: AttemptDriver[UpstreamConnection] = AttemptDriver(
-            exchange.clock,
-            pool,
-            self._connect,
-            self,
-            policy,
-            exchange.cell,
-            exchange.client.affinity,
-            preferred,
-            upstreams.checkout,
+            exchange.clock, pool, self, policy, exchange.client.affinity, preferred
         )
         self.conn: UpstreamConnection | None = None
         self._why = "no attempt"
@@ -158,8 +150,14 @@ class Forward:
 
     # Attempts (this Forward is its AttemptDriver's owner).
 
-    def _connect(self, server: Server) -> Deferred[UpstreamConnection]:
+    def attempt_connect(self, server: Server) -> Deferred[UpstreamConnection]:
         return self.upstreams.connect(server, self.exchange.config.connect_timeout)
+
+    def attempt_checkout(self, server: Server) -> UpstreamConnection | None:
+        return self.upstreams.checkout(server)
+
+    def attempt_cell(self, server: Server) -> Cell:
+        return self.exchange.cell(server)
 
     def attempt_started(self, server: Server) -> None:
         """The driver holds the server: nothing to do."""
@@ -424,22 +422,26 @@ class Forward:
             conn.abort()
         self._cancel_response_timer()
 
-    def stop(self) -> None:
-        """The exchange is over or answered otherwise: drop the attempt and its timers."""
+    def stop(self, for_good: bool = False) -> None:
+        """The exchange is answered otherwise: drop the attempt and its timers; `for_good`,
+        the exchange is over: the driver detached too (AttemptDriver.detach)."""
         if self.conn is not None or self._awaiting_response:
             self._drop_connection()
         idle = self._idle
         if idle is not None:
             self._idle = None
             idle.cancel()
-        self.driver.cancel()
+        if for_good:
+            self.driver.detach()
+        else:
+            self.driver.cancel()
 
 
 def attempt_policy(config: HttpListenerConfig) -> AttemptPolicy:
     """How an HTTP listener's requests try servers: retries counted, proxyd's own shortage
     ending the attempts, failures worded for the HTTP relay's logs."""
     return AttemptPolicy(
-        config.retries, count_retries=True, local_gives_up=True, classify=_classify
+        config.retries, count_retries=True, local_gives_up=True, checkout=True, classify=_classify
     )
 
 
