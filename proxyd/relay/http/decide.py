@@ -108,18 +108,6 @@ Decision = Refused | Routed
 _BAD_TARGET: Final = Refused(400, "invalid request target", ErrorKind.BAD_REQUEST)
 
 
-def _tls_fields(tls: PeerTls) -> dict[str, str]:
-    return {
-        "tls_version": tls.version,
-        "tls_cipher": tls.cipher,
-        "tls_sni": tls.server_name,
-        "tls_client_subject": tls.client_subject,
-        "tls_client_issuer": tls.client_issuer,
-        "tls_client_fingerprint": tls.client_fingerprint,
-        "tls_client_verify": tls.client_verify,
-    }
-
-
 def _header_map(headers: Headers) -> dict[str, str]:
     fields: dict[str, str] = {}
     for name, value in headers:
@@ -182,7 +170,7 @@ def decide(
         route.name if route is not None else "",  # route
         local.host,  # local_ip
         local.port,  # local_port
-        **(_tls_fields(tls) if tls is not None else {}),
+        policy.NO_TLS if tls is None else tls,
     )
     return Routed(route, ctx, headers, host_name, raw_path, query)
 
