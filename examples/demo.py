@@ -30,6 +30,10 @@ proxyd is starting on {config}. Try, in another terminal:
     echo hi | .venv/bin/python examples/ws_client.py ws://127.0.0.1:8090/  # WebSocket, message mode
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8091/    # passthrough: type to chat
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8080/chat  # Upgrade on the HTTP relay
+    curl -si --path-as-is http://127.0.0.1:8080/a/%2e%2e/admin   # refused by a [rule]: 403
+    curl -si --interface 127.0.0.2 http://127.0.0.1:8080/private/  # an access list: 403
+    curl -si -X OPTIONS -H 'Origin: https://app.example.com' \\
+        -H 'Access-Control-Request-Method: PUT' http://127.0.0.1:8080/api/echo  # CORS preflight
     curl -s http://127.0.0.1:9901/api/v1/status  # admin API; /metrics for Prometheus
     xdg-open http://127.0.0.1:9901/              # the live stats page
     curl -s -X POST http://127.0.0.1:9901/api/v1/reload   # reload {config} (or SIGHUP)

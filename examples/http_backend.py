@@ -14,6 +14,8 @@ so far on this connection): a test sees a proxy's upstream keep-alive in them. E
     /size/N[?chunked=1]   N bytes of a repeating pattern (N may end in k, m, g: KiB, MiB, GiB)
     /upload               POST or PUT: JSON {"bytes": n, "sha256": ...} of the body
     /status/CODE          that status, with a short body (none for 204 and 304)
+    /headers?NAME=VALUE   200, with each query pair as a response field (as a backend that
+                          sends Server or X-Powered-By); /status/CODE takes them too
     /slow/SECONDS         the answer after a wait; /slow-body/SECONDS: head now, body later
     /drop                 the head and half of the body, then the connection closes
     /close                an answer with `Connection: close`, then the connection closes
@@ -360,7 +362,33 @@ def status(backend: HTTPBackend, request: Request, argument: str, query: dict) -
     code = int(argument)
     if not 200 <= code <= 599:
         raise ValueError(argument)
-    backend.answer(code, b"%d %s\n" % (code, REASONS.get(code, b"Status")))
+    body = b"%d %s\n" % (code, REASONS.get(code, b"Status"))
+    backend.head(code, len(body), extra=fields_of(query))
+    if body and request.method != "HEAD" and code not in (204, 304):
+        backend.transport.write(body)
+    backend.finish()
+
+
+def headers(backend: HTTPBackend, request: Request, argument: str, query: dict) -> None:
+    body = b"headers\n"
+    backend.head(200, len(body), extra=fields_of(query))
+    if request.method != "HEAD":
+        backend.transport.write(body)
+    backend.finish()
+
+
+def fields_of(query: dict) -> tuple[bytes, ...]:
+    """Response fields from query pairs; a name that is not a token or a value with a
+    control character is refused (ValueError: 400)."""
+    fields = []
+    for name, values in query.items():
+        if not name.replace("-", "").isalnum():
+            raise ValueError(name)
+        for value in values:
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                raise ValueError(value)
+            fields.append(f"{name}: {value}".encode("latin-1"))
+    return tuple(fields)
 
 
 def slow(backend: HTTPBackend, request: Request, argument: str, query: dict) -> None:
@@ -409,6 +437,7 @@ ENDPOINTS = {
     "size": size,
     "upload": upload,
     "status": status,
+    "headers": headers,
     "slow": slow,
     "slow-body": slow_body,
     "drop": drop,

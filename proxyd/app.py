@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from proxyd import lifetime
 from proxyd.admin.api import AdminResource, AdminSite
 from proxyd.admin.status import status_document
+from proxyd.auth.threads import HashThreads
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import read
 from proxyd.config.model import Config
@@ -68,7 +69,10 @@ class ProxydService(service.MultiService):
         """Counts the configs served: 1 at start, one more at each reload."""
         self.loaded = reactor.seconds()
         """When the config serving now was loaded."""
-        self.serving: Generation = build(reactor, config)
+        self.hash_threads = HashThreads(reactor)
+        """The password-check threads of basic auth, for every generation: started with the
+        service, stopped once its connections have drained (proxyd.auth.threads)."""
+        self.serving: Generation = build(reactor, config, hash_threads=self.hash_threads)
         self._retired = Retired()
         """Relays a reload replaced, until their last connection ends."""
         self.shared_workers = 0
@@ -207,6 +211,7 @@ class ProxydService(service.MultiService):
         return lifetime.counters(self.listeners, self._retired, self.pools)
 
     def startService(self) -> None:
+        self.hash_threads.start()
         super().startService()
         self._warn(self.config, self._source)
         if self._handle_signals:
@@ -258,7 +263,7 @@ class ProxydService(service.MultiService):
         adopted are taken out of it (and closed; Twisted keeps a duplicate). `source` is the
         text `config` was loaded from, for its warnings' lines."""
         try:
-            generation = build(self._reactor, config, self.serving)
+            generation = build(self._reactor, config, self.serving, self.hash_threads)
         except (StartupError, OSError) as e:
             return self.refused([str(e)])
         change = difference(self.listeners, generation.listeners)
@@ -376,7 +381,8 @@ class ProxydService(service.MultiService):
 
     def stopService(self) -> Any:
         """Stop accepting and checking, let the connections in flight finish (up to
-        drain_timeout), then stop the pools and close the access logs."""
+        drain_timeout), then stop the pools, close the access logs and join the
+        password-check threads (a request in flight may still be waiting on one)."""
         stopped = super().stopService()
         drained = lifetime.drain(
             self._reactor,
@@ -386,6 +392,7 @@ class ProxydService(service.MultiService):
 
         def release(result: Any) -> Any:
             self.serving.abandon()
+            self.hash_threads.stop()
             return result
 
         return DeferredList([maybeDeferred(lambda: stopped), drained]).addBoth(release)

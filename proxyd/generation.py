@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from proxyd.accesslog import AccessLog
+from proxyd.auth.threads import HashThreads
 from proxyd.config.model import Config
 from proxyd.listeners import RelayListener, StartupError, StreamRelayListener, UdpListenerService
 from proxyd.pool import Pool
@@ -71,14 +72,20 @@ class Generation:
         )
 
 
-def build(reactor: Any, config: Config, serving: Generation | None = None) -> Generation:
+def build(
+    reactor: Any,
+    config: Config,
+    serving: Generation | None = None,
+    hash_threads: HashThreads | None = None,
+) -> Generation:
     """The generation of `config`, from the one `serving` now if any. Raises StartupError or
     OSError (an error page or access log that cannot be read or opened) after undoing what
-    it made."""
+    it made. `hash_threads` are the process's password-check threads (basic auth), which
+    outlive generations."""
     pools = _pools(reactor, config, serving)
     generation = Generation(config, pools, _upstreams(reactor, config, pools, serving))
     try:
-        generation.listeners = _listeners(reactor, generation, serving)
+        generation.listeners = _listeners(reactor, generation, serving, hash_threads)
     except (StartupError, OSError):
         generation.abandon(serving)
         raise
@@ -120,7 +127,10 @@ def _upstreams(
 
 
 def _listeners(
-    reactor: Any, generation: Generation, serving: Generation | None
+    reactor: Any,
+    generation: Generation,
+    serving: Generation | None,
+    hash_threads: HashThreads | None = None,
 ) -> list[RelayListener]:
     """A listener, not bound yet, with a new relay for each listener of the generation's
     config. The access logs they write to go into the generation's `logs`: those `serving`
@@ -157,6 +167,7 @@ def _listeners(
             upstreams,
             access_log(http.access_log),
             read_error_pages(http.error_pages),
+            hash_threads=hash_threads,
         )
         name = f"{http.kind} {http.name}"
         listeners.append(StreamRelayListener(reactor, name, http.listen, http_relay, http_counts))

@@ -111,6 +111,24 @@ class ErrorKind(StrEnum):
     """DNS: no answer from the server within query_timeout."""
     UNMATCHED = "unmatched"
     """DNS: an answer from the server matching no query it was sent."""
+    ACCESS_DENIED = "access_denied"
+    """The client's address is refused by an `access` list (HTTP: 403; TCP and WebSocket:
+    closed at accept; UDP counts its dropped datagrams in the listener's `dropped_denied`,
+    proxyd_udp_dropped{reason="access_denied"}, as its other drops)."""
+    CLIENT_LIMIT = "client_limit"
+    """TCP and WebSocket: the client's address was at max_connections_per_client or over
+    max_connection_rate_per_client: closed at accept."""
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    """A method outside `allowed_methods`: 405."""
+    URI_TOO_LONG = "uri_too_long"
+    """A route's max_uri_length or a max_query_length exceeded: 414."""
+    BODY_TOO_LARGE = "body_too_large"
+    """A route's max_body_size exceeded: 413."""
+    RULE_DENIED = "rule_denied"
+    """A [rule] in enforce mode refused the request (its `rule_matches` say which)."""
+    AUTH_FAILED = "auth_failed"
+    """A route's authentication refused the request (its `auth_failures` say by method and
+    reason)."""
     ACCEPT_FAILED = "accept_failed"
     """A listener could not accept a connection for want of a resource of proxyd's (EMFILE,
     ENFILE, ENOBUFS, ENOMEM; proxyd.accept_log): counted with no route, pool or server."""
@@ -146,6 +164,7 @@ class Cell:
     `bytes_out` what was sent to clients."""
 
     __slots__ = (
+        "auth_failures",
         "bytes_in",
         "bytes_out",
         "connect_duration",
@@ -153,10 +172,12 @@ class Cell:
         "datagrams_in",
         "datagrams_out",
         "errors",
+        "password_checks",
         "query_duration",
         "request_duration",
         "responses",
         "retries",
+        "rule_matches",
         "sessions",
         "upstream_duration",
     )
@@ -175,6 +196,14 @@ class Cell:
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.errors: dict[str, int] = {}
+        self.password_checks = 0
+        """Password hashes computed by basic auth for requests of this cell (a request that
+        joins a check in flight, or whose credentials passed recently, costs none)."""
+        self.auth_failures: dict[str, dict[str, int]] = {}
+        """HTTP requests a route's authentication refused, by method (basic, api_key, jwt,
+        forward) and reason (a word of the method's fixed set: proxyd.auth)."""
+        self.rule_matches: dict[str, dict[str, int]] = {}
+        """HTTP requests a [rule] matched, by rule name and mode (enforce, log_only)."""
         self.request_duration = Histogram()
         """HTTP: from the request head received to the response's end."""
         self.upstream_duration = Histogram()
@@ -195,6 +224,18 @@ class Cell:
         errors = self.errors
         errors[kind] = errors.get(kind, 0) + 1
 
+    def auth_failure(self, method: str, reason: str) -> None:
+        by_reason = self.auth_failures.get(method)
+        if by_reason is None:
+            by_reason = self.auth_failures[method] = {}
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+
+    def rule_match(self, rule: str, mode: str) -> None:
+        by_mode = self.rule_matches.get(rule)
+        if by_mode is None:
+            by_mode = self.rule_matches[rule] = {}
+        by_mode[mode] = by_mode.get(mode, 0) + 1
+
     def snapshot(self) -> dict[str, Any]:
         """The non-zero fields as JSON-able values."""
         found: dict[str, Any] = {}
@@ -211,12 +252,19 @@ class Cell:
             "sessions",
             "datagrams_in",
             "datagrams_out",
+            "password_checks",
         ):
             value = getattr(self, name)
             if value:
                 found[name] = value
         if self.errors:
             found["errors"] = dict(self.errors)
+        if self.auth_failures:
+            found["auth_failures"] = {
+                method: dict(reasons) for method, reasons in self.auth_failures.items()
+            }
+        if self.rule_matches:
+            found["rule_matches"] = {rule: dict(modes) for rule, modes in self.rule_matches.items()}
         for name in ("request_duration", "upstream_duration", "connect_duration", "query_duration"):
             histogram: Histogram = getattr(self, name)
             if any(histogram.counts):

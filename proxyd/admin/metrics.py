@@ -79,6 +79,11 @@ _RELAY_COUNTERS = (
     ("sessions", "proxyd_udp_sessions", "UDP sessions attached to the server."),
     ("datagrams_in", "proxyd_datagrams_received", "Datagrams from clients relayed to the server."),
     ("datagrams_out", "proxyd_datagrams_sent", "Datagrams from the server relayed to clients."),
+    (
+        "password_checks",
+        "proxyd_auth_password_checks",
+        "Password hashes computed by basic auth (a cached or joined check costs none).",
+    ),
 )
 
 # A cell's histograms: field, name, help.
@@ -120,6 +125,16 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         "Failures by kind: at the server, or of the client's request or connection.",
         labels=[*_RELAY_LABELS, "error"],
     )
+    auth_failures = CounterMetricFamily(
+        "proxyd_auth_failures",
+        "HTTP requests refused by a route's authentication, by method and reason.",
+        labels=[*_RELAY_LABELS, "method", "reason"],
+    )
+    rule_matches = CounterMetricFamily(
+        "proxyd_rule_matches",
+        "HTTP requests a [rule] matched, by rule and mode (enforce: refused; log_only).",
+        labels=[*_RELAY_LABELS, "rule", "mode"],
+    )
     counters = {
         field: CounterMetricFamily(name, help_text, labels=_RELAY_LABELS)
         for field, name, help_text in _RELAY_COUNTERS
@@ -134,6 +149,12 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
             responses.add_metric([*labels, code], count)
         for error, count in fields.get("errors", {}).items():
             errors.add_metric([*labels, error], count)
+        for method, reasons in fields.get("auth_failures", {}).items():
+            for reason, count in reasons.items():
+                auth_failures.add_metric([*labels, method, reason], count)
+        for rule, modes in fields.get("rule_matches", {}).items():
+            for mode, count in modes.items():
+                rule_matches.add_metric([*labels, rule, mode], count)
         for field, family in counters.items():
             if field in fields:
                 family.add_metric(labels, fields[field])
@@ -141,7 +162,14 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
             if field in fields:
                 shown = fields[field]
                 histogram.add_metric(labels, list(shown["buckets"].items()), shown["sum"])
-    every: list[Metric] = [responses, *histograms.values(), *counters.values(), errors]
+    every: list[Metric] = [
+        responses,
+        *histograms.values(),
+        *counters.values(),
+        errors,
+        auth_failures,
+        rule_matches,
+    ]
     yield from (metric for metric in every if metric.samples)
 
 

@@ -9,12 +9,15 @@ from typing import Any
 
 import attrs
 
-from proxyd.config import routes, tls
+from proxyd.config import routes, security, tls
 from proxyd.config import values as v
+from proxyd.config.auth_section import auth_section
 from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.ini import Section
+from proxyd.config.route_model import RouteConfig, RouteSecurity
 from proxyd.config.schema import TLS_SERVER_KEYS, WEBSOCKET_MESSAGE_KEYS
+from proxyd.config.security_model import OFF
 from proxyd.config.tls_model import TlsClientConfig, TlsServerConfig
 
 
@@ -190,7 +193,84 @@ _GROUPS: Mapping[str, Callable[[Section, dict[str, Any], dict[str, Any]], _Probl
 spans several keys."""
 
 
-def cross_check(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
-    """The problems across `section`'s keys, its own `fields` parsed and its grouped `values`
-    (the `tls_*` keys); completes `fields` with the parts built from `values`."""
-    return _GROUPS.get(section.kind, _no_groups)(section, fields, values)
+def _http_security(
+    section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]
+) -> _Problems:
+    """[http] and [https]: the security_headers preset; `auth = off` and `cors = off` are
+    none; a route's limits no larger than the listener's, which are checked first."""
+    problems = security.security_headers_group(section, fields)
+    for key in ("auth", "cors"):
+        if fields.get(key) == OFF:
+            fields[key] = None
+    for route in fields.get("routes", ()):
+        problems += _route_limits(fields, route)
+    return problems
+
+
+def _route_limits(fields: dict[str, Any], route: RouteConfig) -> _Problems:
+    """The listener reads every request within its max_body_size and max_uri_length before
+    it is routed: a route may only lower them."""
+    problems: _Problems = []
+    for key, default in (("max_body_size", 0), ("max_uri_length", 8192)):
+        mine = getattr(route.security, key)
+        listener = fields.get(key, default)
+        if mine is not None and listener and (mine > listener or mine == 0):
+            problems.append(
+                (
+                    "routes",
+                    Invalid(
+                        f"routes whose {key} is at most the listener's ({listener} bytes: the"
+                        " listener reads every request within it before routing)",
+                        f"{route.name!r} with {key} = {mine or 'unlimited'}",
+                        value_line=route.line,
+                    ),
+                )
+            )
+    return problems
+
+
+def _route_security(
+    section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]
+) -> _Problems:
+    values = groups.get("security", {})
+    problems = security.security_headers_group(section, values)
+    fields["security"] = RouteSecurity(**values)
+    return problems
+
+
+def _rule(section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]) -> _Problems:
+    return security.rule_section(section, fields)
+
+
+def _cors(section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]) -> _Problems:
+    return security.cors_section(section, fields)
+
+
+def _auth(section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]) -> _Problems:
+    return auth_section(section, fields)
+
+
+_SECTIONS: Mapping[
+    str, Callable[[Section, dict[str, Any], dict[str, dict[str, Any]]], _Problems]
+] = {
+    "http": _http_security,
+    "https": _http_security,
+    "route": _route_security,
+    "rule": _rule,
+    "cors": _cors,
+    "auth": _auth,
+}
+"""Per section kind: its security keys' checks across keys (after _GROUPS)."""
+
+
+def cross_check(
+    section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]
+) -> _Problems:
+    """The problems across `section`'s keys, its own `fields` parsed and its grouped values
+    by group (the `tls_*` keys under "tls", a route's security keys under "security");
+    completes `fields` with the parts built from them."""
+    problems = _GROUPS.get(section.kind, _no_groups)(section, fields, groups.get("tls", {}))
+    more = _SECTIONS.get(section.kind)
+    if more is not None and not problems:
+        problems += more(section, fields, groups)
+    return problems

@@ -28,6 +28,9 @@ _BUILD_ORDER = (
     "admin",
     "pool",
     "filter",
+    "rule",
+    "cors",
+    "auth",
     "tcp",
     "udp",
     "websocket",
@@ -35,8 +38,11 @@ _BUILD_ORDER = (
     "http",
     "https",
 )
-"""[http] sections are built last: their routes take actions from [route] sections; [filter]
-sections before the sections that list them."""
+"""[http] sections are built last: their routes take actions from [route] sections; [filter],
+[rule], [cors] and [auth] sections before the sections that name them."""
+
+_NAMED_KINDS = ("rule", "cors", "auth")
+"""Sections that listeners and routes name (Context.sections)."""
 
 
 LISTENER_KINDS = ("http", "https", "tcp", "udp", "websocket")
@@ -77,6 +83,10 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         pools=frozenset(s.name for s in sections if s.kind == "pool" and s.name),
         route_names=frozenset(s.name for s in sections if s.kind == "route" and s.name),
         filter_names=frozenset(s.name for s in sections if s.kind == "filter" and s.name),
+        section_names={
+            kind: frozenset(s.name for s in sections if s.kind == kind and s.name)
+            for kind in _NAMED_KINDS
+        },
     )
     built: dict[str, dict[str, Any]] = {kind: {} for kind in SCHEMAS}
     lines: dict[tuple[str, str], Section] = {}
@@ -109,6 +119,8 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
             continue
         if section.kind == "route":
             ctx.routes[name] = obj
+        elif section.kind in _NAMED_KINDS:
+            ctx.sections.setdefault(section.kind, {})[name] = obj
         built[section.kind][name] = obj
         lines[(section.kind, name)] = section
 
@@ -150,6 +162,7 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         udp=udp,
         websocket=websocket,
         admin=built["admin"].get(""),
+        auth=dict(built["auth"]),
     )
 
 
@@ -295,7 +308,7 @@ def _build(section: Section, path: str, errors: list[ConfigError], ctx: Context)
             )
     if len(errors) > count:
         return None
-    problems = cross_check(section, fields, groups.get("tls", {}))
+    problems = cross_check(section, fields, groups)
     for problem_key, problem in problems:
         _report(errors, path, section, problem_key, problem)
     if problems:

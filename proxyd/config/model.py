@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from proxyd.access.networks import AccessList
+from proxyd.config.auth_model import AuthConfig
 from proxyd.config.check_model import (
     CheckConfig,
     DnsCheck,
@@ -34,6 +36,15 @@ from proxyd.config.route_model import (
     RouteAction,
     RouteConfig,
     RouteMatch,
+    RouteSecurity,
+)
+from proxyd.config.security_model import (
+    OFF,
+    CorsConfig,
+    Off,
+    Rate,
+    RuleConfig,
+    SecurityHeadersConfig,
 )
 from proxyd.config.tls_model import (
     DEFAULT_CIPHERS,
@@ -50,13 +61,17 @@ __all__ = [
     "DEFAULT_CIPHERS",
     "DEFAULT_CIPHERSUITES",
     "ESCAPED_SLASHES",
+    "OFF",
     "TLS_PROTOCOLS",
+    "AccessList",
     "Address",
     "AdminConfig",
+    "AuthConfig",
     "Certificate",
     "CertificateSource",
     "CheckConfig",
     "Config",
+    "CorsConfig",
     "DnsCheck",
     "FilterConfig",
     "GlobalConfig",
@@ -64,13 +79,18 @@ __all__ = [
     "HttpCheck",
     "HttpListenerConfig",
     "MysqlCheck",
+    "Off",
     "PoolConfig",
     "ProxyAction",
+    "Rate",
     "RedirectAction",
     "RespondAction",
     "RouteAction",
     "RouteConfig",
     "RouteMatch",
+    "RouteSecurity",
+    "RuleConfig",
+    "SecurityHeadersConfig",
     "ServerConfig",
     "SipCheck",
     "SmtpCheck",
@@ -191,6 +211,14 @@ class TcpListenerConfig:
     handshake_timeout: float = 10.0
     """How long a client has to finish its TLS handshake (or, with route_by = sni, to send its
     ClientHello, or with accept_proxy its PROXY header)."""
+    access: AccessList | None = None
+    """Allow/deny rules on the client's address (after the PROXY header, when accepted):
+    others are closed at accept."""
+    max_connections_per_client: int | None = None
+    """Most connections open at once from one client address; None is unlimited."""
+    max_connection_rate_per_client: Rate | None = None
+    """Most new connections per second (or minute) from one client address; None is
+    unlimited."""
 
 
 @attrs.frozen
@@ -258,6 +286,32 @@ class HttpListenerConfig:
     escaped_slashes: str = "reject"
     """A request path with %2F or %5C (any case) or a backslash: reject (400) | decode (as
     '/', then normalised) | keep (as data, routed and sent as they are)."""
+    access: AccessList | None = None
+    """Allow/deny rules on the client's address (through trusted_proxies' X-Forwarded-For):
+    others are answered 403. A route's list is checked after this one."""
+    allowed_methods: frozenset[str] | None = None
+    """Methods served (GET allows HEAD too); others are answered 405 with Allow. None: any."""
+    max_query_length: int = 0
+    """A longer query (after '?') is answered 414; 0 is unlimited."""
+    rules: tuple[RuleConfig, ...] = ()
+    """[rule] sections every request is checked against, before its route's."""
+    invalid_headers: str = "drop"
+    """drop | refuse | pass: request fields whose name has characters other than letters,
+    digits and '-' (a CGI backend reads X_Forwarded_For as X-Forwarded-For)."""
+    auth: AuthConfig | None = None
+    """The [auth] every route's requests authenticate with, unless the route says otherwise."""
+    cors: CorsConfig | None = None
+    """The CORS policy of every route that names none."""
+    hide_headers: tuple[str, ...] = ()
+    """Response fields removed beside the default ones (lower case)."""
+    pass_headers: tuple[str, ...] = ()
+    """Default hidden response fields let through (lower case)."""
+    server_header: str = "proxyd"
+    """proxyd's Server value on responses that have none left; "" sends none."""
+    intercept_errors: frozenset[int] = frozenset()
+    """Statuses of servers' responses whose body is replaced by proxyd's error page."""
+    security_headers: SecurityHeadersConfig | None = None
+    """The security_headers preset; None is off."""
 
     @property
     def kind(self) -> str:
@@ -289,6 +343,8 @@ class UdpListenerConfig:
     unreachable)."""
     access_log: str = "-"
     """One JSON line per session, when it ends."""
+    access: AccessList | None = None
+    """Allow/deny rules on the client's address: datagrams from others are dropped."""
 
     @property
     def port(self) -> int:
@@ -344,6 +400,13 @@ class WebSocketListenerConfig:
     """One JSON line per connection, when it ends."""
     tls: TlsServerConfig | None = None
     """TLS terminated here (`certificates` given): clients speak wss."""
+    access: AccessList | None = None
+    """Allow/deny rules on the client's address: others are closed at accept."""
+    max_connections_per_client: int | None = None
+    """Most connections open at once from one client address; None is unlimited."""
+    max_connection_rate_per_client: Rate | None = None
+    """Most new connections per second (or minute) from one client address; None is
+    unlimited."""
 
     def as_http(self) -> HttpListenerConfig:
         """mode = passthrough: an HTTP listener with one route to the pool, whose upgraded
@@ -361,6 +424,7 @@ class WebSocketListenerConfig:
             max_tunnels=self.max_connections,
             tls=self.tls,
             escaped_slashes="keep",  # one route, to one pool: no path rule to get round
+            access=self.access,
         )
 
 
@@ -401,3 +465,5 @@ class Config:
     udp: tuple[UdpListenerConfig, ...] = ()
     websocket: tuple[WebSocketListenerConfig, ...] = ()
     admin: AdminConfig | None = None
+    auth: Mapping[str, AuthConfig] = attrs.field(factory=dict)
+    """The [auth] sections, by name (for the warnings about their files)."""

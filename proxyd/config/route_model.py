@@ -9,6 +9,10 @@ from typing import Any
 
 import attrs
 
+from proxyd.access.networks import AccessList
+from proxyd.config.auth_model import AuthConfig
+from proxyd.config.security_model import CorsConfig, Off, RuleConfig, SecurityHeadersConfig
+
 
 @attrs.frozen
 class HeaderRule:
@@ -82,6 +86,28 @@ class FilterConfig:
 
 
 @attrs.frozen
+class RouteSecurity:
+    """A [route]'s own security settings (docs/security.md). None (or empty) leaves the
+    listener's; `access` and `rules` are checked after the listener's, the others replace
+    the listener's value."""
+
+    access: AccessList | None = None
+    allowed_methods: frozenset[str] | None = None
+    max_body_size: int | None = None
+    max_uri_length: int | None = None
+    max_query_length: int | None = None
+    rules: tuple[RuleConfig, ...] = ()
+    auth: AuthConfig | Off | None = None
+    """`off`: no authentication, whatever the listener's `auth`."""
+    cors: CorsConfig | Off | None = None
+    hide_headers: tuple[str, ...] | None = None
+    pass_headers: tuple[str, ...] | None = None
+    server_header: str | None = None
+    intercept_errors: frozenset[int] | None = None
+    security_headers: SecurityHeadersConfig | None = None
+
+
+@attrs.frozen
 class RouteConfig:
     """One line of an `[http NAME]` section's `routes`, with its action's options."""
 
@@ -93,5 +119,7 @@ class RouteConfig:
     response_headers: tuple[HeaderRule, ...] = ()
     filters: tuple[FilterConfig, ...] = ()
     """The route's own filters ([route NAME] `filters`), after the listener's."""
+    security: RouteSecurity = RouteSecurity()
+    """The [route]'s access control, limits, rules, auth, CORS and response hardening."""
     line: int = 0
     """The line of the routes entry in the config file, for messages."""

@@ -29,6 +29,7 @@ from proxyd.config.model import (
     RouteAction,
     RouteConfig,
     RouteMatch,
+    RouteSecurity,
 )
 
 TEMPLATE_VARIABLES = (
@@ -303,6 +304,7 @@ class RouteLine:
             section.request_headers,
             section.response_headers,
             section.filters,
+            section.security,
             line=line,
         )
 
@@ -410,6 +412,7 @@ class RouteSection:
     request_headers: tuple[HeaderRule, ...] = ()
     response_headers: tuple[HeaderRule, ...] = ()
     filters: tuple[FilterConfig, ...] = ()
+    security: RouteSecurity = RouteSecurity()  # noqa: RUF009 (frozen: safe to share)
 
     def action(self) -> RouteAction:
         if self.pool is not None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
 from proxyd.config import routes, tls
 from proxyd.config import values as v
-from proxyd.config.errors import Invalid, did_you_mean, one_of
+from proxyd.config.errors import Invalid
+from proxyd.config.keys import Context, Key, reference
 from proxyd.config.model import (
     BALANCE_ALGORITHMS,
     ESCAPED_SLASHES,
@@ -26,52 +25,19 @@ from proxyd.config.model import (
 )
 from proxyd.config.route_model import FilterConfig, ProxyAction, RouteConfig
 from proxyd.config.routes import RouteSection
+from proxyd.config.security_model import INVALID_HEADERS
+from proxyd.config.security_schema import (
+    HTTP_SECURITY_KEYS,
+    L4_ACCESS_KEYS,
+    L4_CLIENT_KEYS,
+    ROUTE_SECURITY_KEYS,
+    SECURITY_SCHEMAS,
+)
 from proxyd.config.tls_model import Certificate, CertificateSource
 
 
-@attrs.frozen
-class Context:
-    """What a parser may need beyond its text: where the file is, what else it defines."""
-
-    base_dir: str
-    """The config file's directory: relative file paths in values are relative to it."""
-    pools: frozenset[str]
-    """Every [pool] section's name, valid or not (a bad pool is reported once, as itself)."""
-    route_names: frozenset[str]
-    """Every [route] section's name, valid or not."""
-    routes: dict[str, RouteSection] = attrs.field(factory=dict)
-    """The valid [route] sections, built before the [http] sections that refer to them."""
-    filter_names: frozenset[str] = frozenset()
-    """Every [filter] section's name, valid or not."""
-    filters: dict[str, FilterConfig] = attrs.field(factory=dict)
-    """The valid [filter] sections, built before the sections that list them."""
-
-
-@attrs.frozen
-class Key:
-    parse: Callable[..., Any]
-    required: bool = False
-    context: bool = False
-    """parse takes (text, Context)."""
-    group: str | None = None
-    """The value belongs to a part of the section's object (`tls`), which
-    proxyd.config.cross_checks builds."""
-    field: str | None = None
-    """Its name in that part (default: the key)."""
-
-
-def _reference(kind: str, name: str, names: frozenset[str]) -> str:
-    if name not in names:
-        raise Invalid(
-            f"the name of a [{kind}] ({one_of(sorted(names)) or 'none defined'})",
-            repr(name),
-            did_you_mean(name, names),
-        )
-    return name
-
-
 def _pool_name(text: str, ctx: Context) -> str:
-    return _reference("pool", text.strip(), ctx.pools)
+    return reference("pool", text.strip(), ctx.pools)
 
 
 def _routes(text: str, ctx: Context) -> tuple[RouteConfig, ...]:
@@ -83,11 +49,11 @@ def _routes(text: str, ctx: Context) -> tuple[RouteConfig, ...]:
         try:
             line = routes.route_line(text_line)
             if isinstance(line.action, ProxyAction):
-                _reference("pool", line.action.pool, ctx.pools)
+                reference("pool", line.action.pool, ctx.pools)
             if line.ref is None:
                 result.append(line.route(index))
                 continue
-            _reference("route", line.ref, ctx.route_names)
+            reference("route", line.ref, ctx.route_names)
             section = ctx.routes.get(line.ref)
             if section is not None:  # else the [route] has errors, reported there
                 result.append(line.route(index, section))
@@ -106,7 +72,7 @@ def _filters(text: str, ctx: Context) -> tuple[FilterConfig, ...]:
     seen: set[str] = set()
     for name in text.split():
         try:
-            _reference("filter", name, ctx.filter_names)
+            reference("filter", name, ctx.filter_names)
             if name in seen:
                 raise Invalid("each filter once", f"{name!r} twice")
         except Invalid as e:
@@ -155,7 +121,7 @@ def _sni_routes(text: str, ctx: Context) -> tuple[SniRoute, ...]:
             if name in seen:
                 raise Invalid("each name once", f"{name!r} twice")
             seen.add(name)
-            result.append(SniRoute(name, _reference("pool", parts[3], ctx.pools)))
+            result.append(SniRoute(name, reference("pool", parts[3], ctx.pools)))
         except Invalid as e:
             v.collect(errors, index, e)
     v.raise_all(errors)
@@ -217,6 +183,8 @@ HTTP_KEYS: Mapping[str, Key] = {
     "tunnel_timeout": Key(v.positive_duration),
     "max_tunnels": Key(v.integer(0)),
     "escaped_slashes": Key(v.choice(*ESCAPED_SLASHES)),
+    "invalid_headers": Key(v.choice(*INVALID_HEADERS)),
+    **HTTP_SECURITY_KEYS,
 }
 """Keys shared by [http] and [https]."""
 
@@ -227,8 +195,11 @@ WEBSOCKET_MESSAGE_KEYS = (
     "ping_interval",
     "ping_timeout",
     "permessage_deflate",
+    "max_connections_per_client",
+    "max_connection_rate_per_client",
 )
-"""[websocket] keys that only mode = message acts on."""
+"""[websocket] keys that only mode = message acts on (passthrough is an HTTP listener: its
+`access` answers 403, and per-client connection limits have no HTTP counterpart)."""
 
 # One schema per section kind: key -> parser. Defaults live on the model classes.
 SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
@@ -293,6 +264,8 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "handshake_timeout": Key(v.positive_duration),
             **TLS_SERVER_KEYS,
             "tls_alpn": _tls("alpn", tls.alpn),
+            **L4_ACCESS_KEYS,
+            **L4_CLIENT_KEYS,
         },
     ),
     "udp": (
@@ -308,6 +281,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "max_datagram_size": Key(v.size(1, 65535)),
             "retries": Key(v.integer(0, 100)),
             "access_log": Key(v.log_target),
+            **L4_ACCESS_KEYS,
         },
     ),
     "websocket": (
@@ -331,6 +305,8 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "permessage_deflate": Key(v.boolean),
             "access_log": Key(v.log_target),
             **TLS_SERVER_KEYS,
+            **L4_ACCESS_KEYS,
+            **L4_CLIENT_KEYS,
         },
     ),
     "http": (HttpListenerConfig, True, {**HTTP_KEYS, "https_redirect": Key(tls.https_redirect)}),
@@ -360,6 +336,8 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "request_headers": Key(routes.header_rules),
             "response_headers": Key(routes.header_rules),
             "filters": Key(_filters, context=True),
+            **ROUTE_SECURITY_KEYS,
         },
     ),
+    **SECURITY_SCHEMAS,
 }

@@ -1,6 +1,6 @@
 """What `proxyd check`, the start and each reload warn about without refusing the file:
 certificates that have expired or expire soon, upstream TLS that is not verified, routes that
-can never match.
+can never match, weak password hashes in htpasswd files.
 
 The routes' own text comes from the file's text as the caller read it (the file is never read
 again here: by then it may have changed). Which routes are shadowed is the router's to say
@@ -14,6 +14,7 @@ import datetime
 import re
 from collections.abc import Callable, Iterable, Sequence
 
+from proxyd.config.auth_model import BasicAuthConfig
 from proxyd.config.ini import strip_comment
 from proxyd.config.model import Certificate, Config, RouteConfig, TlsCheck
 
@@ -36,13 +37,24 @@ def warnings(config: Config, source: str | None, shadowed: Shadowed) -> list[str
             return route.name
         return _KEY.sub("", strip_comment(lines[route.line - 1].strip()), count=1)
 
-    found = tls_warnings(config)
+    found = tls_warnings(config) + auth_warnings(config)
     for http in config.http:
         for route, shadow in shadowed(http.routes):
             found.append(
                 f"{config.path}:{route.line}: [http {http.name}] routes: this route can never "
                 f"match: {text(route)!r} is shadowed by line {shadow.line} ({text(shadow)!r})"
             )
+    return found
+
+
+def auth_warnings(config: Config) -> list[str]:
+    """Users of htpasswd files whose hashes are weak (APR1-MD5, SHA-1), one line each."""
+    found = []
+    for auth in config.auth.values():
+        method = auth.method
+        if isinstance(method, BasicAuthConfig):
+            for line, message in method.users.warnings:
+                found.append(f"{method.users_file}:{line}: [auth {auth.name}] users: {message}")
     return found
 
 

@@ -11,6 +11,9 @@ there is one, per-exchange `vars`):
 - `request_body(exchange, data, end)` and `response_body(exchange, data, end)`: return the
   bytes to pass on in place of `data` (b"" holds nothing back, it passes nothing; a filter
   may keep bytes and pass them with a later call) or a Deferred / coroutine firing with them.
+  `request_body` may raise `Rejected(Reject(...))` to refuse the request. A filter that
+  passes the request body on unchanged says so with `keeps_body_length = True`: the request
+  then keeps its Content-Length (else it goes to the server chunked).
   `end` is true on the last call, whose `data` may be b"". With `buffer_request_body` or
   `buffer_response_body` set to a size, the filter is called once with the whole body (up to
   that many bytes: a larger request body is answered 413, a larger response 502).
@@ -87,6 +90,17 @@ class Reject(Answer):
 
     def __repr__(self) -> str:
         return f"Reject({self.status}, {self.why!r})"
+
+
+class Rejected(Exception):
+    """Raised by `request_body` to refuse the request with `reject` (proxyd's error answer, as
+    a head phase's Reject), for what shows only as the body streams (a chunked body over a
+    limit). The connection closes after the answer: the rest of the body is not read. Once
+    the response has started, the exchange is cut instead."""
+
+    def __init__(self, reject: Reject) -> None:
+        super().__init__(reject.why)
+        self.reject = reject
 
 
 Verdict = Answer | None

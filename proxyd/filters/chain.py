@@ -15,7 +15,7 @@ from typing import Any, Final
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from proxyd.filters.api import PHASES, Answer, Exchange, Filter
+from proxyd.filters.api import PHASES, Answer, Exchange, Filter, Rejected
 
 Step = tuple[int, str, Callable[..., Any]]
 """(the filter's position in the chain, its name, its bound phase method)."""
@@ -26,16 +26,33 @@ class Chain:
 
     __slots__ = (
         "buffers",
+        "hidden",
+        "keeps_request_length",
         "log",
+        "logs_identity",
         "names",
         "request_body",
         "request_head",
         "response_body",
         "response_head",
+        "server",
     )
 
-    def __init__(self, filters: Sequence[tuple[str, object]]) -> None:
+    def __init__(
+        self,
+        filters: Sequence[tuple[str, object]],
+        hidden: frozenset[bytes] = frozenset(),
+        server: bytes | None = None,
+    ) -> None:
         self.names = tuple(name for name, _ in filters)
+        self.logs_identity = "auth" in self.names or "rules" in self.names
+        """The access log's lines of this chain's requests have `rule` and `auth_user`
+        (exchange.vars' "rule" and "auth_user", or null)."""
+        self.hidden = hidden
+        """hide_headers: the server's response fields removed as its head arrives (lower
+        case), before any response filter sees it."""
+        self.server: tuple[bytes, bytes] | None = None if server is None else (b"Server", server)
+        """hide_headers' Server field, sent on every response that has none."""
         steps: dict[str, list[Step]] = {phase: [] for phase in PHASES}
         self.buffers: dict[tuple[str, int], int] = {}
         """(phase, position) -> the body bound of a filter that buffers that body."""
@@ -56,6 +73,12 @@ class Chain:
                     self.buffers[(phase, index)] = int(bound)
         self.request_head: tuple[Step, ...] = tuple(steps["request_head"])
         self.request_body: tuple[Step, ...] = tuple(steps["request_body"])
+        self.keeps_request_length = all(
+            getattr(filters[index][1], "keeps_body_length", False)
+            for index, _, _ in self.request_body
+        )
+        """Every request_body filter passes the body on unchanged: a request keeps its
+        Content-Length."""
         # The response travels back through the chain: the last filter sees it first.
         self.response_head: tuple[Step, ...] = tuple(reversed(steps["response_head"]))
         self.response_body: tuple[Step, ...] = tuple(reversed(steps["response_body"]))
@@ -241,6 +264,9 @@ class BodyRun:
                 parts.clear()
             try:
                 result = call(self._exchange, data, end)
+            except Rejected as e:
+                self._failed(e)
+                return
             except Exception:
                 self._failed(FilterFailed(name, Failure()))
                 return

@@ -27,6 +27,10 @@ class RelayExchange(Exchange, Protocol):
         """The path and the query as received."""
 
     @property
+    def request_bytes(self) -> int:
+        """The request body's bytes received so far."""
+
+    @property
     def client_trusted(self) -> bool:
         """The client is one of the listener's trusted_proxies."""
 

@@ -81,6 +81,18 @@ def test_message_mode_keys_are_refused_in_passthrough() -> None:
     ]
 
 
+def test_per_client_limits_are_refused_in_passthrough_and_access_reaches_the_http_listener() -> (
+    None
+):
+    assert errors_of(websocket("mode = passthrough", "max_connections_per_client = 4")) == [
+        "proxyd.ini:8: [websocket chat] max_connections_per_client: expected "
+        "'max_connections_per_client' only with mode = message; found mode = passthrough"
+    ]
+    [listener] = loads(websocket("mode = passthrough", "access =", "    deny all")).websocket
+    http = listener.as_http()
+    assert http.access is not None and not http.access.allows("127.0.0.1")
+
+
 @pytest.mark.parametrize(
     ("line", "error"),
     [

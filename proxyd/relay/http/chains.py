@@ -4,25 +4,43 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
     request order            what it does
     1  error_pages           proxyd's error answers get the listener's pages (response)
     2  hsts                  Strict-Transport-Security on every response ([https] hsts)
-    3  https_redirect        308 to https (request)
-    4  websocket_only        426 / 403 on a [websocket] passthrough port (request)
-    5  listener filters      the listener's `filters`, in the order listed
-    6  route filters         the [route]'s `filters`, in the order listed
-    7  forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
-    8  sticky_cookie         back to the cookie's server; Set-Cookie on the response
-    9  header_rules          request_headers / response_headers: the listener's, then the route's
-    10 respond / redirect    the route's own answer
+    3  hide_headers          the server's Server, X-Powered-By... removed, proxyd's Server
+                             sent (response; on by default: see _Builder.hiding)
+    4  security_headers      the security_headers preset (response)
+    5  intercept_errors      a server's error body replaced by proxyd's page (response)
+    6  invalid_headers       request fields with '_' and the like dropped (or 400; on by
+                             default)
+    7  access                allow/deny by the client's address: the listener's list, then
+                             the route's (403)
+    8  request_limits        allowed_methods (405), max_uri_length / max_query_length (414),
+                             max_body_size (413, at once by Content-Length, else as it streams)
+    9  rules                 [rule] sections: the listener's, then the route's (403, log_only)
+    10 https_redirect        308 to https (request)
+    11 websocket_only        426 / 403 on a [websocket] passthrough port (request)
+    12 cors                  preflights answered; CORS fields on every answer below it
+    13 auth                  [auth]: basic, api_key, jwt, forward (401, 403...)
+    14 listener filters      the listener's `filters`, in the order listed
+    15 route filters         the [route]'s `filters`, in the order listed
+    16 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
+    17 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+    18 header_rules          request_headers / response_headers: the listener's, then the route's
+    19 respond / redirect    the route's own answer
 
 Request phases run down the table, response phases up it; a request answered at a row runs
 the response phases of the rows above it. Rows a listener's config does not ask for are left
-out, so that a feature switched off costs nothing.
+out, so that a feature switched off costs nothing. A route's setting replaces the listener's
+(`access` and `rules` add to them); the listener's own chain (requests no route matches, and
+those refused before routing) has its rows with the listener's settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from proxyd.config.model import (
+    OFF,
+    AccessList,
     FilterConfig,
     HttpListenerConfig,
     PoolConfig,
@@ -30,17 +48,32 @@ from proxyd.config.model import (
     RedirectAction,
     RespondAction,
     RouteConfig,
+    RouteSecurity,
 )
+from proxyd.filters.access import AccessControl
+from proxyd.filters.auth import AuthContext, build_auth
 from proxyd.filters.chain import Chain
+from proxyd.filters.cors import Cors
 from proxyd.filters.error_pages import ErrorPages
 from proxyd.filters.forwarding import Forwarding
+from proxyd.filters.header_names import InvalidHeaders
 from proxyd.filters.header_rules import RequestRules, ResponseRules
 from proxyd.filters.hsts import Hsts
+from proxyd.filters.intercept_errors import InterceptErrors
 from proxyd.filters.local_answers import HttpsRedirect, OriginCheck, RouteAnswer, WebSocketOnly
+from proxyd.filters.request_limits import request_limits
+from proxyd.filters.rules import Rules
+from proxyd.filters.security_headers import SecurityHeaders, hidden_names
 from proxyd.filters.sticky import StickyCookie
+from proxyd.metrics import RelayStats
+
+Filters = list[tuple[str, object]]
+
+_LISTENER = RouteSecurity()
+"""The listener's own chain: no route's settings."""
 
 
-def _user(filters: Sequence[FilterConfig]) -> list[tuple[str, object]]:
+def _user(filters: Sequence[FilterConfig]) -> Filters:
     return [(f.name, f.instance) for f in filters]
 
 
@@ -49,36 +82,150 @@ def build_chains(
     pools: Mapping[str, PoolConfig],
     error_pages: Mapping[int, bytes],
     websocket_only: OriginCheck | None,
+    auth: AuthContext,
+    stats: Callable[[], RelayStats],
 ) -> dict[str | None, Chain]:
     """The chain of each route by name, and the listener's own under None (requests that
-    match no route, and those refused before routing)."""
-    head: list[tuple[str, object]] = []
-    if error_pages:
-        head.append(("error_pages", ErrorPages(error_pages)))
-    if config.hsts is not None:
-        head.append(("hsts", Hsts(config.hsts)))
-    if config.https_redirect is not None:
-        head.append(("https_redirect", HttpsRedirect(config.https_redirect)))
-    if websocket_only is not None:
-        head.append(("websocket_only", WebSocketOnly(websocket_only)))
-    head += _user(config.filters)
+    match no route, and those refused before routing). `auth` is what the routes'
+    authentication runs with (one per listener), `stats` gives the listener's metrics."""
+    build = _Builder(config, error_pages, websocket_only, auth, stats)
+    listener = build.head(_LISTENER) + build.middle(None)
+    chains: dict[str | None, Chain] = {None: Chain(listener, *build.hiding(_LISTENER))}
     forwarding = Forwarding(config.via)
     sticky = (
         StickyCookie() if any(pool.sticky_cookie is not None for pool in pools.values()) else None
     )
-    chains: dict[str | None, Chain] = {None: Chain(head)}
     for route in config.routes:
-        chains[route.name] = Chain(head + _route(config, route, forwarding, sticky))
+        filters = build.head(route.security) + build.middle(route)
+        filters += _tail(config, route, forwarding, sticky)
+        chains[route.name] = Chain(filters, *build.hiding(route.security))
     return chains
 
 
-def _route(
+class _Builder:
+    """Rows 1 to 15 of a route's chain (the listener's when the route is None). Filters
+    whose settings are the same for several routes are made once and shared."""
+
+    def __init__(
+        self,
+        config: HttpListenerConfig,
+        error_pages: Mapping[int, bytes],
+        websocket_only: OriginCheck | None,
+        auth: AuthContext,
+        stats: Callable[[], RelayStats],
+    ) -> None:
+        self.config = config
+        self.error_pages = error_pages
+        self.auth = auth
+        self.stats = stats
+        self.first: Filters = []
+        if error_pages:
+            self.first.append(("error_pages", ErrorPages(error_pages)))
+        if config.hsts is not None:
+            self.first.append(("hsts", Hsts(config.hsts)))
+        self.local: Filters = []
+        if config.https_redirect is not None:
+            self.local.append(("https_redirect", HttpsRedirect(config.https_redirect)))
+        if websocket_only is not None:
+            self.local.append(("websocket_only", WebSocketOnly(websocket_only)))
+        self.invalid: Filters = []
+        if config.invalid_headers != "pass":
+            self.invalid.append(("invalid_headers", InvalidHeaders(config.invalid_headers)))
+        self._made: dict[tuple[object, ...], object] = {}
+
+    def _once(self, key: tuple[object, ...], make: Callable[[], object]) -> object:
+        found = self._made.get(key)
+        if found is None:
+            found = self._made[key] = make()
+        return found
+
+    def head(self, route: RouteSecurity) -> Filters:
+        """Rows 1 to 12: the response hardening, the request's checks, the local answers and
+        CORS."""
+        config = self.config
+        filters = list(self.first)
+        preset = _pick(route.security_headers, config.security_headers)
+        if preset is not None and preset.enabled:
+            made = self._once(
+                ("security", preset), lambda: SecurityHeaders(preset.fields, preset.override)
+            )
+            filters.append(("security_headers", made))
+        statuses = _pick(route.intercept_errors, config.intercept_errors)
+        if statuses:
+            made = self._once(
+                ("intercept", statuses), lambda: InterceptErrors(statuses, self.error_pages)
+            )
+            filters.append(("intercept_errors", made))
+        filters += self.invalid
+        lists = [rules for rules in (config.access, route.access) if rules is not None]
+        if lists:
+            filters.append(("access", self._access(lists)))
+        cors = _pick(route.cors, config.cors)
+        limits = request_limits(
+            methods=_pick(route.allowed_methods, config.allowed_methods),
+            max_uri_length=route.max_uri_length,
+            max_query_length=_pick(route.max_query_length, config.max_query_length),
+            max_body_size=route.max_body_size or None,
+            preflight=cors is not None and cors != OFF,
+        )
+        if limits is not None:
+            filters.append(("request_limits", limits))
+        rules = (*config.rules, *route.rules)
+        if rules:
+            made = self._once(("rules", rules), lambda: Rules(rules, config.name, self.stats))
+            filters.append(("rules", made))
+        filters += self.local
+        if cors is not None and cors != OFF:
+            filters.append(("cors", self._once(("cors", cors), lambda: Cors(cors.policy))))
+        return filters
+
+    def hiding(self, route: RouteSecurity) -> tuple[frozenset[bytes], bytes | None]:
+        """Row 3, hide_headers: the server's fields removed, and proxyd's Server value. Not a
+        step of the chain (it is on by default): the exchange applies it to the server's
+        response head as it arrives (with the hop-by-hop fields), and adds the Server field
+        to proxyd's and filters' answers."""
+        config = self.config
+        names = hidden_names(
+            _pick(route.hide_headers, config.hide_headers),
+            _pick(route.pass_headers, config.pass_headers),
+        )
+        server = _pick(route.server_header, config.server_header)
+        return names, server.encode("ascii") if server else None
+
+    def _access(self, lists: list[AccessList]) -> object:
+        trusted = self.config.trusted_proxies
+        return self._once(("access", *lists), lambda: AccessControl(lists, trusted))
+
+    def middle(self, route: RouteConfig | None) -> Filters:
+        """Rows 13 to 15: the authentication, then the listener's and the route's filters."""
+        filters: Filters = []
+        chosen = self.config.auth
+        if route is not None and route.security.auth is not None:
+            chosen = None if route.security.auth == OFF else route.security.auth
+        if chosen is not None and chosen != OFF:
+            filters.append(("auth", build_auth(chosen, self.auth)))
+        filters += _user(self.config.filters)
+        if route is not None:
+            filters += _user(route.filters)
+        return filters
+
+
+_T = TypeVar("_T")
+
+
+def _pick(mine: _T | None, listeners: _T) -> _T:
+    """A route's setting, or the listener's where the route has none."""
+    return listeners if mine is None else mine
+
+
+def _tail(
     config: HttpListenerConfig,
     route: RouteConfig,
     forwarding: Forwarding,
     sticky: StickyCookie | None,
-) -> list[tuple[str, object]]:
-    filters = _user(route.filters)
+) -> Filters:
+    """Rows 16 to 19."""
+    filters: Filters = []
     action = route.action
     if isinstance(action, ProxyAction):
         filters.append(("forwarding", forwarding))

@@ -227,9 +227,10 @@ class Exchange(Filtering):
             fields = [(k, v) for k, v in fields if k.lower() != b"host"]
             fields.append((b"Host", action.host.encode("latin-1")))
         if request.has_body and self.chain.request_body:
-            # Filters may change the body's length: it goes chunked.
-            fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
-            self._upstream_chunked = True
+            if not self.chain.keeps_request_length:
+                # Filters may change the body's length: it goes chunked.
+                fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
+                self._upstream_chunked = True
             self._request_run = self._body_run(
                 self.chain.request_body,
                 "request_body",
@@ -330,10 +331,15 @@ class Exchange(Filtering):
         self.response = response
         self.status = response.status
         fields = policy.remove_hop_by_hop(response.headers)
+        chain = self.chain
         self.response_fields = policy.response_headers(
-            fields, via=self.config.via, version=response.version
+            fields,
+            via=self.config.via,
+            version=response.version,
+            hidden=chain.hidden,
+            server=chain.server,
         )
-        steps = self.chain.response_head
+        steps = chain.response_head
         if steps:
             self._respond(steps)
         elif self._tunnel_conn is None:
@@ -523,7 +529,10 @@ class Exchange(Filtering):
     def _start_answer(self, answer: Answer, steps: tuple[Step, ...]) -> None:
         self.answer = answer
         self.status = answer.status
-        self.response_fields = answer.headers
+        self.response_fields = fields = answer.headers
+        server = self.chain.server
+        if server is not None and not any(f[0].lower() == b"server" for f in fields):
+            fields.append(server)  # hide_headers' Server on proxyd's own answers too
         self._respond(steps)
 
     def _cut(self, why: str, kind: ErrorKind) -> None:

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proxyd.config.model import HttpListenerConfig, RouteConfig
-from proxyd.filters.api import Answer, Headers, Reject
+from proxyd.filters.api import Answer, Headers, Reject, Rejected
 from proxyd.filters.chain import (
     ALL_WENT_ON,
     BodyRun,
@@ -180,6 +180,17 @@ class Filtering:
         """A filter raised (or returned what its phase does not take): 500, or the response
         cut if it started; logged with the traceback, counted; other requests go on."""
         if self.finished:
+            return
+        if isinstance(problem, Rejected):
+            # A body filter refused the request (a body over a limit): proxyd's answer, the
+            # rest of the body unread, so the connection closes after it.
+            reject = problem.reject
+            if self.response_started:
+                known = reject.kind in ErrorKind._value2member_map_
+                self._cut(reject.why, ErrorKind(reject.kind) if known else ErrorKind.REFUSED)
+                return
+            self.client.close_after_response()
+            self.fail(reject.status, reject.why, reject.kind, answer=reject)
             return
         if isinstance(problem, FilterFailed):
             _log.failure(

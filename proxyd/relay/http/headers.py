@@ -405,12 +405,27 @@ def forward_request_headers(
     return out
 
 
-def response_headers(headers: Headers, *, via: bool, version: str) -> Headers:
-    """Headers to send to the client from the upstream's, hop-by-hop fields removed: this hop
-    added to Via (as for requests) when `via`."""
+def response_headers(
+    headers: Headers,
+    *,
+    via: bool,
+    version: str,
+    hidden: frozenset[bytes] = frozenset(),
+    server: tuple[bytes, bytes] | None = None,
+) -> Headers:
+    """Headers to send to the client from the upstream's, hop-by-hop fields removed: the
+    fields named in `hidden` (lower case: hide_headers) removed, `server` added when no Server
+    is left, and this hop added to Via (as for requests) when `via`."""
+    if hidden:
+        out = [field for field in headers if field[0].lower() not in hidden]
+    else:
+        out = list(headers)
+    if server is not None and (
+        b"server" in hidden or not any(len(f[0]) == 6 and f[0].lower() == b"server" for f in out)
+    ):
+        out.append(server)
     if not via:
-        return list(headers)
-    out = list(headers)
+        return out
     index = -1
     for i, (name, _) in enumerate(out):
         if len(name) == 3 and name.lower() == _VIA:

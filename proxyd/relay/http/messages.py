@@ -156,6 +156,7 @@ _REASONS: Final = {
     307: b"Temporary Redirect",
     308: b"Permanent Redirect",
     400: b"Bad Request",
+    401: b"Unauthorized",
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",

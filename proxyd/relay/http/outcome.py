@@ -120,6 +120,12 @@ def exchange_line(exchange: Exchange, now: float) -> str:
         line += f',"upgrade":"websocket","close":{json_value(exchange.tunnel_close)}'
     if exchange.error is not None:
         line += f',"error":{json_value(exchange.error)}'
+    if exchange.chain.logs_identity:
+        found = exchange._vars or {}
+        line += (
+            f',"rule":{json_value(found.get("rule"))}'
+            f',"auth_user":{json_value(found.get("auth_user"))}'
+        )
     return line + "}"
 
 

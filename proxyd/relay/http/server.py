@@ -20,8 +20,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog, json_string
+from proxyd.auth.threads import HashThreads
 from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
+from proxyd.filters.auth import AuthContext
 from proxyd.filters.local_answers import OriginCheck
 from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.pool import Affinity, Pool
@@ -241,15 +243,15 @@ class ClientConnection(TwistedProtocol):
         """A request that cannot be parsed: answer it and close, as RFC 9112 asks."""
         self.closing = True
         body, content_type = self.factory.error_body(error.status)
-        head = response_head(
-            error.status,
-            b"",
-            [
-                (b"Content-Type", content_type),
-                (b"Content-Length", b"%d" % len(body)),
-                (b"Connection", b"close"),
-            ],
-        )
+        fields = [
+            (b"Content-Type", content_type),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"Connection", b"close"),
+        ]
+        server = self.factory.chains[None].server  # hide_headers' Server, as on every answer
+        if server is not None:
+            fields.append(server)
+        head = response_head(error.status, b"", fields)
         self.factory.log_refusal(self, error)
         count_refusal(self.factory.stats, error)
         self.send([head, body])
@@ -469,12 +471,22 @@ class HttpRelayFactory(Factory[ClientConnection]):
         access_log: AccessLog,
         error_pages: Mapping[int, bytes] | None = None,
         websocket_only: OriginCheck | None = None,
+        hash_threads: HashThreads | None = None,
     ) -> None:
         """`reactor` must provide IReactorTime as well. With `websocket_only` (a [websocket]
         listener in passthrough mode) requests other than WebSocket upgrades from allowed
-        Origins are refused."""
+        Origins are refused. `hash_threads` are the process's password-check threads (basic
+        auth: proxyd.auth.threads, owned by the service)."""
         self.reactor = cast(Any, reactor)
         self.config = config
+        self.auth = AuthContext(
+            self.reactor,
+            listener=config.name,
+            stats=lambda: self.stats,
+            run_in_thread=None if hash_threads is None else hash_threads.run,
+        )
+        """What the routes' authentication runs with and starts (proxyd.filters.auth): started
+        with the factory, stopped once its last connection is over."""
         self.pools = pools
         self.upstreams = upstreams
         self.access_log = access_log
@@ -488,6 +500,8 @@ class HttpRelayFactory(Factory[ClientConnection]):
             {name: pool.config for name, pool in pools.items()},
             self.error_pages,
             websocket_only,
+            self.auth,
+            lambda: self.stats,
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
@@ -540,14 +554,19 @@ class HttpRelayFactory(Factory[ClientConnection]):
         if not self._clients.draining:
             for client in list(self.clients):
                 client.drain()
-        return self._clients.drain()
+        return self._clients.drain().addCallback(self._over)
 
     def retire(self) -> Deferred[None]:
         """A reload replaced this listener's relay: every client connection finishes with
         its next response (see ClientConnection.retire). Fires once none is left."""
         for client in list(self.clients):
             client.retire()
-        return self._clients.drain()
+        return self._clients.drain().addCallback(self._over)
+
+    def _over(self, _: object) -> None:
+        """The last connection is over (a stop, or a reload replaced this relay): what the
+        routes' authentication started ends (JWKS refreshes, auth-service connections)."""
+        self.auth.stop()
 
     def close_all(self) -> None:
         """The drain time is up: close every client connection still open (with what its
@@ -556,8 +575,10 @@ class HttpRelayFactory(Factory[ClientConnection]):
             client.lose_connection()
 
     def startFactory(self) -> None:
-        """Listening: large bodies are relayed without page faults from here on."""
+        """Listening: large bodies are relayed without page faults from here on; the routes'
+        authentication fetches its JWKS."""
         retain_freed_memory()
+        self.auth.start()
 
     def set_listening_port(self, port: Any) -> None:
         """Nothing to do: HTTP listeners do not pause accepting."""
