@@ -62,6 +62,12 @@ _LISTENER_METRICS: Mapping[str, tuple[str, str, str, dict[str, str]]] = {
         "counter",
         {"reason": "no_server"},
     ),
+    "dropped_denied": (
+        "proxyd_udp_dropped",
+        "Datagrams dropped.",
+        "counter",
+        {"reason": "access_denied"},
+    ),
     "malformed": ("proxyd_dns_malformed", "DNS messages that could not be parsed.", "counter", {}),
     "unmatched": ("proxyd_dns_unmatched", "DNS answers matching no query.", "counter", {}),
     "failed": ("proxyd_dns_failed", "DNS queries answered SERVFAIL by proxyd.", "counter", {}),

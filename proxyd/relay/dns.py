@@ -25,6 +25,7 @@ import dns.rdatatype
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.clock import DelayedCall
 from proxyd.config.model import Address, UdpListenerConfig
@@ -126,6 +127,9 @@ class DnsListener(DatagramProtocol):
         """Datagrams that were not a well-formed DNS query: dropped."""
         self.dropped_oversized = 0
         self.dropped_no_server = 0
+        self.dropped_denied = 0
+        """Datagrams from a source the listener's `access` denies."""
+        self.gate = Gate.of(config, reactor)
         self.unmatched = 0
         """Answers with no waiting query or a question that does not match: dropped."""
         self.failed = 0
@@ -139,6 +143,10 @@ class DnsListener(DatagramProtocol):
         )
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        gate = self.gate
+        if gate is not None and gate.admit(addr[0]) is not None:
+            self.dropped_denied += 1
+            return
         if len(datagram) > self.config.max_datagram_size:
             self.dropped_oversized += 1
             return
@@ -261,6 +269,7 @@ class DnsListener(DatagramProtocol):
         """A reload kept this listener's address: new queries follow `config` and go to
         `pool`; the queries waiting for an answer get it from their servers."""
         self.config, self.pool, self.access_log = config, pool, access_log
+        self.gate = Gate.of(config, self.reactor)
 
     def stop(self) -> None:
         for upstream in list(self.upstreams.values()):

@@ -145,6 +145,8 @@ class UdpCounted(Protocol):
     def dropped_oversized(self) -> int: ...
     @property
     def dropped_no_server(self) -> int: ...
+    @property
+    def dropped_denied(self) -> int: ...
 
 
 class DnsCounted(Protocol):
@@ -154,6 +156,8 @@ class DnsCounted(Protocol):
     def dropped_oversized(self) -> int: ...
     @property
     def dropped_no_server(self) -> int: ...
+    @property
+    def dropped_denied(self) -> int: ...
     @property
     def unmatched(self) -> int: ...
     @property
@@ -189,6 +193,7 @@ def udp_counts(relay: UdpCounted) -> Counts:
             "dropped_sessions": relay.dropped_sessions,
             "dropped_oversized": relay.dropped_oversized,
             "dropped_no_server": relay.dropped_no_server,
+            "dropped_denied": relay.dropped_denied,
         },
     )
 
@@ -199,6 +204,7 @@ def dns_counts(relay: DnsCounted) -> Counts:
             "malformed": relay.malformed,
             "dropped_oversized": relay.dropped_oversized,
             "dropped_no_server": relay.dropped_no_server,
+            "dropped_denied": relay.dropped_denied,
             "unmatched": relay.unmatched,
             "failed": relay.failed,
         }

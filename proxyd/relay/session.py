@@ -63,6 +63,12 @@ class CloseReason(StrEnum):
     SHUTDOWN = "shutdown"
     """proxyd was stopping: a client still queued for admission when the drain began, or a
     connection still open when the drain time ran out."""
+    ACCESS_DENIED = "access_denied"
+    """The listener's `access` list refused the client's address: closed as it was accepted
+    (after its PROXY header, with accept_proxy), nothing sent."""
+    CLIENT_LIMIT = "client_limit"
+    """The client's address was at max_connections_per_client or over
+    max_connection_rate_per_client: closed as it was accepted, nothing sent."""
 
 
 def close_reason(side: Side, reason: Failure | None) -> CloseReason:

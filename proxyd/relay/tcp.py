@@ -10,6 +10,11 @@ idle_timeout gets both sides reset (`client_stalled`, `server_stalled`). Both so
 TCP_NODELAY, as HAProxy's and nginx's stream proxies set it: each read is written on at once,
 and Nagle would only add the peer's delayed ACK to a small one.
 
+A listener with `access` or per-client limits judges each client by its address as it is
+accepted (proxyd.access.gate), before its TLS handshake and before max_connections, or once
+its PROXY header is read with accept_proxy: a refused client is closed (a FIN, nothing sent)
+and never reaches a server.
+
 With TLS termination the client is admitted only once its handshake is done; with route_by =
 sni its ClientHello picks the pool (proxyd.relay.tcp_preamble reads it, and the PROXY header);
 a pool with `tls = on` counts a server as connected once its handshake is done
@@ -32,6 +37,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import TcpListenerConfig
 from proxyd.metrics import RelayStats
@@ -88,6 +94,10 @@ class TcpRelayFactory(Factory[EndProtocol]):
         """Every relay from its client's accept until its access-log line."""
         self.stats = RelayStats("tcp", config.name)
         """The metrics by pool and server (proxyd.metrics)."""
+        self.gate = Gate.of(config, self.reactor)
+        """`access` and the per-client limits; None when the listener has neither. A reload
+        makes a new factory, so per-client counts start afresh for the connections accepted
+        from then on; the older ones release into this gate."""
 
     def set_listening_port(self, port: IListeningPort) -> None:
         if not hasattr(port, "stopReading"):

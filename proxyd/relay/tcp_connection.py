@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.metrics import Cell, RelayStats
@@ -86,6 +87,11 @@ class Listener(Protocol):
     @property
     def stats(self) -> RelayStats: ...
 
+    @property
+    def gate(self) -> Gate | None:
+        """`access` and the per-client limits; None when the listener has neither."""
+        ...
+
     def opened(self, relay: Relay) -> None: ...
 
     def admit(self, relay: Relay) -> None: ...
@@ -98,6 +104,12 @@ class Relay:
 
     Until a server is connected it holds the client alone (admission, the preamble, the
     attempts); from then on a Splice holds both."""
+
+    _gate: Gate | None = None
+    """The listener's gate, once it admitted the client: released when the relay ends. (Class
+    defaults: a listener without a gate stores nothing per connection.)"""
+    _gated = ""
+    """The address the gate admitted."""
 
     def __init__(self, factory: Listener) -> None:
         self.factory = factory
@@ -147,6 +159,9 @@ class Relay:
         self.record.started = clock.seconds()
         self.record.client = proxy_protocol.address_of(transport.getPeer())
         self._local = proxy_protocol.address_of(transport.getHost())
+        gate = self.factory.gate
+        if gate is not None and not self.config.accept_proxy and not self._pass(gate):
+            return  # turned away before its TLS handshake and before max_connections
         if tls:
             # Twisted's TLS layer is handshaking below: pausing now would stall it.
             self._preamble_timer.start()
@@ -314,13 +329,23 @@ class Relay:
         assert self._preamble is not None and self.client is not None
         preamble = self._preamble
         outcome = preamble.feed(data)
+        header = preamble.header
+        gate = self.factory.gate
+        if header is not None and gate is not None and self._gate is None:
+            # The header's source is the client: judged as soon as it is read, before a
+            # ClientHello that may follow.
+            if header.source is not None:
+                self.record.client = header.source
+                self._local = header.destination
+            if not self._pass(gate):
+                return
         if outcome is None:
             return
         self._preamble = None
         self._preamble_timer.cancel()
-        if preamble.header is not None and preamble.header.source is not None:
-            self.record.client = preamble.header.source
-            self._local = preamble.header.destination
+        if header is not None and header.source is not None:
+            self.record.client = header.source
+            self._local = header.destination
         if preamble.hello is not None:
             self.record.sni = preamble.hello.server_name
         transport = self.client.transport
@@ -341,6 +366,25 @@ class Relay:
         if outcome.first:
             self._pending.append(outcome.first)
         self._connect()
+
+    def _pass(self, gate: Gate) -> bool:
+        """Whether the listener's gate lets the client in; if not, it is closed (a FIN,
+        nothing sent) with the gate's reason, before any server is contacted."""
+        client = self.record.client
+        ip = "" if client is None else client.host
+        refused = gate.admit(ip)
+        if refused is None:
+            self._gate, self._gated = gate, ip
+            return True
+        self.record.close_as(CloseReason(refused))
+        self._closing = True
+        self._preamble = None
+        self._preamble_timer.cancel()
+        if self.client is not None:
+            # Below Twisted's TLS layer, whose loseConnection before a handshake is an
+            # abort (an RST): there is no TLS session to close, and a refusal is a FIN.
+            socket_of(self.client.transport).loseConnection()
+        return False
 
     def _preamble_timed_out(self) -> None:
         if self._closing:
@@ -482,6 +526,8 @@ class Relay:
             record = self.record
             record.reason = splice.reason or record.reason
             record.bytes_in, record.bytes_out = splice.bytes_in, splice.bytes_out
+        if self._gate is not None:
+            self._gate.release(self._gated)
         self._count_close()
         self.factory.access_log.log(self.record.as_log(self.factory.reactor.seconds()))
         self.factory.finished(self)

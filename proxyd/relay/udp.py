@@ -9,7 +9,9 @@ listener's own address. A session ends after `session_timeout` without a datagra
 When the server answers with ICMP port unreachable (ECONNREFUSED on the connected socket), the
 server gets a passive failure and the session moves to another one, re-sending the datagram the
 server refused (it was never processed). Datagrams beyond `max_sessions` or
-`max_datagram_size` are dropped and counted.
+`max_datagram_size` are dropped and counted, and so are those from an address the listener's
+`access` list refuses (every datagram is judged, before anything else: a SIP dialog's session
+does not carry a refused address through).
 
 Twisted has no udp: server endpoint, so `UdpListener.listen()` calls listenUDP itself, with
 `maxPacketSize` raised to 65535 (Twisted's 8192 would silently truncate larger datagrams);
@@ -28,6 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, UdpListenerConfig
 from proxyd.datagram import ConnectedDatagram
@@ -126,8 +129,12 @@ class UdpListener(DatagramProtocol):
         """Datagrams dropped because max_sessions sessions were open."""
         self.dropped_oversized = 0
         self.dropped_no_server = 0
+        self.dropped_denied = 0
+        """Datagrams dropped because the `access` list refused their source."""
         self.stats = RelayStats("udp", config.name)
         """The metrics by pool and server (proxyd.metrics)."""
+        self.gate = Gate.of(config, reactor)
+        """The `access` list (and the throttled log of refusals); None without one."""
 
     def listen(self) -> Any:
         return self.reactor.listenUDP(
@@ -138,6 +145,10 @@ class UdpListener(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         client = (addr[0], addr[1])
+        gate = self.gate
+        if gate is not None and gate.admit(client[0]) is not None:
+            self.dropped_denied += 1
+            return
         if len(datagram) > self.config.max_datagram_size:
             self.dropped_oversized += 1
             return
@@ -299,8 +310,10 @@ class UdpListener(DatagramProtocol):
 
     def reconfigure(self, config: UdpListenerConfig, pool: Pool, access_log: AccessLog) -> None:
         """A reload kept this listener's address: new sessions follow `config` and pick from
-        `pool`; the sessions open go on to their servers, as they started."""
+        `pool`; the sessions open go on to their servers, as they started, but every
+        datagram is judged by the new `access` list."""
         self.config, self.pool, self.access_log = config, pool, access_log
+        self.gate = Gate.of(config, self.reactor)
 
     def stop(self) -> None:
         """Close every session (the listener is stopping)."""

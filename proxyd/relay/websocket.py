@@ -11,6 +11,10 @@ side that takes none of what waits for it for idle_timeout (it stopped reading) 
 sides aborted (`client_stalled`, `server_stalled`), whatever the other direction does.
 autobahn sets TCP_NODELAY on both legs (its tcpNoDelay option, on by default).
 
+With `access` or per-client limits, each client is judged by its address as its TCP
+connection is made (proxyd.access.gate): a refused one is closed at once, before its TLS and
+opening handshakes, with no HTTP answer.
+
 Layout: proxyd.relay.websocket_policy decides (Origins, message rate, handshake fields, close
 codes and words); `Relay` (proxyd.relay.websocket_connection) holds one connection's two legs;
 `ClientLeg` and `BackendLeg` forward autobahn's callbacks to it (proxyd.relay.websocket_legs);
@@ -27,6 +31,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 
+from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import WebSocketListenerConfig
 from proxyd.metrics import RelayStats
@@ -95,6 +100,10 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         """Every relay from its client's TCP connection until its access-log line."""
         self.stats = RelayStats("websocket", config.name)
         """The metrics by pool and server (proxyd.metrics)."""
+        self.gate = Gate.of(config, self.reactor)
+        """`access` and the per-client limits; None when the listener has neither. A reload
+        makes a new factory, so per-client counts start afresh for the connections accepted
+        from then on; the older ones release into this gate."""
         self.setProtocolOptions(
             webStatus=False,
             maxFramePayloadSize=config.max_frame_size,
@@ -113,8 +122,12 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         )
 
     def new_relay(self, client: ClientLeg) -> Relay:
+        """A client's TCP connection is made: its relay, judged by the gate at once."""
         relay = Relay(self, client)
         self._relays.add(relay)
+        gate = self.gate
+        if gate is not None:
+            relay.pass_gate(gate)
         return relay
 
     @property

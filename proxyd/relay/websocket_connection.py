@@ -13,13 +13,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.clock import DelayedCall
 from proxyd.metrics import Cell, RelayStats
 from proxyd.pool import Affinity, Pool, Server
 from proxyd.relay import proxy_protocol
 from proxyd.relay.attempt import AttemptDriver, AttemptPolicy, Failed, GiveUp
-from proxyd.relay.io import Transport
+from proxyd.relay.io import Transport, socket_of
 from proxyd.relay.send_timeout import SendTimeout
 from proxyd.relay.session import CloseReason, ConnectionRecord, IdleTimer, Side
 from proxyd.relay.websocket_legs import (
@@ -92,6 +93,9 @@ class Listener(LegListener, Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def gate(self) -> Gate | None: ...
+
     def full(self) -> bool: ...
 
     def admit(self, relay: Relay) -> None: ...
@@ -102,6 +106,12 @@ class Listener(LegListener, Protocol):
 class Relay:
     """One client's WebSocket and proxyd's WebSocket to a server, from the client's TCP
     connection to the access-log line."""
+
+    _gate: Gate | None = None
+    """The listener's gate, once it admitted the client: released when the relay ends. (Class
+    defaults: a listener without a gate stores nothing per connection.)"""
+    _gated = ""
+    """The address the gate admitted."""
 
     def __init__(self, factory: Listener, client: ClientLeg) -> None:
         self.factory = factory
@@ -145,6 +155,25 @@ class Relay:
         """Each side's send timeout, once relaying."""
         transport = cast(Transport, client.transport)
         self.record.client = proxy_protocol.address_of(transport.getPeer())
+
+    def pass_gate(self, gate: Gate) -> bool:
+        """Judge the client as its TCP connection is made: admitted, or closed at once (a
+        FIN, before its opening handshake is read and before any TLS handshake), which ends
+        the relay as a client leaving before its handshake does (leg_closed), with the
+        gate's reason in the access log."""
+        client = self.record.client
+        ip = "" if client is None else client.host
+        refused = gate.admit(ip)
+        if refused is None:
+            self._gate, self._gated = gate, ip
+            return True
+        self._set_word(CloseReason(refused))
+        self._refused = True
+        self._start_closing()  # the linger bounds the close
+        # Below Twisted's TLS layer, whose loseConnection before a handshake is an abort
+        # (an RST): there is no TLS session to close, and a refusal is a FIN.
+        socket_of(self.client.transport).loseConnection()
+        return False
 
     # The opening handshakes.
 
@@ -577,6 +606,8 @@ class Relay:
         self._deadline.cancel()
         self._linger.cancel()
         self._release()
+        if self._gate is not None:
+            self._gate.release(self._gated)
         self._count_close()
         self.factory.access_log.log(self.log_line(self.factory.reactor.seconds()))
         self.factory.finished(self)
