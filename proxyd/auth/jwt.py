@@ -24,10 +24,20 @@ a token that does not hold, 401 with `error="invalid_token"` and a fixed descrip
 reason (REASONS), never an echo of the token; no keys at all (a JWKS never fetched), 503
 without a challenge: the token may well be good, the fault is on this side.
 
-Cost: a successful RS256 check (2048-bit key, two claims passed upstream) takes about 53 µs
-(measured with 20000 checks of one token; Python 3.11, cryptography 50 on OpenSSL 4.0, a
-2-CPU development VM), of which 21 µs are the RSA verification itself; the rest is parsing
-(joserfc's extract_compact, the payload's JSON) and the claim checks.
+Tokens that held are remembered (proxyd.auth.token_cache; `max_cached` of them, 0: none), as
+Envoy's jwt_authn does with `jwt_cache_config`: a client sends the same token until it expires,
+so a request bearing a remembered token is answered as its first check decided, without the
+signature nor the parsing, once `exp` and `nbf` (with the leeway) are checked against the clock
+again; `iss`, `aud` and the claims passed upstream are in the signed payload, so they cannot
+have changed. Tokens that failed are not remembered, and a new key set forgets them all (a
+token signed by a key rotated out is verified again, and refused).
+
+Cost: a successful RS256 check (2048-bit key, two claims passed upstream) takes about 37 µs
+the first time, or every time with max_cached = 0 (the best of 5 runs of 20000 checks of one
+token; Python 3.11, cryptography 50 on OpenSSL 4.0, a 2-CPU development VM), of which 17 µs
+are the RSA verification itself; the rest is parsing (joserfc's extract_compact, the
+payload's JSON) and the claim checks. Once remembered, it takes 1.3 µs, 0.8 µs of which is
+the keyed hash the token is remembered by.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from twisted.internet.defer import Deferred
 
 from proxyd.auth.jwks import MIN_RSA_BITS, Jwks
 from proxyd.auth.result import Decision, Denied, Fields, Granted
+from proxyd.auth.token_cache import CachedToken, TokenCache
 from proxyd.clock import Clock
 from proxyd.config.errors import Invalid, did_you_mean
 
@@ -68,6 +79,10 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 
 MAX_TOKEN_SIZE = 8192
 """A longer token is refused as malformed before anything is decoded."""
+
+MAX_CACHED = 1024
+"""How many verified tokens a JwtAuth remembers by default: a digest, the decision and its
+time bounds each, a few hundred bytes (more with long claims passed upstream)."""
 
 REASONS: dict[str, tuple[int, str]] = {
     "missing": (401, ""),
@@ -174,6 +189,8 @@ class JwtAuth:
     """Checks bearer tokens against `keys` (a static KeySet or a Jwks), granting the
     `identity_claim` as identity and the `claims` as upstream fields (claim name, field name).
 
+    Up to `max_cached` tokens that held are remembered (MAX_CACHED by default; 0: none).
+
     Raises ValueError for a configuration that would be unsafe: an HMAC algorithm beside
     public keys or a JWKS (algorithm confusion: the public key would serve as HMAC secret).
     """
@@ -191,6 +208,7 @@ class JwtAuth:
         identity_claim: str = "sub",
         realm: str,
         max_token_size: int = MAX_TOKEN_SIZE,
+        max_cached: int = MAX_CACHED,
     ) -> None:
         self.algorithms = validate_algorithms(algorithms)
         hmac = sorted(HMAC_ALGORITHMS.intersection(self.algorithms))
@@ -206,6 +224,8 @@ class JwtAuth:
         for _, field in claims:
             if not _FIELD_NAME.fullmatch(field):
                 raise ValueError(f"claims: expected a field name; found {field!r}")
+        if max_cached < 0:
+            raise ValueError(f"max_cached: expected a number >= 0; found {max_cached!r}")
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
@@ -222,6 +242,7 @@ class JwtAuth:
         # about EdDSA (deprecated by RFC 9864) on every call.
         self._models = {name: jws.JWSRegistry.algorithms[name] for name in self.algorithms}
         self._denied = {reason: self._denial(reason) for reason in REASONS}
+        self._cache = TokenCache(max_cached) if max_cached else None
 
     def _denial(self, reason: str) -> Denied:
         status, description = REASONS[reason]
@@ -238,7 +259,21 @@ class JwtAuth:
         token = _bearer_token(authorization)
         if token is None:
             return self._denied["missing"]
-        if len(token) > self.max_token_size or not _COMPACT_JWS.fullmatch(token):
+        if len(token) > self.max_token_size:
+            return self._denied["malformed"]
+        cache = self._cache
+        if cache is not None:
+            keys = self.keys.key_set if isinstance(self.keys, Jwks) else self.keys
+            cached = cache.get(token, keys)
+            if cached is not None:
+                now = self._clock.seconds()
+                if now >= cached.expires:
+                    cache.discard(token)
+                    return self._denied["expired"]
+                if now < cached.not_before:  # the clock went back
+                    return self._denied["not_yet_valid"]
+                return cached.granted
+        if not _COMPACT_JWS.fullmatch(token):
             return self._denied["malformed"]
         signing_input, _, signature_segment = token.rpartition(b".")
         try:
@@ -259,7 +294,7 @@ class JwtAuth:
             self._registry.check_header(header)
         except JoseError:
             return self._denied["malformed"]
-        token_parts = (signing_input, signature, jws_object.payload, model, kid)
+        token_parts = (token, signing_input, signature, jws_object.payload, model, kid)
         if isinstance(self.keys, Jwks):
             found = self.keys.get(kid)
             if isinstance(found, Deferred):
@@ -270,6 +305,7 @@ class JwtAuth:
     def _verify(
         self,
         key_set: KeySet | None,
+        token: bytes,
         signing_input: bytes,
         signature: bytes,
         payload: bytes,
@@ -292,12 +328,12 @@ class JwtAuth:
             fitting += 1
             try:
                 if model.verify(signing_input, signature, key):
-                    return self._grant(payload)
+                    return self._grant(payload, token, key_set)
             except (JoseError, ValueError):
                 pass
         return self._denied["bad_signature" if fitting else "bad_algorithm"]
 
-    def _grant(self, payload: bytes) -> Decision:
+    def _grant(self, payload: bytes, token: bytes, key_set: KeySet) -> Decision:
         try:
             claims = json.loads(payload)
         except (ValueError, RecursionError):
@@ -309,14 +345,15 @@ class JwtAuth:
         if exp is None:
             return self._denied["bad_claim"]
         # RFC 7519 4.1.4: not accepted on or after exp; 4.1.5: not before nbf.
-        if now >= exp + self.leeway:
+        expires = exp + self.leeway
+        if now >= expires:
             return self._denied["expired"]
-        if "nbf" in claims:
-            nbf = _numeric_date(claims["nbf"])
-            if nbf is None:
-                return self._denied["bad_claim"]
-            if now < nbf - self.leeway:
-                return self._denied["not_yet_valid"]
+        nbf = _numeric_date(claims["nbf"]) if "nbf" in claims else -math.inf
+        if nbf is None:
+            return self._denied["bad_claim"]
+        not_before = nbf - self.leeway
+        if now < not_before:
+            return self._denied["not_yet_valid"]
         if self.issuer is not None and claims.get("iss") != self.issuer:
             return self._denied["bad_issuer"]
         if not self._audience_holds(claims.get("aud")):
@@ -330,7 +367,10 @@ class JwtAuth:
             for name, field in self.claims
             if (value := _field_value(claims.get(name))) is not None
         )
-        return Granted(identity, upstream)
+        granted = Granted(identity, upstream)
+        if self._cache is not None:
+            self._cache.put(token, key_set, CachedToken(granted, expires, not_before))
+        return granted
 
     def _audience_holds(self, aud: object) -> bool:
         # RFC 7519 4.1.3: a token naming audiences is refused by a recipient that is not

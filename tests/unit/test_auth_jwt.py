@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.x509.oid import NameOID
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, KeySet, OctKey, OKPKey, RSAKey
 from twisted.internet.defer import Deferred
@@ -572,6 +572,157 @@ def test_without_any_keys_the_answer_is_503_without_a_challenge() -> None:
     assert decide(auth, bearer(sign(RSA_1))) == Denied(503, "keys_unavailable")
 
 
+# remembered tokens
+
+
+@pytest.fixture
+def verified(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The signing inputs of the RS256 signatures verified, in order."""
+    model = jws.JWSRegistry.algorithms["RS256"]
+    calls: list[bytes] = []
+    verify = model.verify
+
+    def counting(signing_input: bytes, signature: bytes, key: Any) -> bool:
+        calls.append(signing_input)
+        return verify(signing_input, signature, key)
+
+    monkeypatch.setattr(model, "verify", counting)
+    return calls
+
+
+GRANTED = Granted("alice", ((b"X-Auth-Email", b"alice@example.com"),))
+
+
+def test_a_repeated_token_is_verified_once_and_granted_as_the_first_time(
+    verified: list[bytes],
+) -> None:
+    auth = make_auth()
+    token = bearer(sign(RSA_1))
+    assert [decide(auth, token) for _ in range(3)] == [GRANTED] * 3
+    assert len(verified) == 1
+    assert decide(auth, b"bearer  " + token.split()[1] + b" ") == GRANTED
+    assert len(verified) == 1
+
+
+def test_max_cached_0_verifies_every_time(verified: list[bytes]) -> None:
+    auth = make_auth(max_cached=0)
+    token = bearer(sign(RSA_1))
+    assert [decide(auth, token) for _ in range(3)] == [GRANTED] * 3
+    assert len(verified) == 3
+
+
+def test_a_remembered_token_is_refused_from_exp_plus_leeway(verified: list[bytes]) -> None:
+    clock = make_clock()
+    auth = make_auth(clock=clock)
+    exp = NOW + 60
+    token = bearer(sign(RSA_1, payload=claims(exp=exp)))
+    assert decide(auth, token) == GRANTED
+    clock.advance(exp + LEEWAY - 0.001 - NOW)
+    assert decide(auth, token) == GRANTED
+    assert len(verified) == 1
+    clock.advance(0.001)
+    assert decide(auth, token) == auth._denied["expired"]
+    assert len(verified) == 1
+    assert reason(auth, token) == "expired"  # forgotten: verified again, and refused
+
+
+def test_a_remembered_token_is_not_yet_valid_when_the_clock_goes_back_before_nbf() -> None:
+    clock = make_clock()
+    auth = make_auth(clock=clock)
+    token = bearer(sign(RSA_1, payload=claims(nbf=NOW - 10)))
+    assert decide(auth, token) == GRANTED
+    clock.advance(-10 - LEEWAY)  # to nbf - leeway
+    assert decide(auth, token) == GRANTED
+    clock.advance(-1)
+    assert reason(auth, token) == "not_yet_valid"
+    clock.advance(1)
+    assert decide(auth, token) == GRANTED
+
+
+def test_a_token_that_fails_is_not_remembered(verified: list[bytes]) -> None:
+    clock = make_clock()
+    auth = make_auth(clock=clock)
+    early = bearer(sign(RSA_1, payload=claims(nbf=NOW + 100)))
+    assert reason(auth, early) == "not_yet_valid"
+    clock.advance(100 - LEEWAY)
+    assert decide(auth, early) == GRANTED
+    forged = bearer(sign(RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})))
+    assert [reason(auth, forged) for _ in range(2)] == ["bad_signature"] * 2
+    assert len(verified) == 4
+
+
+def test_the_least_recently_used_token_is_forgotten_beyond_max_cached(
+    verified: list[bytes],
+) -> None:
+    auth = make_auth(max_cached=2)
+    a, b, c = (bearer(sign(RSA_1, payload=claims(jti=name))) for name in "abc")
+    for token in (a, b, a, c):  # c comes in: b was used least recently
+        assert decide(auth, token) == GRANTED
+    assert len(verified) == 3
+    assert decide(auth, a) == GRANTED and decide(auth, c) == GRANTED
+    assert len(verified) == 3
+    assert decide(auth, b) == GRANTED
+    assert len(verified) == 4
+    assert auth._cache is not None and len(auth._cache) == 2
+
+
+def test_remembered_tokens_are_kept_as_keyed_digests() -> None:
+    auth = make_auth()
+    token = sign(RSA_1)
+    decide(auth, bearer(token))
+    assert auth._cache is not None
+    (digest,) = auth._cache._entries
+    assert len(digest) == 32 and digest not in (token, hashlib.blake2b(token).digest()[:32])
+
+
+@pytest.mark.parametrize(
+    ("new_keys", "refused"),
+    [
+        ((RSA_2,), "unknown_kid"),
+        ((RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}),), "bad_signature"),
+    ],
+)
+def test_a_jwks_refresh_that_drops_the_signing_key_makes_a_remembered_token_fail(
+    verified: list[bytes], new_keys: tuple[RSAKey, ...], refused: str
+) -> None:
+    fetch, clock = FakeFetch(), make_clock()
+    auth = jwks_auth(fetch, clock, RSA_1, RSA_2)
+    token = bearer(sign(RSA_1))
+    assert [decide(auth, token) for _ in range(2)] == [GRANTED] * 2
+    assert len(verified) == 1
+    clock.advance(300)  # jwks_refresh
+    fetch.answer(*new_keys)
+    assert [reason(auth, token) for _ in range(2)] == [refused] * 2
+
+
+def test_a_jwks_refresh_that_keeps_the_key_verifies_a_remembered_token_once_more(
+    verified: list[bytes],
+) -> None:
+    fetch, clock = FakeFetch(), make_clock()
+    auth = jwks_auth(fetch, clock, RSA_1)
+    token = bearer(sign(RSA_1))
+    assert decide(auth, token) == GRANTED
+    clock.advance(300)
+    fetch.answer(RSA_1)
+    assert [decide(auth, token) for _ in range(2)] == [GRANTED] * 2
+    assert len(verified) == 2
+
+
+def test_a_token_granted_after_a_refresh_for_its_kid_is_remembered(
+    verified: list[bytes],
+) -> None:
+    fetch, clock = FakeFetch(), make_clock()
+    auth = jwks_auth(fetch, clock, RSA_1)
+    clock.advance(10)
+    token = bearer(sign(RSA_2))
+    waiting = auth.check(token)
+    assert isinstance(waiting, Deferred)
+    fetch.answer(RSA_1, RSA_2)
+    assert waiting.result == GRANTED
+    assert decide(auth, token) == GRANTED
+    assert len(verified) == 1
+
+
 # construction
 
 
@@ -584,6 +735,8 @@ def test_unsafe_or_invalid_settings_are_refused() -> None:
         make_auth(claims=(("email", b"X Email"),))
     with pytest.raises(Invalid):
         make_auth(algorithms=("RS256", "none"))
+    with pytest.raises(ValueError, match="max_cached"):
+        make_auth(max_cached=-1)
 
 
 # validate_algorithms
