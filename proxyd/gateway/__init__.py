@@ -1,0 +1,1 @@
+"""API gateway cores, sans-IO: trace context, JSON body and query parameter transformations."""
