@@ -1,0 +1,1 @@
+"""Rate limits, sans-IO: rates and bursts from the config, GCRA, keyed tables, header fields."""
