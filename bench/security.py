@@ -178,4 +178,25 @@ class _Jwt(_Guarded):
         return f"[auth tokens]\ntype = jwt\nalgorithms = RS256\nkeys = {path}\nissuer = bench\n\n"
 
 
-SCENARIOS = (_Acl(), _Basic(), _ApiKey(), _Jwt())
+class _RateLimit(_Guarded):
+    def __init__(self) -> None:
+        super().__init__(
+            "http-ratelimit",
+            "HTTP small answers, keep-alive, a rate limit per client address (never reached)",
+            (),
+            "ratelimits = per-client\n",
+            "            limit_req zone=bench_rl burst=1000000 nodelay;\n",
+            "    stick-table type ip size 100k expire 10s store http_req_rate(1s)\n"
+            "    http-request track-sc0 src\n"
+            "    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000 }\n",
+        )
+
+    def nginx_maps(self) -> str:
+        # nginx judges in milliseconds: without a burst, two requests in the same one refuse.
+        return "    limit_req_zone $binary_remote_addr zone=bench_rl:10m rate=1000000r/s;\n"
+
+    def files(self, bench: Bench) -> str:
+        return "[ratelimit per-client]\nrate = 1M/s\nkey = client\n\n"
+
+
+SCENARIOS = (_Acl(), _Basic(), _ApiKey(), _Jwt(), _RateLimit())

@@ -36,6 +36,7 @@ from proxyd.relay.dns import DnsListener
 from proxyd.relay.factory import (
     Counted,
     Counts,
+    Inheriting,
     Listening,
     ProtocolFactory,
     RelayFactory,
@@ -209,6 +210,8 @@ class RelayListener(Listener):
         mine = self.counts().totals
         self.carried = {key: before[key] for key in mine if key in before}
         self.relay.stats = old.relay.stats
+        if isinstance(self.relay, Inheriting):
+            self.relay.take_over(old.relay)
 
     def _counted(self, counts: Counts) -> Counts:
         if not self.carried:

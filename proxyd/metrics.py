@@ -31,7 +31,7 @@ Host value.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any, Final
 
@@ -129,6 +129,9 @@ class ErrorKind(StrEnum):
     AUTH_FAILED = "auth_failed"
     """A route's authentication refused the request (its `auth_failures` say by method and
     reason)."""
+    RATE_LIMITED = "rate_limited"
+    """A [ratelimit] of the route refused the request (429 unless its `status` says
+    otherwise; proxyd_ratelimit_requests_total says which limit)."""
     ACCEPT_FAILED = "accept_failed"
     """A listener could not accept a connection for want of a resource of proxyd's (EMFILE,
     ENFILE, ENOBUFS, ENOMEM; proxyd.accept_log): counted with no route, pool or server."""
@@ -279,6 +282,10 @@ class RelayStats:
         self.kind = kind
         self.listener = listener
         self._cells: dict[tuple[str, str, str], Cell] = {}
+        self.limits: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
+        """The listener's rate limits' figures by limit (proxyd.filters.ratelimit), shown
+        under the cell of no route, pool or server as `ratelimits`; set by the relay that
+        serves with these stats now."""
 
     def cell(self, route: str, pool: str, server: str) -> Cell:
         """The cell of (route, pool, server), made when first asked for ("" for none)."""
@@ -296,6 +303,10 @@ class RelayStats:
             fields = cell.snapshot()
             if fields:
                 routes.setdefault(route, {}).setdefault(pool, {})[server] = fields
+        limits = self.limits() if self.limits is not None else None
+        if limits:
+            listener = routes.setdefault("", {}).setdefault("", {}).setdefault("", {})
+            listener["ratelimits"] = {name: dict(figures) for name, figures in limits.items()}
         return {self.kind: {self.listener: routes}}
 
 

@@ -141,6 +141,21 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         "HTTP requests a [rule] matched, by rule and mode (enforce: refused; log_only).",
         labels=[*_RELAY_LABELS, "rule", "mode"],
     )
+    limit_labels = ["listener", "kind", "limit"]
+    limit_requests = CounterMetricFamily(
+        "proxyd_ratelimit_requests",
+        "HTTP requests judged by a [ratelimit], by outcome (allowed; limited: refused;"
+        " dry_run_limited: a dry-run limit would have refused).",
+        labels=[*limit_labels, "outcome"],
+    )
+    limit_keys = GaugeMetricFamily(
+        "proxyd_ratelimit_keys", "Keys a [ratelimit] holds now.", labels=limit_labels
+    )
+    limit_evicted = CounterMetricFamily(
+        "proxyd_ratelimit_evicted",
+        "Keys a [ratelimit] dropped past its max_keys while they still owed.",
+        labels=limit_labels,
+    )
     counters = {
         field: CounterMetricFamily(name, help_text, labels=_RELAY_LABELS)
         for field, name, help_text in _RELAY_COUNTERS
@@ -161,6 +176,12 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         for rule, modes in fields.get("rule_matches", {}).items():
             for mode, count in modes.items():
                 rule_matches.add_metric([*labels, rule, mode], count)
+        for limit, figures in fields.get("ratelimits", {}).items():
+            for outcome in ("allowed", "limited", "dry_run_limited"):
+                if outcome in figures:
+                    limit_requests.add_metric([listener, kind, limit, outcome], figures[outcome])
+            limit_keys.add_metric([listener, kind, limit], figures.get("tracked", 0))
+            limit_evicted.add_metric([listener, kind, limit], figures.get("evicted", 0))
         for field, family in counters.items():
             if field in fields:
                 family.add_metric(labels, fields[field])
@@ -175,6 +196,9 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         errors,
         auth_failures,
         rule_matches,
+        limit_requests,
+        limit_keys,
+        limit_evicted,
     ]
     yield from (metric for metric in every if metric.samples)
 

@@ -15,6 +15,7 @@ from proxyd.config.auth_section import auth_section
 from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.ini import Section
+from proxyd.config.ratelimit_section import ratelimit_section
 from proxyd.config.route_model import RouteConfig, RouteSecurity
 from proxyd.config.schema import TLS_SERVER_KEYS, WEBSOCKET_MESSAGE_KEYS
 from proxyd.config.security_model import OFF
@@ -202,6 +203,8 @@ def _http_security(
     for key in ("auth", "cors"):
         if fields.get(key) == OFF:
             fields[key] = None
+    if fields.get("ratelimits") == OFF:
+        fields["ratelimits"] = ()
     for route in fields.get("routes", ()):
         problems += _route_limits(fields, route)
     return problems
@@ -250,6 +253,12 @@ def _auth(section: Section, fields: dict[str, Any], groups: dict[str, dict[str, 
     return auth_section(section, fields)
 
 
+def _ratelimit(
+    section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]
+) -> _Problems:
+    return ratelimit_section(section, fields)
+
+
 _SECTIONS: Mapping[
     str, Callable[[Section, dict[str, Any], dict[str, dict[str, Any]]], _Problems]
 ] = {
@@ -259,6 +268,7 @@ _SECTIONS: Mapping[
     "rule": _rule,
     "cors": _cors,
     "auth": _auth,
+    "ratelimit": _ratelimit,
 }
 """Per section kind: its security keys' checks across keys (after _GROUPS)."""
 

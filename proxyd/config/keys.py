@@ -30,7 +30,7 @@ class Context:
     filters: dict[str, FilterConfig] = attrs.field(factory=dict)
     """The valid [filter] sections, built before the sections that list them."""
     section_names: dict[str, frozenset[str]] = attrs.field(factory=dict)
-    """Every [rule], [cors] and [auth] section's name, valid or not, by kind."""
+    """Every [rule], [cors], [auth] and [ratelimit] section's name, valid or not, by kind."""
     sections: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """The valid [rule], [cors] and [auth] sections by kind and name, built before the
     sections that name them."""

@@ -31,6 +31,7 @@ _BUILD_ORDER = (
     "rule",
     "cors",
     "auth",
+    "ratelimit",
     "tcp",
     "udp",
     "websocket",
@@ -39,9 +40,9 @@ _BUILD_ORDER = (
     "https",
 )
 """[http] sections are built last: their routes take actions from [route] sections; [filter],
-[rule], [cors] and [auth] sections before the sections that name them."""
+[rule], [cors], [auth] and [ratelimit] sections before the sections that name them."""
 
-_NAMED_KINDS = ("rule", "cors", "auth")
+_NAMED_KINDS = ("rule", "cors", "auth", "ratelimit")
 """Sections that listeners and routes name (Context.sections)."""
 
 

@@ -27,6 +27,7 @@ from proxyd.config.check_model import (
     TlsCheck,
     WebSocketCheck,
 )
+from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.route_model import (
     FilterConfig,
     HeaderRule,
@@ -312,6 +313,8 @@ class HttpListenerConfig:
     """Statuses of servers' responses whose body is replaced by proxyd's error page."""
     security_headers: SecurityHeadersConfig | None = None
     """The security_headers preset; None is off."""
+    ratelimits: tuple[RateLimitConfig, ...] = ()
+    """[ratelimit] sections every request is counted against, before its route's."""
 
     @property
     def kind(self) -> str:

@@ -11,6 +11,7 @@ import attrs
 
 from proxyd.access.networks import AccessList
 from proxyd.config.auth_model import AuthConfig
+from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.security_model import CorsConfig, Off, RuleConfig, SecurityHeadersConfig
 
 
@@ -105,6 +106,8 @@ class RouteSecurity:
     server_header: str | None = None
     intercept_errors: frozenset[int] | None = None
     security_headers: SecurityHeadersConfig | None = None
+    ratelimits: tuple[RateLimitConfig, ...] | Off | None = None
+    """Checked after the listener's; `off`: none, whatever the listener's `ratelimits`."""
 
 
 @attrs.frozen

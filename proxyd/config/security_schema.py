@@ -12,11 +12,12 @@ from typing import Any
 import attrs
 
 from proxyd.access.networks import AccessList
-from proxyd.config import auth_section, security
+from proxyd.config import auth_section, ratelimit_section, security
 from proxyd.config import values as v
 from proxyd.config.auth_model import AUTH_TYPES, AuthConfig
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
+from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.security_model import (
     OFF,
     RULE_MODES,
@@ -96,6 +97,7 @@ HTTP_SECURITY_KEYS: Mapping[str, Key] = {
     "rules": Key(_rules, context=True),
     "auth": Key(_auth, context=True),
     "cors": Key(_cors, context=True),
+    "ratelimits": Key(ratelimit_section.ratelimits, context=True),
     "hide_headers": Key(security.header_names),
     "pass_headers": Key(security.header_names),
     "server_header": Key(security.server_header),
@@ -180,5 +182,7 @@ SECURITY_SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "cache_key": Key(auth_section.names),
         },
     ),
+    "ratelimit": (RateLimitConfig, True, ratelimit_section.KEYS),
 }
-"""[rule NAME], [cors NAME], [auth NAME]: (model class, takes a NAME, keys)."""
+"""[rule NAME], [cors NAME], [auth NAME], [ratelimit NAME]: (model class, takes a NAME,
+keys)."""

@@ -19,6 +19,17 @@ from proxyd.filters.internal import RelayExchange
 from proxyd.metrics import ErrorKind
 
 
+def client_address(exchange: RelayExchange, trusted: Sequence[Network]) -> str:
+    """The address judged for `exchange`'s client (module docstring); rate limits count by
+    it too (proxyd.filters.ratelimit)."""
+    ip = exchange.client_ip
+    if exchange.client_trusted:
+        forwarded = [v for n, v in exchange.request_headers if n.lower() == b"x-forwarded-for"]
+        if forwarded:
+            ip = real_client(ip, forwarded, trusted)
+    return ip
+
+
 class AccessControl:
     """Built in where the listener or the route has `access`."""
 
@@ -27,11 +38,7 @@ class AccessControl:
         self.trusted = tuple(trusted)
 
     def request_head(self, exchange: RelayExchange) -> Reject | None:
-        ip = exchange.client_ip
-        if exchange.client_trusted:
-            forwarded = [v for n, v in exchange.request_headers if n.lower() == b"x-forwarded-for"]
-            if forwarded:
-                ip = real_client(ip, forwarded, self.trusted)
+        ip = client_address(exchange, self.trusted)
         for rules in self.lists:
             if not rules.allows(ip):
                 return Reject(

@@ -29,6 +29,7 @@ __all__ = [
     "Counts",
     "DnsCounted",
     "HttpCounted",
+    "Inheriting",
     "Listening",
     "ProtocolFactory",
     "RelayFactory",
@@ -96,6 +97,16 @@ class Retiring(Protocol):
 
     def retire(self) -> Deferred[None]:
         """Fires once its last connection is gone."""
+        ...
+
+
+@runtime_checkable
+class Inheriting(Protocol):
+    """A relay that carries state over from the relay it replaces at a reload (an HTTP
+    relay's unchanged rate limits keep their tables)."""
+
+    def take_over(self, old: object) -> None:
+        """This relay replaces `old`, the relay of the listener of the same name."""
         ...
 
 

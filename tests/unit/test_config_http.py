@@ -928,7 +928,8 @@ def test_an_error_status_given_twice_is_an_error(tmp_path: Path) -> None:
 def test_the_section_kinds_now_include_http_and_route() -> None:
     assert errors_of("[htp x]\n") == [
         "proxyd.ini:1: [htp x]: expected a section kind ('proxyd', 'admin', 'pool', 'tcp', "
-        "'udp', 'websocket', 'http', 'https', 'route', 'rule', 'cors', 'auth', 'filter');"
+        "'udp', 'websocket', 'http', 'https', 'route', 'rule', 'cors', 'auth', 'ratelimit',"
+        " 'filter');"
         " found [htp]"
         " (did you mean 'http'?)"
     ]

@@ -19,18 +19,20 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
     11 websocket_only        426 / 403 on a [websocket] passthrough port (request)
     12 cors                  preflights answered; CORS fields on every answer below it
     13 auth                  [auth]: basic, api_key, jwt, forward (401, 403...)
-    14 listener filters      the listener's `filters`, in the order listed
-    15 route filters         the [route]'s `filters`, in the order listed
-    16 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
-    17 sticky_cookie         back to the cookie's server; Set-Cookie on the response
-    18 header_rules          request_headers / response_headers: the listener's, then the route's
-    19 respond / redirect    the route's own answer
+    14 ratelimit             [ratelimit] sections: the listener's, then the route's (429 with
+                             Retry-After; RateLimit fields on the response)
+    15 listener filters      the listener's `filters`, in the order listed
+    16 route filters         the [route]'s `filters`, in the order listed
+    17 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
+    18 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+    19 header_rules          request_headers / response_headers: the listener's, then the route's
+    20 respond / redirect    the route's own answer
 
 Request phases run down the table, response phases up it; a request answered at a row runs
 the response phases of the rows above it. Rows a listener's config does not ask for are left
 out, so that a feature switched off costs nothing. A route's setting replaces the listener's
-(`access` and `rules` add to them); the listener's own chain (requests no route matches, and
-those refused before routing) has its rows with the listener's settings.
+(`access`, `rules` and `ratelimits` add to them); the listener's own chain (requests no route
+matches, and those refused before routing) has its rows with the listener's settings.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from proxyd.config.model import (
     HttpListenerConfig,
     PoolConfig,
     ProxyAction,
+    RateLimitConfig,
     RedirectAction,
     RespondAction,
     RouteConfig,
@@ -61,6 +64,7 @@ from proxyd.filters.header_rules import RequestRules, ResponseRules
 from proxyd.filters.hsts import Hsts
 from proxyd.filters.intercept_errors import InterceptErrors
 from proxyd.filters.local_answers import HttpsRedirect, OriginCheck, RouteAnswer, WebSocketOnly
+from proxyd.filters.ratelimit import RateLimitContext, build_ratelimit
 from proxyd.filters.request_limits import request_limits
 from proxyd.filters.rules import Rules
 from proxyd.filters.security_headers import SecurityHeaders, hidden_names
@@ -84,11 +88,13 @@ def build_chains(
     websocket_only: OriginCheck | None,
     auth: AuthContext,
     stats: Callable[[], RelayStats],
+    ratelimits: RateLimitContext,
 ) -> dict[str | None, Chain]:
     """The chain of each route by name, and the listener's own under None (requests that
     match no route, and those refused before routing). `auth` is what the routes'
-    authentication runs with (one per listener), `stats` gives the listener's metrics."""
-    build = _Builder(config, error_pages, websocket_only, auth, stats)
+    authentication runs with (one per listener), `stats` gives the listener's metrics,
+    `ratelimits` holds the listener's rate-limit tables."""
+    build = _Builder(config, error_pages, websocket_only, auth, stats, ratelimits)
     listener = build.head(_LISTENER) + build.middle(None)
     chains: dict[str | None, Chain] = {None: Chain(listener, *build.hiding(_LISTENER))}
     forwarding = Forwarding(config.via)
@@ -103,7 +109,7 @@ def build_chains(
 
 
 class _Builder:
-    """Rows 1 to 15 of a route's chain (the listener's when the route is None). Filters
+    """Rows 1 to 16 of a route's chain (the listener's when the route is None). Filters
     whose settings are the same for several routes are made once and shared."""
 
     def __init__(
@@ -113,10 +119,12 @@ class _Builder:
         websocket_only: OriginCheck | None,
         auth: AuthContext,
         stats: Callable[[], RelayStats],
+        ratelimits: RateLimitContext,
     ) -> None:
         self.config = config
         self.error_pages = error_pages
         self.auth = auth
+        self.ratelimits = ratelimits
         self.stats = stats
         self.first: Filters = []
         if error_pages:
@@ -192,18 +200,33 @@ class _Builder:
         server = _pick(route.server_header, config.server_header)
         return names, server.encode("ascii") if server else None
 
+    def _limits(self, route: RouteConfig | None) -> tuple[RateLimitConfig, ...]:
+        """The listener's limits, then the route's (each once); none for `ratelimits = off`."""
+        mine = None if route is None else route.security.ratelimits
+        if mine == OFF:
+            return ()
+        limits = {limit.name: limit for limit in (*self.config.ratelimits, *(mine or ()))}
+        return tuple(limits.values())
+
     def _access(self, lists: list[AccessList]) -> object:
         trusted = self.config.trusted_proxies
         return self._once(("access", *lists), lambda: AccessControl(lists, trusted))
 
     def middle(self, route: RouteConfig | None) -> Filters:
-        """Rows 13 to 15: the authentication, then the listener's and the route's filters."""
+        """Rows 13 to 16: the authentication, the rate limits, then the listener's and the
+        route's filters."""
         filters: Filters = []
         chosen = self.config.auth
         if route is not None and route.security.auth is not None:
             chosen = None if route.security.auth == OFF else route.security.auth
         if chosen is not None and chosen != OFF:
             filters.append(("auth", build_auth(chosen, self.auth)))
+        limits = self._limits(route)
+        if limits:
+            made = self._once(
+                ("ratelimit", limits), lambda: build_ratelimit(limits, self.ratelimits)
+            )
+            filters.append(("ratelimit", made))
         filters += _user(self.config.filters)
         if route is not None:
             filters += _user(route.filters)
@@ -224,7 +247,7 @@ def _tail(
     forwarding: Forwarding,
     sticky: StickyCookie | None,
 ) -> Filters:
-    """Rows 16 to 19."""
+    """Rows 17 to 20."""
     filters: Filters = []
     action = route.action
     if isinstance(action, ProxyAction):

@@ -165,6 +165,7 @@ _REASONS: Final = {
     414: b"URI Too Long",
     417: b"Expectation Failed",
     426: b"Upgrade Required",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",

@@ -25,6 +25,7 @@ from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.auth import AuthContext
 from proxyd.filters.local_answers import OriginCheck
+from proxyd.filters.ratelimit import RateLimitContext
 from proxyd.metrics import ErrorKind, RelayStats
 from proxyd.pool import Affinity, Pool
 from proxyd.relay.http import headers as policy
@@ -487,6 +488,11 @@ class HttpRelayFactory(Factory[ClientConnection]):
         )
         """What the routes' authentication runs with and starts (proxyd.filters.auth): started
         with the factory, stopped once its last connection is over."""
+        self.ratelimits = RateLimitContext(
+            self.reactor, listener=config.name, trusted=config.trusted_proxies
+        )
+        """The rate limits' tables and their sweep (proxyd.filters.ratelimit), with the same
+        lifetime as `auth`."""
         self.pools = pools
         self.upstreams = upstreams
         self.access_log = access_log
@@ -502,6 +508,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
             websocket_only,
             self.auth,
             lambda: self.stats,
+            self.ratelimits,
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
@@ -520,7 +527,24 @@ class HttpRelayFactory(Factory[ClientConnection]):
         self.stats = RelayStats(
             "websocket" if websocket_only is not None else config.kind, config.name
         )
-        """The metrics by route, pool and server (proxyd.metrics), counted by each exchange."""
+
+    @property
+    def stats(self) -> RelayStats:
+        """The metrics by route, pool and server (proxyd.metrics), counted by each exchange;
+        a reload hands them to the relay that replaces this one, which then shows its rate
+        limits in them."""
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: RelayStats) -> None:
+        self._stats = stats
+        stats.limits = self.ratelimits.snapshot if self.ratelimits.limits else None
+
+    def take_over(self, old: object) -> None:
+        """A reload: this relay replaces `old` (the relay of the listener of the same name):
+        its unchanged rate limits go on with `old`'s tables."""
+        if isinstance(old, HttpRelayFactory):
+            self.ratelimits.take_over(old.ratelimits)
 
     def may_open_tunnel(self) -> bool:
         limit = self.config.max_tunnels
@@ -565,8 +589,10 @@ class HttpRelayFactory(Factory[ClientConnection]):
 
     def _over(self, _: object) -> None:
         """The last connection is over (a stop, or a reload replaced this relay): what the
-        routes' authentication started ends (JWKS refreshes, auth-service connections)."""
+        routes' authentication started ends (JWKS refreshes, auth-service connections), and
+        the rate limits' sweep."""
         self.auth.stop()
+        self.ratelimits.stop()
 
     def close_all(self) -> None:
         """The drain time is up: close every client connection still open (with what its
@@ -576,9 +602,10 @@ class HttpRelayFactory(Factory[ClientConnection]):
 
     def startFactory(self) -> None:
         """Listening: large bodies are relayed without page faults from here on; the routes'
-        authentication fetches its JWKS."""
+        authentication fetches its JWKS; the rate limits' sweep starts."""
         retain_freed_memory()
         self.auth.start()
+        self.ratelimits.start()
 
     def set_listening_port(self, port: Any) -> None:
         """Nothing to do: HTTP listeners do not pause accepting."""
