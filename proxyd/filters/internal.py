@@ -55,3 +55,7 @@ class RelayExchange(Exchange, Protocol):
     def set_request_headers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
 
     def set_response_headers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def add_response_fields(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """Fields the response will carry, whoever makes it (the server, proxyd, a filter),
+        given by a request-phase filter: cheaper than a response-phase step that adds them."""

@@ -52,8 +52,6 @@ LOG_INTERVAL: Final = 1.0
 """A dry-run limit logs at most one line this often."""
 _LONGEST: Final = 64
 """Header values longer than this are counted by their digest."""
-_VERDICTS: Final = "ratelimit"
-"""exchange.vars' key for the enforcing limits' verdicts, for response_head."""
 
 Key = Callable[[RelayExchange], Hashable]
 
@@ -180,7 +178,14 @@ class RateLimit:
 
     def request_head(self, exchange: RelayExchange) -> Reject | None:
         enforcing = self._enforcing
-        if enforcing:
+        if len(enforcing) == 1:  # the common case, without hit_all's lists
+            limit, key = enforcing[0]
+            verdict = limit.table.hit(key(exchange))
+            results = [(limit.policy, verdict)]
+            if not verdict.allowed:
+                return self._refuse(results, [limit.config.name])
+            exchange.add_response_fields(response_fields(results, self._policy))
+        elif enforcing:
             verdicts = hit_all([(limit.table, key(exchange)) for limit, key in enforcing])
             results = [
                 (limit.policy, verdict)
@@ -192,22 +197,18 @@ class RateLimit:
                 if not verdict.allowed
             ]
             if refused:
-                status = self.context.limits[refused[0]].config.status
-                reject = Reject(
-                    status, f"rate limited by {', '.join(refused)}", ErrorKind.RATE_LIMITED
-                )
-                reject.headers.extend(response_fields(results, self._policy))
-                return reject
-            exchange.vars[_VERDICTS] = results
+                return self._refuse(results, refused)
+            exchange.add_response_fields(response_fields(results, self._policy))
         for limit, key in self._dry:
             if not limit.table.hit(key(exchange)).allowed:
                 self._would_refuse(limit, exchange)
         return None
 
-    def response_head(self, exchange: RelayExchange) -> None:
-        results: list[tuple[Policy, Verdict]] | None = exchange.vars.get(_VERDICTS)
-        if results is not None:
-            exchange.response_headers.extend(response_fields(results, self._policy))
+    def _refuse(self, results: list[tuple[Policy, Verdict]], refused: list[str]) -> Reject:
+        status = self.context.limits[refused[0]].config.status
+        reject = Reject(status, f"rate limited by {', '.join(refused)}", ErrorKind.RATE_LIMITED)
+        reject.headers.extend(response_fields(results, self._policy))
+        return reject
 
     def _would_refuse(self, limit: Limit, exchange: RelayExchange) -> None:
         now = self.context.reactor.seconds()

@@ -124,6 +124,8 @@ class Exchange(Filtering):
         self.error: str | None = None
         self.error_kind: str | None = None  # for the metrics (see proxyd.metrics.ErrorKind)
         self._vars: dict[str, Any] | None = None
+        self._added_fields: Headers | None = None
+        """Fields for the response from request-phase filters (add_response_fields)."""
         self._head_run: HeadRun | None = None
         self._filter_bound: IdleTimer | None = None
         # Request side.
@@ -339,6 +341,8 @@ class Exchange(Filtering):
             hidden=chain.hidden,
             server=chain.server,
         )
+        if self._added_fields is not None:
+            self.response_fields += self._added_fields
         steps = chain.response_head
         if steps:
             self._respond(steps)
@@ -530,6 +534,8 @@ class Exchange(Filtering):
         self.answer = answer
         self.status = answer.status
         self.response_fields = fields = answer.headers
+        if self._added_fields is not None:
+            fields += self._added_fields
         server = self.chain.server
         if server is not None and not any(f[0].lower() == b"server" for f in fields):
             fields.append(server)  # hide_headers' Server on proxyd's own answers too

@@ -35,6 +35,7 @@ _log = Logger(namespace="proxyd.relay.http")
 
 class Filtering:
     __slots__ = (
+        "_added_fields",
         "_filter_bound",
         "_head_run",
         "_preferred",
@@ -62,6 +63,7 @@ class Filtering:
     path: str
     query: str
     _vars: dict[str, Any] | None
+    _added_fields: Headers | None
     _preferred: Server | None
     _filter_bound: IdleTimer | None
     _head_run: HeadRun | None
@@ -170,6 +172,13 @@ class Filtering:
 
     def set_response_headers(self, headers: Headers) -> None:
         self.response_fields = headers
+
+    def add_response_fields(self, fields: Headers) -> None:
+        added = self._added_fields
+        if added is None:
+            self._added_fields = list(fields)
+        else:
+            added.extend(fields)
 
     def set_error_kind(self, kind: str) -> None:
         self.error_kind = kind
