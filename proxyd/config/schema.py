@@ -14,6 +14,7 @@ from proxyd.config.keys import Context, Key, reference
 from proxyd.config.model import (
     BALANCE_ALGORITHMS,
     ESCAPED_SLASHES,
+    TRACE_CONTEXT,
     AdminConfig,
     GlobalConfig,
     HttpListenerConfig,
@@ -184,6 +185,7 @@ HTTP_KEYS: Mapping[str, Key] = {
     "max_tunnels": Key(v.integer(0)),
     "escaped_slashes": Key(v.choice(*ESCAPED_SLASHES)),
     "invalid_headers": Key(v.choice(*INVALID_HEADERS)),
+    "trace_context": Key(v.choice(*TRACE_CONTEXT)),
     **HTTP_SECURITY_KEYS,
 }
 """Keys shared by [http] and [https]."""

@@ -30,6 +30,7 @@ class Chain:
         "keeps_request_length",
         "log",
         "logs_identity",
+        "logs_trace",
         "names",
         "request_body",
         "request_head",
@@ -48,6 +49,9 @@ class Chain:
         self.logs_identity = "auth" in self.names or "rules" in self.names
         """The access log's lines of this chain's requests have `rule` and `auth_user`
         (exchange.vars' "rule" and "auth_user", or null)."""
+        self.logs_trace = "trace_context" in self.names
+        """The access log's lines of this chain's requests have `trace_id` (exchange.vars'
+        "trace_id", or null)."""
         self.hidden = hidden
         """hide_headers: the server's response fields removed as its head arrives (lower
         case), before any response filter sees it."""

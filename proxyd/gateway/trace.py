@@ -225,9 +225,15 @@ def _truncate(members: list[bytes], max_length: int) -> bytes | None:
 
 def _hex_id(generate: Callable[[], bytes], size: int) -> bytes:
     """generate()'s bytes as lowercase hex; all zeros (invalid in a traceparent) once more."""
+    zeros = _ZEROS[size]
     raw = generate()
-    if not any(raw):
+    if raw == zeros:
         raw = generate()
-    if len(raw) != size or not any(raw):
+    if len(raw) != size or raw == zeros:
         raise ValueError(f"an id generator gave {raw!r}: expected {size} bytes, not all zeros")
     return raw.hex().encode()
+
+
+_ZEROS: Final = {8: bytes(8), 16: bytes(16)}
+"""The all-zero span and trace ids (compared whole: `any()` walks the bytes in Python
+objects)."""

@@ -452,11 +452,13 @@ def test_the_chain_holds_the_rows_configured_in_the_documented_order() -> None:
         allowed_methods=frozenset({"GET"}),
         cors=cors_config(),
         auth=api_key_auth(),
+        trace_context="on",
     )
     assert relay.factory.chains["r"].names == (
         "error_pages",
         "security_headers",
         "intercept_errors",
+        "trace_context",
         "invalid_headers",
         "access",
         "request_limits",
@@ -468,6 +470,7 @@ def test_the_chain_holds_the_rows_configured_in_the_documented_order() -> None:
     assert relay.factory.chains[None].names == (
         "error_pages",
         "security_headers",
+        "trace_context",
         "invalid_headers",
         "request_limits",
         "cors",

@@ -8,25 +8,28 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
                              sent (response; on by default: see _Builder.hiding)
     4  security_headers      the security_headers preset (response)
     5  intercept_errors      a server's error body replaced by proxyd's page (response)
-    6  invalid_headers       request fields with '_' and the like dropped (or 400; on by
+    6  trace_context         W3C traceparent continued or begun, tracestate passed on, the
+                             trace id kept for the access log (request; first, so that
+                             requests refused below are logged with it)
+    7  invalid_headers       request fields with '_' and the like dropped (or 400; on by
                              default)
-    7  access                allow/deny by the client's address: the listener's list, then
+    8  access                allow/deny by the client's address: the listener's list, then
                              the route's (403)
-    8  request_limits        allowed_methods (405), max_uri_length / max_query_length (414),
+    9  request_limits        allowed_methods (405), max_uri_length / max_query_length (414),
                              max_body_size (413, at once by Content-Length, else as it streams)
-    9  rules                 [rule] sections: the listener's, then the route's (403, log_only)
-    10 https_redirect        308 to https (request)
-    11 websocket_only        426 / 403 on a [websocket] passthrough port (request)
-    12 cors                  preflights answered; CORS fields on every answer below it
-    13 auth                  [auth]: basic, api_key, jwt, forward (401, 403...)
-    14 ratelimit             [ratelimit] sections: the listener's, then the route's (429 with
+    10 rules                 [rule] sections: the listener's, then the route's (403, log_only)
+    11 https_redirect        308 to https (request)
+    12 websocket_only        426 / 403 on a [websocket] passthrough port (request)
+    13 cors                  preflights answered; CORS fields on every answer below it
+    14 auth                  [auth]: basic, api_key, jwt, forward (401, 403...)
+    15 ratelimit             [ratelimit] sections: the listener's, then the route's (429 with
                              Retry-After; RateLimit fields on the response)
-    15 listener filters      the listener's `filters`, in the order listed
-    16 route filters         the [route]'s `filters`, in the order listed
-    17 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
-    18 sticky_cookie         back to the cookie's server; Set-Cookie on the response
-    19 header_rules          request_headers / response_headers: the listener's, then the route's
-    20 respond / redirect    the route's own answer
+    16 listener filters      the listener's `filters`, in the order listed
+    17 route filters         the [route]'s `filters`, in the order listed
+    18 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
+    19 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+    20 header_rules          request_headers / response_headers: the listener's, then the route's
+    21 respond / redirect    the route's own answer
 
 Request phases run down the table, response phases up it; a request answered at a row runs
 the response phases of the rows above it. Rows a listener's config does not ask for are left
@@ -69,6 +72,7 @@ from proxyd.filters.request_limits import request_limits
 from proxyd.filters.rules import Rules
 from proxyd.filters.security_headers import SecurityHeaders, hidden_names
 from proxyd.filters.sticky import StickyCookie
+from proxyd.filters.trace_context import TraceContext
 from proxyd.metrics import RelayStats
 
 Filters = list[tuple[str, object]]
@@ -109,7 +113,7 @@ def build_chains(
 
 
 class _Builder:
-    """Rows 1 to 16 of a route's chain (the listener's when the route is None). Filters
+    """Rows 1 to 17 of a route's chain (the listener's when the route is None). Filters
     whose settings are the same for several routes are made once and shared."""
 
     def __init__(
@@ -136,9 +140,13 @@ class _Builder:
             self.local.append(("https_redirect", HttpsRedirect(config.https_redirect)))
         if websocket_only is not None:
             self.local.append(("websocket_only", WebSocketOnly(websocket_only)))
-        self.invalid: Filters = []
+        self.early: Filters = []
+        """Rows 6 and 7, the same on every route."""
+        if config.trace_context != "off":
+            restart = config.trace_context == "restart"
+            self.early.append(("trace_context", TraceContext(restart)))
         if config.invalid_headers != "pass":
-            self.invalid.append(("invalid_headers", InvalidHeaders(config.invalid_headers)))
+            self.early.append(("invalid_headers", InvalidHeaders(config.invalid_headers)))
         self._made: dict[tuple[object, ...], object] = {}
 
     def _once(self, key: tuple[object, ...], make: Callable[[], object]) -> object:
@@ -148,8 +156,8 @@ class _Builder:
         return found
 
     def head(self, route: RouteSecurity) -> Filters:
-        """Rows 1 to 12: the response hardening, the request's checks, the local answers and
-        CORS."""
+        """Rows 1 to 13: the response hardening, trace context, the request's checks, the
+        local answers and CORS."""
         config = self.config
         filters = list(self.first)
         preset = _pick(route.security_headers, config.security_headers)
@@ -164,7 +172,7 @@ class _Builder:
                 ("intercept", statuses), lambda: InterceptErrors(statuses, self.error_pages)
             )
             filters.append(("intercept_errors", made))
-        filters += self.invalid
+        filters += self.early
         lists = [rules for rules in (config.access, route.access) if rules is not None]
         if lists:
             filters.append(("access", self._access(lists)))
@@ -213,7 +221,7 @@ class _Builder:
         return self._once(("access", *lists), lambda: AccessControl(lists, trusted))
 
     def middle(self, route: RouteConfig | None) -> Filters:
-        """Rows 13 to 16: the authentication, the rate limits, then the listener's and the
+        """Rows 14 to 17: the authentication, the rate limits, then the listener's and the
         route's filters."""
         filters: Filters = []
         chosen = self.config.auth
@@ -247,7 +255,7 @@ def _tail(
     forwarding: Forwarding,
     sticky: StickyCookie | None,
 ) -> Filters:
-    """Rows 17 to 20."""
+    """Rows 18 to 21."""
     filters: Filters = []
     action = route.action
     if isinstance(action, ProxyAction):
