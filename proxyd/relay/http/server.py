@@ -26,10 +26,11 @@ from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.auth import AuthContext
 from proxyd.filters.local_answers import OriginCheck
 from proxyd.filters.ratelimit import RateLimitContext
-from proxyd.metrics import ErrorKind, RelayStats
+from proxyd.metrics import RelayStats
 from proxyd.pool import Affinity, Pool
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.chains import build_chains
+from proxyd.relay.http.client_sending import Sending
 from proxyd.relay.http.decide import Place
 from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.forward import attempt_policy
@@ -59,7 +60,6 @@ from proxyd.relay.io import (
     Transport,
     closes_at_once,
     no_delay,
-    reset,
     retain_freed_memory,
 )
 from proxyd.relay.send_timeout import SendTimeout
@@ -75,7 +75,7 @@ def _address(address: IAddress) -> Address:
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class ClientConnection(TwistedProtocol):
+class ClientConnection(Sending, TwistedProtocol):
     """One client connection. It is its transport's producer: a full write buffer pauses the
     current exchange's upstream reads, and starts the client's send timeout (idle_timeout;
     a tunnel's tunnel_timeout): a client that takes none of what waits for it for that long
@@ -283,53 +283,6 @@ class ClientConnection(TwistedProtocol):
         channel.loseConnection()
         if not self.lost and not closes_at_once(channel):
             self._send_watch().closing()
-
-    def set_send_timeout(self, timeout: float) -> None:
-        """The send timeout from now on (a tunnel's)."""
-        self._send_timeout = timeout
-        if self._sending is not None:
-            self._sending.set_timeout(timeout)
-
-    def _send_watch(self) -> SendTimeout:
-        sending = self._sending
-        if sending is None:
-            sending = self._sending = SendTimeout(
-                self.factory.reactor, self.transport, self._send_timeout, self._send_timed_out
-            )
-        return sending
-
-    def _send_timed_out(self) -> None:
-        """The client took none of what waits for it for the send timeout: reset, counted
-        (client_stalled) and logged. A close with nothing left to send that did not end (a TLS
-        client that never answers close_notify) is reset without more ado."""
-        sending = self._sending
-        if self.lost or sending is None:
-            return
-        tunnel = self.tunnel
-        if sending.held != 0:
-            why = f"took no bytes for {sending.timeout:g}s"
-            _log.info(
-                "{kind} {listener}: client {client} {why} ({held} bytes waiting): reset",
-                kind=self.factory.config.kind,
-                listener=self.factory.config.name,
-                client=self.peer_text,
-                why=why,
-                held="?" if sending.held is None else sending.held,
-            )
-            exchange = self.exchange
-            if tunnel is not None:
-                tunnel.client_stalled(why)  # resets both sides
-                return
-            if exchange is not None and not exchange.finished:
-                exchange.error = f"client {why}"  # it ends with the connection's loss
-                exchange.error_kind = ErrorKind.CLIENT_STALLED
-            else:
-                self.factory.stats.cell("", "", "").error(ErrorKind.CLIENT_STALLED)
-        elif tunnel is not None:
-            tunnel.client_stalled(None)
-            return
-        self.factory.sends.discard(self.channel)
-        reset(self.channel)
 
     def close_after_response(self) -> None:
         self.closing = True
