@@ -5,7 +5,7 @@ proxyd.config.model."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -13,6 +13,9 @@ from proxyd.access.networks import AccessList
 from proxyd.config.auth_model import AuthConfig
 from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.security_model import CorsConfig, Off, RuleConfig, SecurityHeadersConfig
+
+if TYPE_CHECKING:
+    from proxyd.gateway.query_ops import QueryOp
 
 
 @attrs.frozen
@@ -53,6 +56,12 @@ class ProxyAction:
     """(regex, replacement with \\1 groups) applied to the path after strip_prefix."""
     host: str | None = None
     """Host header sent upstream; None passes the client's."""
+    query_ops: tuple[QueryOp, ...] = ()
+    """`query_params`: operations on the query sent upstream, in Kong's order
+    (proxyd.gateway.query_ops)."""
+    upstream_method: str | None = None
+    """`upstream_method`: the method sent upstream (not for HEAD requests and WebSocket
+    handshakes, which keep theirs); None passes the client's."""
 
 
 @attrs.frozen

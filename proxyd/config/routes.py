@@ -31,6 +31,8 @@ from proxyd.config.model import (
     RouteMatch,
     RouteSecurity,
 )
+from proxyd.gateway import query_ops
+from proxyd.gateway.query_ops import QueryOp, parse_query_ops
 
 TEMPLATE_VARIABLES = (
     "client_ip",
@@ -139,6 +141,28 @@ def header_rules(text: str) -> tuple[HeaderRule, ...]:
             v.collect(errors, index, e)
     v.raise_all(errors)
     return tuple(rules)
+
+
+def query_params(text: str) -> tuple[QueryOp, ...]:
+    """`query_params`: one query operation a line (proxyd.gateway.query_ops), in Kong's
+    order."""
+    ops = parse_query_ops(text.splitlines())
+    if not ops:
+        raise Invalid(f"one or more query operations, one a line: {query_ops.USAGE}", "nothing")
+    return ops
+
+
+def upstream_method(text: str) -> str:
+    """`upstream_method`: a method in upper case, not HEAD or CONNECT, whose answers are
+    framed differently (RFC 9112 6.3): the client's answer must follow the client's method."""
+    word = v.method(text)
+    if word in ("HEAD", "CONNECT"):
+        raise Invalid(
+            "a method other than HEAD and CONNECT",
+            repr(word),
+            "HEAD requests keep their method; CONNECT opens a tunnel",
+        )
+    return word
 
 
 def match_host(text: str) -> str:
@@ -413,10 +437,19 @@ class RouteSection:
     response_headers: tuple[HeaderRule, ...] = ()
     filters: tuple[FilterConfig, ...] = ()
     security: RouteSecurity = RouteSecurity()  # noqa: RUF009 (frozen: safe to share)
+    query_params: tuple[QueryOp, ...] = ()
+    upstream_method: str | None = None
 
     def action(self) -> RouteAction:
         if self.pool is not None:
-            return ProxyAction(self.pool, self.strip_prefix, self.rewrite, self.host)
+            return ProxyAction(
+                self.pool,
+                self.strip_prefix,
+                self.rewrite,
+                self.host,
+                self.query_params,
+                self.upstream_method,
+            )
         if self.redirect is not None:
             return self.redirect
         assert self.respond is not None
@@ -430,6 +463,8 @@ ROUTE_OPTION_KEYS: Mapping[str, str] = {
     "strip_prefix": "pool",
     "rewrite": "pool",
     "host": "pool",
+    "query_params": "pool",
+    "upstream_method": "pool",
     "content_type": "respond",
 }
 """Keys of `[route]` that only go with one action key."""

@@ -332,6 +332,8 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "strip_prefix": Key(v.boolean),
             "rewrite": Key(routes.rewrite),
             "host": Key(v.host_header),
+            "query_params": Key(routes.query_params),
+            "upstream_method": Key(routes.upstream_method),
             "redirect": Key(routes.redirect_value),
             "respond": Key(routes.respond_value),
             "content_type": Key(routes.content_type),

@@ -26,10 +26,12 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
                              Retry-After; RateLimit fields on the response)
     16 listener filters      the listener's `filters`, in the order listed
     17 route filters         the [route]'s `filters`, in the order listed
-    18 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
-    19 sticky_cookie         back to the cookie's server; Set-Cookie on the response
-    20 header_rules          request_headers / response_headers: the listener's, then the route's
-    21 respond / redirect    the route's own answer
+    18 transform             the [route]'s query_params on the query sent upstream (request;
+                             route only)
+    19 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
+    20 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+    21 header_rules          request_headers / response_headers: the listener's, then the route's
+    22 respond / redirect    the route's own answer
 
 Request phases run down the table, response phases up it; a request answered at a row runs
 the response phases of the rows above it. Rows a listener's config does not ask for are left
@@ -73,6 +75,7 @@ from proxyd.filters.rules import Rules
 from proxyd.filters.security_headers import SecurityHeaders, hidden_names
 from proxyd.filters.sticky import StickyCookie
 from proxyd.filters.trace_context import TraceContext
+from proxyd.filters.transform import QueryParams
 from proxyd.metrics import RelayStats
 
 Filters = list[tuple[str, object]]
@@ -255,10 +258,12 @@ def _tail(
     forwarding: Forwarding,
     sticky: StickyCookie | None,
 ) -> Filters:
-    """Rows 18 to 21."""
+    """Rows 18 to 22."""
     filters: Filters = []
     action = route.action
     if isinstance(action, ProxyAction):
+        if action.query_ops:
+            filters.append(("transform", QueryParams(action.query_ops)))
         filters.append(("forwarding", forwarding))
         if sticky is not None:
             filters.append(("sticky_cookie", sticky))

@@ -38,7 +38,6 @@ from proxyd.relay.http.messages import (
     response_head,
 )
 from proxyd.relay.http.roles import ExchangeClient
-from proxyd.relay.http.routing import rewrite_path
 from proxyd.relay.http.state import (
     DONE,
     FLAGS,
@@ -53,6 +52,7 @@ from proxyd.relay.http.state import (
 )
 from proxyd.relay.http.tunnel import Tunnel
 from proxyd.relay.http.upstream import UpstreamConnection
+from proxyd.relay.http.upstream_request import upstream_request
 from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -98,6 +98,7 @@ class Exchange(Filtering):
         "status",
         "tunnel",
         "tunnel_close",
+        "upstream_method",
         "wants_request_events",
         "websocket",
     )
@@ -109,6 +110,8 @@ class Exchange(Filtering):
         self.factory = factory = client.factory
         self.config = factory.config
         self.request = request
+        self.upstream_method = request.method
+        """The method sent upstream: the route's `upstream_method`, else the client's."""
         self.clock = factory.reactor
         self.started = self.clock.seconds()
         self.state = REQUEST_FILTERS
@@ -218,16 +221,11 @@ class Exchange(Filtering):
         if self.websocket and not self.factory.may_open_tunnel():
             self.fail(503, f"max_tunnels ({self.config.max_tunnels}) reached", ErrorKind.REFUSED)
             return
-        action = route.action
-        path = self.path
-        upstream_path = path if path == "*" else rewrite_path(route, path)
-        query = self.query.encode("latin-1")
-        target = upstream_path.encode("latin-1") + (b"?" + query if query else b"")
         request = self.request
-        fields = request.headers
-        if action.host is not None:
-            fields = [(k, v) for k, v in fields if k.lower() != b"host"]
-            fields.append((b"Host", action.host.encode("latin-1")))
+        method, target, fields = upstream_request(
+            request, route, self.path, self.query, self.websocket
+        )
+        self.upstream_method = method
         if request.has_body and self.chain.request_body:
             if not self.chain.keeps_request_length:
                 # Filters may change the body's length: it goes chunked.
@@ -248,7 +246,7 @@ class Exchange(Filtering):
             self,
             pool,
             self.factory.upstreams[pool.name],
-            [request_head(request.method, target, fields)],
+            [request_head(self.upstream_method, target, fields)],
             self._preferred,
             self.factory.attempts,
         )

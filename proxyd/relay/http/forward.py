@@ -69,6 +69,7 @@ class Forwarded(Protocol):
     """The client connection (proxyd.relay.http.exchange.ExchangeClient)."""
     request_done: bool
     websocket: bool
+    upstream_method: bytes
 
     @property
     def response_started(self) -> bool: ...
@@ -195,7 +196,7 @@ class Forward:
         exchange = self.exchange
         request = exchange.request
         self.conn = conn
-        conn.begin(self, request.method)
+        conn.begin(self, exchange.upstream_method)
         if not exchange.client.writable:
             conn.pause_reading()
         conn.send(self.head + self._replay)
@@ -223,7 +224,7 @@ class Forward:
     def _may_retry(self) -> bool:
         return (
             not self.exchange.response_started
-            and self.exchange.request.method in IDEMPOTENT
+            and self.exchange.upstream_method in IDEMPOTENT
             and self._replayable
             and self.driver.may_try_another()
         )
