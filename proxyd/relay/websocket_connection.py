@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Protocol, cast
 
-from autobahn.exception import PayloadExceededError
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -33,11 +32,11 @@ from proxyd.relay.websocket_legs import (
     Reader,
 )
 from proxyd.relay.websocket_legs import Listener as LegListener
+from proxyd.relay.websocket_messages import Messages
 from proxyd.relay.websocket_policy import (
     CLEAN_CLOSES,
     GOING_AWAY,
     MESSAGE_TOO_BIG,
-    POLICY_VIOLATION,
     Close,
     MessageRate,
     OriginPolicy,
@@ -103,7 +102,7 @@ class Listener(LegListener, Protocol):
     def finished(self, relay: Relay) -> None: ...
 
 
-class Relay:
+class Relay(Messages):
     """One client's WebSocket and proxyd's WebSocket to a server, from the client's TCP
     connection to the access-log line."""
 
@@ -351,51 +350,6 @@ class Relay:
         self._producers = True
         client_transport.resumeProducing()
         self._idle.start()
-
-    # Messages.
-
-    def message(self, side: Side, payload: bytes, is_binary: bool) -> None:
-        self._idle.touch()
-        factory = self.factory
-        if side is Side.CLIENT:
-            if not self._rate.allow(factory.reactor.seconds()):
-                self._rate_exceeded()
-                return
-            self.messages_in += 1
-            self.record.bytes_in += len(payload)
-            factory.messages_in += 1
-            if self._cell is not None:
-                self._cell.bytes_in += len(payload)
-            peer: Leg | None = self.backend
-        else:
-            self.messages_out += 1
-            self.record.bytes_out += len(payload)
-            factory.messages_out += 1
-            if self._cell is not None:
-                self._cell.bytes_out += len(payload)
-            peer = self.client
-        if peer is None or peer.state != OPEN:
-            return
-        try:
-            peer.sendMessage(payload, is_binary)
-        except PayloadExceededError:
-            # Compressed for the client, a message at max_message_size may grow past it.
-            self._set_word(WsClose.MESSAGE_TOO_BIG)
-            self._close_both(peer.side, MESSAGE_TOO_BIG, "message too big", "message too big")
-
-    def _rate_exceeded(self) -> None:
-        if self._closing:
-            return
-        self._set_word(WsClose.MESSAGE_RATE)
-        _log.info(
-            "websocket {listener}: {client} sent over {limit} messages a second, closing",
-            listener=self.config.name,
-            client=str(self.record.client),
-            limit=self.config.max_messages_per_second,
-        )
-        self._close_both(
-            Side.CLIENT, POLICY_VIOLATION, "message rate exceeded", "client message rate exceeded"
-        )
 
     def _stalled(self, side: Side) -> None:
         """`side` took none of what waits for it for idle_timeout (it stopped reading; its
