@@ -83,7 +83,7 @@ class Gate:
                     clock,
                     max_connections=config.max_connections_per_client,
                     max_rate=None if rate is None else float(rate.count),
-                    rate_period=1.0 if rate is None else rate.period,
+                    rate_period=1.0 if rate is None else rate.period_seconds,
                 )
         if access is None and limits is None:
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from proxyd.access.networks import AccessList, ListError, parse_rules
@@ -267,21 +267,7 @@ def rate(text: str) -> Rate:
     match = _RATE.fullmatch(text.strip())
     if not match or int(match.group(1)) < 1:
         raise Invalid("a rate such as 10/s or 100/m", repr(text.strip()))
-    return Rate(int(match.group(1)), 1.0 if match.group(2) == "s" else 60.0)
-
-
-# References by name.
-
-
-def reference(kind: str, name: str, names: Iterable[str]) -> str:
-    known = frozenset(names)
-    if name not in known:
-        raise Invalid(
-            f"the name of a [{kind}] ({one_of(sorted(known)) or 'none defined'})",
-            repr(name),
-            did_you_mean(name, known),
-        )
-    return name
+    return Rate(int(match.group(1)), 1 if match.group(2) == "s" else 60)
 
 
 def file_path(text: str, base_dir: str) -> str:

@@ -9,6 +9,8 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from proxyd.ratelimit.rates import Rate as Rate  # the rates of [ratelimit], too
+
 OFF: Final = "off"
 """A route's `auth = off` or `cors = off`: none for its requests, whatever the listener says."""
 Off = Literal["off"]
@@ -58,14 +60,3 @@ class SecurityHeadersConfig:
     override: bool = False
     fields: tuple[tuple[bytes, bytes], ...] = ()
     """The fields added to responses (empty when not enabled)."""
-
-
-@attrs.frozen
-class Rate:
-    """`N/s` or `N/m`: `count` per `period` seconds."""
-
-    count: int
-    period: float
-
-    def __str__(self) -> str:
-        return f"{self.count}/{'s' if self.period == 1.0 else 'm'}"
