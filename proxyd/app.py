@@ -27,6 +27,7 @@ from proxyd.config.load import read
 from proxyd.config.model import Config
 from proxyd.config.reload import reload_config
 from proxyd.config.warnings import warnings
+from proxyd.filters.ratelimit import TableSource
 from proxyd.generation import Generation, build
 from proxyd.health import HealthService
 from proxyd.lifetime import CLOSE_GRACE, Retired
@@ -36,6 +37,7 @@ from proxyd.pool import Pool, Server
 from proxyd.relay.http.routing import unreachable
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.reloading import ReloadOutcome, difference, hand_over, open_listener, sighup_reload
+from proxyd.resources import ProcessResources
 from proxyd.stopping import GracefulStop, on_sigusr1
 
 __all__ = ["CLOSE_GRACE", "ProxydService", "ReloadOutcome", "sighup_reload"]
@@ -54,12 +56,15 @@ class ProxydService(service.MultiService):
         handle_signals: bool = False,
         worker: bool = False,
         source: str | None = None,
+        limit_tables: TableSource | None = None,
     ) -> None:
         """With `handle_signals`, SIGHUP reloads the config file (reload()), SIGUSR1 reopens
         the access logs and SIGTERM or SIGINT stop gracefully (proxyd.stopping).
         A `worker` process runs no health checks (its health state comes from the master,
         through set_health()), no admin listener, and leaves the config's warnings to the
-        master. `source` is the text `config` was loaded from, for its warnings' lines."""
+        master. `source` is the text `config` was loaded from, for its warnings' lines.
+        `limit_tables` makes the rate limits' tables (a worker's are kept for the whole
+        machine: proxyd.ratelimit.synced); by default each counts this process alone."""
         super().__init__()
         self._reactor = reactor
         self._handle_signals = handle_signals
@@ -72,7 +77,9 @@ class ProxydService(service.MultiService):
         self.hash_threads = HashThreads(reactor)
         """The password-check threads of basic auth, for every generation: started with the
         service, stopped once its connections have drained (proxyd.auth.threads)."""
-        self.serving: Generation = build(reactor, config, hash_threads=self.hash_threads)
+        self.resources = ProcessResources(self.hash_threads, limit_tables)
+        """What every generation's relays share (proxyd.resources)."""
+        self.serving: Generation = build(reactor, config, resources=self.resources)
         self._retired = Retired()
         """Relays a reload replaced, until their last connection ends."""
         self.shared_workers = 0
@@ -263,7 +270,7 @@ class ProxydService(service.MultiService):
         adopted are taken out of it (and closed; Twisted keeps a duplicate). `source` is the
         text `config` was loaded from, for its warnings' lines."""
         try:
-            generation = build(self._reactor, config, self.serving, self.hash_threads)
+            generation = build(self._reactor, config, self.serving, self.resources)
         except (StartupError, OSError) as e:
             return self.refused([str(e)])
         change = difference(self.listeners, generation.listeners)

@@ -16,7 +16,6 @@ from typing import Any
 import attrs
 
 from proxyd.accesslog import AccessLog
-from proxyd.auth.threads import HashThreads
 from proxyd.config.model import Config
 from proxyd.listeners import RelayListener, StartupError, StreamRelayListener, UdpListenerService
 from proxyd.pool import Pool
@@ -28,6 +27,7 @@ from proxyd.relay.tcp import TcpRelayFactory
 from proxyd.relay.udp import UdpListener
 from proxyd.relay.websocket import WebSocketRelayFactory
 from proxyd.relay.websocket_policy import OriginPolicy
+from proxyd.resources import ProcessResources
 from proxyd.tls import ClientTls
 
 
@@ -76,16 +76,16 @@ def build(
     reactor: Any,
     config: Config,
     serving: Generation | None = None,
-    hash_threads: HashThreads | None = None,
+    resources: ProcessResources | None = None,
 ) -> Generation:
     """The generation of `config`, from the one `serving` now if any. Raises StartupError or
     OSError (an error page or access log that cannot be read or opened) after undoing what
-    it made. `hash_threads` are the process's password-check threads (basic auth), which
-    outlive generations."""
+    it made. `resources` are the process's, which outlive generations (password-check
+    threads, rate-limit tables' source)."""
     pools = _pools(reactor, config, serving)
     generation = Generation(config, pools, _upstreams(reactor, config, pools, serving))
     try:
-        generation.listeners = _listeners(reactor, generation, serving, hash_threads)
+        generation.listeners = _listeners(reactor, generation, serving, resources)
     except (StartupError, OSError):
         generation.abandon(serving)
         raise
@@ -130,7 +130,7 @@ def _listeners(
     reactor: Any,
     generation: Generation,
     serving: Generation | None,
-    hash_threads: HashThreads | None = None,
+    resources: ProcessResources | None = None,
 ) -> list[RelayListener]:
     """A listener, not bound yet, with a new relay for each listener of the generation's
     config. The access logs they write to go into the generation's `logs`: those `serving`
@@ -167,7 +167,7 @@ def _listeners(
             upstreams,
             access_log(http.access_log),
             read_error_pages(http.error_pages),
-            hash_threads=hash_threads,
+            resources=resources,
         )
         name = f"{http.kind} {http.name}"
         listeners.append(StreamRelayListener(reactor, name, http.listen, http_relay, http_counts))

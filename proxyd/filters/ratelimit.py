@@ -21,15 +21,16 @@ A key is a request's client address (as `access` judges it: through trusted_prox
 X-Forwarded-For), a header's value, the authenticated identity, the route's name, or a tuple
 of several. A request without the header, or without an identity, is counted under its
 client address (as Kong does), so that leaving the header out is no way around a limit.
-Header values longer than 64 bytes are kept as a 16-byte BLAKE2b digest, so that a key's
-memory stays small whatever a client sends.
+Header values longer than 64 bytes are kept as a 16-byte BLAKE2b digest, so that a key's memory
+stays small whatever a client sends; in hex, since keys are strings or tuples of them, which a
+worker sends its master as JSON (proxyd.ratelimit.synced).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -56,18 +57,33 @@ _LONGEST: Final = 64
 Key = Callable[[RelayExchange], Hashable]
 
 
+class TableSource(Protocol):
+    """What makes the table of a limit on a listener: `local_tables` in one process, a
+    worker's proxyd.ratelimit.synced.LimitSync.table with `workers = N`."""
+
+    def __call__(self, listener: str, config: RateLimitConfig) -> LimitTable: ...
+
+
+def local_tables(reactor: Any) -> TableSource:
+    """Tables that count this process's requests alone."""
+
+    def table(listener: str, config: RateLimitConfig) -> LimitTable:
+        return LimitTable(Gcra(config.rate, config.burst), reactor, max_keys=config.max_keys)
+
+    return table
+
+
 class Limit:
     """One `[ratelimit NAME]` on one listener: its table, shared by every route that names
     it, and its policy for the response fields."""
 
     __slots__ = ("config", "logged_at", "policy", "table", "unlogged")
 
-    def __init__(self, config: RateLimitConfig, reactor: Any) -> None:
+    def __init__(self, config: RateLimitConfig, table: LimitTable) -> None:
         self.config = config
-        gcra = Gcra(config.rate, config.burst)
-        self.table = LimitTable(gcra, reactor, max_keys=config.max_keys)
+        self.table = table
         """Replaced by the table of the listener it succeeds at a reload (take_over)."""
-        self.policy = Policy(config.name, gcra)
+        self.policy = Policy(config.name, table.gcra)
         self.logged_at = float("-inf")
         self.unlogged = 0
         """Dry run: requests it would have refused since its last log line."""
@@ -89,9 +105,17 @@ class RateLimitContext:
     ends it; a context never started holds no timer, so a factory built and dropped (a
     reload refused) leaks none."""
 
-    def __init__(self, reactor: Any, *, listener: str, trusted: Sequence[Network]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        listener: str,
+        trusted: Sequence[Network],
+        tables: TableSource | None = None,
+    ) -> None:
         self.reactor = reactor
         self.listener = listener
+        self.tables = tables or local_tables(reactor)
         self.trusted = tuple(trusted)
         self.limits: dict[str, Limit] = {}
         self._sweep: LoopingCall | None = None
@@ -104,7 +128,8 @@ class RateLimitContext:
         """The limit of `config` on this listener (one table, whichever routes name it)."""
         found = self.limits.get(config.name)
         if found is None:
-            found = self.limits[config.name] = Limit(config, self.reactor)
+            table = self.tables(self.listener, config)
+            found = self.limits[config.name] = Limit(config, table)
         return found
 
     def start(self) -> None:
@@ -256,7 +281,7 @@ def _part(source: str, name: str | None, client: Key) -> Key:
         if value is None:
             return ("client", client(exchange))
         if len(value) > _LONGEST:
-            return hashlib.blake2b(value.encode("latin-1"), digest_size=16).digest()
+            return hashlib.blake2b(value.encode("latin-1"), digest_size=16).hexdigest()
         return value
 
     return by_header

@@ -36,29 +36,21 @@ and calls decide_debt(): the debt is never added to a large time and rounded, so
 exact for any uptime (gcra's docstring). A Verdict's `tat` is on the table's scale (seconds
 since it was made) and only informative.
 
-Beyond one process (design; not built yet):
+Beyond one process:
 
-- Across workers (`workers = N`): the master owns each limit's authoritative LimitTable and
-  workers spend leases, so no request waits on another process. A lease is L tokens of one
-  key that the master has already charged (a hit of cost L on its table; fewer if fewer
-  remain); a worker spends it locally and asks for the next one over AMP when it is half
-  gone, so the round trip overlaps the traffic. A key a worker holds no lease for is judged
-  meanwhile on a local table at rate/N and burst/N (its fair share), and what that let
-  through is charged to the master's TAT with the lease request (a forced charge, past the
-  burst if need be). An unspent lease goes back when the key goes quiet (the master's TAT
-  moves back by its tokens * T). The machine then holds the rate over any long window; the
-  overshoot is a one-time excess, at most the tokens outstanding: N*L leased (L =
-  max(1, burst/(2N)), so burst/2) plus the fair shares not yet charged (burst), against the
-  one process's burst + W*count/period over W seconds. Kong's `sync_rate` syncs counters on a
-  timer instead, bounding the overshoot by time rather than by tokens.
-- Across nodes (`store = redis://...`): the same step in Redis, atomically: gcra.LUA_SCRIPT
-  by EVALSHA, KEYS[1] = "proxyd:rl:NAME:KEY", the time from Redis's own clock (one for every
-  node; the script's empty `now`). The local allowance is a lease with Redis as the master:
-  a node charges A tokens at once (cost A) and spends them locally, so Redis sees one round
-  trip per A requests and the cluster overshoots by at most nodes*A; an allowance left
-  unspent when its key goes quiet is lost (the script keeps no refunds). While Redis is slow
-  or down, a node follows `on_store_error` (allow, or deny) after a bounded wait, logs once
-  per outage, and goes back to Redis when it answers.
+- Across workers (`workers = N`): each worker's tables are SyncedTables, which report what
+  they charge to the master's ledger and take on what the other workers charged
+  (proxyd.ratelimit.synced, proxyd.ratelimit.ledger). The ledger's tables are LimitTables
+  charged with `charge()` and a `hold`; a worker's take the master's word by
+  `owe_at_least()`.
+- Across nodes (`store = redis://...`; a design, not built yet): the same step in Redis,
+  atomically: gcra.LUA_SCRIPT by EVALSHA, KEYS[1] = "proxyd:rl:NAME:KEY", the time from
+  Redis's own clock (one for every node; the script's empty `now`). The local allowance is a
+  lease with Redis as the master: a node charges A tokens at once (cost A) and spends them
+  locally, so Redis sees one round trip per A requests and the cluster overshoots by at most
+  nodes*A; an allowance left unspent when its key goes quiet is lost (the script keeps no
+  refunds). While Redis is slow or down, a node follows `on_store_error` (allow, or deny)
+  after a bounded wait, logs once per outage, and goes back to Redis when it answers.
 """
 
 from __future__ import annotations
@@ -85,7 +77,13 @@ class LimitTable:
     """The debts of one limit's keys, least recently hit first, at most `max_keys` of them."""
 
     def __init__(
-        self, gcra: Gcra, clock: Seconds, *, max_keys: int, idle_after: float | None = None
+        self,
+        gcra: Gcra,
+        clock: Seconds,
+        *,
+        max_keys: int,
+        idle_after: float | None = None,
+        hold: float = 0.0,
     ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, not {max_keys}")
@@ -95,6 +93,9 @@ class LimitTable:
         self._decide_debt = gcra.decide_debt
         self.max_keys = max_keys
         self.idle_after = idle_after
+        self.hold = hold
+        """Seconds a key is held after it owes nothing: charges may come dated that far in
+        the past (charge()), and must find what the key owed then."""
         self._clock = clock
         self._origin = clock.seconds()
         self._keys: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
@@ -151,6 +152,47 @@ class LimitTable:
         now = self._clock.seconds() - self._origin
         return self._judge(key, 0, now)[0]
 
+    def charge(self, key: Hashable, cost: int, at: float) -> float:
+        """Charge `cost` requests to `key`, allowed or not, as if they came at `at` (a time
+        on the clock's scale, from now - `hold` to now; one outside counts at that bound):
+        what another process allowed (proxyd.ratelimit.ledger). A charge dated before the
+        key's last one counts at that last one (its debt does not fall twice). Returns the
+        key's TAT on the clock's scale. The key's debt may pass the burst's depth: it then
+        refuses until the debt is back under it."""
+        now = self._clock.seconds() - self._origin
+        at = min(max(at - self._origin, now - self.hold), now)
+        keys = self._keys
+        entry = keys.pop(key, None)
+        if entry is None:
+            debt, last = 0.0, at
+        else:
+            debt, last = entry
+            if at > last:
+                debt = max(debt - (at - last), 0.0)
+                last = at
+        debt += cost * self.gcra.interval
+        self._add(key, (debt, last), now)
+        if now >= self._sweep_at:
+            self._sweep(now)
+        return self._origin + last + debt
+
+    def tat(self, key: Hashable) -> float | None:
+        """When `key` will owe nothing, on the clock's scale; None for a key not held."""
+        entry = self._keys.get(key)
+        return None if entry is None else self._origin + entry[1] + entry[0]
+
+    def owe_at_least(self, key: Hashable, debt: float) -> None:
+        """Raise what `key` owes now to `debt` seconds if it owes less (what other processes
+        charged it: proxyd.ratelimit.synced), without making it the most recently hit."""
+        now = self._clock.seconds() - self._origin
+        keys = self._keys
+        entry = keys.get(key)
+        if entry is None:
+            if debt > 0.0:
+                self._add(key, (debt, now), now)
+        elif debt > entry[0] - (now - entry[1]):
+            keys[key] = (debt, now)
+
     def sweep(self, budget: int = 1000) -> int:
         """Look at up to `budget` least recently hit keys and forget those that owe nothing
         (and, with idle_after, those idle that long); return how many were forgotten."""
@@ -160,7 +202,7 @@ class LimitTable:
         gone: list[Hashable] = []
         expired = 0
         for key, (debt, at) in islice(keys.items(), budget):
-            if at + debt <= now:
+            if at + debt + self.hold <= now:
                 gone.append(key)
             elif idle_before is not None and at <= idle_before:
                 gone.append(key)
@@ -178,7 +220,7 @@ class LimitTable:
         return self.gcra.decide_debt(debt, now, cost), debt
 
     def _record(
-        self, key: Hashable, verdict: Verdict, debt: float, charge: bool, now: float
+        self, key: Hashable, verdict: Verdict, debt: float, charge: bool, now: float, cost: int
     ) -> None:
         """After _judge: charge an allowed verdict when `charge`; otherwise the key keeps its
         debt (refused by this limit or by another)."""
@@ -217,7 +259,7 @@ class LimitTable:
                 return
             key = next(iter(keys))
             debt, at = keys[key]
-            paid = at + debt
+            paid = at + debt + self.hold
             if paid > now:
                 if idle_after is None:
                     self._sweep_at = paid
@@ -246,5 +288,5 @@ def hit_all(hits: Sequence[tuple[LimitTable, Hashable]], cost: int = 1) -> list[
         judged.append((table, key, verdict, debt, now))
     charge = all(verdict.allowed for _, _, verdict, _, _ in judged)
     for table, key, verdict, debt, now in judged:
-        table._record(key, verdict, debt, charge, now)
+        table._record(key, verdict, debt, charge, now, cost)
     return [verdict for _, _, verdict, _, _ in judged]

@@ -3,6 +3,8 @@
 master -> worker: SetHealth (a server's active-check state), SetServer (its admin state and
 weight), Serve (start accepting), PassSocket and Reload, ReopenLogs, CloseNow.
 master -> worker, answered: Counters (the worker's counters, summed by the master), Reload.
+worker -> master, answered: ChargeLimits (what its rate limits charged; the answer, what the
+other workers charged: proxyd.ratelimit.synced).
 """
 
 from __future__ import annotations
@@ -134,3 +136,12 @@ class Counters(amp.Command):
 
     arguments = []
     response = [(b"counters", Json())]
+
+
+class ChargeLimits(amp.Command):
+    """What the worker's rate-limit tables charged since its last call (`reports`: a list of
+    proxyd.ratelimit.synced.Report); the answer is, per table id, [key, TAT] for the keys the
+    master knows more of (proxyd.ratelimit.ledger)."""
+
+    arguments = [(b"reports", Json())]
+    response = [(b"states", Json())]

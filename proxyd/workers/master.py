@@ -10,7 +10,9 @@ request and are summed. A worker that exits is started again (after a growing de
 keeps dying young) on the same sockets; the connections it held are lost, nobody else's.
 SIGHUP is passed on to every worker; stopping the master closes its copies of the listening
 sockets and stops every worker (SIGTERM: each drains its connections; SIGKILL once
-drain_timeout and STOP_GRACE have passed).
+drain_timeout and STOP_GRACE have passed). The workers' rate limits hold for the machine: each
+reports what it charged, and the master's ledger answers with what the others did
+(proxyd.ratelimit.synced).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from twisted.application import service
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -41,10 +44,13 @@ from proxyd.listen_sockets import SharedPort
 from proxyd.metrics import add_counters
 from proxyd.pool import Server
 from proxyd.pool.pool import ServerEvent
+from proxyd.ratelimit.ledger import Ledger
+from proxyd.ratelimit.synced import Report
 from proxyd.stopping import GracefulStop, on_sigusr1
 from proxyd.workers.commands import (
     Agent,
     AgentFactory,
+    ChargeLimits,
     CloseNow,
     Counters,
     PassSocket,
@@ -64,6 +70,8 @@ YOUNG = 10.0
 doubles the delay before the next start, from RESTART_DELAY up to RESTART_DELAY_MAX."""
 RESTART_DELAY = 0.5
 RESTART_DELAY_MAX = 30.0
+LEDGER_SWEEP = 1.0
+"""Seconds between two sweeps of the rate limits' ledger (keys that owe nothing)."""
 
 log = Logger()
 
@@ -101,6 +109,19 @@ class WorkerProcess(ProcessProtocol):
     def signal(self, name: str) -> None:
         with contextlib.suppress(error.ProcessExitedAlready):
             cast(Any, self.transport).signalProcess(name)
+
+
+class MasterAgent(Agent):
+    """The master's end of a worker's AMP connection: it answers the worker's calls."""
+
+    def __init__(self, master: Master, index: int) -> None:
+        super().__init__()
+        self.master = master
+        self.index = index
+
+    @ChargeLimits.responder
+    def charge_limits(self, reports: list[Report]) -> dict[str, Any]:
+        return {"states": self.master.charge_limits(self.index, reports)}
 
 
 def relay_log(line: bytes, index: int, pid: int | None) -> None:
@@ -154,6 +175,10 @@ class Master(service.MultiService):
         self._unsubscribe: list[Any] = []
         self._stopping: Deferred[None] | None = None
         self._kill: Any = None
+        self.ledger = Ledger(reactor)
+        """The rate limits' charges summed over the workers (proxyd.ratelimit.ledger)."""
+        self._sweep = LoopingCall(self.ledger.sweep)
+        self._sweep.clock = reactor
 
     def startService(self) -> None:
         super().startService()
@@ -187,7 +212,7 @@ class Master(service.MultiService):
             )
         finally:
             child.close()
-        agent = Agent()
+        agent = MasterAgent(self, index)
         try:
             self.reactor.adoptStreamConnection(parent.fileno(), socket.AF_UNIX, AgentFactory(agent))
         finally:
@@ -278,9 +303,17 @@ class Master(service.MultiService):
         for worker in list(self.workers.values()):
             self._tell(worker, SetServer, server, who)
 
+    def charge_limits(self, index: int, reports: list[Report]) -> dict[str, list[list[Any]]]:
+        """Worker `index`'s rate-limit charges; the answer is what the others charged. The
+        ledger's sweep runs from the first call on (the workers have shared limits)."""
+        if not self._sweep.running and self._stopping is None:
+            self._sweep.start(LEDGER_SWEEP, now=False)
+        return self.ledger.report(index, reports)
+
     def worker_ended(self, worker: WorkerProcess, reason: Failure) -> None:
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+            self.ledger.forget(worker.index)
         how = _exit_description(reason)
         if self._stopping is not None:
             log.info(
@@ -409,6 +442,8 @@ class Master(service.MultiService):
         return DeferredList(calls, consumeErrors=True).addCallback(add)
 
     def stopService(self) -> Deferred[None]:
+        if self._sweep.running:
+            self._sweep.stop()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []

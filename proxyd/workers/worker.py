@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -32,10 +33,12 @@ from twisted.python.failure import Failure
 from proxyd.app import ProxydService
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import loads
+from proxyd.ratelimit.synced import LimitSync, Report
 from proxyd.reactor import install
 from proxyd.workers.commands import (
     Agent,
     AgentFactory,
+    ChargeLimits,
     CloseNow,
     Counters,
     PassSocket,
@@ -124,6 +127,12 @@ class WorkerAgent(Agent):
     def counters(self) -> dict[str, Any]:
         return {"counters": self.proxy.counters()}
 
+    def charge_limits(self, reports: list[Report]) -> Deferred[dict[str, list[list[Any]]]]:
+        """Tell the master what the rate limits charged (proxyd.ratelimit.synced's Send)."""
+        return self.callRemote(ChargeLimits, reports=reports).addCallback(
+            lambda answer: answer["states"]
+        )
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
         self._lost()
@@ -144,7 +153,10 @@ def main() -> int:
     except ConfigErrors as e:
         log.error("configuration invalid, not serving: {errors}", errors=str(e))
         return 2
-    proxy = ProxydService(reactor, config, worker=True)
+    limits = LimitSync(reactor) if config.proxyd.workers > 1 else None
+    proxy = ProxydService(
+        reactor, config, worker=True, limit_tables=None if limits is None else limits.table
+    )
     sockets = {name: (fd, family) for name, (fd, family) in setup["listeners"].items()}
 
     stopping = False
@@ -176,6 +188,8 @@ def main() -> int:
     agent = WorkerAgent(proxy, sockets, master_lost)
     reactor.adoptStreamConnection(MASTER_FD, socket.AF_UNIX, AgentFactory(agent))
     os.close(MASTER_FD)  # Twisted holds a duplicate
+    if limits is not None:
+        limits.send = agent.charge_limits
 
     def started() -> None:
         # The master stops workers with SIGTERM. A terminal's Ctrl-C or hang-up, or a signal
@@ -185,11 +199,15 @@ def main() -> int:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the master passes it on (ReopenLogs)
         signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(terminated))
         proxy.startService()
+        if limits is not None:
+            limits.start()
         gc.freeze()  # as tap.makeService does
 
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
     reactor.addSystemEventTrigger("before", "shutdown", proxy.stopService)
+    if limits is not None:
+        reactor.addSystemEventTrigger("before", "shutdown", limits.stop)
     reactor.run()
     return 0
 

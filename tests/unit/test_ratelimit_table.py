@@ -274,3 +274,70 @@ def test_the_arguments_are_checked() -> None:
         LimitTable(gcra, Clock(), max_keys=0)
     with pytest.raises(ValueError, match="idle_after"):
         LimitTable(gcra, Clock(), max_keys=1, idle_after=0)
+
+
+# What other processes charged (proxyd.ratelimit.ledger and .synced)
+
+
+def test_charge_adds_the_requests_whatever_the_burst_and_returns_the_tat() -> None:
+    limits, clock = table("10/s", 3)
+    clock.advance(100)
+    assert limits.charge("a", 5, clock.seconds()) == pytest.approx(100.5)
+    assert limits.tat("a") == pytest.approx(100.5)
+    assert not limits.hit("a").allowed  # owes 0.5 s, past the burst's 0.3
+    clock.advance(0.3)
+    assert limits.hit("a").allowed
+    assert limits.tat("unknown") is None
+
+
+def test_a_charge_dated_earlier_finds_what_the_key_owed_then() -> None:
+    limits, clock = table("10/s", 3)
+    clock.advance(10)
+    limits.charge("a", 2, 10.0)
+    clock.advance(0.05)
+    # Dated at 10.0 too (another worker's first charge at the same time): no decay twice.
+    assert limits.charge("a", 2, 10.0) == pytest.approx(10.4)
+    # Dated later: what it owed then, 0.35 s at 10.05, plus its own.
+    assert limits.charge("a", 1, 10.05) == pytest.approx(10.5)
+    # A date in the future counts as now.
+    assert limits.charge("b", 1, 99.0) == pytest.approx(10.15)
+
+
+def test_a_charge_dated_before_the_hold_counts_as_of_the_hold() -> None:
+    gcra = Gcra(rate("10/s"), 3)
+    clock = Clock()
+    clock.advance(10)
+    limits = LimitTable(gcra, clock, max_keys=10, hold=1.0)
+    assert limits.charge("a", 1, 5.0) == pytest.approx(9.1)  # at 9.0, owing 0.1
+
+
+def test_with_a_hold_a_paid_key_is_kept_that_long_for_late_charges() -> None:
+    gcra = Gcra(rate("10/s"), 3)
+    clock = Clock()
+    limits = LimitTable(gcra, clock, max_keys=10, hold=1.0)
+    limits.charge("a", 1, 0.0)
+    clock.advance(0.5)
+    assert limits.sweep() == 0
+    # A late report dated at 0.0 still finds the first charge.
+    assert limits.charge("a", 1, 0.0) == pytest.approx(0.2)
+    clock.advance(1.3)
+    assert limits.sweep() == 1
+
+
+def test_owe_at_least_raises_a_debt_and_never_lowers_one() -> None:
+    limits, clock = table("10/s", 3, max_keys=2)
+    limits.hit("a")
+    limits.hit("b")
+    limits.owe_at_least("a", 0.3)
+    assert not limits.hit("a").allowed
+    limits.owe_at_least("a", 0.0)
+    assert not limits.peek("a").remaining
+    # A key learned of is added, without becoming the most recently hit...
+    limits.owe_at_least("c", 0.25)  # evicting "b", the least recently hit
+    assert set(limits._keys) == {"a", "c"}
+    assert limits.peek("c").remaining == 0
+    # ...and one that owes nothing is not.
+    limits.owe_at_least("d", 0.0)
+    assert "d" not in limits._keys
+    clock.advance(0.1)
+    assert limits.hit("c").allowed

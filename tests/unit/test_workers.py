@@ -1272,6 +1272,34 @@ def test_counters_with_no_worker_serving_count_none() -> None:
         harness.close()
 
 
+def test_workers_charges_reach_the_masters_ledger_and_come_back_summed(
+    harness: Harness,
+) -> None:
+    harness.start()
+    harness.reactor.flush()
+    now = harness.reactor.seconds()
+    shape = [10, 1, 5, 1000]
+    first: list[Any] = []
+    harness.worker(1).agent.charge_limits([]).addBoth(first.append)
+    harness.reactor.flush()
+    assert first == [{}]
+    answers: list[Any] = []
+    harness.worker(0).agent.charge_limits(
+        [{"id": "front/l", "shape": shape, "charges": [[["client", "::1"], now, 2]]}]
+    ).addBoth(answers.append)
+    harness.reactor.flush()
+    assert answers == [{"front/l": [[["client", "::1"], pytest.approx(now + 0.2)]]}]
+    # Worker 1 learns of them at its next call; the ledger sweeps from the first call on.
+    harness.worker(1).agent.charge_limits([]).addBoth(answers.append)
+    harness.reactor.flush()
+    assert answers[1] == {"front/l": [[["client", "::1"], pytest.approx(now + 0.2)]]}
+    assert harness.master._sweep.running
+    harness.process(1).exit(0)
+    assert 1 not in harness.master.ledger._untold
+    harness.master.stopService()
+    assert not harness.master._sweep.running
+
+
 # Worker logs
 
 

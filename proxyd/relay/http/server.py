@@ -20,7 +20,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog, json_string
-from proxyd.auth.threads import HashThreads
 from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.auth import AuthContext
@@ -63,6 +62,7 @@ from proxyd.relay.io import (
     retain_freed_memory,
 )
 from proxyd.relay.send_timeout import SendTimeout
+from proxyd.resources import ProcessResources
 from proxyd.tls import PeerTls, ServerTls, peer_tls
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -425,14 +425,16 @@ class HttpRelayFactory(Factory[ClientConnection]):
         access_log: AccessLog,
         error_pages: Mapping[int, bytes] | None = None,
         websocket_only: OriginCheck | None = None,
-        hash_threads: HashThreads | None = None,
+        resources: ProcessResources | None = None,
     ) -> None:
         """`reactor` must provide IReactorTime as well. With `websocket_only` (a [websocket]
         listener in passthrough mode) requests other than WebSocket upgrades from allowed
-        Origins are refused. `hash_threads` are the process's password-check threads (basic
-        auth: proxyd.auth.threads, owned by the service)."""
+        Origins are refused. `resources` are the process's (proxyd.resources, owned by the
+        service): password-check threads, what makes the rate limits' tables."""
         self.reactor = cast(Any, reactor)
         self.config = config
+        resources = resources or ProcessResources()
+        hash_threads = resources.hash_threads
         self.auth = AuthContext(
             self.reactor,
             listener=config.name,
@@ -442,7 +444,10 @@ class HttpRelayFactory(Factory[ClientConnection]):
         """What the routes' authentication runs with and starts (proxyd.filters.auth): started
         with the factory, stopped once its last connection is over."""
         self.ratelimits = RateLimitContext(
-            self.reactor, listener=config.name, trusted=config.trusted_proxies
+            self.reactor,
+            listener=config.name,
+            trusted=config.trusted_proxies,
+            tables=resources.limit_tables,
         )
         """The rate limits' tables and their sweep (proxyd.filters.ratelimit), with the same
         lifetime as `auth`."""

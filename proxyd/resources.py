@@ -1,0 +1,20 @@
+"""What a process's relays use beyond one config generation: made once by the service
+(proxyd.app.ProxydService), passed to every generation it builds (proxyd.generation) and from
+there to each HTTP listener's relay (proxyd.relay.http.server.HttpRelayFactory)."""
+
+from __future__ import annotations
+
+import attrs
+
+from proxyd.auth.threads import HashThreads
+from proxyd.filters.ratelimit import TableSource
+
+
+@attrs.frozen
+class ProcessResources:
+    hash_threads: HashThreads | None = None
+    """The password-check threads of basic auth (proxyd.auth.threads); None: checks run
+    on the reactor's thread pool."""
+    limit_tables: TableSource | None = None
+    """What makes the rate limits' tables: None, this process's alone; in a worker of
+    `workers = N`, tables kept for the whole machine (proxyd.ratelimit.synced)."""
