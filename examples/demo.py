@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +31,8 @@ proxyd is starting on {config}. Try, in another terminal:
     echo hi | .venv/bin/python examples/ws_client.py ws://127.0.0.1:8090/  # WebSocket, message mode
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8091/    # passthrough: type to chat
     .venv/bin/python examples/ws_client.py ws://127.0.0.1:8080/chat  # Upgrade on the HTTP relay
+    for i in $(seq 12); do curl -s -o /dev/null -w '%{{http_code}} ' \\
+        http://127.0.0.1:8080/api/echo; done         # a rate limit counted in Redis: 429s
     curl -si --path-as-is http://127.0.0.1:8080/a/%2e%2e/admin   # refused by a [rule]: 403
     curl -si --interface 127.0.0.2 http://127.0.0.1:8080/private/  # an access list: 403
     curl -si -X OPTIONS -H 'Origin: https://app.example.com' \\
@@ -87,8 +90,17 @@ def main() -> int:
         )
         for index, port in enumerate((9301, 9302), 1)
     ]
+    redis = shutil.which("redis-server")
+    if redis is not None:  # the rate limit's store (etc/proxyd.ini's [ratelimit demo-api])
+        backends.append(
+            subprocess.Popen(
+                [redis, "--bind", "127.0.0.1", "--port", "9601", "--save", ""],
+                stdout=subprocess.DEVNULL,
+            )
+        )
     problem = wait_accepting([9001, 9002], backends[0], limit=10)
-    for backend, port in zip(backends[2:], (9101, 9102, 9301, 9302), strict=True):
+    ports = (9101, 9102, 9301, 9302, 9601)[: len(backends) - 2]
+    for backend, port in zip(backends[2:], ports, strict=True):
         problem = problem or wait_accepting([port], backend, limit=10)
     if problem:
         print(f"make run: {problem}", file=sys.stderr)

@@ -34,6 +34,7 @@ from proxyd.lifetime import CLOSE_GRACE, Retired
 from proxyd.listen_sockets import SharedPort
 from proxyd.listeners import ListenerService, RelayListener, StartupError
 from proxyd.pool import Pool, Server
+from proxyd.ratelimit.redis_client import RedisClients
 from proxyd.relay.http.routing import unreachable
 from proxyd.relay.http.upstream import ConnectionPool
 from proxyd.reloading import ReloadOutcome, difference, hand_over, open_listener, sighup_reload
@@ -77,7 +78,9 @@ class ProxydService(service.MultiService):
         self.hash_threads = HashThreads(reactor)
         """The password-check threads of basic auth, for every generation: started with the
         service, stopped once its connections have drained (proxyd.auth.threads)."""
-        self.resources = ProcessResources(self.hash_threads, limit_tables)
+        self.redis = RedisClients()
+        """The rate limits' Redis connections, for every generation; closed at the end."""
+        self.resources = ProcessResources(self.hash_threads, limit_tables, self.redis.call)
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
         self._retired = Retired()
@@ -400,6 +403,7 @@ class ProxydService(service.MultiService):
         def release(result: Any) -> Any:
             self.serving.abandon()
             self.hash_threads.stop()
+            self.redis.close()
             return result
 
         return DeferredList([maybeDeferred(lambda: stopped), drained]).addBoth(release)

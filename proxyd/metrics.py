@@ -132,6 +132,8 @@ class ErrorKind(StrEnum):
     RATE_LIMITED = "rate_limited"
     """A [ratelimit] of the route refused the request (429 unless its `status` says
     otherwise; proxyd_ratelimit_requests_total says which limit)."""
+    RATELIMIT_STORE = "ratelimit_store"
+    """A [ratelimit]'s Redis store was slow or down and its `on_store_error = deny`: 503."""
     ACCEPT_FAILED = "accept_failed"
     """A listener could not accept a connection for want of a resource of proxyd's (EMFILE,
     ENFILE, ENOBUFS, ENOMEM; proxyd.accept_log): counted with no route, pool or server."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import attrs
 
 from proxyd.auth.threads import HashThreads
-from proxyd.filters.ratelimit import TableSource
+from proxyd.filters.ratelimit import RedisCalls, TableSource
 
 
 @attrs.frozen
@@ -18,3 +18,6 @@ class ProcessResources:
     limit_tables: TableSource | None = None
     """What makes the rate limits' tables: None, this process's alone; in a worker of
     `workers = N`, tables kept for the whole machine (proxyd.ratelimit.synced)."""
+    redis: RedisCalls | None = None
+    """The StoreCall of a Redis store (proxyd.ratelimit.redis_client), for limits with one;
+    None: such limits cannot be built (tests of other things)."""

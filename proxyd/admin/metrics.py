@@ -156,6 +156,17 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         "Keys a [ratelimit] dropped past its max_keys while they still owed.",
         labels=limit_labels,
     )
+    limit_store_errors = CounterMetricFamily(
+        "proxyd_ratelimit_store_errors",
+        "Calls to a [ratelimit]'s Redis store that failed or timed out.",
+        labels=limit_labels,
+    )
+    limit_unchecked = CounterMetricFamily(
+        "proxyd_ratelimit_unchecked",
+        "Requests a [ratelimit] with a Redis store decided by its on_store_error (Redis slow"
+        " or down).",
+        labels=limit_labels,
+    )
     counters = {
         field: CounterMetricFamily(name, help_text, labels=_RELAY_LABELS)
         for field, name, help_text in _RELAY_COUNTERS
@@ -182,6 +193,9 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
                     limit_requests.add_metric([listener, kind, limit, outcome], figures[outcome])
             limit_keys.add_metric([listener, kind, limit], figures.get("tracked", 0))
             limit_evicted.add_metric([listener, kind, limit], figures.get("evicted", 0))
+            if "store_errors" in figures:
+                limit_store_errors.add_metric([listener, kind, limit], figures["store_errors"])
+                limit_unchecked.add_metric([listener, kind, limit], figures["unchecked"])
         for field, family in counters.items():
             if field in fields:
                 family.add_metric(labels, fields[field])
@@ -199,6 +213,8 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         limit_requests,
         limit_keys,
         limit_evicted,
+        limit_store_errors,
+        limit_unchecked,
     ]
     yield from (metric for metric in every if metric.samples)
 

@@ -30,19 +30,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, cast
 
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from proxyd.access.networks import Network
-from proxyd.config.ratelimit_model import KeyPart, RateLimitConfig
+from proxyd.config.ratelimit_model import KeyPart, RateLimitConfig, RedisStore
 from proxyd.filters.access import client_address
-from proxyd.filters.api import Reject, header
+from proxyd.filters.api import HeadResult, Reject, header
 from proxyd.filters.internal import RelayExchange
 from proxyd.metrics import ErrorKind
 from proxyd.ratelimit.gcra import Gcra, Verdict
 from proxyd.ratelimit.headers import Field, Policy, policy_field, response_fields
+from proxyd.ratelimit.redis_limit import STORE_ALLOWED, STORE_DENIED, RedisLimit, StoreCall
 from proxyd.ratelimit.table import LimitTable, hit_all
 
 log = Logger(namespace="proxyd.ratelimit")
@@ -55,6 +57,10 @@ _LONGEST: Final = 64
 """Header values longer than this are counted by their digest."""
 
 Key = Callable[[RelayExchange], Hashable]
+
+
+RedisCalls = Callable[[RedisStore], StoreCall]
+"""The StoreCall of a store's connection pool (proxyd.ratelimit.redis_client)."""
 
 
 class TableSource(Protocol):
@@ -79,7 +85,7 @@ class Limit:
 
     __slots__ = ("config", "logged_at", "policy", "table", "unlogged")
 
-    def __init__(self, config: RateLimitConfig, table: LimitTable) -> None:
+    def __init__(self, config: RateLimitConfig, table: LimitTable | RedisLimit) -> None:
         self.config = config
         self.table = table
         """Replaced by the table of the listener it succeeds at a reload (take_over)."""
@@ -90,12 +96,16 @@ class Limit:
 
     def figures(self) -> dict[str, int]:
         table = self.table
-        return {
+        figures = {
             "allowed": table.allowed,
             "dry_run_limited" if self.config.dry_run else "limited": table.limited,
             "tracked": table.tracked,
             "evicted": table.evicted,
         }
+        if isinstance(table, RedisLimit):
+            figures["store_errors"] = table.store_errors
+            figures["unchecked"] = table.unchecked
+        return figures
 
 
 class RateLimitContext:
@@ -112,10 +122,13 @@ class RateLimitContext:
         listener: str,
         trusted: Sequence[Network],
         tables: TableSource | None = None,
+        redis: RedisCalls | None = None,
     ) -> None:
         self.reactor = reactor
         self.listener = listener
         self.tables = tables or local_tables(reactor)
+        self.redis = redis
+        """The process's Redis clients, for limits with a store (proxyd.ratelimit.redis_client)."""
         self.trusted = tuple(trusted)
         self.limits: dict[str, Limit] = {}
         self._sweep: LoopingCall | None = None
@@ -128,9 +141,25 @@ class RateLimitContext:
         """The limit of `config` on this listener (one table, whichever routes name it)."""
         found = self.limits.get(config.name)
         if found is None:
-            table = self.tables(self.listener, config)
-            found = self.limits[config.name] = Limit(config, table)
+            found = self.limits[config.name] = Limit(config, self._table(config))
         return found
+
+    def _table(self, config: RateLimitConfig) -> LimitTable | RedisLimit:
+        if config.store is None:
+            return self.tables(self.listener, config)
+        if self.redis is None:
+            raise ValueError(f"ratelimit {config.name}: no Redis clients for its store")
+        return RedisLimit(
+            Gcra(config.rate, config.burst),
+            config.name,
+            self.reactor,
+            self.redis(config.store),
+            store=config.store.display,
+            timeout=config.store_timeout,
+            on_error=config.on_store_error,
+            allowance=config.local_allowance,
+            max_keys=config.max_keys,
+        )
 
     def start(self) -> None:
         if self.state != "new":
@@ -185,33 +214,36 @@ class RateLimit:
         def client(exchange: RelayExchange) -> str:
             return client_address(exchange, trusted)
 
-        self._enforcing = [
-            (limit, key_function(limit.config.key, client))
-            for limit in limits
-            if not limit.config.dry_run
-        ]
-        self._dry = [
-            (limit, key_function(limit.config.key, client))
-            for limit in limits
-            if limit.config.dry_run
-        ]
+        def keyed(dry_run: bool, remote: bool) -> list[tuple[Limit, Key]]:
+            return [
+                (limit, key_function(limit.config.key, client))
+                for limit in limits
+                if limit.config.dry_run == dry_run and (limit.config.store is not None) == remote
+            ]
+
+        self._enforcing = keyed(False, False)
+        self._remote = keyed(False, True)
+        """Enforcing limits counted in Redis (proxyd.ratelimit.redis_limit): judged after
+        the local ones, possibly waiting on Redis."""
+        self._dry = keyed(True, False) + keyed(True, True)
         self._policy: Field | None = (
-            policy_field([limit.policy for limit, _ in self._enforcing])
-            if self._enforcing
+            policy_field([limit.policy for limit, _ in self._enforcing + self._remote])
+            if self._enforcing or self._remote
             else None
         )
 
-    def request_head(self, exchange: RelayExchange) -> Reject | None:
+    def request_head(self, exchange: RelayExchange) -> HeadResult:
         enforcing = self._enforcing
+        results: list[tuple[Policy, Verdict]] = []
         if len(enforcing) == 1:  # the common case, without hit_all's lists
             limit, key = enforcing[0]
-            verdict = limit.table.hit(key(exchange))
+            verdict = cast(LimitTable, limit.table).hit(key(exchange))
             results = [(limit.policy, verdict)]
             if not verdict.allowed:
                 return self._refuse(results, [limit.config.name])
-            exchange.add_response_fields(response_fields(results, self._policy))
         elif enforcing:
-            verdicts = hit_all([(limit.table, key(exchange)) for limit, key in enforcing])
+            tables = [(cast(LimitTable, limit.table), key(exchange)) for limit, key in enforcing]
+            verdicts = hit_all(tables)
             results = [
                 (limit.policy, verdict)
                 for (limit, _), verdict in zip(enforcing, verdicts, strict=True)
@@ -223,10 +255,64 @@ class RateLimit:
             ]
             if refused:
                 return self._refuse(results, refused)
+        if self._remote:
+            return self._remote_head(exchange, results)
+        self._dry_run(exchange)
+        if results:
             exchange.add_response_fields(response_fields(results, self._policy))
+        return None
+
+    def _dry_run(self, exchange: RelayExchange) -> None:
         for limit, key in self._dry:
-            if not limit.table.hit(key(exchange)).allowed:
-                self._would_refuse(limit, exchange)
+            self._dry_hit(limit.table.hit(key(exchange)), limit, exchange)
+
+    def _remote_head(
+        self, exchange: RelayExchange, results: list[tuple[Policy, Verdict]]
+    ) -> HeadResult:
+        pending = [
+            (limit, cast(RedisLimit, limit.table).hit(key(exchange))) for limit, key in self._remote
+        ]
+        if all(isinstance(verdict, tuple) for _, verdict in pending):
+            return self._judged(exchange, results, cast(list[tuple[Limit, Verdict]], pending))
+        calls = [
+            verdict if isinstance(verdict, Deferred) else succeed(verdict) for _, verdict in pending
+        ]
+        return gatherResults(calls).addCallback(
+            lambda verdicts: self._judged(
+                exchange,
+                results,
+                [(limit, v) for (limit, _), v in zip(pending, verdicts, strict=True)],
+            )
+        )
+
+    def _judged(
+        self,
+        exchange: RelayExchange,
+        results: list[tuple[Policy, Verdict]],
+        remote: list[tuple[Limit, Verdict]],
+    ) -> Reject | None:
+        """The Redis limits' verdicts: a refusal, 503 where the store failed and the limit
+        says deny, else the fields of every limit that Redis judged."""
+        results = results + [
+            (limit.policy, verdict)
+            for limit, verdict in remote
+            if verdict is not STORE_ALLOWED and verdict is not STORE_DENIED
+        ]
+        unchecked = [limit.config.name for limit, verdict in remote if verdict is STORE_DENIED]
+        if unchecked:
+            reject = Reject(
+                503,
+                f"rate limit store unavailable for {', '.join(unchecked)}",
+                ErrorKind.RATELIMIT_STORE,
+            )
+            reject.headers.append((b"Retry-After", b"1"))
+            return reject
+        refused = [limit.config.name for limit, verdict in remote if not verdict.allowed]
+        if refused:
+            return self._refuse(results, refused)
+        self._dry_run(exchange)
+        if results:
+            exchange.add_response_fields(response_fields(results, self._policy))
         return None
 
     def _refuse(self, results: list[tuple[Policy, Verdict]], refused: list[str]) -> Reject:
@@ -234,6 +320,15 @@ class RateLimit:
         reject = Reject(status, f"rate limited by {', '.join(refused)}", ErrorKind.RATE_LIMITED)
         reject.headers.extend(response_fields(results, self._policy))
         return reject
+
+    def _dry_hit(
+        self, verdict: Verdict | Deferred[Verdict], limit: Limit, exchange: RelayExchange
+    ) -> None:
+        """A dry-run limit's verdict, now or when Redis answers (nothing waits on it)."""
+        if isinstance(verdict, Deferred):
+            verdict.addCallback(self._dry_hit, limit, exchange)
+        elif not verdict.allowed and verdict is not STORE_DENIED:
+            self._would_refuse(limit, exchange)
 
     def _would_refuse(self, limit: Limit, exchange: RelayExchange) -> None:
         now = self.context.reactor.seconds()

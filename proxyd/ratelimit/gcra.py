@@ -159,22 +159,44 @@ class Gcra:
             ),
         )
 
-    def lua_args(self, now: float | None, cost: int = 1) -> tuple[str, str, str, str]:
-        """ARGV for LUA_SCRIPT: now (None: Redis's own clock), T, tau, cost; floats written
-        exactly (repr round-trips), so Redis computes what decide() would."""
-        if not 0 <= cost <= self.burst:
+    def decide_up_to(self, tat: float | None, now: float, wanted: int) -> tuple[int, Verdict]:
+        """Grant as many of `wanted` requests (1 to the burst) as pass now, none if not even
+        one does: the requests that wait on one Redis call, and a node's local allowance
+        (proxyd.ratelimit.redis_limit). The Verdict is that of the `granted` requests taken
+        together (refused when none is), except that `retry_after` is for one request more."""
+        if not 1 <= wanted <= self.burst:
+            raise ValueError(f"from 1 to the burst ({self.burst}), not {wanted}")
+        interval = self.interval
+        debt = tat - now if tat is not None and tat > now else 0.0
+        fits = int((self.depth + self._slack - debt) / interval)
+        granted = min(wanted, max(fits, 1))
+        verdict = self.decide_debt(debt, now, granted)
+        while granted > 1 and not verdict.allowed:  # the division's rounding
+            granted -= 1
+            verdict = self.decide_debt(debt, now, granted)
+        if not verdict.allowed:
+            return 0, verdict
+        retry = verdict.reset_after + interval - self.depth
+        return granted, verdict._replace(retry_after=retry if retry > self._slack else 0.0)
+
+    def lua_args(self, now: float | None, cost: int = 1, *, up_to: bool = False) -> tuple[str, ...]:
+        """ARGV for LUA_SCRIPT: now (None: Redis's own clock), T, tau, cost, and with `up_to`
+        a fifth, "1", for decide_up_to(); floats written exactly (repr round-trips), so Redis
+        computes what decide() would."""
+        if not (1 if up_to else 0) <= cost <= self.burst:
             raise ValueError(f"a cost from 0 to the burst ({self.burst}), not {cost}")
         at = "" if now is None else repr(now)
-        return (at, repr(self.interval), repr(self.tolerance), str(cost))
+        args = (at, repr(self.interval), repr(self.tolerance), str(cost))
+        return (*args, "1") if up_to else args
 
 
 def verdict_from_reply(reply: Sequence[Any]) -> Verdict:
     """LUA_SCRIPT's answer, `[allowed, remaining, retry_after, reset_after]` (the two times
     as strings, since Redis truncates Lua numbers to integers), as a Verdict. Its `tat` is
-    None: the TAT stays in Redis."""
+    None: the TAT stays in Redis. `allowed` is the number granted in the up-to mode."""
     allowed, remaining, retry_after, reset_after = reply
     return Verdict(
-        bool(allowed),
+        bool(int(allowed)),
         None,
         int(remaining),
         float(retry_after),
@@ -185,8 +207,9 @@ def verdict_from_reply(reply: Sequence[Any]) -> Verdict:
 LUA_SCRIPT: Final = """\
 -- proxyd GCRA step (proxyd.ratelimit.gcra): the same arithmetic as Gcra.decide().
 -- KEYS[1]: the key, holding its TAT (seconds, as text) until the TAT passes.
--- ARGV: now (seconds; empty for Redis's clock), T, tau, cost.
--- Returns {allowed (1 or 0), remaining, retry_after, reset_after}, the times as text.
+-- ARGV: now (seconds; empty for Redis's clock), T, tau, cost, and "1" to grant up to cost.
+-- Returns {allowed (1 or 0; up to cost: how many were granted), remaining, retry_after,
+-- reset_after}, the times as text.
 local now = tonumber(ARGV[1])
 if not now then
   local time = redis.call('TIME')
@@ -201,9 +224,22 @@ local debt = 0
 if tat and tat > now then
   debt = tat - now
 end
+local granted = 1
+local next_cost = cost
+if ARGV[5] == '1' then
+  local fits = math.floor((depth + slack - debt) / interval)
+  if fits < cost then
+    cost = math.max(fits, 1)
+  end
+  while cost > 1 and debt + cost * interval > depth + slack do
+    cost = cost - 1 -- the floor's rounding
+  end
+  granted = cost
+  next_cost = 1
+end
 local owed = debt + cost * interval
 if owed <= depth + slack then
-  local retry = owed + cost * interval - depth
+  local retry = owed + next_cost * interval - depth
   if retry <= slack then
     retry = 0
   end
@@ -214,7 +250,7 @@ if owed <= depth + slack then
   if remaining < 0 then
     remaining = 0
   end
-  return {1, remaining, string.format('%.17g', retry), string.format('%.17g', owed)}
+  return {granted, remaining, string.format('%.17g', retry), string.format('%.17g', owed)}
 end
 local remaining = math.floor((depth - debt) / interval + 1e-6)
 if remaining < 0 then

@@ -43,14 +43,8 @@ Beyond one process:
   (proxyd.ratelimit.synced, proxyd.ratelimit.ledger). The ledger's tables are LimitTables
   charged with `charge()` and a `hold`; a worker's take the master's word by
   `owe_at_least()`.
-- Across nodes (`store = redis://...`; a design, not built yet): the same step in Redis,
-  atomically: gcra.LUA_SCRIPT by EVALSHA, KEYS[1] = "proxyd:rl:NAME:KEY", the time from
-  Redis's own clock (one for every node; the script's empty `now`). The local allowance is a
-  lease with Redis as the master: a node charges A tokens at once (cost A) and spends them
-  locally, so Redis sees one round trip per A requests and the cluster overshoots by at most
-  nodes*A; an allowance left unspent when its key goes quiet is lost (the script keeps no
-  refunds). While Redis is slow or down, a node follows `on_store_error` (allow, or deny)
-  after a bounded wait, logs once per outage, and goes back to Redis when it answers.
+- Across nodes (`store = redis://...`): not a LimitTable; proxyd.ratelimit.redis_limit runs
+  the same step in Redis, atomically.
 """
 
 from __future__ import annotations

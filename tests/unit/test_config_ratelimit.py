@@ -10,6 +10,7 @@ import pytest
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import loads
 from proxyd.config.model import OFF, Config
+from proxyd.config.ratelimit_model import RedisStore
 from proxyd.ratelimit.rates import Rate
 
 POOL = "[pool web]\nservers = 127.0.0.1:9001\n"
@@ -151,3 +152,71 @@ def test_each_bad_value(value: str, found: str) -> None:
         else f"[ratelimit a]\n{value}\n"
     )
     assert found in error
+
+
+def test_a_redis_store_with_its_keys() -> None:
+    config = load(
+        """\
+        [ratelimit plain]
+        rate = 100/s
+        store = redis://cache.internal
+
+        [ratelimit shared]
+        rate = 100/s
+        burst = 20
+        store = rediss://proxyd:p%40ss@[::1]:6380/3
+        store_ca = /etc/ssl/certs/ca-certificates.crt
+        store_timeout = 50ms
+        on_store_error = deny
+        local_allowance = 20
+
+        [http h]
+        listen = tcp:8080
+        ratelimits = plain shared
+        routes =
+            path / -> pool web
+        """
+    )
+    plain, shared = config.http[0].ratelimits
+    assert plain.store == RedisStore("cache.internal", 6379, 0)
+    assert (plain.store_timeout, plain.on_store_error, plain.local_allowance) == (0.1, "allow", 0)
+    assert shared.store == RedisStore(
+        "::1", 6380, 3, "proxyd", "p@ss", True, "/etc/ssl/certs/ca-certificates.crt"
+    )
+    assert (shared.store_timeout, shared.on_store_error, shared.local_allowance) == (
+        0.05,
+        "deny",
+        20,
+    )
+    assert shared.store.display == "rediss://[::1]:6380/3"
+    assert "p@ss" not in repr(shared)
+    local = load(
+        "[ratelimit a]\nrate = 1/s\nstore = local\n"
+        "[http h]\nlisten = tcp:8080\nratelimits = a\nroutes =\n    path / -> pool web\n"
+    )
+    assert local.http[0].ratelimits[0].store is None
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ("store = redis://127.0.0.1:99999/0", "expected a port from 1 to 65535"),
+        ("store = redis://127.0.0.1:0", "expected a port from 1 to 65535"),
+        ("store = redis://:secret@127.0.0.1:6x79", "found 'redis://***@127.0.0.1:6x79'"),
+        ("store = http://127.0.0.1/", "expected 'local' or a URL redis://"),
+        ("store = redis:///0", "expected 'local' or a URL redis://"),
+        ("store = redis://h/db1", "a database number from 0 to 1000000"),
+        ("store = redis://h/0?timeout=1", "no query nor fragment"),
+        ("store = redis://h\nstore_timeout = 0s", "a duration above zero"),
+        ("store = redis://h\non_store_error = maybe", "expected 'allow', 'deny'"),
+        ("store = redis://h\nlocal_allowance = 2", "at most the burst (1)"),
+        ("store = redis://h\nstore_ca = /etc/ssl/certs/ca-certificates.crt", "rediss://"),
+        ("store_timeout = 1s", "store = redis://...; found no Redis store"),
+        ("on_store_error = deny", "store = redis://...; found no Redis store"),
+        ("local_allowance = 1", "store = redis://...; found no Redis store"),
+    ],
+)
+def test_each_bad_store_value(value: str, found: str) -> None:
+    (error,) = errors(f"[ratelimit a]\nrate = 1/s\nburst = 1\n{value}\n")
+    assert found in error
+    assert "secret" not in error

@@ -489,3 +489,59 @@ def test_the_script_has_a_stable_name_for_evalsha() -> None:
 def test_a_redis_reply_becomes_a_verdict() -> None:
     assert verdict_from_reply([1, 19, b"0", b"0.01"]) == Verdict(True, None, 19, 0.0, 0.01)
     assert verdict_from_reply([0, 0, "0.5", "1.5"]) == Verdict(False, None, 0, 0.5, 1.5)
+
+
+def test_up_to_grants_what_passes_now_and_retry_is_for_one_more() -> None:
+    gcra = Gcra(rate("10/s"), 5)
+    granted, verdict = gcra.decide_up_to(None, 100.0, 3)
+    assert (granted, verdict.allowed, verdict.remaining) == (3, True, 2)
+    assert verdict.reset_after == pytest.approx(0.3) and verdict.retry_after == 0.0
+    granted, verdict = gcra.decide_up_to(100.3, 100.0, 5)
+    assert (granted, verdict.remaining) == (2, 0)
+    assert verdict.retry_after == pytest.approx(0.1)  # one more, 0.1 s later
+    granted, verdict = gcra.decide_up_to(100.5, 100.0, 2)
+    assert (granted, verdict.allowed, verdict.tat) == (0, False, None)
+    assert verdict == gcra.decide(100.5, 100.0, 1)
+    with pytest.raises(ValueError):
+        gcra.decide_up_to(None, 100.0, 6)
+    with pytest.raises(ValueError):
+        gcra.decide_up_to(None, 100.0, 0)
+
+
+def run_lua_up_to(gcra: Gcra, calls: list[tuple[str, float, int]]) -> list[list[str]]:
+    assert LUA is not None
+    rows = []
+    for key, now, wanted in calls:
+        argv_lua = ", ".join(f"'{a}'" for a in gcra.lua_args(now, wanted, up_to=True))
+        rows.append(
+            f"{{key={_lua_string(key)}, now={now!r}, time={{'0', '0'}}, argv={{{argv_lua}}}}}"
+        )
+    program = (
+        f"SCRIPT = {_lua_string(LUA_SCRIPT)}\nCALLS = {{\n" + ",\n".join(rows) + "\n}\n" + _HARNESS
+    )
+    done = subprocess.run([LUA, "-"], input=program, capture_output=True, text=True, check=True)
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
+@pytest.mark.skipif(LUA is None, reason="no Lua 5.1 interpreter (Debian's lua5.1)")
+@pytest.mark.parametrize("seed", range(4))
+def test_the_lua_script_grants_up_to_as_decide_up_to_does(seed: int) -> None:
+    rng = random.Random(seed)
+    burst = rng.choice([1, 3, 10, 50])
+    gcra = Gcra(rate(rng.choice(RATES)), burst)
+    now = 1000.0
+    calls = []
+    for _ in range(300):
+        now = round(now + rng.choice([0.0, gcra.interval * rng.random(), gcra.depth]), 6)
+        calls.append((rng.choice("ab"), now, rng.randint(1, burst)))
+    rows = run_lua_up_to(gcra, calls)
+    tats: dict[str, float] = {}
+    grants = set()
+    for (key, now, wanted), row in zip(calls, rows, strict=True):
+        granted, expected = gcra.decide_up_to(tats.get(key), now, wanted)
+        assert int(row[0]) == granted, (key, now, wanted)
+        assert verdict_from_reply(row[:4]) == pytest.approx(expected._replace(tat=None))
+        if expected.tat is not None:
+            tats[key] = expected.tat
+        grants.add(0 if granted == 0 else 1 if granted == wanted else 2)
+    assert grants == {0, 1, 2} or burst == 1

@@ -74,6 +74,7 @@ class Relay:
         servers = config.pop("servers", 1)
         error_pages = config.pop("error_pages", {})
         websocket_only = config.pop("websocket_only", None)
+        resources = config.pop("resources", None)
         self.reactor = MemoryReactorClock()
         self.pool_config = PoolConfig(
             name="web",
@@ -97,6 +98,7 @@ class Relay:
             self.log,
             error_pages,
             websocket_only,
+            resources=resources,
         )
         self.client, self.ct = self.connect_client()
         self.used = 0

@@ -9,13 +9,19 @@ import hashlib
 import ipaddress
 from typing import Any
 
+import pytest
+from twisted.logger import capturedLogs
+
 from proxyd.admin.metrics import metrics_registry
 from proxyd.auth.api_keys import parse_api_keys
 from proxyd.config.auth_model import ApiKeyAuthConfig, AuthConfig
 from proxyd.config.model import OFF
-from proxyd.config.ratelimit_model import RateLimitConfig
+from proxyd.config.ratelimit_model import RateLimitConfig, RedisStore
 from proxyd.ratelimit import rates
+from proxyd.ratelimit.gcra import Gcra
+from proxyd.resources import ProcessResources
 from tests.unit.test_http_relay import Relay, field
+from tests.unit.test_ratelimit_redis import FakeRedis
 from tests.unit.test_security_filters import errors, get, proxied, secured, status
 
 
@@ -267,3 +273,87 @@ def test_a_reload_keeps_the_tables_of_unchanged_limits() -> None:
     assert kept["other"].table is not before.factory.ratelimits.limits["other"].table
     after.send(get())
     assert status(after.received()) == 429  # no fresh burst from the reload
+
+
+# Limits counted in Redis (proxyd.ratelimit.redis_limit), with the fake store of
+# test_ratelimit_redis
+
+
+def redis_relay(*limits: RateLimitConfig, auto: bool = False) -> tuple[Relay, list[FakeRedis]]:
+    stores: list[FakeRedis] = []
+    holder: list[Relay] = []
+
+    remote = [config for config in limits if config.store is not None]
+
+    def call(store: RedisStore) -> Any:
+        config = remote[len(stores)]
+        fake = FakeRedis(Gcra(config.rate, config.burst), holder[0].reactor, auto)
+        stores.append(fake)
+        return fake
+
+    relay = Relay.__new__(Relay)
+    holder.append(relay)
+    Relay.__init__(relay, ratelimits=limits, resources=ProcessResources(redis=call))
+    return relay, stores
+
+
+STORE = RedisStore("127.0.0.1")
+
+
+def test_a_redis_limit_holds_the_request_until_redis_answers() -> None:
+    relay, [redis] = redis_relay(limit(rate="2/s", store=STORE))
+    relay.send(get())
+    assert relay.pending_connects() == [] and relay.received() == b""
+    redis.answer()
+    _, answer = proxied(relay)
+    assert status(answer) == 200
+    assert field(answer, "RateLimit") == [b'"per-client";r=1;t=1']
+    relay.send(get())
+    redis.answer()
+    proxied(relay)
+    relay.send(get())
+    redis.answer()
+    refused = relay.received()
+    assert status(refused) == 429 and field(refused, "Retry-After") == [b"1"]
+    assert relay.log.records[-1]["error"] == "rate limited by per-client"
+
+
+def test_a_redis_limit_down_with_deny_answers_503_and_with_allow_lets_through() -> None:
+    relay, [_redis] = redis_relay(limit(rate="2/s", store=STORE, on_store_error="deny"))
+    with capturedLogs():
+        relay.send(get())
+        relay.reactor.advance(0.1)
+    answer = relay.received()
+    assert status(answer) == 503 and field(answer, "Retry-After") == [b"1"]
+    assert relay.log.records[-1]["error"] == "rate limit store unavailable for per-client"
+    assert errors(relay) == {"ratelimit_store": 1}
+
+    relay, [_redis] = redis_relay(limit(rate="2/s", store=STORE))
+    with capturedLogs():
+        relay.send(get())
+        relay.reactor.advance(0.1)
+    _, answer = proxied(relay)
+    assert status(answer) == 200
+    assert field(answer, "RateLimit") == []  # nothing to say: Redis did not judge it
+
+
+def test_local_limits_refuse_before_redis_is_asked() -> None:
+    relay, [redis] = redis_relay(
+        limit("local", rate="1/s"), limit("shared", rate="5/s", store=STORE), auto=True
+    )
+    relay.send(get())
+    assert status(proxied(relay)[1]) == 200
+    relay.send(get())
+    assert status(relay.received()) == 429
+    assert redis.tats == {'proxyd:rl:shared:"10.0.0.7"': pytest.approx(1 / 5)}
+
+
+def test_a_dry_run_redis_limit_delays_nothing() -> None:
+    relay, [redis] = redis_relay(limit(rate="1/s", store=STORE, dry_run=True))
+    relay.send(get())
+    assert status(proxied(relay)[1]) == 200
+    redis.answer()
+    relay.send(get())
+    assert status(proxied(relay)[1]) == 200
+    redis.answer()
+    assert relay.factory.ratelimits.limits["per-client"].table.limited == 1

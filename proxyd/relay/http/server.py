@@ -448,6 +448,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
             listener=config.name,
             trusted=config.trusted_proxies,
             tables=resources.limit_tables,
+            redis=resources.redis,
         )
         """The rate limits' tables and their sweep (proxyd.filters.ratelimit), with the same
         lifetime as `auth`."""
