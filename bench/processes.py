@@ -26,6 +26,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def redis_call(port: int, *words: str, timeout: float = 2.0) -> bytes:
+    """The reply of the Redis server on 127.0.0.1:`port` to one command, raw: a status, an
+    error, an integer or a bulk string (what PING and INFO answer)."""
+    encoded = [w.encode() for w in words]
+    command = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(command)
+        data = b""
+        for _ in range(1000):  # each recv brings bytes or ends the loop
+            head, found, rest = data.partition(b"\r\n")
+            if found and (not head.startswith(b"$") or head == b"$-1"):  # $-1: a nil
+                return head
+            if found and len(rest) >= int(head[1:]) + 2:
+                return rest[: int(head[1:])]
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    raise RuntimeError(f"an incomplete Redis reply: {data[:200]!r}")
+
+
 def bound_ports(kind: str) -> set[int]:
     """Local ports of the TCP sockets listening (kind "tcp") or the UDP sockets bound (kind
     "udp") on this machine."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from bench.processes import Pinning, Processes, free_port, which
+from bench.processes import STARTUP_TIMEOUT, Pinning, Processes, free_port, redis_call, which
 
 TWISTD = Path(sys.executable).parent / "twistd"
 TARGETS = ("direct", "proxyd-1", "proxyd-baseline", "proxyd-auto", "nginx", "haproxy")
@@ -106,6 +106,8 @@ class Bench:
         self.procs = Processes(workdir)
         self.duration = duration
         self.access_log = access_log
+        self.redis_port: int | None = None
+        """The port of the redis-server `redis` started, if any."""
 
     def access_log_path(self, name: str) -> Path | None:
         return self.workdir / f"{name}-access.log" if self.access_log else None
@@ -135,6 +137,27 @@ class Bench:
 
     def origin_nginx(self, config: str, tcp: tuple[int, ...]) -> None:
         self.nginx("origin", config, self.pinning.load(), tcp=tcp)
+
+    def redis(self) -> int:
+        """Starts a redis-server as `redis` on the load CPUs, on a free 127.0.0.1 port, with no
+        persistence (its directory the bench's), and waits until it answers PING; returns its
+        port, also kept as `redis_port`. It is stopped with the other processes."""
+        port = free_port()
+        argv = [*self.pinning.load(), str(which("redis-server")), "--bind", "127.0.0.1"]
+        argv += ["--port", str(port), "--save", "", "--appendonly", "no"]
+        self.start("redis", [*argv, "--dir", str(self.workdir)], tcp=(port,))
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            try:
+                answer = redis_call(port, "PING")
+            except (OSError, RuntimeError, ValueError) as e:
+                answer = str(e).encode()
+            if answer == b"+PONG":
+                self.redis_port = port
+                return port
+            if time.monotonic() > deadline or not self.procs.alive("redis"):
+                raise StartError(f"redis did not answer PING: {answer[:200]!r}")
+            time.sleep(0.05)
 
     def nginx(
         self,

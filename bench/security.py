@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
+from dataclasses import replace
 
 import bcrypt
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +26,8 @@ from bench.http import (
     nginx_upstream,
     proxyd_pool,
 )
-from bench.scenario import Bench
+from bench.processes import redis_call
+from bench.scenario import Bench, Load, Meter
 
 USER, PASSWORD = "bench", "bench-password"
 API_KEY = "bench-key-0123456789abcdef"
@@ -199,4 +202,65 @@ class _RateLimit(_Guarded):
         return "[ratelimit per-client]\nrate = 1M/s\nkey = client\n\n"
 
 
-SCENARIOS = (_Acl(), _Basic(), _ApiKey(), _Jwt(), _RateLimit())
+class _RedisRateLimit(_RateLimit):
+    """http-ratelimit's limit counted in a redis-server of the bench's own (started before the
+    origin, stopped with it), each Redis call taking `allowance` more requests than are waiting;
+    `on_store_error = deny`, so that requests let through unchecked would show as errors.
+    nginx and HAProxy keep http-ratelimit's local limit: neither has a Redis one built in.
+    A run's Redis calls per request go into its sample (`redis_calls_per_req`, in --json)."""
+
+    def __init__(self, name: str, allowance: int, title: str) -> None:
+        super().__init__()
+        self.name = name
+        self.title = title
+        self.allowance = allowance
+        self.needs = (*self.needs, "redis-server")
+
+    def origin(self, bench: Bench) -> int:
+        bench.redis()
+        return super().origin(bench)
+
+    def files(self, bench: Bench) -> str:
+        allowance = f"local_allowance = {self.allowance}\n" if self.allowance else ""
+        return (
+            "[ratelimit per-client]\nrate = 1M/s\nkey = client\n"
+            f"store = redis://127.0.0.1:{bench.redis_port}/0\non_store_error = deny\n"
+            f"{allowance}\n"
+        )
+
+    def load(self, bench: Bench, port: int, meter: Meter) -> Load:
+        before = _redis_calls(bench)
+        load = super().load(bench, port, meter)
+        calls = _redis_calls(bench) - before
+        per_request = calls / load.operations if load.operations else 0.0
+        return replace(load, extra={**load.extra, "redis_calls_per_req": per_request})
+
+
+def _redis_calls(bench: Bench) -> int:
+    """The rate-limit script calls (EVALSHA and EVAL) the bench's redis-server has answered."""
+    assert bench.redis_port is not None
+    stats = redis_call(bench.redis_port, "INFO", "commandstats").decode()
+    found = re.findall(r"^cmdstat_(?:evalsha|eval):calls=(\d+)", stats, re.MULTILINE)
+    return sum(map(int, found))
+
+
+SCENARIOS = (
+    _Acl(),
+    _Basic(),
+    _ApiKey(),
+    _Jwt(),
+    _RateLimit(),
+    _RedisRateLimit(
+        "http-ratelimit-redis",
+        0,
+        "HTTP small answers, keep-alive, http-ratelimit's limit counted in Redis, a call per"
+        " request (a batch per key); nginx and HAProxy: their local limit, no Redis one built in",
+    ),
+    _RedisRateLimit(
+        "http-ratelimit-redis-allowance",
+        1000,
+        "HTTP small answers, keep-alive, http-ratelimit's limit counted in Redis with"
+        " local_allowance = 1000 (a call per ~1000 requests); nginx and HAProxy: their local"
+        " limit, no Redis one built in",
+    ),
+)
