@@ -277,7 +277,7 @@ class RateLimit:
         calls = [
             verdict if isinstance(verdict, Deferred) else succeed(verdict) for _, verdict in pending
         ]
-        return gatherResults(calls).addCallback(
+        return gatherResults(calls, consumeErrors=True).addCallback(
             lambda verdicts: self._judged(
                 exchange,
                 results,

@@ -159,11 +159,17 @@ class RedisLimit:
             if not state.lease:
                 del keys[redis_key]
             return self._leased(state, now)
-        waiter: Deferred[Verdict] = Deferred()
+        waiter: Deferred[Verdict] = Deferred(lambda gone: self._gone(redis_key, gone))
         state.waiting.append(waiter)
         if not state.calling:
             self._ask(redis_key, state)
         return waiter
+
+    def _gone(self, redis_key: str, waiter: Deferred[Verdict]) -> None:
+        """A waiter's request was given up (its client left): it leaves the next call."""
+        state = self._keys.get(redis_key)
+        if state is not None and waiter in state.waiting:
+            state.waiting.remove(waiter)
 
     def _make_room(self) -> bool:
         for key, state in self._keys.items():

@@ -258,3 +258,20 @@ def test_keys_held_are_bounded_and_calls_in_flight_are_never_dropped() -> None:
     redis.answer()
     redis.answer()
     assert limit.tracked == 0
+
+
+def test_a_waiter_whose_client_left_leaves_the_next_call_quietly() -> None:
+    limit, redis, _ = made()
+    first = limit.hit("k")
+    second = limit.hit("k")
+    third = limit.hit("k")
+    assert isinstance(second, Deferred) and isinstance(third, Deferred)
+    second.cancel()  # the chain cancels what it waits on when its client goes
+    got: list[Any] = []
+    second.addErrback(got.append)
+    redis.answer()
+    redis.answer()
+    assert [args[3] for _, args, _ in redis.calls] == []
+    assert verdicts([first, third])[1].allowed
+    assert (limit.allowed, limit.limited) == (2, 0)
+    assert len(got) == 1
