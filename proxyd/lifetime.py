@@ -82,7 +82,18 @@ def counters(
         for pool in pools.values()
         for server in pool.servers
     }
-    return {"listeners": by_listener, "servers": servers, "metrics": metrics}
+    queues = {
+        pool.name: {
+            "waiting": len(pool.waiting),
+            "queued": pool.waiting.total,
+            "timed_out": pool.waiting.timed_out,
+            "refused": pool.waiting.refused,
+            "wait_seconds": pool.waiting.wait_seconds,
+        }
+        for pool in pools.values()
+        if pool.waiting is not None
+    }
+    return {"listeners": by_listener, "servers": servers, "metrics": metrics, "pools": queues}
 
 
 def close_all(relays: Iterable[RelayFactory]) -> None:

@@ -93,6 +93,11 @@ class ErrorKind(StrEnum):
     NO_ROUTE = "no_route"
     NO_SERVER = "no_server"
     """No server of the pool was up (or all were at max_connections)."""
+    QUEUE_FULL = "queue_full"
+    """Every slot taken and the queue full: a route's max_in_flight and max_queued, or every
+    server at max_connections and the pool's max_queued (503)."""
+    QUEUE_TIMEOUT = "queue_timeout"
+    """Waited queue_timeout in a route's or a pool's queue without a slot (503)."""
     REFUSED = "refused"
     """Refused by a policy: Origin, max_tunnels, WebSocket-only port, CONNECT."""
     INTERNAL = "internal_error"
@@ -288,6 +293,9 @@ class RelayStats:
         """The listener's rate limits' figures by limit (proxyd.filters.ratelimit), shown
         under the cell of no route, pool or server as `ratelimits`; set by the relay that
         serves with these stats now."""
+        self.queues: Callable[[], Mapping[str, Mapping[str, float]]] | None = None
+        """The routes' max_in_flight queues' figures by route (proxyd.filters.concurrency),
+        shown under the route's cell of no pool or server as `queue`."""
 
     def cell(self, route: str, pool: str, server: str) -> Cell:
         """The cell of (route, pool, server), made when first asked for ("" for none)."""
@@ -309,6 +317,11 @@ class RelayStats:
         if limits:
             listener = routes.setdefault("", {}).setdefault("", {}).setdefault("", {})
             listener["ratelimits"] = {name: dict(figures) for name, figures in limits.items()}
+        queues = self.queues() if self.queues is not None else None
+        for route, figures in (queues or {}).items():
+            routes.setdefault(route, {}).setdefault("", {}).setdefault("", {})["queue"] = dict(
+                figures
+            )
         return {self.kind: {self.listener: routes}}
 
 

@@ -167,6 +167,28 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         " or down).",
         labels=limit_labels,
     )
+    route_labels = ["listener", "kind", "route"]
+    queue_in_flight = GaugeMetricFamily(
+        "proxyd_route_in_flight",
+        "Requests of a route with max_in_flight at its servers now.",
+        labels=route_labels,
+    )
+    queue_waiting = GaugeMetricFamily(
+        "proxyd_route_queue_waiting",
+        "Requests waiting in a route's queue now (max_in_flight reached).",
+        labels=route_labels,
+    )
+    queue_outcomes = CounterMetricFamily(
+        "proxyd_route_queue_requests",
+        "Requests that found a route at its max_in_flight, by outcome (served_from_queue,"
+        " timed_out, cancelled: the client left, refused: the queue was full).",
+        labels=[*route_labels, "outcome"],
+    )
+    queue_wait = CounterMetricFamily(
+        "proxyd_route_queue_wait_seconds",
+        "The summed waits of the requests a route's queue served.",
+        labels=route_labels,
+    )
     counters = {
         field: CounterMetricFamily(name, help_text, labels=_RELAY_LABELS)
         for field, name, help_text in _RELAY_COUNTERS
@@ -196,6 +218,13 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
             if "store_errors" in figures:
                 limit_store_errors.add_metric([listener, kind, limit], figures["store_errors"])
                 limit_unchecked.add_metric([listener, kind, limit], figures["unchecked"])
+        queue = fields.get("queue")
+        if queue is not None:
+            queue_in_flight.add_metric([listener, kind, route], queue["in_flight"])
+            queue_waiting.add_metric([listener, kind, route], queue["waiting"])
+            for outcome in ("served_from_queue", "timed_out", "cancelled", "refused"):
+                queue_outcomes.add_metric([listener, kind, route, outcome], queue[outcome])
+            queue_wait.add_metric([listener, kind, route], queue["wait_seconds"])
         for field, family in counters.items():
             if field in fields:
                 family.add_metric(labels, fields[field])
@@ -215,6 +244,10 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         limit_evicted,
         limit_store_errors,
         limit_unchecked,
+        queue_in_flight,
+        queue_waiting,
+        queue_outcomes,
+        queue_wait,
     ]
     yield from (metric for metric in every if metric.samples)
 
@@ -274,6 +307,30 @@ class _StatusCollector(Collector):
                     state.add_metric([*labels, name], 1 if server["state"] == name else 0)
                 weight.add_metric(labels, server["weight"])
                 active.add_metric(labels, server["active"])
+            queue = pool.get("queue")
+            if queue is not None:
+                family(
+                    "proxyd_pool_queue_waiting",
+                    "Requests or connections waiting for a server with room now (every server"
+                    " up at max_connections).",
+                    "gauge",
+                    ["pool"],
+                ).add_metric([pool["name"]], queue["waiting"])
+                outcomes = family(
+                    "proxyd_pool_queue_requests",
+                    "Requests or connections that met every server up at max_connections, by"
+                    " outcome (queued, timed_out, refused: the queue was full).",
+                    "counter",
+                    ["pool", "outcome"],
+                )
+                for outcome in ("queued", "timed_out", "refused"):
+                    outcomes.add_metric([pool["name"], outcome], queue[outcome])
+                family(
+                    "proxyd_pool_queue_wait_seconds",
+                    "The summed waits of those that left the pool's queue with a server.",
+                    "counter",
+                    ["pool"],
+                ).add_metric([pool["name"]], queue["wait_seconds"])
         yield from families.values()
         yield from _relay_families(self.document.get("metrics", {}))
 

@@ -76,6 +76,7 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
                 "servers": [
                     server_document(proxy, server, counters, traffic) for server in pool.servers
                 ],
+                "queue": counters.get("pools", {}).get(pool.name),
             }
             for pool in proxy.pools.values()
         ],

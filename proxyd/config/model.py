@@ -176,6 +176,11 @@ class PoolConfig:
     sticky_cookie: str | None = None
     """HTTP relays: name of the cookie that pins a client to a server; None is no stickiness."""
     tls: TlsClientConfig = TlsClientConfig()  # noqa: RUF009 (frozen: safe to share)
+    max_queued: int = 0
+    """Requests (or connections) that may wait for room when every server up is at its
+    max_connections; 0: none wait, they are refused at once."""
+    queue_timeout: float = 5.0
+    """The longest one waits in that queue."""
 
 
 @attrs.frozen

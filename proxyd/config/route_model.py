@@ -62,6 +62,13 @@ class ProxyAction:
     upstream_method: str | None = None
     """`upstream_method`: the method sent upstream (not for HEAD requests and WebSocket
     handshakes, which keep theirs); None passes the client's."""
+    max_in_flight: int = 0
+    """At most this many of the route's requests at the servers at once; 0: no limit
+    (proxyd.filters.concurrency)."""
+    max_queued: int = 0
+    """Requests that may wait for a slot beyond max_in_flight; 0: refused at once (503)."""
+    queue_timeout: float = 5.0
+    """The longest a request waits for a slot."""
 
 
 @attrs.frozen

@@ -439,6 +439,9 @@ class RouteSection:
     security: RouteSecurity = RouteSecurity()  # noqa: RUF009 (frozen: safe to share)
     query_params: tuple[QueryOp, ...] = ()
     upstream_method: str | None = None
+    max_in_flight: int = 0
+    max_queued: int = 0
+    queue_timeout: float = 5.0
 
     def action(self) -> RouteAction:
         if self.pool is not None:
@@ -449,6 +452,9 @@ class RouteSection:
                 self.host,
                 self.query_params,
                 self.upstream_method,
+                self.max_in_flight,
+                self.max_queued,
+                self.queue_timeout,
             )
         if self.redirect is not None:
             return self.redirect
@@ -465,6 +471,9 @@ ROUTE_OPTION_KEYS: Mapping[str, str] = {
     "host": "pool",
     "query_params": "pool",
     "upstream_method": "pool",
+    "max_in_flight": "pool",
+    "max_queued": "pool",
+    "queue_timeout": "pool",
     "content_type": "respond",
 }
 """Keys of `[route]` that only go with one action key."""

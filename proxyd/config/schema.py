@@ -36,6 +36,10 @@ from proxyd.config.security_schema import (
 )
 from proxyd.config.tls_model import Certificate, CertificateSource
 
+MAX_QUEUED = 1_000_000
+"""Of `max_queued` (pools and routes; waiters cost a Deferred and a timer each) and of a
+route's `max_in_flight`."""
+
 
 def _pool_name(text: str, ctx: Context) -> str:
     return reference("pool", text.strip(), ctx.pools)
@@ -242,6 +246,8 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "keepalive": Key(v.integer(0)),
             "keepalive_timeout": Key(v.positive_duration),
             "sticky_cookie": Key(v.cookie_name),
+            "max_queued": Key(v.integer(0, MAX_QUEUED)),
+            "queue_timeout": Key(v.positive_duration),
             **TLS_CLIENT_KEYS,
         },
     ),
@@ -334,6 +340,9 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "host": Key(v.host_header),
             "query_params": Key(routes.query_params),
             "upstream_method": Key(routes.upstream_method),
+            "max_in_flight": Key(v.integer(0, MAX_QUEUED)),
+            "max_queued": Key(v.integer(0, MAX_QUEUED)),
+            "queue_timeout": Key(v.positive_duration),
             "redirect": Key(routes.redirect_value),
             "respond": Key(routes.respond_value),
             "content_type": Key(routes.content_type),

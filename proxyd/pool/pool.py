@@ -15,6 +15,7 @@ from proxyd.config.model import PoolConfig, ServerConfig
 from proxyd.pool.affinity import Affinity, hash_key
 from proxyd.pool.balance import make_balancer
 from proxyd.pool.server import ADMIN_STATES, MAX_WEIGHT, MIN_WEIGHT, Server
+from proxyd.pool.waiting import Waiting
 
 _log = Logger()
 
@@ -70,6 +71,11 @@ class Pool:
         self._ejection_timers: dict[Server, DelayedCall] = {}
         self._successor: Pool | None = None
         self._stopped = False
+        self.waiting: Waiting | None = (
+            Waiting(config.max_queued, config.queue_timeout) if config.max_queued else None
+        )
+        """The requests waiting for room when every server up is full (proxyd.pool.waiting);
+        None without max_queued."""
         if previous is not None:
             previous._successor = self
             self._take_ejections(previous)
@@ -83,27 +89,29 @@ class Pool:
     ) -> Server | None:
         """The server for a new connection, or None when no server can take one.
 
-        Candidates are the available primaries not in `exclude`; only when there are none,
-        the available backups not in `exclude`. Servers at max_connections are skipped.
-        `affinity` says who asks (the client's address, a SIP dialog): with balance = hash the
-        pool keys on it (proxyd.pool.affinity.hash_key).
+        Candidates are the available primaries not in `exclude` with room (below their
+        max_connections); only when there are none, the available backups not in `exclude`
+        with room: backups take over from primaries that are down, and take what full
+        primaries cannot. `affinity` says who asks (the client's address, a SIP dialog): with
+        balance = hash the pool keys on it (proxyd.pool.affinity.hash_key).
         """
         now = self._now()
         candidates = [
             server
             for server in self._primaries
             if server.is_available(now) and server not in exclude
-        ] or [
-            server for server in self._backups if server.is_available(now) and server not in exclude
         ]
-        if len(candidates) == 1:
+        if len(candidates) == 1 and candidates[0].has_capacity():
             # Every balancer picks a lone candidate and keeps its state as it was: the
             # common case of a pool of one server skips it.
-            server = candidates[0]
-            return server if server.has_capacity() else None
-        candidates = [server for server in candidates if server.has_capacity()]
-        if not candidates:
-            return None
+            return candidates[0]
+        candidates = [server for server in candidates if server.has_capacity()] or [
+            server
+            for server in self._backups
+            if server.is_available(now) and server not in exclude and server.has_capacity()
+        ]
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
         return self._balancer.pick(candidates, hash_key(self.config.balance, affinity))
 
     def _server(self, config: ServerConfig, kept: Mapping[str, Server]) -> Server:
@@ -198,6 +206,8 @@ class Pool:
 
     def release(self, server: Server) -> None:
         server.active = max(server.active - 1, 0)
+        if self.waiting is not None:
+            self.waiting.wake()
 
     def report_success(self, server: Server) -> None:
         """A connect to `server` succeeded: its failure count and ejection backoff reset."""

@@ -40,14 +40,15 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 from twisted.internet import error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from proxyd.clock import Clock
+from proxyd.clock import Clock, DelayedCall
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import ALL_SERVERS_BUSY, NO_SERVER_UP, Affinity, Server
 from proxyd.pool.fault import Fault, fault_of
+from proxyd.pool.waiting import Waiting
 from proxyd.tls import describe_failure
 
 __all__ = [
@@ -82,6 +83,10 @@ class GiveUpReason(StrEnum):
     blamed."""
     INTERNAL = "internal error"
     """A bug of proxyd's, logged with its traceback (HTTP: 500)."""
+    QUEUE_FULL = "all servers busy, queue full"
+    """Every server up is at max_connections and the pool's queue is full (HTTP: 503)."""
+    QUEUE_TIMEOUT = "all servers busy, queue timeout"
+    """Waited the pool's queue_timeout for a server with room (HTTP: 503)."""
 
 
 @attrs.frozen
@@ -135,10 +140,13 @@ class GiveUp:
     last: Failed | None = None
     """The last failure, if a server was tried."""
 
+    retry_after: int | None = None
+    """Seconds to tell the client to wait (a pool with a queue)."""
+
     @property
     def no_server(self) -> bool:
         """No server could be tried at all."""
-        return self.reason in (GiveUpReason.NO_SERVER_UP, GiveUpReason.ALL_SERVERS_BUSY)
+        return self.reason in _NO_SERVER
 
     @property
     def why(self) -> str:
@@ -158,11 +166,25 @@ class GiveUp:
         return self.last.status if self.last is not None else 502
 
 
+_NO_SERVER: Final = frozenset(
+    {
+        GiveUpReason.NO_SERVER_UP,
+        GiveUpReason.ALL_SERVERS_BUSY,
+        GiveUpReason.QUEUE_FULL,
+        GiveUpReason.QUEUE_TIMEOUT,
+    }
+)
+
+
 class PoolApi(Protocol):
     """What the driver uses of a pool (proxyd.pool.Pool)."""
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def waiting(self) -> Waiting | None:
+        """The queue for room when every server up is full (None: no queue)."""
 
     def pick(
         self, exclude: Collection[Server] = (), *, affinity: Affinity | None = None
@@ -236,6 +258,7 @@ class AttemptDriver(Generic[C]):
         "_owner",
         "_pending",
         "_policy",
+        "_queued",
         "affinity",
         "connect_time",
         "last",
@@ -274,6 +297,8 @@ class AttemptDriver(Generic[C]):
         self.last: Failed | None = None
         """The last failure."""
         self._pending: Deferred[C] | None = None
+        self._queued: _Queued | None = None
+        """Waiting in the pool's queue for a server with room."""
 
     @property
     def count(self) -> int:
@@ -312,6 +337,8 @@ class AttemptDriver(Generic[C]):
 
     def cancel(self) -> None:
         """Stop a connect under way and let go of the server (the client left)."""
+        if self._queued is not None:
+            self._unqueue()
         if self._pending is not None:
             self._stop_pending()
         server = self.server
@@ -323,6 +350,8 @@ class AttemptDriver(Generic[C]):
         """The attempts are over for good: cancel() them, then drop the owner, so that the
         driver and its owner are freed at once by their reference counts rather than left in
         a cycle for the garbage collector (an HTTP request makes a driver)."""
+        if self._queued is not None:
+            self._unqueue()
         if self._pending is not None:
             self._stop_pending()
         server = self.server
@@ -359,7 +388,11 @@ class AttemptDriver(Generic[C]):
         tried = self.tried
         server = self._pick() if len(tried) <= self.retries else None
         if server is None:
-            self._give_up(None)
+            waiting = self.pool.waiting
+            if waiting is not None and not tried and self.pool.any_up():
+                self._queue(waiting)
+            else:
+                self._give_up(None)
             return
         if tried and self._policy.count_retries:
             self._owner.attempt_cell(tried[-1]).retries += 1
@@ -375,6 +408,51 @@ class AttemptDriver(Generic[C]):
                 self._owner.attempt_connected(connection, server, True)
                 return
         self._connect(server)
+
+    def _queue(self, waiting: Waiting) -> None:
+        """Every server up is full: wait for room, at most the pool's queue_timeout in all
+        (a waiter woken without room after all goes back to the head of the queue)."""
+        queued = self._queued
+        now = self._clock.seconds()
+        place = waiting.wait(front=queued is not None)
+        if place is None:
+            self._give_up(GiveUpReason.QUEUE_FULL, waiting.retry_after)
+            return
+        since = now if queued is None else queued.since
+        timer = self._clock.callLater(since + waiting.timeout - now, self._queue_timeout)
+        self._queued = _Queued(place, timer, since)
+        place.addCallbacks(self._room, _left_queue)
+
+    def _room(self, _: None) -> None:
+        queued = self._queued
+        if queued is None:
+            return
+        if queued.timer.active():
+            queued.timer.cancel()
+        self._next()
+        if self._queued is queued:  # served: not queued again
+            self._queued = None
+            waiting = self.pool.waiting
+            if waiting is not None:
+                waiting.wait_seconds += self._clock.seconds() - queued.since
+
+    def _queue_timeout(self) -> None:
+        queued, self._queued = self._queued, None
+        waiting = self.pool.waiting
+        if queued is None:
+            return
+        queued.place.cancel()
+        if waiting is not None:
+            waiting.timed_out += 1
+        retry_after = None if waiting is None else waiting.retry_after
+        self._give_up(GiveUpReason.QUEUE_TIMEOUT, retry_after)
+
+    def _unqueue(self) -> None:
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            if queued.timer.active():
+                queued.timer.cancel()
+            queued.place.cancel()
 
     def _connect(self, server: Server) -> None:
         pending = self._owner.attempt_connect(server)
@@ -418,7 +496,7 @@ class AttemptDriver(Generic[C]):
             self.pool.report_failure(server, failed.why)
         self.release()
 
-    def _give_up(self, reason: GiveUpReason | None) -> None:
+    def _give_up(self, reason: GiveUpReason | None, retry_after: int | None = None) -> None:
         if reason is None:
             if self.tried:
                 reason = GiveUpReason.ATTEMPTS_FAILED
@@ -426,7 +504,7 @@ class AttemptDriver(Generic[C]):
                 reason = GiveUpReason.ALL_SERVERS_BUSY
             else:
                 reason = GiveUpReason.NO_SERVER_UP
-        self._owner.attempt_gave_up(GiveUp(reason, len(self.tried), self.last))
+        self._owner.attempt_gave_up(GiveUp(reason, len(self.tried), self.last, retry_after))
 
     def _stop_pending(self) -> None:
         pending, self._pending = self._pending, None
@@ -440,6 +518,20 @@ class AttemptDriver(Generic[C]):
         self.release()
         self.last = Failed("internal error", ErrorKind.INTERNAL, 500, Fault.LOCAL)
         self._give_up(GiveUpReason.INTERNAL)
+
+
+@attrs.frozen
+class _Queued:
+    """A driver's place in its pool's queue, its deadline, and when it first queued."""
+
+    place: Deferred[None]
+    timer: DelayedCall
+    since: float
+
+
+def _left_queue(failure: Failure) -> None:
+    """A place cancelled (timed out, or the client left): nothing more to do."""
+    failure.trap(CancelledError)
 
 
 class _Detached:

@@ -303,3 +303,126 @@ def test_a_relay_s_own_classify_judges_its_failed_connects() -> None:
         "connect failed after 1 attempt(s)",
         504,
     )
+
+
+# The pool's queue (proxyd.pool.waiting): every server up at max_connections
+
+
+def queued_pool(max_queued: int = 2, timeout: float = 5.0) -> tuple[Pool, MemoryReactorClock]:
+    clock = MemoryReactorClock()
+    config = PoolConfig(
+        name="web",
+        servers=(ServerConfig(Address("10.0.0.1", 80), max_connections=1),),
+        max_queued=max_queued,
+        queue_timeout=timeout,
+    )
+    return Pool(config, clock), clock
+
+
+def driver(pool: Pool, clock: MemoryReactorClock) -> tuple[AttemptDriver[str], Owner, list]:
+    owner = Owner()
+    connects: list[Deferred[str]] = []
+
+    def connect(server: Server) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        connects.append(d)
+        return d
+
+    owner.attempt_connect = connect  # type: ignore[method-assign]
+    owner.attempt_cell = lambda server: RelayStats("tcp", "t").cell("", "web", server.name)  # type: ignore[method-assign]
+    return AttemptDriver(clock, pool, owner, AttemptPolicy(2)), owner, connects
+
+
+def test_requests_wait_in_the_pools_queue_and_take_the_room_in_turn() -> None:
+    pool, clock = queued_pool()
+    (server,) = pool.servers
+    first, _, _connects = driver(pool, clock)
+    first.start()
+    second, second_owner, _second_connects = driver(pool, clock)
+    third, third_owner, _third_connects = driver(pool, clock)
+    second.start()
+    clock.advance(1)
+    third.start()
+    assert second_owner.events == third_owner.events == []
+    assert len(pool.waiting) == 2
+    first.release()  # the connection is over: the oldest waiter takes the room
+    assert second_owner.events == [("started", server.name)] and third_owner.events == []
+    assert server.active == 1 and len(pool.waiting) == 1
+    second.release()
+    assert third_owner.events == [("started", server.name)]
+    assert pool.waiting.total == 2 and pool.waiting.wait_seconds == pytest.approx(1.0)
+
+
+def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
+    pool, clock = queued_pool(max_queued=1, timeout=2.5)
+    driver(pool, clock)[0].start()
+    driver(pool, clock)[0].start()
+    late, owner, _ = driver(pool, clock)
+    late.start()
+    (event,) = owner.events
+    assert event[:2] == ("gave up", GiveUpReason.QUEUE_FULL) and event[3] == 503
+    assert pool.waiting.refused == 1
+
+
+def test_a_waiter_gives_up_after_the_queue_timeout() -> None:
+    pool, clock = queued_pool(timeout=2.5)
+    driver(pool, clock)[0].start()
+    waiter, owner, _ = driver(pool, clock)
+    gave_up: list[GiveUp] = []
+    owner.attempt_gave_up = gave_up.append  # type: ignore[method-assign]
+    waiter.start()
+    clock.advance(2.4)
+    assert gave_up == []
+    clock.advance(0.1)
+    assert [(g.reason, g.status, g.retry_after, g.no_server) for g in gave_up] == [
+        (GiveUpReason.QUEUE_TIMEOUT, 503, 3, True)
+    ]
+    assert len(pool.waiting) == 0 and pool.waiting.timed_out == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_client_that_leaves_leaves_the_queue() -> None:
+    pool, clock = queued_pool()
+    first = driver(pool, clock)[0]
+    first.start()
+    waiter, owner, _ = driver(pool, clock)
+    waiter.start()
+    waiter.detach()
+    assert len(pool.waiting) == 0 and clock.getDelayedCalls() == []
+    first.release()
+    assert owner.events == []
+
+
+def test_a_waiter_woken_without_room_keeps_its_place_at_the_head() -> None:
+    clock = MemoryReactorClock()
+    config = PoolConfig(
+        name="web",
+        servers=(
+            ServerConfig(Address("10.0.0.1", 80), max_connections=1),
+            ServerConfig(Address("10.0.0.2", 80), max_connections=1),
+        ),
+        max_queued=5,
+    )
+    pool = Pool(config, clock)
+    a, b = pool.servers
+    holders = [driver(pool, clock)[0] for _ in range(2)]
+    for holder in holders:
+        holder.start()
+    waiter, owner, _ = driver(pool, clock)
+    waiter.start()
+    later, later_owner, _ = driver(pool, clock)
+    later.start()
+    pool.set_admin(a, "drain", "test")
+    holders[0].release()  # a lets go, but is draining: no room after all
+    assert owner.events == [] and len(pool.waiting) == 2
+    holders[1].release()  # b has room: the first waiter still goes first
+    assert owner.events == [("started", b.name)] and later_owner.events == []
+
+
+def test_without_max_queued_busy_servers_refuse_at_once_as_before() -> None:
+    h = Harness(servers=1)
+    h.pool.servers[0].active = 10**6
+    h.pool.servers[0].config = ServerConfig(Address("10.0.0.0", 80), max_connections=1)
+    h.driver.start()
+    assert h.owner.events[0][:2] == ("gave up", GiveUpReason.ALL_SERVERS_BUSY)
+    assert h.pool.waiting is None

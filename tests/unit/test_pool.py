@@ -259,10 +259,24 @@ def test_pick_returns_none_when_every_candidate_is_at_max_connections() -> None:
     assert pool.any_up()  # busy, not down
 
 
-def test_full_primaries_do_not_spill_over_to_backups() -> None:
-    pool, _ = make_pool(server(1, max_connections=1), server(2, backup=True))
-    primary, _backup = pool.servers
+def test_full_primaries_spill_over_to_backups_and_take_back_what_they_can() -> None:
+    pool, _ = make_pool(
+        server(1, max_connections=1), server(2, max_connections=1), server(3, backup=True)
+    )
+    a, b, backup = pool.servers
+    pool.acquire(a)
+    assert pool.pick() is b  # a primary with room first
+    pool.acquire(b)
+    assert pool.pick() is backup
+    pool.release(a)
+    assert pool.pick() is a
+
+
+def test_full_backups_too_leave_nothing_to_pick() -> None:
+    pool, _ = make_pool(server(1, max_connections=1), server(2, backup=True, max_connections=1))
+    primary, backup = pool.servers
     pool.acquire(primary)
+    pool.acquire(backup)
     assert pool.pick() is None
 
 

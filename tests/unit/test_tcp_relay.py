@@ -86,6 +86,8 @@ class FakePool:
     def report_failure(self, server: Server, reason: str) -> None:
         self.failures.append((server, reason))
 
+    waiting = None
+
     def any_up(self) -> bool:
         return len(self.down) < len(self.servers)
 

@@ -219,6 +219,7 @@
     setAttr(byId("loaded"), "title", config.path ? "from " + config.path : "");
     setText(byId("refreshed"), formatClock(time));
 
+    routeQueues = queuesByListener(doc.metrics || {});
     renderListeners(Array.isArray(doc.listeners) ? doc.listeners : [], seconds, current);
     renderPools(Array.isArray(doc.pools) ? doc.pools : [], seconds, current);
     previous = current;
@@ -237,6 +238,34 @@
         views.delete(key);
       }
     }
+  }
+
+  // The routes' max_in_flight queues, from the relays' metrics: "KIND LISTENER" -> texts.
+  let routeQueues = new Map();
+
+  function queuesByListener(metrics) {
+    const found = new Map();
+    for (const [kind, listeners] of Object.entries(metrics)) {
+      for (const [listener, routes] of Object.entries(listeners || {})) {
+        for (const [route, pools] of Object.entries(routes || {})) {
+          const queue = ((pools || {})[""] || {})[""]?.queue;
+          if (!queue || !route) continue;
+          const served = number(queue.served_from_queue) || 0;
+          const wait = served ? (number(queue.wait_seconds) || 0) / served : null;
+          const text =
+            "route " + route + ": " + (number(queue.in_flight) ?? 0) + " in flight, " +
+            (number(queue.waiting) ?? 0) + " queued" +
+            (wait === null ? "" : ", mean wait " + formatSeconds(wait)) +
+            ((number(queue.timed_out) || 0) + (number(queue.refused) || 0)
+              ? ", " + ((number(queue.timed_out) || 0) + (number(queue.refused) || 0)) + " refused"
+              : "");
+          const key = kind + " " + listener;
+          if (!found.has(key)) found.set(key, []);
+          found.get(key).push(text);
+        }
+      }
+    }
+    return found;
   }
 
   function renderListeners(listeners, seconds, current) {
@@ -283,6 +312,7 @@
         .filter((name) => !shown.has(name) && number(counters[name]) !== null)
         .sort()
         .map((name) => name.replace(/_/g, " ") + " " + counters[name]);
+      other.push(...(routeQueues.get(listener.kind + " " + key) || []));
       setText(view.other, other.join(" · "));
     });
     removeUnseen(listenerRows, seen);
@@ -337,7 +367,18 @@
       setText(view.title, name);
       setText(view.balance, pool.balance ?? "");
       const up = servers.filter((server) => server.state === "up").length;
-      setText(view.summary, up + " of " + servers.length + " up");
+      const queue = pool.queue;
+      let summary = up + " of " + servers.length + " up";
+      if (queue) {
+        const left = (number(queue.queued) || 0) - (number(queue.waiting) || 0);
+        const served = left - (number(queue.timed_out) || 0);
+        summary += " · " + (number(queue.waiting) ?? 0) + " queued";
+        if (served > 0) summary += ", mean wait " + formatSeconds((number(queue.wait_seconds) || 0) / served);
+        if (number(queue.timed_out) || number(queue.refused)) {
+          summary += ", " + ((number(queue.timed_out) || 0) + (number(queue.refused) || 0)) + " refused";
+        }
+      }
+      setText(view.summary, summary);
       view.summary.classList.toggle("degraded", up < servers.length);
       view.summary.classList.toggle("critical", servers.length > 0 && up === 0);
       view.actionsHeader.hidden = !canChange;

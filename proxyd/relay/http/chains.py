@@ -26,12 +26,14 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
                              Retry-After; RateLimit fields on the response)
     16 listener filters      the listener's `filters`, in the order listed
     17 route filters         the [route]'s `filters`, in the order listed
-    18 transform             the [route]'s query_params on the query sent upstream (request;
+    18 concurrency           the [route]'s max_in_flight: a slot, or a place in its queue
+                             (503 with Retry-After past max_queued or queue_timeout)
+    19 transform             the [route]'s query_params on the query sent upstream (request;
                              route only)
-    19 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
-    20 sticky_cookie         back to the cookie's server; Set-Cookie on the response
-    21 header_rules          request_headers / response_headers: the listener's, then the route's
-    22 respond / redirect    the route's own answer
+    20 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
+    21 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+    22 header_rules          request_headers / response_headers: the listener's, then the route's
+    23 respond / redirect    the route's own answer
 
 Request phases run down the table, response phases up it; a request answered at a row runs
 the response phases of the rows above it. Rows a listener's config does not ask for are left
@@ -45,6 +47,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+from proxyd.clock import Clock
 from proxyd.config.model import (
     OFF,
     AccessList,
@@ -61,6 +64,7 @@ from proxyd.config.model import (
 from proxyd.filters.access import AccessControl
 from proxyd.filters.auth import AuthContext, build_auth
 from proxyd.filters.chain import Chain
+from proxyd.filters.concurrency import Concurrency
 from proxyd.filters.cors import Cors
 from proxyd.filters.error_pages import ErrorPages
 from proxyd.filters.forwarding import Forwarding
@@ -96,11 +100,15 @@ def build_chains(
     auth: AuthContext,
     stats: Callable[[], RelayStats],
     ratelimits: RateLimitContext,
+    queues: dict[str, Concurrency] | None = None,
 ) -> dict[str | None, Chain]:
     """The chain of each route by name, and the listener's own under None (requests that
     match no route, and those refused before routing). `auth` is what the routes'
     authentication runs with (one per listener), `stats` gives the listener's metrics,
-    `ratelimits` holds the listener's rate-limit tables."""
+    `ratelimits` holds the listener's rate-limit tables; `queues` gets the routes'
+    concurrency limits (their metrics), by route."""
+    if queues is None:
+        queues = {}
     build = _Builder(config, error_pages, websocket_only, auth, stats, ratelimits)
     listener = build.head(_LISTENER) + build.middle(None)
     chains: dict[str | None, Chain] = {None: Chain(listener, *build.hiding(_LISTENER))}
@@ -110,7 +118,7 @@ def build_chains(
     )
     for route in config.routes:
         filters = build.head(route.security) + build.middle(route)
-        filters += _tail(config, route, forwarding, sticky)
+        filters += _tail(config, route, forwarding, sticky, ratelimits.reactor, queues)
         chains[route.name] = Chain(filters, *build.hiding(route.security))
     return chains
 
@@ -257,11 +265,22 @@ def _tail(
     route: RouteConfig,
     forwarding: Forwarding,
     sticky: StickyCookie | None,
+    clock: Clock,
+    queues: dict[str, Concurrency],
 ) -> Filters:
-    """Rows 18 to 22."""
+    """Rows 18 to 23; a route's concurrency filter goes into `queues` too."""
     filters: Filters = []
     action = route.action
     if isinstance(action, ProxyAction):
+        if action.max_in_flight:
+            concurrency = Concurrency(
+                clock,
+                max_in_flight=action.max_in_flight,
+                max_queued=action.max_queued,
+                queue_timeout=action.queue_timeout,
+            )
+            filters.append(("concurrency", concurrency))
+            queues[route.name] = concurrency
         if action.query_ops:
             filters.append(("transform", QueryParams(action.query_ops)))
         filters.append(("forwarding", forwarding))

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proxyd.config.model import HttpListenerConfig
+from proxyd.filters.api import Reject
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.pool.fault import Fault
@@ -58,6 +59,14 @@ MAX_INTERIM_RESPONSES: Final = 16
 Hints); past that it is answering with a storm, a bad response."""
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+_NO_SERVER_KINDS: Final = {
+    GiveUpReason.NO_SERVER_UP: ErrorKind.NO_SERVER,
+    GiveUpReason.ALL_SERVERS_BUSY: ErrorKind.NO_SERVER,
+    GiveUpReason.QUEUE_FULL: ErrorKind.QUEUE_FULL,
+    GiveUpReason.QUEUE_TIMEOUT: ErrorKind.QUEUE_TIMEOUT,
+}
+"""The error a request no server could be tried for counts under."""
+
 
 class Forwarded(Protocol):
     """What a Forward uses of its exchange (proxyd.relay.http.exchange.Exchange)."""
@@ -83,8 +92,16 @@ class Forwarded(Protocol):
     def upstream_response(self, response: Response) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_end(self, trailers: Headers | None) -> None: ...
-    def fail(self, status: int, why: str, kind: ErrorKind | None = None) -> None:
-        """Answer proxyd's error `status` (or cut the response if it started)."""
+    def fail(
+        self,
+        status: int,
+        why: str,
+        kind: ErrorKind | None = None,
+        *,
+        answer: Reject | None = None,
+    ) -> None:
+        """Answer proxyd's error `status` (or cut the response if it started); `answer`, when
+        given, is that error answer with its fields."""
 
     def upstream_cut(self, why: str, kind: ErrorKind) -> None: ...
     def upstream_switched(self, response: Response, conn: UpstreamConnection) -> None: ...
@@ -182,14 +199,19 @@ class Forward:
         exchange, reason = self.exchange, give_up.reason
         kind: ErrorKind | None
         if give_up.no_server:
-            why, kind = f"pool {self.driver.pool.name}: {reason}", ErrorKind.NO_SERVER
+            why, kind = f"pool {self.driver.pool.name}: {reason}", _NO_SERVER_KINDS[reason]
         elif reason is GiveUpReason.INTERNAL:  # logged by the driver, with its traceback
             exchange.client.close_after_response()
             why, kind = "internal error", ErrorKind.INTERNAL
         else:
             why = self._why
             kind = ErrorKind.LOCAL_RESOURCE if reason is GiveUpReason.LOCAL_RESOURCE else None
-        exchange.fail(give_up.status, why, kind)
+        if give_up.retry_after is None:
+            exchange.fail(give_up.status, why, kind)
+            return
+        answer = Reject(give_up.status, why, kind or "refused")
+        answer.headers.append((b"Retry-After", b"%d" % give_up.retry_after))
+        exchange.fail(give_up.status, why, kind, answer=answer)
 
     def attempt_connected(self, conn: UpstreamConnection, server: Server, reused: bool) -> None:
         """Send the request on `conn`: the head, the body held so far, then the rest."""

@@ -23,6 +23,7 @@ from proxyd.accesslog import AccessLog, json_string
 from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.auth import AuthContext
+from proxyd.filters.concurrency import Concurrency
 from proxyd.filters.local_answers import OriginCheck
 from proxyd.filters.ratelimit import RateLimitContext
 from proxyd.metrics import RelayStats
@@ -458,6 +459,8 @@ class HttpRelayFactory(Factory[ClientConnection]):
         self.error_pages = dict(error_pages or {})
         self.routes = RouteTable(config.routes)
         self.attempts = attempt_policy(config)
+        self.queues: dict[str, Concurrency] = {}
+        """The routes' max_in_flight queues, by route (proxyd.filters.concurrency)."""
         self.places: dict[tuple[bytes, bytes, bytes], Place] = {}
         """Where requests went, by target, Host and method (proxyd.relay.http.decide)."""
         self.chains = build_chains(
@@ -468,6 +471,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
             self.auth,
             lambda: self.stats,
             self.ratelimits,
+            self.queues,
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
@@ -498,6 +502,10 @@ class HttpRelayFactory(Factory[ClientConnection]):
     def stats(self, stats: RelayStats) -> None:
         self._stats = stats
         stats.limits = self.ratelimits.snapshot if self.ratelimits.limits else None
+        stats.queues = self._queue_figures if self.queues else None
+
+    def _queue_figures(self) -> dict[str, dict[str, float]]:
+        return {route: queue.figures() for route, queue in self.queues.items()}
 
     def take_over(self, old: object) -> None:
         """A reload: this relay replaces `old` (the relay of the listener of the same name):
