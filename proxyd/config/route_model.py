@@ -20,14 +20,17 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class HeaderRule:
-    """`set NAME VALUE` (replace), `add NAME VALUE` (append a field), `remove NAME`.
+    """`remove NAME`, `rename NAME NEW_NAME`, `replace NAME VALUE` (when present), `set NAME
+    VALUE` (replace or add), `add_if_absent NAME VALUE`, `add NAME VALUE` (append a field);
+    a list of them applies in that order (proxyd.config.routes.HEADER_OPS).
 
     VALUE is a template: `{client_ip}`, `{host}`, `{scheme}`, `{uri}`, `{path}`, `{query}`,
     `{method}`, `{request_id}`, `{route}` are substituted per request; `{{` is a literal `{`.
+    For `rename`, `value` is the new name.
     """
 
     op: str
-    """set | add | remove"""
+    """remove | rename | replace | set | add_if_absent | add"""
     name: str
     value: str = ""
 

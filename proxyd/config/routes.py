@@ -94,15 +94,26 @@ FORBIDDEN_HEADERS: Mapping[str, str] = {
 }
 """Hop-by-hop and framing fields: proxyd writes these itself, a rule may not touch them."""
 
-HEADER_OPS = ("set", "add", "remove")
+HEADER_OPS = ("remove", "rename", "replace", "set", "add_if_absent", "add", "append")
+"""The header rule operations, in the order they apply within one list of rules: Kong's
+request-transformer order (remove, rename, replace, add, append), with proxyd's `set`
+(replace or add) after `replace`. Kong's `add` (only when absent) is `add_if_absent` here and
+its `append` is proxyd's `add` (`append` is read as `add`)."""
+
+_ORDER = {op: index for index, op in enumerate(HEADER_OPS)}
+_ORDER["append"] = _ORDER["add"]
+
+_USAGE = (
+    "'remove NAME', 'rename NAME NEW_NAME', 'replace NAME VALUE', 'set NAME VALUE',"
+    " 'add_if_absent NAME VALUE' or 'add NAME VALUE'"
+)
 
 
 def header_rule(text: str) -> HeaderRule:
-    """`set NAME VALUE`, `add NAME VALUE` or `remove NAME`; VALUE is a template."""
+    """One rule (HEADER_OPS); VALUE is a template."""
     args = v.words(text, "a header rule")
-    usage = "'set NAME VALUE', 'add NAME VALUE' or 'remove NAME'"
     if not args:
-        raise Invalid(usage, "nothing")
+        raise Invalid(_USAGE, "nothing")
     op = args[0]
     if op not in HEADER_OPS:
         raise Invalid(
@@ -110,7 +121,22 @@ def header_rule(text: str) -> HeaderRule:
         )
     if len(args) < 2:
         raise Invalid(f"a header name after '{op}'", "nothing")
-    name = v.header_name(args[1])
+    name = _rule_name(args[1])
+    if op == "remove":
+        if len(args) > 2:
+            raise Invalid("'remove NAME' with no value", repr(text))
+        return HeaderRule(op, name)
+    if len(args) != 3:
+        found = "nothing" if len(args) == 2 else repr(" ".join(args[2:]))
+        what = "one new name" if op == "rename" else "one value"
+        raise Invalid(f"{what} after '{op} {name}' (quote a value with spaces)", found)
+    if op == "rename":
+        return HeaderRule(op, name, _rule_name(args[2]))
+    return HeaderRule("add" if op == "append" else op, name, template(args[2]))
+
+
+def _rule_name(text: str) -> str:
+    name = v.header_name(text)
     if name.lower() in FORBIDDEN_HEADERS:
         hint = (
             "the Host sent upstream is the pool action's 'host'"
@@ -120,18 +146,12 @@ def header_rule(text: str) -> HeaderRule:
         raise Invalid(
             "a header other than " + ", ".join(FORBIDDEN_HEADERS.values()), repr(name), hint
         )
-    if op == "remove":
-        if len(args) > 2:
-            raise Invalid("'remove NAME' with no value", repr(text))
-        return HeaderRule(op, name)
-    if len(args) != 3:
-        found = "nothing" if len(args) == 2 else repr(" ".join(args[2:]))
-        raise Invalid(f"one value after '{op} {name}' (quote a value with spaces)", found)
-    return HeaderRule(op, name, template(args[2]))
+    return name
 
 
 def header_rules(text: str) -> tuple[HeaderRule, ...]:
-    """One header rule a line."""
+    """One header rule a line, put in the order they apply (HEADER_OPS; rules of one kind
+    keep the order written)."""
     rules: list[HeaderRule] = []
     errors: list[Invalid] = []
     for index, line in v.each_line(text):
@@ -140,7 +160,7 @@ def header_rules(text: str) -> tuple[HeaderRule, ...]:
         except Invalid as e:
             v.collect(errors, index, e)
     v.raise_all(errors)
-    return tuple(rules)
+    return tuple(sorted(rules, key=lambda rule: _ORDER[rule.op]))
 
 
 def query_params(text: str) -> tuple[QueryOp, ...]:

@@ -168,10 +168,10 @@ def test_a_full_http_file_becomes_frozen_values_with_the_written_settings(full) 
         ipaddress.ip_network("127.0.0.1/32"),
         ipaddress.ip_network("::1/128"),
     )
-    assert public.request_headers == (
+    assert public.request_headers == (  # in the order they apply: remove, ..., set, ..., add
+        HeaderRule("remove", "X-Internal"),
         HeaderRule("set", "X-Proxy", "proxyd"),
         HeaderRule("add", "X-Client", "{client_ip} via {scheme}"),
-        HeaderRule("remove", "X-Internal"),
     )
     assert public.response_headers == (
         HeaderRule("add", "Strict-Transport-Security", "max-age=63072000"),
@@ -647,7 +647,8 @@ def test_bad_route_sections_are_errors(section: str, message: str) -> None:
         ),
         (
             "sett X-A 1",
-            "'set', 'add', 'remove' (a header rule); found 'sett' (did you mean 'set'?)",
+            "'remove', 'rename', 'replace', 'set', 'add_if_absent', 'add', 'append' (a header rule);"
+            " found 'sett' (did you mean 'set'?)",
         ),
         ("set", "a header name after 'set'; found nothing"),
         ("set X-A", "one value after 'set X-A' (quote a value with spaces); found nothing"),
@@ -985,3 +986,45 @@ def test_proxyd_check_with_errors_exits_1(tmp_path: Path, capsys) -> None:
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines()[-1] == f"{path}: 1 error(s)"
+
+
+def test_header_rules_apply_in_kongs_order_whatever_the_order_written() -> None:
+    config = loads(
+        "[pool web]\nservers = 127.0.0.1:9001\n\n[http h]\nlisten = tcp:8080\n"
+        "routes =\n    path / -> pool web\nrequest_headers =\n"
+        "    append X-Trail b\n    add_if_absent X-Default d\n    set X-Set s\n"
+        "    replace X-Replace r\n    rename X-From X-To\n    remove X-Gone\n"
+        "    add X-Trail c\n",
+        "proxyd.ini",
+    )
+    assert [(rule.op, rule.name) for rule in config.http[0].request_headers] == [
+        ("remove", "X-Gone"),
+        ("rename", "X-From"),
+        ("replace", "X-Replace"),
+        ("set", "X-Set"),
+        ("add_if_absent", "X-Default"),
+        ("add", "X-Trail"),
+        ("add", "X-Trail"),
+    ]
+    assert config.http[0].request_headers[1].value == "X-To"
+    assert [rule.value for rule in config.http[0].request_headers[5:]] == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "found"),
+    [
+        ("rename X-A", "one new name after 'rename X-A'"),
+        ("rename X-A Host", "a header other than"),
+        ("rename X-A X-B X-C", "one new name"),
+        ("replace X-A", "one value after 'replace X-A'"),
+        ("prepend X-A v", "did you mean"),
+    ],
+)
+def test_bad_header_rules(rule: str, found: str) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        loads(
+            "[pool web]\nservers = 127.0.0.1:9001\n\n[http h]\nlisten = tcp:8080\n"
+            f"routes =\n    path / -> pool web\nrequest_headers =\n    {rule}\n",
+            "proxyd.ini",
+        )
+    assert found in str(info.value.errors[0]), info.value.errors[0]

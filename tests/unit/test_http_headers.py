@@ -540,3 +540,20 @@ def test_forwarding_fields_appear_once_each(fields: Headers, trusted: bool, via:
     for name in (b"x-forwarded-for", b"forwarded", b"x-request-id"):
         assert len(values(out, name)) == 1
     assert len(values(out, b"via")) == (1 if via else 0)
+
+
+def test_rename_replace_and_add_if_absent() -> None:
+    headers = [(b"X-Old", b"1"), (b"A", b"2"), (b"x-old", b"3")]
+    rules = [
+        HeaderRule("rename", "X-Old", "X-New"),
+        HeaderRule("replace", "A", "{route}"),
+        HeaderRule("replace", "Missing", "never"),
+        HeaderRule("add_if_absent", "A", "not-added"),
+        HeaderRule("add_if_absent", "B", "added"),
+    ]
+    assert apply_rules(headers, rules, CTX) == [
+        (b"X-New", b"1"),
+        (b"A", b"web"),
+        (b"X-New", b"3"),
+        (b"B", b"added"),
+    ]

@@ -468,12 +468,16 @@ def _compile_rule(rule: HeaderRule) -> _CompiledRule:
 
 
 def apply_rules(headers: Headers, rules: Sequence[HeaderRule], ctx: RequestContext) -> Headers:
-    """Apply header rules in order, returning a new list:
+    """Apply header rules in the order given (the config puts a list in HEADER_OPS' order),
+    returning a new list:
 
-    - `set` replaces every field of that name (case-insensitive) with one field at the
-      position of the first, or appends it; a value that expands to "" removes them all;
-    - `add` appends a field, unless its value expands to "";
-    - `remove` deletes every field of that name.
+    - `remove` deletes every field of that name (case-insensitive);
+    - `rename` gives every field of that name the new name (`rule.value`), at its place;
+    - `replace` does what `set` does, but only when a field of that name is there;
+    - `set` replaces every field of that name with one field at the position of the first,
+      or appends it; a value that expands to "" removes them all;
+    - `add_if_absent` appends a field when none of that name is there;
+    - `add` appends a field, unless its value expands to "".
 
     Values are expand()ed templates, encoded latin-1 (UTF-8 when they hold characters beyond
     latin-1); names are sent as the rule writes them.
@@ -493,6 +497,21 @@ def apply_rules(headers: Headers, rules: Sequence[HeaderRule], ctx: RequestConte
         elif op == "set":
             value = expand(rule.value, ctx)
             out = replace_field(out, (name, _encode(value)), lower, remove_only=not value)
+        elif op == "rename":
+            new_name = rule.value.encode("ascii")
+            out = [
+                (new_name, value) if field.lower() == lower else (field, value)
+                for field, value in out
+            ]
+        elif op == "replace":
+            if any(field[0].lower() == lower for field in out):
+                value = expand(rule.value, ctx)
+                out = replace_field(out, (name, _encode(value)), lower, remove_only=not value)
+        elif op == "add_if_absent":
+            if not any(field[0].lower() == lower for field in out):
+                value = expand(rule.value, ctx)
+                if value:
+                    out.append((name, _encode(value)))
         else:
             raise ValueError(f"unknown header rule operation {op!r}")
     return out
