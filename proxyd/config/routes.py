@@ -246,26 +246,63 @@ def header_match(text: str) -> tuple[str, str | None]:
 
 
 def regex_rewrite(regex: str, replacement: str) -> tuple[re.Pattern[str], str]:
-    """`REGEX REPLACEMENT`: a Python regex and a replacement with `\\1` or `\\g<name>` groups."""
+    """`REGEX REPLACEMENT`: a Python regex, and a replacement that is a template (the one
+    language of header values and redirects): `{1}` or `{name}` for a group of REGEX, and the
+    request's variables (`{host}`, `{method}`, `{route}`...). A group named like a variable
+    wins. The regex module's `\\1` and `\\g<name>` are read too, as `{1}` and `{name}`."""
     try:
         pattern = re.compile(regex)
     except re.error as e:
         raise Invalid("a valid regular expression", f"{regex!r} ({e})") from None
-    for ref in re.finditer(r"\\(?:g<(\d+)>|(\d+)|.)", replacement):  # `.`: skips `\\`
-        number = int(ref.group(1) or ref.group(2) or 0)
-        if number > pattern.groups:
-            raise Invalid(
-                f"a replacement using groups \\1 to \\{pattern.groups} of its regex"
-                if pattern.groups
-                else "a replacement without group references (the regex has no groups)",
-                repr(replacement),
-                f"{ref.group(0)} is not a group of {regex!r}",
-            )
+    text = _braced(replacement)
+    if _CONTROL.search(text):
+        raise Invalid("a replacement without control characters", repr(replacement))
     try:
-        pattern.sub(replacement, "")  # validates the replacement without needing a match
-    except (re.error, IndexError) as e:
-        raise Invalid("a valid replacement", f"{replacement!r} ({e})") from None
-    return pattern, replacement
+        parts = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise Invalid(
+            "a template with balanced braces ('{{' and '}}' are literal braces)",
+            f"{replacement!r} ({e})",
+        ) from None
+    groups = [str(n) for n in range(1, pattern.groups + 1)] + list(pattern.groupindex)
+    known = (*groups, *TEMPLATE_VARIABLES)
+    for _literal, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if spec or conversion or field not in known:
+            expected = (
+                f"groups {{1}} to {{{pattern.groups}}} of its regex or request variables"
+                if pattern.groups
+                else "request variables (the regex has no groups)"
+            )
+            raise Invalid(
+                f"a replacement using {expected}",
+                repr(replacement),
+                did_you_mean(field, known) or f"{{{field}}} is not one of them",
+            )
+    return pattern, text
+
+
+_GROUP_REFERENCE = re.compile(r"\\(?:g<(\w+)>|(\d+)|(\\)|(.))")
+
+
+def _braced(replacement: str) -> str:
+    """`\\1` and `\\g<name>` as `{1}` and `{name}`, `\\\\` as a backslash; any other escape is
+    an error (a path has no use for them)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, number, backslash, other = match.groups()
+        if other is not None:
+            raise Invalid(
+                "a replacement whose groups are written {1} or {name}",
+                repr(replacement),
+                f"'\\{other}' is not a group reference",
+            )
+        if backslash is not None:
+            return "\\"
+        return "{" + (name or number) + "}"
+
+    return _GROUP_REFERENCE.sub(one, replacement)
 
 
 REDIRECT_STATUSES = ("301", "302", "303", "307", "308")
@@ -418,7 +455,7 @@ def rewrite(text: str) -> tuple[re.Pattern[str], str]:
     """`[route]` `rewrite = REGEX REPLACEMENT`."""
     args = v.words(text, "a rewrite")
     if len(args) != 2:
-        raise Invalid('REGEX REPLACEMENT, such as "^/old/(.*)$" /new/\\1', repr(text))
+        raise Invalid('REGEX REPLACEMENT, such as "^/old/(.*)$" /new/{1}', repr(text))
     return regex_rewrite(*args)
 
 

@@ -212,7 +212,7 @@ def test_routes_become_route_configs_with_their_file_lines(full) -> None:
             RouteMatch(path="/static/", methods=frozenset({"GET", "HEAD"})),
             ProxyAction(
                 "static",
-                rewrite=(re.compile("^/static/(.*)$"), "/assets/\\1"),
+                rewrite=(re.compile("^/static/(.*)$"), "/assets/{1}"),
                 host="cdn",
             ),
             line=25,
@@ -225,7 +225,7 @@ def test_routes_become_route_configs_with_their_file_lines(full) -> None:
             ProxyAction(
                 "debug",
                 strip_prefix=True,
-                rewrite=(re.compile("^/x/(.*)$"), "/y/\\1"),
+                rewrite=(re.compile("^/x/(.*)$"), "/y/{1}"),
                 host="debug.internal:8080",
             ),
             request_headers=(HeaderRule("set", "X-Debug-Route", "{route}"),),
@@ -316,7 +316,7 @@ def test_route_matchers_parse(route: str, match: RouteMatch) -> None:
         ),
         (
             "-> pool web rewrite ^/(?P<rest>.*)$ /v2/\\g<rest>",
-            ProxyAction("web", rewrite=(re.compile("^/(?P<rest>.*)$"), "/v2/\\g<rest>")),
+            ProxyAction("web", rewrite=(re.compile("^/(?P<rest>.*)$"), "/v2/{rest}")),
         ),
         ("-> redirect 308 https://{host}{uri}", RedirectAction(308, "https://{host}{uri}")),
         ("-> redirect 302 /{{literal}}", RedirectAction(302, "/{{literal}}")),
@@ -458,17 +458,18 @@ def test_a_route_section_may_redirect_and_carry_header_rules() -> None:
         ),
         (
             '-> pool web rewrite "^/(a)/(b)$" /\\3',
-            "a replacement using groups \\1 to \\2 of its regex; found '/\\\\3' (\\3 is not a "
-            "group of '^/(a)/(b)$')",
+            "a replacement using groups {1} to {2} of its regex or request variables; found "
+            "'/\\\\3' ({3} is not one of them)",
         ),
         (
             "-> pool web rewrite ^/a$ /\\1",
-            "a replacement without group references (the regex has no groups); found '/\\\\1' "
-            "(\\1 is not a group of '^/a$')",
+            "a replacement using request variables (the regex has no groups); found '/\\\\1' "
+            "({1} is not one of them)",
         ),
         (
             "-> pool web rewrite ^/(a)$ /\\g<nope>",
-            "a valid replacement; found '/\\\\g<nope>' (unknown group name 'nope')",
+            "a replacement using groups {1} to {1} of its regex or request variables; found "
+            "'/\\\\g<nope>' ({nope} is not one of them)",
         ),
         ("-> pool web host", "a host name after 'host'; found nothing"),
         (
@@ -601,7 +602,7 @@ def test_a_route_section_with_errors_is_reported_once_not_at_its_users() -> None
         (
             "[route r]\npool = web\nrewrite = ^/(a)$\n",
             "proxyd.ini:14: [route r] rewrite: expected REGEX REPLACEMENT, such as "
-            "\"^/old/(.*)$\" /new/\\1; found '^/(a)$'",
+            "\"^/old/(.*)$\" /new/{1}; found '^/(a)$'",
         ),
         (
             "[route r]\nrespond = 200\nrequest_header = set A b\n",
@@ -647,8 +648,8 @@ def test_bad_route_sections_are_errors(section: str, message: str) -> None:
         ),
         (
             "sett X-A 1",
-            "'remove', 'rename', 'replace', 'set', 'add_if_absent', 'add', 'append' (a header rule);"
-            " found 'sett' (did you mean 'set'?)",
+            "'remove', 'rename', 'replace', 'set', 'add_if_absent', 'add', 'append' (a header"
+            " rule); found 'sett' (did you mean 'set'?)",
         ),
         ("set", "a header name after 'set'; found nothing"),
         ("set X-A", "one value after 'set X-A' (quote a value with spaces); found nothing"),

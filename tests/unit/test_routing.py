@@ -322,7 +322,7 @@ def test_an_unreachable_route_is_never_chosen(routes: list[RouteConfig]) -> None
         ("/v1/x", ProxyAction("p"), "/v1/x"),
         (
             "/static/css/a.css",
-            ProxyAction("p", rewrite=(re.compile("^/static/(.*)$"), r"/assets/\1")),
+            ProxyAction("p", rewrite=(re.compile("^/static/(.*)$"), "/assets/{1}")),
             "/assets/css/a.css",
         ),
         ("/v1/a/a", ProxyAction("p", strip_prefix=True, rewrite=(re.compile("a"), "b")), "/b/a"),
@@ -398,3 +398,19 @@ def test_a_wildcard_host_shadows_a_longer_wildcard_only_when_it_ranks_first() ->
     exact = route(3, "/", host="a.example.com")
     same = route(4, "/", host="a.example.com")
     assert unreachable([short, long, exact, same]) == [(same, exact)]
+
+
+def test_a_rewrite_template_takes_groups_by_number_and_name_and_the_requests_variables() -> None:
+    from proxyd.config.routes import regex_rewrite
+    from proxyd.relay.http.headers import RequestContext
+
+    ctx = RequestContext(
+        "10.0.0.1", 4000, "https", "api.example", "GET", "/u/7", "", "/u/7", "id", "r"
+    )
+    action = ProxyAction(
+        "p", rewrite=regex_rewrite(r"^/u/(?P<id>\d+)(/x)?$", r"/users/{id}{2}/\1/{method}/{{x}}")
+    )
+    route = RouteConfig("r", RouteMatch(path="/"), action)
+    assert rewrite_path(route, "/u/7", ctx) == "/users/7/7/GET/{x}"
+    assert rewrite_path(route, "/u/7/x", ctx) == "/users/7/x/7/GET/{x}"
+    assert rewrite_path(route, "/other", ctx) == "/other"  # no match: unchanged

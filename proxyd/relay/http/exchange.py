@@ -223,7 +223,7 @@ class Exchange(Filtering):
             return
         request = self.request
         method, target, fields = upstream_request(
-            request, route, self.path, self.query, self.websocket
+            request, route, self.path, self.query, self.websocket, self.ctx
         )
         self.upstream_method = method
         if request.has_body and self.chain.request_body:

@@ -39,10 +39,12 @@ routes without host; each group is scanned in order with cheap string checks.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping, Sequence
 from typing import Final
 
 from proxyd.config.model import ProxyAction, RouteConfig, RouteMatch
+from proxyd.relay.http.headers import RequestContext
 
 _UNRESERVED: Final = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -211,12 +213,14 @@ class RouteTable:
         return None
 
 
-def rewrite_path(route: RouteConfig, path: str) -> str:
+def rewrite_path(route: RouteConfig, path: str, ctx: RequestContext | None = None) -> str:
     """The path to send upstream for a ProxyAction route: strip_prefix removes
     route.match.path (the result keeps a leading '/': '/v1/x' with prefix '/v1/' is '/x',
     '/v1' with prefix '/v1' is '/'; a path that matched only without its path parameters
-    loses them), then the rewrite regex applies (re.sub, count=1). A rewrite result without
-    a leading '/' gets one."""
+    loses them), then the rewrite replaces the regex's first match with its template, whose
+    `{1}` / `{name}` are the match's groups (an unmatched group is empty) and other names the
+    request's variables (from `ctx`; empty without one). A rewrite result without a leading
+    '/' gets one."""
     action = route.action
     if not isinstance(action, ProxyAction):
         return path
@@ -228,10 +232,39 @@ def rewrite_path(route: RouteConfig, path: str) -> str:
             path = "/" + path
     if action.rewrite is not None:
         pattern, replacement = action.rewrite
-        path = pattern.sub(replacement, path, count=1)
+        match = pattern.search(path)
+        if match is not None:
+            path = path[: match.start()] + _fill(replacement, match, ctx) + path[match.end() :]
         if not path.startswith("/"):
             path = "/" + path
     return path
+
+
+_rewrites: dict[str, list[tuple[str, str | None]]] = {}
+"""Parsed rewrite templates: (literal, field or None) parts, as string.Formatter reads them."""
+
+
+def _fill(template: str, match: re.Match[str], ctx: RequestContext | None) -> str:
+    parts = _rewrites.get(template)
+    if parts is None:
+        if len(_rewrites) >= 1000:  # templates come from configs: only reloads add more
+            _rewrites.clear()
+        parts = _rewrites[template] = [
+            (literal, field) for literal, field, _, _ in string.Formatter().parse(template)
+        ]
+    out = []
+    groups = match.re.groupindex
+    for literal, field in parts:
+        out.append(literal)
+        if field is None:
+            continue
+        if field.isdigit():
+            out.append(match.group(int(field)) or "")
+        elif field in groups:
+            out.append(match.group(field) or "")
+        elif ctx is not None:
+            out.append(getattr(ctx, field))
+    return "".join(out)
 
 
 def _host_covers(wide: str | None, narrow: str | None) -> bool:

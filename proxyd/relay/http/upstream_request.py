@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from proxyd.config.model import ProxyAction, RouteConfig
+from proxyd.relay.http.headers import RequestContext
 from proxyd.relay.http.messages import Headers, Request
 from proxyd.relay.http.routing import rewrite_path
 
@@ -17,10 +18,15 @@ WITH_CONTENT: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
 def upstream_request(
-    request: Request, route: RouteConfig, path: str, query: str, websocket: bool
+    request: Request,
+    route: RouteConfig,
+    path: str,
+    query: str,
+    websocket: bool,
+    ctx: RequestContext | None = None,
 ) -> tuple[bytes, bytes, Headers]:
     """(method, target, fields) of `request` proxied by `route`, with `path` and `query` the
-    exchange's (filters may have changed them).
+    exchange's (filters may have changed them), `ctx` its template variables (a rewrite's).
 
     The route's `upstream_method` replaces the client's, except for HEAD, whose answer has no
     body whatever its fields say (RFC 9110 9.3.2), a WebSocket handshake (GET, RFC 6455 4.1)
@@ -28,7 +34,7 @@ def upstream_request(
     `Content-Length: 0` (RFC 9110 8.6: a server may ask for the length with 411)."""
     action = route.action
     assert isinstance(action, ProxyAction)
-    upstream_path = path if path == "*" else rewrite_path(route, path)
+    upstream_path = path if path == "*" else rewrite_path(route, path, ctx)
     raw_query = query.encode("latin-1")
     target = upstream_path.encode("latin-1") + (b"?" + raw_query if raw_query else b"")
     fields = request.headers
