@@ -4,15 +4,20 @@
 
 Twisted moves the bytes and httptools (llhttp) parses the requests. Connections are kept
 alive and may pipeline; request bodies (Content-Length or chunked) are counted and hashed as
-they arrive, never held whole; long responses come from a push producer, so a download goes
-at the pace of its reader. Every response carries `X-Backend` (the name), `X-Connection` (the
-serial number of this TCP connection on this backend, from 1) and `X-Request-Count` (requests
-so far on this connection): a test sees a proxy's upstream keep-alive in them. Endpoints:
+they arrive, never held whole (but /echo-body's); long responses come from a push producer,
+so a download goes at the pace of its reader. Every response carries `X-Backend` (the name),
+`X-Connection` (the serial number of this TCP connection on this backend, from 1) and
+`X-Request-Count` (requests so far on this connection): a test sees a proxy's upstream
+keep-alive in them. Endpoints:
 
     /                     hello from NAME
     /echo                 JSON: method, target, version, headers, body length and sha256
     /size/N[?chunked=1]   N bytes of a repeating pattern (N may end in k, m, g: KiB, MiB, GiB)
     /upload               POST or PUT: JSON {"bytes": n, "sha256": ...} of the body
+    /echo-body            the request body as received, with the request's Content-Type
+                          (application/octet-stream if none): the one body this backend
+                          holds, up to 1 MiB (413 past it), so that a test sees what a
+                          proxy sent, and what it makes of the answer
     /status/CODE          that status, with a short body (none for 204 and 304)
     /headers?NAME=VALUE   200, with each query pair as a response field (as a backend that
                           sends Server or X-Powered-By); /status/CODE takes them too
@@ -51,6 +56,7 @@ BLOCK = PATTERN * 1024  # 64 KiB of whole patterns: block after block continues 
 SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 MAX_WAITING = 64  # pipelined requests queued before we stop reading the connection
 MAX_DELAY = 3600.0
+MAX_ECHO_BODY = 1 << 20
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -66,6 +72,8 @@ class Request:
     expect_continue: bool = False
     body_bytes: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
+    kept: bytearray | None = None
+    """The body itself, for /echo-body only (up to MAX_ECHO_BODY)."""
 
 
 @implementer(IPushProducer)
@@ -167,11 +175,16 @@ class HTTPBackend(protocol.Protocol):
             name.lower() == b"expect" and value.lower() == b"100-continue"
             for name, value in request.headers
         )
+        if urlsplit(request.target).path == b"/echo-body":
+            request.kept = bytearray()
         self.send_continue()
 
     def on_body(self, body: bytes) -> None:
-        self.incoming.body_bytes += len(body)
-        self.incoming.digest.update(body)
+        request = self.incoming
+        request.body_bytes += len(body)
+        request.digest.update(body)
+        if request.kept is not None and request.body_bytes <= MAX_ECHO_BODY:
+            request.kept += body
 
     def on_message_complete(self) -> None:
         if self.closing:
@@ -338,6 +351,17 @@ def echo(backend: HTTPBackend, request: Request, argument: str, query: dict) -> 
     )
 
 
+def echo_body(backend: HTTPBackend, request: Request, argument: str, query: dict) -> None:
+    if request.body_bytes > MAX_ECHO_BODY:
+        backend.answer(413, b"body over %d bytes\n" % MAX_ECHO_BODY)
+        return
+    content_type = next(
+        (value for name, value in request.headers if name.lower() == b"content-type"),
+        b"application/octet-stream",
+    )
+    backend.answer(200, bytes(request.kept or b""), content_type)
+
+
 def size(backend: HTTPBackend, request: Request, argument: str, query: dict) -> None:
     length = parse_size(argument)
     chunked = query.get("chunked") == ["1"] and request.version == "1.1"
@@ -434,6 +458,7 @@ def healthz(backend: HTTPBackend, request: Request, argument: str, query: dict) 
 ENDPOINTS = {
     "": hello,
     "echo": echo,
+    "echo-body": echo_body,
     "size": size,
     "upload": upload,
     "status": status,

@@ -103,7 +103,8 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal_error"
     FILTER_FAILED = "filter_failed"
     """An HTTP filter raised, returned what its phase does not take, did not finish within
-    its bound, or found a body over its buffer bound: 500 (or 504, 413), or the response cut."""
+    its bound, or could not take a response body it gets whole (over its buffer bound, or
+    one it cannot transform): 500 (or 504, 502), or the response cut."""
     LOCAL_RESOURCE = "local_resource"
     """proxyd could not open a connection to a server for want of a resource of its own
     (file descriptors, ephemeral ports, memory): answered 503, never counted against the
@@ -128,7 +129,8 @@ class ErrorKind(StrEnum):
     URI_TOO_LONG = "uri_too_long"
     """A route's max_uri_length or a max_query_length exceeded: 414."""
     BODY_TOO_LARGE = "body_too_large"
-    """A route's max_body_size exceeded: 413."""
+    """A route's max_body_size, or the bound of a filter that gets the request body whole
+    (a route's max_json_body), exceeded: 413."""
     RULE_DENIED = "rule_denied"
     """A [rule] in enforce mode refused the request (its `rule_matches` say which)."""
     AUTH_FAILED = "auth_failed"

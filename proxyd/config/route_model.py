@@ -15,7 +15,11 @@ from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.security_model import CorsConfig, Off, RuleConfig, SecurityHeadersConfig
 
 if TYPE_CHECKING:
+    from proxyd.gateway.json_ops import JsonOp
     from proxyd.gateway.query_ops import QueryOp
+
+DEFAULT_MAX_JSON_BODY = 1 << 20
+"""A route's `max_json_body` by default."""
 
 
 @attrs.frozen
@@ -72,6 +76,14 @@ class ProxyAction:
     """Requests that may wait for a slot beyond max_in_flight; 0: refused at once (503)."""
     queue_timeout: float = 5.0
     """The longest a request waits for a slot."""
+    request_json_ops: tuple[JsonOp, ...] = ()
+    """`request_json`: operations on a JSON request body, in the order written
+    (proxyd.gateway.json_ops)."""
+    response_json_ops: tuple[JsonOp, ...] = ()
+    """`response_json`: operations on a JSON response body."""
+    max_json_body: int = DEFAULT_MAX_JSON_BODY
+    """The largest JSON body either transforms: a request's over it is answered 413, a
+    response's 502."""
 
 
 @attrs.frozen

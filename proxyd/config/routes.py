@@ -31,7 +31,9 @@ from proxyd.config.model import (
     RouteMatch,
     RouteSecurity,
 )
-from proxyd.gateway import query_ops
+from proxyd.config.route_model import DEFAULT_MAX_JSON_BODY
+from proxyd.gateway import json_ops, query_ops
+from proxyd.gateway.json_ops import JsonOp, parse_json_ops
 from proxyd.gateway.query_ops import QueryOp, parse_query_ops
 
 TEMPLATE_VARIABLES = (
@@ -169,6 +171,15 @@ def query_params(text: str) -> tuple[QueryOp, ...]:
     ops = parse_query_ops(text.splitlines())
     if not ops:
         raise Invalid(f"one or more query operations, one a line: {query_ops.USAGE}", "nothing")
+    return ops
+
+
+def json_operations(text: str) -> tuple[JsonOp, ...]:
+    """`request_json`, `response_json`: one JSON body operation a line
+    (proxyd.gateway.json_ops), applied in the order written."""
+    ops = parse_json_ops(text.splitlines())
+    if not ops:
+        raise Invalid(f"one or more JSON operations, one a line: {json_ops.USAGE}", "nothing")
     return ops
 
 
@@ -499,6 +510,9 @@ class RouteSection:
     max_in_flight: int = 0
     max_queued: int = 0
     queue_timeout: float = 5.0
+    request_json: tuple[JsonOp, ...] = ()
+    response_json: tuple[JsonOp, ...] = ()
+    max_json_body: int = DEFAULT_MAX_JSON_BODY
 
     def action(self) -> RouteAction:
         if self.pool is not None:
@@ -512,6 +526,9 @@ class RouteSection:
                 self.max_in_flight,
                 self.max_queued,
                 self.queue_timeout,
+                self.request_json,
+                self.response_json,
+                self.max_json_body,
             )
         if self.redirect is not None:
             return self.redirect
@@ -531,6 +548,9 @@ ROUTE_OPTION_KEYS: Mapping[str, str] = {
     "max_in_flight": "pool",
     "max_queued": "pool",
     "queue_timeout": "pool",
+    "request_json": "pool",
+    "response_json": "pool",
+    "max_json_body": "pool",
     "content_type": "respond",
 }
 """Keys of `[route]` that only go with one action key."""

@@ -39,6 +39,10 @@ from proxyd.config.tls_model import Certificate, CertificateSource
 MAX_QUEUED = 1_000_000
 """Of `max_queued` (pools and routes; waiters cost a Deferred and a timer each) and of a
 route's `max_in_flight`."""
+MAX_JSON_BODY = 64 << 20
+"""Of a route's `max_json_body`. A JSON body is held whole, in memory several times its size,
+and parsed and written back while the process serves nothing else (about 22 µs a KiB,
+proxyd.gateway.json_ops: 1.4 s for 64 MiB); past that it is a stall, not a transformation."""
 
 
 def _pool_name(text: str, ctx: Context) -> str:
@@ -343,6 +347,9 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "max_in_flight": Key(v.integer(0, MAX_QUEUED)),
             "max_queued": Key(v.integer(0, MAX_QUEUED)),
             "queue_timeout": Key(v.positive_duration),
+            "request_json": Key(routes.json_operations),
+            "response_json": Key(routes.json_operations),
+            "max_json_body": Key(v.size(1, MAX_JSON_BODY)),
             "redirect": Key(routes.redirect_value),
             "respond": Key(routes.respond_value),
             "content_type": Key(routes.content_type),

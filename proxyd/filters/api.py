@@ -16,7 +16,14 @@ there is one, per-exchange `vars`):
   then keeps its Content-Length (else it goes to the server chunked).
   `end` is true on the last call, whose `data` may be b"". With `buffer_request_body` or
   `buffer_response_body` set to a size, the filter is called once with the whole body (up to
-  that many bytes: a larger request body is answered 413, a larger response 502).
+  that many bytes: a larger request body is answered 413, a larger response 502), and the
+  body is read whole before it goes on: a request's before a server is tried, a response's
+  before its head goes to the client, each then sent with its new Content-Length.
+- `takes_request_body(exchange)` / `takes_response_body(exchange)`: whether the filter takes
+  part in this exchange's body, asked once the head's filters are done (the fields are the
+  ones sent). False leaves it out of this body: its body phase is not called, nothing is
+  buffered for it, and the body keeps its length as far as it is concerned. A filter that
+  transforms some bodies only (by their Content-Type, say) streams the others this way.
 - `response_head(exchange)`: the response's status and fields may be changed
   (`exchange.status`, `exchange.response_headers`); an `Answer` replaces the response.
 - `log(exchange)`: the exchange is over and logged (its outcome is final).
@@ -201,6 +208,15 @@ class Filter:
     def response_body(self, exchange: Exchange, data: bytes, end: bool) -> BodyResult:
         """The response body bytes to pass on for `data` (or a Deferred or coroutine)."""
         return data
+
+    def takes_request_body(self, exchange: Exchange) -> bool:
+        """Whether request_body takes part in this request's body (left as it is here, it
+        always does)."""
+        return True
+
+    def takes_response_body(self, exchange: Exchange) -> bool:
+        """Whether response_body takes part in this response's body."""
+        return True
 
     def log(self, exchange: Exchange) -> None:
         """The exchange is over and logged."""

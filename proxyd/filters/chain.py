@@ -9,8 +9,8 @@ that define it, so that a phase no filter takes part in costs one empty loop.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -19,15 +19,40 @@ from proxyd.filters.api import PHASES, Answer, Exchange, Filter, Rejected
 
 Step = tuple[int, str, Callable[..., Any]]
 """(the filter's position in the chain, its name, its bound phase method)."""
+Takes = Callable[[Exchange], bool]
+"""A filter's takes_request_body or takes_response_body."""
+
+
+class BodyPlan(NamedTuple):
+    """How one exchange's body goes through a body phase (Chain.body_plan)."""
+
+    steps: tuple[Step, ...]
+    """The steps that take part in this body, in the phase's order."""
+    buffers: Mapping[int, int]
+    """position -> bound, for the steps that get this body whole. Then the body is read
+    whole before it is sent on: a request's before a server is tried, a response's before
+    its head goes to the client, either with its new Content-Length."""
+    keeps_length: bool
+    """Every step passes the body on unchanged (keeps_body_length): a request keeps its
+    Content-Length."""
+
+
+class _Body(NamedTuple):
+    """A body phase of a chain: the plan when every step takes part, and what a plan of
+    fewer steps is made from."""
+
+    plan: BodyPlan
+    takes: dict[int, Takes]
+    buffers: dict[int, int]
+    keeping: frozenset[int]
 
 
 class Chain:
     """The filters of one route, in request order, by phase."""
 
     __slots__ = (
-        "buffers",
+        "_bodies",
         "hidden",
-        "keeps_request_length",
         "log",
         "logs_identity",
         "logs_trace",
@@ -58,35 +83,65 @@ class Chain:
         self.server: tuple[bytes, bytes] | None = None if server is None else (b"Server", server)
         """hide_headers' Server field, sent on every response that has none."""
         steps: dict[str, list[Step]] = {phase: [] for phase in PHASES}
-        self.buffers: dict[tuple[str, int], int] = {}
-        """(phase, position) -> the body bound of a filter that buffers that body."""
+        buffers: dict[str, dict[int, int]] = {"request_body": {}, "response_body": {}}
+        takes: dict[str, dict[int, Takes]] = {"request_body": {}, "response_body": {}}
         for index, (name, instance) in enumerate(filters):
             for phase in PHASES:
-                method = getattr(instance, phase, None)
-                if method is None or not callable(method):
-                    continue
-                if getattr(type(instance), phase, None) is getattr(Filter, phase):
-                    continue  # Filter's own: the filter takes no part in this phase
-                steps[phase].append((index, name, method))
-            for phase, attribute in (
-                ("request_body", "buffer_request_body"),
-                ("response_body", "buffer_response_body"),
+                if _defines(instance, phase):
+                    steps[phase].append((index, name, getattr(instance, phase)))
+            for phase, attribute, choice in (
+                ("request_body", "buffer_request_body", "takes_request_body"),
+                ("response_body", "buffer_response_body", "takes_response_body"),
             ):
                 bound = getattr(instance, attribute, 0)
                 if bound:
-                    self.buffers[(phase, index)] = int(bound)
+                    buffers[phase][index] = int(bound)
+                if _defines(instance, choice):
+                    takes[phase][index] = getattr(instance, choice)
+        keeping = frozenset(
+            index
+            for index, (_, instance) in enumerate(filters)
+            if getattr(instance, "keeps_body_length", False)
+        )
         self.request_head: tuple[Step, ...] = tuple(steps["request_head"])
         self.request_body: tuple[Step, ...] = tuple(steps["request_body"])
-        self.keeps_request_length = all(
-            getattr(filters[index][1], "keeps_body_length", False)
-            for index, _, _ in self.request_body
-        )
-        """Every request_body filter passes the body on unchanged: a request keeps its
-        Content-Length."""
         # The response travels back through the chain: the last filter sees it first.
         self.response_head: tuple[Step, ...] = tuple(reversed(steps["response_head"]))
         self.response_body: tuple[Step, ...] = tuple(reversed(steps["response_body"]))
         self.log: tuple[Step, ...] = tuple(reversed(steps["log"]))
+        self._bodies = {
+            phase: _Body(
+                _plan(body_steps, buffers[phase], keeping), takes[phase], buffers[phase], keeping
+            )
+            for phase, body_steps in (
+                ("request_body", self.request_body),
+                ("response_body", self.response_body),
+            )
+        }
+
+    def body_plan(self, phase: str, exchange: Exchange) -> BodyPlan:
+        """How this exchange's body goes through `phase` ("request_body" or
+        "response_body"), asked once the head's filters are done. A filter whose
+        takes_request_body (takes_response_body) says this body is not its own is left out
+        of it: not called, nothing buffered for it. Raises FilterFailed for such a method
+        that raises."""
+        body = self._bodies[phase]
+        if not body.takes:
+            return body.plan
+        steps = []
+        for step in body.plan.steps:
+            take = body.takes.get(step[0])
+            if take is not None:
+                try:
+                    taken = take(exchange)
+                except Exception:
+                    raise FilterFailed(step[1], Failure()) from None
+                if not taken:
+                    continue
+            steps.append(step)
+        if len(steps) == len(body.plan.steps):
+            return body.plan
+        return _plan(tuple(steps), body.buffers, body.keeping)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -96,6 +151,23 @@ class Chain:
         """The steps of filters before `position` (those that saw the request before the
         filter at `position` answered it)."""
         return tuple(step for step in steps if step[0] < position)
+
+
+def _defines(instance: object, method: str) -> bool:
+    """Whether the filter defines `method` (other than as Filter's own, which does
+    nothing)."""
+    found = getattr(instance, method, None)
+    return callable(found) and getattr(type(instance), method, None) is not getattr(
+        Filter, method, None
+    )
+
+
+def _plan(steps: tuple[Step, ...], buffers: dict[int, int], keeping: frozenset[int]) -> BodyPlan:
+    return BodyPlan(
+        steps,
+        {position: buffers[position] for position, _, _ in steps if position in buffers},
+        all(position in keeping for position, _, _ in steps),
+    )
 
 
 EMPTY: Final = Chain(())
@@ -222,6 +294,7 @@ class BodyRun:
         "_failed",
         "_hold",
         "_queue",
+        "_sizes",
         "_steps",
         "waiting",
     )
@@ -229,7 +302,7 @@ class BodyRun:
     def __init__(
         self,
         steps: tuple[Step, ...],
-        buffers: dict[int, int],
+        buffers: Mapping[int, int],
         exchange: Exchange,
         emit: Callable[[bytes, bool], None],
         hold: Callable[[bool], None],
@@ -238,6 +311,8 @@ class BodyRun:
         self._steps = steps
         self._buffers = buffers
         self._buffered: dict[int, list[bytes]] = {}
+        self._sizes: dict[int, int] = {}
+        """The bytes held so far by each buffering step (by its index in `steps`)."""
         self._exchange = exchange
         self._emit = emit
         self._hold = hold
@@ -259,7 +334,8 @@ class BodyRun:
             if bound is not None:
                 parts = self._buffered.setdefault(index, [])
                 parts.append(data)
-                if sum(len(part) for part in parts) > bound:
+                size = self._sizes[index] = self._sizes.get(index, 0) + len(data)
+                if size > bound:
                     self._failed(TooLarge(f"filter {name}: body over {bound} bytes"))
                     return
                 if not end:

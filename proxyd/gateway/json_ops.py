@@ -31,10 +31,11 @@ What each does with the document at hand:
 - `wrap KEY`: the document becomes {KEY: document}.
 - `unwrap POINTER`: the document becomes the value at POINTER; nothing there does nothing.
 
-apply(ops, body, max_size): how the wiring uses it. A built-in filter sets
-buffer_request_body (or buffer_response_body) to the configured bound, so the chain answers
-413 (or 502) for a longer body before apply is called; it transforms only bodies whose
-Content-Type is application/json (or +json) and streams every other body untouched. Then:
+apply(ops, body, max_size): how the wiring (proxyd.filters.json_body) uses it. The built-in
+filter sets buffer_request_body (or buffer_response_body) to the configured bound and takes
+part only in bodies whose Content-Type is application/json (or +json): the chain answers 413
+(or 502) for a longer one before apply is called, streams every other body untouched, and
+sends the result with its new Content-Length. Then:
 
     try:
         data = apply(ops, data, bound)
@@ -42,7 +43,6 @@ Content-Type is application/json (or +json) and streams every other body untouch
         pass                                  # labelled JSON but not JSON: passed untouched
     except JsonBodyError as e:                # BodyTooLarge, CannotApply
         raise Rejected(Reject(e.request_status, str(e)))   # in response_body: e.response_status
-    # the body's length changes: the chain sends it chunked, or the filter sets Content-Length
 
 The intended policy: a body that is not JSON passes untouched (a transformation of a JSON
 document has nothing to act on; the server sees what the client sent, as without proxyd); a

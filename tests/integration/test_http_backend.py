@@ -218,6 +218,23 @@ def test_echo_reports_the_request_as_received(origin: Origin) -> None:
     assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
 
 
+def test_echo_body_answers_the_body_as_received_with_its_content_type(origin: Origin) -> None:
+    body = b'{"a": [1, 2]}'
+    for framing in ([], ["-H", "Transfer-Encoding: chunked"]):
+        result = curl(
+            *framing, "-D", "-", "-H", "Content-Type: application/json; charset=utf-8",
+            "--data-binary", "@-", origin.url("/echo-body"), stdin=body,
+        )  # fmt: skip
+        head, answer = result.stdout.split(b"\r\n\r\n", 1)
+        assert b"\r\nContent-Type: application/json; charset=utf-8\r\n" in head
+        assert answer == body
+    result = curl(
+        "-w", "%{http_code}", "-o", "/dev/null", "-H", "Expect:", "--data-binary", "@-",
+        origin.url("/echo-body"), stdin=bytes(MiB + 1),
+    )  # fmt: skip
+    assert result.stdout == b"413"
+
+
 def test_size_sends_the_pattern_with_a_length_or_chunked(origin: Origin) -> None:
     assert curl(origin.url("/size/1k")).stdout == pattern(1024)
     result = curl("-D", "-", origin.url("/size/100000?chunked=1"))

@@ -285,22 +285,38 @@ def test_a_filter_may_send_the_request_to_another_pool_and_path() -> None:
     assert request_lines(sent)[0] == b"GET /moved?q=2 HTTP/1.1"
 
 
-def test_a_request_body_is_transformed_and_sent_chunked() -> None:
-    class Reverse(Filter):
+def test_a_request_body_a_filter_buffers_is_read_whole_then_sent_with_its_length() -> None:
+    class Double(Filter):
         buffer_request_body = 1024
 
         def request_body(self, exchange: Exchange, data: bytes, end: bool) -> bytes:
             assert end
-            return data[::-1]
+            return data[::-1] * 2
 
-    relay = Relay(filters=(loaded(Reverse(options())),))
+    relay = Relay(filters=(loaded(Double(options())),))
+    relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    assert relay.pending_connects() == []  # no server until the body is whole
+    relay.send(b"def")
+    _upstream, ut = relay.accept_upstream()
+    sent = ut.value()
+    assert field(sent, "Content-Length") == [b"12"]
+    assert field(sent, "Transfer-Encoding") == []
+    assert sent.endswith(b"\r\n\r\nfedcbafedcba")
+
+
+def test_a_streaming_request_body_filter_sends_the_body_chunked() -> None:
+    class Upper(Filter):
+        def request_body(self, exchange: Exchange, data: bytes, end: bool) -> bytes:
+            return data.upper()
+
+    relay = Relay(filters=(loaded(Upper(options())),))
     relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
     _upstream, ut = relay.accept_upstream()
     relay.send(b"def")
     sent = ut.value()
     assert field(sent, "Content-Length") == []
     assert field(sent, "Transfer-Encoding") == [b"chunked"]
-    assert sent.endswith(b"\r\n\r\n6\r\nfedcba\r\n0\r\n\r\n")
+    assert sent.endswith(b"\r\n\r\n3\r\nABC\r\n3\r\nDEF\r\n0\r\n\r\n")
 
 
 def test_a_buffered_request_body_over_its_bound_is_answered_413() -> None:
@@ -312,8 +328,10 @@ def test_a_buffered_request_body_over_its_bound_is_answered_413() -> None:
 
     relay = Relay(filters=(loaded(Small(options())),))
     relay.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabcdef")
-    relay.accept_upstream()
     assert relay.received().startswith(b"HTTP/1.1 413 ")
+    assert relay.pending_connects() == []  # answered before any server saw it
+    [record] = relay.log.records
+    assert (record["error"], record["status"]) == ("filter f: body over 4 bytes", 413)
 
 
 def test_a_response_body_filter_holding_a_deferred_pauses_the_upstream() -> None:

@@ -10,7 +10,12 @@ ALLOWED = [
     (State.REQUEST_FILTERS, State.PROXYING),  # no filter answered: to a server
     (State.REQUEST_FILTERS, State.RESPONSE_FILTERS),  # answered (a filter, a redirect, 404)
     (State.REQUEST_FILTERS, State.DONE),  # the client left while a filter waited
+    (State.REQUEST_FILTERS, State.BUFFERING_REQUEST),  # a filter gets the body whole
+    (State.BUFFERING_REQUEST, State.PROXYING),  # the body read whole: to a server
+    (State.BUFFERING_REQUEST, State.RESPONSE_FILTERS),  # refused (413, 400), or a 408
+    (State.BUFFERING_REQUEST, State.DONE),  # the client left
     (State.PROXYING, State.RESPONSE_FILTERS),  # a response, or proxyd's error answer
+    (State.PROXYING, State.BUFFERING_RESPONSE),  # a filter gets the response body whole
     (State.PROXYING, State.STREAMING),  # a response no filter takes part in
     (State.PROXYING, State.TUNNEL),  # a 101 no filter takes part in
     (State.PROXYING, State.DONE),  # the client left
@@ -18,6 +23,10 @@ ALLOWED = [
     (State.RESPONSE_FILTERS, State.STREAMING),
     (State.RESPONSE_FILTERS, State.TUNNEL),
     (State.RESPONSE_FILTERS, State.DONE),  # the client left while a filter waited
+    (State.RESPONSE_FILTERS, State.BUFFERING_RESPONSE),
+    (State.BUFFERING_RESPONSE, State.STREAMING),  # the body read whole: head and body
+    (State.BUFFERING_RESPONSE, State.RESPONSE_FILTERS),  # proxyd's 502 in its place
+    (State.BUFFERING_RESPONSE, State.DONE),  # the client left
     (State.STREAMING, State.DONE),
     (State.TUNNEL, State.DONE),
 ]

@@ -30,10 +30,13 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
                              (503 with Retry-After past max_queued or queue_timeout)
     19 transform             the [route]'s query_params on the query sent upstream (request;
                              route only)
-    20 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
-    21 sticky_cookie         back to the cookie's server; Set-Cookie on the response
-    22 header_rules          request_headers / response_headers: the listener's, then the route's
-    23 respond / redirect    the route's own answer
+    20 json_body             the [route]'s request_json / response_json on JSON bodies, each
+                             read whole up to max_json_body (413 / 502 past it; 400 / 502
+                             when the operations cannot apply)
+    21 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
+    22 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+    23 header_rules          request_headers / response_headers: the listener's, then the route's
+    24 respond / redirect    the route's own answer
 
 Request phases run down the table, response phases up it; a request answered at a row runs
 the response phases of the rows above it. Rows a listener's config does not ask for are left
@@ -72,6 +75,7 @@ from proxyd.filters.header_names import InvalidHeaders
 from proxyd.filters.header_rules import RequestRules, ResponseRules
 from proxyd.filters.hsts import Hsts
 from proxyd.filters.intercept_errors import InterceptErrors
+from proxyd.filters.json_body import JsonRequestBody, JsonResponseBody
 from proxyd.filters.local_answers import HttpsRedirect, OriginCheck, RouteAnswer, WebSocketOnly
 from proxyd.filters.ratelimit import RateLimitContext, build_ratelimit
 from proxyd.filters.request_limits import request_limits
@@ -268,7 +272,7 @@ def _tail(
     clock: Clock,
     queues: dict[str, Concurrency],
 ) -> Filters:
-    """Rows 18 to 23; a route's concurrency filter goes into `queues` too."""
+    """Rows 18 to 24; a route's concurrency filter goes into `queues` too."""
     filters: Filters = []
     action = route.action
     if isinstance(action, ProxyAction):
@@ -283,6 +287,13 @@ def _tail(
             queues[route.name] = concurrency
         if action.query_ops:
             filters.append(("transform", QueryParams(action.query_ops)))
+        # Both at the same row, as header_rules: each takes part in one direction only.
+        if action.request_json_ops:
+            request_json = JsonRequestBody(action.request_json_ops, action.max_json_body)
+            filters.append(("json_body", request_json))
+        if action.response_json_ops:
+            response_json = JsonResponseBody(action.response_json_ops, action.max_json_body)
+            filters.append(("json_body", response_json))
         filters.append(("forwarding", forwarding))
         if sticky is not None:
             filters.append(("sticky_cookie", sticky))

@@ -65,8 +65,6 @@ class Exchange(Filtering):
         "_body_timer",
         "_client_chunked",
         "_client_keep_alive",
-        "_request_run",
-        "_response_run",
         "_trailers",
         "_tunnel_conn",
         "_upstream_chunked",
@@ -227,26 +225,37 @@ class Exchange(Filtering):
         )
         self.upstream_method = method
         if request.has_body and self.chain.request_body:
-            if not self.chain.keeps_request_length:
-                # Filters may change the body's length: it goes chunked.
-                fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
-                self._upstream_chunked = True
-            self._request_run = self._body_run(
-                self.chain.request_body,
-                "request_body",
-                self._request_body_out,
-                self._hold_request,
-            )
+            plan = self._body_plan("request_body")
+            if plan is None:
+                return
+            if plan.buffers:
+                self._upstream_chunked = False
+                self._buffer_request(plan, target, fields)
+                return
+            if plan.steps:
+                if not plan.keeps_length:
+                    # Filters may change the body's length: it goes chunked.
+                    fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
+                    self._upstream_chunked = True
+                self._request_run = self._body_run(
+                    plan, "request_body", self._request_body_out, self._hold_request
+                )
         if self._upstream_chunked:
             fields.append((b"Transfer-Encoding", b"chunked"))
         if self.websocket:
             fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
+        self._forward([request_head(self.upstream_method, target, fields)])
+
+    def _forward(self, head: list[bytes]) -> None:
+        """Send the request to the route's pool, `head` first."""
+        pool = self.pool
+        assert pool is not None
         self._move(PROXYING)
         forward = self.forward = Forward(
             self,
             pool,
             self.factory.upstreams[pool.name],
-            [request_head(self.upstream_method, target, fields)],
+            head,
             self._preferred,
             self.factory.attempts,
         )
@@ -255,7 +264,8 @@ class Exchange(Filtering):
     # Request body, driven by the client connection.
 
     def want_request_body(self) -> None:
-        """The server takes the body now (called by the Forward)."""
+        """The server takes the body now (called by the Forward), or a filter gets it whole
+        before a server is tried."""
         self.wants_request_events = True
         if self._body_timer is None:
             self._body_timer = IdleTimer(self.clock, self.config.body_timeout, self._body_timed_out)
@@ -373,8 +383,12 @@ class Exchange(Filtering):
             self._finish(keep_alive=self._client_keep_alive)
 
     def upstream_cut(self, why: str, kind: ErrorKind) -> None:
-        """The response broke off after its head went to the client."""
-        self._cut(why, kind)
+        """The response broke off after its head went to the client, or while a filter read
+        its body before the head (then answered 502, or 504 for a server gone idle)."""
+        if self.response_started:
+            self._cut(why, kind)
+        else:
+            self.fail(504 if kind is ErrorKind.UPSTREAM_IDLE else 502, why, kind)
 
     def tunnel_ended(self, tunnel: Tunnel) -> None:
         self.factory.tunnel_closed()
@@ -397,11 +411,19 @@ class Exchange(Filtering):
     def _send_response(self) -> None:
         response = self.response
         assert response is not None
-        steps = () if response.no_body else self.chain.response_body
-        if steps:
-            self._response_run = self._body_run(
-                steps, "response_body", self._response_body_out, self._hold_response
-            )
+        steps: tuple[Step, ...] = ()
+        if not response.no_body and self.chain.response_body:
+            plan = self._body_plan("response_body")
+            if plan is None:
+                return
+            if plan.buffers:
+                self._buffer_response(plan)
+                return
+            steps = plan.steps
+            if steps:
+                self._response_run = self._body_run(
+                    plan, "response_body", self._response_body_out, self._hold_response
+                )
         fields = self._frame(not response.no_body, response.content_length is not None, bool(steps))
         reason = response.reason if self.status == response.status else b""
         self._move(STREAMING)
@@ -409,6 +431,24 @@ class Exchange(Filtering):
         forward = self.forward
         if forward is not None and forward._held:
             forward.hold(False)
+
+    def _response_buffered(self, data: bytes, end: bool) -> None:
+        """The whole body a filter buffered, transformed: the head goes with it, with its
+        length (the server's trailers, which need chunked framing, are dropped)."""
+        response = self.response
+        if self.finished or response is None:
+            return
+        self._response_run = None
+        self.response_fields = [
+            f for f in self.response_fields if f[0].lower() != b"content-length"
+        ]
+        self.response_fields.append((b"Content-Length", b"%d" % len(data)))
+        fields = self._frame(True, True)
+        reason = response.reason if self.status == response.status else b""
+        self._move(STREAMING)
+        self.response_bytes = len(data)
+        self.client.send([response_head(self.status, reason, fields), data])
+        self._finish(keep_alive=self._client_keep_alive)
 
     def _send_answer(self, answer: Answer) -> None:
         status = self.status

@@ -16,6 +16,7 @@ from proxyd.config.model import HttpListenerConfig, RouteConfig
 from proxyd.filters.api import Answer, Headers, Reject, Rejected
 from proxyd.filters.chain import (
     ALL_WENT_ON,
+    BodyPlan,
     BodyRun,
     Chain,
     FilterFailed,
@@ -26,8 +27,9 @@ from proxyd.filters.chain import (
 from proxyd.metrics import ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
-from proxyd.relay.http.messages import Request
-from proxyd.relay.http.state import State
+from proxyd.relay.http.forward import CONTINUE
+from proxyd.relay.http.messages import Request, request_head
+from proxyd.relay.http.state import BUFFERING_REQUEST, BUFFERING_RESPONSE, State
 from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -39,6 +41,8 @@ class Filtering:
         "_filter_bound",
         "_head_run",
         "_preferred",
+        "_request_run",
+        "_response_run",
         "_response_steps",
         "_vars",
         "error_kind",
@@ -67,8 +71,13 @@ class Filtering:
     _preferred: Server | None
     _filter_bound: IdleTimer | None
     _head_run: HeadRun | None
+    _request_run: BodyRun | None
+    _response_run: BodyRun | None
+    upstream_method: bytes
+    state: State
 
     finished: bool
+    request_done: bool
     client_trusted: bool
     response_started: bool
 
@@ -96,6 +105,15 @@ class Filtering:
         raise NotImplementedError
 
     def _start_answer(self, answer: Answer, steps: tuple[Step, ...]) -> None:
+        raise NotImplementedError
+
+    def _forward(self, head: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def want_request_body(self) -> None:
+        raise NotImplementedError
+
+    def _response_buffered(self, data: bytes, end: bool) -> None:
         raise NotImplementedError
 
     # proxyd.filters.api.Exchange.
@@ -191,14 +209,15 @@ class Filtering:
         if self.finished:
             return
         if isinstance(problem, Rejected):
-            # A body filter refused the request (a body over a limit): proxyd's answer, the
-            # rest of the body unread, so the connection closes after it.
+            # A body filter refused the request (a body over a limit): proxyd's answer; the
+            # connection closes after it if the rest of the body is unread.
             reject = problem.reject
             if self.response_started:
                 known = reject.kind in ErrorKind._value2member_map_
                 self._cut(reject.why, ErrorKind(reject.kind) if known else ErrorKind.REFUSED)
                 return
-            self.client.close_after_response()
+            if not self.request_done:
+                self.client.close_after_response()
             self.fail(reject.status, reject.why, reject.kind, answer=reject)
             return
         if isinstance(problem, FilterFailed):
@@ -215,16 +234,31 @@ class Filtering:
         else:
             why = str(problem)
         if isinstance(problem, TooLarge) and not self.response_started:
-            # A request body too large for a filter that buffers it (a response's head is
-            # sent before its body is read: that one is cut below).
+            # A request body too large for a filter that buffers it (a response's is
+            # _response_filter_failed's).
             self.client.close_after_response()
-            self.fail(413, why, ErrorKind.FILTER_FAILED)
+            self.fail(413, why, ErrorKind.BODY_TOO_LARGE)
             return
         if self.response_started:
             self._cut(why, ErrorKind.FILTER_FAILED)
             return
         self.client.close_after_response()
         self.fail(500, why, ErrorKind.FILTER_FAILED)
+
+    def _response_filter_failed(self, problem: Exception) -> None:
+        """A response body filter failed. While the response is held for a filter that
+        buffers it, proxyd answers in its place: 502 for a body over the filter's bound,
+        the Reject of a filter that refuses it (the client's connection may stay open: its
+        request was read); else as any filter failure."""
+        if self.state is BUFFERING_RESPONSE:
+            if isinstance(problem, TooLarge):
+                self.fail(502, str(problem), ErrorKind.FILTER_FAILED)
+                return
+            if isinstance(problem, Rejected):
+                reject = problem.reject
+                self.fail(reject.status, reject.why, reject.kind, answer=reject)
+                return
+        self._filter_failed(problem)
 
     def _bound_filter(self, timeout: float) -> None:
         """A filter waits: it has `timeout` to finish."""
@@ -272,19 +306,22 @@ class Filtering:
             return
         done(ALL_WENT_ON, None)
 
+    def _body_plan(self, phase: str) -> BodyPlan | None:
+        """How this exchange's body goes through `phase` (Chain.body_plan); None when a
+        filter's takes_* method failed (the exchange is answered)."""
+        try:
+            return self.chain.body_plan(phase, self)  # type: ignore[arg-type]
+        except FilterFailed as e:
+            self._filter_failed(e)
+            return None
+
     def _body_run(
         self,
-        steps: tuple[Step, ...],
+        plan: BodyPlan,
         phase: str,
         emit: Callable[[bytes, bool], None],
         hold: Callable[[bool], None],
     ) -> BodyRun:
-        buffers = {
-            position: bound
-            for (named, position), bound in self.chain.buffers.items()
-            if named == phase
-        }
-
         def held(waiting: bool) -> None:
             if waiting:
                 self._bound_filter(self.config.idle_timeout)
@@ -292,7 +329,45 @@ class Filtering:
                 self._unbound_filter()
             hold(waiting)
 
-        return BodyRun(steps, buffers, self, emit, held, self._filter_failed)  # type: ignore[arg-type]
+        failed = self._filter_failed if phase == "request_body" else self._response_filter_failed
+        return BodyRun(plan.steps, plan.buffers, self, emit, held, failed)  # type: ignore[arg-type]
+
+    # Bodies a filter gets whole.
+
+    def _buffer_request(self, plan: BodyPlan, target: bytes, fields: Headers) -> None:
+        """A filter gets the request body whole: read it before a server is tried, then send
+        it with its new Content-Length. A body over the filter's bound, or one the filter
+        refuses, is answered before any server sees the request; and as the whole body is
+        in the head sent, a failed attempt may be retried whatever its size."""
+        self._move(BUFFERING_REQUEST)
+        # The body goes with the head: no Expect for the server to answer (proxyd answers
+        # the client's below).
+        fields = [f for f in fields if f[0].lower() not in (b"content-length", b"expect")]
+
+        def buffered(data: bytes, end: bool) -> None:
+            if self.finished:
+                return
+            self._request_run = None
+            fields.append((b"Content-Length", b"%d" % len(data)))
+            self._forward([request_head(self.upstream_method, target, fields), data])
+
+        self._request_run = self._body_run(plan, "request_body", buffered, self._hold_request)
+        request = self.request
+        if request.expect_continue and request.version == "1.1":
+            # As the Forward does when it wants the body (RFC 9110 10.1.1).
+            self.client.send([CONTINUE])
+        self.want_request_body()
+
+    def _buffer_response(self, plan: BodyPlan) -> None:
+        """A filter gets the response body whole: read it before the head goes to the
+        client (_response_buffered sends both, with the new Content-Length)."""
+        self._move(BUFFERING_RESPONSE)
+        self._response_run = self._body_run(
+            plan, "response_body", self._response_buffered, self._hold_response
+        )
+        forward = self.forward
+        if forward is not None and forward._held:
+            forward.hold(False)
 
     def _run_log_filters(self) -> None:
         for _, name, call in self.chain.log:

@@ -9,7 +9,8 @@ Retries (nginx's proxy_next_upstream, with its defaults made explicit):
 - a reset, a response timeout, or a 502/503/504 answer moves on only for idempotent methods
   (RFC 9110 9.2.2), and only while the request body sent so far is still held (up to
   REPLAY_LIMIT bytes);
-- never once any of the response was sent to the client; at most `retries` times.
+- never once the exchange has a response (its head sent to the client, or a filter reading
+  its body); at most `retries` times.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ RETRY_STATUSES: Final = frozenset({502, 503, 504})
 MAX_INTERIM_RESPONSES: Final = 16
 """1xx responses a server may send before its final one (100 Continue, 102, 103 Early
 Hints); past that it is answering with a storm, a bad response."""
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+"""What proxyd answers a client's `Expect: 100-continue` with, when it wants the body."""
 
 _NO_SERVER_KINDS: Final = {
     GiveUpReason.NO_SERVER_UP: ErrorKind.NO_SERVER,
@@ -226,7 +228,7 @@ class Forward:
             # The body is wanted now; answer the client's Expect ourselves (as nginx does).
             self._sent_continue = True
             if request.version == "1.1":
-                exchange.client.send([_CONTINUE])
+                exchange.client.send([CONTINUE])
         if exchange.request_done:
             self.request_sent()
         else:
@@ -244,8 +246,10 @@ class Forward:
             self.exchange.fail(failed.status, answer)
 
     def _may_retry(self) -> bool:
+        # Not once the exchange has the response (a filter may be reading its body).
         return (
-            not self.exchange.response_started
+            self.response is None
+            and not self.exchange.response_started
             and self.exchange.upstream_method in IDEMPOTENT
             and self._replayable
             and self.driver.may_try_another()
