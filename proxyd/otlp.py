@@ -176,7 +176,10 @@ class OtlpExport:
             )
 
         def over(result: None) -> None:
-            log.info("span export stopped ({elapsed:.3f}s)", elapsed=reactor.seconds() - started)
+            # Rounded here: the master relays a worker's events without their format's
+            # precision.
+            elapsed = round(reactor.seconds() - started, 3)
+            log.info("span export stopped ({elapsed}s)", elapsed=elapsed)
 
         threading.Thread(target=shut_down, name="proxyd-otlp-stop", daemon=True).start()
         done.addCallback(over)
