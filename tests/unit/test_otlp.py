@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from proxyd.app import ProxydService
+from proxyd.config.load import loads
 from proxyd.config.otlp_model import OtlpConfig
 from proxyd.otlp import FLUSH_TIMEOUT, LOG_INTERVAL, OtlpExport
 from tests.unit.test_trace_export import ENDPOINT, Recorder
@@ -139,3 +142,26 @@ def test_a_record_from_another_thread_is_logged_on_the_reactors(
         assert events == []
         clock.run_from_thread()
     assert [formatEvent(e) for e in events] == ["opentelemetry.sdk: from a thread"]
+
+
+def test_a_reload_keeps_the_collectors_processor(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Recorder] = []
+
+    def record(endpoint: str) -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    monkeypatch.setattr("proxyd.app.OtlpExport", lambda reactor: OtlpExport(reactor, record))
+    config = (
+        "[pool web]\nservers = 127.0.0.1:9001\n"
+        "[http front]\nlisten = tcp:0:interface=127.0.0.1\nroutes =\n    path / -> pool web\n"
+        f"trace_context = on\notlp_endpoint = {ENDPOINT}\n"
+    )
+    proxy = ProxydService(MemoryReactorClock(), loads(config, "proxyd.ini"))
+    [before] = proxy.listeners
+    outcome = proxy.apply(loads(config + "otlp_service_name = edge\n", "proxyd.ini"))
+    assert outcome.reloaded, outcome.errors
+    [after] = proxy.listeners
+    assert after.factory is not before.factory
+    assert len(made) == 1 and after.factory.spans.processor is made[0]
+    assert after.factory.spans.resource.attributes["service.name"] == "edge"
