@@ -286,8 +286,9 @@ def test_a_collector_that_is_down_costs_the_requests_nothing(
     time.sleep(1.5)
     lines = [line for line in proxy.log().splitlines() if "opentelemetry" in line]
     assert 2 <= len(lines) <= 4, lines
-    # The stop waits at most proxyd.otlp.FLUSH_TIMEOUT (5 s) for the collector.
+    # The stop waits at most proxyd.otlp.FLUSH_TIMEOUT (5 s) for the collector: less when the
+    # batch being retried runs out of retries sooner and nothing else is queued.
     started = time.monotonic()
     assert proxy.terminate() == 0
     assert time.monotonic() - started < 9
-    assert "within 5s of the stop are dropped" in proxy.log()
+    assert re.search(r"span export stopped \(\d|within 5s of the stop are dropped", proxy.log())
