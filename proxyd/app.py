@@ -33,6 +33,7 @@ from proxyd.health import HealthService
 from proxyd.lifetime import CLOSE_GRACE, Retired
 from proxyd.listen_sockets import SharedPort
 from proxyd.listeners import ListenerService, RelayListener, StartupError
+from proxyd.otlp import OtlpExport
 from proxyd.pool import Pool, Server
 from proxyd.ratelimit.redis_client import RedisClients
 from proxyd.relay.http.routing import unreachable
@@ -80,7 +81,12 @@ class ProxydService(service.MultiService):
         service, stopped once its connections have drained (proxyd.auth.threads)."""
         self.redis = RedisClients()
         """The rate limits' Redis connections, for every generation; closed at the end."""
-        self.resources = ProcessResources(self.hash_threads, limit_tables, self.redis.call)
+        self.otlp = OtlpExport(reactor)
+        """The span export to collectors (otlp_endpoint), for every generation: flushed and
+        shut down once the connections have drained (proxyd.otlp)."""
+        self.resources = ProcessResources(
+            self.hash_threads, limit_tables, self.redis.call, self.otlp
+        )
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
         self._retired = Retired()
@@ -391,8 +397,9 @@ class ProxydService(service.MultiService):
 
     def stopService(self) -> Any:
         """Stop accepting and checking, let the connections in flight finish (up to
-        drain_timeout), then stop the pools, close the access logs and join the
-        password-check threads (a request in flight may still be waiting on one)."""
+        drain_timeout), then stop the pools, close the access logs, join the
+        password-check threads (a request in flight may still be waiting on one) and send
+        the spans still queued (up to proxyd.otlp.FLUSH_TIMEOUT)."""
         stopped = super().stopService()
         drained = lifetime.drain(
             self._reactor,
@@ -404,6 +411,6 @@ class ProxydService(service.MultiService):
             self.serving.abandon()
             self.hash_threads.stop()
             self.redis.close()
-            return result
+            return self.otlp.stop().addCallback(lambda _: result)
 
         return DeferredList([maybeDeferred(lambda: stopped), drained]).addBoth(release)

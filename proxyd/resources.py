@@ -8,6 +8,7 @@ import attrs
 
 from proxyd.auth.threads import HashThreads
 from proxyd.filters.ratelimit import RedisCalls, TableSource
+from proxyd.otlp import OtlpExport
 
 
 @attrs.frozen
@@ -21,3 +22,6 @@ class ProcessResources:
     redis: RedisCalls | None = None
     """The StoreCall of a Redis store (proxyd.ratelimit.redis_client), for limits with one;
     None: such limits cannot be built (tests of other things)."""
+    otlp: OtlpExport | None = None
+    """The span export to OpenTelemetry collectors (proxyd.otlp); None: listeners with
+    otlp_endpoint export nothing (tests of other things)."""

@@ -15,6 +15,7 @@ from proxyd.config.auth_section import auth_section
 from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.ini import Section
+from proxyd.config.otlp import otlp_group
 from proxyd.config.ratelimit_section import ratelimit_section
 from proxyd.config.route_model import RouteConfig, RouteSecurity
 from proxyd.config.schema import TLS_SERVER_KEYS, WEBSOCKET_MESSAGE_KEYS
@@ -198,8 +199,10 @@ def _http_security(
     section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]
 ) -> _Problems:
     """[http] and [https]: the security_headers preset; `auth = off` and `cors = off` are
-    none; a route's limits no larger than the listener's, which are checked first."""
-    problems = security.security_headers_group(section, fields)
+    none; a route's limits no larger than the listener's, which are checked first; the
+    `otlp_*` keys (proxyd.config.otlp)."""
+    problems: _Problems = [*otlp_group(section, fields, groups.get("otlp", {}))]
+    problems += security.security_headers_group(section, fields)
     for key in ("auth", "cors"):
         if fields.get(key) == OFF:
             fields[key] = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import routes, tls
+from proxyd.config import otlp, routes, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -194,6 +194,7 @@ HTTP_KEYS: Mapping[str, Key] = {
     "escaped_slashes": Key(v.choice(*ESCAPED_SLASHES)),
     "invalid_headers": Key(v.choice(*INVALID_HEADERS)),
     "trace_context": Key(v.choice(*TRACE_CONTEXT)),
+    **otlp.KEYS,
     **HTTP_SECURITY_KEYS,
 }
 """Keys shared by [http] and [https]."""

@@ -3,6 +3,7 @@ the relay's own objects. proxyd.relay.http.exchange.Exchange provides it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from proxyd.filters.api import Exchange
@@ -31,6 +32,22 @@ class RelayExchange(Exchange, Protocol):
         """The request body's bytes received so far."""
 
     @property
+    def response_bytes(self) -> int:
+        """The response body's bytes sent so far."""
+
+    @property
+    def started(self) -> float:
+        """When the request's head was read (the reactor's seconds)."""
+
+    @property
+    def error(self) -> str | None:
+        """Why the exchange failed, as the access log's `error` says; None if it did not."""
+
+    @property
+    def error_kind(self) -> str | None:
+        """The error the metrics count it under (proxyd.metrics.ErrorKind's words)."""
+
+    @property
     def client_trusted(self) -> bool:
         """The client is one of the listener's trusted_proxies."""
 
@@ -45,6 +62,11 @@ class RelayExchange(Exchange, Protocol):
     @property
     def upstream_server(self) -> Server | None:
         """The server that answers (None when proxyd or a filter does)."""
+
+    @property
+    def tried(self) -> Sequence[Server]:
+        """The servers the request went to, in order (the access log's `upstream` is the
+        last, `attempts` their count); empty when it was not proxied."""
 
     def prefer(self, server: Server) -> None:
         """Try `server` first (when it is available and has capacity)."""

@@ -13,6 +13,7 @@ continue_trace (1.4 to 1.8 µs, two random ids and the traceparent's parse)."""
 
 from __future__ import annotations
 
+from random import random
 from typing import Final
 
 from proxyd.filters.internal import RelayExchange
@@ -23,10 +24,14 @@ _TRACESTATE: Final = b"tracestate"
 
 
 class TraceContext:
-    """Built in with `trace_context = on` or `restart`."""
+    """Built in with `trace_context = on` or `restart`. A trace begun here is sampled with
+    probability `sample` (0: never, the spec's default for a hop that records nothing; with
+    otlp_endpoint, the listener's otlp_sample: proxyd.filters.trace_export)."""
 
-    def __init__(self, restart: bool = False) -> None:
+    def __init__(self, restart: bool = False, sample: float = 0.0) -> None:
         self.restart = restart
+        self.sample = sample
+        self._always = sample >= 1.0
 
     def request_head(self, exchange: RelayExchange) -> None:
         fields = exchange.request.headers
@@ -42,7 +47,10 @@ class TraceContext:
         if parents or states:
             fields[:] = [field for field in fields if not _trace_field(field[0])]
         if self.restart or not parents:
-            hop = continue_trace(None, None)
+            sample = self.sample
+            hop = continue_trace(
+                None, None, sample_new=self._always or (sample > 0.0 and random() < sample)
+            )
         else:
             # Several fields of a name are one list (RFC 9110 5.3): two traceparent fields
             # make an invalid value, and a new trace begins, as the spec's test suite expects.

@@ -345,16 +345,20 @@ def start_proxyd(
     config: str,
     timeout: float = 20.0,
     taskset: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Proxyd:
     """Writes `config` (with a `[proxyd]` section pointing the access log into `directory`
-    unless the text has one) and starts proxyd on it, waiting for every `listen = tcp:PORT`."""
+    unless the text has one) and starts proxyd on it, waiting for every `listen = tcp:PORT`.
+    `env` adds to the environment proxyd gets (the tests' own)."""
     access_log = directory / "access.log"
     if not re.search(r"^\[proxyd\]", config, re.MULTILINE):
         config = f"[proxyd]\naccess_log = {access_log}\n\n{config}"
     index = sum(1 for p in processes.processes if p.name.startswith("proxyd"))
     config_path = directory / f"proxyd-{index}.ini"
     config_path.write_text(config)
-    process = processes.start("proxyd", [*taskset, *twistd_argv(config_path)], cwd=directory)
+    process = processes.start(
+        "proxyd", [*taskset, *twistd_argv(config_path)], cwd=directory, env=env
+    )
     process.wait_listening((int(p) for p in _LISTEN_PORT.findall(config)), timeout)
     return Proxyd(process, config_path, access_log)
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
 from proxyd.app import CLOSE_GRACE, ProxydService
 from proxyd.config.load import loads
+from proxyd.otlp import OtlpExport
+from tests.unit.test_trace_export import Recorder
 
 CONFIG = """
 [proxyd]
@@ -31,9 +35,9 @@ class Stopping:
     """A ProxydService on a memory reactor with one client connection in the middle of a
     request to its [http] listener."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: str = CONFIG) -> None:
         self.reactor = MemoryReactorClock()
-        self.proxy = ProxydService(self.reactor, loads(CONFIG, "proxyd.ini"))
+        self.proxy = ProxydService(self.reactor, loads(config, "proxyd.ini"))
         self.proxy.startService()
         [listener] = self.proxy.listeners
         self.factory = listener.factory
@@ -98,3 +102,32 @@ def test_with_nothing_in_flight_the_stop_is_immediate() -> None:
         stopping.stop()
     assert len(stopping.stopped) == 1
     assert events == []
+
+
+def test_the_span_export_is_flushed_once_the_connections_have_drained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Export(OtlpExport):
+        def __init__(self, reactor: Any) -> None:
+            self.recorder = Recorder()
+            super().__init__(reactor, make_processor=lambda endpoint: self.recorder)
+            self.flushed: Deferred[None] | None = None
+
+        def stop(self, timeout: float = 5.0) -> Deferred[None]:
+            self.flushed = Deferred()
+            return self.flushed
+
+    monkeypatch.setattr("proxyd.app.OtlpExport", Export)
+    stopping = Stopping(
+        CONFIG + "trace_context = on\notlp_endpoint = http://127.0.0.1:4318/v1/traces\n"
+    )
+    export = stopping.proxy.otlp
+    assert isinstance(export, Export) and export.endpoints == ["http://127.0.0.1:4318/v1/traces"]
+    stopping.stop()
+    assert export.flushed is None  # the request in flight may still make a span
+    stopping.client.connectionLost(Failure(error.ConnectionDone()))
+    [span] = export.recorder.spans  # the client left: 499
+    assert span.attributes["http.response.status_code"] == 499
+    assert export.flushed is not None and stopping.stopped == []
+    export.flushed.callback(None)
+    assert len(stopping.stopped) == 1

@@ -10,7 +10,8 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
     5  intercept_errors      a server's error body replaced by proxyd's page (response)
     6  trace_context         W3C traceparent continued or begun, tracestate passed on, the
                              trace id kept for the access log (request; first, so that
-                             requests refused below are logged with it)
+                             requests refused below are logged with it); with
+                             otlp_endpoint, the exchange's span exported (log)
     7  invalid_headers       request fields with '_' and the like dropped (or 400; on by
                              default)
     8  access                allow/deny by the client's address: the listener's list, then
@@ -85,6 +86,7 @@ from proxyd.filters.sticky import StickyCookie
 from proxyd.filters.trace_context import TraceContext
 from proxyd.filters.transform import QueryParams
 from proxyd.metrics import RelayStats
+from proxyd.otlp import SpanSink
 
 Filters = list[tuple[str, object]]
 
@@ -105,15 +107,17 @@ def build_chains(
     stats: Callable[[], RelayStats],
     ratelimits: RateLimitContext,
     queues: dict[str, Concurrency] | None = None,
+    spans: SpanSink | None = None,
 ) -> dict[str | None, Chain]:
     """The chain of each route by name, and the listener's own under None (requests that
     match no route, and those refused before routing). `auth` is what the routes'
     authentication runs with (one per listener), `stats` gives the listener's metrics,
     `ratelimits` holds the listener's rate-limit tables; `queues` gets the routes'
-    concurrency limits (their metrics), by route."""
+    concurrency limits (their metrics), by route; `spans` is where the listener's spans go
+    (with otlp_endpoint; None exports none)."""
     if queues is None:
         queues = {}
-    build = _Builder(config, error_pages, websocket_only, auth, stats, ratelimits)
+    build = _Builder(config, error_pages, websocket_only, auth, stats, ratelimits, spans)
     listener = build.head(_LISTENER) + build.middle(None)
     chains: dict[str | None, Chain] = {None: Chain(listener, *build.hiding(_LISTENER))}
     forwarding = Forwarding(config.via)
@@ -139,6 +143,7 @@ class _Builder:
         auth: AuthContext,
         stats: Callable[[], RelayStats],
         ratelimits: RateLimitContext,
+        spans: SpanSink | None = None,
     ) -> None:
         self.config = config
         self.error_pages = error_pages
@@ -158,8 +163,7 @@ class _Builder:
         self.early: Filters = []
         """Rows 6 and 7, the same on every route."""
         if config.trace_context != "off":
-            restart = config.trace_context == "restart"
-            self.early.append(("trace_context", TraceContext(restart)))
+            self.early.append(("trace_context", _trace_context(config, spans)))
         if config.invalid_headers != "pass":
             self.early.append(("invalid_headers", InvalidHeaders(config.invalid_headers)))
         self._made: dict[tuple[object, ...], object] = {}
@@ -254,6 +258,18 @@ class _Builder:
         if route is not None:
             filters += _user(route.filters)
         return filters
+
+
+def _trace_context(config: HttpListenerConfig, spans: SpanSink | None) -> object:
+    """Row 6: trace_context, exporting its spans when the listener has otlp_endpoint."""
+    restart = config.trace_context == "restart"
+    if config.otlp is None or spans is None:
+        return TraceContext(restart)
+    # Imported here: the OpenTelemetry SDK takes some 70 ms and a few MB to import, which
+    # a process that exports no span need not pay.
+    from proxyd.filters.trace_export import TraceExport
+
+    return TraceExport(spans, restart, config.otlp.sample)
 
 
 _T = TypeVar("_T")

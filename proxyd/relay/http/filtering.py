@@ -6,7 +6,7 @@ A base class of proxyd.relay.http.exchange.Exchange, holding no state of its own
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -181,6 +181,14 @@ class Filtering:
             return None
         server: Server = forward.driver.tried[-1]
         return server
+
+    @property
+    def tried(self) -> Sequence[Server]:
+        forward = self.forward
+        if forward is None:
+            return ()
+        tried: Sequence[Server] = forward.driver.tried
+        return tried
 
     def prefer(self, server: Server) -> None:
         self._preferred = server

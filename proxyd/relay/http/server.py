@@ -431,7 +431,8 @@ class HttpRelayFactory(Factory[ClientConnection]):
         """`reactor` must provide IReactorTime as well. With `websocket_only` (a [websocket]
         listener in passthrough mode) requests other than WebSocket upgrades from allowed
         Origins are refused. `resources` are the process's (proxyd.resources, owned by the
-        service): password-check threads, what makes the rate limits' tables."""
+        service): password-check threads, what makes the rate limits' tables, the span
+        export."""
         self.reactor = cast(Any, reactor)
         self.config = config
         resources = resources or ProcessResources()
@@ -453,6 +454,9 @@ class HttpRelayFactory(Factory[ClientConnection]):
         )
         """The rate limits' tables and their sweep (proxyd.filters.ratelimit), with the same
         lifetime as `auth`."""
+        otlp = resources.otlp
+        self.spans = None if config.otlp is None or otlp is None else otlp.sink(config.otlp)
+        """Where the exchanges' spans go (otlp_endpoint: proxyd.otlp)."""
         self.pools = pools
         self.upstreams = upstreams
         self.access_log = access_log
@@ -472,6 +476,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
             lambda: self.stats,
             self.ratelimits,
             self.queues,
+            self.spans,
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
