@@ -242,6 +242,7 @@ class RedisLimit:
         except (TypeError, ValueError, IndexError):
             self._failed(redis_key, state, waiting, f"answered {reply!r:.100}")
             return
+        waiting = [waiter for waiter in waiting if not waiter.called]  # not those gone since
         served = min(granted, len(waiting))
         for index, waiter in enumerate(waiting):
             if index < served:
@@ -284,7 +285,8 @@ class RedisLimit:
         state.calling = False
         state.lease = 0
         for waiter in [*waiting, *state.waiting]:
-            waiter.callback(self._unchecked())
+            if not waiter.called:  # a request given up while its call was out
+                waiter.callback(self._unchecked())
         state.waiting = []
         self._keys.pop(redis_key, None)
 

@@ -275,3 +275,32 @@ def test_a_waiter_whose_client_left_leaves_the_next_call_quietly() -> None:
     assert verdicts([first, third])[1].allowed
     assert (limit.allowed, limit.limited) == (2, 0)
     assert len(got) == 1
+
+
+def test_a_waiter_whose_client_left_while_its_call_was_out_leaves_its_grant_to_the_lease() -> None:
+    limit, redis, _ = made("10/s", 5)
+    first = limit.hit("k")
+    waiting = [limit.hit("k") for _ in range(3)]
+    redis.answer()  # the first call; the three go out together next
+    assert verdicts([first])[0].allowed and len(redis.calls) == 1
+    waiting[1].cancel()  # its client leaves while the call is out
+    waiting[1].addErrback(lambda failure: None)
+    redis.answer()
+    got = verdicts([waiting[0], waiting[2]])
+    assert all(verdict.allowed for verdict in got)
+    assert (limit.allowed, limit.limited) == (3, 0)
+    # The grant of the one that left is a lease: the next request spends it, no call.
+    assert verdicts([limit.hit("k")])[0].allowed and redis.calls == []
+
+
+def test_a_waiter_whose_client_left_while_its_call_failed_is_not_answered_again() -> None:
+    limit, redis, clock = made()
+    limit.hit("k")
+    waiting = limit.hit("k")
+    redis.answer()
+    assert isinstance(waiting, Deferred)
+    waiting.cancel()
+    waiting.addErrback(lambda failure: None)
+    with capturedLogs():
+        clock.advance(0.1)  # the call times out
+    assert limit.hit("k") is STORE_ALLOWED
