@@ -22,13 +22,9 @@ from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.decide import Refused, decide, is_websocket_upgrade
-from proxyd.relay.http.filtering import Filtering
 from proxyd.relay.http.forward import Forward
 from proxyd.relay.http.framing import frame
 from proxyd.relay.http.messages import (
-    Body,
-    End,
-    HttpError,
     Request,
     Response,
     chunk,
@@ -37,6 +33,7 @@ from proxyd.relay.http.messages import (
     request_head,
     response_head,
 )
+from proxyd.relay.http.request_body import RequestBody
 from proxyd.relay.http.roles import ExchangeClient
 from proxyd.relay.http.state import (
     DONE,
@@ -58,11 +55,10 @@ from proxyd.relay.session import IdleTimer
 _log = Logger(namespace="proxyd.relay.http")
 
 
-class Exchange(Filtering):
+class Exchange(RequestBody):
     """One request from a client connection. Slotted: one is made per request."""
 
     __slots__ = (
-        "_body_timer",
         "_client_chunked",
         "_client_keep_alive",
         "_trailers",
@@ -85,8 +81,6 @@ class Exchange(Filtering):
         "raw_target",
         "reading_response",
         "request",
-        "request_bytes",
-        "request_done",
         "response",
         "response_bytes",
         "response_started",
@@ -97,7 +91,6 @@ class Exchange(Filtering):
         "tunnel",
         "tunnel_close",
         "upstream_method",
-        "wants_request_events",
         "websocket",
     )
 
@@ -135,7 +128,7 @@ class Exchange(Filtering):
         self.request_bytes = 0
         self._upstream_chunked = request.chunked
         self._request_run: BodyRun | None = None
-        self._body_timer: IdleTimer | None = None  # while the request body streams
+        self._body_timer = None  # while the request body streams
         # Upstream side.
         self.pool: Pool | None = None
         self.forward: Forward | None = None
@@ -260,74 +253,6 @@ class Exchange(Filtering):
             self.factory.attempts,
         )
         forward.driver.start()
-
-    # Request body, driven by the client connection.
-
-    def want_request_body(self) -> None:
-        """The server takes the body now (called by the Forward), or a filter gets it whole
-        before a server is tried."""
-        self.wants_request_events = True
-        if self._body_timer is None:
-            self._body_timer = IdleTimer(self.clock, self.config.body_timeout, self._body_timed_out)
-        self._body_timer.start()
-        self.client.drive()
-
-    def request_event(self, event: Body | End | HttpError) -> None:
-        if isinstance(event, Body):
-            data = event.data
-            self.request_bytes += len(data)
-            if self._body_timer is not None:
-                self._body_timer.touch()
-            run = self._request_run
-            if run is not None:
-                run.feed(data, False)
-            else:
-                self._request_body_out(data, False)
-        elif isinstance(event, End):
-            self.request_done = True
-            self.wants_request_events = False
-            self._stop_body_timer()
-            run = self._request_run
-            if run is not None:
-                run.feed(b"", True)
-            else:
-                self._request_body_out(b"", True)
-        else:
-            self.wants_request_events = False
-            self._stop_body_timer()
-            self.client.close_after_response()
-            self.fail(event.status, event.message, ErrorKind.BAD_REQUEST)
-
-    def _request_body_out(self, data: bytes, end: bool) -> None:
-        forward = self.forward
-        if forward is None or self.finished:
-            return
-        if data:
-            forward.send_body(chunk(data) if self._upstream_chunked else [data], len(data))
-        if end:
-            if self._upstream_chunked:
-                forward.send_body([last_chunk()], 0)
-            forward.request_sent()
-
-    def _stop_body_timer(self) -> None:
-        timer, self._body_timer = self._body_timer, None
-        if timer is not None:
-            timer.cancel()
-
-    def _body_timed_out(self) -> None:
-        if self.finished or self.request_done:
-            return
-        self.wants_request_events = False
-        self.client.close_after_response()
-        self._stop_forward()
-        if self.response_started:
-            self._cut("request body timed out", ErrorKind.BODY_TIMEOUT)
-        else:
-            self.fail(
-                408,
-                f"no request body data for {self.config.body_timeout:g}s",
-                ErrorKind.BODY_TIMEOUT,
-            )
 
     def response_timed_out(self) -> None:
         """The client connection's response timer: no response head within

@@ -31,6 +31,7 @@ from proxyd.pool import Affinity, Pool
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.chains import build_chains
 from proxyd.relay.http.client_sending import Sending
+from proxyd.relay.http.client_timers import Timers
 from proxyd.relay.http.decide import Place
 from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.forward import attempt_policy
@@ -76,7 +77,7 @@ def _address(address: IAddress) -> Address:
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class ClientConnection(Sending, TwistedProtocol):
+class ClientConnection(Sending, Timers, TwistedProtocol):
     """One client connection. It is its transport's producer: a full write buffer pauses the
     current exchange's upstream reads, and starts the client's send timeout (idle_timeout;
     a tunnel's tunnel_timeout): a client that takes none of what waits for it for that long
@@ -363,53 +364,6 @@ class ClientConnection(Sending, TwistedProtocol):
 
     def stopProducing(self) -> None:
         pass
-
-    # Timers between requests: the header timeout (a started head, or the first request) and
-    # the keep-alive timeout (idle between requests), on one Deadline, cleared while an
-    # exchange runs; the response timeout on another. A Deadline moves its delayed call only
-    # when it would fire too late, so that a request on a kept-alive connection costs no
-    # callLater and no cancel.
-
-    def _set_timer(self, kind: str) -> None:
-        if self._timer_kind == kind:
-            return
-        config = self.factory.config
-        self._timer_kind = kind
-        self._timer.set_in(config.header_timeout if kind == "header" else config.keepalive_timeout)
-
-    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
-        """Call exchange.response_timed_out() unless stop_expecting_response() comes within
-        `timeout`."""
-        self._awaiting = exchange
-        self._response_timer.set_in(timeout)
-
-    def stop_expecting_response(self) -> None:
-        self._awaiting = None
-        self._response_timer.clear()
-
-    def _response_due(self) -> None:
-        exchange, self._awaiting = self._awaiting, None
-        if exchange is not None:
-            exchange.response_timed_out()
-
-    def _cancel_timer(self) -> None:
-        self._timer_kind = ""
-        self._timer.cancel()
-
-    def _timer_fired(self) -> None:
-        if self._timer_kind and not self.lost:
-            self._timed_out()
-
-    def _timed_out(self) -> None:
-        kind, self._timer_kind = self._timer_kind, ""
-        if self.exchange is not None:
-            return
-        if kind == "header" and self.reader.in_head:
-            timeout = self.factory.config.header_timeout
-            self._refuse(HttpError(408, f"request head not complete within {timeout:g}s"))
-            return
-        self.closing = True
-        self.lose_connection()
 
 
 class HttpRelayFactory(Factory[ClientConnection]):

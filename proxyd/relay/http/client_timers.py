@@ -1,0 +1,74 @@
+"""A client connection's timers: between requests, the header timeout (a started head, or the
+first request) and the keep-alive timeout (idle between requests), on one Deadline cleared
+while an exchange runs; the response timeout on another. A Deadline moves its delayed call
+only when it would fire too late, so that a request on a kept-alive connection costs no
+callLater and no cancel. A base class of proxyd.relay.http.server.ClientConnection, holding
+no state of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxyd.clock import Deadline
+from proxyd.relay.http.messages import HttpError
+from proxyd.relay.http.roles import ResponseWaiter
+
+
+class Timers:
+    # The connection's state this class reads (proxyd.relay.http.server.ClientConnection).
+    factory: Any
+    exchange: Any
+    reader: Any
+    lost: bool
+    closing: bool
+    _timer: Deadline
+    _timer_kind: str
+    _response_timer: Deadline
+    _awaiting: ResponseWaiter | None
+
+    def _refuse(self, error: HttpError) -> None:
+        raise NotImplementedError
+
+    def lose_connection(self) -> None:
+        raise NotImplementedError
+
+    def _set_timer(self, kind: str) -> None:
+        if self._timer_kind == kind:
+            return
+        config = self.factory.config
+        self._timer_kind = kind
+        self._timer.set_in(config.header_timeout if kind == "header" else config.keepalive_timeout)
+
+    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
+        """Call exchange.response_timed_out() unless stop_expecting_response() comes within
+        `timeout`."""
+        self._awaiting = exchange
+        self._response_timer.set_in(timeout)
+
+    def stop_expecting_response(self) -> None:
+        self._awaiting = None
+        self._response_timer.clear()
+
+    def _response_due(self) -> None:
+        exchange, self._awaiting = self._awaiting, None
+        if exchange is not None:
+            exchange.response_timed_out()
+
+    def _cancel_timer(self) -> None:
+        self._timer_kind = ""
+        self._timer.cancel()
+
+    def _timer_fired(self) -> None:
+        if self._timer_kind and not self.lost:
+            self._timed_out()
+
+    def _timed_out(self) -> None:
+        kind, self._timer_kind = self._timer_kind, ""
+        if self.exchange is not None:
+            return
+        if kind == "header" and self.reader.in_head:
+            timeout = self.factory.config.header_timeout
+            self._refuse(HttpError(408, f"request head not complete within {timeout:g}s"))
+            return
+        self.closing = True
+        self.lose_connection()
