@@ -339,3 +339,54 @@ def test_stats_page_has_no_buttons_for_a_read_only_token(
     )
     assert row(browser, "web", backend.address).find_elements(By.CSS_SELECTOR, "button") == []
     assert console_errors(browser, allowed=("401",)) == []
+
+
+def test_stats_page_shows_the_waiting_in_a_pools_and_a_routes_queue(
+    browser: Any, http_backend: Callable[[str], Backend], proxyd: Callable[[str], Proxyd]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    backend = http_backend("slow")
+    admin_port, http_port = free_port(), free_port()
+    proxyd(
+        f"[pool web]\nservers = {backend.address} max_connections=1\nmax_queued = 5\n"
+        "queue_timeout = 30s\n"
+        "keepalive = 0\n\n"
+        "[route reports]\npool = web\nstrip_prefix = on\nmax_in_flight = 1\nmax_queued = 5\n"
+        "queue_timeout = 30s\n\n"
+        f"[http front]\nlisten = tcp:{http_port}:interface=127.0.0.1\n"
+        "routes =\n    path /reports/ -> route reports\n    path / -> pool web\n\n"
+        f"[admin]\nlisten = tcp:{admin_port}:interface=127.0.0.1\n"
+    )
+
+    statuses: list[int] = []
+
+    def fetch(path: str) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}", timeout=30) as answer:
+            answer.read()
+            statuses.append(answer.status)
+
+    # Two requests on the route (one at the server, one in the route's queue), then one on the
+    # pool's own route: the server is full, so it waits in the pool's queue.
+    threads = [
+        threading.Thread(target=fetch, args=(path,))
+        for path in ("/reports/slow/4", "/reports/slow/4", "/slow/4")
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.3)
+    try:
+        browser.get(f"http://127.0.0.1:{admin_port}/")
+        wait(
+            browser,
+            POLL + 3,
+            "the pool's waiting in its caption",
+            lambda b: "1 queued" in b.find_element(By.CSS_SELECTOR, ".pool-summary").text,
+        )
+        other = browser.find_element(By.CSS_SELECTOR, '#listeners td[data-column="other"]').text
+        assert "route reports: 1 in flight, 1 queued" in other
+        assert console_errors(browser) == []
+    finally:
+        for thread in threads:
+            thread.join(30)
+    assert statuses == [200, 200, 200], "every request waited its turn and was served"
