@@ -1,0 +1,1 @@
+"""On-the-fly compression of HTTP responses: which coding to use, and streaming encoders."""
