@@ -62,26 +62,36 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 def template(text: str) -> str:
     """A string with `{variable}` parts; `{{` and `}}` are literal braces."""
+    expected = "a template using only " + ", ".join(f"{{{name}}}" for name in TEMPLATE_VARIABLES)
+    for field, written, plain in _fields(text, text, "a value"):
+        if field not in TEMPLATE_VARIABLES:
+            raise Invalid(expected, repr(written), did_you_mean(field, TEMPLATE_VARIABLES))
+        if not plain:
+            raise Invalid(expected, repr(written))
+    return text
+
+
+def _fields(text: str, shown: str, what: str) -> list[tuple[str, str, bool]]:
+    """The `{...}` parts of template `text`: (name, as written, True when it has no format
+    spec or conversion). Invalid for control characters or unbalanced braces, quoting
+    `shown` (the text as the operator wrote it) and calling it `what`."""
     if _CONTROL.search(text):
-        raise Invalid("a value without control characters", repr(text))
+        raise Invalid(f"{what} without control characters", repr(shown))
     try:
         parts = list(string.Formatter().parse(text))
     except ValueError as e:
         raise Invalid(
             "a template with balanced braces ('{{' and '}}' are literal braces)",
-            f"{text!r} ({e})",
+            f"{shown!r} ({e})",
         ) from None
-    expected = "a template using only " + ", ".join(f"{{{name}}}" for name in TEMPLATE_VARIABLES)
+    found = []
     for _literal, field, spec, conversion in parts:
         if field is None:
             continue
         written = "{" + field + (f"!{conversion}" if conversion else "")
         written += (f":{spec}" if spec else "") + "}"
-        if field not in TEMPLATE_VARIABLES:
-            raise Invalid(expected, repr(written), did_you_mean(field, TEMPLATE_VARIABLES))
-        if spec or conversion:
-            raise Invalid(expected, repr(written))
-    return text
+        found.append((field, written, not spec and not conversion))
+    return found
 
 
 FORBIDDEN_HEADERS: Mapping[str, str] = {
@@ -266,21 +276,10 @@ def regex_rewrite(regex: str, replacement: str) -> tuple[re.Pattern[str], str]:
     except re.error as e:
         raise Invalid("a valid regular expression", f"{regex!r} ({e})") from None
     text = _braced(replacement)
-    if _CONTROL.search(text):
-        raise Invalid("a replacement without control characters", repr(replacement))
-    try:
-        parts = list(string.Formatter().parse(text))
-    except ValueError as e:
-        raise Invalid(
-            "a template with balanced braces ('{{' and '}}' are literal braces)",
-            f"{replacement!r} ({e})",
-        ) from None
     groups = [str(n) for n in range(1, pattern.groups + 1)] + list(pattern.groupindex)
     known = (*groups, *TEMPLATE_VARIABLES)
-    for _literal, field, spec, conversion in parts:
-        if field is None:
-            continue
-        if spec or conversion or field not in known:
+    for field, _written, plain in _fields(text, replacement, "a replacement"):
+        if not plain or field not in known:
             expected = (
                 f"groups {{1}} to {{{pattern.groups}}} of its regex or request variables"
                 if pattern.groups
