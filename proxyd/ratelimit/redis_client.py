@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -43,9 +42,11 @@ class RedisClients:
         self._pools: dict[RedisStore, Any] = {}
 
     def call(self, store: RedisStore) -> StoreCall:
+        import txredisapi  # type: ignore[import-untyped]  # only where a limit has a store
+
         pool = self._pools.get(store)
         if pool is None:
-            pool = self._pools[store] = _connect(store)
+            pool = self._pools[store] = _connect(txredisapi, store)
 
         def run(key: str, args: tuple[str, ...]) -> Deferred[Any]:
             keys, argv = [key], list(args)
@@ -66,7 +67,7 @@ class RedisClients:
             pool.disconnect()
 
 
-def _connect(store: RedisStore) -> Any:
+def _connect(txredisapi: Any, store: RedisStore) -> Any:
     tls: Any = False
     if store.tls:
         tls = ClientTls(f"redis {store.display}", TlsClientConfig(enabled=True, ca=store.ca))
