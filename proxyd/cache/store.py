@@ -142,3 +142,16 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release files and the index (at stop or when a reload drops the cache)."""
+
+
+def declared_length(meta: Meta) -> int | None:
+    """The body's length as the response announced it (its committed length, else a valid
+    Content-Length), for a tier to refuse at once what it could never hold; None when
+    unknown (chunked, or read to the close)."""
+    if meta.length >= 0:
+        return meta.length
+    for name, value in meta.headers:
+        if name.lower() == b"content-length":
+            text = value.strip()
+            return int(text) if text.isdigit() else None
+    return None
