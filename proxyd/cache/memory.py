@@ -17,7 +17,7 @@ from typing import Final
 
 import attrs
 
-from proxyd.cache.store import Fields, Meta, declared_length
+from proxyd.cache.store import Fields, Meta, declared_length, purge_matches
 
 META_OVERHEAD: Final = 512
 """Bytes counted for a stored response beyond its body and the bytes of its meta's strings:
@@ -239,13 +239,7 @@ class MemoryStore:
         soft: bool = False,
         now: float = 0.0,
     ) -> int:
-        matched = [
-            entry
-            for entry in self._lru.values()
-            if (url is not None and entry.meta.url == url)
-            or (prefix is not None and entry.meta.url.startswith(prefix))
-            or (tag is not None and tag in entry.meta.tags)
-        ]
+        matched = [e for e in self._lru.values() if purge_matches(e.meta, url, prefix, tag)]
         for entry in matched:
             meta = entry.meta
             if not soft:

@@ -155,3 +155,12 @@ def declared_length(meta: Meta) -> int | None:
             text = value.strip()
             return int(text) if text.isdigit() else None
     return None
+
+
+def purge_matches(meta: Meta, url: str | None, prefix: str | None, tag: str | None) -> bool:
+    """Whether a purge by `url`, `prefix` or `tag` (any that is given) covers `meta`."""
+    return (
+        (url is not None and meta.url == url)
+        or (prefix is not None and meta.url.startswith(prefix))
+        or (tag is not None and tag in meta.tags)
+    )
