@@ -184,7 +184,9 @@ def test_the_least_recently_used_goes_first_at_the_exact_bound(tmp_path: Path) -
     s = disk(tmp_path / "lru", max_size=sum(sizes), clock=clock)
     stored = {}
     for name in (b"a", b"b", b"c"):
-        stored[name] = store(s, meta(name), b"x" * 100)
+        kept = store(s, meta(name), b"x" * 100)
+        assert kept is not None
+        stored[name] = kept
         clock.now += 61
     assert s.size == sum(sizes) and s.entries == 3  # exactly at the bound
     body = s.open(stored[b"a"])  # a used: b is now the least recently used
@@ -325,7 +327,7 @@ def test_a_full_disk_leaves_no_entry_and_no_temporary_file(
 ) -> None:
     s = disk(tmp_path)
     real_write = os.write
-    writes = []
+    writes: list[int] = []
 
     def full(fd: int, data: bytes) -> int:
         if writes:
