@@ -12,8 +12,8 @@ there is one, per-exchange `vars`):
   bytes to pass on in place of `data` (b"" holds nothing back, it passes nothing; a filter
   may keep bytes and pass them with a later call) or a Deferred / coroutine firing with them.
   `request_body` may raise `Rejected(Reject(...))` to refuse the request. A filter that
-  passes the request body on unchanged says so with `keeps_body_length = True`: the request
-  then keeps its Content-Length (else it goes to the server chunked).
+  passes the bodies on unchanged says so with `keeps_body_length = True`: the request then
+  keeps its Content-Length (else it goes to the server chunked), and so does the response.
   `end` is true on the last call, whose `data` may be b"". With `buffer_request_body` or
   `buffer_response_body` set to a size, the filter is called once with the whole body (up to
   that many bytes: a larger request body is answered 413, a larger response 502), and the
@@ -56,10 +56,44 @@ Headers = list[tuple[bytes, bytes]]
 PHASES = ("request_head", "request_body", "response_head", "response_body", "log")
 
 
-class Answer:
-    """A response a filter (or proxyd) makes itself."""
+class BodySink(Protocol):
+    """Where a BodySource's bytes go (the exchange)."""
 
-    __slots__ = ("body", "headers", "status")
+    def source_data(self, data: bytes) -> None: ...
+
+    def source_end(self) -> None:
+        """The body is complete."""
+
+    def source_failed(self, why: str) -> None:
+        """The body cannot be completed: the response is cut (logged with `why`)."""
+
+
+class BodySource(Protocol):
+    """An answer's body that streams (a cached response read from its store): the exchange
+    starts it once the head is sent and pauses it while the client's write buffer is full."""
+
+    @property
+    def length(self) -> int | None:
+        """The body's length (the answer's Content-Length); None: sent chunked."""
+
+    def start(self, sink: BodySink) -> None:
+        """Begin sending the body to `sink` (it may write at once or later)."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def stop(self) -> None:
+        """The exchange is over (finished, cut, or the body is not sent: HEAD, 304): send
+        nothing more and let go of what it holds; idempotent, and called after a start or
+        without one."""
+
+
+class Answer:
+    """A response a filter (or proxyd) makes itself: its body bytes, or a `source` that
+    streams it."""
+
+    __slots__ = ("body", "headers", "source", "status")
 
     def __init__(
         self,
@@ -68,11 +102,13 @@ class Answer:
         headers: Iterable[tuple[bytes | str, bytes | str]] = (),
         *,
         content_type: str | None = None,
+        source: BodySource | None = None,
     ) -> None:
         if not 200 <= status <= 599:
             raise ValueError(f"an answer's status is from 200 to 599, not {status}")
         self.status = status
         self.body = body.encode() if isinstance(body, str) else body
+        self.source = source
         self.headers: Headers = [(_bytes(name), _bytes(value)) for name, value in headers]
         if content_type is None and self.body:
             content_type = "text/plain; charset=utf-8"

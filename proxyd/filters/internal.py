@@ -3,8 +3,8 @@ the relay's own objects. proxyd.relay.http.exchange.Exchange provides it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from proxyd.filters.api import Exchange
 from proxyd.pool import Pool, Server
@@ -77,6 +77,16 @@ class RelayExchange(Exchange, Protocol):
     def set_request_headers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
 
     def set_response_headers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def background(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        prepare: Callable[[Any], None],
+        done: Callable[[Any], None],
+    ) -> None:
+        """Make this request again in the background with `headers` (proxyd.relay.http.
+        background): `prepare` gets the new exchange before it starts, `done` once it is
+        over."""
 
     def add_response_fields(self, fields: list[tuple[bytes, bytes]]) -> None:
         """Fields the response will carry, whoever makes it (the server, proxyd, a filter),

@@ -11,6 +11,7 @@ buffer is full; a filter that waits on a Deferred holds its side the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -21,6 +22,8 @@ from proxyd.filters.chain import ALL_WENT_ON, EMPTY, BodyRun, Chain, HeadRun, St
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
+from proxyd.relay.http.answer_body import AnswerBody
+from proxyd.relay.http.background import BackgroundClient
 from proxyd.relay.http.decide import Refused, decide, is_websocket_upgrade
 from proxyd.relay.http.forward import Forward
 from proxyd.relay.http.framing import frame
@@ -33,7 +36,6 @@ from proxyd.relay.http.messages import (
     request_head,
     response_head,
 )
-from proxyd.relay.http.request_body import RequestBody
 from proxyd.relay.http.roles import ExchangeClient
 from proxyd.relay.http.state import (
     DONE,
@@ -55,7 +57,7 @@ from proxyd.relay.session import IdleTimer
 _log = Logger(namespace="proxyd.relay.http")
 
 
-class Exchange(RequestBody):
+class Exchange(AnswerBody):
     """One request from a client connection. Slotted: one is made per request."""
 
     __slots__ = (
@@ -82,7 +84,6 @@ class Exchange(RequestBody):
         "reading_response",
         "request",
         "response",
-        "response_bytes",
         "response_started",
         "route",
         "started",
@@ -139,6 +140,7 @@ class Exchange(RequestBody):
         self.response_fields: Headers = []
         self._response_steps: tuple[Step, ...] = ()
         self._response_run: BodyRun | None = None
+        self._source = None
         self._trailers: Headers | None = None
         self.response_bytes = 0
         self._client_chunked = False
@@ -349,6 +351,8 @@ class Exchange(RequestBody):
                 self._response_run = self._body_run(
                     plan, "response_body", self._response_body_out, self._hold_response
                 )
+                if plan.keeps_length:
+                    steps = ()  # the body is passed on as it is: its framing too
         fields = self._frame(not response.no_body, response.content_length is not None, bool(steps))
         reason = response.reason if self.status == response.status else b""
         self._move(STREAMING)
@@ -379,6 +383,9 @@ class Exchange(RequestBody):
         status = self.status
         body = answer.body
         head_only = self.request.method == b"HEAD" or status in (204, 304)
+        if answer.source is not None:
+            self._send_source(answer, answer.source, head_only)
+            return
         if status not in (204, 304):
             self.response_fields.append((b"Content-Length", b"%d" % len(body)))
         fields = self._frame(False, True)
@@ -431,6 +438,8 @@ class Exchange(RequestBody):
     def client_writable(self, writable: bool) -> None:
         if self.forward is not None:
             self.forward.client_writable(writable)
+        if self._source is not None:
+            self._source_writable(writable)
 
     def client_lost(self) -> None:
         if self.finished:
@@ -531,6 +540,8 @@ class Exchange(RequestBody):
             self._response_run.cancel()
         if self._filter_bound is not None:
             self._unbound_filter()
+        if self._source is not None:
+            self._stop_source()
 
     def _finish(self, keep_alive: bool, truncated: bool = False) -> None:
         if self.finished:
@@ -551,6 +562,24 @@ class Exchange(RequestBody):
         self.forward = None
         self._head_run = self._request_run = self._response_run = None
         self.client.exchange_done(self, keep_alive=keep_alive and not truncated)
+
+    # Requests proxyd makes itself.
+
+    def background(
+        self,
+        headers: Headers,
+        prepare: Callable[[Exchange], None],
+        done: Callable[[Exchange], None],
+    ) -> None:
+        """Make this request again in the background, with `headers` (a cache's refresh):
+        through the listener's routes and chain as if the same client sent it; `prepare` gets
+        the new exchange before it starts (to set its vars), `done` once it is over."""
+        client = self.client
+        background = BackgroundClient(client.factory, client.peer, client.local, client.tls, done)
+        request = Request(b"GET", self.request.target, "1.1", list(headers), keep_alive=False)
+        exchange = Exchange(background, request)  # type: ignore[arg-type]
+        prepare(exchange)
+        exchange.start()
 
     # Metrics.
 

@@ -1,0 +1,71 @@
+"""The caches of a process, by name (ProcessResources.caches): a [cache] is opened once and
+kept across reloads while its storage settings stay the same, so that a reload keeps what
+is stored (and a disk tier's index is never opened twice by one process, which LMDB
+forbids)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from proxyd.cache.disk import DiskStore
+from proxyd.cache.instance import Cache
+from proxyd.cache.memory import MemoryStore
+from proxyd.cache.tiers import Tiers
+from proxyd.config.cache_model import CacheConfig
+
+
+def _storage(config: CacheConfig) -> tuple[object, ...]:
+    return (
+        config.memory_size,
+        config.memory_object_size,
+        config.path,
+        config.disk_size,
+        config.max_object_size,
+    )
+
+
+class CacheRegistry:
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._caches: dict[str, Cache] = {}
+        self._paths: dict[str, Cache] = {}
+
+    def cache(self, config: CacheConfig) -> Cache:
+        """The cache of `config`: the one open under its name when its storage is the same
+        (with the new settings), else a new one."""
+        found = self._caches.get(config.name)
+        if found is not None and _storage(found.config) == _storage(config):
+            if found.config != config:
+                found.config = config
+            return found
+        if config.path is not None:
+            same_path = self._paths.get(os.path.realpath(config.path))
+            if same_path is not None:
+                same_path.store.close()
+        store = self._open(config)
+        made = self._caches[config.name] = Cache(config, store)
+        if config.path is not None:
+            self._paths[os.path.realpath(config.path)] = made
+        return made
+
+    def _open(self, config: CacheConfig) -> Tiers:
+        memory = None
+        if config.memory_size:
+            memory = MemoryStore(
+                config.memory_size, min(config.max_object_size, config.memory_size)
+            )
+        disk = None
+        if config.path is not None:
+            disk = DiskStore(config.path, config.disk_size, config.max_object_size, self._clock)
+        return Tiers(memory, disk, config.memory_object_size)
+
+    @property
+    def caches(self) -> list[Cache]:
+        return list(self._caches.values())
+
+    def close(self) -> None:
+        for cache in self._caches.values():
+            cache.close()
+        self._caches.clear()
+        self._paths.clear()

@@ -1,0 +1,96 @@
+"""Requests proxyd makes itself, through a listener's routes and filter chain as a client's
+would go (a cache's background refresh, RFC 5861's stale-while-revalidate): an Exchange
+(proxyd.relay.http.exchange.Exchange.background) whose client connection is a
+`BackgroundClient`, which drops the response once the chain's filters have seen it. The
+request is logged in the access log as any other, its client given as the one whose request
+caused it, marked "(background)"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from proxyd.accesslog import json_string
+from proxyd.clock import Deadline
+from proxyd.config.model import Address
+from proxyd.pool import Affinity
+from proxyd.relay.http.roles import Listener, ResponseWaiter
+from proxyd.tls import PeerTls
+
+
+class BackgroundClient:
+    """The client side of one background request: it reads nothing and sends nowhere."""
+
+    tunnel = None
+    writable = True
+    lost = False
+    closing = True
+    trusted = True
+    transport = None
+
+    def __init__(
+        self,
+        factory: Listener,
+        peer: Address,
+        local: Address,
+        tls: PeerTls | None,
+        done: Callable[[Any], None],
+    ) -> None:
+        self.factory = factory
+        self.reader: Any = None
+        self.peer = peer
+        self.peer_text = f"{peer} (background)"
+        self.log_fields = (
+            f',"listener":{json_string(factory.config.name)},"client":{json_string(self.peer_text)}'
+        )
+        self.local = local
+        self.tls = tls
+        self.affinity = Affinity(peer)
+        self._done = done
+        self._timer = Deadline(factory.reactor, self._response_due)
+        self._awaiting: ResponseWaiter | None = None
+
+    @property
+    def channel(self) -> Any:
+        raise RuntimeError("a background request has no connection")
+
+    def send(self, pieces: list[bytes]) -> None:
+        """The response goes nowhere: the chain's filters took what they wanted of it."""
+
+    def drive(self) -> None:
+        """No request body to read."""
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def close_after_response(self) -> None:
+        """Closing already: one request only."""
+
+    def lose_connection(self) -> None:
+        """No connection to lose."""
+
+    def set_send_timeout(self, timeout: float) -> None:
+        """Sending never waits."""
+
+    def pause_reading(self, reason: str) -> None:
+        """Nothing is read."""
+
+    def resume_reading(self, reason: str) -> None:
+        """Nothing is read."""
+
+    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
+        self._awaiting = exchange
+        self._timer.set_in(timeout)
+
+    def stop_expecting_response(self) -> None:
+        self._awaiting = None
+        self._timer.clear()
+
+    def _response_due(self) -> None:
+        exchange, self._awaiting = self._awaiting, None
+        if exchange is not None:
+            exchange.response_timed_out()
+
+    def exchange_done(self, exchange: Any, keep_alive: bool) -> None:
+        self.stop_expecting_response()
+        self._done(exchange)
