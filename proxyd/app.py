@@ -22,6 +22,7 @@ from proxyd import lifetime
 from proxyd.admin.api import AdminResource, AdminSite
 from proxyd.admin.status import status_document
 from proxyd.auth.threads import HashThreads
+from proxyd.cache.registry import CacheRegistry
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import read
 from proxyd.config.model import Config
@@ -84,8 +85,10 @@ class ProxydService(service.MultiService):
         self.otlp = OtlpExport(reactor)
         """The span export to collectors (otlp_endpoint), for every generation: flushed and
         shut down once the connections have drained (proxyd.otlp)."""
+        self.caches = CacheRegistry(reactor)
+        """The [cache] sections' storage, for every generation; closed at the end."""
         self.resources = ProcessResources(
-            self.hash_threads, limit_tables, self.redis.call, self.otlp
+            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches
         )
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
@@ -411,6 +414,7 @@ class ProxydService(service.MultiService):
             self.serving.abandon()
             self.hash_threads.stop()
             self.redis.close()
+            self.caches.close()
             return self.otlp.stop().addCallback(lambda _: result)
 
         return DeferredList([maybeDeferred(lambda: stopped), drained]).addBoth(release)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import attrs
 
 from proxyd.auth.threads import HashThreads
+from proxyd.cache.registry import CacheRegistry
 from proxyd.filters.ratelimit import RedisCalls, TableSource
 from proxyd.otlp import OtlpExport
 
@@ -25,3 +26,6 @@ class ProcessResources:
     otlp: OtlpExport | None = None
     """The span export to OpenTelemetry collectors (proxyd.otlp); None: listeners with
     otlp_endpoint export nothing (tests of other things)."""
+    caches: CacheRegistry | None = None
+    """The [cache] sections' storage (proxyd.cache.registry); None: routes with a cache
+    cannot be built (tests of other things)."""

@@ -12,6 +12,7 @@ import attrs
 from proxyd.config import routes, security, tls
 from proxyd.config import values as v
 from proxyd.config.auth_section import auth_section
+from proxyd.config.cache_section import cache_section
 from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.ini import Section
@@ -203,7 +204,7 @@ def _http_security(
     `otlp_*` keys (proxyd.config.otlp)."""
     problems: _Problems = [*otlp_group(section, fields, groups.get("otlp", {}))]
     problems += security.security_headers_group(section, fields)
-    for key in ("auth", "cors"):
+    for key in ("auth", "cors", "cache"):
         if fields.get(key) == OFF:
             fields[key] = None
     if fields.get("ratelimits") == OFF:
@@ -262,6 +263,12 @@ def _ratelimit(
     return ratelimit_section(section, fields)
 
 
+def _cache(
+    section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]
+) -> _Problems:
+    return cache_section(section, fields)
+
+
 _SECTIONS: Mapping[
     str, Callable[[Section, dict[str, Any], dict[str, dict[str, Any]]], _Problems]
 ] = {
@@ -272,6 +279,7 @@ _SECTIONS: Mapping[
     "cors": _cors,
     "auth": _auth,
     "ratelimit": _ratelimit,
+    "cache": _cache,
 }
 """Per section kind: its security keys' checks across keys (after _GROUPS)."""
 

@@ -32,6 +32,7 @@ _BUILD_ORDER = (
     "cors",
     "auth",
     "ratelimit",
+    "cache",
     "tcp",
     "udp",
     "websocket",
@@ -40,9 +41,10 @@ _BUILD_ORDER = (
     "https",
 )
 """[http] sections are built last: their routes take actions from [route] sections; [filter],
-[rule], [cors], [auth] and [ratelimit] sections before the sections that name them."""
+[rule], [cors], [auth], [ratelimit] and [cache] sections before the sections that name
+them."""
 
-_NAMED_KINDS = ("rule", "cors", "auth", "ratelimit")
+_NAMED_KINDS = ("rule", "cors", "auth", "ratelimit", "cache")
 """Sections that listeners and routes name (Context.sections)."""
 
 

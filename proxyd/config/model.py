@@ -16,6 +16,7 @@ import attrs
 
 from proxyd.access.networks import AccessList
 from proxyd.config.auth_model import AuthConfig
+from proxyd.config.cache_model import CacheConfig
 from proxyd.config.check_model import (
     CheckConfig,
     DnsCheck,
@@ -326,6 +327,8 @@ class HttpListenerConfig:
     """The security_headers preset; None is off."""
     ratelimits: tuple[RateLimitConfig, ...] = ()
     """[ratelimit] sections every request is counted against, before its route's."""
+    cache: CacheConfig | None = None
+    """The [cache] of the routes that name none (docs/cache.md)."""
     trace_context: str = "off"
     """off | on | restart: send a W3C traceparent upstream, continuing the client's trace
     (`on`) or always beginning one (`restart`), and log its trace id. Off by default: it

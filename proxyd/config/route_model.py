@@ -11,6 +11,7 @@ import attrs
 
 from proxyd.access.networks import AccessList
 from proxyd.config.auth_model import AuthConfig
+from proxyd.config.cache_model import CacheConfig
 from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.security_model import CorsConfig, Off, RuleConfig, SecurityHeadersConfig
 
@@ -139,6 +140,8 @@ class RouteSecurity:
     security_headers: SecurityHeadersConfig | None = None
     ratelimits: tuple[RateLimitConfig, ...] | Off | None = None
     """Checked after the listener's; `off`: none, whatever the listener's `ratelimits`."""
+    cache: CacheConfig | Off | None = None
+    """The [cache] its responses are kept in; `off`: none, whatever the listener's."""
 
 
 @attrs.frozen

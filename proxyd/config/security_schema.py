@@ -12,9 +12,10 @@ from typing import Any
 import attrs
 
 from proxyd.access.networks import AccessList
-from proxyd.config import auth_section, ratelimit_section, security
+from proxyd.config import auth_section, cache_section, ratelimit_section, security
 from proxyd.config import values as v
 from proxyd.config.auth_model import AUTH_TYPES, AuthConfig
+from proxyd.config.cache_model import CacheConfig
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
 from proxyd.config.ratelimit_model import RateLimitConfig
@@ -98,6 +99,7 @@ HTTP_SECURITY_KEYS: Mapping[str, Key] = {
     "auth": Key(_auth, context=True),
     "cors": Key(_cors, context=True),
     "ratelimits": Key(ratelimit_section.ratelimits, context=True),
+    "cache": Key(cache_section.cache, context=True),
     "hide_headers": Key(security.header_names),
     "pass_headers": Key(security.header_names),
     "server_header": Key(security.server_header),
@@ -183,6 +185,7 @@ SECURITY_SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         },
     ),
     "ratelimit": (RateLimitConfig, True, ratelimit_section.KEYS),
+    "cache": (CacheConfig, True, cache_section.KEYS),
 }
-"""[rule NAME], [cors NAME], [auth NAME], [ratelimit NAME]: (model class, takes a NAME,
-keys)."""
+"""[rule NAME], [cors NAME], [auth NAME], [ratelimit NAME], [cache NAME]: (model class,
+takes a NAME, keys)."""

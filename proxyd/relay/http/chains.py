@@ -51,7 +51,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+from proxyd.cache.registry import CacheRegistry
 from proxyd.clock import Clock
+from proxyd.config.cache_model import CacheConfig
 from proxyd.config.model import (
     OFF,
     AccessList,
@@ -67,6 +69,7 @@ from proxyd.config.model import (
 )
 from proxyd.filters.access import AccessControl
 from proxyd.filters.auth import AuthContext, build_auth
+from proxyd.filters.cache import CacheFilter
 from proxyd.filters.chain import Chain
 from proxyd.filters.concurrency import Concurrency
 from proxyd.filters.cors import Cors
@@ -108,13 +111,15 @@ def build_chains(
     ratelimits: RateLimitContext,
     queues: dict[str, Concurrency] | None = None,
     spans: SpanSink | None = None,
+    caches: CacheRegistry | None = None,
 ) -> dict[str | None, Chain]:
     """The chain of each route by name, and the listener's own under None (requests that
     match no route, and those refused before routing). `auth` is what the routes'
     authentication runs with (one per listener), `stats` gives the listener's metrics,
     `ratelimits` holds the listener's rate-limit tables; `queues` gets the routes'
     concurrency limits (their metrics), by route; `spans` is where the listener's spans go
-    (with otlp_endpoint; None exports none)."""
+    (with otlp_endpoint; None exports none); `caches` opens the [cache] sections the routes
+    name (proxyd.cache.registry)."""
     if queues is None:
         queues = {}
     build = _Builder(config, error_pages, websocket_only, auth, stats, ratelimits, spans)
@@ -126,6 +131,7 @@ def build_chains(
     )
     for route in config.routes:
         filters = build.head(route.security) + build.middle(route)
+        filters += _cache(config, route, caches, ratelimits.reactor)
         filters += _tail(config, route, forwarding, sticky, ratelimits.reactor, queues)
         chains[route.name] = Chain(filters, *build.hiding(route.security))
     return chains
@@ -278,6 +284,19 @@ _T = TypeVar("_T")
 def _pick(mine: _T | None, listeners: _T) -> _T:
     """A route's setting, or the listener's where the route has none."""
     return listeners if mine is None else mine
+
+
+def _cache(
+    config: HttpListenerConfig, route: RouteConfig, caches: CacheRegistry | None, reactor: Clock
+) -> Filters:
+    """Row 18: the route's [cache] (else the listener's), for a route that proxies."""
+    chosen = _pick(route.security.cache, config.cache)
+    if chosen is None or chosen == OFF or not isinstance(route.action, ProxyAction):
+        return []
+    if caches is None:
+        raise ValueError(f"route {route.name}: no cache registry for its [cache {chosen.name}]")
+    assert isinstance(chosen, CacheConfig)
+    return [("cache", CacheFilter(caches.cache(chosen), reactor))]
 
 
 def _tail(

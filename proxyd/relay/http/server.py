@@ -431,6 +431,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
             self.ratelimits,
             self.queues,
             self.spans,
+            resources.caches,
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
