@@ -154,8 +154,9 @@ def parse_wrk(text: str) -> dict[str, float]:
             raise RuntimeError(f"no {pattern!r} in wrk's output:\n{text}")
         return match
 
-    p50 = find(r"^\s+50%\s+([\d.]+)(us|ms|s|m|h)$")
-    p99 = find(r"^\s+99%\s+([\d.]+)(us|ms|s|m|h)$")
+    # wrk pads a latency in seconds with a space ("1.93s "): spaces before the end too.
+    p50 = find(r"^\s+50%\s+([\d.]+)(us|ms|s|m|h)\s*$")
+    p99 = find(r"^\s+99%\s+([\d.]+)(us|ms|s|m|h)\s*$")
     done = find(r"^\s+(\d+) requests in ([\d.]+)(us|ms|s|m|h),")
     errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text

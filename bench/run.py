@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import http, security, small_post, tcp, tls, udp, websocket
+from bench import compress, http, security, small_post, tcp, tls, udp, websocket
 from bench.processes import Pinning, which
 from bench.scenario import TARGETS, Bench, Meter, Scenario, StartError
 
@@ -41,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         *http.SCENARIOS,
+        *compress.SCENARIOS,
         *security.SCENARIOS,
         *small_post.SCENARIOS,
         *tls.SCENARIOS,

@@ -35,6 +35,7 @@ proxyd is starting on {config}. Try, in another terminal:
         http://127.0.0.1:8080/api/echo; done         # a rate limit counted in Redis: 429s
     curl -si --path-as-is http://127.0.0.1:8080/a/%2e%2e/admin   # refused by a [rule]: 403
     curl -si --interface 127.0.0.2 http://127.0.0.1:8080/private/  # an access list: 403
+    curl -s --compressed -D - http://127.0.0.1:8080/zip/echo     # compressed: zstd, br, gzip
     curl -si -X OPTIONS -H 'Origin: https://app.example.com' \\
         -H 'Access-Control-Request-Method: PUT' http://127.0.0.1:8080/api/echo  # CORS preflight
     curl -s http://127.0.0.1:9901/api/v1/status  # admin API; /metrics for Prometheus

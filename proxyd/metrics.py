@@ -179,6 +179,7 @@ class Cell:
         "auth_failures",
         "bytes_in",
         "bytes_out",
+        "compression",
         "connect_duration",
         "connections",
         "datagrams_in",
@@ -216,6 +217,9 @@ class Cell:
         forward) and reason (a word of the method's fixed set: proxyd.auth)."""
         self.rule_matches: dict[str, dict[str, int]] = {}
         """HTTP requests a [rule] matched, by rule name and mode (enforce, log_only)."""
+        self.compression: dict[str, dict[str, int]] = {}
+        """HTTP responses compressed to their end (proxyd.filters.compress), by coding:
+        `responses`, `bytes_in` (the server's body), `bytes_out` (the body compressed)."""
         self.request_duration = Histogram()
         """HTTP: from the request head received to the response's end."""
         self.upstream_duration = Histogram()
@@ -248,6 +252,14 @@ class Cell:
             by_mode = self.rule_matches[rule] = {}
         by_mode[mode] = by_mode.get(mode, 0) + 1
 
+    def compressed(self, coding: str, bytes_in: int, bytes_out: int) -> None:
+        figures = self.compression.get(coding)
+        if figures is None:
+            figures = self.compression[coding] = {"responses": 0, "bytes_in": 0, "bytes_out": 0}
+        figures["responses"] += 1
+        figures["bytes_in"] += bytes_in
+        figures["bytes_out"] += bytes_out
+
     def snapshot(self) -> dict[str, Any]:
         """The non-zero fields as JSON-able values."""
         found: dict[str, Any] = {}
@@ -277,6 +289,10 @@ class Cell:
             }
         if self.rule_matches:
             found["rule_matches"] = {rule: dict(modes) for rule, modes in self.rule_matches.items()}
+        if self.compression:
+            found["compression"] = {
+                coding: dict(figures) for coding, figures in self.compression.items()
+            }
         for name in ("request_duration", "upstream_duration", "connect_duration", "query_duration"):
             histogram: Histogram = getattr(self, name)
             if any(histogram.counts):

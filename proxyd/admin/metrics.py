@@ -141,6 +141,22 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         "HTTP requests a [rule] matched, by rule and mode (enforce: refused; log_only).",
         labels=[*_RELAY_LABELS, "rule", "mode"],
     )
+    coding_labels = [*_RELAY_LABELS, "coding"]
+    compressed = CounterMetricFamily(
+        "proxyd_compressed_responses",
+        "HTTP responses compressed by proxyd to their end, by coding.",
+        labels=coding_labels,
+    )
+    compressed_in = CounterMetricFamily(
+        "proxyd_compressed_bytes_in",
+        "The servers' bytes of the responses proxyd compressed, by coding.",
+        labels=coding_labels,
+    )
+    compressed_out = CounterMetricFamily(
+        "proxyd_compressed_bytes_out",
+        "The bytes those responses were compressed to, by coding.",
+        labels=coding_labels,
+    )
     limit_labels = ["listener", "kind", "limit"]
     limit_requests = CounterMetricFamily(
         "proxyd_ratelimit_requests",
@@ -209,6 +225,10 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         for rule, modes in fields.get("rule_matches", {}).items():
             for mode, count in modes.items():
                 rule_matches.add_metric([*labels, rule, mode], count)
+        for coding, figures in fields.get("compression", {}).items():
+            compressed.add_metric([*labels, coding], figures["responses"])
+            compressed_in.add_metric([*labels, coding], figures["bytes_in"])
+            compressed_out.add_metric([*labels, coding], figures["bytes_out"])
         for limit, figures in fields.get("ratelimits", {}).items():
             for outcome in ("allowed", "limited", "dry_run_limited"):
                 if outcome in figures:
@@ -239,6 +259,9 @@ def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
         errors,
         auth_failures,
         rule_matches,
+        compressed,
+        compressed_in,
+        compressed_out,
         limit_requests,
         limit_keys,
         limit_evicted,

@@ -14,6 +14,7 @@ from proxyd.config import values as v
 from proxyd.config.auth_section import auth_section
 from proxyd.config.cache_section import cache_section
 from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
+from proxyd.config.compress import compress_group
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.ini import Section
 from proxyd.config.otlp import otlp_group
@@ -288,9 +289,12 @@ def cross_check(
     section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]
 ) -> _Problems:
     """The problems across `section`'s keys, its own `fields` parsed and its grouped values
-    by group (the `tls_*` keys under "tls", a route's security keys under "security");
+    by group (the `tls_*` keys under "tls", a route's security keys under "security", the
+    compression keys under "compress");
     completes `fields` with the parts built from them."""
     problems = _GROUPS.get(section.kind, _no_groups)(section, fields, groups.get("tls", {}))
+    if section.kind in ("http", "https", "route"):
+        compress_group(section, fields, groups.get("compress", {}))
     more = _SECTIONS.get(section.kind)
     if more is not None and not problems:
         problems += more(section, fields, groups)

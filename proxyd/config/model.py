@@ -28,6 +28,7 @@ from proxyd.config.check_model import (
     TlsCheck,
     WebSocketCheck,
 )
+from proxyd.config.compress_model import CompressConfig
 from proxyd.config.otlp_model import OtlpConfig
 from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.route_model import (
@@ -333,6 +334,9 @@ class HttpListenerConfig:
     """off | on | restart: send a W3C traceparent upstream, continuing the client's trace
     (`on`) or always beginning one (`restart`), and log its trace id. Off by default: it
     costs every request of the listener about 2 µs (docs/gateway.md)."""
+    compress: CompressConfig = CompressConfig()  # noqa: RUF009 (frozen: safe to share)
+    """The `compress*` and `gunzip` keys (docs/compression.md): every route's, unless the
+    route has its own."""
     otlp: OtlpConfig | None = None
     """The `otlp_*` keys: one span per request exported to a collector (only with
     trace_context on or restart); None exports none."""

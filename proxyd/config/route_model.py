@@ -12,6 +12,7 @@ import attrs
 from proxyd.access.networks import AccessList
 from proxyd.config.auth_model import AuthConfig
 from proxyd.config.cache_model import CacheConfig
+from proxyd.config.compress_model import RouteCompress
 from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.security_model import CorsConfig, Off, RuleConfig, SecurityHeadersConfig
 
@@ -160,3 +161,5 @@ class RouteConfig:
     """The [route]'s access control, limits, rules, auth, CORS and response hardening."""
     line: int = 0
     """The line of the routes entry in the config file, for messages."""
+    compress: RouteCompress | None = None
+    """The [route]'s compression keys (docs/compression.md); None: the listener's."""

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from proxyd.config import values as v
+from proxyd.config.compress_model import COMPRESS_KEYS, RouteCompress
 from proxyd.config.errors import Invalid, did_you_mean, one_of
 from proxyd.config.model import (
     FilterConfig,
@@ -397,6 +398,7 @@ class RouteLine:
             section.filters,
             section.security,
             line=line,
+            compress=section.compress,
         )
 
 
@@ -512,6 +514,7 @@ class RouteSection:
     request_json: tuple[JsonOp, ...] = ()
     response_json: tuple[JsonOp, ...] = ()
     max_json_body: int = DEFAULT_MAX_JSON_BODY
+    compress: RouteCompress | None = None
 
     def action(self) -> RouteAction:
         if self.pool is not None:
@@ -550,6 +553,7 @@ ROUTE_OPTION_KEYS: Mapping[str, str] = {
     "request_json": "pool",
     "response_json": "pool",
     "max_json_body": "pool",
+    **{key: "pool" for key in COMPRESS_KEYS},
     "content_type": "respond",
 }
 """Keys of `[route]` that only go with one action key."""

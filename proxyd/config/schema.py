@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import otlp, routes, tls
+from proxyd.config import compress, otlp, routes, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -195,6 +195,7 @@ HTTP_KEYS: Mapping[str, Key] = {
     "invalid_headers": Key(v.choice(*INVALID_HEADERS)),
     "trace_context": Key(v.choice(*TRACE_CONTEXT)),
     **otlp.KEYS,
+    **compress.KEYS,
     **HTTP_SECURITY_KEYS,
 }
 """Keys shared by [http] and [https]."""
@@ -357,6 +358,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "request_headers": Key(routes.header_rules),
             "response_headers": Key(routes.header_rules),
             "filters": Key(_filters, context=True),
+            **compress.KEYS,
             **ROUTE_SECURITY_KEYS,
         },
     ),

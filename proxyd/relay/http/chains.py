@@ -27,17 +27,23 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
                              Retry-After; RateLimit fields on the response)
     16 listener filters      the listener's `filters`, in the order listed
     17 route filters         the [route]'s `filters`, in the order listed
-    18 concurrency           the [route]'s max_in_flight: a slot, or a place in its queue
+    18 cache                 [cache]: a stored response answers (hit, stale as allowed, 304,
+                             206); a miss waits on the same key's fetch or makes it; the
+                             response stored as it streams (routes with a pool)
+    19 compress              compress / gunzip: the server's response compressed in the
+                             client's coding, or a gzip one decompressed (response; routes
+                             with a pool)
+    20 concurrency           the [route]'s max_in_flight: a slot, or a place in its queue
                              (503 with Retry-After past max_queued or queue_timeout)
-    19 transform             the [route]'s query_params on the query sent upstream (request;
+    21 transform             the [route]'s query_params on the query sent upstream (request;
                              route only)
-    20 json_body             the [route]'s request_json / response_json on JSON bodies, each
+    22 json_body             the [route]'s request_json / response_json on JSON bodies, each
                              read whole up to max_json_body (413 / 502 past it; 400 / 502
                              when the operations cannot apply)
-    21 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
-    22 sticky_cookie         back to the cookie's server; Set-Cookie on the response
-    23 header_rules          request_headers / response_headers: the listener's, then the route's
-    24 respond / redirect    the route's own answer
+    23 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
+    24 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+    25 header_rules          request_headers / response_headers: the listener's, then the route's
+    26 respond / redirect    the route's own answer
 
 Request phases run down the table, response phases up it; a request answered at a row runs
 the response phases of the rows above it. Rows a listener's config does not ask for are left
@@ -54,6 +60,7 @@ from typing import TypeVar
 from proxyd.cache.registry import CacheRegistry
 from proxyd.clock import Clock
 from proxyd.config.cache_model import CacheConfig
+from proxyd.config.compress_model import CompressConfig
 from proxyd.config.model import (
     OFF,
     AccessList,
@@ -132,7 +139,7 @@ def build_chains(
     for route in config.routes:
         filters = build.head(route.security) + build.middle(route)
         filters += _cache(config, route, caches, ratelimits.reactor)
-        filters += _tail(config, route, forwarding, sticky, ratelimits.reactor, queues)
+        filters += _tail(config, route, forwarding, sticky, ratelimits.reactor, queues, stats)
         chains[route.name] = Chain(filters, *build.hiding(route.security))
     return chains
 
@@ -278,6 +285,15 @@ def _trace_context(config: HttpListenerConfig, spans: SpanSink | None) -> object
     return TraceExport(spans, restart, config.otlp.sample)
 
 
+def _compress(settings: CompressConfig, stats: Callable[[], RelayStats]) -> object:
+    """Row 19: compress and gunzip."""
+    # Imported here: the encoders import brotli and zstandard (4 ms), which a process that
+    # compresses nothing need not load.
+    from proxyd.filters.compress import Compress
+
+    return Compress(settings, stats)
+
+
 _T = TypeVar("_T")
 
 
@@ -306,11 +322,17 @@ def _tail(
     sticky: StickyCookie | None,
     clock: Clock,
     queues: dict[str, Concurrency],
+    stats: Callable[[], RelayStats],
 ) -> Filters:
-    """Rows 18 to 24; a route's concurrency filter goes into `queues` too."""
+    """Rows 19 to 26; a route's concurrency filter goes into `queues` too."""
     filters: Filters = []
     action = route.action
     if isinstance(action, ProxyAction):
+        settings = (
+            config.compress if route.compress is None else route.compress.over(config.compress)
+        )
+        if settings.active:
+            filters.append(("compress", _compress(settings, stats)))
         if action.max_in_flight:
             concurrency = Concurrency(
                 clock,
