@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import compress, http, security, small_post, tcp, tls, udp, websocket
+from bench import cache, compress, http, security, small_post, tcp, tls, udp, websocket
 from bench.processes import Pinning, which
 from bench.scenario import TARGETS, Bench, Meter, Scenario, StartError
 
@@ -42,6 +42,7 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         *http.SCENARIOS,
         *compress.SCENARIOS,
+        *cache.SCENARIOS,
         *security.SCENARIOS,
         *small_post.SCENARIOS,
         *tls.SCENARIOS,
