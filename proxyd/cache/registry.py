@@ -5,7 +5,6 @@ forbids)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from proxyd.cache.disk import DiskStore
@@ -29,24 +28,23 @@ class CacheRegistry:
     def __init__(self, clock: Any) -> None:
         self._clock = clock
         self._caches: dict[str, Cache] = {}
-        self._paths: dict[str, Cache] = {}
+        self._replaced: list[Cache] = []
+        """Caches a reload replaced (their storage settings changed): the generation that
+        used them may still serve from them until its connections end; closed at the end."""
 
     def cache(self, config: CacheConfig) -> Cache:
         """The cache of `config`: the one open under its name when its storage is the same
-        (with the new settings), else a new one."""
+        (with the new settings), else a new one (a disk tier on the same path shares the
+        LMDB environment already open: proxyd.cache.disk)."""
         found = self._caches.get(config.name)
         if found is not None and _storage(found.config) == _storage(config):
             if found.config != config:
                 found.config = config
             return found
-        if config.path is not None:
-            same_path = self._paths.get(os.path.realpath(config.path))
-            if same_path is not None:
-                same_path.store.close()
         store = self._open(config)
         made = self._caches[config.name] = Cache(config, store)
-        if config.path is not None:
-            self._paths[os.path.realpath(config.path)] = made
+        if found is not None:
+            self._replaced.append(found)
         return made
 
     def _open(self, config: CacheConfig) -> Tiers:
@@ -67,7 +65,7 @@ class CacheRegistry:
         return list(self._caches.values())
 
     def close(self) -> None:
-        for cache in self._caches.values():
+        for cache in [*self._caches.values(), *self._replaced]:
             cache.close()
         self._caches.clear()
-        self._paths.clear()
+        self._replaced.clear()
