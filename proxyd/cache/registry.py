@@ -57,7 +57,9 @@ class CacheRegistry:
             )
         disk = None
         if config.path is not None:
-            disk = DiskStore(config.path, config.disk_size, config.max_object_size, self._clock)
+            disk = DiskStore(
+                config.path, config.disk_size, config.max_object_size, self._clock.seconds
+            )
         return Tiers(memory, disk, config.memory_object_size)
 
     def find(self, name: str) -> Cache | None:
