@@ -22,6 +22,7 @@ from proxyd import lifetime
 from proxyd.admin.api import AdminResource, AdminSite
 from proxyd.admin.status import status_document
 from proxyd.auth.threads import HashThreads
+from proxyd.cache.instance import Cache, Purge
 from proxyd.cache.registry import CacheRegistry
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import read
@@ -115,6 +116,12 @@ class ProxydService(service.MultiService):
         master's, which reloads its workers too."""
         self.server_changed: Callable[[Server, str], None] = lambda server, who: None
         """Called after the admin API changed a server (the master tells its workers)."""
+        self.purge_source: Callable[[str, Purge], Deferred[int]] = lambda name, purge: succeed(
+            self.purge_cache(name, purge)
+        )
+        """What the admin API's purge runs: purge_cache() here, or the master's, which
+        purges the disk tiers itself and every worker's memory tiers (KeyError: no such
+        cache)."""
         self.admin: ListenerService | None = None
         self.admin_resource: AdminResource | None = None
         if config.admin is not None and not worker:
@@ -205,6 +212,23 @@ class ProxydService(service.MultiService):
                 return candidate
         raise KeyError(f"no server {server} in pool {pool}")
 
+    def cache(self, name: str) -> Cache:
+        """The [cache] `name`: the one open in this process, else the config's opened now (a
+        section no route uses is still purged: a disk tier outlives its routes). KeyError
+        when there is none."""
+        found = self.caches.find(name)
+        if found is not None:
+            return found
+        config = self.config.caches.get(name)
+        if config is None:
+            raise KeyError(f"no cache {name}")
+        return self.caches.cache(config)
+
+    def purge_cache(self, name: str, purge: Purge, shared: bool = True) -> int:
+        """Purge the [cache] `name` in this process: how many responses (Cache.purge; a
+        worker, `shared` False, purges its memory tier alone). KeyError: no such cache."""
+        return self.cache(name).purge(purge, self._reactor.seconds(), shared)
+
     def adopt(self, sockets: Mapping[str, tuple[int, int]]) -> None:
         """Accept on the sockets (fd, address family) the master passed, by listener."""
         for listener in self.listeners:
@@ -226,8 +250,11 @@ class ProxydService(service.MultiService):
 
     def counters(self) -> dict[str, Any]:
         """The relays' counters by listener, the connections open to each server, and the
-        relays' metrics (proxyd.lifetime.counters)."""
-        return lifetime.counters(self.listeners, self._retired, self.pools)
+        relays' metrics (proxyd.lifetime.counters), and the caches' figures (a worker's
+        without the disk tiers it shares: its master shows them once)."""
+        found = lifetime.counters(self.listeners, self._retired, self.pools)
+        found["caches"] = self.caches.figures(disk=not self._worker)
+        return found
 
     def startService(self) -> None:
         self.hash_threads.start()

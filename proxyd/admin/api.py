@@ -5,6 +5,9 @@
     POST /api/v1/pools/POOL/servers/SERVER      {"admin": "drain"|"maint"|"ready", "weight": N}
     POST /api/v1/reload                         read the config file again and serve it;
                                                 {"force": true} lets it remove [admin]
+    GET  /api/v1/caches                         each [cache]: entries, bytes, counters (JSON)
+    POST /api/v1/caches/CACHE/purge             {"url"|"prefix"|"tag": ..., "soft": bool},
+                                                or the same as a query
     GET  /metrics                               Prometheus text, rendered by prometheus-client
     GET  /, /stats/FILE                         the stats page (no token: it holds no data)
 
@@ -18,7 +21,7 @@ import hmac
 import json
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client.exposition import choose_encoder
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -31,6 +34,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from proxyd.admin.metrics import metrics_registry
 from proxyd.admin.page import asset
 from proxyd.admin.status import config_document
+from proxyd.cache.instance import Purge
+from proxyd.cache.keys import effective_uri
 from proxyd.config.model import AdminConfig
 from proxyd.pool import ADMIN_STATES
 
@@ -40,6 +45,7 @@ MAX_BODY = 64 * 1024
 """A change's JSON body is a few bytes; more is refused (413)."""
 
 _POOLS = [b"", b"api", b"v1", b"pools"]
+_CACHES = [b"", b"api", b"v1", b"caches"]
 
 FULL, READ = "token", "read_token"
 """What a request may do: the kind of token it carries (FULL also without tokens)."""
@@ -59,6 +65,9 @@ class Proxy(Protocol):
 
     @property
     def reload_source(self) -> Callable[[bool], Deferred[Any]]: ...
+
+    @property
+    def purge_source(self) -> Callable[[str, Purge], Deferred[int]]: ...
 
 
 class AdminResource(Resource):
@@ -99,6 +108,16 @@ class AdminResource(Resource):
         if len(parts) == 7 and parts[:4] == _POOLS and parts[5] == b"servers":
             pool, server = (unquote(part.decode("latin-1")) for part in (parts[4], parts[6]))
             return self._post(request, access, lambda who: self._change(request, pool, server, who))
+        if path == b"/api/v1/caches":
+            return self._get(
+                request,
+                lambda: self._later(
+                    request, lambda document: _json(request, {"caches": document["caches"]})
+                ),
+            )
+        if len(parts) == 6 and parts[:4] == _CACHES and parts[5] == b"purge":
+            cache = unquote(parts[4].decode("latin-1"))
+            return self._post(request, access, lambda who: self._purge(request, cache, who))
         request.setResponseCode(404)
         return _json(
             request,
@@ -109,6 +128,8 @@ class AdminResource(Resource):
                     "/api/v1/config",
                     "/api/v1/pools/POOL/servers/SERVER",
                     "/api/v1/reload",
+                    "/api/v1/caches",
+                    "/api/v1/caches/CACHE/purge",
                     "/metrics",
                     "/",
                 ],
@@ -206,6 +227,45 @@ class AdminResource(Resource):
 
         return self._answer(request, self._proxy.reload_source(force), render)
 
+    def _purge(self, request: Request, cache: str, who: str) -> Any:
+        """Purge the cache `cache` by URL, prefix or tag, from a JSON body or, without one,
+        the query (docs/cache.md); with workers, in every worker (proxyd.workers.master)."""
+        content = request.content
+        has_body = content is not None and content.read(1) != b""
+        if content is not None:
+            content.seek(0)
+        if has_body:
+            body = _body(request, _PURGE)
+            if isinstance(body, bytes):
+                return body
+        else:
+            body = {
+                key.decode("latin-1"): values[-1].decode("utf-8", "replace")
+                for key, values in (request.args or {}).items()
+            }
+            if "soft" in body:
+                body["soft"] = _FLAGS.get(body["soft"].lower(), body["soft"])
+        purge = _purge_of(body)
+        if isinstance(purge, str):
+            return _bad(request, purge)
+        try:
+            purged = self._proxy.purge_source(cache, purge)
+        except KeyError as e:
+            request.setResponseCode(404)
+            return _json(request, {"error": e.args[0]})
+
+        def render(count: int) -> bytes:
+            log.info(
+                "cache {cache}: purged {count} by {what}, asked by {who}",
+                cache=cache,
+                count=count,
+                what=purge.describe(),
+                who=who,
+            )
+            return _json(request, {"cache": cache, "purged": count})
+
+        return self._answer(request, purged, render)
+
     def _later(self, request: Request, render: Callable[[dict[str, Any]], bytes]) -> Any:
         """Answer with `render` of the status document (the counters come asynchronously:
         with workers, from each of them)."""
@@ -262,6 +322,48 @@ def _bad(request: Request, expected: str) -> bytes:
 
 _CHANGE = 'a JSON object with "admin" and/or "weight"'
 _RELOAD = 'no body, or a JSON object with "force": true or false'
+_PURGE = (
+    'a JSON object (or a query) with exactly one of "url" (http://host/path?query),'
+    ' "prefix" (http://host/path...) or "tag" (a Surrogate-Key or Cache-Tag), and "soft":'
+    " true or false"
+)
+_FLAGS = {"1": True, "true": True, "on": True, "yes": True}
+_FLAGS.update({"0": False, "false": False, "off": False, "no": False})
+
+
+def _purge_of(body: dict[str, Any]) -> Purge | str:
+    """The purge a request's fields ask for, or what was expected instead. A URL (and a
+    prefix's scheme and host) are written as the cache keeps them: proxyd.cache.keys's
+    effective URI, the host in lower case without the scheme's default port."""
+    soft = body.get("soft", False)
+    given = {key: body[key] for key in ("url", "prefix", "tag") if key in body}
+    if set(body) - {"url", "prefix", "tag", "soft"} or type(soft) is not bool or len(given) != 1:
+        return _PURGE
+    [(kind, value)] = given.items()
+    if not isinstance(value, str) or not value:
+        return f'"{kind}" a non-empty string'
+    if kind != "tag":
+        uri = _effective(value, whole=kind == "url")
+        if uri is None:
+            return f'"{kind}" an absolute http:// or https:// URI with a host; found {value!r}'
+        value = uri
+    return Purge(**{kind: value}, soft=soft)
+
+
+def _effective(text: str, whole: bool) -> str | None:
+    """`text` as an effective URI (a prefix: its scheme and host, when the prefix has all
+    of the host), or None when it is not an http(s) URI."""
+    scheme, separator, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not separator or scheme not in ("http", "https"):
+        return None
+    if not whole and not any(mark in rest for mark in "/?"):
+        return f"{scheme}://{rest.lower()}"  # the host may go on: leave its port alone
+    parts = urlsplit(f"{scheme}://{rest}")
+    if not parts.netloc or "@" in parts.netloc:
+        return None
+    path = parts.path or ("/" if whole else "")
+    return effective_uri(scheme, parts.netloc, path, parts.query)
 
 
 def _body(

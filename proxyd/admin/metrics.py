@@ -118,6 +118,49 @@ _RELAY_HISTOGRAMS = (
 
 _STATES = ("up", "down", "drain", "maint")
 
+# A cache's counters (proxyd.cache.instance.Counters) as metrics: field, name, help.
+_CACHE_COUNTERS = (
+    ("hits", "proxyd_cache_hits", "Requests answered from the cache, fresh."),
+    ("misses", "proxyd_cache_misses", "Lookups that went to the origin (stale ones included)."),
+    (
+        "stale",
+        "proxyd_cache_stale",
+        "Stale responses served (stale-while-revalidate, stale-if-error, use_stale).",
+    ),
+    ("revalidated", "proxyd_cache_revalidated", "Stored responses the origin confirmed (304)."),
+    ("collapsed", "proxyd_cache_collapsed", "Requests answered from another request's fetch."),
+    ("bypassed", "proxyd_cache_bypassed", "Requests the bypass conditions sent to the origin."),
+    ("stored", "proxyd_cache_stored", "Responses stored."),
+    ("purged", "proxyd_cache_purged", "Responses purged (PURGE requests and the admin API)."),
+    ("bytes_served", "proxyd_cache_served_bytes", "Body bytes sent from the cache."),
+)
+
+
+def _cache_families(caches: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
+    """Each cache's counters, and what it holds (the status document's `caches`)."""
+    counters = {
+        field: CounterMetricFamily(name, help_text, labels=["cache"])
+        for field, name, help_text in _CACHE_COUNTERS
+    }
+    entries = GaugeMetricFamily(
+        "proxyd_cache_entries",
+        "Responses stored now (the disk tier's when there is one, else the memory tiers').",
+        labels=["cache"],
+    )
+    size = GaugeMetricFamily(
+        "proxyd_cache_bytes",
+        "Bytes stored now, bodies and fields (the disk tier's when there is one).",
+        labels=["cache"],
+    )
+    for cache in caches:
+        name = [cache["name"]]
+        for field, family in counters.items():
+            family.add_metric(name, cache["counters"].get(field, 0))
+        entries.add_metric(name, cache["entries"])
+        size.add_metric(name, cache["bytes"])
+    every: list[Metric] = [*counters.values(), entries, size]
+    yield from (metric for metric in every if metric.samples)
+
 
 def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
     """The relays' metrics: every cell of the snapshot, one sample per family it counts in."""
@@ -356,6 +399,7 @@ class _StatusCollector(Collector):
                 ).add_metric([pool["name"]], queue["wait_seconds"])
         yield from families.values()
         yield from _relay_families(self.document.get("metrics", {}))
+        yield from _cache_families(self.document.get("caches", []))
 
 
 def metrics_registry(document: Mapping[str, Any]) -> CollectorRegistry:

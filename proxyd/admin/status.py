@@ -11,10 +11,14 @@ from typing import Any, Protocol
 import attrs
 
 import proxyd
+from proxyd.cache.instance import Counters
 from proxyd.config.model import Certificate, Config
 from proxyd.health import HealthService
 from proxyd.metrics import TRAFFIC_FIELDS, server_traffic
 from proxyd.pool import Pool, Server
+
+CACHE_COUNTERS = tuple(field.name for field in attrs.fields(Counters))
+"""A cache's counters, in the status document and as proxyd_cache_* metrics."""
 
 SECRET_KEYS = frozenset({"token", "read_token"})
 """Config fields whose values the API never shows."""
@@ -80,7 +84,57 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
             }
             for pool in proxy.pools.values()
         ],
+        "caches": cache_documents(config, counters.get("caches", {})),
     }
+
+
+def cache_documents(config: Config, figures: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    """Every [cache] of the config, and any other still open (a reload removed its
+    section): its counters (summed over the workers), what its tiers hold, and its hit
+    ratio. `entries` and `bytes` are the disk tier's when it has one (the memory tier then
+    holds copies of some of the disk's responses), else the memory tier's (summed over the
+    workers: each has its own)."""
+    shown = []
+    for name in sorted(set(config.caches) | set(figures)):
+        found = figures.get(name, {})
+        section = config.caches.get(name)
+        tiers: dict[str, dict[str, int] | None] = {}
+        for tier, configured in (
+            ("memory", section is not None and section.memory_size > 0),
+            ("disk", section is not None and section.path is not None),
+        ):
+            present = configured or f"{tier}_entries" in found
+            tiers[tier] = (
+                {
+                    "entries": found.get(f"{tier}_entries", 0),
+                    "bytes": found.get(f"{tier}_bytes", 0),
+                }
+                if present
+                else None
+            )
+        main = tiers["disk"] or tiers["memory"] or {"entries": 0, "bytes": 0}
+        counters = {field: found.get(field, 0) for field in CACHE_COUNTERS}
+        shown.append(
+            {
+                "name": name,
+                "entries": main["entries"],
+                "bytes": main["bytes"],
+                **tiers,
+                "counters": counters,
+                "hit_ratio": hit_ratio(counters),
+            }
+        )
+    return shown
+
+
+def hit_ratio(counters: Mapping[str, int]) -> float | None:
+    """The share of the cache's lookups answered from it: (hits + stale) / (hits + stale +
+    misses); None before any. Bypassed requests are not lookups; collapsed ones are left
+    out (neither a miss of their own nor a stored answer); a response revalidated with a
+    304 was a miss (an origin request) and is then a hit (docs/cache.md)."""
+    served = counters.get("hits", 0) + counters.get("stale", 0)
+    lookups = served + counters.get("misses", 0)
+    return served / lookups if lookups else None
 
 
 def server_document(

@@ -60,6 +60,16 @@ class CacheRegistry:
             )
         return Tiers(memory, disk, config.memory_object_size)
 
+    def find(self, name: str) -> Cache | None:
+        """The cache open under `name`, if any."""
+        return self._caches.get(name)
+
+    def figures(self, memory: bool = True, disk: bool = True) -> dict[str, dict[str, Any]]:
+        """Each open cache's counters and tiers (Cache.figures), by name."""
+        return {
+            name: cache.figures(memory=memory, disk=disk) for name, cache in self._caches.items()
+        }
+
     @property
     def caches(self) -> list[Cache]:
         return list(self._caches.values())

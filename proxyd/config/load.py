@@ -166,6 +166,7 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         websocket=websocket,
         admin=built["admin"].get(""),
         auth=dict(built["auth"]),
+        caches=dict(built["cache"]),
     )
 
 

@@ -495,3 +495,5 @@ class Config:
     admin: AdminConfig | None = None
     auth: Mapping[str, AuthConfig] = attrs.field(factory=dict)
     """The [auth] sections, by name (for the warnings about their files)."""
+    caches: Mapping[str, CacheConfig] = attrs.field(factory=dict)
+    """The [cache] sections, by name, used by a route or not (the admin API purges them)."""

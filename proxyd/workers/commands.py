@@ -2,7 +2,8 @@
 
 master -> worker: SetHealth (a server's active-check state), SetServer (its admin state and
 weight), Serve (start accepting), PassSocket and Reload, ReopenLogs, CloseNow.
-master -> worker, answered: Counters (the worker's counters, summed by the master), Reload.
+master -> worker, answered: Counters (the worker's counters, summed by the master), Reload,
+PurgeCache (purge a cache's memory tier: the admin API's purge).
 worker -> master, answered: ChargeLimits (what its rate limits charged; the answer, what the
 other workers charged: proxyd.ratelimit.synced).
 """
@@ -136,6 +137,16 @@ class Counters(amp.Command):
 
     arguments = []
     response = [(b"counters", Json())]
+
+
+class PurgeCache(amp.Command):
+    """Purge this worker's memory tier of the [cache] `name` (the master purged the disk
+    tier the workers share): `purge` is proxyd.cache.instance.Purge's fields. The answer
+    counts the responses purged in a memory-only cache (0 for one with a disk, whose
+    memory holds copies of the disk's)."""
+
+    arguments = [(b"name", amp.Unicode()), (b"purge", Json())]
+    response = [(b"purged", amp.Integer())]
 
 
 class ChargeLimits(amp.Command):

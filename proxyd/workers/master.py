@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 import proxyd
 from proxyd.app import ProxydService, ReloadOutcome, sighup_reload
+from proxyd.cache.instance import Purge
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import read
 from proxyd.config.reload import reload_config
@@ -54,6 +55,7 @@ from proxyd.workers.commands import (
     CloseNow,
     Counters,
     PassSocket,
+    PurgeCache,
     Reload,
     ReopenLogs,
     Serve,
@@ -166,6 +168,7 @@ class Master(service.MultiService):
         proxy.counters_source = self.counters  # the admin API shows the workers' sum
         proxy.reload_source = self.reload
         proxy.server_changed = self._server_changed
+        proxy.purge_source = self.purge_cache
         self.config_text = config_text
         self.count = count
         self._handle_signals = handle_signals
@@ -428,7 +431,7 @@ class Master(service.MultiService):
         many did."""
         serving = [w for w in self.workers.values() if w.serving and w.agent is not None]
         if not serving:
-            return succeed({"workers": 0})
+            return succeed(self._with_disks({"workers": 0}))
         calls = [w.agent.callRemote(Counters) for w in serving if w.agent is not None]
 
         def add(results: list[tuple[bool, Any]]) -> dict[str, Any]:
@@ -437,6 +440,42 @@ class Master(service.MultiService):
                 if ok:
                     add_counters(total, answer["counters"])
                     total["workers"] += 1
+            return self._with_disks(total)
+
+        return DeferredList(calls, consumeErrors=True).addCallback(add)
+
+    def _with_disks(self, total: dict[str, Any]) -> dict[str, Any]:
+        """The workers' sum with the master's own cache figures added: its disk tiers (the
+        ones the workers share, each counted once) and the purges it made of them."""
+        disks = self.proxy.caches.figures(memory=False)
+        return add_counters(total, {"caches": disks}) if disks else total
+
+    def purge_cache(self, name: str, purge: Purge) -> Deferred[int]:
+        """The admin API's purge with workers: the master purges the disk tier the workers
+        share (it has it open: it built the same routes), then every serving worker its
+        memory tier; the sum of the counts (a response on disk counts once, however many
+        memory tiers held a copy of it). KeyError at once for an unknown cache."""
+        purged = self.proxy.purge_cache(name, purge, shared=True)
+        fields = attrs.asdict(purge)
+        calls = [
+            worker.agent.callRemote(PurgeCache, name=name, purge=fields)
+            for worker in list(self.workers.values())
+            if worker.serving and worker.agent is not None
+        ]
+
+        def add(results: list[tuple[bool, Any]]) -> int:
+            total = purged
+            for ok, answer in results:
+                if ok:
+                    total += answer["purged"]
+                else:
+                    # Its memory tier clears itself at its next lookup when the disk's
+                    # epoch moved; a memory-only cache keeps what this worker holds.
+                    log.error(
+                        "cache {cache}: a worker did not purge its memory tier: {why}",
+                        cache=name,
+                        why=answer.getErrorMessage(),
+                    )
             return total
 
         return DeferredList(calls, consumeErrors=True).addCallback(add)

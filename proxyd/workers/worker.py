@@ -31,6 +31,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from proxyd.app import ProxydService
+from proxyd.cache.instance import Purge
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import loads
 from proxyd.ratelimit.synced import LimitSync, Report
@@ -42,6 +43,7 @@ from proxyd.workers.commands import (
     CloseNow,
     Counters,
     PassSocket,
+    PurgeCache,
     Reload,
     ReopenLogs,
     Serve,
@@ -126,6 +128,16 @@ class WorkerAgent(Agent):
     @Counters.responder
     def counters(self) -> dict[str, Any]:
         return {"counters": self.proxy.counters()}
+
+    @PurgeCache.responder
+    def purge_cache(self, name: str, purge: dict[str, Any]) -> dict[str, Any]:
+        """Purge this worker's memory tier of the cache (a name unknown here, as after a
+        reload the master saw first, purges nothing)."""
+        try:
+            count = self.proxy.purge_cache(name, Purge(**purge), shared=False)
+        except KeyError:
+            count = 0
+        return {"purged": count}
 
     def charge_limits(self, reports: list[Report]) -> Deferred[dict[str, list[list[Any]]]]:
         """Tell the master what the rate limits charged (proxyd.ratelimit.synced's Send)."""

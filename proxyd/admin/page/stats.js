@@ -1,5 +1,5 @@
 // The proxyd stats page: polls the admin API's status document every two seconds and shows
-// listeners, pools and servers, with rates computed from the difference between two polls.
+// listeners, caches, pools and servers, with rates computed from the difference between two polls.
 //
 // Everything from the API goes into the page through textContent or attributes, never as
 // HTML, and the page has no inline script or style, so that it runs under
@@ -25,6 +25,7 @@
   let polling = false;
   const poolViews = new Map(); // pool name -> {section, caption, tbody, rows: Map}
   const listenerRows = new Map(); // listener name -> row view
+  const cacheRows = new Map(); // cache name -> row view
 
   // ---- small helpers -----------------------------------------------------------------------
 
@@ -66,6 +67,21 @@
       unit += 1;
     }
     return (unit === 0 || value >= 100 ? value.toFixed(0) : value.toFixed(1)) + " " + units[unit];
+  }
+
+  function formatBytes(value) {
+    if (value === null) return "–";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return (unit === 0 || value >= 100 ? value.toFixed(0) : value.toFixed(1)) + " " + units[unit];
+  }
+
+  function formatRatio(value) {
+    return value === null ? "–" : (value * 100).toFixed(1) + " %";
   }
 
   function formatSeconds(value) {
@@ -221,6 +237,7 @@
 
     routeQueues = queuesByListener(doc.metrics || {});
     renderListeners(Array.isArray(doc.listeners) ? doc.listeners : [], seconds, current);
+    renderCaches(Array.isArray(doc.caches) ? doc.caches : []);
     renderPools(Array.isArray(doc.pools) ? doc.pools : [], seconds, current);
     previous = current;
   }
@@ -317,6 +334,46 @@
     });
     removeUnseen(listenerRows, seen);
     byId("listeners").classList.toggle("empty", listeners.length === 0);
+  }
+
+  // One row per [cache]: its hit ratio (the API's: hits and stale over hits, stale and
+  // misses), what it holds, and its stale, collapsed and purged counts since start.
+  function renderCaches(caches) {
+    const tbody = byId("caches").tBodies[0];
+    const seen = new Set();
+    caches.forEach((cache, index) => {
+      const key = String(cache.name);
+      seen.add(key);
+      let view = cacheRows.get(key);
+      if (!view) {
+        view = { row: el("tr") };
+        view.name = view.row.appendChild(el("th"));
+        view.name.scope = "row";
+        for (const field of ["ratio", "entries", "size", "stale", "collapsed", "purged"]) {
+          view[field] = view.row.appendChild(el("td", "num"));
+          view[field].dataset.column = field;
+        }
+        cacheRows.set(key, view);
+      }
+      place(tbody, view.row, index);
+      const counters = cache.counters || {};
+      setText(view.name, key);
+      setText(view.ratio, formatRatio(number(cache.hit_ratio)));
+      setAttr(
+        view.ratio,
+        "title",
+        (number(counters.hits) ?? 0) + " hits, " + (number(counters.stale) ?? 0) + " stale, " +
+          (number(counters.misses) ?? 0) + " misses, " + (number(counters.bypassed) ?? 0) +
+          " bypassed"
+      );
+      setText(view.entries, number(cache.entries) ?? "–");
+      setText(view.size, formatBytes(number(cache.bytes)));
+      for (const field of ["stale", "collapsed", "purged"]) {
+        setText(view[field], number(counters[field]) ?? "–");
+      }
+    });
+    removeUnseen(cacheRows, seen);
+    byId("caches-section").hidden = caches.length === 0;
   }
 
   function makePoolView(name) {
