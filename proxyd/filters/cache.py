@@ -30,7 +30,7 @@ from proxyd.cache.cache_control import Directives
 from proxyd.cache.fills import Fill
 from proxyd.cache.freshness import Action, reuse, storable
 from proxyd.cache.instance import Cache
-from proxyd.cache.keys import cache_key, effective_uri, holds
+from proxyd.cache.keys import cache_key, effective_uri, holds, same_origin
 from proxyd.cache.status import cache_status
 from proxyd.cache.store import Meta, Writer
 from proxyd.cache.validation import (
@@ -288,6 +288,8 @@ class CacheFilter(Filter):
                 stored = True
                 if fill is not None:
                     fill.storing(writer, _length(fields))
+                if status == 204:  # no body phase follows: stored whole now
+                    self.response_body(exchange, b"", True)
         if not stored and fill is not None:
             fill.not_storing()
             state.fill = None
@@ -367,9 +369,13 @@ class CacheFilter(Filter):
     ) -> HeadResult:
         """The origin said the stored response is still good: freshen it and serve it."""
         cache = self.cache
+        # The 304 is a new response: its own Age and Date (none: 0, and its arrival) count
+        # from now on, not the stored ones (RFC 9111 4.2.3, 4.3.4).
+        renewed = {b"age", b"date"}.difference(name.lower() for name, _ in fields)
+        kept = [field for field in meta.headers if field[0].lower() not in renewed]
         updated = attrs.evolve(
             meta,
-            headers=tuple(freshen(meta.headers, fields)),
+            headers=tuple(freshen(kept, fields)),
             request_time=state.request_time,
             response_time=now,
             invalid_after=None,
@@ -410,17 +416,14 @@ class CacheFilter(Filter):
         if not 200 <= exchange.status < 400:
             return
         store = self.cache.store
-        origin = effective_uri(exchange.scheme, exchange.host, "", "")
-        uris = {effective_uri(exchange.scheme, exchange.host, exchange.path, exchange.query)}
+        target = effective_uri(exchange.scheme, exchange.host, exchange.path, exchange.query)
+        uris = {target}
         for name in (b"location", b"content-location"):
             value = entry.first(exchange.response_headers, name)
-            if value is None:
-                continue
-            text = value.decode("latin-1").strip()
-            if text.startswith("/"):
-                uris.add(origin + text)
-            elif text.lower().startswith(origin.lower() + "/"):
-                uris.add(origin + text[len(origin) :])
+            if value is not None:
+                uri = same_origin(target, value.decode("latin-1"))
+                if uri is not None:
+                    uris.add(uri)
         for uri in uris:
             store.purge(url=uri)
 
