@@ -149,10 +149,12 @@ def heuristic_fraction(cache: Cache) -> float:
     return 0.1 if cache.config.heuristic else 0.0
 
 
-def set_status(answer: Answer, cache: Cache, *, fwd: str, fwd_status: int) -> None:
+def set_status(
+    answer: Answer, cache: Cache, *, fwd: str, fwd_status: int, stored: bool = False
+) -> None:
     """Cache-Status of a response sent from the cache after the request went forward."""
     answer.headers = [f for f in answer.headers if f[0].lower() != b"cache-status"]
-    value = cache_status(cache.config.status_name, fwd=fwd, fwd_status=fwd_status)
+    value = cache_status(cache.config.status_name, fwd=fwd, fwd_status=fwd_status, stored=stored)
     answer.headers.append((b"Cache-Status", value))
 
 

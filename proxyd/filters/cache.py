@@ -47,7 +47,8 @@ _log = Logger(namespace="proxyd.cache")
 STATE: Final = "cache"
 """exchange.vars' key for the cache's state of the exchange."""
 REFRESH: Final = "cache.refresh"
-"""exchange.vars' key of a background refresh: (the stored Meta, its Fill)."""
+"""exchange.vars' key of a background request: (the stored Meta to revalidate, or None for
+a GET made for a HEAD that missed; its Fill)."""
 
 _SAFE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _CONDITIONS: Final = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
@@ -73,6 +74,8 @@ class _State:
     writer: Writer | None = None
     no_store: str | None = None
     collapsed: bool = False
+    head_get: bool = False
+    """A HEAD waiting on the GET made for it (_get_for_head)."""
 
 
 class CacheFilter(Filter):
@@ -105,8 +108,11 @@ class CacheFilter(Filter):
         refresh = exchange.vars.get(REFRESH)
         if refresh is not None:
             state.meta, state.fill = refresh
-            state.fwd = "stale"
-            self._conditional(exchange, state.meta)
+            if state.meta is None:
+                _strip(headers, _CONDITIONS)
+            else:
+                state.fwd = "stale"
+                self._conditional(exchange, state.meta)
             return None
         counters = self.cache.counters
         bypass = holds(self.config.bypass, headers, exchange.query)
@@ -155,6 +161,8 @@ class CacheFilter(Filter):
                 [(b"Cache-Status", cache_status(self.config.status_name, fwd="miss"))],
             )
         fill = cache.fills.get(state.key)
+        if fill is None and not retry and self._get_for_head(exchange, state):
+            fill = cache.fills.get(state.key)
         if fill is not None and not retry:
             waiting = fill.wait(self.reactor, self.config.lock_timeout)
             return waiting.addCallback(self._waited, exchange, state)
@@ -202,9 +210,15 @@ class CacheFilter(Filter):
         if fill is not None and fill.writer is not None and fill.meta is not None:
             meta = fill.meta
             if answers.matching([meta], exchange.request_headers) is meta:
-                self.cache.counters.collapsed += 1
-                state.collapsed = True
-                return answers.serve_growing(self.cache, self.reactor, fill, meta)
+                answer = answers.serve_growing(self.cache, self.reactor, fill, meta)
+                if state.head_get:
+                    answers.set_status(
+                        answer, self.cache, fwd=state.fwd, fwd_status=meta.status, stored=True
+                    )
+                else:
+                    self.cache.counters.collapsed += 1
+                    state.collapsed = True
+                return answer
         result = self._lookup(exchange, state, retry=True)
         if isinstance(result, Deferred):
             return result
@@ -221,8 +235,20 @@ class CacheFilter(Filter):
         if modified is not None:
             headers.append((b"If-Modified-Since", modified))
 
-    def _refresh(self, exchange: RelayExchange, state: _State, meta: Meta) -> None:
-        """stale-while-revalidate: revalidate `meta` in the background, once at a time."""
+    def _get_for_head(self, exchange: RelayExchange, state: _State) -> bool:
+        """A HEAD that the store cannot answer waits on a GET made in the background (as
+        nginx's proxy_cache_convert_head), stored, and is answered with its head; when that
+        response is not stored, the HEAD goes to the origin itself."""
+        if exchange.request.method != b"HEAD" or state.no_store or state.request.no_store:
+            return False
+        self._refresh(exchange, state, state.meta)
+        state.head_get = True
+        self.cache.counters.misses += 1
+        return True
+
+    def _refresh(self, exchange: RelayExchange, state: _State, meta: Meta | None) -> None:
+        """Revalidate `meta` (stale-while-revalidate), or fetch the GET of a HEAD (None), in
+        the background, once at a time."""
         fills = self.cache.fills
         if fills.get(state.key) is not None:
             return
