@@ -293,6 +293,11 @@ class CacheFilter(Filter):
             word = _ERROR_STALE.get(answer.status)
             if state.meta is not None and word is not None and self._stale_on(state, word):
                 return self._stale_answer(exchange, state.meta)
+            # proxyd's own answer (no server answered): forwarded, nothing from the origin.
+            status_name = self.config.status_name
+            exchange.response_headers.append(
+                (b"Cache-Status", cache_status(status_name, fwd=state.fwd))
+            )
             return None
         status = exchange.status
         fields = exchange.response_headers

@@ -272,3 +272,13 @@ def test_purge_without_purge_method_goes_to_the_origin() -> None:
     relay.store("/a", MAX_AGE)
     relay.get("/a", method="PURGE", origin=response(405, body=b"no", date=relay.now))
     assert relay.get("/a").hit
+
+
+def test_proxyds_own_answer_when_no_server_answers_carries_cache_status() -> None:
+    relay = CacheRelay()
+    transport = relay.request("/a")
+    relay.relay.refuse_upstream()
+    relay.settle()
+    answer = Message(transport.value())
+    assert answer.status == 502
+    assert answer.cache_status == "proxyd; fwd=uri-miss"
