@@ -19,6 +19,7 @@ from proxyd.cache.source import Pump
 from proxyd.cache.status import cache_status
 from proxyd.cache.store import Meta, Store
 from proxyd.cache.validation import VARY_STAR, Conditional, client_condition, vary_key, vary_names
+from proxyd.compress.negotiate import accepted_codings
 from proxyd.filters.api import Answer, Headers
 
 _log = Logger(namespace="proxyd.cache")
@@ -46,8 +47,32 @@ def matching(metas: object, request_headers: Headers) -> Meta | None:
 
 
 def variant(names: tuple[bytes, ...], request_headers: Headers) -> bytes:
-    """The secondary key of a request, as stored (Meta.variant)."""
-    return b"\x01".join(vary_key(names, request_headers)) if names else b""
+    """The secondary key of a request, as stored (Meta.variant). Accept-Encoding counts as
+    the set of CODINGS it accepts (accepted_codings: q above 0, by name or by `*`), so that
+    `gzip, deflate, br` and `gzip, deflate, br, zstd;q=0` share a variant: right for an
+    origin (and proxyd's compression) that choose a coding by what the client accepts."""
+    if not names:
+        return b""
+    if b"accept-encoding" in names:
+        request_headers = _codings(request_headers)
+    return b"\x01".join(vary_key(names, request_headers))
+
+
+CODINGS: Final = ("br", "deflate", "gzip", "zstd")
+"""The content codings Accept-Encoding is keyed on."""
+
+
+def _codings(request_headers: Headers) -> Headers:
+    """`request_headers` with its Accept-Encoding (if any) replaced by the CODINGS it
+    accepts, in order (none accepted: an empty field, still distinct from no field)."""
+    found = [value for name, value in request_headers if name.lower() == b"accept-encoding"]
+    if not found:
+        return request_headers
+    weights = accepted_codings(b",".join(found).decode("latin-1"))
+    anything = weights.get("*", 0.0)
+    accepted = ",".join(coding for coding in CODINGS if weights.get(coding, anything) > 0)
+    fields = [field for field in request_headers if field[0].lower() != b"accept-encoding"]
+    return [*fields, (b"accept-encoding", accepted.encode("ascii"))]
 
 
 def age_of(meta: Meta, now: float) -> float:
@@ -99,7 +124,7 @@ def serve_growing(cache: Cache, reactor: object, fill: Fill, meta: Meta) -> Answ
     """A collapsed request answered from the fetch it waited on, as it streams in."""
     writer = fill.writer
     assert writer is not None
-    fields = [f for f in meta.headers if f[0].lower() not in entry.NOT_STORED]
+    fields = [f for f in meta.headers if f[0].lower() not in entry.NOT_STORED]  # Age as received
     fields.append(
         (b"Cache-Status", cache_status(cache.config.status_name, fwd="miss", collapsed=True))
     )
@@ -108,7 +133,7 @@ def serve_growing(cache: Cache, reactor: object, fill: Fill, meta: Meta) -> Answ
 
 
 def sent_fields(cache: Cache, meta: Meta, age: float, forwarded: bool) -> Headers:
-    fields = [f for f in meta.headers if f[0].lower() not in entry.NOT_STORED]
+    fields = [f for f in meta.headers if f[0].lower() not in entry.NOT_SENT]
     fields.append((b"Age", b"%d" % max(0, int(age))))
     name = cache.config.status_name
     if forwarded:
@@ -124,10 +149,12 @@ def heuristic_fraction(cache: Cache) -> float:
     return 0.1 if cache.config.heuristic else 0.0
 
 
-def set_status(answer: Answer, cache: Cache, *, fwd: str, fwd_status: int) -> None:
+def set_status(
+    answer: Answer, cache: Cache, *, fwd: str, fwd_status: int, stored: bool = False
+) -> None:
     """Cache-Status of a response sent from the cache after the request went forward."""
     answer.headers = [f for f in answer.headers if f[0].lower() != b"cache-status"]
-    value = cache_status(cache.config.status_name, fwd=fwd, fwd_status=fwd_status)
+    value = cache_status(cache.config.status_name, fwd=fwd, fwd_status=fwd_status, stored=stored)
     answer.headers.append((b"Cache-Status", value))
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import attrs
+
 from proxyd.cache import cache_control
 from proxyd.cache.cache_control import Directives
 from proxyd.cache.freshness import EXPIRED, Stored
@@ -15,9 +17,12 @@ from proxyd.cache.store import Fields, Meta
 
 Headers = Sequence[tuple[bytes, bytes]]
 
-NOT_STORED = frozenset({b"age", b"cache-status", b"content-length", b"transfer-encoding"})
-"""Fields the cache writes itself when it sends a stored response: its Age (RFC 9111
-4.2.3), Cache-Status, and the framing (the stored body's length)."""
+NOT_STORED = frozenset({b"cache-status", b"content-length", b"transfer-encoding"})
+"""Fields the cache writes itself when it sends a stored response: Cache-Status and the
+framing (the stored body's length). The Age received is stored: the current age starts from
+it (RFC 9111 4.2.3)."""
+NOT_SENT = NOT_STORED | {b"age"}
+"""Fields of a stored response replaced when it is sent: with them, the Age it has now."""
 
 
 def directives(headers: Headers) -> Directives:
@@ -42,9 +47,13 @@ def stored_fields(headers: Headers, response: Directives) -> Fields:
 
 
 def stored(meta: Meta) -> Stored:
-    """What freshness needs of a stored response. A soft purge makes it stale from its time
-    on (as if it had expired then)."""
+    """What freshness needs of a stored response. A `no-cache` that names fields asks for
+    revalidation only of a response sent with them (RFC 9111 5.2.2.4): they are not stored
+    (stored_fields), so the rest is reused as its freshness says."""
     headers = meta.headers
+    response = directives(headers)
+    if response.no_cache:
+        response = attrs.evolve(response, no_cache=None)
     age_text = first(headers, b"age")
     age = 0
     if age_text is not None and age_text.strip().isdigit():
@@ -57,7 +66,7 @@ def stored(meta: Meta) -> Stored:
             expires = EXPIRED
     found = Stored(
         status=meta.status,
-        directives=directives(headers),
+        directives=response,
         request_time=meta.request_time,
         response_time=meta.response_time,
         date=cache_control.http_date(first(headers, b"date")),

@@ -11,6 +11,7 @@ share a key: a HEAD is answered from the stored GET (RFC 9110 9.3.2).
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -39,6 +40,23 @@ def effective_uri(scheme: str, host: str, path: str, query: str) -> str:
     if default is not None and host.endswith(default):
         host = host[: -len(default)]
     return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def same_origin(target: str, reference: str) -> str | None:
+    """`reference` (a Location or Content-Location) resolved against the effective URI
+    `target` (RFC 3986 5), as effective_uri writes it; None when it is of another origin
+    (RFC 9111 4.4: those are not invalidated) or not a URI."""
+    try:
+        resolved = urllib.parse.urlsplit(urllib.parse.urljoin(target, reference.strip()))
+        port = resolved.port
+    except ValueError:
+        return None
+    base = urllib.parse.urlsplit(target)
+    host = (resolved.hostname or "") + ("" if port is None else f":{port}")
+    uri = effective_uri(resolved.scheme, host, resolved.path or "/", resolved.query)
+    if urllib.parse.urlsplit(uri)[:2] != base[:2]:
+        return None
+    return uri
 
 
 def keyed_query(query: str, rule: KeyRule) -> str:

@@ -30,7 +30,7 @@ from proxyd.cache.cache_control import Directives
 from proxyd.cache.fills import Fill
 from proxyd.cache.freshness import Action, reuse, storable
 from proxyd.cache.instance import Cache
-from proxyd.cache.keys import cache_key, effective_uri, holds
+from proxyd.cache.keys import cache_key, effective_uri, holds, same_origin
 from proxyd.cache.status import cache_status
 from proxyd.cache.store import Meta, Writer
 from proxyd.cache.validation import (
@@ -47,7 +47,8 @@ _log = Logger(namespace="proxyd.cache")
 STATE: Final = "cache"
 """exchange.vars' key for the cache's state of the exchange."""
 REFRESH: Final = "cache.refresh"
-"""exchange.vars' key of a background refresh: (the stored Meta, its Fill)."""
+"""exchange.vars' key of a background request: (the stored Meta to revalidate, or None for
+a GET made for a HEAD that missed; its Fill)."""
 
 _SAFE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _CONDITIONS: Final = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
@@ -73,6 +74,8 @@ class _State:
     writer: Writer | None = None
     no_store: str | None = None
     collapsed: bool = False
+    head_get: bool = False
+    """A HEAD waiting on the GET made for it (_get_for_head)."""
 
 
 class CacheFilter(Filter):
@@ -105,8 +108,11 @@ class CacheFilter(Filter):
         refresh = exchange.vars.get(REFRESH)
         if refresh is not None:
             state.meta, state.fill = refresh
-            state.fwd = "stale"
-            self._conditional(exchange, state.meta)
+            if state.meta is None:
+                _strip(headers, _CONDITIONS)
+            else:
+                state.fwd = "stale"
+                self._conditional(exchange, state.meta)
             return None
         counters = self.cache.counters
         bypass = holds(self.config.bypass, headers, exchange.query)
@@ -155,6 +161,8 @@ class CacheFilter(Filter):
                 [(b"Cache-Status", cache_status(self.config.status_name, fwd="miss"))],
             )
         fill = cache.fills.get(state.key)
+        if fill is None and not retry and self._get_for_head(exchange, state):
+            fill = cache.fills.get(state.key)
         if fill is not None and not retry:
             waiting = fill.wait(self.reactor, self.config.lock_timeout)
             return waiting.addCallback(self._waited, exchange, state)
@@ -202,9 +210,15 @@ class CacheFilter(Filter):
         if fill is not None and fill.writer is not None and fill.meta is not None:
             meta = fill.meta
             if answers.matching([meta], exchange.request_headers) is meta:
-                self.cache.counters.collapsed += 1
-                state.collapsed = True
-                return answers.serve_growing(self.cache, self.reactor, fill, meta)
+                answer = answers.serve_growing(self.cache, self.reactor, fill, meta)
+                if state.head_get:
+                    answers.set_status(
+                        answer, self.cache, fwd=state.fwd, fwd_status=meta.status, stored=True
+                    )
+                else:
+                    self.cache.counters.collapsed += 1
+                    state.collapsed = True
+                return answer
         result = self._lookup(exchange, state, retry=True)
         if isinstance(result, Deferred):
             return result
@@ -221,8 +235,20 @@ class CacheFilter(Filter):
         if modified is not None:
             headers.append((b"If-Modified-Since", modified))
 
-    def _refresh(self, exchange: RelayExchange, state: _State, meta: Meta) -> None:
-        """stale-while-revalidate: revalidate `meta` in the background, once at a time."""
+    def _get_for_head(self, exchange: RelayExchange, state: _State) -> bool:
+        """A HEAD that the store cannot answer waits on a GET made in the background (as
+        nginx's proxy_cache_convert_head), stored, and is answered with its head; when that
+        response is not stored, the HEAD goes to the origin itself."""
+        if exchange.request.method != b"HEAD" or state.no_store or state.request.no_store:
+            return False
+        self._refresh(exchange, state, state.meta)
+        state.head_get = True
+        self.cache.counters.misses += 1
+        return True
+
+    def _refresh(self, exchange: RelayExchange, state: _State, meta: Meta | None) -> None:
+        """Revalidate `meta` (stale-while-revalidate), or fetch the GET of a HEAD (None), in
+        the background, once at a time."""
         fills = self.cache.fills
         if fills.get(state.key) is not None:
             return
@@ -267,6 +293,11 @@ class CacheFilter(Filter):
             word = _ERROR_STALE.get(answer.status)
             if state.meta is not None and word is not None and self._stale_on(state, word):
                 return self._stale_answer(exchange, state.meta)
+            # proxyd's own answer (no server answered): forwarded, nothing from the origin.
+            status_name = self.config.status_name
+            exchange.response_headers.append(
+                (b"Cache-Status", cache_status(status_name, fwd=state.fwd))
+            )
             return None
         status = exchange.status
         fields = exchange.response_headers
@@ -288,6 +319,8 @@ class CacheFilter(Filter):
                 stored = True
                 if fill is not None:
                     fill.storing(writer, _length(fields))
+                if status == 204:  # no body phase follows: stored whole now
+                    self.response_body(exchange, b"", True)
         if not stored and fill is not None:
             fill.not_storing()
             state.fill = None
@@ -367,9 +400,13 @@ class CacheFilter(Filter):
     ) -> HeadResult:
         """The origin said the stored response is still good: freshen it and serve it."""
         cache = self.cache
+        # The 304 is a new response: its own Age and Date (none: 0, and its arrival) count
+        # from now on, not the stored ones (RFC 9111 4.2.3, 4.3.4).
+        renewed = {b"age", b"date"}.difference(name.lower() for name, _ in fields)
+        kept = [field for field in meta.headers if field[0].lower() not in renewed]
         updated = attrs.evolve(
             meta,
-            headers=tuple(freshen(meta.headers, fields)),
+            headers=tuple(freshen(kept, fields)),
             request_time=state.request_time,
             response_time=now,
             invalid_after=None,
@@ -410,17 +447,14 @@ class CacheFilter(Filter):
         if not 200 <= exchange.status < 400:
             return
         store = self.cache.store
-        origin = effective_uri(exchange.scheme, exchange.host, "", "")
-        uris = {effective_uri(exchange.scheme, exchange.host, exchange.path, exchange.query)}
+        target = effective_uri(exchange.scheme, exchange.host, exchange.path, exchange.query)
+        uris = {target}
         for name in (b"location", b"content-location"):
             value = entry.first(exchange.response_headers, name)
-            if value is None:
-                continue
-            text = value.decode("latin-1").strip()
-            if text.startswith("/"):
-                uris.add(origin + text)
-            elif text.lower().startswith(origin.lower() + "/"):
-                uris.add(origin + text[len(origin) :])
+            if value is not None:
+                uri = same_origin(target, value.decode("latin-1"))
+                if uri is not None:
+                    uris.add(uri)
         for uri in uris:
             store.purge(url=uri)
 

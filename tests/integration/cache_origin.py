@@ -2,11 +2,12 @@
 127.0.0.1 on a port the kernel picks (printed as `PORT <n>`).
 
 Every response is made from the query: `h=NAME:VALUE` (repeatable) sets a response field,
-`status=CODE`, `size=N` a body of N bytes (else a short text naming the path and the count),
-`slow=SECONDS` holds the body's second half that long (a response that streams in),
-`etag=TAG` answers a matching If-None-Match with 304. The origin counts the requests per
-path and query (`X-Count` on each response); GET /__count?of=TARGET answers that count,
-GET /__reset forgets them.
+`status=CODE`, `size=N` a body of N bytes (written as the client reads it past 1 MiB; else
+a short text naming the path and the count), `slow=SECONDS` holds the body's second half
+that long (a response that streams in), `etag=TAG` answers a matching If-None-Match with
+304. The origin counts the requests per path and query (`X-Count` on each response); GET
+/__count?of=TARGET answers that count, GET /__reset forgets them; after GET
+/__fail?status=N every response is an N (0: no more).
 """
 
 from __future__ import annotations
@@ -19,6 +20,34 @@ from twisted.internet import reactor
 from twisted.web import resource, server
 
 counts: Counter[str] = Counter()
+failing = [0]
+"""The status every response has after GET /__fail?status=N (0: none)."""
+
+
+BIG = 1 << 20
+"""Bodies larger than this are written a piece at a time, as the client reads them."""
+PIECE = b"x" * (256 << 10)
+
+
+class Pieces:
+    """A pull producer of `size` bytes of x, so that a 1 GiB body is never in memory."""
+
+    def __init__(self, request: server.Request, size: int) -> None:
+        self.request = request
+        self.left = size
+
+    def resumeProducing(self) -> None:
+        if self.left <= 0:
+            return
+        piece = PIECE[: self.left]
+        self.left -= len(piece)
+        self.request.write(piece)
+        if self.left <= 0:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def stopProducing(self) -> None:
+        self.left = 0
 
 
 class Origin(resource.Resource):
@@ -32,8 +61,14 @@ class Origin(resource.Resource):
         if url.path == "/__reset":
             counts.clear()
             return b"ok"
+        if url.path == "/__fail":
+            failing[:] = [int(dict(parse_qsl(url.query))["status"])]
+            return b"ok"
         counts[target] += 1
         count = counts[target]
+        if failing[0]:
+            request.setResponseCode(failing[0])
+            return b"failing\n"
         query = parse_qsl(url.query, keep_blank_values=True)
         request.setHeader(b"X-Count", str(count).encode())
         etag = None
@@ -57,6 +92,12 @@ class Origin(resource.Resource):
             if wanted is not None and f'"{etag}"'.encode() in wanted:
                 request.setResponseCode(304)
                 return b""
+        if size is not None and size > BIG:
+            request.setHeader(b"Content-Length", str(size).encode())
+            if request.method == b"HEAD":
+                return b""
+            request.registerProducer(Pieces(request, size), False)
+            return server.NOT_DONE_YET  # type: ignore[no-any-return]
         body = b"x" * size if size is not None else f"{url.path} #{count}\n".encode()
         request.setHeader(b"Content-Length", str(len(body)).encode())
         if request.method == b"HEAD":

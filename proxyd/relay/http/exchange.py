@@ -576,7 +576,14 @@ class Exchange(AnswerBody):
         the new exchange before it starts (to set its vars), `done` once it is over."""
         client = self.client
         background = BackgroundClient(client.factory, client.peer, client.local, client.tls, done)
-        request = Request(b"GET", self.request.target, "1.1", list(headers), keep_alive=False)
+        request = Request(
+            b"GET",
+            self.request.target,
+            "1.1",
+            list(headers),
+            keep_alive=False,
+            host=self.request.host,
+        )
         exchange = Exchange(background, request)  # type: ignore[arg-type]
         prepare(exchange)
         exchange.start()
