@@ -86,7 +86,7 @@ class ProxydService(service.MultiService):
         self.otlp = OtlpExport(reactor)
         """The span export to collectors (otlp_endpoint), for every generation: flushed and
         shut down once the connections have drained (proxyd.otlp)."""
-        self.caches = CacheRegistry(reactor.seconds)
+        self.caches = CacheRegistry(reactor)
         """The [cache] sections' storage, for every generation; closed at the end."""
         self.resources = ProcessResources(
             self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches
