@@ -153,9 +153,12 @@ def set_status(
     answer: Answer, cache: Cache, *, fwd: str, fwd_status: int, stored: bool = False
 ) -> None:
     """Cache-Status of a response sent from the cache after the request went forward."""
-    answer.headers = [f for f in answer.headers if f[0].lower() != b"cache-status"]
     value = cache_status(cache.config.status_name, fwd=fwd, fwd_status=fwd_status, stored=stored)
-    answer.headers.append((b"Cache-Status", value))
+    own = [i for i, field in enumerate(answer.headers) if field[0].lower() == b"cache-status"]
+    if own:  # this cache's member is the last one (sent_fields'): the caches' before it stay
+        answer.headers[own[-1]] = (b"Cache-Status", value)
+    else:
+        answer.headers.append((b"Cache-Status", value))
 
 
 def _range(headers: Headers, meta: Meta) -> Span | str | None:

@@ -18,10 +18,11 @@ from proxyd.cache.store import Fields, Meta
 
 Headers = Sequence[tuple[bytes, bytes]]
 
-NOT_STORED = frozenset({b"cache-status", b"content-length", b"transfer-encoding"})
-"""Fields the cache writes itself when it sends a stored response: Cache-Status and the
-framing (the stored body's length). The Age received is stored: the current age starts from
-it (RFC 9111 4.2.3)."""
+NOT_STORED = frozenset({b"content-length", b"transfer-encoding"})
+"""Fields the cache writes itself when it sends a stored response: the framing (the stored
+body's length). The Age received is stored: the current age starts from it (RFC 9111 4.2.3);
+so are the Cache-Status members of the caches before this one (RFC 9211 2: kept, this
+cache's member added after them)."""
 NOT_SENT = NOT_STORED | {b"age"}
 """Fields of a stored response replaced when it is sent: with them, the Age it has now."""
 

@@ -381,6 +381,8 @@ class CacheFilter(Filter):
         kept = entry.stored_fields(fields, response)
         if self.config.store_set_cookie:
             kept = tuple(f for f in kept if f[0].lower() != b"set-cookie")
+        if self.config.strip_tag_headers:  # the tags are in the meta: not sent on hits
+            kept = tuple(f for f in kept if f[0].lower() not in self.config.tag_headers)
         names = vary_names(fields) or ()
         variant = answers.variant(names, exchange.request_headers)
         return Meta(

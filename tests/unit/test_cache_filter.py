@@ -499,3 +499,22 @@ def test_an_upstream_caches_status_is_kept_before_ours() -> None:
     first = relay.get("/a", origin=response(200, MAX_AGE, "Cache-Status: cdn; hit", date=relay.now))
     assert first.headers("cache-status")[0] == "cdn; hit"
     assert first.headers("cache-status")[-1].startswith("proxyd; fwd=uri-miss")
+
+
+def test_tag_fields_are_kept_out_of_what_clients_get_miss_and_hit() -> None:
+    relay = CacheRelay()
+    first = relay.get("/a", origin=response(200, MAX_AGE, "Surrogate-Key: a b", date=relay.now))
+    assert first.header("surrogate-key") is None
+    again = Message(relay.request("/a").value())
+    assert again.hit and again.header("surrogate-key") is None
+
+
+def test_the_cache_status_members_of_caches_before_this_one_are_kept_ours_last() -> None:
+    relay = CacheRelay()
+    upstream = "Cache-Status: shield; fwd=uri-miss; stored"
+    first = relay.get("/a", origin=response(200, MAX_AGE, upstream, date=relay.now))
+    assert first.headers("cache-status")[0] == "shield; fwd=uri-miss; stored"
+    assert first.headers("cache-status")[-1].startswith("proxyd; fwd=uri-miss")
+    again = Message(relay.request("/a").value())
+    assert again.headers("cache-status")[0] == "shield; fwd=uri-miss; stored"
+    assert again.headers("cache-status")[-1].startswith("proxyd; hit")
