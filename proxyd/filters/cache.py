@@ -46,6 +46,9 @@ _log = Logger(namespace="proxyd.cache")
 
 STATE: Final = "cache"
 """exchange.vars' key for the cache's state of the exchange."""
+LOGGED: Final = "cache_status"
+"""exchange.vars' key of what the access log's `cache` says: hit, stale, revalidated,
+collapsed, miss, bypass, refresh (a background refresh)."""
 REFRESH: Final = "cache.refresh"
 """exchange.vars' key of a background request: (the stored Meta to revalidate, or None for
 a GET made for a HEAD that missed; its Fill)."""
@@ -105,8 +108,10 @@ class CacheFilter(Filter):
         conditions = [field for field in headers if field[0].lower() in _CONDITIONS]
         state = _State(key, uri, request, self.reactor.seconds(), conditions)
         exchange.vars[STATE] = state
+        exchange.vars[LOGGED] = "miss"
         refresh = exchange.vars.get(REFRESH)
         if refresh is not None:
+            exchange.vars[LOGGED] = "refresh"
             state.meta, state.fill = refresh
             if state.meta is None:
                 _strip(headers, _CONDITIONS)
@@ -119,6 +124,7 @@ class CacheFilter(Filter):
         if bypass is not None:
             counters.bypassed += 1
             state.fwd = "bypass"
+            exchange.vars[LOGGED] = "bypass"
             state.no_store = holds(self.config.no_store, headers, exchange.query)
             return None
         state.no_store = holds(self.config.no_store, headers, exchange.query)
@@ -201,6 +207,10 @@ class CacheFilter(Filter):
         )
         if answer is not None:
             self._count_hit(fresh)
+            if forwarded:
+                exchange.vars[LOGGED] = "revalidated" if fresh else "stale"
+            else:
+                exchange.vars[LOGGED] = "hit" if fresh else "stale"
         return answer
 
     def _waited(
@@ -218,6 +228,7 @@ class CacheFilter(Filter):
                 else:
                     self.cache.counters.collapsed += 1
                     state.collapsed = True
+                    exchange.vars[LOGGED] = "collapsed"
                 return answer
         result = self._lookup(exchange, state, retry=True)
         if isinstance(result, Deferred):

@@ -54,6 +54,7 @@ class Chain:
         "_bodies",
         "hidden",
         "log",
+        "logs_cache",
         "logs_identity",
         "logs_trace",
         "names",
@@ -74,6 +75,9 @@ class Chain:
         self.logs_identity = "auth" in self.names or "rules" in self.names
         """The access log's lines of this chain's requests have `rule` and `auth_user`
         (exchange.vars' "rule" and "auth_user", or null)."""
+        self.logs_cache = "cache" in self.names
+        """The access log's lines of this chain's requests have `cache` (exchange.vars'
+        "cache_status": what the cache did, proxyd.filters.cache.LOGGED)."""
         self.logs_trace = "trace_context" in self.names
         """The access log's lines of this chain's requests have `trace_id` (exchange.vars'
         "trace_id", or null)."""

@@ -6,8 +6,12 @@ collapsing, ranges, HEAD and PURGE."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 
+from proxyd.accesslog import AccessLog
 from tests.unit.cache_relay import CacheRelay, Message, http_date, response
 
 MAX_AGE = "Cache-Control: max-age=3600"
@@ -518,3 +522,15 @@ def test_the_cache_status_members_of_caches_before_this_one_are_kept_ours_last()
     again = Message(relay.request("/a").value())
     assert again.headers("cache-status")[0] == "shield; fwd=uri-miss; stored"
     assert again.headers("cache-status")[-1].startswith("proxyd; hit")
+
+
+def test_the_access_log_says_what_the_cache_did() -> None:
+    relay = CacheRelay()
+    stream = io.StringIO()
+    relay.relay.factory.access_log = AccessLog(stream, "memory")
+    relay.get("/a", origin=response(200, MAX_AGE, date=relay.now))
+    relay.request("/a")
+    relay.request("/a", method="POST")
+    relay.answer(response(500, date=relay.now))
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["cache"] for line in lines] == ["miss", "hit", None]

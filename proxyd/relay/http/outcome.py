@@ -126,6 +126,8 @@ def exchange_line(exchange: Exchange, now: float) -> str:
             f',"rule":{json_value(found.get("rule"))}'
             f',"auth_user":{json_value(found.get("auth_user"))}'
         )
+    if exchange.chain.logs_cache:
+        line += f',"cache":{json_value((exchange._vars or {}).get("cache_status"))}'
     if exchange.chain.logs_trace:
         trace_id = (exchange._vars or {}).get("trace_id")
         line += f',"trace_id":{json_value(trace_id)}'
