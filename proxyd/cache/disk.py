@@ -27,6 +27,7 @@ import attrs
 import lmdb
 
 from proxyd.cache.disk_index import Batch, Index, Record, entry_id, index_text, key_prefix
+from proxyd.cache.locks import FetchLocks
 from proxyd.cache.store import Fields, Meta, declared_length, purge_matches
 
 USE_INTERVAL: Final = 60.0
@@ -181,6 +182,8 @@ class DiskStore:
             os.path.join(path, "index"), map_size or map_size_for(max_size), self.unlink
         )
         self._closed = False
+        self.locks = FetchLocks(os.path.join(path, "locks"), clock)
+        """One fetch per key across the processes of this directory (proxyd.cache.locks)."""
         self._sweep()
 
     def epoch(self) -> int:
@@ -335,6 +338,7 @@ class DiskStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.locks.close()
             self._index.close()
 
     def temporary(self, name: bytes) -> str:

@@ -9,7 +9,7 @@ itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -30,6 +30,8 @@ class Fill:
         """The response's Content-Length, when it has one."""
         self.done = False
         self.failed = False
+        self.claimed = False
+        """It holds the key's lock across processes (Fills.claim)."""
         self._waiters: list[Deferred[Fill | None]] = []
         self._pumps: set[Pump] = set()
 
@@ -109,22 +111,49 @@ def _cancelling(result: object, call: Any) -> object:
     return result
 
 
-class Fills:
-    """The fetches in progress of one cache, by key."""
+class Locks(Protocol):
+    """Fetch locks shared with other processes (proxyd.cache.locks.FetchLocks)."""
 
-    def __init__(self) -> None:
+    def claim(self, key: bytes, ttl: float) -> bool: ...
+
+    def held(self, key: bytes, ttl: float) -> bool: ...
+
+    def release(self, key: bytes) -> None: ...
+
+
+class Fills:
+    """The fetches in progress of one cache, by key; with `locks` (a disk tier shared by
+    several processes), each also holds the key's lock across the processes."""
+
+    def __init__(self, locks: Locks | None = None) -> None:
         self._by_key: dict[bytes, Fill] = {}
+        self._locks = locks
 
     def get(self, key: bytes) -> Fill | None:
         return self._by_key.get(key)
 
-    def begin(self, key: bytes) -> Fill:
+    def claim(self, key: bytes, ttl: float) -> bool:
+        """Whether this process may fetch `key`: no other process of the disk tier fetches
+        it (a lock made less than `ttl` ago)."""
+        return self._locks is None or self._locks.claim(key, ttl)
+
+    def elsewhere(self, key: bytes, ttl: float) -> bool:
+        """Whether another process fetches `key` now."""
+        return self._locks is not None and self._locks.held(key, ttl)
+
+    def begin(self, key: bytes, *, claimed: bool = False) -> Fill:
+        """A fetch of `key`; `claimed`: it holds the key's lock (claim()), released when
+        the fetch is over."""
         fill = self._by_key[key] = Fill(self, key)
+        fill.claimed = claimed
         return fill
 
     def drop(self, fill: Fill) -> None:
         if self._by_key.get(fill.key) is fill:
             del self._by_key[fill.key]
+        if fill.claimed and self._locks is not None:
+            fill.claimed = False
+            self._locks.release(fill.key)
 
     def __len__(self) -> int:
         return len(self._by_key)

@@ -64,7 +64,7 @@ class Cache:
     def __init__(self, config: CacheConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.fills = Fills()
+        self.fills = Fills(store.locks if isinstance(store, Tiers) else None)
         self.counters = Counters()
 
     @property

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from proxyd.cache.disk import DiskStore
+from proxyd.cache.locks import FetchLocks
 from proxyd.cache.memory import BytesBody, MemoryStore
 from proxyd.cache.store import Body, Meta, Writer
 
@@ -108,6 +109,11 @@ class Tiers:
     def close(self) -> None:
         for tier in self._tiers():
             tier.close()
+
+    @property
+    def locks(self) -> FetchLocks | None:
+        """The disk tier's fetch locks, shared by its processes; None without a disk."""
+        return None if self.disk is None else self.disk.locks
 
     def _tiers(self) -> list[MemoryStore | DiskStore]:
         return [tier for tier in (self.memory, self.disk) if tier is not None]

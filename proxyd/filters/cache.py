@@ -55,6 +55,8 @@ a GET made for a HEAD that missed; its Fill)."""
 
 _SAFE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _CONDITIONS: Final = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
+_POLL: Final = 0.02
+"""How often a request waiting on another process's fetch looks again (seconds)."""
 _ERROR_STALE: Final = {502: "error", 503: "error", 504: "timeout"}
 """proxyd's own answers when no server answered, by status: the use_stale word that
 allows serving stale instead."""
@@ -173,13 +175,39 @@ class CacheFilter(Filter):
             waiting = fill.wait(self.reactor, self.config.lock_timeout)
             return waiting.addCallback(self._waited, exchange, state)
         if fill is None:
-            state.fill = cache.fills.begin(state.key)
+            if cache.fills.claim(state.key, self.config.lock_timeout):
+                state.fill = cache.fills.begin(state.key, claimed=True)
+            elif not retry:
+                return self._wait_elsewhere(exchange, state)
             cache.counters.misses += 1
         if state.meta is not None:
             self._conditional(exchange, state.meta)
         else:
             _strip(exchange.request_headers, (b"range", b"if-range"))
         return None
+
+    def _wait_elsewhere(self, exchange: RelayExchange, state: _State) -> Deferred[Any]:
+        """Another process of the disk tier fetches this key: look again once it has stored
+        it, let go of its lock, or lock_timeout passed (then to the origin)."""
+        reactor = self.reactor
+        fills = self.cache.fills
+        store = self.cache.store
+        ttl = self.config.lock_timeout
+        deadline = reactor.seconds() + ttl
+        headers = exchange.request_headers
+        call: list[Any] = []
+        waiting: Deferred[None] = Deferred(lambda _: call[0].cancel() if call else None)
+
+        def poll() -> None:
+            call.clear()
+            stored = answers.matching(store.variants(state.key), headers) is not None
+            if stored or not fills.elsewhere(state.key, ttl) or reactor.seconds() >= deadline:
+                waiting.callback(None)
+            else:
+                call.append(reactor.callLater(_POLL, poll))
+
+        call.append(reactor.callLater(_POLL, poll))
+        return waiting.addCallback(lambda _: self._lookup(exchange, state, retry=True))
 
     @property
     def _fraction(self) -> float:
@@ -261,9 +289,9 @@ class CacheFilter(Filter):
         """Revalidate `meta` (stale-while-revalidate), or fetch the GET of a HEAD (None), in
         the background, once at a time."""
         fills = self.cache.fills
-        if fills.get(state.key) is not None:
-            return
-        fill = fills.begin(state.key)
+        if fills.get(state.key) is not None or not fills.claim(state.key, self.config.lock_timeout):
+            return  # refreshing already, here or in another process
+        fill = fills.begin(state.key, claimed=True)
         headers = [
             field for field in exchange.request_headers if field[0].lower() not in _CONDITIONS
         ]

@@ -130,6 +130,32 @@ def test_two_workers_share_the_disk_tier(disk_proxy: Callable[..., Proxyd], tmp_
     assert origin_count(proxyd, target) == 1
 
 
+def test_a_miss_in_two_workers_at_once_is_one_fetch(
+    disk_proxy: Callable[..., Proxyd], tmp_path: Path
+) -> None:
+    proxyd = disk_proxy(head=f"[proxyd]\nworkers = 2\naccess_log = {tmp_path / 'access.log'}\n")
+    for index in (0, 1):
+        proxyd.wait_for_log(rf"worker {index} \(pid \d+\) serving", timeout=20)
+    pids = workers_of(proxyd)
+    port = proxyd.port  # type: ignore[attr-defined]
+    first, second = (connection_to(port, pid, pids) for pid in pids)
+    # The origin holds the second half of the body for a second: the other worker's request
+    # arrives while the first worker's fetch is in progress.
+    target = "/both?" + q("Cache-Control: max-age=600", size="20000", slow="1")
+    results: list[tuple[int, dict[str, str], bytes]] = []
+    thread = threading.Thread(target=lambda: results.append(ask(first, target)))
+    thread.start()
+    wait_until(lambda: origin_count(proxyd, target) == 1, 5, "the first fetch under way")
+    status, headers, body = ask(second, target)
+    thread.join(10)
+    assert status == 200 and body == b"x" * 20000
+    assert headers["cache-status"].startswith("proxyd; hit"), headers
+    assert results[0][0] == 200 and results[0][2] == body
+    assert origin_count(proxyd, target) == 1
+    first.close()
+    second.close()
+
+
 def fetch(port: int, target: str) -> tuple[int, str, bytes | None]:
     """(status, Cache-Status, the body; None when the response was cut short)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

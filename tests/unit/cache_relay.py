@@ -9,6 +9,7 @@ import email.utils
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from proxyd.cache.registry import CacheRegistry
@@ -102,7 +103,9 @@ class CacheRelay:
     def __init__(self, **settings: Any) -> None:
         relay_config = {key: settings.pop(key) for key in ("servers", "routes") if key in settings}
         self.config = CacheConfig("c", **settings)
-        self.registry = CacheRegistry(None)
+        disk_clock = Clock()  # the disk tier's LRU, sweep and locks: wall-clock-like
+        disk_clock.advance(NOW)
+        self.registry = CacheRegistry(disk_clock)
         self.relay = Relay(
             cache=self.config,
             keepalive=0,

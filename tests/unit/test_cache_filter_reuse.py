@@ -3,10 +3,14 @@ stale-while-revalidate and stale-if-error, use_stale), collapsing, ranges, HEAD,
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
+from proxyd.cache.locks import FetchLocks
 from proxyd.relay.http.upstream import UpstreamConnection
-from tests.unit.cache_relay import CacheRelay, Message, response
+from tests.unit.cache_relay import NOW, CacheRelay, Message, response
 
 MAX_AGE = "Cache-Control: max-age=3600"
 
@@ -282,3 +286,30 @@ def test_proxyds_own_answer_when_no_server_answers_carries_cache_status() -> Non
     answer = Message(transport.value())
     assert answer.status == 502
     assert answer.cache_status == "proxyd; fwd=uri-miss"
+
+
+def test_a_miss_another_process_fetches_waits_for_its_lock_then_fetches(tmp_path: Path) -> None:
+    relay = CacheRelay(path=str(tmp_path / "cache"), lock_timeout=5.0)
+    other = FetchLocks(str(tmp_path / "cache" / "locks"), relay.reactor.seconds)
+    key = b"http://example.test/a"
+    assert other.claim(key, ttl=1e12)
+    os.utime(other._path(key), (NOW, NOW))  # made now, as the disk tier's clock says
+    transport = relay.request("/a")
+    relay.advance(1.0)
+    assert not relay.relay.pending_connects()  # waiting on the other process
+    other.release(key)
+    relay.advance(0.05)
+    relay.answer(response(200, MAX_AGE, date=relay.now))
+    assert Message(transport.value()).status == 200
+
+
+def test_a_miss_waits_on_another_process_at_most_lock_timeout(tmp_path: Path) -> None:
+    relay = CacheRelay(path=str(tmp_path / "cache"), lock_timeout=2.0)
+    other = FetchLocks(str(tmp_path / "cache" / "locks"), lambda: 0.0)
+    assert other.claim(b"http://example.test/a", ttl=1e12)
+    os.utime(other._path(b"http://example.test/a"), (NOW, NOW))
+    relay.request("/a")
+    relay.advance(1.9)
+    assert not relay.relay.pending_connects()
+    relay.advance(0.2)
+    assert relay.relay.pending_connects()
