@@ -115,7 +115,12 @@ def serve(
         fields.append((b"Content-Range", span.content_range))
         return Answer(206, headers=fields, source=Pump(reactor, body, span.first, span.size))
     source = Pump(
-        reactor, body, 0, meta.length, checksum=meta.checksum, corrupt=lambda: _drop(store, meta)
+        reactor,
+        body,
+        0,
+        meta.length,
+        checksum=None if body.verified else meta.checksum,
+        corrupt=lambda: _drop(store, meta),
     )
     return Answer(status, headers=fields, source=source)
 

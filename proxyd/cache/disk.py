@@ -51,6 +51,8 @@ def map_size_for(max_size: int) -> int:
 class DiskBody:
     """A body file open for reading; `writer` when it is still being written."""
 
+    verified = False
+
     def __init__(self, fd: int, length: int, writer: DiskWriter | None = None) -> None:
         self._fd = fd
         self._length = length

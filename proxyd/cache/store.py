@@ -58,6 +58,10 @@ class Meta:
 class Body(Protocol):
     """The body of a committed response, or of one being written (read-while-writer)."""
 
+    verified: bool
+    """Its bytes are known good (held in memory, checked when they got there): sending it
+    whole computes no checksum."""
+
     @property
     def length(self) -> int:
         """The bytes available to read now (the whole body once committed)."""
