@@ -390,3 +390,37 @@ def test_stats_page_shows_the_waiting_in_a_pools_and_a_routes_queue(
         for thread in threads:
             thread.join(30)
     assert statuses == [200, 200, 200], "every request waited its turn and was served"
+
+
+def test_stats_page_shows_a_caches_hit_ratio(
+    browser: Any, http_backend: Callable[[str], Backend], proxyd: Callable[[str], Proxyd]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    backend = http_backend("cached")
+    admin_port, http_port = free_port(), free_port()
+    proxyd(
+        f"[pool web]\nservers = {backend.address}\n\n"
+        "[cache pages]\nmemory_size = 8MiB\n\n"
+        f"[http front]\nlisten = tcp:{http_port}:interface=127.0.0.1\ncache = pages\n"
+        "routes =\n    path / -> pool web\n\n"
+        f"[admin]\nlisten = tcp:{admin_port}:interface=127.0.0.1\n"
+    )
+    # One miss, then three hits: the backend's /headers sets the Cache-Control it is given.
+    for _ in range(4):
+        url = f"http://127.0.0.1:{http_port}/headers?Cache-Control=max-age%3D600"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answer.read()
+    browser.get(f"http://127.0.0.1:{admin_port}/")
+    wait(
+        browser,
+        POLL + 3,
+        "the cache's row with its hit ratio",
+        lambda b: (
+            b.find_element(By.CSS_SELECTOR, '#caches td[data-column="ratio"]').text == "75.0 %"
+        ),
+    )
+    row = browser.find_element(By.CSS_SELECTOR, "#caches tbody tr")
+    assert row.find_element(By.CSS_SELECTOR, "th").text == "pages"
+    assert row.find_element(By.CSS_SELECTOR, 'td[data-column="entries"]').text == "1"
+    assert console_errors(browser) == []
