@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from proxyd.filters.api import Answer, BodySource, Headers
 from proxyd.metrics import ErrorKind
-from proxyd.relay.http.messages import Request, chunk, last_chunk, response_head
+from proxyd.relay.http.messages import Request, chunk
 from proxyd.relay.http.request_body import RequestBody
 from proxyd.relay.http.state import STREAMING
 
@@ -46,7 +46,7 @@ class AnswerBody(RequestBody):
             self.response_fields.append((b"Content-Length", b"%d" % length))
         fields = self._frame(not head_only, length is not None)
         self._move(STREAMING)
-        self.client.send([response_head(status, b"", fields)])
+        self.client.send_head(status, b"", fields)
         if head_only:
             source.stop()
             self._finish(keep_alive=self._client_keep_alive)
@@ -66,8 +66,7 @@ class AnswerBody(RequestBody):
         if self.finished:
             return
         self._source = None
-        if self._client_chunked:
-            self.client.send([last_chunk(None)])
+        self.client.send_end(self._client_chunked, None)
         self._finish(keep_alive=self._client_keep_alive)
 
     def source_failed(self, why: str) -> None:

@@ -57,6 +57,12 @@ class BackgroundClient:
     def send(self, pieces: list[bytes]) -> None:
         """The response goes nowhere: the chain's filters took what they wanted of it."""
 
+    def send_head(self, status: int, reason: bytes, fields: Any, body: bytes = b"") -> None:
+        """The response goes nowhere."""
+
+    def send_end(self, chunked: bool, trailers: Any) -> None:
+        """The response goes nowhere."""
+
     def drive(self) -> None:
         """No request body to read."""
 

@@ -31,7 +31,6 @@ from proxyd.relay.http.messages import (
     Request,
     Response,
     chunk,
-    last_chunk,
     reason_phrase,
     request_head,
     response_head,
@@ -305,8 +304,7 @@ class Exchange(AnswerBody):
             self._trailers = trailers
             run.feed(b"", True)
         elif not self.finished:
-            if self._client_chunked:
-                self.client.send([last_chunk(trailers)])
+            self.client.send_end(self._client_chunked, trailers)
             self._finish(keep_alive=self._client_keep_alive)
 
     def upstream_cut(self, why: str, kind: ErrorKind) -> None:
@@ -356,7 +354,7 @@ class Exchange(AnswerBody):
         fields = self._frame(not response.no_body, response.content_length is not None, bool(steps))
         reason = response.reason if self.status == response.status else b""
         self._move(STREAMING)
-        self.client.send([response_head(self.status, reason, fields)])
+        self.client.send_head(self.status, reason, fields)
         forward = self.forward
         if forward is not None and forward._held:
             forward.hold(False)
@@ -376,7 +374,7 @@ class Exchange(AnswerBody):
         reason = response.reason if self.status == response.status else b""
         self._move(STREAMING)
         self.response_bytes = len(data)
-        self.client.send([response_head(self.status, reason, fields), data])
+        self.client.send_head(self.status, reason, fields, data)
         self._finish(keep_alive=self._client_keep_alive)
 
     def _send_answer(self, answer: Answer) -> None:
@@ -391,7 +389,7 @@ class Exchange(AnswerBody):
         fields = self._frame(False, True)
         self._move(STREAMING)
         self.response_bytes = 0 if head_only else len(body)
-        self.client.send([response_head(status, b"", fields), b"" if head_only else body])
+        self.client.send_head(status, b"", fields, b"" if head_only else body)
         self._finish(keep_alive=self._client_keep_alive)
 
     def _frame(self, has_body: bool, length_known: bool, transformed: bool = False) -> Headers:
@@ -429,8 +427,7 @@ class Exchange(AnswerBody):
             self.response_bytes += len(data)
             self.client.send(chunk(data) if self._client_chunked else [data])
         if end:
-            if self._client_chunked:
-                self.client.send([last_chunk(self._trailers)])
+            self.client.send_end(self._client_chunked, self._trailers)
             self._finish(keep_alive=self._client_keep_alive)
 
     # Backpressure from the client's write buffer.

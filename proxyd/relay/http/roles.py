@@ -13,6 +13,7 @@ from proxyd.pool import Affinity, Pool
 from proxyd.relay.attempt import AttemptPolicy
 from proxyd.relay.http.decide import Place
 from proxyd.relay.http.h1 import RequestReader
+from proxyd.relay.http.messages import Headers
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import TunnelClient
 from proxyd.relay.http.upstream import ConnectionPool
@@ -101,7 +102,15 @@ class ExchangeClient(TunnelClient, Protocol):
     @property
     def log_fields(self) -> str: ...
 
-    def send(self, pieces: list[bytes]) -> None: ...
+    def send(self, pieces: list[bytes]) -> None:
+        """Response body bytes, framed as the exchange framed its head (chunks)."""
+
+    def send_head(self, status: int, reason: bytes, fields: Headers, body: bytes = b"") -> None:
+        """A response's head (framed: proxyd.relay.http.framing), and `body` with it when
+        the whole body is known at once (an answer, a body a filter read whole)."""
+
+    def send_end(self, chunked: bool, trailers: Headers | None) -> None:
+        """The response is complete: its last chunk when `chunked`, with `trailers`."""
 
     def drive(self) -> None: ...
 

@@ -39,8 +39,10 @@ from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.messages import (
     Body,
     End,
+    Headers,
     HttpError,
     Request,
+    last_chunk,
     reason_phrase,
     response_head,
 )
@@ -266,6 +268,14 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         if self.lost:
             return
         self.factory.sends.send(self.channel, pieces)
+
+    def send_head(self, status: int, reason: bytes, fields: Headers, body: bytes = b"") -> None:
+        head = response_head(status, reason, fields)
+        self.send([head, body] if body else [head])
+
+    def send_end(self, chunked: bool, trailers: Headers | None) -> None:
+        if chunked:
+            self.send([last_chunk(trailers)])
 
     def flush(self) -> None:
         """Send what waits in the factory's SendBatch now (before writing or closing
