@@ -274,7 +274,15 @@ class HttpListenerConfig:
     body_timeout: float = 60.0
     """Longest wait between two reads of a request body; 408 (or a close) after."""
     keepalive_timeout: float = 75.0
-    """An idle client connection between requests is closed after this long."""
+    """An idle client connection between requests is closed after this long (an HTTP/2 one
+    without an open stream)."""
+    http2: bool = True
+    """[https]: offer HTTP/2 by ALPN (`h2`), before HTTP/1.1."""
+    h2c: bool = False
+    """[http]: accept HTTP/2 with prior knowledge (a connection that opens with its
+    preface)."""
+    http2_max_streams: int = 128
+    """Concurrent streams an HTTP/2 client may open (SETTINGS_MAX_CONCURRENT_STREAMS)."""
     connect_timeout: float = 5.0
     response_timeout: float = 60.0
     """From the request's end to the response's first byte; 504 after."""

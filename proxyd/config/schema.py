@@ -183,6 +183,7 @@ HTTP_KEYS: Mapping[str, Key] = {
     "header_timeout": Key(v.positive_duration),
     "body_timeout": Key(v.positive_duration),
     "keepalive_timeout": Key(v.positive_duration),
+    "http2_max_streams": Key(v.integer(1, 10000)),
     "connect_timeout": Key(v.positive_duration),
     "response_timeout": Key(v.positive_duration),
     "idle_timeout": Key(v.positive_duration),
@@ -323,7 +324,11 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             **L4_CLIENT_KEYS,
         },
     ),
-    "http": (HttpListenerConfig, True, {**HTTP_KEYS, "https_redirect": Key(tls.https_redirect)}),
+    "http": (
+        HttpListenerConfig,
+        True,
+        {**HTTP_KEYS, "https_redirect": Key(tls.https_redirect), "h2c": Key(v.boolean)},
+    ),
     "https": (
         HttpListenerConfig,
         True,
@@ -334,6 +339,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
                 _certificates, required=True, context=True, group="tls", field="certificates"
             ),
             "hsts": Key(tls.hsts),
+            "http2": Key(v.boolean),
         },
     ),
     "route": (

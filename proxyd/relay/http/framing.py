@@ -31,8 +31,16 @@ def frame(
       (draining, or a reload's last request), or when the request body was not all read
       (`request_done` false: an early answer; the rest cannot be told from a next request);
     - `Connection: close` says it closes; `Connection: keep-alive` tells an HTTP/1.0 client it
-      does not.
+      does not;
+    - an HTTP/2 stream (`version` "2") is framed by its connection: nothing is added, and it
+      keeps the connection open.
     """
+    if version == "2":
+        # An HTTP/2 stream frames itself (DATA frames, END_STREAM), and its connection stays
+        # open whatever happens to one stream: nothing to add.
+        if transformed:
+            fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
+        return False, True, fields
     chunked = False
     if has_body:
         if transformed:

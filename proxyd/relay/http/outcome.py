@@ -111,6 +111,8 @@ def exchange_line(exchange: Exchange, now: float) -> str:
             f',"request_time":{seconds_json(now - started)},"attempts":{len(tried)}'
             f',"request_id":{request_id}'
         )
+    if request.version == "2":
+        line += f',"protocol":"HTTP/2","stream":{exchange.client.stream_id}'
     tls = exchange.client.tls
     if tls is not None:
         line += (

@@ -36,6 +36,7 @@ from proxyd.relay.http.decide import Place
 from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.forward import attempt_policy
 from proxyd.relay.http.h1 import RequestReader
+from proxyd.relay.http.h2_session import PREFACE, H2Session
 from proxyd.relay.http.messages import (
     Body,
     End,
@@ -114,6 +115,10 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         """Set once the TLS handshake is done ([https])."""
         self.tunnel: Tunnel | None = None
         """Set once a WebSocket upgrade was answered 101: bytes go to it from then on."""
+        self.h2: H2Session | None = None
+        """Set once the connection speaks HTTP/2 (ALPN h2, or h2c's preface): bytes go to it."""
+        self._sniff: bytes | None = b"" if factory.config.h2c else None
+        """With h2c: the first bytes, until they are or are not HTTP/2's preface."""
         self._last_request = False
         """Draining: the request whose head is arriving is the last one."""
         self._producing = False
@@ -146,9 +151,21 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         self._set_timer("header")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.data_received(data)
+            return
         if self.tunnel is not None:
             self.tunnel.client_data(data)
             return
+        if self._sniff is not None:
+            data = self._sniff + data
+            if len(data) < len(PREFACE) and PREFACE.startswith(data):
+                self._sniff = data
+                return
+            self._sniff = None
+            if data.startswith(PREFACE):
+                self._become_h2(data)
+                return
         if self.closing and self.exchange is None:
             return
         upgraded = self.reader.upgraded
@@ -162,12 +179,30 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         self.drive()
 
     def handshakeCompleted(self) -> None:
-        self.tls = peer_tls(self.transport)
+        tls = self.tls = peer_tls(self.transport)
+        if tls is not None and tls.alpn == "h2":
+            self._become_h2(b"")
+
+    def _become_h2(self, data: bytes) -> None:
+        """The connection speaks HTTP/2 from now on: its streams are exchanges."""
+        self._cancel_timer()
+        self.h2 = H2Session(self, self.factory.config.http2_max_streams)
+        if data:
+            self.h2.data_received(data)
+
+    def streams_idle(self, idle: bool) -> None:
+        """HTTP/2: no stream is open (the keep-alive timeout runs), or one is."""
+        if idle:
+            self._set_timer("keepalive")
+        else:
+            self._cancel_timer()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.factory.tls is not None and self.tls is None:
             handshake_failed(self.factory.config.name, self.peer_text, reason)
         self.lost = True
+        if self.h2 is not None:
+            self.h2.connection_lost()
         self._timer_kind = ""
         # Released, not only cancelled: each holds a bound method of this connection, a
         # reference cycle the garbage collector would otherwise have to find, once per
@@ -304,10 +339,14 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         progress, one whose head is arriving, or the first one of a connection accepted but
         not yet asked anything (its request may be on its way), is answered (with
         Connection: close) and then the connection is closed; a WebSocket tunnel goes on until
-        it ends."""
+        it ends. An HTTP/2 connection is sent GOAWAY: its open streams finish, then it
+        closes."""
         if self.lost or self.tunnel is not None:
             return
-        if self.exchange is not None:
+        if self.h2 is not None:
+            self.closing = True
+            self.h2.drain()
+        elif self.exchange is not None:
             self.close_after_response()
         elif self.reader.in_head or self._timer_kind == "header":
             self._last_request = True
@@ -322,6 +361,9 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         that the client's next connection gets the new config without any request lost. An
         idle connection that asks nothing more ends at its keep-alive timeout."""
         if self.lost or self.tunnel is not None:
+            return
+        if self.h2 is not None:
+            self.drain()
             return
         if self.exchange is not None:
             self.close_after_response()
@@ -362,6 +404,8 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
             self.tunnel.client_writable(False)
         elif self.exchange is not None:
             self.exchange.client_writable(False)
+        elif self.h2 is not None:
+            self.h2.writable(False)
 
     def resumeProducing(self) -> None:
         self.writable = True
@@ -371,6 +415,8 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
             self.tunnel.client_writable(True)
         elif self.exchange is not None:
             self.exchange.client_writable(True)
+        elif self.h2 is not None:
+            self.h2.writable(True)
 
     def stopProducing(self) -> None:
         pass
@@ -446,7 +492,11 @@ class HttpRelayFactory(Factory[ClientConnection]):
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
         self.tls: ServerTls | None = (
-            ServerTls(f"https {config.name}", config.tls, [b"http/1.1"])
+            ServerTls(
+                f"https {config.name}",
+                config.tls,
+                [b"h2", b"http/1.1"] if config.http2 else [b"http/1.1"],
+            )
             if config.tls is not None
             else None
         )

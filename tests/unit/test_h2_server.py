@@ -1,0 +1,295 @@
+"""HTTP/2 from clients (proxyd.relay.http.h2_session, h2_stream): the `h2` package as the
+client, over the relay's StringTransport, each stream an exchange to HTTP/1.1 servers."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import (
+    DataReceived,
+    ResponseReceived,
+    StreamEnded,
+    TrailersReceived,
+)
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from twisted.internet.testing import StringTransport
+
+from proxyd.accesslog import AccessLog
+from proxyd.relay.http.server import ClientConnection
+from proxyd.relay.http.upstream import UpstreamConnection
+from tests.unit.test_http_relay import OK, Relay
+
+
+class Client:
+    """An HTTP/2 client with prior knowledge on one of the relay's client connections."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.connection: ClientConnection
+        self.connection, self.transport = relay.connect_client()
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.events: list[Any] = []
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the client has to send, let the relay answer, read its answer."""
+        for _ in range(10):
+            out = self.h2.data_to_send()
+            if out:
+                self.relay.send(out, self.connection)
+            self.relay.reactor.advance(0)
+            data = self.transport.value()
+            self.transport.clear()
+            if data:
+                self.events += self.h2.receive_data(data)
+            if not out and not data:
+                return
+
+    def request(
+        self, path: str = "/a", method: str = "GET", body: bytes = b"", **fields: str
+    ) -> int:
+        stream = self.h2.get_next_available_stream_id()
+        headers = [
+            (b":method", method.encode()),
+            (b":path", path.encode()),
+            (b":scheme", b"http"),
+            (b":authority", b"example.test"),
+            *((name.replace("_", "-").encode(), value.encode()) for name, value in fields.items()),
+        ]
+        self.h2.send_headers(stream, headers, end_stream=not body)
+        if body:
+            self.h2.send_data(stream, body, end_stream=True)
+        self.flush()
+        return stream
+
+    def of(self, stream: int, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind) and e.stream_id == stream]
+
+    def status(self, stream: int) -> int:
+        (response,) = self.of(stream, ResponseReceived)
+        return int(dict(response.headers)[b":status"])
+
+    def body(self, stream: int) -> bytes:
+        return b"".join(e.data for e in self.of(stream, DataReceived))
+
+    def ended(self, stream: int) -> bool:
+        return bool(self.of(stream, StreamEnded))
+
+
+def h2c_relay(**config: Any) -> Relay:
+    relay = Relay(h2c=True, **config)
+    relay.factory.access_log = AccessLog(io.StringIO(), "memory")
+    return relay
+
+
+def answer(relay: Relay, response: bytes) -> tuple[bytes, StringTransport]:
+    """The next upstream connection: the request it got; it answers `response`."""
+    upstream: UpstreamConnection
+    upstream, transport = relay.accept_upstream()
+    relay.reactor.advance(0)
+    request = transport.value()
+    upstream.dataReceived(response)
+    return request, transport
+
+
+def test_a_get_over_h2c_goes_to_the_server_as_http_1_1_and_back_on_its_stream() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    stream = client.request("/a?x=1", user_agent="h2-test")
+    request, _ = answer(relay, OK)
+    head = request.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"GET /a?x=1 HTTP/1.1"
+    assert b"host: example.test" in [line.lower() for line in head]
+    assert b"user-agent: h2-test" in head
+    client.flush()
+    assert client.status(stream) == 200
+    assert client.body(stream) == b"hi" and client.ended(stream)
+
+
+def test_a_request_body_without_length_goes_chunked_and_with_one_as_is() -> None:
+    relay = h2c_relay(keepalive=0)
+    client = Client(relay)
+    client.request("/up", method="POST", body=b"hello")
+    request, _ = answer(relay, OK)
+    assert b"transfer-encoding: chunked" in request.lower()
+    assert request.endswith(b"5\r\nhello\r\n0\r\n\r\n")
+    client.request("/up", method="POST", body=b"hello", content_length="5")
+    request, _ = answer(relay, OK)
+    assert request.lower().count(b"content-length: 5") == 1 and request.endswith(b"\r\n\r\nhello")
+
+
+def test_concurrent_streams_each_get_their_own_response() -> None:
+    relay = h2c_relay(servers=2)
+    client = Client(relay)
+    first = client.request("/first")
+    second = client.request("/second")
+    upstreams = [relay.accept_upstream() for _ in range(2)]
+    relay.reactor.advance(0)
+    for upstream, transport in reversed(upstreams):
+        path = transport.value().split(b" ")[1]
+        body = b"for " + path
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        upstream.dataReceived(head + body)
+    client.flush()
+    assert client.body(first) == b"for /first"
+    assert client.body(second) == b"for /second"
+
+
+def test_cookies_split_by_http2_are_joined_for_http_1_1() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    stream = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(
+        stream,
+        [
+            (b":method", b"GET"),
+            (b":path", b"/"),
+            (b":scheme", b"http"),
+            (b":authority", b"example.test"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"b=2"),
+        ],
+        end_stream=True,
+    )
+    client.flush()
+    request, _ = answer(relay, OK)
+    assert b"cookie: a=1; b=2" in request.lower()
+
+
+def test_trailers_of_a_chunked_response_reach_the_client() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    stream = client.request("/grpc")
+    answer(
+        relay,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n"
+        b"2\r\nhi\r\n0\r\ngrpc-status: 0\r\n\r\n",
+    )
+    client.flush()
+    assert client.body(stream) == b"hi"
+    (trailers,) = client.of(stream, TrailersReceived)
+    assert (b"grpc-status", b"0") in trailers.headers
+    assert client.ended(stream)
+
+
+def test_a_response_larger_than_the_window_waits_for_window_updates() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    client.h2.update_settings({})
+    stream = client.request("/big")
+    size = 200_000
+    upstream, _ = relay.accept_upstream()
+    relay.reactor.advance(0)
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    upstream.dataReceived(b"x" * size)
+    # The client acknowledges nothing: no more than its initial window (65535) arrives.
+    relay.reactor.advance(0)
+    data = client.transport.value()
+    client.transport.clear()
+    events = client.h2.receive_data(data)
+    got = sum(len(e.data) for e in events if isinstance(e, DataReceived))
+    assert got == 65535
+    for event in events:
+        if isinstance(event, DataReceived):
+            client.h2.acknowledge_received_data(event.flow_controlled_length, stream)
+    client.flush()
+    while not client.ended(stream):
+        for event in list(client.events):
+            if isinstance(event, DataReceived) and not getattr(event, "acked", False):
+                event.acked = True
+                client.h2.acknowledge_received_data(event.flow_controlled_length, stream)
+        client.flush()
+    assert got + len(client.body(stream)) == size
+
+
+def test_a_client_reset_cancels_the_exchange_and_its_upstream_request() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    stream = client.request("/slow")
+    _, transport = answer(relay, b"")
+    client.h2.reset_stream(stream)
+    client.flush()
+    assert transport.disconnecting  # a response half-read cannot be reused: its connection goes
+    assert not client.connection.h2.streams  # type: ignore[union-attr]
+
+
+def test_the_access_log_says_http_2_and_the_stream() -> None:
+    relay = h2c_relay()
+    stream_log = io.StringIO()
+    relay.factory.access_log = AccessLog(stream_log, "memory")
+    client = Client(relay)
+    stream = client.request("/logged")
+    answer(relay, OK)
+    client.flush()
+    (line,) = [json.loads(x) for x in stream_log.getvalue().splitlines()]
+    assert line["protocol"] == "HTTP/2" and line["stream"] == stream and line["status"] == 200
+
+
+def frames(data: bytes) -> list[Any]:
+    """The frames in `data` (the relay's raw output), parsed with hyperframe."""
+    found = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        found.append(frame)
+        data = data[9 + length :]
+    return found
+
+
+def raw_headers(client: Client, stream: int, path: bytes = b"/") -> None:
+    """A HEADERS frame the client library would not send (it keeps to the server's limits),
+    encoded with its own HPACK state."""
+    block = client.h2.encoder.encode(
+        [(b":method", b"GET"), (b":path", path), (b":scheme", b"http"), (b":authority", b"e")]
+    )
+    frame = HeadersFrame(stream, block, flags=["END_HEADERS", "END_STREAM"])
+    client.relay.send(frame.serialize(), client.connection)
+    client.relay.reactor.advance(0)
+
+
+def test_the_concurrent_streams_bound_is_advertised_and_enforced() -> None:
+    relay = h2c_relay(http2_max_streams=2)
+    client = Client(relay)
+    assert client.h2.remote_settings.max_concurrent_streams == 2
+    for _ in range(2):
+        client.request("/held")
+    raw_headers(client, 5)
+    sent = frames(client.transport.value())
+    assert any(isinstance(f, (GoAwayFrame, RstStreamFrame)) for f in sent), sent
+    assert len(relay.pending_connects()) == 2  # the third stream reached no server
+
+
+def test_drain_sends_goaway_and_lets_open_streams_finish() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    stream = client.request("/during")
+    upstream, _ = relay.accept_upstream()
+    relay.reactor.advance(0)
+    client.connection.drain()
+    relay.reactor.advance(0)
+    (goaway,) = [f for f in frames(client.transport.value()) if isinstance(f, GoAwayFrame)]
+    assert goaway.last_stream_id == stream and goaway.error_code == 0
+    client.transport.clear()
+    raw_headers(client, stream + 2)  # a stream after the GOAWAY: refused
+    upstream.dataReceived(OK)
+    relay.reactor.advance(0)
+    sent = frames(client.transport.value())
+    refused = [f for f in sent if isinstance(f, RstStreamFrame) and f.stream_id == stream + 2]
+    assert refused and refused[0].error_code == 7  # REFUSED_STREAM
+    data = [f for f in sent if isinstance(f, DataFrame) and f.stream_id == stream]
+    assert b"".join(f.data for f in data) == b"hi" and "END_STREAM" in data[-1].flags
+    assert client.transport.disconnecting
+    assert relay.pending_connects() == []  # the refused stream reached no server
+
+
+def test_http_1_1_still_works_on_an_h2c_listener() -> None:
+    relay = h2c_relay()
+    relay.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer(relay, OK)
+    relay.reactor.advance(0)
+    assert relay.received().startswith(b"HTTP/1.1 200 OK")
