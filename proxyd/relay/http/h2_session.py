@@ -55,6 +55,7 @@ class Connection(Protocol):
 
     def streams_idle(self, idle: bool) -> None: ...
 
+
 _log = Logger(namespace="proxyd.relay.http")
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

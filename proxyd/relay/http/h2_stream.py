@@ -41,6 +41,7 @@ class Session(Protocol):
 
     def reset(self, stream_id: int) -> None: ...
 
+
 HIGH_WATER: Final = 256 * 1024
 """Response bytes a stream holds for the client's window before its upstream is paused."""
 
