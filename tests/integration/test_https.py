@@ -131,9 +131,12 @@ def test_sni_picks_the_certificate_of_each_name_and_the_first_by_default(
         assert headers["X-Forwarded-Proto"] == "https"
 
 
-def test_old_protocols_are_refused_and_alpn_gives_http_1_1(certs, http_backend, proxyd) -> None:
+def test_old_protocols_are_refused_and_alpn_gives_http_1_1_without_http2(
+    certs, http_backend, proxyd
+) -> None:
     port = free_port()
-    relay = proxyd(https_config(port, http_backend.port, f"    {certs('a', ['a.test'])}\n"))
+    pem = certs("a", ["a.test"])
+    relay = proxyd(https_config(port, http_backend.port, f"    {pem}\n", "http2 = off\n"))
     for option in ("-tls1", "-tls1_1"):
         result = s_client(port, option, "-cipher", "DEFAULT@SECLEVEL=0")
         assert "Cipher is (NONE)" in result.stdout or "alert" in result.stderr, result.stderr
