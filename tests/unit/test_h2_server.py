@@ -13,12 +13,22 @@ from h2.events import (
     DataReceived,
     ResponseReceived,
     StreamEnded,
+    StreamReset,
     TrailersReceived,
 )
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+)
 from twisted.internet.testing import StringTransport
 
 from proxyd.accesslog import AccessLog
+from proxyd.relay.http.h2_limits import IDLE_FRAMES, RESETS, FloodGuard
 from proxyd.relay.http.server import ClientConnection
 from proxyd.relay.http.upstream import UpstreamConnection
 from tests.unit.test_http_relay import OK, Relay
@@ -293,3 +303,73 @@ def test_http_1_1_still_works_on_an_h2c_listener() -> None:
     answer(relay, OK)
     relay.reactor.advance(0)
     assert relay.received().startswith(b"HTTP/1.1 200 OK")
+
+
+def test_rapid_reset_past_its_bound_gets_goaway_enhance_your_calm() -> None:
+    """CVE-2023-44487: streams opened and cancelled at once cost a request each."""
+    relay = h2c_relay(keepalive=0)
+    client = Client(relay)
+    block = None
+    for index in range(RESETS + 1):
+        stream = 1 + 2 * (index + 1)
+        block = client.h2.encoder.encode(
+            [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"e")]
+        )
+        out = HeadersFrame(stream, block, flags=["END_HEADERS"]).serialize()
+        out += RstStreamFrame(stream, error_code=8).serialize()
+        relay.send(out, client.connection)
+    relay.reactor.advance(0)
+    sent = frames(client.transport.value())
+    goaways = [f for f in sent if isinstance(f, GoAwayFrame)]
+    assert goaways and goaways[-1].error_code == 11  # ENHANCE_YOUR_CALM
+    assert client.transport.disconnecting
+    assert client.connection.h2.streams == {}  # type: ignore[union-attr]
+
+
+def test_a_ping_flood_gets_goaway_and_a_few_pings_do_not() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    for _ in range(10):
+        client.h2.ping(b"12345678")
+    client.flush()
+    assert not client.transport.disconnecting
+    flood = b"".join(
+        PingFrame(0, opaque_data=b"%08d" % n).serialize() for n in range(IDLE_FRAMES + 1)
+    )
+    relay.send(flood, client.connection)
+    relay.reactor.advance(0)
+    goaways = [f for f in frames(client.transport.value()) if isinstance(f, GoAwayFrame)]
+    assert goaways and goaways[-1].error_code == 11
+    assert client.transport.disconnecting
+
+
+def test_the_flood_bounds_are_per_window() -> None:
+    now = [0.0]
+    guard = FloodGuard(lambda: now[0], resets=3)
+    assert [guard.count("resets") for _ in range(3)] == [None, None, None]
+    assert guard.count("resets") == "more than 3 resets in 10s"
+    now[0] = 10.0
+    assert guard.count("resets") is None
+
+
+def test_a_continuation_flood_closes_the_connection() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    relay.send(HeadersFrame(1, b"", flags=[]).serialize(), client.connection)
+    for _ in range(100):
+        relay.send(ContinuationFrame(1, b"").serialize(), client.connection)
+        if client.transport.disconnecting:
+            break
+    relay.reactor.advance(0)
+    assert client.transport.disconnecting
+    assert relay.pending_connects() == []
+
+
+def test_a_header_list_over_the_bound_is_refused() -> None:
+    relay = h2c_relay(max_header_size=2048)
+    client = Client(relay)
+    stream = client.request("/big", x_big="y" * 4000)
+    relay.reactor.advance(0)
+    client.flush()
+    assert relay.pending_connects() == []
+    assert client.of(stream, StreamReset) or client.transport.disconnecting

@@ -21,10 +21,14 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
     StreamReset,
     TrailersReceived,
+    UnknownFrameReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -32,6 +36,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.logger import Logger
 
+from proxyd.relay.http.h2_limits import FloodGuard
 from proxyd.relay.http.h2_stream import H2Stream
 from proxyd.relay.http.messages import Headers, Request
 
@@ -64,6 +69,8 @@ HTTP/2 with prior knowledge."""
 STREAM_WINDOW: Final = 256 * 1024
 """The receive window of each stream: the most request body a stream holds unread."""
 CONNECTION_WINDOW: Final = 1 << 20
+_IDLE: Final = (PingReceived, RemoteSettingsChanged, PriorityUpdated, UnknownFrameReceived)
+"""Events of frames that ask work of proxyd and nothing of a server (h2_limits)."""
 
 
 class H2Session:
@@ -82,10 +89,13 @@ class H2Session:
                 SettingCodes.MAX_HEADER_LIST_SIZE: connection.factory.config.max_header_size,
             },
         )
+        # h2 holds its HPACK decoder to its default bound until settings change: ours now.
+        conn.decoder.max_header_list_size = connection.factory.config.max_header_size
         conn.initiate_connection()
         self.draining = False
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.streams: dict[int, H2Stream] = {}
+        self._guard = FloodGuard(connection.factory.reactor.seconds)
         self._write()
         connection.streams_idle(True)
 
@@ -105,6 +115,8 @@ class H2Session:
             self.connection.lose_connection()
             return
         for event in events:
+            if self.lost:
+                return
             self._event(event)
         self._write()
 
@@ -112,6 +124,8 @@ class H2Session:
         if isinstance(event, RequestReceived):
             self._request(event.stream_id, event.headers, event.stream_ended is not None)
         elif isinstance(event, DataReceived):
+            if not event.data and event.stream_ended is None:
+                self._count("idle frames")
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.request_data(event.data, event.flow_controlled_length)
@@ -125,6 +139,10 @@ class H2Session:
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 stream.reset_by_client()
+            if event.remote_reset:
+                self._count("resets")
+        elif isinstance(event, _IDLE):
+            self._count("idle frames")
         elif isinstance(event, WindowUpdated):
             targets = (
                 list(self.streams.values())
@@ -139,6 +157,23 @@ class H2Session:
             pass  # request trailers are not passed upstream (HTTP/1.1 servers rarely take them)
         elif isinstance(event, ConnectionTerminated):
             self.connection.lose_connection()
+
+    def _count(self, kind: str) -> None:
+        """A frame that costs proxyd work and asks nothing of a server: past its bound the
+        client is told to calm down and the connection closes (proxyd.relay.http.h2_limits)."""
+        why = self._guard.count(kind)
+        if why is None:
+            return
+        _log.warn(
+            "{listener}: HTTP/2 client {client} sent {why}: GOAWAY, connection closed",
+            listener=self.connection.factory.config.name,
+            client=self.connection.peer_text,
+            why=why,
+        )
+        self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._write()
+        self.connection.lose_connection()
+        self.connection_lost()
 
     def _request(self, stream_id: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         pseudo: dict[bytes, bytes] = {}
