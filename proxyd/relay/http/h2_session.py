@@ -77,8 +77,15 @@ class H2Session:
     def __init__(self, connection: Connection, max_streams: int) -> None:
         self.connection = connection
         self.lost = False
+        # What proxyd sends it made itself: names lower-cased, no connection-specific field
+        # (h2_stream.NOT_FORWARDED), so h2 need not check it again; what it receives, h2
+        # checks (pseudo-headers, forbidden fields, upper case).
         config = H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         conn = self.h2 = H2Connection(config=config)
         conn.local_settings = Settings(
