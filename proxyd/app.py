@@ -35,6 +35,7 @@ from proxyd.health import HealthService
 from proxyd.lifetime import CLOSE_GRACE, Retired
 from proxyd.listen_sockets import SharedPort
 from proxyd.listeners import ListenerService, RelayListener, StartupError
+from proxyd.ocsp_stapling import OcspStapling
 from proxyd.otlp import OtlpExport
 from proxyd.pool import Pool, Server
 from proxyd.ratelimit.redis_client import RedisClients
@@ -88,11 +89,16 @@ class ProxydService(service.MultiService):
         shut down once the connections have drained (proxyd.otlp)."""
         self.caches = CacheRegistry(reactor)
         """The [cache] sections' storage, for every generation; closed at the end."""
+        self.ocsp = OcspStapling(reactor)
+        """The OCSP responses the TLS listeners staple, for every generation: fetched once
+        the service starts in a process that serves handshakes (not a master of workers,
+        whose workers each fetch their own)."""
         self.resources = ProcessResources(
-            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches
+            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches, self.ocsp
         )
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
+        self.ocsp.serve(config)
         self._retired = Retired()
         """Relays a reload replaced, until their last connection ends."""
         self.shared_workers = 0
@@ -258,6 +264,8 @@ class ProxydService(service.MultiService):
 
     def startService(self) -> None:
         self.hash_threads.start()
+        if not self.shared_workers:
+            self.ocsp.start()
         super().startService()
         self._warn(self.config, self._source)
         if self._handle_signals:
@@ -335,6 +343,7 @@ class ProxydService(service.MultiService):
         if self.health is not None:
             self.health.reload(generation.pools)
         self._switch_admin(config, admin)
+        self.ocsp.serve(config)
         self.generation += 1
         self.loaded = self._reactor.seconds()
         pools, upstreams, logs = previous.released_by(generation)
@@ -431,6 +440,7 @@ class ProxydService(service.MultiService):
         password-check threads (a request in flight may still be waiting on one) and send
         the spans still queued (up to proxyd.otlp.FLUSH_TIMEOUT)."""
         stopped = super().stopService()
+        self.ocsp.stop()
         drained = lifetime.drain(
             self._reactor,
             lifetime.relays(self.listeners, self._retired),

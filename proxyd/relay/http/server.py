@@ -436,7 +436,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
         self.tls: ServerTls | None = (
-            ServerTls(f"https {config.name}", config.tls, [b"http/1.1"])
+            ServerTls(f"https {config.name}", config.tls, [b"http/1.1"], resources.ocsp)
             if config.tls is not None
             else None
         )
