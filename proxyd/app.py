@@ -256,10 +256,13 @@ class ProxydService(service.MultiService):
 
     def counters(self) -> dict[str, Any]:
         """The relays' counters by listener, the connections open to each server, and the
-        relays' metrics (proxyd.lifetime.counters), and the caches' figures (a worker's
-        without the disk tiers it shares: its master shows them once)."""
+        relays' metrics (proxyd.lifetime.counters), the caches' figures (a worker's
+        without the disk tiers it shares: its master shows them once) and OCSP stapling's
+        (in a process that staples)."""
         found = lifetime.counters(self.listeners, self._retired, self.pools)
         found["caches"] = self.caches.figures(disk=not self._worker)
+        if self.ocsp.running:
+            found["ocsp"] = self.ocsp.figures()
         return found
 
     def startService(self) -> None:

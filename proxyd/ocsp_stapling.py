@@ -195,7 +195,8 @@ class OcspStapling:
     def __init__(self, reactor: Any, post: Post | None = None) -> None:
         self.reactor = reactor
         self._client: HttpClient | None = None
-        self._post = post or self._http_post
+        self.post: Post = post or self._http_post
+        """How requests are sent: the entries call it when they fetch."""
         self.entries: dict[Key, StapleEntry] = {}
         self.running = False
 
@@ -224,7 +225,7 @@ class OcspStapling:
             self.entries.pop(key).stop()
         for key, found in wanted.items():
             if key not in self.entries:
-                entry = self.entries[key] = StapleEntry(self.reactor, found, self._post)
+                entry = self.entries[key] = StapleEntry(self.reactor, found, self._send)
                 if self.running:
                     entry.start()
 
@@ -267,6 +268,9 @@ class OcspStapling:
                     why=str(e),
                 )
             return None
+
+    def _send(self, url: str, body: bytes) -> Deferred[bytes]:
+        return self.post(url, body)
 
     def _http_post(self, url: str, body: bytes) -> Deferred[bytes]:
         if self._client is None:

@@ -10,11 +10,15 @@ from typing import Any
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 from OpenSSL import SSL
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
+from proxyd.admin.metrics import metrics_registry
+from proxyd.admin.status import status_document
+from proxyd.app import ProxydService
 from proxyd.config.load import loads
 from proxyd.config.model import Config
 from proxyd.ocsp_stapling import OcspStapling
@@ -291,3 +295,32 @@ def test_a_handshake_asking_for_the_status_gets_the_staple(
     responder.held[0].callback(der)
     assert staple_seen(b"a.test") == der
     assert staple_seen(b"b.test") in (None, b"")
+
+
+def test_the_figures_are_metrics_once_the_process_staples(
+    tmp_path: Path, ca: TestCA, site: Issued
+) -> None:
+    from prometheus_client.exposition import generate_latest
+
+    clock = clock_at(datetime.datetime.now(datetime.UTC))
+    service = ProxydService(clock, config(tmp_path, site))
+    responder = Responder()
+    responder.answer = ca.ocsp_response(site, this_update=now_utc(clock))
+    service.ocsp.post = responder
+    assert "ocsp" not in service.counters()  # not started: a master of workers fetches none
+    service.ocsp.start()
+    document = status_document(service, service.counters(), clock.seconds())
+    text = generate_latest(metrics_registry(document)).decode()
+    found = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("proxyd_ocsp")
+    }
+    assert found == {
+        "proxyd_ocsp_certificates": 1,
+        "proxyd_ocsp_stapled": 1,
+        "proxyd_ocsp_fetches_total": 1,
+        "proxyd_ocsp_fetch_failures_total": 0,
+    }
+    service.ocsp.stop()
