@@ -35,6 +35,7 @@ from proxyd.health import HealthService
 from proxyd.lifetime import CLOSE_GRACE, Retired
 from proxyd.listen_sockets import SharedPort
 from proxyd.listeners import ListenerService, RelayListener, StartupError
+from proxyd.ocsp_stapling import OcspStapling
 from proxyd.otlp import OtlpExport
 from proxyd.pool import Pool, Server
 from proxyd.ratelimit.redis_client import RedisClients
@@ -88,11 +89,16 @@ class ProxydService(service.MultiService):
         shut down once the connections have drained (proxyd.otlp)."""
         self.caches = CacheRegistry(reactor)
         """The [cache] sections' storage, for every generation; closed at the end."""
+        self.ocsp = OcspStapling(reactor)
+        """The OCSP responses the TLS listeners staple, for every generation: fetched once
+        the service starts in a process that serves handshakes (not a master of workers,
+        whose workers each fetch their own)."""
         self.resources = ProcessResources(
-            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches
+            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches, self.ocsp
         )
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
+        self.ocsp.serve(config)
         self._retired = Retired()
         """Relays a reload replaced, until their last connection ends."""
         self.shared_workers = 0
@@ -250,14 +256,19 @@ class ProxydService(service.MultiService):
 
     def counters(self) -> dict[str, Any]:
         """The relays' counters by listener, the connections open to each server, and the
-        relays' metrics (proxyd.lifetime.counters), and the caches' figures (a worker's
-        without the disk tiers it shares: its master shows them once)."""
+        relays' metrics (proxyd.lifetime.counters), the caches' figures (a worker's
+        without the disk tiers it shares: its master shows them once) and OCSP stapling's
+        (in a process that staples)."""
         found = lifetime.counters(self.listeners, self._retired, self.pools)
         found["caches"] = self.caches.figures(disk=not self._worker)
+        if self.ocsp.running:
+            found["ocsp"] = self.ocsp.figures()
         return found
 
     def startService(self) -> None:
         self.hash_threads.start()
+        if not self.shared_workers:
+            self.ocsp.start()
         super().startService()
         self._warn(self.config, self._source)
         if self._handle_signals:
@@ -335,6 +346,7 @@ class ProxydService(service.MultiService):
         if self.health is not None:
             self.health.reload(generation.pools)
         self._switch_admin(config, admin)
+        self.ocsp.serve(config)
         self.generation += 1
         self.loaded = self._reactor.seconds()
         pools, upstreams, logs = previous.released_by(generation)
@@ -431,6 +443,7 @@ class ProxydService(service.MultiService):
         password-check threads (a request in flight may still be waiting on one) and send
         the spans still queued (up to proxyd.otlp.FLUSH_TIMEOUT)."""
         stopped = super().stopService()
+        self.ocsp.stop()
         drained = lifetime.drain(
             self._reactor,
             lifetime.relays(self.listeners, self._retired),

@@ -148,10 +148,13 @@ def _listeners(
             logs[target] = open_logs.get(target) or AccessLog.open(target)
         return logs[target]
 
+    stapling = resources.ocsp if resources is not None else None
     listeners: list[RelayListener] = []
     tcp_tls = {name: ClientTls(name, pc.tls) for name, pc in config.pools.items() if pc.tls.enabled}
     for tcp in config.tcp:
-        tcp_relay = TcpRelayFactory(reactor, tcp, pools, access_log(tcp.access_log), tcp_tls)
+        tcp_relay = TcpRelayFactory(
+            reactor, tcp, pools, access_log(tcp.access_log), tcp_tls, stapling
+        )
         listeners.append(
             StreamRelayListener(reactor, f"tcp {tcp.name}", tcp.listen, tcp_relay, tcp_counts)
         )
@@ -181,6 +184,7 @@ def _listeners(
                 pools,
                 access_log(ws.access_log),
                 ClientTls(ws.pool, pool_tls, [b"http/1.1"]) if pool_tls.enabled else None,
+                stapling,
             )
             listeners.append(
                 StreamRelayListener(reactor, name, ws.listen, ws_relay, websocket_counts)
@@ -193,6 +197,7 @@ def _listeners(
                 upstreams,
                 access_log(ws.access_log),
                 websocket_only=OriginPolicy(ws.allowed_origins),
+                resources=ProcessResources(ocsp=stapling),
             )
             listeners.append(
                 StreamRelayListener(reactor, name, ws.listen, passthrough, http_counts)

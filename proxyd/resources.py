@@ -9,6 +9,7 @@ import attrs
 from proxyd.auth.threads import HashThreads
 from proxyd.cache.registry import CacheRegistry
 from proxyd.filters.ratelimit import RedisCalls, TableSource
+from proxyd.ocsp_stapling import OcspStapling
 from proxyd.otlp import OtlpExport
 
 
@@ -29,3 +30,6 @@ class ProcessResources:
     caches: CacheRegistry | None = None
     """The [cache] sections' storage (proxyd.cache.registry); None: routes with a cache
     cannot be built (tests of other things)."""
+    ocsp: OcspStapling | None = None
+    """The OCSP responses the TLS listeners staple (proxyd.ocsp_stapling); None: they staple
+    none (tests of other things)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import attrs
 from cryptography.hazmat.primitives import hashes
@@ -47,11 +47,21 @@ __all__ = [
     "ClientTls",
     "PeerTls",
     "ServerTls",
+    "Stapling",
     "describe_failure",
     "peer_tls",
 ]
 
 _log = Logger(namespace="proxyd.tls")
+
+
+class Stapling(Protocol):
+    """Where ServerTls finds OCSP responses (proxyd.ocsp_stapling.OcspStapling)."""
+
+    def key_of(self, certificate: Certificate, tls: TlsServerConfig) -> Any: ...
+
+    def staple(self, key: Any) -> bytes: ...
+
 
 _VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 _BASE_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_SINGLE_ECDH_USE
@@ -99,9 +109,18 @@ class ServerTls:
     """TLS termination for one listener, with the certificates its config loaded (a reload
     makes a new one: connections already open keep theirs, new handshakes get the new ones)."""
 
-    def __init__(self, listener: str, config: TlsServerConfig, alpn: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        listener: str,
+        config: TlsServerConfig,
+        alpn: Sequence[bytes] = (),
+        stapling: Stapling | None = None,
+    ) -> None:
+        """`stapling` holds the OCSP responses to staple (proxyd.ocsp_stapling); None
+        staples none."""
         self.listener = listener
         self.config = config
+        self._stapling = stapling
         self._alpn = tuple(alpn) or tuple(name.encode("ascii") for name in config.alpn)
         # The session id context ties cached sessions to this listener (OpenSSL refuses to
         # resume sessions without one once client certificates are asked for).
@@ -166,6 +185,12 @@ class ServerTls:
             ctx.set_verify(mode, self._verify_client)
         if self._alpn:
             ctx.set_alpn_select_callback(self._select_protocol)
+        stapling = self._stapling
+        key = stapling.key_of(certificate, config) if stapling is not None else None
+        if stapling is not None and key is not None:
+            # Called in each handshake whose client asks for a status (RFC 6066 8); b""
+            # sends none. OpenSSL asks the context SNI chose (SSL_set_SSL_CTX).
+            ctx.set_ocsp_server_callback(lambda connection, data: stapling.staple(key))
         return ctx
 
     def _select_protocol(self, connection: SSL.Connection, offered: list[bytes]) -> Any:

@@ -18,7 +18,8 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 _DAY = datetime.timedelta(days=1)
 
@@ -118,9 +119,15 @@ class TestCA:
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
         san: bool = True,
+        ocsp_url: str | None = None,
+        must_staple: bool = False,
+        usage: x509.ObjectIdentifier | None = None,
     ) -> Issued:
         """A leaf for `names` (DNS names and IP addresses), valid from yesterday for 90 days
-        unless told otherwise; `client` makes it a client certificate."""
+        unless told otherwise; `client` makes it a client certificate. `ocsp_url` names an
+        OCSP responder (Authority Information Access), `must_staple` adds the TLS Feature
+        status_request (RFC 7633), `usage` replaces the extended key usage (OCSP_SIGNING
+        for a delegated responder)."""
         key = new_key()
         subject = x509.Name(
             [
@@ -139,7 +146,14 @@ class TestCA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+                    [
+                        usage
+                        or (
+                            ExtendedKeyUsageOID.CLIENT_AUTH
+                            if client
+                            else ExtendedKeyUsageOID.SERVER_AUTH
+                        )
+                    ]
                 ),
                 critical=False,
             )
@@ -148,6 +162,22 @@ class TestCA:
                 critical=False,
             )
         )
+        if ocsp_url is not None:
+            builder = builder.add_extension(
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            AuthorityInformationAccessOID.OCSP,
+                            x509.UniformResourceIdentifier(ocsp_url),
+                        )
+                    ]
+                ),
+                critical=False,
+            )
+        if must_staple:
+            builder = builder.add_extension(
+                x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False
+            )
         if san:
             entries: list[x509.GeneralName] = []
             for name in names:
@@ -157,6 +187,54 @@ class TestCA:
                     entries.append(x509.DNSName(name))
             builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
         return Issued(builder.sign(self.key, hashes.SHA256()), key)
+
+    def ocsp_response(
+        self,
+        issued: Issued,
+        status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD,
+        *,
+        this_update: datetime.datetime | None = None,
+        next_update: datetime.datetime | None = None,
+        lifetime: datetime.timedelta | None = 7 * _DAY,
+        signer: Issued | None = None,
+    ) -> bytes:
+        """A DER OCSP response for `issued` (issued by this CA) saying `status`, signed by
+        this CA or by `signer` (a delegated responder, whose certificate goes in the
+        response). nextUpdate is `next_update`, else thisUpdate + `lifetime` (None: none)."""
+        this_update = this_update or _now() - datetime.timedelta(minutes=5)
+        if next_update is None and lifetime is not None:
+            next_update = this_update + lifetime
+        revoked = status == ocsp.OCSPCertStatus.REVOKED
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=issued.cert,
+            issuer=self.cert,
+            algorithm=hashes.SHA1(),
+            cert_status=status,
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=this_update - _DAY if revoked else None,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+        )
+        if signer is None:
+            builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.cert)
+            response = builder.sign(self.key, hashes.SHA256())
+        else:
+            builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, signer.cert)
+            builder = builder.certificates([signer.cert])
+            response = builder.sign(signer.key, hashes.SHA256())
+        return response.public_bytes(serialization.Encoding.DER)
+
+    def index_line(self, issued: Issued, revoked: bool = False) -> str:
+        """`issued`'s line in an `openssl ca` index.txt, which `openssl ocsp -index` answers
+        from: V (valid) or R (revoked, since yesterday)."""
+        expiry = issued.cert.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
+        revoked_at = (_now() - _DAY).strftime("%y%m%d%H%M%SZ") if revoked else ""
+        serial = f"{issued.cert.serial_number:X}"
+        serial = "0" * (len(serial) % 2) + serial
+        subject = "/" + "/".join(
+            f"{a.rfc4514_attribute_name}={a.value}" for a in issued.cert.subject
+        )
+        return "\t".join(("R" if revoked else "V", expiry, revoked_at, serial, "unknown", subject))
 
     def expired(self, names: list[str]) -> Issued:
         return self.issue(names, not_before=_now() - 30 * _DAY, not_after=_now() - _DAY)

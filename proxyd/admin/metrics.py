@@ -162,6 +162,26 @@ def _cache_families(caches: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
     yield from (metric for metric in every if metric.samples)
 
 
+def _ocsp_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
+    """OCSP stapling's figures (proxyd.ocsp_stapling; summed over the workers)."""
+    if not figures:
+        return
+    for field, name, help_text in (
+        ("certificates", "proxyd_ocsp_certificates", "Certificates with an OCSP responder."),
+        ("stapled", "proxyd_ocsp_stapled", "Certificates with a valid OCSP response to staple."),
+    ):
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], figures.get(field, 0))
+        yield gauge
+    for field, name, help_text in (
+        ("fetches", "proxyd_ocsp_fetches", "OCSP responses asked for."),
+        ("failed", "proxyd_ocsp_fetch_failures", "OCSP fetches that gave nothing to staple."),
+    ):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], figures.get(field, 0))
+        yield counter
+
+
 def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
     """The relays' metrics: every cell of the snapshot, one sample per family it counts in."""
     responses = CounterMetricFamily(
@@ -400,6 +420,7 @@ class _StatusCollector(Collector):
         yield from families.values()
         yield from _relay_families(self.document.get("metrics", {}))
         yield from _cache_families(self.document.get("caches", []))
+        yield from _ocsp_families(self.document.get("ocsp"))
 
 
 def metrics_registry(document: Mapping[str, Any]) -> CollectorRegistry:

@@ -85,6 +85,7 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
             for pool in proxy.pools.values()
         ],
         "caches": cache_documents(config, counters.get("caches", {})),
+        "ocsp": counters.get("ocsp"),
     }
 
 

@@ -1,8 +1,9 @@
-"""HTTP(S) requests that authentication makes of other services: the JWKS document of a
-token issuer, the subrequest of forward auth. A thin layer over twisted.web.client.Agent
-with the bounds proxyd needs: a connect timeout, a total timeout (cancelling whatever is in
-flight), and a body read up to a size (past it, the connection is dropped and the body is
-not kept), so that a slow or huge answer can neither hang a request nor fill memory.
+"""HTTP(S) requests that proxyd makes of other services: the JWKS document of a token
+issuer, the subrequest of forward auth, OCSP requests (proxyd.ocsp_stapling). A thin layer
+over twisted.web.client.Agent with the bounds proxyd needs: a connect timeout, a total
+timeout (cancelling whatever is in flight), and a body read up to a size (past it, the
+connection is dropped and the body is not kept), so that a slow or huge answer can neither
+hang a request nor fill memory.
 
 https URLs are verified as a browser would, against the system's CA certificates (Twisted's
 default policy, BrowserLikePolicyForHTTPS over platformTrust(): the hostname checked with
@@ -16,13 +17,15 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers as TwistedHeaders
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -86,6 +89,29 @@ class _BoundedBody(Protocol):
             transport.stopProducing()  # type: ignore[attr-defined]
 
 
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body held in memory, written at once (FileBodyProducer would take the
+    global cooperator, and with it the global reactor)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 def _read(response: Any, limit: int) -> Deferred[Fetched]:
     body = _BoundedBody(limit)
     response.deliverBody(body)
@@ -132,10 +158,37 @@ class HttpClient:
         """GET `url` with `headers`: fires with the answer, or fails with FetchTimeout after
         `timeout` seconds, or with the connection's error. Cancelling it drops the request
         (and its connection, if the answer had begun)."""
+        return self.request(b"GET", url, headers, None, timeout=timeout, max_body=max_body)
+
+    def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        *,
+        timeout: float,
+        max_body: int,
+    ) -> Deferred[Fetched]:
+        """POST `body` to `url`, as get() otherwise (an OCSP request, RFC 6960 A.1)."""
+        return self.request(
+            b"POST", url, headers, _BytesBody(body), timeout=timeout, max_body=max_body
+        )
+
+    def request(
+        self,
+        method: bytes,
+        url: str,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: Any,
+        *,
+        timeout: float,
+        max_body: int,
+    ) -> Deferred[Fetched]:
+        """`method` on `url` with `headers` and `body` (an IBodyProducer or None)."""
         fields = TwistedHeaders()
         for name, value in headers:
             fields.addRawHeader(name, value)
-        requested: Deferred[Any] = self._agent.request(b"GET", url.encode("ascii"), fields, None)
+        requested: Deferred[Any] = self._agent.request(method, url.encode("ascii"), fields, body)
         requested.addCallback(_read, max_body)
         # Why the request was given up, if it was: Agent fails a connect cancelled with its
         # own error (ConnectingCancelledError), which the caller should not take for the

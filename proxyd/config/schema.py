@@ -155,6 +155,8 @@ TLS_SERVER_KEYS: Mapping[str, Key] = {
     "tls_verify_client": _tls("verify_client", v.choice("off", "optional", "required")),
     "tls_client_ca": _tls("client_ca", _ca_file, context=True),
     "expired_certificates": _tls("expired_certificates", v.choice("warn", "refuse")),
+    "ocsp_stapling": _tls("ocsp_stapling", v.boolean),
+    "ocsp_responder": _tls("ocsp_responder", tls.ocsp_responder),
 }
 """Keys of TLS termination, on [https] and [tcp] sections."""
 

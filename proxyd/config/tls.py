@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -308,6 +309,16 @@ def https_redirect(text: str) -> int | None:
     if not word.isdigit() or not 0 < int(word) < 65536:
         raise Invalid("off, on or a port from 1 to 65535", repr(text.strip()))
     return int(word)
+
+
+def ocsp_responder(text: str) -> str:
+    """`ocsp_responder`: the http:// URL of an OCSP responder (nginx's ssl_stapling_responder;
+    https is not taken: checking the responder's certificate would need OCSP in turn)."""
+    url = text.strip()
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http" or not parts.hostname or any(c.isspace() for c in url):
+        raise Invalid("an http:// URL such as http://ocsp.example.com/", repr(url))
+    return url
 
 
 def server_name(text: str) -> str:

@@ -84,6 +84,10 @@ class TlsServerConfig:
     """Protocols offered by ALPN ([tcp] listeners; [https] offers http/1.1)."""
     expired_certificates: str = "warn"
     """warn | refuse: what an expired certificate does at start and on reload."""
+    ocsp_stapling: bool = True
+    """Staple OCSP responses for the certificates that name a responder (proxyd.ocsp)."""
+    ocsp_responder: str | None = None
+    """An http:// URL asked instead of the one each certificate names."""
 
 
 @attrs.frozen

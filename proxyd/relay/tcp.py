@@ -47,7 +47,7 @@ from proxyd.relay.io import ConnectingReactor, OpenConnections, ReadingPort
 from proxyd.relay.session import Side
 from proxyd.relay.sni import SniRoutes
 from proxyd.relay.tcp_connection import SHUTDOWN_LINGER, EndProtocol, Relay
-from proxyd.tls import ClientTls, ServerTls
+from proxyd.tls import ClientTls, ServerTls, Stapling
 
 __all__ = ["SHUTDOWN_LINGER", "Relay", "TcpRelayFactory"]
 
@@ -73,16 +73,22 @@ class TcpRelayFactory(Factory[EndProtocol]):
         pools: Mapping[str, Pool],
         access_log: AccessLog,
         client_tls: Mapping[str, ClientTls] | None = None,
+        stapling: Stapling | None = None,
     ) -> None:
         """`reactor` must provide IReactorTime as well (for timeouts and the log's times).
-        `client_tls` holds the pools whose servers are spoken to over TLS."""
+        `client_tls` holds the pools whose servers are spoken to over TLS; `stapling` the
+        OCSP responses a TLS listener staples."""
         self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
         self.pools = pools
         self.default_pool = pools[config.pool] if config.pool is not None else None
         self.sni_routes = SniRoutes(config.routes, config.pool)
         self.client_tls = dict(client_tls or {})
-        self.tls = ServerTls(f"tcp {config.name}", config.tls) if config.tls is not None else None
+        self.tls = (
+            ServerTls(f"tcp {config.name}", config.tls, stapling=stapling)
+            if config.tls is not None
+            else None
+        )
         self.access_log = access_log
         self.active = 0
         self.attempts = AttemptPolicy(config.retries)

@@ -48,7 +48,7 @@ from proxyd.relay.websocket_legs import (
     refuse_compression,
 )
 from proxyd.relay.websocket_policy import OriginPolicy, WsClose
-from proxyd.tls import ClientTls, ServerTls
+from proxyd.tls import ClientTls, ServerTls, Stapling
 
 __all__ = ["Relay", "WebSocketRelayFactory", "WsClose"]
 
@@ -74,9 +74,10 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         pools: Mapping[str, Pool],
         access_log: AccessLog,
         client_tls: ClientTls | None = None,
+        stapling: Stapling | None = None,
     ) -> None:
         """`reactor` must provide IReactorTime as well. `client_tls`: the pool's servers are
-        spoken to over TLS (wss)."""
+        spoken to over TLS (wss). `stapling`: the OCSP responses its TLS staples."""
         super().__init__(server=None, reactor=reactor)
         self.reactor = cast(ConnectingReactor, reactor)
         self.timer = ReactorTimer(self.reactor)
@@ -87,7 +88,7 @@ class WebSocketRelayFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.client_tls = client_tls
         self.attempts = AttemptPolicy(config.retries)
         self.tls = (
-            ServerTls(f"websocket {config.name}", config.tls, [b"http/1.1"])
+            ServerTls(f"websocket {config.name}", config.tls, [b"http/1.1"], stapling)
             if config.tls is not None
             else None
         )

@@ -112,6 +112,14 @@ def test_a_combined_pem_loads_with_its_names_and_the_default_tls_settings(
     assert tls.protocols == ("TLSv1.2", "TLSv1.3")
     assert tls.ciphers == DEFAULT_CIPHERS and tls.ciphersuites == DEFAULT_CIPHERSUITES
     assert (tls.verify_client, tls.client_ca, tls.expired_certificates) == ("off", None, "warn")
+    assert (tls.ocsp_stapling, tls.ocsp_responder) == (True, None)
+
+
+def test_ocsp_keys_are_read(tmp_path: Path, site: Issued) -> None:
+    tls = server_tls(
+        tmp_path, https(extra="ocsp_stapling = off\nocsp_responder = http://ocsp.test:8080/x\n")
+    )
+    assert (tls.ocsp_stapling, tls.ocsp_responder) == (False, "http://ocsp.test:8080/x")
 
 
 def test_a_certificate_without_subject_alt_names_serves_its_common_name(
@@ -550,6 +558,15 @@ def test_verifying_clients_without_tls_client_ca_is_an_error(
             "tls_alpn = h2\n",
             "proxyd.ini:8: [https h] tls_alpn: expected a key of https sections; found 'tls_alpn'",
         ),
+        (
+            "ocsp_stapling = sometimes\n",
+            "proxyd.ini:8: [https h] ocsp_stapling: expected on or off; found 'sometimes'",
+        ),
+        (
+            "ocsp_responder = https://ocsp.test/\n",
+            "proxyd.ini:8: [https h] ocsp_responder: expected an http:// URL such as "
+            "http://ocsp.example.com/; found 'https://ocsp.test/'",
+        ),
     ],
 )
 def test_bad_tls_keys_of_https_are_errors(
@@ -685,6 +702,8 @@ def test_a_tcp_listener_without_certificates_relays_plain_tcp(tmp_path: Path) ->
         "tls_verify_client = off",
         "tls_alpn = h2",
         "expired_certificates = refuse",
+        "ocsp_stapling = off",
+        "ocsp_responder = http://ocsp.test/",
     ],
 )
 def test_tls_keys_on_a_tcp_listener_without_certificates_are_errors(

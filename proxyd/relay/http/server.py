@@ -496,6 +496,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
                 f"https {config.name}",
                 config.tls,
                 [b"h2", b"http/1.1"] if config.http2 else [b"http/1.1"],
+                resources.ocsp,
             )
             if config.tls is not None
             else None
