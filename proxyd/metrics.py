@@ -185,6 +185,8 @@ class Cell:
         "datagrams_in",
         "datagrams_out",
         "errors",
+        "http2_connections",
+        "http2_requests",
         "password_checks",
         "query_duration",
         "request_duration",
@@ -206,6 +208,11 @@ class Cell:
         """TCP and WebSocket connections established to the server."""
         self.sessions = 0
         """UDP sessions attached to the server."""
+        self.http2_requests = 0
+        """HTTP requests that came on HTTP/2 streams (the rest of `responses` came on
+        HTTP/1.x)."""
+        self.http2_connections = 0
+        """Client connections that spoke HTTP/2 (the listener's cell of no route)."""
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.errors: dict[str, int] = {}
@@ -274,6 +281,8 @@ class Cell:
             "retries",
             "connections",
             "sessions",
+            "http2_requests",
+            "http2_connections",
             "datagrams_in",
             "datagrams_out",
             "password_checks",

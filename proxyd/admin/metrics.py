@@ -83,6 +83,12 @@ _RELAY_COUNTERS = (
     ("retries", "proxyd_retries", "Requests or queries moved on from the server after a failure."),
     ("connections", "proxyd_upstream_connections", "TCP and WebSocket connections to the server."),
     ("sessions", "proxyd_udp_sessions", "UDP sessions attached to the server."),
+    ("http2_requests", "proxyd_http2_requests", "HTTP requests that came on HTTP/2 streams."),
+    (
+        "http2_connections",
+        "proxyd_http2_connections",
+        "Client connections that spoke HTTP/2 (ALPN h2, or h2c's preface).",
+    ),
     ("datagrams_in", "proxyd_datagrams_received", "Datagrams from clients relayed to the server."),
     ("datagrams_out", "proxyd_datagrams_sent", "Datagrams from the server relayed to clients."),
     (

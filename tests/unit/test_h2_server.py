@@ -373,3 +373,15 @@ def test_a_header_list_over_the_bound_is_refused() -> None:
     client.flush()
     assert relay.pending_connects() == []
     assert client.of(stream, StreamReset) or client.transport.disconnecting
+
+
+def test_http2_connections_and_requests_are_counted() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    client.request("/counted")
+    answer(relay, OK)
+    client.flush()
+    snapshot = relay.factory.stats.snapshot()
+    cells = snapshot["http"]["front"]
+    assert cells[""][""][""]["http2_connections"] == 1
+    assert cells["*/"]["web"]["127.0.0.1:9001"]["http2_requests"] == 1

@@ -37,6 +37,8 @@ def count(exchange: Exchange) -> None:
         cell.upstream_duration.observe(forward.header_time - (forward.driver.connect_time or 0.0))
     if exchange.error_kind is not None:
         cell.error(exchange.error_kind)
+    if exchange.request.version == "2":
+        cell.http2_requests += 1
 
 
 def count_refusal(stats: RelayStats, error: HttpError) -> None:

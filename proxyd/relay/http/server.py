@@ -186,6 +186,7 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
     def _become_h2(self, data: bytes) -> None:
         """The connection speaks HTTP/2 from now on: its streams are exchanges."""
         self._cancel_timer()
+        self.factory.stats.cell("", "", "").http2_connections += 1
         self.h2 = H2Session(self, self.factory.config.http2_max_streams)
         if data:
             self.h2.data_received(data)
