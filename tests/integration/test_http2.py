@@ -5,6 +5,8 @@ backend."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from tests.certs import TestCA
 
 from .harness import Backend, free_port
+from .test_drain import arrivals, wait_for_arrivals
 from .test_http_relay import http_backend  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -90,3 +93,30 @@ def test_h2load_many_streams_all_answered(ports) -> None:
     result = run("h2load", "-n", "2000", "-c", "4", "-m", "25", f"http://127.0.0.1:{http_port}/")
     assert "2000 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
     assert "status codes: 2000 2xx" in result.stdout
+
+
+def test_sigterm_sends_goaway_and_the_open_streams_finish(
+    tmp_path: Path,
+    http_backend,  # noqa: F811
+    proxyd,
+) -> None:
+    backend = http_backend("slow")
+    port = free_port()
+    relay = proxyd(
+        f"[proxyd]\ndrain_timeout = 20s\naccess_log = {tmp_path / 'access.log'}\n\n"
+        f"[pool web]\nservers = {backend.address}\n\n"
+        f"[http plain]\nlisten = tcp:{port}:interface=127.0.0.1\nh2c = on\n"
+        "routes =\n    path / -> pool web\n"
+    )
+    urls = [f"http://127.0.0.1:{port}/slow/1.5?n={n}" for n in range(3)]
+    since = arrivals(backend)
+    fetch = subprocess.Popen(
+        ["nghttp", "-n", "-s", *urls], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_arrivals(since, 3)  # the three streams are at the backend
+    relay.stopped_by_test = True
+    os.kill(relay.pid, signal.SIGTERM)
+    out, err = fetch.communicate(timeout=30)
+    assert fetch.returncode == 0, err
+    assert out.count(" 200 ") == 3, out
+    assert relay.process.popen.wait(15) == 0
