@@ -283,6 +283,9 @@ class HttpListenerConfig:
     preface)."""
     http2_max_streams: int = 128
     """Concurrent streams an HTTP/2 client may open (SETTINGS_MAX_CONCURRENT_STREAMS)."""
+    http2_stream_buffer: int = 256 * 1024
+    """Each HTTP/2 stream's receive window (the request body it holds unread) and the
+    response bytes it holds for the client's window before its server is paused."""
     connect_timeout: float = 5.0
     response_timeout: float = 60.0
     """From the request's end to the response's first byte; 504 after."""

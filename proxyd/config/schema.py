@@ -186,6 +186,7 @@ HTTP_KEYS: Mapping[str, Key] = {
     "body_timeout": Key(v.positive_duration),
     "keepalive_timeout": Key(v.positive_duration),
     "http2_max_streams": Key(v.integer(1, 10000)),
+    "http2_stream_buffer": Key(v.size(16384, (1 << 31) - 1)),
     "connect_timeout": Key(v.positive_duration),
     "response_timeout": Key(v.positive_duration),
     "idle_timeout": Key(v.positive_duration),

@@ -385,3 +385,9 @@ def test_http2_connections_and_requests_are_counted() -> None:
     cells = snapshot["http"]["front"]
     assert cells[""][""][""]["http2_connections"] == 1
     assert cells["*/"]["web"]["127.0.0.1:9001"]["http2_requests"] == 1
+
+
+def test_the_stream_buffer_is_the_window_the_client_gets() -> None:
+    relay = h2c_relay(http2_stream_buffer=32768)
+    client = Client(relay)
+    assert client.h2.remote_settings.initial_window_size == 32768

@@ -66,8 +66,6 @@ _log = Logger(namespace="proxyd.relay.http")
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 """The client connection preface (RFC 9113 3.4): a connection that starts with it speaks
 HTTP/2 with prior knowledge."""
-STREAM_WINDOW: Final = 256 * 1024
-"""The receive window of each stream: the most request body a stream holds unread."""
 CONNECTION_WINDOW: Final = 1 << 20
 _IDLE: Final = (PingReceived, RemoteSettingsChanged, PriorityUpdated, UnknownFrameReceived)
 """Events of frames that ask work of proxyd and nothing of a server (h2_limits)."""
@@ -92,7 +90,7 @@ class H2Session:
             client=False,
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                SettingCodes.INITIAL_WINDOW_SIZE: connection.factory.config.http2_stream_buffer,
                 SettingCodes.MAX_HEADER_LIST_SIZE: connection.factory.config.max_header_size,
             },
         )

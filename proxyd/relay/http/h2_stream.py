@@ -42,9 +42,6 @@ class Session(Protocol):
     def reset(self, stream_id: int) -> None: ...
 
 
-HIGH_WATER: Final = 256 * 1024
-"""Response bytes a stream holds for the client's window before its upstream is paused."""
-
 NOT_FORWARDED: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
@@ -83,6 +80,8 @@ class H2Stream:
         self.ended = False
         self.request_ended = False
         self._writable = True
+        self._high_water = self.factory.config.http2_stream_buffer
+        """Response bytes held for the client's window before the upstream is paused."""
         self._timer = Deadline(self.factory.reactor, self._response_due)
         self._awaiting: ResponseWaiter | None = None
 
@@ -165,7 +164,7 @@ class H2Stream:
                 self.pending.append(piece)
                 self.pending_bytes += len(piece)
         self.session.flush_stream(self)
-        if self._writable and self.pending_bytes > HIGH_WATER:
+        if self._writable and self.pending_bytes > self._high_water:
             self._set_writable(False)
 
     def send_end(self, chunked: bool, trailers: Headers | None) -> None:
@@ -174,7 +173,7 @@ class H2Stream:
 
     def sent(self) -> None:
         """The session sent some of `pending`."""
-        if not self._writable and self.pending_bytes <= HIGH_WATER // 2:
+        if not self._writable and self.pending_bytes <= self._high_water // 2:
             self._set_writable(True)
 
     def _set_writable(self, writable: bool) -> None:
