@@ -391,3 +391,26 @@ def test_the_stream_buffer_is_the_window_the_client_gets() -> None:
     relay = h2c_relay(http2_stream_buffer=32768)
     client = Client(relay)
     assert client.h2.remote_settings.initial_window_size == 32768
+
+
+def test_a_client_that_takes_nothing_pauses_the_server_and_resumes_it_as_it_reads() -> None:
+    relay = h2c_relay(http2_stream_buffer=32768)
+    client = Client(relay)
+    stream = client.request("/big")
+    upstream, transport = relay.accept_upstream()
+    relay.reactor.advance(0)
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n")
+    upstream.dataReceived(b"x" * 150_000)
+    relay.reactor.advance(0)
+    assert transport.producerState == "paused"  # 65535 sent, the rest held: over the bound
+    for _ in range(5):  # the client reads and acknowledges, in a few rounds
+        received = client.transport.value()
+        client.transport.clear()
+        for event in client.h2.receive_data(received):
+            if isinstance(event, DataReceived):
+                client.h2.acknowledge_received_data(event.flow_controlled_length, stream)
+        relay.send(client.h2.data_to_send(), client.connection)
+        relay.reactor.advance(0)
+        if transport.producerState == "producing":
+            break
+    assert transport.producerState == "producing"
