@@ -414,3 +414,18 @@ def test_a_client_that_takes_nothing_pauses_the_server_and_resumes_it_as_it_read
         if transport.producerState == "producing":
             break
     assert transport.producerState == "producing"
+
+
+def test_an_idle_http2_connection_is_sent_goaway_then_closed_after_keepalive_timeout() -> None:
+    relay = h2c_relay(keepalive_timeout=5.0)
+    client = Client(relay)
+    stream = client.request("/one")
+    answer(relay, OK)
+    client.flush()
+    assert client.ended(stream)
+    relay.reactor.advance(4.9)
+    assert not client.transport.disconnecting
+    relay.reactor.advance(0.2)
+    goaways = [f for f in frames(client.transport.value()) if isinstance(f, GoAwayFrame)]
+    assert goaways and goaways[0].last_stream_id == stream
+    assert client.transport.disconnecting

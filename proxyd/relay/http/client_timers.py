@@ -19,6 +19,8 @@ class Timers:
     factory: Any
     exchange: Any
     reader: Any
+    h2: Any
+    """The HTTP/2 session, once the connection speaks HTTP/2 (proxyd.relay.http.h2_session)."""
     lost: bool
     closing: bool
     _timer: Deadline
@@ -71,4 +73,6 @@ class Timers:
             self._refuse(HttpError(408, f"request head not complete within {timeout:g}s"))
             return
         self.closing = True
+        if self.h2 is not None:
+            self.h2.drain()  # GOAWAY first: the client knows no stream was lost
         self.lose_connection()
