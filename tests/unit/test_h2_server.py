@@ -28,10 +28,11 @@ from hyperframe.frame import (
 from twisted.internet.testing import StringTransport
 
 from proxyd.accesslog import AccessLog
+from proxyd.config.model import RespondAction
 from proxyd.relay.http.h2_limits import IDLE_FRAMES, RESETS, FloodGuard
 from proxyd.relay.http.server import ClientConnection
 from proxyd.relay.http.upstream import UpstreamConnection
-from tests.unit.test_http_relay import OK, Relay
+from tests.unit.test_http_relay import OK, Relay, route
 
 
 class Client:
@@ -429,3 +430,34 @@ def test_an_idle_http2_connection_is_sent_goaway_then_closed_after_keepalive_tim
     goaways = [f for f in frames(client.transport.value()) if isinstance(f, GoAwayFrame)]
     assert goaways and goaways[0].last_stream_id == stream
     assert client.transport.disconnecting
+
+
+def test_an_answer_before_the_request_body_ends_resets_the_rest_and_the_connection_goes_on() -> (
+    None
+):
+    relay = h2c_relay(
+        routes=(route("/early", RespondAction(200, "early")), route("/")),
+    )
+    client = Client(relay)
+    stream = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(
+        stream,
+        [
+            (b":method", b"POST"),
+            (b":path", b"/early"),
+            (b":scheme", b"http"),
+            (b":authority", b"e"),
+        ],
+    )
+    client.h2.send_data(stream, b"x" * 1000)
+    client.flush()
+    assert client.status(stream) == 200 and client.body(stream) == b"early"
+    assert client.ended(stream)
+    (reset,) = client.of(stream, StreamReset)
+    assert reset.error_code == 0  # NO_ERROR: the rest of the body is not wanted
+    relay.send(DataFrame(stream, b"late").serialize(), client.connection)  # the client's late data
+    relay.reactor.advance(0)
+    again = client.request("/")
+    answer(relay, OK)
+    client.flush()
+    assert client.body(again) == b"hi"

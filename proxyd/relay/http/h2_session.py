@@ -134,8 +134,8 @@ class H2Session:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.request_data(event.data, event.flow_controlled_length)
-            else:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            else:  # a stream already answered and ended: its bytes are dropped, and freed
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
         elif isinstance(event, StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None and not stream.request_ended:
