@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.logger import Logger
 
 from proxyd import lifetime
+from proxyd.acme.service import AcmeService
 from proxyd.admin.api import AdminResource, AdminSite
 from proxyd.admin.status import status_document
 from proxyd.auth.threads import HashThreads
@@ -88,8 +89,11 @@ class ProxydService(service.MultiService):
         shut down once the connections have drained (proxyd.otlp)."""
         self.caches = CacheRegistry(reactor)
         """The [cache] sections' storage, for every generation; closed at the end."""
+        self.acme = AcmeService(reactor, config.acme, order=not worker)
+        """The [acme] sections' certificates: ordered here unless this is a worker, which
+        loads them from storage when the master says (proxyd.acme)."""
         self.resources = ProcessResources(
-            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches
+            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches, self.acme
         )
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
@@ -97,6 +101,7 @@ class ProxydService(service.MultiService):
         """Relays a reload replaced, until their last connection ends."""
         self.shared_workers = 0
         """In a master: how many workers bind_shared() binds each listener's sockets for."""
+        self.acme.setServiceParent(self)
         self.health: HealthService | None = None
         if not worker:
             self.health = HealthService(reactor, self.pools)
@@ -308,6 +313,8 @@ class ProxydService(service.MultiService):
         ones the master bound for the new addresses (fd, family by listener name): those
         adopted are taken out of it (and closed; Twisted keeps a duplicate). `source` is the
         text `config` was loaded from, for its warnings' lines."""
+        if config.acme != self.config.acme:
+            self.acme.reload(config.acme)
         try:
             generation = build(self._reactor, config, self.serving, self.resources)
         except (StartupError, OSError) as e:

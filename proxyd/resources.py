@@ -4,12 +4,17 @@ there to each HTTP listener's relay (proxyd.relay.http.server.HttpRelayFactory).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from proxyd.auth.threads import HashThreads
 from proxyd.cache.registry import CacheRegistry
 from proxyd.filters.ratelimit import RedisCalls, TableSource
 from proxyd.otlp import OtlpExport
+
+if TYPE_CHECKING:
+    from proxyd.acme.service import AcmeService
 
 
 @attrs.frozen
@@ -29,3 +34,6 @@ class ProcessResources:
     caches: CacheRegistry | None = None
     """The [cache] sections' storage (proxyd.cache.registry); None: routes with a cache
     cannot be built (tests of other things)."""
+    acme: AcmeService | None = None
+    """The [acme] sections' certificates and challenge answers (proxyd.acme.service); None:
+    listeners with `acme` serve none (tests of other things)."""

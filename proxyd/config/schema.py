@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import compress, otlp, routes, tls
+from proxyd.config import acme_section, compress, otlp, routes, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -155,6 +155,7 @@ TLS_SERVER_KEYS: Mapping[str, Key] = {
     "tls_verify_client": _tls("verify_client", v.choice("off", "optional", "required")),
     "tls_client_ca": _tls("client_ca", _ca_file, context=True),
     "expired_certificates": _tls("expired_certificates", v.choice("warn", "refuse")),
+    "acme": _tls("acme", acme_section.acme, context=True),
 }
 """Keys of TLS termination, on [https] and [tcp] sections."""
 
@@ -330,9 +331,6 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         {
             **HTTP_KEYS,
             **TLS_SERVER_KEYS,
-            "certificates": Key(
-                _certificates, required=True, context=True, group="tls", field="certificates"
-            ),
             "hsts": Key(tls.hsts),
         },
     ),
@@ -363,4 +361,5 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         },
     ),
     **SECURITY_SCHEMAS,
+    "acme": acme_section.SCHEMA,
 }

@@ -11,6 +11,8 @@ from typing import Any
 import attrs
 from cryptography import x509
 
+from proxyd.config.acme_model import AcmeConfig
+
 
 @attrs.frozen(eq=False)
 class Certificate:
@@ -84,6 +86,9 @@ class TlsServerConfig:
     """Protocols offered by ALPN ([tcp] listeners; [https] offers http/1.1)."""
     expired_certificates: str = "warn"
     """warn | refuse: what an expired certificate does at start and on reload."""
+    acme: AcmeConfig | None = None
+    """`acme = NAME`: the [acme] section whose certificate this listener serves (before those
+    of `certificates`, which may be empty then)."""
 
 
 @attrs.frozen
