@@ -17,7 +17,7 @@ import datetime
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import josepy
@@ -85,14 +85,15 @@ def obtain(
                 continue  # the CA remembers an earlier validation of this name
             challenge = _pick(authorization, config.challenges)
             name = authorization.body.identifier.value
-            answer = challenge.chall.key_authorization(account_key)  # type: ignore[attr-defined]
-            if isinstance(challenge.chall, challenges.HTTP01):
-                hooks.add_http(challenge.chall.encode("token"), answer)
+            token = _token(challenge)
+            answer = key_authorization(token, account_key)
+            if _type(challenge) == "http-01":
+                hooks.add_http(token, answer)
             else:
                 hooks.add_alpn(name, answer)
             pending.append((authorization, challenge))
         for _, challenge in pending:
-            client.answer_challenge(challenge, challenge.chall.response(account_key))  # type: ignore[attr-defined]
+            client.answer_challenge(challenge, cast(challenges.ChallengeResponse, _Ready()))
         deadline = time.monotonic() + ORDER_TIMEOUT
         for authorization, _ in pending:
             _wait_valid(client, authorization, deadline, stopping)
@@ -123,8 +124,43 @@ def _account(client: acme_client.ClientV2, storage: Storage, config: AcmeConfig)
     client.net.account = messages.RegistrationResource(uri=url, body=messages.Registration())
 
 
+class _Ready(josepy.JSONDeSerializable):
+    """A challenge's response: an empty object (RFC 8555 7.5.1), the answer being ready."""
+
+    def to_partial_json(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, jobj: Any) -> _Ready:
+        return cls()
+
+
+def _type(challenge: messages.ChallengeBody) -> str:
+    """A challenge's type; the `acme` package no longer parses tls-alpn-01 (certbot dropped
+    it), so that one is read from the JSON of an UnrecognizedChallenge."""
+    chall = challenge.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):
+        return str(chall.jobj.get("type", ""))
+    return str(chall.typ)
+
+
+def _token(challenge: messages.ChallengeBody) -> str:
+    chall = challenge.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):
+        token = chall.jobj.get("token")
+        if not isinstance(token, str):
+            raise errors.Error(f"a {_type(challenge)} challenge without a token")
+        return token
+    return str(chall.encode("token"))  # type: ignore[attr-defined]
+
+
+def key_authorization(token: str, account_key: josepy.JWK) -> str:
+    """RFC 8555 8.1: the token, a dot, and the account key's JWK thumbprint (RFC 7638)."""
+    return token + "." + josepy.b64encode(account_key.thumbprint()).decode("ascii")
+
+
 def _pick(authorization: messages.AuthorizationResource, wanted: tuple[str, ...]) -> Any:
-    offered = {c.chall.typ: c for c in authorization.body.challenges}
+    offered = {_type(c): c for c in authorization.body.challenges}
     for kind in wanted:
         if kind in offered:
             return offered[kind]
