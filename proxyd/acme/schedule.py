@@ -82,13 +82,11 @@ class Schedule:
         self._jitter = self.rng.random()
 
     def usable(self, now: float) -> bool:
-        """The held certificate is valid now and covers the names."""
+        """The held certificate has not expired and covers the names. One not valid yet by
+        this clock counts too: a new order would not be valid earlier (the CA's clock is
+        ahead of ours)."""
         held = self.held
-        return (
-            held is not None
-            and held.not_before <= now < held.not_after
-            and covers(held.names, self.config.names)
-        )
+        return held is not None and now < held.not_after and covers(held.names, self.config.names)
 
     def next_attempt(self, now: float) -> float:
         """When to order next: now if nothing usable is held, else when it is due; after a

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.application import service
 from twisted.internet.base import DelayedCall
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -115,10 +116,14 @@ class AcmeService(service.Service):
         sections: Mapping[str, AcmeConfig],
         order: bool = True,
         obtain: Obtain = client.obtain,
+        threaded: bool = True,
     ) -> None:
+        """`obtain` and `threaded` are for tests: what orders, and whether it runs in the
+        service's thread (else on the caller's, as tests on MemoryReactorClock need)."""
         self._reactor = reactor
         self._order = order
         self._obtain = obtain
+        self._threaded = threaded
         self.sections: dict[str, Section] = {}
         self.changed: Callable[[str], None] = lambda name: None
         self._pool: ThreadPool | None = None
@@ -154,7 +159,7 @@ class AcmeService(service.Service):
     def startService(self) -> None:
         super().startService()
         self._stopping.clear()
-        if self._order and self.sections:
+        if self._order and self.sections and self._threaded:
             self._pool = ThreadPool(1, 1, name="proxyd-acme")
             self._pool.start()
         for name, section in self.sections.items():
@@ -208,7 +213,7 @@ class AcmeService(service.Service):
 
     def _run(self, name: str, section: Section) -> None:
         section.timer = None
-        if self.sections.get(name) is not section or section.ordering or self._pool is None:
+        if self.sections.get(name) is not section or section.ordering or not self.running:
             return
         section.ordering = True
         log.info(
@@ -223,22 +228,21 @@ class AcmeService(service.Service):
             add_alpn=lambda host, answer: self._on_reactor(answers.add_alpn, host, answer),
             clear=lambda: self._on_reactor(answers.clear),
         )
-        ordered = deferToThreadPool(
-            self._reactor,
-            self._pool,
-            self._obtain,
-            section.config,
-            section.storage,
-            hooks,
-            self._stopping,
-        )
+        arguments = (section.config, section.storage, hooks, self._stopping)
+        if self._pool is not None:
+            ordered = deferToThreadPool(self._reactor, self._pool, self._obtain, *arguments)
+        else:
+            ordered = maybeDeferred(self._obtain, *arguments)
         ordered.addCallbacks(
             lambda issued: self._issued(name, section, issued),
             lambda failure: self._failed(name, section, failure),
         )
 
     def _on_reactor(self, call: Callable[..., None], *args: Any) -> None:
-        blockingCallFromThread(self._reactor, call, *args)
+        if self._pool is None:
+            call(*args)
+        else:
+            blockingCallFromThread(self._reactor, call, *args)
 
     def _issued(self, name: str, section: Section, issued: client.Issued) -> None:
         section.ordering = False
@@ -251,8 +255,18 @@ class AcmeService(service.Service):
             section.schedule.failed()
             self._plan(name, section)
             return
-        section.load()
-        assert section.current is not None
+        if not section.load() or section.current is None:
+            # Stored but not usable now (not valid yet by this clock, or not the names):
+            # served anyway if it loaded, and retried after a backoff, never at once.
+            section.schedule.failed()
+            log.error(
+                "acme {name}: the new certificate is not usable now; next try in {wait:.0f}s",
+                name=name,
+                wait=section.schedule.backoff(),
+            )
+            self.changed(name)
+            self._plan(name, section)
+            return
         log.info(
             "acme {name}: new certificate for {names}, valid until {until}",
             name=name,

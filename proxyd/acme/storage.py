@@ -104,7 +104,7 @@ class Storage:
         if not os.path.exists(path):
             return None
         try:
-            return load_pair(path, self._file("certificate.key"))
+            return load_pair(path, self._file("certificate.key"), not_yet_valid=True)
         except Exception:
             return None
 
