@@ -216,3 +216,22 @@ def test_a_short_lived_certificate_is_renewed_under_an_open_connection(
         # The connection opened on the first certificate still works.
         answer = get(kept, "short.example.test")
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"secure")
+
+
+def test_with_workers_the_master_orders_and_every_worker_serves_the_certificate(
+    pebble: Callable[..., Pebble], proxyd: Callable[..., Proxyd], storage: Path, tmp_path: Path
+) -> None:
+    ca = pebble()
+    config = acme_config(ca, storage, "workers.example.test", "http-01")
+    instance = proxyd(f"[proxyd]\nworkers = 2\naccess_log = {tmp_path}/access.log\n" + config)
+    instance.wait_for_log(r"acme site: new certificate for", 60)
+    instance.wait_for_log(r"acme site: certificate loaded from storage", 20)
+    # Each new connection goes to one worker or the other: all see the new certificate.
+
+    def serials_served() -> set[int] | None:
+        found = [served_certificate(ca.https_port, "workers.example.test") for _ in range(8)]
+        return {c.serial_number for c in found} if all(map(is_pebbles, found)) else None
+
+    serials = wait_until(serials_served, 20, "every worker serving the new certificate")
+    assert len(serials) == 1
+    assert ca.orders() == 1
