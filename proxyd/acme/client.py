@@ -31,7 +31,7 @@ from proxyd.config.acme_model import AcmeConfig
 USER_AGENT = "proxyd-acme"
 NETWORK_TIMEOUT = 30
 """Seconds for each HTTP request to the directory."""
-ORDER_TIMEOUT = 300.0
+ORDER_TIMEOUT = 90.0
 """Seconds an order may take from its challenges' answers to its certificate."""
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.application import service
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -127,6 +127,8 @@ class AcmeService(service.Service):
         self.sections: dict[str, Section] = {}
         self.changed: Callable[[str], None] = lambda name: None
         self._pool: ThreadPool | None = None
+        """The one thread orders run in, started with the first order."""
+        self._in_flight: set[Deferred[client.Issued]] = set()
         self._stopping = threading.Event()
         self.http = HttpChallenges(())
         """What the [http] listeners answer /.well-known/acme-challenge/ from."""
@@ -159,21 +161,25 @@ class AcmeService(service.Service):
     def startService(self) -> None:
         super().startService()
         self._stopping.clear()
-        if self._order and self.sections and self._threaded:
-            self._pool = ThreadPool(1, 1, name="proxyd-acme")
-            self._pool.start()
         for name, section in self.sections.items():
             self._start(name, section)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[Any] | None:
+        """Stop ordering: an order in flight gives up at its next wait (its thread may be in
+        a request to the CA, bounded by client.NETWORK_TIMEOUT); the thread pool is stopped
+        once it has. Not joined here: the thread may be waiting for the reactor's thread."""
         super().stopService()
         self._stopping.set()
         for section in self.sections.values():
             self._cancel(section)
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.stop()  # the order in flight, if any, stops at its next wait
-        return None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return None
+        if not self._in_flight:
+            pool.stop()
+            return None
+        done = DeferredList(list(self._in_flight), consumeErrors=True)
+        return done.addBoth(lambda _: pool.stop())
 
     def reload_stored(self, name: str) -> None:
         """A worker: the master stored a new certificate for `name`."""
@@ -229,8 +235,13 @@ class AcmeService(service.Service):
             clear=lambda: self._on_reactor(answers.clear),
         )
         arguments = (section.config, section.storage, hooks, self._stopping)
-        if self._pool is not None:
+        if self._threaded:
+            if self._pool is None:
+                self._pool = ThreadPool(1, 1, name="proxyd-acme")
+                self._pool.start()
             ordered = deferToThreadPool(self._reactor, self._pool, self._obtain, *arguments)
+            self._in_flight.add(ordered)
+            ordered.addBoth(self._landed, ordered)
         else:
             ordered = maybeDeferred(self._obtain, *arguments)
         ordered.addCallbacks(
@@ -238,11 +249,15 @@ class AcmeService(service.Service):
             lambda failure: self._failed(name, section, failure),
         )
 
+    def _landed(self, result: Any, ordered: Deferred[client.Issued]) -> Any:
+        self._in_flight.discard(ordered)
+        return result
+
     def _on_reactor(self, call: Callable[..., None], *args: Any) -> None:
-        if self._pool is None:
-            call(*args)
-        else:
+        if self._threaded:
             blockingCallFromThread(self._reactor, call, *args)
+        else:
+            call(*args)
 
     def _issued(self, name: str, section: Section, issued: client.Issued) -> None:
         section.ordering = False
