@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.logger import Logger
 
 from proxyd import lifetime
+from proxyd.acme.service import AcmeService
 from proxyd.admin.api import AdminResource, AdminSite
 from proxyd.admin.status import status_document
 from proxyd.auth.threads import HashThreads
@@ -93,8 +94,17 @@ class ProxydService(service.MultiService):
         """The OCSP responses the TLS listeners staple, for every generation: fetched once
         the service starts in a process that serves handshakes (not a master of workers,
         whose workers each fetch their own)."""
+        self.acme = AcmeService(reactor, config.acme, order=not worker)
+        """The [acme] sections' certificates: ordered here unless this is a worker, which
+        loads them from storage when the master says (proxyd.acme)."""
         self.resources = ProcessResources(
-            self.hash_threads, limit_tables, self.redis.call, self.otlp, self.caches, self.ocsp
+            hash_threads=self.hash_threads,
+            limit_tables=limit_tables,
+            redis=self.redis.call,
+            otlp=self.otlp,
+            caches=self.caches,
+            ocsp=self.ocsp,
+            acme=self.acme,
         )
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
@@ -103,6 +113,7 @@ class ProxydService(service.MultiService):
         """Relays a reload replaced, until their last connection ends."""
         self.shared_workers = 0
         """In a master: how many workers bind_shared() binds each listener's sockets for."""
+        self.acme.setServiceParent(self)
         self.health: HealthService | None = None
         if not worker:
             self.health = HealthService(reactor, self.pools)
@@ -319,6 +330,8 @@ class ProxydService(service.MultiService):
         ones the master bound for the new addresses (fd, family by listener name): those
         adopted are taken out of it (and closed; Twisted keeps a duplicate). `source` is the
         text `config` was loaded from, for its warnings' lines."""
+        if config.acme != self.config.acme:
+            self.acme.reload(config.acme)
         try:
             generation = build(self._reactor, config, self.serving, self.resources)
         except (StartupError, OSError) as e:

@@ -89,6 +89,11 @@ def build(
     except (StartupError, OSError):
         generation.abandon(serving)
         raise
+    if resources is not None and resources.acme is not None:
+        for listener in generation.listeners:
+            tls = getattr(listener, "tls", None)
+            if tls is not None and tls.config.acme is not None:
+                resources.acme.attach(tls)
     return generation
 
 

@@ -4,6 +4,8 @@ there to each HTTP listener's relay (proxyd.relay.http.server.HttpRelayFactory).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from proxyd.auth.threads import HashThreads
@@ -11,6 +13,9 @@ from proxyd.cache.registry import CacheRegistry
 from proxyd.filters.ratelimit import RedisCalls, TableSource
 from proxyd.ocsp_stapling import OcspStapling
 from proxyd.otlp import OtlpExport
+
+if TYPE_CHECKING:
+    from proxyd.acme.service import AcmeService
 
 
 @attrs.frozen
@@ -33,3 +38,6 @@ class ProcessResources:
     ocsp: OcspStapling | None = None
     """The OCSP responses the TLS listeners staple (proxyd.ocsp_stapling); None: they staple
     none (tests of other things)."""
+    acme: AcmeService | None = None
+    """The [acme] sections' certificates and challenge answers (proxyd.acme.service); None:
+    listeners with `acme` serve none (tests of other things)."""

@@ -127,6 +127,9 @@ class ServerTls:
         self._session_id = hashlib.sha256(listener.encode()).digest()[:32]
         self.certificates: tuple[Certificate, ...] = ()
         self._contexts: list[SSL.Context] = []
+        self.acme_alpn: Callable[[SSL.Connection], SSL.Context | None] | None = None
+        """With `acme`: the tls-alpn-01 validation context of a handshake offering
+        acme-tls/1 (proxyd.acme.challenges), or None."""
         self._install(config.loaded)
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
@@ -139,7 +142,14 @@ class ServerTls:
             cast(IOpenSSLServerConnectionCreator, self), False, factory, clock
         )
 
+    def replace(self, certificates: tuple[Certificate, ...]) -> None:
+        """Serve `certificates` from the next handshake on (an [acme] certificate renewed);
+        connections open keep the contexts they began with."""
+        self._install(certificates)
+
     def _install(self, certificates: tuple[Certificate, ...]) -> None:
+        if not certificates:  # an [acme] listener before proxyd.acme gives it one
+            return
         contexts = [self._context(certificate) for certificate in certificates]
         index = CertificateIndex(certificates)
 
@@ -183,7 +193,7 @@ class ServerTls:
             if config.verify_client == "required":
                 mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             ctx.set_verify(mode, self._verify_client)
-        if self._alpn:
+        if self._alpn or config.acme is not None:
             ctx.set_alpn_select_callback(self._select_protocol)
         stapling = self._stapling
         key = stapling.key_of(certificate, config) if stapling is not None else None
@@ -194,6 +204,14 @@ class ServerTls:
         return ctx
 
     def _select_protocol(self, connection: SSL.Connection, offered: list[bytes]) -> Any:
+        if offered == [b"acme-tls/1"] and self.acme_alpn is not None:
+            # RFC 8737 3: a validator offers acme-tls/1 alone; the certificate is chosen
+            # here, after SNI, before OpenSSL picks the one it sends.
+            validation = self.acme_alpn(connection)
+            if validation is None:
+                return SSL.NO_OVERLAPPING_PROTOCOLS
+            connection.set_context(validation)
+            return b"acme-tls/1"
         for protocol in self._alpn:
             if protocol in offered:
                 return protocol

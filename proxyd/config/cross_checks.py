@@ -61,7 +61,7 @@ def _no_groups(section: Section, fields: dict[str, Any], values: dict[str, Any])
 
 def _tls_server(section: Section, values: dict[str, Any]) -> tuple[Any, _Problems]:
     """A TlsServerConfig from the `certificates` and `tls_*` keys, the certificates read."""
-    sources = values.pop("certificates")
+    sources = values.pop("certificates", ())
     refuse = values.get("expired_certificates") == "refuse"
     try:
         loaded = tls.load_all(sources, refuse_expired=refuse)
@@ -83,14 +83,21 @@ def _tls_server(section: Section, values: dict[str, Any]) -> tuple[Any, _Problem
 
 
 def _https_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
+    if not _terminates(section):
+        return [("certificates", Invalid("a 'certificates' or an 'acme' key", "none"))]
     fields["tls"], problems = _tls_server(section, values)
     return problems
+
+
+def _terminates(section: Section) -> bool:
+    """TLS is terminated: the section has certificates of its own or from an [acme]."""
+    return "certificates" in section.entries or "acme" in section.entries
 
 
 def _tcp_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
     problems: _Problems = []
     sni = fields.get("route_by") == "sni"
-    if "certificates" in values:
+    if _terminates(section):
         if sni:
             problems.append(
                 (
@@ -115,7 +122,12 @@ def _tcp_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]
         for key in section.entries:
             if key in TLS_SERVER_KEYS or key == "tls_alpn":
                 problems.append(
-                    (key, Invalid(f"'{key}' only with certificates (TLS termination)", "none"))
+                    (
+                        key,
+                        Invalid(
+                            f"'{key}' only with certificates or acme (TLS termination)", "none"
+                        ),
+                    )
                 )
     if "routes" in fields and not sni:
         problems.append(("routes", Invalid("routes only with route_by = sni", "no route_by")))
@@ -137,7 +149,7 @@ def _websocket_groups(
                 problems.append(
                     (key, Invalid(f"'{key}' only with mode = message", "mode = passthrough"))
                 )
-    if "certificates" in values:
+    if _terminates(section):
         fields["tls"], more = _tls_server(section, values)
         problems += more
     else:

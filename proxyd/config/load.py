@@ -25,6 +25,7 @@ __all__ = ["LISTENER_KINDS", "SCHEMAS", "load", "loads", "read"]
 
 _BUILD_ORDER = (
     "proxyd",
+    "acme",
     "admin",
     "pool",
     "filter",
@@ -44,7 +45,7 @@ _BUILD_ORDER = (
 [rule], [cors], [auth], [ratelimit] and [cache] sections before the sections that name
 them."""
 
-_NAMED_KINDS = ("rule", "cors", "auth", "ratelimit", "cache")
+_NAMED_KINDS = ("rule", "cors", "auth", "ratelimit", "cache", "acme")
 """Sections that listeners and routes name (Context.sections)."""
 
 
@@ -167,6 +168,7 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         admin=built["admin"].get(""),
         auth=dict(built["auth"]),
         caches=dict(built["cache"]),
+        acme=dict(built["acme"]),
     )
 
 

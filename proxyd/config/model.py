@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import attrs
 
 from proxyd.access.networks import AccessList
+from proxyd.config.acme_model import AcmeConfig
 from proxyd.config.auth_model import AuthConfig
 from proxyd.config.cache_model import CacheConfig
 from proxyd.config.check_model import (
@@ -69,6 +70,7 @@ __all__ = [
     "TLS_PROTOCOLS",
     "TRACE_CONTEXT",
     "AccessList",
+    "AcmeConfig",
     "Address",
     "AdminConfig",
     "AuthConfig",
@@ -508,3 +510,5 @@ class Config:
     """The [auth] sections, by name (for the warnings about their files)."""
     caches: Mapping[str, CacheConfig] = attrs.field(factory=dict)
     """The [cache] sections, by name, used by a route or not (the admin API purges them)."""
+    acme: Mapping[str, AcmeConfig] = attrs.field(factory=dict)
+    """The [acme] sections, by name (proxyd.acme obtains their certificates)."""

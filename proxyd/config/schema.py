@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import compress, otlp, routes, tls
+from proxyd.config import acme_section, compress, otlp, routes, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -157,6 +157,7 @@ TLS_SERVER_KEYS: Mapping[str, Key] = {
     "expired_certificates": _tls("expired_certificates", v.choice("warn", "refuse")),
     "ocsp_stapling": _tls("ocsp_stapling", v.boolean),
     "ocsp_responder": _tls("ocsp_responder", tls.ocsp_responder),
+    "acme": _tls("acme", acme_section.acme, context=True),
 }
 """Keys of TLS termination, on [https] and [tcp] sections."""
 
@@ -338,9 +339,6 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         {
             **HTTP_KEYS,
             **TLS_SERVER_KEYS,
-            "certificates": Key(
-                _certificates, required=True, context=True, group="tls", field="certificates"
-            ),
             "hsts": Key(tls.hsts),
             "http2": Key(v.boolean),
         },
@@ -372,4 +370,5 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         },
     ),
     **SECURITY_SCHEMAS,
+    "acme": acme_section.SCHEMA,
 }

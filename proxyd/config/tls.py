@@ -97,9 +97,10 @@ def _load_source(source: CertificateSource) -> list[Certificate]:
     return loaded
 
 
-def load_pair(path: str, key_path: str | None) -> Certificate:
+def load_pair(path: str, key_path: str | None, not_yet_valid: bool = False) -> Certificate:
     """The certificate (then its chain) in `path`, with its key from `key_path`, else from
-    the same file, else from the file named like it with `.key`."""
+    the same file, else from the file named like it with `.key`. A certificate not valid yet
+    is refused unless `not_yet_valid` (an ACME certificate, whose CA's clock may be ahead)."""
     blocks = _blocks(path)
     chain = []
     for kind, pem in blocks:
@@ -130,7 +131,7 @@ def load_pair(path: str, key_path: str | None) -> Certificate:
             f"a key in {key_path!r} that does not match {path!r}",
         )
     now = datetime.datetime.now(datetime.UTC)
-    if leaf.not_valid_before_utc > now:
+    if leaf.not_valid_before_utc > now and not not_yet_valid:
         raise Invalid(
             "a certificate valid now",
             f"{path!r} not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",

@@ -11,6 +11,8 @@ from typing import Any
 import attrs
 from cryptography import x509
 
+from proxyd.config.acme_model import AcmeConfig
+
 
 @attrs.frozen(eq=False)
 class Certificate:
@@ -88,6 +90,9 @@ class TlsServerConfig:
     """Staple OCSP responses for the certificates that name a responder (proxyd.ocsp)."""
     ocsp_responder: str | None = None
     """An http:// URL asked instead of the one each certificate names."""
+    acme: AcmeConfig | None = None
+    """`acme = NAME`: the [acme] section whose certificate this listener serves (before those
+    of `certificates`, which may be empty then)."""
 
 
 @attrs.frozen

@@ -3,7 +3,8 @@
 master -> worker: SetHealth (a server's active-check state), SetServer (its admin state and
 weight), Serve (start accepting), PassSocket and Reload, ReopenLogs, CloseNow.
 master -> worker, answered: Counters (the worker's counters, summed by the master), Reload,
-PurgeCache (purge a cache's memory tier: the admin API's purge).
+PurgeCache (purge a cache's memory tier: the admin API's purge), LoadCertificate (an
+[acme] certificate the master stored).
 worker -> master, answered: ChargeLimits (what its rate limits charged; the answer, what the
 other workers charged: proxyd.ratelimit.synced).
 """
@@ -147,6 +148,14 @@ class PurgeCache(amp.Command):
 
     arguments = [(b"name", amp.Unicode()), (b"purge", Json())]
     response = [(b"purged", amp.Integer())]
+
+
+class LoadCertificate(amp.Command):
+    """The master stored a new certificate for the [acme] section `name`: load it from the
+    storage directory and serve it from the next handshake on (proxyd.acme.service)."""
+
+    arguments = [(b"name", amp.Unicode())]
+    response = []
 
 
 class ChargeLimits(amp.Command):

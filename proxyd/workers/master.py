@@ -54,6 +54,7 @@ from proxyd.workers.commands import (
     ChargeLimits,
     CloseNow,
     Counters,
+    LoadCertificate,
     PassSocket,
     PurgeCache,
     Reload,
@@ -169,6 +170,7 @@ class Master(service.MultiService):
         proxy.reload_source = self.reload
         proxy.server_changed = self._server_changed
         proxy.purge_source = self.purge_cache
+        proxy.acme.changed = self._certificate_changed
         self.config_text = config_text
         self.count = count
         self._handle_signals = handle_signals
@@ -305,6 +307,11 @@ class Master(service.MultiService):
     def _server_changed(self, server: Server, who: str) -> None:
         for worker in list(self.workers.values()):
             self._tell(worker, SetServer, server, who)
+
+    def _certificate_changed(self, name: str) -> None:
+        for worker in list(self.workers.values()):
+            if worker.agent is not None:
+                worker.agent.callRemote(LoadCertificate, name=name).addErrback(lambda _: None)
 
     def charge_limits(self, index: int, reports: list[Report]) -> dict[str, list[list[Any]]]:
         """Worker `index`'s rate-limit charges; the answer is what the others charged. The

@@ -42,6 +42,7 @@ from proxyd.workers.commands import (
     ChargeLimits,
     CloseNow,
     Counters,
+    LoadCertificate,
     PassSocket,
     PurgeCache,
     Reload,
@@ -123,6 +124,11 @@ class WorkerAgent(Agent):
     @CloseNow.responder
     def close_now(self) -> dict[str, Any]:
         self.proxy.close_now()
+        return {}
+
+    @LoadCertificate.responder
+    def load_certificate(self, name: str) -> dict[str, Any]:
+        self.proxy.acme.reload_stored(name)
         return {}
 
     @Counters.responder

@@ -102,7 +102,7 @@ def test_tls_protocols_and_ciphersuites_narrow_what_is_accepted(
     relay.wait_for_log(r"TLS handshake with 127\.0\.0\.1:\d+ failed: .*protocol")
 
     # A client that offers only protocols proxyd does not speak continues without ALPN.
-    context = client_context(cafile, alpn=["h2"])
+    context = client_context(cafile, alpn=["spdy/3"])
     with tls_connection(port, "proxyd.test", context) as tls:
         assert tls.version() == "TLSv1.3"
         assert tls.cipher()[0] == "TLS_AES_256_GCM_SHA384"

@@ -131,7 +131,7 @@ def test_every_error_in_a_file_is_reported_at_once_in_line_order() -> None:
             "[pol a]\n",
             "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'admin', 'pool', 'tcp', "
             "'udp', 'websocket', 'http', 'https', 'route', 'rule', 'cors', 'auth', 'ratelimit',"
-            " 'cache', 'filter');"
+            " 'cache', 'acme', 'filter');"
             " found [pol]"
             " (did you mean 'pool'?)",
         ),

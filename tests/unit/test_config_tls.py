@@ -437,7 +437,8 @@ def test_a_malformed_certificates_value_is_an_error(
 def test_certificates_is_required_on_https(tmp_path: Path) -> None:
     text = POOL + "[https h]\nlisten = tcp:8443\nroutes = path / -> pool web\n"
     assert errors(tmp_path, text) == [
-        "proxyd.ini:3: [https h] certificates: expected a 'certificates' key; found none"
+        "proxyd.ini:3: [https h] certificates: expected a 'certificates' or an 'acme' key;"
+        " found none"
     ]
 
 
@@ -711,7 +712,7 @@ def test_tls_keys_on_a_tcp_listener_without_certificates_are_errors(
 ) -> None:
     key = key_value.split(" =")[0]
     assert errors(tmp_path, tcp(f"pool = web\n{key_value}\n")) == [
-        f"proxyd.ini:6: [tcp t] {key}: expected '{key}' only with certificates "
+        f"proxyd.ini:6: [tcp t] {key}: expected '{key}' only with certificates or acme "
         "(TLS termination); found none"
     ]
 

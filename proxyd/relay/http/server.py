@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.accesslog import AccessLog, json_string
+from proxyd.acme.challenges import CHALLENGE_PATH
 from proxyd.clock import Deadline
 from proxyd.config.model import Address, HttpListenerConfig
 from proxyd.filters.auth import AuthContext
@@ -269,6 +270,12 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         if not request.has_body and isinstance(self.reader.peek(), End):
             # llhttp ends a body-less request with its head: nothing to wait for.
             self.reader.next_event()
+        acme = self.factory.acme
+        if acme is not None and request.target.startswith(CHALLENGE_PATH):
+            answer = acme.http.answer(request.target)
+            if answer is not None:
+                self._answer_challenge(answer)
+                return
         exchange = self.exchange = Exchange(self, request)
         exchange.start()
 
@@ -279,6 +286,22 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         self.reader = self.factory.new_reader()
         self.resume_reading("upgrade")
         self.reader.feed(leftover)
+
+    def _answer_challenge(self, key_authorization: bytes) -> None:
+        """An ACME http-01 validation request (RFC 8555 8.3): its key authorization, then
+        close (validators send one request a connection)."""
+        self.closing = True
+        head = response_head(
+            200,
+            b"",
+            [
+                (b"Content-Type", b"application/octet-stream"),
+                (b"Content-Length", b"%d" % len(key_authorization)),
+                (b"Connection", b"close"),
+            ],
+        )
+        self.send([head, key_authorization])
+        self.lose_connection()
 
     def _refuse(self, error: HttpError) -> None:
         """A request that cannot be parsed: answer it and close, as RFC 9112 asks."""
@@ -492,6 +515,8 @@ class HttpRelayFactory(Factory[ClientConnection]):
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
+        self.acme = resources.acme if config.tls is None else None
+        """Answers http-01 challenges before routing ([http] listeners; proxyd.acme)."""
         self.tls: ServerTls | None = (
             ServerTls(
                 f"https {config.name}",
