@@ -151,12 +151,22 @@ def _websocket_groups(
 
 def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
     client = fields["tls"] = TlsClientConfig(**values)
+    problems: _Problems = []
+    protocol = fields.get("protocol", "http1")
+    if protocol == "h2" and not client.enabled:
+        problems.append(("protocol", Invalid("'tls = on' with protocol = h2", "no tls")))
+    elif protocol == "h2c" and client.enabled:
+        why = "protocol = h2 over TLS (h2c is HTTP/2 in cleartext)"
+        problems.append(("protocol", Invalid(why, "h2c with tls = on")))
+    if "h2_connections" in fields and protocol == "http1":
+        why = "h2_connections only with protocol = h2 or h2c"
+        problems.append(("h2_connections", Invalid(why, "protocol = http1")))
     check = fields.get("check")
     if isinstance(check, TlsCheck) or (isinstance(check, WebSocketCheck) and client.enabled):
         fields["check"] = attrs.evolve(check, tls=client)
     elif isinstance(check, HttpCheck) and client.enabled:
         fields["check"] = TlsCheck(client, check)
-    return []
+    return problems
 
 
 def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
