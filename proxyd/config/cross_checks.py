@@ -13,7 +13,7 @@ from proxyd.config import routes, security, tls
 from proxyd.config import values as v
 from proxyd.config.auth_section import auth_section
 from proxyd.config.cache_section import cache_section
-from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
+from proxyd.config.check_model import GrpcCheck, HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.compress import compress_group
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.ini import Section
@@ -162,7 +162,9 @@ def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any
         why = "h2_connections only with protocol = h2 or h2c"
         problems.append(("h2_connections", Invalid(why, "protocol = http1")))
     check = fields.get("check")
-    if isinstance(check, TlsCheck) or (isinstance(check, WebSocketCheck) and client.enabled):
+    if isinstance(check, TlsCheck) or (
+        isinstance(check, WebSocketCheck | GrpcCheck) and client.enabled
+    ):
         fields["check"] = attrs.evolve(check, tls=client)
     elif isinstance(check, HttpCheck) and client.enabled:
         fields["check"] = TlsCheck(client, check)

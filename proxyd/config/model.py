@@ -20,6 +20,7 @@ from proxyd.config.cache_model import CacheConfig
 from proxyd.config.check_model import (
     CheckConfig,
     DnsCheck,
+    GrpcCheck,
     HttpCheck,
     MysqlCheck,
     SipCheck,
@@ -81,6 +82,7 @@ __all__ = [
     "DnsCheck",
     "FilterConfig",
     "GlobalConfig",
+    "GrpcCheck",
     "HeaderRule",
     "HttpCheck",
     "HttpListenerConfig",

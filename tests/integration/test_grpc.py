@@ -129,3 +129,24 @@ def test_no_route_is_unimplemented_and_requests_spread_on_streams(
     unary = channel.unary_unary("/test.Echo/Unary")
     futures = [unary.future(b"%d" % i, timeout=10) for i in range(50)]
     assert sorted(f.result() for f in futures) == sorted(b"g1:%d" % i for i in range(50))
+
+
+def test_grpc_health_check_follows_the_health_service(grpc_server, proxyd, channel_to) -> None:
+    first, second = grpc_server("g1"), grpc_server("g2")
+    port = free_port()
+    extra = "check = grpc test.Echo\ncheck_interval = 200ms\nrise = 1\nfall = 1\n"
+    instance = proxyd(grpc_config(port, [first, second], extra))
+    set_health = grpc.insecure_channel(f"127.0.0.1:{first.port}").unary_unary(
+        "/test.Echo/SetHealth"
+    )
+    start = instance.log_offset()
+    assert set_health(b"NOT_SERVING", timeout=10) == b"ok"
+    instance.wait_for_state(first.address, "g", "DOWN", start=start)
+    unary = channel_to(port).unary_unary("/test.Echo/Unary")
+    assert {unary(b"x", timeout=10) for _ in range(6)} == {b"g2:x"}
+    assert set_health(b"SERVING", timeout=10) == b"ok"
+    instance.wait_for_state(first.address, "g", "UP", start=start)
+    start = instance.log_offset()
+    second.kill()
+    instance.wait_for_state(second.address, "g", "DOWN", start=start)
+    assert {unary(b"x", timeout=10) for _ in range(4)} == {b"g1:x"}
