@@ -137,9 +137,10 @@ class H2Upstreams:
             waiter.result.callback(stream)
         if not waiters or self._stopped:
             return
-        conns = self.connections.get(server, [])
+        # A connection that got GOAWAY takes no new stream: it does not count.
+        usable = [c for c in self.connections.get(server, []) if not c.draining]
         connecting = self._connecting.get(server, [])
-        if not connecting and len(conns) < self.config.h2_connections:
+        if not connecting and len(usable) < self.config.h2_connections:
             self._open(server, self._timeout_of(waiters[0]))
 
     def _timeout_of(self, waiter: _Waiter) -> float:
