@@ -150,3 +150,24 @@ def test_grpc_health_check_follows_the_health_service(grpc_server, proxyd, chann
     second.kill()
     instance.wait_for_state(second.address, "g", "DOWN", start=start)
     assert {unary(b"x", timeout=10) for _ in range(4)} == {b"g1:x"}
+
+
+def test_an_h2_pool_speaks_tls_with_alpn_h2(grpc_server, proxyd, channel_to, tmp_path) -> None:
+    from tests.certs import TestCA
+
+    ca = TestCA()
+    ca.write_ca(tmp_path / "ca.pem")
+    issued = ca.issue(["grpc.example.test"])
+    pem = issued.write(tmp_path / "server.pem")
+    server = grpc_server("tls1", "--tls", str(pem), str(pem))
+    port = free_port()
+    extra = (
+        f"tls = on\ntls_ca = {tmp_path / 'ca.pem'}\ntls_server_name = grpc.example.test\n"
+        "check = grpc\ncheck_interval = 200ms\n"
+    )
+    config = grpc_config(port, [server], extra).replace("protocol = h2c", "protocol = h2")
+    proxyd(config)
+    unary = channel_to(port).unary_unary("/test.Echo/Unary")
+    assert unary(b"over tls", timeout=10) == b"tls1:over tls"
+    bidi = channel_to(port).stream_stream("/test.Echo/Bidi")
+    assert list(bidi(iter([b"a", b"b"]), timeout=10)) == [b"a", b"b"]
