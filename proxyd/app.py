@@ -41,7 +41,7 @@ from proxyd.otlp import OtlpExport
 from proxyd.pool import Pool, Server
 from proxyd.ratelimit.redis_client import RedisClients
 from proxyd.relay.http.routing import unreachable
-from proxyd.relay.http.upstream import ConnectionPool
+from proxyd.relay.http.upstream import Upstreams
 from proxyd.reloading import ReloadOutcome, difference, hand_over, open_listener, sighup_reload
 from proxyd.resources import ProcessResources
 from proxyd.stopping import GracefulStop, on_sigusr1
@@ -155,7 +155,7 @@ class ProxydService(service.MultiService):
         return self.serving.pools
 
     @property
-    def upstreams(self) -> dict[str, ConnectionPool]:
+    def upstreams(self) -> dict[str, Upstreams]:
         """Upstream keep-alive connections, per pool, shared by every HTTP listener."""
         return self.serving.upstreams
 

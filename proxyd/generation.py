@@ -21,8 +21,9 @@ from proxyd.listeners import RelayListener, StartupError, StreamRelayListener, U
 from proxyd.pool import Pool
 from proxyd.relay.dns import DnsListener
 from proxyd.relay.factory import http_counts, tcp_counts, websocket_counts
+from proxyd.relay.http.h2_upstreams import H2Upstreams
 from proxyd.relay.http.server import HttpRelayFactory
-from proxyd.relay.http.upstream import ConnectionPool
+from proxyd.relay.http.upstream import ConnectionPool, Upstreams
 from proxyd.relay.tcp import TcpRelayFactory
 from proxyd.relay.udp import UdpListener
 from proxyd.relay.websocket import WebSocketRelayFactory
@@ -37,7 +38,7 @@ class Generation:
 
     config: Config
     pools: dict[str, Pool]
-    upstreams: dict[str, ConnectionPool]
+    upstreams: dict[str, Upstreams]
     """Upstream keep-alive connections, per pool, shared by every HTTP listener."""
     logs: dict[str, AccessLog] = attrs.field(factory=dict)
     """The access logs, by target."""
@@ -58,7 +59,7 @@ class Generation:
 
     def released_by(
         self, successor: Generation
-    ) -> tuple[list[Pool], list[ConnectionPool], list[AccessLog]]:
+    ) -> tuple[list[Pool], list[Upstreams], list[AccessLog]]:
         """The pools, upstream pools and access logs of this generation that `successor`
         does not use."""
         return (
@@ -112,10 +113,10 @@ def _pools(reactor: Any, config: Config, serving: Generation | None) -> dict[str
 
 def _upstreams(
     reactor: Any, config: Config, pools: Mapping[str, Pool], serving: Generation | None
-) -> dict[str, ConnectionPool]:
+) -> dict[str, Upstreams]:
     """Each pool's upstream connections: kept (idle keep-alive connections and all) for a
     pool kept as it was."""
-    upstreams: dict[str, ConnectionPool] = {}
+    upstreams: dict[str, Upstreams] = {}
     for name, pool_config in config.pools.items():
         if serving is not None and pools[name] is serving.pools.get(name):
             old = serving.upstreams.get(name)
@@ -123,11 +124,16 @@ def _upstreams(
                 upstreams[name] = old
                 continue
         tls = pool_config.tls
-        upstreams[name] = ConnectionPool(
-            reactor,
-            pool_config,
-            ClientTls(name, tls, [b"http/1.1"]) if tls.enabled else None,
-        )
+        if pool_config.protocol == "http1":
+            upstreams[name] = ConnectionPool(
+                reactor,
+                pool_config,
+                ClientTls(name, tls, [b"http/1.1"]) if tls.enabled else None,
+            )
+        else:
+            upstreams[name] = H2Upstreams(
+                reactor, pool_config, ClientTls(name, tls, [b"h2"]) if tls.enabled else None
+            )
     return upstreams
 
 

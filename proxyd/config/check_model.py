@@ -104,6 +104,26 @@ class WebSocketCheck:
     kind = "websocket"
 
 
+@attrs.frozen
+class GrpcCheck:
+    """`check = grpc [SERVICE]`: one grpc.health.v1.Health/Check call for SERVICE (default
+    "", the server as a whole) over HTTP/2; the server is up when it answers SERVING."""
+
+    service: str = ""
+    tls: TlsClientConfig | None = None
+    """Set by the loader for a pool with `tls = on`: the call goes over TLS (ALPN h2)."""
+
+    kind = "grpc"
+
+
 CheckConfig = (
-    TcpCheck | SmtpCheck | MysqlCheck | HttpCheck | TlsCheck | DnsCheck | SipCheck | WebSocketCheck
+    TcpCheck
+    | SmtpCheck
+    | MysqlCheck
+    | HttpCheck
+    | TlsCheck
+    | DnsCheck
+    | SipCheck
+    | WebSocketCheck
+    | GrpcCheck
 )

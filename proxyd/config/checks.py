@@ -15,6 +15,7 @@ from proxyd.config.http_values import host_header, method, request_path, status_
 from proxyd.config.model import (
     CheckConfig,
     DnsCheck,
+    GrpcCheck,
     HttpCheck,
     MysqlCheck,
     SipCheck,
@@ -28,7 +29,7 @@ from proxyd.config.scalars import (
     words,
 )
 
-CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls", "dns", "sip", "websocket")
+CHECK_KINDS = ("tcp", "smtp", "mysql", "http", "tls", "dns", "sip", "websocket", "grpc")
 
 
 def check(text: str) -> CheckConfig | None:
@@ -67,6 +68,10 @@ def check(text: str) -> CheckConfig | None:
         return TlsCheck(TlsClientConfig(), _http_check(args[1:]))
     if kind == "websocket":
         return _websocket_check(args)
+    if kind == "grpc":
+        if len(args) > 1 or (args and not re.match(r"^[A-Za-z0-9_.]+$", args[0])):
+            raise Invalid("'grpc' or 'grpc SERVICE' such as 'grpc helloworld.Greeter'", repr(text))
+        return GrpcCheck(args[0]) if args else GrpcCheck()
     kinds = (*CHECK_KINDS, "none")
     raise Invalid(f"a check kind ({one_of(kinds)})", repr(kind), did_you_mean(kind, kinds))
 

@@ -13,7 +13,7 @@ from proxyd.config import routes, security, tls
 from proxyd.config import values as v
 from proxyd.config.auth_section import auth_section
 from proxyd.config.cache_section import cache_section
-from proxyd.config.check_model import HttpCheck, TlsCheck, WebSocketCheck
+from proxyd.config.check_model import GrpcCheck, HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.compress import compress_group
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.ini import Section
@@ -163,12 +163,24 @@ def _websocket_groups(
 
 def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
     client = fields["tls"] = TlsClientConfig(**values)
+    problems: _Problems = []
+    protocol = fields.get("protocol", "http1")
+    if protocol == "h2" and not client.enabled:
+        problems.append(("protocol", Invalid("'tls = on' with protocol = h2", "no tls")))
+    elif protocol == "h2c" and client.enabled:
+        why = "protocol = h2 over TLS (h2c is HTTP/2 in cleartext)"
+        problems.append(("protocol", Invalid(why, "h2c with tls = on")))
+    if "h2_connections" in fields and protocol == "http1":
+        why = "h2_connections only with protocol = h2 or h2c"
+        problems.append(("h2_connections", Invalid(why, "protocol = http1")))
     check = fields.get("check")
-    if isinstance(check, TlsCheck) or (isinstance(check, WebSocketCheck) and client.enabled):
+    if isinstance(check, TlsCheck) or (
+        isinstance(check, WebSocketCheck | GrpcCheck) and client.enabled
+    ):
         fields["check"] = attrs.evolve(check, tls=client)
     elif isinstance(check, HttpCheck) and client.enabled:
         fields["check"] = TlsCheck(client, check)
-    return []
+    return problems
 
 
 def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:

@@ -21,6 +21,7 @@ from proxyd.config.cache_model import CacheConfig
 from proxyd.config.check_model import (
     CheckConfig,
     DnsCheck,
+    GrpcCheck,
     HttpCheck,
     MysqlCheck,
     SipCheck,
@@ -69,6 +70,7 @@ __all__ = [
     "OFF",
     "TLS_PROTOCOLS",
     "TRACE_CONTEXT",
+    "UPSTREAM_PROTOCOLS",
     "AccessList",
     "AcmeConfig",
     "Address",
@@ -82,6 +84,7 @@ __all__ = [
     "DnsCheck",
     "FilterConfig",
     "GlobalConfig",
+    "GrpcCheck",
     "HeaderRule",
     "HttpCheck",
     "HttpListenerConfig",
@@ -144,6 +147,7 @@ class ServerConfig:
 
 
 BALANCE_ALGORITHMS = ("round_robin", "least_conn", "random_two", "hash", "first")
+UPSTREAM_PROTOCOLS = ("http1", "h2", "h2c")
 """The pool layer implements each of these (proxyd.pool.balance); config only names them."""
 
 ESCAPED_SLASHES = ("reject", "decode", "keep")
@@ -186,6 +190,12 @@ class PoolConfig:
     max_connections; 0: none wait, they are refused at once."""
     queue_timeout: float = 5.0
     """The longest one waits in that queue."""
+    protocol: str = "http1"
+    """HTTP relays: what proxyd speaks to the servers: http1 | h2 (HTTP/2 over TLS, ALPN h2;
+    needs `tls = on`) | h2c (HTTP/2 in cleartext, with prior knowledge)."""
+    h2_connections: int = 1
+    """h2 and h2c pools: the most HTTP/2 connections per server; a new one is opened only
+    when every open one carries as many streams as the server allows."""
 
 
 @attrs.frozen

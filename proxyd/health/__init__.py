@@ -4,7 +4,7 @@ Importing the package registers every built-in kind (tcp, http, tls, dns, sip, s
 proxyd.health.checks; a new kind is a module beside them, imported here.
 """
 
-from proxyd.health import dns, http, mysql, sip, smtp, tcp, tls, websocket
+from proxyd.health import dns, grpc, http, mysql, sip, smtp, tcp, tls, websocket
 from proxyd.health.checks import CheckFailed, checker_for, register, run_check
 from proxyd.health.service import HealthService, ServerHealth
 from proxyd.health.state import HealthState, Transition
@@ -17,6 +17,7 @@ __all__ = [
     "Transition",
     "checker_for",
     "dns",
+    "grpc",
     "http",
     "mysql",
     "register",

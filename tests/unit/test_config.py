@@ -138,7 +138,7 @@ def test_every_error_in_a_file_is_reported_at_once_in_line_order() -> None:
         (
             "[pool a]\nservers = 127.0.0.1:1\ncheck = htp\n",
             "proxyd.ini:3: [pool a] check: expected a check kind ('tcp', 'smtp', 'mysql', 'http', "
-            "'tls', 'dns', 'sip', 'websocket', 'none'); found 'htp' (did you mean 'http'?)",
+            "'tls', 'dns', 'sip', 'websocket', 'grpc', 'none'); found 'htp' (did you mean 'http'?)",
         ),
         (
             "[pool a]\nservers = 127.0.0.1:1\nbalance = least_con\n",

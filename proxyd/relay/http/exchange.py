@@ -21,6 +21,7 @@ from proxyd.filters.api import Answer, Headers, Reject
 from proxyd.filters.chain import ALL_WENT_ON, EMPTY, BodyRun, Chain, HeadRun, Step
 from proxyd.metrics import Cell, ErrorKind
 from proxyd.pool import Pool, Server
+from proxyd.relay.http import grpc
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.answer_body import AnswerBody
 from proxyd.relay.http.background import BackgroundClient
@@ -30,9 +31,9 @@ from proxyd.relay.http.framing import frame
 from proxyd.relay.http.messages import (
     Request,
     Response,
+    UpstreamHead,
     chunk,
     reason_phrase,
-    request_head,
     response_head,
 )
 from proxyd.relay.http.roles import ExchangeClient
@@ -84,6 +85,7 @@ class Exchange(AnswerBody):
         "request",
         "response",
         "response_started",
+        "response_timeout",
         "route",
         "started",
         "state",
@@ -103,6 +105,8 @@ class Exchange(AnswerBody):
         self.request = request
         self.upstream_method = request.method
         """The method sent upstream: the route's `upstream_method`, else the client's."""
+        self.response_timeout = self.config.response_timeout
+        """For this request: less for a gRPC call with a shorter deadline (grpc-timeout)."""
         self.clock = factory.reactor
         self.started = self.clock.seconds()
         self.state = REQUEST_FILTERS
@@ -218,6 +222,11 @@ class Exchange(AnswerBody):
             request, route, self.path, self.query, self.websocket, self.ctx
         )
         self.upstream_method = method
+        upstreams = self.factory.upstreams[pool.name]
+        if upstreams.protocol != "http1":
+            self._upstream_chunked = False  # HTTP/2 frames the body itself
+        if grpc.is_grpc(request):
+            self.response_timeout = grpc.response_timeout(request, self.response_timeout)
         if request.has_body and self.chain.request_body:
             plan = self._body_plan("request_body")
             if plan is None:
@@ -228,9 +237,9 @@ class Exchange(AnswerBody):
                 return
             if plan.steps:
                 if not plan.keeps_length:
-                    # Filters may change the body's length: it goes chunked.
+                    # Filters may change the body's length: it goes chunked (over HTTP/1.1).
                     fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
-                    self._upstream_chunked = True
+                    self._upstream_chunked = upstreams.protocol == "http1"
                 self._request_run = self._body_run(
                     plan, "request_body", self._request_body_out, self._hold_request
                 )
@@ -238,9 +247,9 @@ class Exchange(AnswerBody):
             fields.append((b"Transfer-Encoding", b"chunked"))
         if self.websocket:
             fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
-        self._forward([request_head(self.upstream_method, target, fields)])
+        self._forward(UpstreamHead(self.upstream_method, target, fields))
 
-    def _forward(self, head: list[bytes]) -> None:
+    def _forward(self, head: UpstreamHead) -> None:
         """Send the request to the route's pool, `head` first."""
         pool = self.pool
         assert pool is not None
@@ -483,7 +492,10 @@ class Exchange(AnswerBody):
             )
         if answer is None:
             answer = Reject(status, why, kind or "")
-        if not answer.body:
+        if grpc.is_grpc(self.request):
+            bound = self.response_timeout < self.config.response_timeout
+            answer = grpc.error_answer(answer, bound)
+        elif not answer.body:
             answer.body = b"%d %s\n" % (status, reason_phrase(status))
             answer.headers.append((b"Content-Type", b"text/plain; charset=utf-8"))
         if self.state is RESPONSE_FILTERS:

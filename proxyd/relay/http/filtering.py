@@ -28,7 +28,7 @@ from proxyd.metrics import ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.forward import CONTINUE
-from proxyd.relay.http.messages import Request, request_head
+from proxyd.relay.http.messages import Request, UpstreamHead
 from proxyd.relay.http.state import BUFFERING_REQUEST, BUFFERING_RESPONSE, State
 from proxyd.relay.session import IdleTimer
 
@@ -107,7 +107,7 @@ class Filtering:
     def _start_answer(self, answer: Answer, steps: tuple[Step, ...]) -> None:
         raise NotImplementedError
 
-    def _forward(self, head: list[bytes]) -> None:
+    def _forward(self, head: UpstreamHead) -> None:
         raise NotImplementedError
 
     def want_request_body(self) -> None:
@@ -357,7 +357,7 @@ class Filtering:
                 return
             self._request_run = None
             fields.append((b"Content-Length", b"%d" % len(data)))
-            self._forward([request_head(self.upstream_method, target, fields), data])
+            self._forward(UpstreamHead(self.upstream_method, target, fields, data))
 
         self._request_run = self._body_run(plan, "request_body", buffered, self._hold_request)
         request = self.request

@@ -44,9 +44,10 @@ from proxyd.relay.http.messages import (
     HttpError,
     Request,
     Response,
+    UpstreamHead,
     response_head,
 )
-from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
+from proxyd.relay.http.upstream import UpstreamChannel, UpstreamConnection, Upstreams
 from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
@@ -58,6 +59,9 @@ RETRY_STATUSES: Final = frozenset({502, 503, 504})
 MAX_INTERIM_RESPONSES: Final = 16
 """1xx responses a server may send before its final one (100 Continue, 102, 103 Early
 Hints); past that it is answering with a storm, a bad response."""
+MAX_FRESH_RETRIES: Final = 3
+"""Times a request the server provably did not act on (UpstreamChannel.retry_fresh) is sent
+again to the same server, uncounted, before the loss counts as a failure."""
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 """What proxyd answers a client's `Expect: 100-continue` with, when it wants the body."""
 
@@ -81,6 +85,8 @@ class Forwarded(Protocol):
     request_done: bool
     websocket: bool
     upstream_method: bytes
+    response_timeout: float
+    """The config's response_timeout, or less for a gRPC call's deadline."""
 
     @property
     def response_started(self) -> bool: ...
@@ -114,6 +120,7 @@ class Forward:
 
     __slots__ = (
         "_awaiting_response",
+        "_fresh_retries",
         "_held",
         "_idle",
         "_interim",
@@ -136,8 +143,8 @@ class Forward:
         self,
         exchange: Forwarded,
         pool: Pool,
-        upstreams: ConnectionPool,
-        head: list[bytes],
+        upstreams: Upstreams,
+        head: UpstreamHead,
         preferred: Server | None,
         policy: AttemptPolicy,
     ) -> None:
@@ -145,10 +152,10 @@ class Forward:
         self.exchange = exchange
         self.upstreams = upstreams
         self.head = head
-        self.driver: AttemptDriver[UpstreamConnection] = AttemptDriver(
+        self.driver: AttemptDriver[UpstreamChannel] = AttemptDriver(
             exchange.clock, pool, self, policy, exchange.client.affinity, preferred
         )
-        self.conn: UpstreamConnection | None = None
+        self.conn: UpstreamChannel | None = None
         self._why = "no attempt"
         """What the client is answered if the attempts end now."""
         self.upstream_status: int | None = None
@@ -157,6 +164,7 @@ class Forward:
         self._awaiting_response = False
         """The response timeout runs (on the client connection's timer)."""
         self._interim = 0
+        self._fresh_retries = 0
         """1xx responses received for this request, over all attempts."""
         self._replay: list[bytes] = []
         self._replay_size = 0
@@ -170,10 +178,10 @@ class Forward:
 
     # Attempts (this Forward is its AttemptDriver's owner).
 
-    def attempt_connect(self, server: Server) -> Deferred[UpstreamConnection]:
+    def attempt_connect(self, server: Server) -> Deferred[UpstreamChannel]:
         return self.upstreams.connect(server, self.exchange.config.connect_timeout)
 
-    def attempt_checkout(self, server: Server) -> UpstreamConnection | None:
+    def attempt_checkout(self, server: Server) -> UpstreamChannel | None:
         return self.upstreams.checkout(server)
 
     def attempt_cell(self, server: Server) -> Cell:
@@ -215,7 +223,7 @@ class Forward:
         answer.headers.append((b"Retry-After", b"%d" % give_up.retry_after))
         exchange.fail(give_up.status, why, kind, answer=answer)
 
-    def attempt_connected(self, conn: UpstreamConnection, server: Server, reused: bool) -> None:
+    def attempt_connected(self, conn: UpstreamChannel, server: Server, reused: bool) -> None:
         """Send the request on `conn`: the head, the body held so far, then the rest."""
         exchange = self.exchange
         request = exchange.request
@@ -223,7 +231,7 @@ class Forward:
         conn.begin(self, exchange.upstream_method)
         if not exchange.client.writable:
             conn.pause_reading()
-        conn.send(self.head + self._replay)
+        conn.send_request(self.head, self._replay, exchange.request_done)
         if request.expect_continue and not self._sent_continue and not exchange.request_done:
             # The body is wanted now; answer the client's Expect ourselves (as nginx does).
             self._sent_continue = True
@@ -271,10 +279,12 @@ class Forward:
 
     def request_sent(self) -> None:
         exchange = self.exchange
+        if self.conn is not None:
+            self.conn.end_request()
         exchange.client.resume_reading("upstream")
         if self.response is None and not self._awaiting_response:
             self._awaiting_response = True
-            exchange.client.expect_response(exchange, exchange.config.response_timeout)
+            exchange.client.expect_response(exchange, exchange.response_timeout)
 
     def _cancel_response_timer(self) -> None:
         if self._awaiting_response:
@@ -325,8 +335,16 @@ class Forward:
         self.upstream_readable()  # the reader may hold a close-delimited end, or an error
         if self.conn is not conn:
             return
-        if self.response is None and conn.requests > 1 and self._replayable:
-            self._drop_connection()  # the keep-alive race: the same server afresh, uncounted
+        if (
+            self.response is None
+            and conn.retry_fresh
+            and self._replayable
+            and self._fresh_retries < MAX_FRESH_RETRIES
+        ):
+            # The keep-alive race, or a refused HTTP/2 stream: the same server afresh,
+            # uncounted.
+            self._fresh_retries += 1
+            self._drop_connection()
             self.driver.reconnect()
             return
         self._broken("upstream closed the connection", ErrorKind.UPSTREAM_RESET)
@@ -344,7 +362,7 @@ class Forward:
         """No response head within response_timeout."""
         self._awaiting_response = False
         if self.response is None:
-            why = f"no response within {self.exchange.config.response_timeout:g}s"
+            why = f"no response within {self.exchange.response_timeout:g}s"
             answer = None if self._may_retry() else why
             self._failed(Failed(why, ErrorKind.UPSTREAM_TIMEOUT, 504), report=False, answer=answer)
 
@@ -362,7 +380,7 @@ class Forward:
             if self._awaiting_response:
                 # An interim response is progress: the response timeout starts again
                 # (nginx's proxy_read_timeout runs between reads), bounded by the count.
-                exchange.client.expect_response(exchange, exchange.config.response_timeout)
+                exchange.client.expect_response(exchange, exchange.response_timeout)
             if response.status == 100 and self._sent_continue:
                 return
             if exchange.request.version == "1.1":
@@ -382,7 +400,11 @@ class Forward:
         """A 101: the exchange passes it on and splices the two connections."""
         conn = self.conn
         assert conn is not None
-        if not self.exchange.websocket or not has_token(response.headers, b"upgrade", b"websocket"):
+        if (
+            not isinstance(conn, UpstreamConnection)
+            or not self.exchange.websocket
+            or not has_token(response.headers, b"upgrade", b"websocket")
+        ):
             why = "upstream switched protocols without a WebSocket upgrade"
             self._broken(why, ErrorKind.BAD_RESPONSE)
             return

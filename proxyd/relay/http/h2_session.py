@@ -148,6 +148,14 @@ class H2Session:
                 self._count("resets")
         elif isinstance(event, _IDLE):
             self._count("idle frames")
+            if (
+                isinstance(event, RemoteSettingsChanged)
+                and SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings
+            ):
+                # A larger initial window opens every stream's window without a
+                # WINDOW_UPDATE (RFC 9113 6.9.2): what waited for it goes now.
+                for stream in list(self.streams.values()):
+                    self.flush_stream(stream, write=False)
         elif isinstance(event, WindowUpdated):
             targets = (
                 list(self.streams.values())

@@ -152,6 +152,12 @@ class H2Stream:
         headers += [
             (name.lower(), value) for name, value in fields if name.lower() not in NOT_FORWARDED
         ]
+        if not body and any(name == b"grpc-status" for name, _ in headers):
+            # gRPC's Trailers-Only response (proxyd.relay.http.grpc): one HEADERS frame with
+            # END_STREAM, which gRPC clients require; whatever follows is dropped.
+            self.ending = [f for f in headers if f[0] != b"content-length"]
+            self.session.flush_stream(self)
+            return
         self.session.send_headers(self.stream_id, headers)
         if body:
             self.send([body])

@@ -142,6 +142,23 @@ class End:
 Event = Request | Response | Body | End | HttpError
 
 
+class UpstreamHead:
+    """A proxied request's head as its server gets it (`body`: the whole body when a filter
+    buffered it): an HTTP/1.1 connection writes it as bytes (`request_head`), an HTTP/2 one
+    as a HEADERS frame."""
+
+    __slots__ = ("body", "fields", "method", "target")
+
+    def __init__(self, method: bytes, target: bytes, fields: Headers, body: bytes = b"") -> None:
+        self.method = method
+        self.target = target
+        self.fields = fields
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"UpstreamHead({self.method!r}, {self.target!r})"
+
+
 # Writing.
 
 _REASONS: Final = {

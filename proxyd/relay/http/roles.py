@@ -16,7 +16,7 @@ from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.messages import Headers
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import TunnelClient
-from proxyd.relay.http.upstream import ConnectionPool
+from proxyd.relay.http.upstream import Upstreams
 from proxyd.tls import PeerTls
 
 
@@ -50,7 +50,7 @@ class Listener(Protocol):
     def pools(self) -> Mapping[str, Pool]: ...
 
     @property
-    def upstreams(self) -> Mapping[str, ConnectionPool]: ...
+    def upstreams(self) -> Mapping[str, Upstreams]: ...
 
     @property
     def attempts(self) -> AttemptPolicy:

@@ -58,7 +58,7 @@ from proxyd.relay.http.outcome import (
 from proxyd.relay.http.roles import ResponseWaiter
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import Tunnel
-from proxyd.relay.http.upstream import ConnectionPool
+from proxyd.relay.http.upstream import Upstreams
 from proxyd.relay.io import (
     OpenConnections,
     SendBatch,
@@ -456,7 +456,7 @@ class HttpRelayFactory(Factory[ClientConnection]):
         reactor: IReactorTCP,
         config: HttpListenerConfig,
         pools: Mapping[str, Pool],
-        upstreams: Mapping[str, ConnectionPool],
+        upstreams: Mapping[str, Upstreams],
         access_log: AccessLog,
         error_pages: Mapping[int, bytes] | None = None,
         websocket_only: OriginCheck | None = None,

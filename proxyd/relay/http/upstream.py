@@ -29,6 +29,7 @@ from proxyd.clock import Deadline, DelayedCall
 from proxyd.config.model import PoolConfig
 from proxyd.pool import Server
 from proxyd.relay.http.h1 import ResponseReader
+from proxyd.relay.http.messages import Event, UpstreamHead, request_head
 from proxyd.relay.io import ConnectingReactor, Connector, SendBatch, Transport, no_delay
 from proxyd.tls import ClientTls
 
@@ -46,6 +47,66 @@ class UpstreamHandler(Protocol):
 
     def upstream_lost(self, reason: Failure) -> None:
         """The connection is gone; the reader may hold final events first."""
+
+
+class EventReader(Protocol):
+    def next_event(self) -> Event | None: ...
+
+
+class UpstreamChannel(Protocol):
+    """What a Forward (proxyd.relay.http.forward) uses of the one request it makes: an
+    HTTP/1.1 connection (UpstreamConnection) or an HTTP/2 stream (proxyd.relay.http.
+    h2_upstream.UpstreamStream). Events come back through its `reader` and the handler."""
+
+    @property
+    def reader(self) -> EventReader: ...
+
+    @property
+    def writable(self) -> bool: ...
+
+    @property
+    def lost(self) -> bool: ...
+
+    @property
+    def retry_fresh(self) -> bool:
+        """Lost before any response, in a way that proves the server did not act on the
+        request: a reused keep-alive connection closed (the race with the server's idle
+        timeout), an HTTP/2 stream refused. Sent again to the same server, uncounted."""
+
+    def begin(self, handler: UpstreamHandler, method: bytes) -> None: ...
+
+    def send_request(self, head: UpstreamHead, body: list[bytes], end: bool) -> None:
+        """The request's head and the body held so far; `end`: that is all of it."""
+
+    def send(self, data: list[bytes]) -> None: ...
+
+    def end_request(self) -> None:
+        """The request body is complete (idempotent)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Upstreams(Protocol):
+    """The connections of one pool (ConnectionPool, or proxyd.relay.http.h2_upstream.
+    H2Upstreams), as the Forward's attempts use them."""
+
+    @property
+    def protocol(self) -> str:
+        """http1 | h2 | h2c: an HTTP/2 pool frames bodies itself (no chunked coding)."""
+
+    def connect(self, server: Server, timeout: float) -> Deferred[Any]: ...
+
+    def checkout(self, server: Server) -> Any: ...
+
+    def checkin(self, channel: Any) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class SplicedHandler(UpstreamHandler, Protocol):
@@ -133,9 +194,22 @@ class UpstreamConnection(TwistedProtocol):
     def stopProducing(self) -> None:
         pass
 
+    @property
+    def retry_fresh(self) -> bool:
+        return self.requests > 1
+
     # Used by the handler.
     def send(self, data: list[bytes]) -> None:
         self.pool.sends.send(self.channel, data)
+
+    def send_request(self, head: UpstreamHead, body: list[bytes], end: bool) -> None:
+        first = [request_head(head.method, head.target, head.fields)]
+        if head.body:
+            first.append(head.body)
+        self.send(first + body)
+
+    def end_request(self) -> None:
+        """An HTTP/1.1 body ends by its framing, written by the exchange."""
 
     def pause_reading(self) -> None:
         if not self.paused and not self.lost:
@@ -269,6 +343,8 @@ class _Announcing(UpstreamConnection):
 class ConnectionPool:
     """Idle keep-alive connections to the servers of one `[pool]`, shared by the HTTP
     listeners that use it."""
+
+    protocol = "http1"
 
     def __init__(
         self, reactor: IReactorTCP, config: PoolConfig, tls: ClientTls | None = None
