@@ -58,8 +58,12 @@ _UNITS: Final = {
 
 
 def is_grpc(request: Request) -> bool:
-    """The request is a gRPC call: `application/grpc` or `application/grpc+FORMAT`
-    (gRPC-Web, which browsers speak over HTTP/1.1 with its own framing, is not)."""
+    """The request is a gRPC call: HTTP/2 with `application/grpc` or `application/grpc+FORMAT`
+    (gRPC-Web, which browsers speak over HTTP/1.1 with its own framing, is not). An HTTP/1.1
+    request is never one: gRPC needs HTTP/2's trailers, and the check costs an HTTP/1.1
+    request nothing."""
+    if request.version != "2":
+        return False
     for name, value in request.headers:
         if name.lower() == b"content-type":
             value = value.lower()
