@@ -22,7 +22,7 @@ from proxyd.pool import Pool
 from proxyd.relay.dns import DnsListener
 from proxyd.relay.factory import http_counts, tcp_counts, websocket_counts
 from proxyd.relay.http.h2_upstreams import H2Upstreams
-from proxyd.relay.http.server import HttpRelayFactory
+from proxyd.relay.http.listener import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool, Upstreams
 from proxyd.relay.tcp import TcpRelayFactory
 from proxyd.relay.udp import UdpListener

@@ -1,6 +1,6 @@
 """What a process's relays use beyond one config generation: made once by the service
 (proxyd.app.ProxydService), passed to every generation it builds (proxyd.generation) and from
-there to each HTTP listener's relay (proxyd.relay.http.server.HttpRelayFactory)."""
+there to each HTTP listener's relay (proxyd.relay.http.listener.HttpRelayFactory)."""
 
 from __future__ import annotations
 

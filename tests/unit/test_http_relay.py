@@ -31,8 +31,9 @@ from proxyd.config.model import (
     ServerConfig,
 )
 from proxyd.pool import Pool
+from proxyd.relay.http.listener import HttpRelayFactory
 from proxyd.relay.http.outcome import seconds_json as _seconds_json
-from proxyd.relay.http.server import ClientConnection, HttpRelayFactory
+from proxyd.relay.http.server import ClientConnection
 from proxyd.relay.http.upstream import ConnectionPool, UpstreamConnection
 
 GET = b"GET /a?x=1 HTTP/1.1\r\nHost: example.test\r\n\r\n"

@@ -1,5 +1,5 @@
 """The parties of an exchange, as it sees them: its listener's factory and its client
-connection (proxyd.relay.http.server provides both)."""
+connection (proxyd.relay.http.listener and proxyd.relay.http.server provide them)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from proxyd.pool import Affinity, Pool
 from proxyd.relay.attempt import AttemptPolicy
 from proxyd.relay.http.decide import Place
 from proxyd.relay.http.h1 import RequestReader
-from proxyd.relay.http.messages import Headers
+from proxyd.relay.http.messages import Headers, HttpError
 from proxyd.relay.http.routing import RouteTable
 from proxyd.relay.http.tunnel import TunnelClient
 from proxyd.relay.http.upstream import Upstreams
-from proxyd.tls import PeerTls
+from proxyd.relay.io import SendBatch
+from proxyd.tls import PeerTls, ServerTls
 
 
 class ResponseWaiter(Protocol):
@@ -25,7 +26,7 @@ class ResponseWaiter(Protocol):
 
 
 class Listener(Protocol):
-    """What an exchange uses of its listener's factory (proxyd.relay.http.server's
+    """What an exchange uses of its listener's factory (proxyd.relay.http.listener's
     HttpRelayFactory)."""
 
     @property
@@ -68,6 +69,37 @@ class Listener(Protocol):
 
     def exchange_over(self, exchange: Any) -> None:
         """Count `exchange` (proxyd.relay.http.exchange.Exchange) and log it."""
+
+
+class ConnectionFactory(Listener, Protocol):
+    """What a client connection (proxyd.relay.http.server.ClientConnection) uses of its
+    listener's factory (proxyd.relay.http.listener.HttpRelayFactory), beside what its
+    exchanges use."""
+
+    requests: int
+    """Requests read on every connection of the listener."""
+
+    @property
+    def sends(self) -> SendBatch: ...
+
+    @property
+    def tls(self) -> ServerTls | None: ...
+
+    @property
+    def acme(self) -> Any:
+        """The [acme] service answering http-01 challenges on this listener, or None."""
+
+    def new_reader(self) -> RequestReader: ...
+
+    def is_trusted(self, host: str) -> bool: ...
+
+    def error_body(self, status: int) -> tuple[bytes, bytes]: ...
+
+    def client_opened(self, client: Any) -> None: ...
+
+    def client_closed(self, client: Any) -> None: ...
+
+    def log_refusal(self, client: Any, error: HttpError) -> None: ...
 
 
 class ExchangeClient(TunnelClient, Protocol):
