@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import cache, compress, http, http2, security, small_post, tcp, tls, udp, websocket
+from bench import cache, compress, grpc, http, http2, security, small_post, tcp, tls, udp, websocket
 from bench.processes import Pinning, which
 from bench.scenario import TARGETS, Bench, Meter, Scenario, StartError
 
@@ -44,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
         *compress.SCENARIOS,
         *cache.SCENARIOS,
         *http2.SCENARIOS,
+        *grpc.SCENARIOS,
         *security.SCENARIOS,
         *small_post.SCENARIOS,
         *tls.SCENARIOS,

@@ -2,7 +2,7 @@
 insecure port (HTTP/2 in cleartext, h2c): a `test.Echo` service on raw bytes (no generated
 code), and grpc.health.v1.Health.
 
-    python grpc_peer.py [--name NAME] [--tls CERT KEY]
+    python grpc_peer.py [--name NAME] [--tls CERT KEY] [--port PORT]
 
 It prints `PORT n` once it serves. Methods:
 - Unary: the request back, prefixed with the server's name;
@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", default="g")
     parser.add_argument("--tls", nargs=2)
+    parser.add_argument("--port", type=int, default=0, help="0: one the kernel picks")
     args = parser.parse_args()
     name = args.name.encode()
     health_servicer = health.HealthServicer()
@@ -78,9 +79,9 @@ def main() -> None:
     if args.tls:
         with open(args.tls[0], "rb") as cert, open(args.tls[1], "rb") as key:
             credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-        port = server.add_secure_port("127.0.0.1:0", credentials)
+        port = server.add_secure_port(f"127.0.0.1:{args.port}", credentials)
     else:
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"PORT {port}", flush=True)
     server.wait_for_termination()
