@@ -15,7 +15,7 @@ import contextlib
 from typing import Any, Final, Protocol, cast
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.clock import Deadline
+from proxyd.h2_internals import keep_open_after_goaway
 from proxyd.pool import Server
 from proxyd.relay.http.h2_upstream_stream import StreamLost, UpstreamStream
 from proxyd.relay.http.messages import Headers
@@ -228,7 +229,7 @@ class H2UpstreamConnection(TwistedProtocol):
             return
         # h2 closes its state machine on GOAWAY; the streams the server took may finish
         # (RFC 9113 6.8): the state is put back, and proxyd opens no stream on it again.
-        self.h2.state_machine.state = ConnectionState.CLIENT_OPEN
+        keep_open_after_goaway(self.h2)
 
     def _protocol_error(self, error: Exception) -> None:
         _log.info(
