@@ -14,11 +14,12 @@ from proxyd.accesslog import json_string
 from proxyd.clock import Deadline
 from proxyd.config.model import Address
 from proxyd.pool import Affinity
+from proxyd.relay.http.client_timers import ResponseTimer
 from proxyd.relay.http.roles import Listener, ResponseWaiter
 from proxyd.tls import PeerTls
 
 
-class BackgroundClient:
+class BackgroundClient(ResponseTimer):
     """The client side of one background request: it reads nothing and sends nowhere."""
 
     tunnel = None
@@ -47,7 +48,7 @@ class BackgroundClient:
         self.tls = tls
         self.affinity = Affinity(peer)
         self._done = done
-        self._timer = Deadline(factory.reactor, self._response_due)
+        self._response_timer = Deadline(factory.reactor, self._response_due)
         self._awaiting: ResponseWaiter | None = None
 
     @property
@@ -83,19 +84,6 @@ class BackgroundClient:
 
     def resume_reading(self, reason: str) -> None:
         """Nothing is read."""
-
-    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
-        self._awaiting = exchange
-        self._timer.set_in(timeout)
-
-    def stop_expecting_response(self) -> None:
-        self._awaiting = None
-        self._timer.clear()
-
-    def _response_due(self) -> None:
-        exchange, self._awaiting = self._awaiting, None
-        if exchange is not None:
-            exchange.response_timed_out()
 
     def exchange_done(self, exchange: Any, keep_alive: bool) -> None:
         self.stop_expecting_response()

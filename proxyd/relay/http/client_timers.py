@@ -14,32 +14,13 @@ from proxyd.relay.http.messages import HttpError
 from proxyd.relay.http.roles import ResponseWaiter
 
 
-class Timers:
-    # The connection's state this class reads (proxyd.relay.http.server.ClientConnection).
-    factory: Any
-    exchange: Any
-    reader: Any
-    h2: Any
-    """The HTTP/2 session, once the connection speaks HTTP/2 (proxyd.relay.http.h2_session)."""
-    lost: bool
-    closing: bool
-    _timer: Deadline
-    _timer_kind: str
+class ResponseTimer:
+    """The response timeout of the exchange a client side runs (an HTTP/1.1 connection, an
+    HTTP/2 stream, a background request), on the `_response_timer` Deadline it makes, whose
+    callback is _response_due."""
+
     _response_timer: Deadline
     _awaiting: ResponseWaiter | None
-
-    def _refuse(self, error: HttpError) -> None:
-        raise NotImplementedError
-
-    def lose_connection(self) -> None:
-        raise NotImplementedError
-
-    def _set_timer(self, kind: str) -> None:
-        if self._timer_kind == kind:
-            return
-        config = self.factory.config
-        self._timer_kind = kind
-        self._timer.set_in(config.header_timeout if kind == "header" else config.keepalive_timeout)
 
     def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
         """Call exchange.response_timed_out() unless stop_expecting_response() comes within
@@ -55,6 +36,32 @@ class Timers:
         exchange, self._awaiting = self._awaiting, None
         if exchange is not None:
             exchange.response_timed_out()
+
+
+class Timers(ResponseTimer):
+    # The connection's state this class reads (proxyd.relay.http.server.ClientConnection).
+    factory: Any
+    exchange: Any
+    reader: Any
+    h2: Any
+    """The HTTP/2 session, once the connection speaks HTTP/2 (proxyd.relay.http.h2_session)."""
+    lost: bool
+    closing: bool
+    _timer: Deadline
+    _timer_kind: str
+
+    def _refuse(self, error: HttpError) -> None:
+        raise NotImplementedError
+
+    def lose_connection(self) -> None:
+        raise NotImplementedError
+
+    def _set_timer(self, kind: str) -> None:
+        if self._timer_kind == kind:
+            return
+        config = self.factory.config
+        self._timer_kind = kind
+        self._timer.set_in(config.header_timeout if kind == "header" else config.keepalive_timeout)
 
     def _cancel_timer(self) -> None:
         self._timer_kind = ""

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from proxyd.relay.http.h2_limits import FloodGuard
 from proxyd.relay.http.h2_stream import H2Stream
+from proxyd.relay.http.h2_window import send_within_window
 from proxyd.relay.http.messages import Headers, Request
 
 
@@ -244,16 +245,7 @@ class H2Session:
         if stream.ended:
             return
         try:
-            while stream.pending:
-                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                piece = stream.pending.popleft()
-                if len(piece) > window:
-                    stream.pending.appendleft(piece[window:])
-                    piece = piece[:window]
-                conn.send_data(sid, piece)
-                stream.pending_bytes -= len(piece)
+            send_within_window(conn, sid, stream)
             if not stream.pending and stream.ending is not False:
                 if isinstance(stream.ending, list):
                     conn.send_headers(sid, stream.ending, end_stream=True)

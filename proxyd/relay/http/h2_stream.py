@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from proxyd.clock import Deadline
+from proxyd.relay.http.client_timers import ResponseTimer
 from proxyd.relay.http.messages import Body, End, Headers, HttpError, Request
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ NOT_FORWARDED: Final = frozenset(
 """Connection-specific fields HTTP/2 forbids (RFC 9113 8.2.2)."""
 
 
-class H2Stream:
+class H2Stream(ResponseTimer):
     """The client side of the exchange of stream `stream_id`."""
 
     tunnel = None
@@ -82,7 +83,7 @@ class H2Stream:
         self._writable = True
         self._high_water = self.factory.config.http2_stream_buffer
         """Response bytes held for the client's window before the upstream is paused."""
-        self._timer = Deadline(self.factory.reactor, self._response_due)
+        self._response_timer = Deadline(self.factory.reactor, self._response_due)
         self._awaiting: ResponseWaiter | None = None
 
     # What the exchange reads.
@@ -200,25 +201,12 @@ class H2Stream:
     def lose_connection(self) -> None:
         self.session.reset(self.stream_id)
 
-    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
-        self._awaiting = exchange
-        self._timer.set_in(timeout)
-
-    def stop_expecting_response(self) -> None:
-        self._awaiting = None
-        self._timer.clear()
-
-    def _response_due(self) -> None:
-        exchange, self._awaiting = self._awaiting, None
-        if exchange is not None:
-            exchange.response_timed_out()
-
     def exchange_done(self, exchange: Any, keep_alive: bool) -> None:
         """The exchange is over: a response cut short resets the stream (keep_alive false
         means truncated here: an HTTP/2 frame never closes the connection); a complete one
         ends it, and a request body still arriving is refused with RST_STREAM NO_ERROR."""
         self.stop_expecting_response()
-        self._timer.release()
+        self._response_timer.release()
         if not keep_alive:
             self.session.reset(self.stream_id)
             return
@@ -236,4 +224,4 @@ class H2Stream:
         exchange = self.exchange
         if exchange is not None and not exchange.finished:
             exchange.client_lost()
-        self._timer.release()
+        self._response_timer.release()

@@ -41,6 +41,7 @@ from proxyd.clock import Deadline
 from proxyd.h2_internals import keep_open_after_goaway
 from proxyd.pool import Server
 from proxyd.relay.http.h2_upstream_stream import StreamLost, UpstreamStream
+from proxyd.relay.http.h2_window import send_within_window
 from proxyd.relay.http.messages import Headers
 from proxyd.relay.io import Transport, no_delay
 
@@ -287,16 +288,8 @@ class H2UpstreamConnection(TwistedProtocol):
         if not sid or self.lost or sid not in self.streams:
             return
         try:
-            while stream.pending and self.writable:
-                window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                piece = stream.pending.popleft()
-                if len(piece) > window:
-                    stream.pending.appendleft(piece[window:])
-                    piece = piece[:window]
-                h2.send_data(sid, piece)
-                stream.pending_bytes -= len(piece)
+            if self.writable:  # (send_data only queues in h2: writing is after the loop)
+                send_within_window(h2, sid, stream)
             if not stream.pending and stream.ending:
                 h2.end_stream(sid)
                 stream.end_sent = True
