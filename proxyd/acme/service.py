@@ -15,7 +15,7 @@ import datetime
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -29,7 +29,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from proxyd.acme import client
 from proxyd.acme.challenges import AlpnChallenges, Answers, HttpChallenges
 from proxyd.acme.schedule import Held, Schedule
 from proxyd.acme.storage import Storage
@@ -39,7 +38,12 @@ from proxyd.tls import ServerTls
 
 log = Logger(namespace="proxyd.acme")
 
-Obtain = Callable[[AcmeConfig, Storage, client.ChallengeHooks, threading.Event], client.Issued]
+if TYPE_CHECKING:
+    # Imported with the first section to order for (reload): the acme package takes ~60 ms
+    # to import, which a process without [acme] sections need not pay at every start.
+    from proxyd.acme import client
+
+    Obtain = Callable[[AcmeConfig, Storage, client.ChallengeHooks, threading.Event], client.Issued]
 
 
 def placeholder(names: tuple[str, ...]) -> Certificate:
@@ -115,15 +119,18 @@ class AcmeService(service.Service):
         reactor: Any,
         sections: Mapping[str, AcmeConfig],
         order: bool = True,
-        obtain: Obtain = client.obtain,
+        obtain: Obtain | None = None,
         threaded: bool = True,
     ) -> None:
-        """`obtain` and `threaded` are for tests: what orders, and whether it runs in the
-        service's thread (else on the caller's, as tests on MemoryReactorClock need)."""
+        """`obtain` and `threaded` are for tests: what orders (proxyd.acme.client.obtain by
+        default), and whether it runs in the service's thread (else on the caller's, as
+        tests on MemoryReactorClock need)."""
         self._reactor = reactor
         self._order = order
         self._obtain = obtain
         self._threaded = threaded
+        self._client: Any = None
+        """proxyd.acme.client, once a section to order for is served (reload)."""
         self.sections: dict[str, Section] = {}
         self.changed: Callable[[str], None] = lambda name: None
         self._pool: ThreadPool | None = None
@@ -136,6 +143,11 @@ class AcmeService(service.Service):
 
     def reload(self, sections: Mapping[str, AcmeConfig]) -> None:
         """Serve a new configuration's sections: unchanged ones go on as they are."""
+        if sections and self._order:
+            # Loaded with the first section, not at every start: see the import at the top.
+            from proxyd.acme import client
+
+            self._client = client
         old = self.sections
         self.sections = {}
         for name, config in sections.items():
@@ -228,6 +240,8 @@ class AcmeService(service.Service):
             names=" ".join(section.config.names),
             directory=section.config.directory,
         )
+        client = self._client
+        obtain: Obtain = self._obtain or client.obtain
         answers = section.answers
         hooks = client.ChallengeHooks(
             add_http=lambda token, answer: self._on_reactor(answers.add_http, token, answer),
@@ -239,11 +253,11 @@ class AcmeService(service.Service):
             if self._pool is None:
                 self._pool = ThreadPool(1, 1, name="proxyd-acme")
                 self._pool.start()
-            ordered = deferToThreadPool(self._reactor, self._pool, self._obtain, *arguments)
+            ordered = deferToThreadPool(self._reactor, self._pool, obtain, *arguments)
             self._in_flight.add(ordered)
             ordered.addBoth(self._landed, ordered)
         else:
-            ordered = maybeDeferred(self._obtain, *arguments)
+            ordered = maybeDeferred(obtain, *arguments)
         ordered.addCallbacks(
             lambda issued: self._issued(name, section, issued),
             lambda failure: self._failed(name, section, failure),
@@ -294,7 +308,7 @@ class AcmeService(service.Service):
 
     def _failed(self, name: str, section: Section, failure: Failure) -> None:
         section.ordering = False
-        if not self.running or failure.check(client.Stopped):
+        if not self.running or failure.check(self._client.Stopped):
             return
         section.schedule.failed()
         log.error(
