@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.cfg
 venv: $(STAMP)
 
 run: venv
-	scripts/apt-need redis-server:redis-server
+	scripts/apt-need redis-server:redis-server pebble:pebble dnsmasq:dnsmasq-base
 	$(BIN)/python examples/demo.py --config $(CONFIG)
 
 test: venv

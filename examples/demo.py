@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import acme_ca
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 
@@ -38,6 +40,8 @@ proxyd is starting on {config}. Try, in another terminal:
     curl -s --compressed -D - http://127.0.0.1:8080/zip/echo     # compressed: zstd, br, gzip
     curl -si -X OPTIONS -H 'Origin: https://app.example.com' \\
         -H 'Access-Control-Request-Method: PUT' http://127.0.0.1:8080/api/echo  # CORS preflight
+    openssl s_client -connect 127.0.0.1:8444 -servername acme.demo.test </dev/null \\
+        2>/dev/null | openssl x509 -noout -subject -issuer  # a certificate from ACME (pebble)
     curl -s http://127.0.0.1:9901/api/v1/status  # admin API; /metrics for Prometheus
     xdg-open http://127.0.0.1:9901/              # the live stats page
     curl -s -X POST http://127.0.0.1:9901/api/v1/reload   # reload {config} (or SIGHUP)
@@ -99,8 +103,12 @@ def main() -> int:
                 stdout=subprocess.DEVNULL,
             )
         )
-    problem = wait_accepting([9001, 9002], backends[0], limit=10)
     ports = (9101, 9102, 9301, 9302, 9601)[: len(backends) - 2]
+    certificate = os.path.join(HERE, "..", "etc", "demo-tls", "localhost.pem")
+    authority = acme_ca.start(os.path.join(HERE, "..", "run"), os.path.abspath(certificate))
+    backends += authority
+    ports += acme_ca.PORTS[: len(authority)]
+    problem = wait_accepting([9001, 9002], backends[0], limit=10)
     for backend, port in zip(backends[2:], ports, strict=True):
         problem = problem or wait_accepting([port], backend, limit=10)
     if problem:
