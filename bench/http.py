@@ -91,7 +91,7 @@ backend origin
 
 
 def proxyd_pool(origin: int) -> str:
-    return f"[pool origin]\nservers = 127.0.0.1:{origin}\nkeepalive = 64\n"
+    return f"[pool origin]\nservers = 127.0.0.1:{origin}\n"
 
 
 # --- checking -----------------------------------------------------------------------------

@@ -178,8 +178,9 @@ class PoolConfig:
     eject_time: float = 10.0
     """First ejection's length; each further ejection in a row doubles it."""
     eject_time_max: float = 300.0
-    keepalive: int = 32
-    """HTTP relays: idle upstream connections kept open per server for reuse; 0 disables reuse."""
+    keepalive: int | None = None
+    """HTTP relays: idle upstream connections kept open per server for reuse; 0 disables
+    reuse, None keeps every one (until keepalive_timeout)."""
     keepalive_timeout: float = 60.0
     """HTTP relays: an idle upstream connection is closed after this long."""
     sticky_cookie: str | None = None

@@ -123,6 +123,20 @@ def integer(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def integer_or_unlimited(low: int) -> Callable[[str], int | None]:
+    """A whole number from `low`, or `unlimited` (None)."""
+
+    def parse(text: str) -> int | None:
+        if text.strip() == "unlimited":
+            return None
+        try:
+            return integer(low)(text)
+        except Invalid:
+            raise Invalid(f"a whole number from {low} or unlimited", repr(text)) from None
+
+    return parse
+
+
 _BOOLS = {
     "on": True,
     "yes": True,

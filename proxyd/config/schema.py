@@ -255,7 +255,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "max_fails": Key(v.integer(0)),
             "eject_time": Key(v.positive_duration),
             "eject_time_max": Key(v.positive_duration),
-            "keepalive": Key(v.integer(0)),
+            "keepalive": Key(v.integer_or_unlimited(0)),
             "keepalive_timeout": Key(v.positive_duration),
             "sticky_cookie": Key(v.cookie_name),
             "max_queued": Key(v.integer(0, MAX_QUEUED)),

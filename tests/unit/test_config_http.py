@@ -269,8 +269,10 @@ def test_http_listener_and_pool_keys_have_their_defaults() -> None:
     )
     assert listener.access_log == "-" and listener.error_pages == () == listener.trusted_proxies
     pool = config.pools["web"]
-    assert (pool.keepalive, pool.keepalive_timeout, pool.sticky_cookie) == (32, 60.0, None)
-    assert PoolConfig("x", ()).keepalive == 32
+    assert (pool.keepalive, pool.keepalive_timeout, pool.sticky_cookie) == (None, 60.0, None)
+    assert PoolConfig("x", ()).keepalive is None
+    unlimited = loads("[pool web]\nservers = 127.0.0.1:1\nkeepalive = unlimited\n")
+    assert unlimited.pools["web"].keepalive is None
 
 
 def test_a_route_on_the_routes_line_itself_has_that_line() -> None:
@@ -775,7 +777,7 @@ def test_bad_http_checks_are_errors(check: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("keepalive", "-1", "keepalive: expected a whole number from 0; found '-1'"),
+        ("keepalive", "-1", "keepalive: expected a whole number from 0 or unlimited; found '-1'"),
         (
             "keepalive_timeout",
             "0s",

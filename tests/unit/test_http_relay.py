@@ -238,6 +238,27 @@ def test_keepalive_zero_closes_upstream_after_each_response() -> None:
     assert ut.disconnecting
 
 
+def _concurrent_exchanges(relay: Relay, count: int) -> list[StringTransport]:
+    """`count` clients' requests in flight at once, then answered: the upstream transports."""
+    for index in range(count):
+        client, _ = relay.connect_client(f"10.0.1.{index}")
+        relay.send(GET, client)
+    upstreams = [relay.accept_upstream() for _ in range(count)]
+    for upstream, _ in upstreams:
+        upstream.dataReceived(OK)
+    return [transport for _, transport in upstreams]
+
+
+def test_by_default_every_idle_upstream_connection_is_kept() -> None:
+    transports = _concurrent_exchanges(Relay(), 100)
+    assert not any(transport.disconnecting for transport in transports)
+
+
+def test_keepalive_bounds_the_idle_upstream_connections_kept() -> None:
+    transports = _concurrent_exchanges(Relay(keepalive=3), 5)
+    assert [transport.disconnecting for transport in transports] == [False] * 3 + [True] * 2
+
+
 def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
     relay = Relay()
     relay.send(GET + GET.replace(b"/a?x=1", b"/b"))

@@ -2,9 +2,10 @@
 
 An `UpstreamConnection` carries one exchange at a time: the exchange (its `handler`) writes a
 request, and the connection feeds what comes back into a `ResponseReader` and tells the
-handler. Between exchanges it waits in its `ConnectionPool`, which keeps at most `keepalive`
-idle connections per server for `keepalive_timeout` (nginx's upstream `keepalive`), most
-recently used first so that surplus connections age out.
+handler. Between exchanges it waits in its `ConnectionPool`, which keeps the idle connections
+per server (every one, as HAProxy and Envoy do, or at most `keepalive`: nginx's upstream
+`keepalive`) for `keepalive_timeout`, most recently used first so that surplus connections
+age out.
 """
 
 from __future__ import annotations
@@ -401,7 +402,8 @@ class ConnectionPool:
             connection.abort()
             return
         idle = self._idle.setdefault(connection.server, [])
-        if len(idle) >= self.config.keepalive:
+        keep = self.config.keepalive
+        if keep is not None and len(idle) >= keep:
             connection.close()
             return
         connection.resume_reading()
