@@ -144,7 +144,9 @@ def server_document(
     counters: Mapping[str, Any],
     traffic_by_server: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """One server of the status document (also the answer to a change of its state)."""
+    """One server of the status document (also the answer to a change of its state).
+    `http2` is its HTTP/2 connections' and streams' counts in a pool with `protocol = h2` or
+    `h2c` (proxyd.relay.http.h2_upstream_metrics), else None."""
     key = f"{server.pool}/{server.name}"
     history = proxy.health.history(server) if proxy.health is not None else []
     traffic = traffic_by_server.get(key, {})
@@ -157,6 +159,7 @@ def server_document(
         "weight": server.weight,
         "backup": server.backup,
         "active": counters.get("servers", {}).get(key, {}).get("active", server.active),
+        "http2": counters.get("http2_upstreams", {}).get(server.pool, {}).get(server.name),
         "traffic": {field: traffic.get(field, 0) for field in TRAFFIC_FIELDS},
         "checks": [
             {
