@@ -274,7 +274,8 @@ class ProxydService(service.MultiService):
         """The relays' counters by listener, the connections open to each server, and the
         relays' metrics (proxyd.lifetime.counters), the HTTP/2 pools' connections and
         streams, the caches' figures (a worker's without the disk tiers it shares: its
-        master shows them once) and OCSP stapling's (in a process that staples)."""
+        master shows them once), OCSP stapling's (in a process that staples) and the [acme]
+        sections' (in the process that orders)."""
         found = lifetime.counters(self.listeners, self._retired, self.pools)
         h2_upstreams = self.h2_upstreams.snapshot()
         if h2_upstreams:
@@ -282,6 +283,9 @@ class ProxydService(service.MultiService):
         found["caches"] = self.caches.figures(disk=not self._worker)
         if self.ocsp.running:
             found["ocsp"] = self.ocsp.figures()
+        acme = self.acme.figures()
+        if acme:
+            found["acme"] = acme
         return found
 
     def startService(self) -> None:

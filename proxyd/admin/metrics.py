@@ -189,6 +189,50 @@ def _ocsp_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
         yield counter
 
 
+def _acme_families(sections: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
+    """Each [acme] section's certificate and orders (the status document's `acme`)."""
+    labels = ["acme"]
+    expiry = GaugeMetricFamily(
+        "proxyd_acme_certificate_expiry_timestamp_seconds",
+        "When the [acme] section's certificate expires (notAfter), in seconds since the epoch.",
+        labels=labels,
+    )
+    orders = CounterMetricFamily(
+        "proxyd_acme_orders",
+        "Certificate orders that ended, by result (success: a certificate served; failure).",
+        labels=[*labels, "result"],
+    )
+    last = GaugeMetricFamily(
+        "proxyd_acme_last_attempt_timestamp_seconds",
+        "When the last order began, in seconds since the epoch.",
+        labels=labels,
+    )
+    following = GaugeMetricFamily(
+        "proxyd_acme_next_attempt_timestamp_seconds",
+        "When the next order is planned (the renewal, or a retry after a failure), in"
+        " seconds since the epoch; absent while an order runs.",
+        labels=labels,
+    )
+    failures = GaugeMetricFamily(
+        "proxyd_acme_consecutive_failures",
+        "Failed orders in a row: above 0, the next order is a retry after a backoff.",
+        labels=labels,
+    )
+    for section in sections:
+        name = [section["name"]]
+        if section["expiry"] is not None:
+            expiry.add_metric(name, section["expiry"])
+        for result, count in section["orders"].items():
+            orders.add_metric([*name, result], count)
+        if section["last_attempt"] is not None:
+            last.add_metric(name, section["last_attempt"])
+        if section["next_attempt"] is not None:
+            following.add_metric(name, section["next_attempt"])
+        failures.add_metric(name, section["failures"])
+    every: list[Metric] = [expiry, orders, last, following, failures]
+    yield from (metric for metric in every if metric.samples)
+
+
 def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
     """The relays' metrics: every cell of the snapshot, one sample per family it counts in."""
     responses = CounterMetricFamily(
@@ -431,6 +475,7 @@ class _StatusCollector(Collector):
         yield from _relay_families(self.document.get("metrics", {}))
         yield from _cache_families(self.document.get("caches", []))
         yield from _ocsp_families(self.document.get("ocsp"))
+        yield from _acme_families(self.document.get("acme", []))
 
 
 _Family = Callable[[str, str, str, list[str]], CounterMetricFamily | GaugeMetricFamily]

@@ -86,7 +86,25 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
         ],
         "caches": cache_documents(config, counters.get("caches", {})),
         "ocsp": counters.get("ocsp"),
+        "acme": acme_documents(counters.get("acme", {})),
     }
+
+
+def acme_documents(figures: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each [acme] section's certificate and orders (proxyd.acme.service.Section.figures,
+    from the process that orders), by name: times in seconds since the epoch, None when
+    unknown (no certificate held, no order yet, an order running now)."""
+    return [
+        {
+            "name": name,
+            "expiry": found.get("expiry"),
+            "orders": dict(found["orders"]),
+            "last_attempt": found.get("last_attempt"),
+            "next_attempt": found.get("next_attempt"),
+            "failures": found["failures"],
+        }
+        for name, found in sorted(figures.items())
+    ]
 
 
 def cache_documents(config: Config, figures: Mapping[str, Mapping[str, Any]]) -> list[Any]:

@@ -178,6 +178,53 @@ def test_the_servers_of_an_http2_pool_show_their_connections_and_streams() -> No
     assert ("proxyd_upstream_http2_connections_open", web) not in found
 
 
+def test_the_acme_sections_figures_come_from_the_process_that_orders(tmp_path: Path) -> None:
+    from prometheus_client.exposition import generate_latest
+
+    config = CONFIG + f"[acme site]\nnames = example.test\nstorage = {tmp_path}/acme\n"
+    service = proxy(config)
+    assert service.counters()["acme"] == {
+        "site": {"orders": {"success": 0, "failure": 0}, "failures": 0}
+    }
+    worker = ProxydService(MemoryReactorClock(), loads(config), worker=True)
+    assert "acme" not in worker.counters()
+    figures = {
+        "orders": {"success": 2, "failure": 1},
+        "failures": 1,
+        "expiry": 1_800_000_000.0,
+        "last_attempt": 1_790_000_000.0,
+        "next_attempt": 1_790_000_060.0,
+    }
+    doc = status_document(service, {**COUNTERS, "acme": {"site": figures}}, 1000.0)
+    assert doc["acme"] == [{"name": "site", **figures}]
+    found = samples(generate_latest(metrics_registry(doc)).decode())
+    site = (("acme", "site"),)
+    assert found[("proxyd_acme_certificate_expiry_timestamp_seconds", site)] == 1.8e9
+    assert found[("proxyd_acme_orders_total", (*site, ("result", "success")))] == 2
+    assert found[("proxyd_acme_orders_total", (*site, ("result", "failure")))] == 1
+    assert found[("proxyd_acme_last_attempt_timestamp_seconds", site)] == 1.79e9
+    assert found[("proxyd_acme_next_attempt_timestamp_seconds", site)] == 1_790_000_060
+    assert found[("proxyd_acme_consecutive_failures", site)] == 1
+    # Before its first certificate and order, and while an order runs: those left out.
+    ordering = {"orders": {"success": 0, "failure": 0}, "failures": 0}
+    doc = status_document(service, {**COUNTERS, "acme": {"site": ordering}}, 1000.0)
+    assert doc["acme"] == [
+        {
+            "name": "site",
+            "expiry": None,
+            "orders": {"success": 0, "failure": 0},
+            "last_attempt": None,
+            "next_attempt": None,
+            "failures": 0,
+        }
+    ]
+    shown = {name for name, _ in samples(generate_latest(metrics_registry(doc)).decode())}
+    assert {name for name in shown if name.startswith("proxyd_acme")} == {
+        "proxyd_acme_orders_total",
+        "proxyd_acme_consecutive_failures",
+    }
+
+
 class Stub:
     """A proxy for AdminResource whose status() is `status` (a function)."""
 
