@@ -40,6 +40,7 @@ from proxyd.ocsp_stapling import OcspStapling
 from proxyd.otlp import OtlpExport
 from proxyd.pool import Pool, Server
 from proxyd.ratelimit.redis_client import RedisClients
+from proxyd.relay.http.h2_upstream_metrics import H2Metrics
 from proxyd.relay.http.routing import unreachable
 from proxyd.relay.http.upstream import Upstreams
 from proxyd.reloading import ReloadOutcome, difference, hand_over, open_listener, sighup_reload
@@ -97,6 +98,9 @@ class ProxydService(service.MultiService):
         self.acme = AcmeService(reactor, config.acme, order=not worker)
         """The [acme] sections' certificates: ordered here unless this is a worker, which
         loads them from storage when the master says (proxyd.acme)."""
+        self.h2_upstreams = H2Metrics()
+        """The HTTP/2 pools' connections and streams, for every generation
+        (proxyd.relay.http.h2_upstream_metrics)."""
         self.resources = ProcessResources(
             hash_threads=self.hash_threads,
             limit_tables=limit_tables,
@@ -105,6 +109,7 @@ class ProxydService(service.MultiService):
             caches=self.caches,
             ocsp=self.ocsp,
             acme=self.acme,
+            h2_upstreams=self.h2_upstreams,
         )
         """What every generation's relays share (proxyd.resources)."""
         self.serving: Generation = build(reactor, config, resources=self.resources)
@@ -267,13 +272,20 @@ class ProxydService(service.MultiService):
 
     def counters(self) -> dict[str, Any]:
         """The relays' counters by listener, the connections open to each server, and the
-        relays' metrics (proxyd.lifetime.counters), the caches' figures (a worker's
-        without the disk tiers it shares: its master shows them once) and OCSP stapling's
-        (in a process that staples)."""
+        relays' metrics (proxyd.lifetime.counters), the HTTP/2 pools' connections and
+        streams, the caches' figures (a worker's without the disk tiers it shares: its
+        master shows them once), OCSP stapling's (in a process that staples) and the [acme]
+        sections' (in the process that orders)."""
         found = lifetime.counters(self.listeners, self._retired, self.pools)
+        h2_upstreams = self.h2_upstreams.snapshot()
+        if h2_upstreams:
+            found["http2_upstreams"] = h2_upstreams
         found["caches"] = self.caches.figures(disk=not self._worker)
         if self.ocsp.running:
             found["ocsp"] = self.ocsp.figures()
+        acme = self.acme.figures()
+        if acme:
+            found["acme"] = acme
         return found
 
     def startService(self) -> None:

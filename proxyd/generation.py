@@ -21,6 +21,7 @@ from proxyd.listeners import RelayListener, StartupError, StreamRelayListener, U
 from proxyd.pool import Pool
 from proxyd.relay.dns import DnsListener
 from proxyd.relay.factory import http_counts, tcp_counts, websocket_counts
+from proxyd.relay.http.h2_upstream_metrics import H2Metrics
 from proxyd.relay.http.h2_upstreams import H2Upstreams
 from proxyd.relay.http.listener import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool, Upstreams
@@ -84,7 +85,8 @@ def build(
     it made. `resources` are the process's, which outlive generations (password-check
     threads, rate-limit tables' source)."""
     pools = _pools(reactor, config, serving)
-    generation = Generation(config, pools, _upstreams(reactor, config, pools, serving))
+    h2_metrics = resources.h2_upstreams if resources is not None else None
+    generation = Generation(config, pools, _upstreams(reactor, config, pools, serving, h2_metrics))
     try:
         generation.listeners = _listeners(reactor, generation, serving, resources)
     except (StartupError, OSError):
@@ -112,10 +114,14 @@ def _pools(reactor: Any, config: Config, serving: Generation | None) -> dict[str
 
 
 def _upstreams(
-    reactor: Any, config: Config, pools: Mapping[str, Pool], serving: Generation | None
+    reactor: Any,
+    config: Config,
+    pools: Mapping[str, Pool],
+    serving: Generation | None,
+    h2_metrics: H2Metrics | None,
 ) -> dict[str, Upstreams]:
     """Each pool's upstream connections: kept (idle keep-alive connections and all) for a
-    pool kept as it was."""
+    pool kept as it was. HTTP/2 pools count in `h2_metrics`."""
     upstreams: dict[str, Upstreams] = {}
     for name, pool_config in config.pools.items():
         if serving is not None and pools[name] is serving.pools.get(name):
@@ -132,7 +138,10 @@ def _upstreams(
             )
         else:
             upstreams[name] = H2Upstreams(
-                reactor, pool_config, ClientTls(name, tls, [b"h2"]) if tls.enabled else None
+                reactor,
+                pool_config,
+                ClientTls(name, tls, [b"h2"]) if tls.enabled else None,
+                h2_metrics,
             )
     return upstreams
 

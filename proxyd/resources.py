@@ -13,6 +13,7 @@ from proxyd.cache.registry import CacheRegistry
 from proxyd.filters.ratelimit import RedisCalls, TableSource
 from proxyd.ocsp_stapling import OcspStapling
 from proxyd.otlp import OtlpExport
+from proxyd.relay.http.h2_upstream_metrics import H2Metrics
 
 if TYPE_CHECKING:
     from proxyd.acme.service import AcmeService
@@ -41,3 +42,7 @@ class ProcessResources:
     acme: AcmeService | None = None
     """The [acme] sections' certificates and challenge answers (proxyd.acme.service); None:
     listeners with `acme` serve none (tests of other things)."""
+    h2_upstreams: H2Metrics | None = None
+    """Where the pools with `protocol = h2` or `h2c` count their connections and streams
+    (proxyd.relay.http.h2_upstream_metrics); None: each such pool counts on its own (tests
+    of other things)."""

@@ -6,7 +6,9 @@ open connections keep the context they began with).
 One process orders: the only one, or the master of `workers = N`, which then tells its
 workers (`changed`) to load the new files from storage; a worker never orders. The orders
 run in a thread of a pool of one (the `acme` library blocks), started and stopped with the
-service; everything else runs on the reactor's thread.
+service; everything else runs on the reactor's thread. Each section's figures (its
+certificate's expiry, its orders by result, when the last began and the next is planned) are
+the ordering process's, shown by its admin API and /metrics (docs/acme.md#metrics).
 """
 
 from __future__ import annotations
@@ -68,10 +70,13 @@ def placeholder(names: tuple[str, ...]) -> Certificate:
 
 
 class Section:
-    """One [acme] section: its storage, pending answers, schedule and the listeners it
-    serves."""
+    """One [acme] section: its storage, pending answers, schedule, the listeners it serves,
+    and its orders' figures. `previous` is the section of the same name it replaces (a
+    reload changed it), whose figures go on."""
 
-    def __init__(self, config: AcmeConfig, now: Callable[[], float]) -> None:
+    def __init__(
+        self, config: AcmeConfig, now: Callable[[], float], previous: Section | None = None
+    ) -> None:
         self.config = config
         self.storage = Storage(config.storage)
         self.answers = Answers(self.storage, config.names)
@@ -82,6 +87,14 @@ class Section:
         self._listeners: weakref.WeakSet[ServerTls] = weakref.WeakSet()
         self.timer: DelayedCall | None = None
         self.ordering = False
+        self.orders: dict[str, int] = (
+            previous.orders if previous is not None else {"success": 0, "failure": 0}
+        )
+        """Orders that ended, by result (one a stop cut short is not counted)."""
+        self.last_attempt: float | None = previous.last_attempt if previous is not None else None
+        """When the last order began (seconds since the epoch)."""
+        self.next_attempt: float | None = None
+        """When the next order is planned; None while one runs (or none is planned)."""
 
     def serving(self) -> Certificate:
         if self.current is not None:
@@ -108,6 +121,26 @@ class Section:
             for tls in list(self._listeners):
                 tls.replace((stored, *tls.config.loaded))
         return self.schedule.usable(self._now())
+
+    def ended(self, ok: bool) -> None:
+        """An order ended (ok: with a certificate served now); a failure backs the next one
+        off."""
+        self.orders["success" if ok else "failure"] += 1
+        if not ok:
+            self.schedule.failed()
+
+    def figures(self) -> dict[str, Any]:
+        """The certificate's expiry and the orders' figures, JSON-able: times in seconds since
+        the epoch, left out when unknown; `failures` is the failed orders in a row (above 0,
+        the next order is a retry after a backoff)."""
+        found: dict[str, Any] = {"orders": dict(self.orders), "failures": self.schedule.failures}
+        if self.schedule.held is not None:
+            found["expiry"] = self.schedule.held.not_after
+        if self.last_attempt is not None:
+            found["last_attempt"] = self.last_attempt
+        if self.next_attempt is not None:
+            found["next_attempt"] = self.next_attempt
+        return found
 
 
 class AcmeService(service.Service):
@@ -157,7 +190,7 @@ class AcmeService(service.Service):
                 continue
             if kept is not None:
                 self._cancel(kept)
-            self.sections[name] = section = Section(config, self._reactor.seconds)
+            self.sections[name] = section = Section(config, self._reactor.seconds, kept)
             if self.running:
                 self._start(name, section)
         for section in old.values():
@@ -193,6 +226,13 @@ class AcmeService(service.Service):
         done = DeferredList(list(self._in_flight), consumeErrors=True)
         return done.addBoth(lambda _: pool.stop())
 
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """Each section's figures (Section.figures) by name, in the process that orders; none
+        in a worker (its master shows them)."""
+        if not self._order:
+            return {}
+        return {name: section.figures() for name, section in self.sections.items()}
+
     def reload_stored(self, name: str) -> None:
         """A worker: the master stored a new certificate for `name`."""
         section = self.sections.get(name)
@@ -222,18 +262,22 @@ class AcmeService(service.Service):
         if section.timer is not None and section.timer.active():
             section.timer.cancel()
         section.timer = None
+        section.next_attempt = None
 
     def _plan(self, name: str, section: Section) -> None:
         self._cancel(section)
         now = self._reactor.seconds()
-        at = section.schedule.next_attempt(now)
-        section.timer = self._reactor.callLater(max(0.0, at - now), self._run, name, section)
+        at = max(now, section.schedule.next_attempt(now))
+        section.timer = self._reactor.callLater(at - now, self._run, name, section)
+        section.next_attempt = at
 
     def _run(self, name: str, section: Section) -> None:
         section.timer = None
+        section.next_attempt = None
         if self.sections.get(name) is not section or section.ordering or not self.running:
             return
         section.ordering = True
+        section.last_attempt = self._reactor.seconds()
         log.info(
             "acme {name}: ordering a certificate for {names} from {directory}",
             name=name,
@@ -281,13 +325,13 @@ class AcmeService(service.Service):
             section.storage.save_certificate(issued.chain_pem, issued.key)
         except OSError as e:
             log.error("acme {name}: cannot store the certificate: {error}", name=name, error=e)
-            section.schedule.failed()
+            section.ended(False)
             self._plan(name, section)
             return
         if not section.load() or section.current is None:
             # Stored but not usable now (not valid yet by this clock, or not the names):
             # served anyway if it loaded, and retried after a backoff, never at once.
-            section.schedule.failed()
+            section.ended(False)
             log.error(
                 "acme {name}: the new certificate is not usable now; next try in {wait:.0f}s",
                 name=name,
@@ -302,6 +346,7 @@ class AcmeService(service.Service):
             names=" ".join(section.current.names),
             until=f"{section.current.not_after:%Y-%m-%d %H:%M:%S} UTC",
         )
+        section.ended(True)
         self.changed(name)
         if self.sections.get(name) is section:
             self._plan(name, section)
@@ -310,7 +355,7 @@ class AcmeService(service.Service):
         section.ordering = False
         if not self.running or failure.check(self._client.Stopped):
             return
-        section.schedule.failed()
+        section.ended(False)
         log.error(
             "acme {name}: order failed: {error}; next try in {wait:.0f}s",
             name=name,

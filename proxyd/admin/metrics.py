@@ -10,7 +10,7 @@ status class (`code`) or an error kind (`error`). docs/operations.md lists them 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client.core import (
@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from proxyd.metrics import cells
+from proxyd.relay.http.h2_upstream_metrics import RESET_REASONS
 
 # A listener's counters (ProxydService's names) as metrics: name, help, type, extra labels.
 _LISTENER_METRICS: Mapping[str, tuple[str, str, str, dict[str, str]]] = {
@@ -186,6 +187,50 @@ def _ocsp_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], figures.get(field, 0))
         yield counter
+
+
+def _acme_families(sections: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
+    """Each [acme] section's certificate and orders (the status document's `acme`)."""
+    labels = ["acme"]
+    expiry = GaugeMetricFamily(
+        "proxyd_acme_certificate_expiry_timestamp_seconds",
+        "When the [acme] section's certificate expires (notAfter), in seconds since the epoch.",
+        labels=labels,
+    )
+    orders = CounterMetricFamily(
+        "proxyd_acme_orders",
+        "Certificate orders that ended, by result (success: a certificate served; failure).",
+        labels=[*labels, "result"],
+    )
+    last = GaugeMetricFamily(
+        "proxyd_acme_last_attempt_timestamp_seconds",
+        "When the last order began, in seconds since the epoch.",
+        labels=labels,
+    )
+    following = GaugeMetricFamily(
+        "proxyd_acme_next_attempt_timestamp_seconds",
+        "When the next order is planned (the renewal, or a retry after a failure), in"
+        " seconds since the epoch; absent while an order runs.",
+        labels=labels,
+    )
+    failures = GaugeMetricFamily(
+        "proxyd_acme_consecutive_failures",
+        "Failed orders in a row: above 0, the next order is a retry after a backoff.",
+        labels=labels,
+    )
+    for section in sections:
+        name = [section["name"]]
+        if section["expiry"] is not None:
+            expiry.add_metric(name, section["expiry"])
+        for result, count in section["orders"].items():
+            orders.add_metric([*name, result], count)
+        if section["last_attempt"] is not None:
+            last.add_metric(name, section["last_attempt"])
+        if section["next_attempt"] is not None:
+            following.add_metric(name, section["next_attempt"])
+        failures.add_metric(name, section["failures"])
+    every: list[Metric] = [expiry, orders, last, following, failures]
+    yield from (metric for metric in every if metric.samples)
 
 
 def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
@@ -399,6 +444,9 @@ class _StatusCollector(Collector):
                     state.add_metric([*labels, name], 1 if server["state"] == name else 0)
                 weight.add_metric(labels, server["weight"])
                 active.add_metric(labels, server["active"])
+                http2 = server.get("http2")
+                if http2 is not None:
+                    _add_http2(family, labels, http2)
             queue = pool.get("queue")
             if queue is not None:
                 family(
@@ -427,6 +475,49 @@ class _StatusCollector(Collector):
         yield from _relay_families(self.document.get("metrics", {}))
         yield from _cache_families(self.document.get("caches", []))
         yield from _ocsp_families(self.document.get("ocsp"))
+        yield from _acme_families(self.document.get("acme", []))
+
+
+_Family = Callable[[str, str, str, list[str]], CounterMetricFamily | GaugeMetricFamily]
+"""The collector's maker of families: name, help, type ("counter" or "gauge"), labels."""
+
+# A server's HTTP/2 counts (proxyd.relay.http.h2_upstream_metrics): field, name, help, type.
+_HTTP2_UPSTREAM = (
+    (
+        "connections",
+        "proxyd_upstream_http2_connections_open",
+        "HTTP/2 connections open to the server (pools with protocol = h2 or h2c).",
+        "gauge",
+    ),
+    (
+        "streams",
+        "proxyd_upstream_http2_streams_open",
+        "HTTP/2 streams open to the server: requests sent, not done with yet.",
+        "gauge",
+    ),
+    (
+        "streams_total",
+        "proxyd_upstream_http2_streams",
+        "HTTP/2 streams opened to the server (one per request sent).",
+        "counter",
+    ),
+)
+
+
+def _add_http2(family: _Family, labels: list[str], http2: Mapping[str, Any]) -> None:
+    """A server's HTTP/2 connections and streams (`family` makes or finds a family)."""
+    for field, name, help_text, kind in _HTTP2_UPSTREAM:
+        family(name, help_text, kind, ["pool", "server"]).add_metric(labels, http2[field])
+    resets = family(
+        "proxyd_upstream_http2_streams_reset",
+        "HTTP/2 streams to the server that ended before their response's end, by reason"
+        " (refused: REFUSED_STREAM; goaway: above the server's GOAWAY; server_reset: another"
+        " RST_STREAM; cancelled: reset by proxyd; connection_lost).",
+        "counter",
+        ["pool", "server", "reason"],
+    )
+    for reason in RESET_REASONS:
+        resets.add_metric([*labels, reason], http2["resets"].get(reason, 0))
 
 
 def metrics_registry(document: Mapping[str, Any]) -> CollectorRegistry:

@@ -86,7 +86,25 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
         ],
         "caches": cache_documents(config, counters.get("caches", {})),
         "ocsp": counters.get("ocsp"),
+        "acme": acme_documents(counters.get("acme", {})),
     }
+
+
+def acme_documents(figures: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each [acme] section's certificate and orders (proxyd.acme.service.Section.figures,
+    from the process that orders), by name: times in seconds since the epoch, None when
+    unknown (no certificate held, no order yet, an order running now)."""
+    return [
+        {
+            "name": name,
+            "expiry": found.get("expiry"),
+            "orders": dict(found["orders"]),
+            "last_attempt": found.get("last_attempt"),
+            "next_attempt": found.get("next_attempt"),
+            "failures": found["failures"],
+        }
+        for name, found in sorted(figures.items())
+    ]
 
 
 def cache_documents(config: Config, figures: Mapping[str, Mapping[str, Any]]) -> list[Any]:
@@ -144,7 +162,9 @@ def server_document(
     counters: Mapping[str, Any],
     traffic_by_server: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """One server of the status document (also the answer to a change of its state)."""
+    """One server of the status document (also the answer to a change of its state).
+    `http2` is its HTTP/2 connections' and streams' counts in a pool with `protocol = h2` or
+    `h2c` (proxyd.relay.http.h2_upstream_metrics), else None."""
     key = f"{server.pool}/{server.name}"
     history = proxy.health.history(server) if proxy.health is not None else []
     traffic = traffic_by_server.get(key, {})
@@ -157,6 +177,7 @@ def server_document(
         "weight": server.weight,
         "backup": server.backup,
         "active": counters.get("servers", {}).get(key, {}).get("active", server.active),
+        "http2": counters.get("http2_upstreams", {}).get(server.pool, {}).get(server.name),
         "traffic": {field: traffic.get(field, 0) for field in TRAFFIC_FIELDS},
         "checks": [
             {

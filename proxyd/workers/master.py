@@ -438,7 +438,7 @@ class Master(service.MultiService):
         many did."""
         serving = [w for w in self.workers.values() if w.serving and w.agent is not None]
         if not serving:
-            return succeed(self._with_disks({"workers": 0}))
+            return succeed(self._with_own({"workers": 0}))
         calls = [w.agent.callRemote(Counters) for w in serving if w.agent is not None]
 
         def add(results: list[tuple[bool, Any]]) -> dict[str, Any]:
@@ -447,15 +447,21 @@ class Master(service.MultiService):
                 if ok:
                     add_counters(total, answer["counters"])
                     total["workers"] += 1
-            return self._with_disks(total)
+            return self._with_own(total)
 
         return DeferredList(calls, consumeErrors=True).addCallback(add)
 
-    def _with_disks(self, total: dict[str, Any]) -> dict[str, Any]:
-        """The workers' sum with the master's own cache figures added: its disk tiers (the
-        ones the workers share, each counted once) and the purges it made of them."""
+    def _with_own(self, total: dict[str, Any]) -> dict[str, Any]:
+        """The workers' sum with the master's own figures added: its caches' disk tiers (the
+        ones the workers share, each counted once) and the purges it made of them, and its
+        [acme] sections' (the master orders; the workers have none)."""
         disks = self.proxy.caches.figures(memory=False)
-        return add_counters(total, {"caches": disks}) if disks else total
+        if disks:
+            add_counters(total, {"caches": disks})
+        acme = self.proxy.acme.figures()
+        if acme:
+            total["acme"] = acme
+        return total
 
     def purge_cache(self, name: str, purge: Purge) -> Deferred[int]:
         """The admin API's purge with workers: the master purges the disk tier the workers

@@ -22,6 +22,7 @@ from tests.certs import TestCA
 
 from .harness import Process, ProcessList, Proxyd, free_port, wait_until
 from .test_dns_relay import dnsmasq
+from .test_l4_access import metrics
 
 pytestmark = [
     pytest.mark.integration,
@@ -222,7 +223,9 @@ def test_with_workers_the_master_orders_and_every_worker_serves_the_certificate(
     pebble: Callable[..., Pebble], proxyd: Callable[..., Proxyd], storage: Path, tmp_path: Path
 ) -> None:
     ca = pebble()
+    admin = free_port()
     config = acme_config(ca, storage, "workers.example.test", "http-01")
+    config += f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\n"
     instance = proxyd(f"[proxyd]\nworkers = 2\naccess_log = {tmp_path}/access.log\n" + config)
     instance.wait_for_log(r"acme site: new certificate for", 60)
     instance.wait_for_log(r"acme site: certificate loaded from storage", 20)
@@ -235,3 +238,16 @@ def test_with_workers_the_master_orders_and_every_worker_serves_the_certificate(
     serials = wait_until(serials_served, 20, "every worker serving the new certificate")
     assert len(serials) == 1
     assert ca.orders() == 1
+    # The master's figures, once (not summed over the workers).
+    found = wait_until(
+        lambda: (m := metrics(admin)).get(("proxyd_workers", ())) == 2 and m, 20, "2 workers"
+    )
+    site = (("acme", "site"),)
+    expiry = served_certificate(ca.https_port, "workers.example.test").not_valid_after_utc
+    assert found[("proxyd_acme_certificate_expiry_timestamp_seconds", site)] == expiry.timestamp()
+    assert found[("proxyd_acme_orders_total", (*site, ("result", "success")))] == 1
+    assert found[("proxyd_acme_orders_total", (*site, ("result", "failure")))] == 0
+    assert found[("proxyd_acme_consecutive_failures", site)] == 0
+    began = found[("proxyd_acme_last_attempt_timestamp_seconds", site)]
+    renewal = found[("proxyd_acme_next_attempt_timestamp_seconds", site)]
+    assert began < renewal < expiry.timestamp()

@@ -12,7 +12,8 @@ import pytest
 
 grpc = pytest.importorskip("grpc")
 
-from .harness import Backend, ProcessList, free_port  # noqa: E402
+from .harness import Backend, ProcessList, free_port, wait_until  # noqa: E402
+from .test_l4_access import metrics  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -105,14 +106,28 @@ def test_a_deadline_shorter_than_the_answer_is_deadline_exceeded(
     grpc_server, proxyd, channel_to
 ) -> None:
     server = grpc_server("g1")
-    port = free_port()
-    instance = proxyd(grpc_config(port, [server]))
+    port, admin = free_port(), free_port()
+    instance = proxyd(
+        grpc_config(port, [server]) + f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\n"
+    )
     slow = channel_to(port).unary_unary("/test.Echo/Slow")
     with pytest.raises(grpc.RpcError) as raised:
         slow(b"3", timeout=0.5)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     records = instance.wait_access_records(1)
     assert records[0]["status"] in (200, 499, 504)
+    # The call's stream was cancelled upstream; its connection stays open for others.
+    labels = (("pool", "g"), ("server", server.address))
+
+    def upstream(name: str, *extra: tuple[str, str]) -> float | None:
+        return metrics(admin).get((f"proxyd_upstream_http2_{name}", tuple(sorted(labels + extra))))
+
+    wait_until(lambda: upstream("streams_open") == 0, 10, "the stream closed in /metrics")
+    assert upstream("streams_total") == 1
+    assert upstream("connections_open") == 1
+    assert upstream("streams_reset_total", ("reason", "cancelled")) == 1
+    for reason in ("refused", "goaway", "server_reset", "connection_lost"):
+        assert upstream("streams_reset_total", ("reason", reason)) == 0
 
 
 def test_no_route_is_unimplemented_and_requests_spread_on_streams(

@@ -9,10 +9,12 @@ import random
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
@@ -317,6 +319,79 @@ def test_a_worker_never_orders_and_loads_what_the_master_stored(tmp_path: Path) 
     worker.reload_stored("site")
     assert listener.certificates[0].names == ("example.test", "www.example.test")
     master.stopService()
+    worker.stopService()
+
+
+def test_the_figures_follow_each_order_its_result_and_the_next_plan(tmp_path: Path) -> None:
+    reactor = real_time_clock()
+    start = reactor.seconds()
+    fake = FakeCA(reactor, lifetime=3 * DAY, failing=1)
+    landing: list[tuple[Deferred[client.Issued], tuple[Any, ...]]] = []
+
+    def obtain(*arguments: Any) -> Deferred[client.Issued]:
+        landing.append((Deferred(), arguments))
+        return landing[-1][0]
+
+    def land() -> None:
+        ordered, arguments = landing.pop()
+        try:
+            ordered.callback(fake(*arguments))
+        except RuntimeError as e:
+            ordered.errback(e)
+
+    acme = config(tmp_path, retry_min=60.0)
+    service = AcmeService(reactor, {"site": acme}, obtain=obtain, threaded=False)
+    service.startService()
+    none = {"success": 0, "failure": 0}
+    assert service.figures() == {"site": {"orders": none, "failures": 0, "next_attempt": start}}
+    reactor.advance(0)  # the order runs: nothing planned
+    assert service.figures() == {"site": {"orders": none, "failures": 0, "last_attempt": start}}
+    land()  # the CA unreachable: a retry in retry_min
+    assert service.figures() == {
+        "site": {
+            "orders": {"success": 0, "failure": 1},
+            "failures": 1,
+            "last_attempt": start,
+            "next_attempt": start + 60,
+        }
+    }
+    reactor.advance(60)
+    land()
+    section = service.sections["site"]
+    assert section.current is not None
+    expiry = section.current.not_after.timestamp()
+    assert expiry == pytest.approx(start + 60 + 3 * DAY, abs=1)  # notAfter in whole seconds
+    figures = service.figures()["site"]
+    assert figures == {
+        "orders": {"success": 1, "failure": 1},
+        "failures": 0,
+        "expiry": expiry,
+        "last_attempt": start + 60,
+        "next_attempt": figures["next_attempt"],
+    }
+    # Due a third of its lifetime ahead, less up to a tenth of that of jitter.
+    assert expiry - 1.1 * DAY <= figures["next_attempt"] <= expiry - DAY
+    service.stopService()
+    assert "next_attempt" not in service.figures()["site"]
+
+
+def test_a_section_changed_by_a_reload_counts_on_and_a_worker_shows_no_figures(
+    tmp_path: Path,
+) -> None:
+    reactor = real_time_clock()
+    fake = FakeCA(reactor, lifetime=90 * DAY)
+    service = started(tmp_path, fake, reactor)
+    reactor.advance(0)
+    assert service.figures()["site"]["orders"] == {"success": 1, "failure": 0}
+    service.reload({"site": config(tmp_path, retry_min=60.0, names=("example.test",))})
+    figures = service.figures()["site"]
+    assert figures["orders"] == {"success": 1, "failure": 0}
+    assert figures["last_attempt"] == reactor.seconds()
+    service.stopService()
+    worker = AcmeService(reactor, {"site": config(tmp_path)}, order=False, threaded=False)
+    worker.startService()
+    assert worker.sections["site"].current is not None  # loaded from storage
+    assert worker.figures() == {}
     worker.stopService()
 
 

@@ -97,6 +97,7 @@ def test_the_status_document_has_listeners_with_their_counters_and_servers_with_
         "weight": 1,
         "backup": False,
         "active": 5,
+        "http2": None,
         "checks": [],
     }
     assert (second["state"], second["health"], second["weight"], second["backup"]) == (
@@ -139,6 +140,89 @@ def test_the_metrics_are_the_status_document_in_prometheus_text_format() -> None
     assert found[("proxyd_server_up", first)] == 0
     assert found[("proxyd_server_up", second)] == 1
     assert found[("proxyd_server_connections_open", first)] == 5
+
+
+def test_the_servers_of_an_http2_pool_show_their_connections_and_streams() -> None:
+    from prometheus_client.exposition import generate_latest
+
+    service = proxy(CONFIG + "[pool grpc]\nservers = 127.0.0.1:50051\nprotocol = h2c\n")
+    counts = service.h2_upstreams.pool("grpc").server("127.0.0.1:50051")
+    counts.connections, counts.streams, counts.streams_total, counts.refused = 1, 2, 7, 1
+    documents: list[dict[str, Any]] = []
+    service.status().addCallback(documents.append)
+    pools = {pool["name"]: pool for pool in documents[0]["pools"]}
+    [server] = pools["grpc"]["servers"]
+    assert server["http2"] == {
+        "connections": 1,
+        "streams": 2,
+        "streams_total": 7,
+        "resets": {
+            "refused": 1,
+            "goaway": 0,
+            "server_reset": 0,
+            "cancelled": 0,
+            "connection_lost": 0,
+        },
+    }
+    assert [server["http2"] for server in pools["web"]["servers"]] == [None, None]
+    found = samples(generate_latest(metrics_registry(documents[0])).decode())
+    labels = (("pool", "grpc"), ("server", "127.0.0.1:50051"))
+    assert found[("proxyd_upstream_http2_connections_open", labels)] == 1
+    assert found[("proxyd_upstream_http2_streams_open", labels)] == 2
+    assert found[("proxyd_upstream_http2_streams_total", labels)] == 7
+    resets = "proxyd_upstream_http2_streams_reset_total"
+    for reason, count in (("refused", 1), ("cancelled", 0)):
+        reset_labels = (("pool", "grpc"), ("reason", reason), ("server", "127.0.0.1:50051"))
+        assert found[(resets, reset_labels)] == count
+    web = (("pool", "web"), ("server", "127.0.0.1:9001"))
+    assert ("proxyd_upstream_http2_connections_open", web) not in found
+
+
+def test_the_acme_sections_figures_come_from_the_process_that_orders(tmp_path: Path) -> None:
+    from prometheus_client.exposition import generate_latest
+
+    config = CONFIG + f"[acme site]\nnames = example.test\nstorage = {tmp_path}/acme\n"
+    service = proxy(config)
+    assert service.counters()["acme"] == {
+        "site": {"orders": {"success": 0, "failure": 0}, "failures": 0}
+    }
+    worker = ProxydService(MemoryReactorClock(), loads(config), worker=True)
+    assert "acme" not in worker.counters()
+    figures = {
+        "orders": {"success": 2, "failure": 1},
+        "failures": 1,
+        "expiry": 1_800_000_000.0,
+        "last_attempt": 1_790_000_000.0,
+        "next_attempt": 1_790_000_060.0,
+    }
+    doc = status_document(service, {**COUNTERS, "acme": {"site": figures}}, 1000.0)
+    assert doc["acme"] == [{"name": "site", **figures}]
+    found = samples(generate_latest(metrics_registry(doc)).decode())
+    site = (("acme", "site"),)
+    assert found[("proxyd_acme_certificate_expiry_timestamp_seconds", site)] == 1.8e9
+    assert found[("proxyd_acme_orders_total", (*site, ("result", "success")))] == 2
+    assert found[("proxyd_acme_orders_total", (*site, ("result", "failure")))] == 1
+    assert found[("proxyd_acme_last_attempt_timestamp_seconds", site)] == 1.79e9
+    assert found[("proxyd_acme_next_attempt_timestamp_seconds", site)] == 1_790_000_060
+    assert found[("proxyd_acme_consecutive_failures", site)] == 1
+    # Before its first certificate and order, and while an order runs: those left out.
+    ordering = {"orders": {"success": 0, "failure": 0}, "failures": 0}
+    doc = status_document(service, {**COUNTERS, "acme": {"site": ordering}}, 1000.0)
+    assert doc["acme"] == [
+        {
+            "name": "site",
+            "expiry": None,
+            "orders": {"success": 0, "failure": 0},
+            "last_attempt": None,
+            "next_attempt": None,
+            "failures": 0,
+        }
+    ]
+    shown = {name for name, _ in samples(generate_latest(metrics_registry(doc)).decode())}
+    assert {name for name in shown if name.startswith("proxyd_acme")} == {
+        "proxyd_acme_orders_total",
+        "proxyd_acme_consecutive_failures",
+    }
 
 
 class Stub:

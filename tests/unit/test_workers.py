@@ -1272,6 +1272,22 @@ def test_counters_with_no_worker_serving_count_none() -> None:
         harness.close()
 
 
+def test_the_masters_own_acme_figures_join_the_workers_sum(tmp_path: Any) -> None:
+    acme = f"\n[acme site]\nnames = example.test\nstorage = {tmp_path}/acme\n"
+    harness = Harness(config=CONFIG + acme)
+    try:
+        answers: list[Any] = []
+        harness.master.counters().addBoth(answers.append)
+        assert answers == [
+            {
+                "workers": 0,
+                "acme": {"site": {"orders": {"success": 0, "failure": 0}, "failures": 0}},
+            }
+        ]
+    finally:
+        harness.close()
+
+
 def test_workers_charges_reach_the_masters_ledger_and_come_back_summed(
     harness: Harness,
 ) -> None:

@@ -511,6 +511,15 @@
     setText(view.reason, server.reason ?? "");
     setText(view.weight, (server.weight ?? "–") + (server.backup ? " backup" : ""));
     setText(view.active, server.active ?? "–");
+    // A server of an HTTP/2 pool: its requests in flight share a few connections.
+    const http2 = server.http2;
+    if (http2) {
+      const text = "HTTP/2: " + (number(http2.connections) ?? 0) + " connections, " +
+        (number(http2.streams) ?? 0) + " streams open";
+      setAttr(view.active, "title", text);
+    } else {
+      view.active.removeAttribute("title");
+    }
 
     const delta = (field) => (traffic && before ? perSecond(traffic[field], before[field], seconds) : null);
     setText(view.requests, formatRate(delta("requests")));

@@ -40,6 +40,7 @@ from zope.interface import implementer
 from proxyd.clock import Deadline
 from proxyd.h2_internals import keep_open_after_goaway
 from proxyd.pool import Server
+from proxyd.relay.http.h2_upstream_metrics import H2ServerCounts
 from proxyd.relay.http.h2_upstream_stream import StreamLost, UpstreamStream
 from proxyd.relay.http.h2_window import send_within_window
 from proxyd.relay.http.messages import Headers
@@ -74,11 +75,13 @@ class Owner(Protocol):
 
 @implementer(IPushProducer, IHandshakeListener)
 class H2UpstreamConnection(TwistedProtocol):
-    """One HTTP/2 connection to `server`, its streams by id."""
+    """One HTTP/2 connection to `server`, its streams by id; it counts on `counts`, the
+    server's."""
 
-    def __init__(self, owner: Owner, server: Server, tls: bool) -> None:
+    def __init__(self, owner: Owner, server: Server, tls: bool, counts: H2ServerCounts) -> None:
         self.owner = owner
         self.server = server
+        self.counts = counts
         self.scheme = b"https" if tls else b"http"
         self._tls = tls
         self.streams: dict[int, UpstreamStream] = {}
@@ -158,6 +161,7 @@ class H2UpstreamConnection(TwistedProtocol):
 
     def _ready(self) -> None:
         self.is_ready = True
+        self.counts.connections += 1
         self.owner.ready(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -212,9 +216,13 @@ class H2UpstreamConnection(TwistedProtocol):
     def _goaway(self, code: int, last: int | None) -> None:
         self.draining = True
         last = last if last is not None else 0
+        counts = self.counts
         for stream_id, stream in list(self.streams.items()):
             if stream_id > last:
                 del self.streams[stream_id]
+                counts.streams -= 1
+                if not stream.lost:
+                    counts.goaway += 1
                 stream.connection_lost(StreamLost("upstream sent GOAWAY"), refused=True)
         if code != ErrorCodes.NO_ERROR:
             _log.info(
@@ -246,8 +254,14 @@ class H2UpstreamConnection(TwistedProtocol):
         self.lost = True
         self.idle.release()
         streams, self.streams = self.streams, {}
+        counts = self.counts
+        if self.is_ready:
+            counts.connections -= 1
+        counts.streams -= len(streams)
         why = self.lost_reason or ConnectionError("upstream closed the connection")
         for stream in streams.values():
+            if not stream.lost and not stream.response_ended:
+                counts.connection_lost += 1
             stream.connection_lost(why)
         self.owner.gone(self, Failure(self.lost_reason) if self.lost_reason else reason)
 
@@ -279,6 +293,9 @@ class H2UpstreamConnection(TwistedProtocol):
             return
         stream.stream_id = stream_id
         self.streams[stream_id] = stream
+        counts = self.counts
+        counts.streams += 1
+        counts.streams_total += 1
         self._write()
 
     def flush(self, stream: UpstreamStream) -> None:
@@ -313,10 +330,14 @@ class H2UpstreamConnection(TwistedProtocol):
         sid = stream.stream_id
         if not sid:
             self.reserved = max(self.reserved - 1, 0)
-        elif self.streams.pop(sid, None) is not None and code is not None and not self.lost:
-            with contextlib.suppress(H2Error):
-                self.h2.reset_stream(sid, code)
-            self._write()
+        elif self.streams.pop(sid, None) is not None:
+            self.counts.streams -= 1
+            if code is not None and not self.lost:
+                if not stream.response_ended:
+                    self.counts.cancelled += 1
+                with contextlib.suppress(H2Error):
+                    self.h2.reset_stream(sid, code)
+                self._write()
         if self.lost:
             return
         if self.draining and not self.streams:

@@ -20,6 +20,7 @@ from h2.errors import ErrorCodes
 from twisted.python.failure import Failure
 
 from proxyd.pool import Server
+from proxyd.relay.http.h2_upstream_metrics import H2ServerCounts
 from proxyd.relay.http.messages import (
     Body,
     End,
@@ -60,6 +61,10 @@ class Link(Protocol):
     @property
     def scheme(self) -> bytes: ...
 
+    @property
+    def counts(self) -> H2ServerCounts:
+        """The server's HTTP/2 counts, where a stream counts its resets."""
+
     def open_stream(self, stream: UpstreamStream, headers: Headers, end: bool) -> None: ...
 
     def flush(self, stream: UpstreamStream) -> None: ...
@@ -85,6 +90,7 @@ class UpstreamStream:
         "_request_end",
         "_unacknowledged",
         "closed",
+        "counts",
         "end_sent",
         "handler",
         "link",
@@ -103,6 +109,7 @@ class UpstreamStream:
     def __init__(self, link: Link) -> None:
         self.link = link
         self.server = link.server
+        self.counts = link.counts
         self.stream_id = 0
         """0 until the HEADERS frame is sent."""
         self.handler: UpstreamHandler | None = None
@@ -272,8 +279,10 @@ class UpstreamStream:
         except ValueError:
             name = str(code)
         if code == ErrorCodes.REFUSED_STREAM:
+            self.counts.refused += 1
             self.connection_lost(StreamLost("upstream refused the stream"), refused=True)
             return
+        self.counts.server_reset += 1
         self.lost = True
         self._push(HttpError(502, f"upstream reset the stream ({name})"), 0)
 

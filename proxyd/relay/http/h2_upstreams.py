@@ -6,6 +6,9 @@ opened for it while the server has fewer than `h2_connections`. The wait is boun
 listener's connect_timeout: past it, a connection still being made is a connect timeout (the
 server's fault), while a server whose every stream is busy is not blamed: the request moves
 on to the next server, or gets 503.
+
+Its connections and their streams count on their server's H2ServerCounts
+(proxyd.relay.http.h2_upstream_metrics), which the process keeps across reloads.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from proxyd.pool import Server
 from proxyd.pool.fault import Fault
 from proxyd.relay.attempt import AttemptError, Failed
 from proxyd.relay.http.h2_upstream import H2UpstreamConnection
+from proxyd.relay.http.h2_upstream_metrics import H2Metrics
 from proxyd.relay.http.h2_upstream_stream import UpstreamStream
 from proxyd.relay.io import ConnectingReactor
 from proxyd.tls import ClientTls
@@ -54,7 +58,9 @@ class _Connecting(ClientFactory[H2UpstreamConnection]):
         self.timer = owner.reactor.callLater(timeout, self._timed_out)
 
     def buildProtocol(self, addr: IAddress | None) -> H2UpstreamConnection:
-        self.conn = H2UpstreamConnection(self.owner, self.server, self.owner.tls is not None)
+        owner = self.owner
+        counts = owner.counts.server(self.server.name)
+        self.conn = H2UpstreamConnection(owner, self.server, owner.tls is not None, counts)
         return self.conn
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
@@ -77,13 +83,24 @@ class H2Upstreams:
     """The per-server multiplexer of a pool's HTTP/2 connections (an Upstreams for the
     Forward: connect, checkout, checkin)."""
 
-    def __init__(self, reactor: IReactorTCP, config: PoolConfig, tls: ClientTls | None) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        config: PoolConfig,
+        tls: ClientTls | None,
+        metrics: H2Metrics | None = None,
+    ) -> None:
+        """`metrics`: the process's, where the pool's servers count (their series are
+        there from the start); by default the pool's own."""
         self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
         self.protocol = config.protocol
         self.pool_name = config.name
         self.keepalive_timeout = config.keepalive_timeout
         self.tls = tls
+        self.counts = (metrics if metrics is not None else H2Metrics()).pool(config.name)
+        for server_config in config.servers:
+            self.counts.server(server_config.name)
         self.connections: dict[Server, list[H2UpstreamConnection]] = {}
         self._connecting: dict[Server, list[_Connecting]] = {}
         self._waiters: dict[Server, deque[_Waiter]] = {}
