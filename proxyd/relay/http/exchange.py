@@ -32,7 +32,6 @@ from proxyd.relay.http.messages import (
     Response,
     UpstreamHead,
     chunk,
-    response_head,
 )
 from proxyd.relay.http.own_answers import OwnAnswers
 from proxyd.relay.http.roles import ExchangeClient
@@ -399,15 +398,12 @@ class Exchange(OwnAnswers):
         self._tunnel_conn = None
         response = self.response
         assert response is not None
-        fields = self.response_fields
-        fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
         self._move(TUNNEL)
-        self.client.send([response_head(101, response.reason, fields)])
-        from_client = self.client.reader.upgraded or b""
-        self.client.reader.upgraded = b""
-        self.tunnel = Tunnel(self, self.client, conn, self.config.tunnel_timeout)
+        client = self.client.switched(response.reason, self.response_fields)
+        self.status = client.status
+        self.tunnel = Tunnel(self, client, conn, self.config.tunnel_timeout)
         self.factory.tunnel_opened()
-        self.tunnel.start(from_client, conn.reader.upgraded or b"")
+        self.tunnel.start()
 
     def _response_body_out(self, data: bytes, end: bool) -> None:
         if self.finished:
