@@ -218,6 +218,10 @@ class Exchange(OwnAnswers):
         self.upstream_method = method
         upstreams = self.factory.upstreams[pool.name]
         if upstreams.protocol != "http1":
+            if self.websocket and request.version == "2":  # a 2xx would open the tunnel
+                why = f"pool {pool.name}: WebSocket needs protocol = http1"
+                self.fail(501, why, ErrorKind.REFUSED)
+                return
             self._upstream_chunked = False  # HTTP/2 frames the body itself
         if grpc.is_grpc(request):
             self.response_timeout = grpc.response_timeout(request, self.response_timeout)
@@ -239,8 +243,6 @@ class Exchange(OwnAnswers):
                 )
         if self._upstream_chunked:
             fields.append((b"Transfer-Encoding", b"chunked"))
-        if self.websocket:
-            fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
         self._forward(UpstreamHead(self.upstream_method, target, fields))
 
     def _forward(self, head: UpstreamHead) -> None:

@@ -182,7 +182,7 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
             handshake_failed(self.factory.config.name, self.peer_text, reason)
         self.lost = True
         if self.h2 is not None:
-            self.h2.connection_lost()
+            self.h2.connection_lost(reason)
         self._timer_kind = ""
         # Released, not only cancelled: each holds a bound method of this connection, a
         # reference cycle the garbage collector would otherwise have to find, once per

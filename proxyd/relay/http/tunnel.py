@@ -300,6 +300,10 @@ class Tunnel:
     def upstream_data(self, data: bytes) -> None:
         self._splice.received(Side.SERVER, data)
 
+    def client_read_closed(self) -> None:
+        """The client sends nothing more (an HTTP/2 stream's END_STREAM)."""
+        self._splice.read_closed(Side.CLIENT)
+
     def client_writable(self, writable: bool) -> None:
         self._splice.writable(Side.CLIENT, writable)
 
