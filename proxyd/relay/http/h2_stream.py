@@ -41,9 +41,6 @@ class Session(Protocol):
     def connection(self) -> Any:
         """The client connection (proxyd.relay.http.server.ClientConnection)."""
 
-    @property
-    def lost(self) -> bool: ...
-
     def send_headers(self, stream_id: int, headers: Headers) -> None: ...
 
     def flush_stream(self, stream: H2Stream, write: bool = True) -> None: ...
@@ -102,23 +99,11 @@ class H2Stream(ResponseTimer):
     def writable(self) -> bool:
         return self._writable
 
-    @property
-    def lost(self) -> bool:
-        return self.session.lost
-
-    @property
-    def channel(self) -> Any:
-        return self.session.connection.channel
-
-    @property
-    def transport(self) -> Any:
-        return self.session.connection.transport
-
     def start(self, request: Request) -> None:
         from proxyd.relay.http.exchange import Exchange
 
         self.factory.requests += 1
-        exchange = self.exchange = Exchange(self, request)  # type: ignore[arg-type]
+        exchange = self.exchange = Exchange(self, request)
         exchange.start()
 
     # The request body, from the session.
@@ -228,17 +213,8 @@ class H2Stream(ResponseTimer):
         if exchange is not None and not exchange.finished:
             exchange.client_writable(writable)
 
-    def flush(self) -> None:
-        """Nothing is held back beyond the window."""
-
-    def set_send_timeout(self, timeout: float) -> None:
-        """The connection's send timeout covers its streams."""
-
     def close_after_response(self) -> None:
         """A stream ends with its response; the connection goes on."""
-
-    def lose_connection(self) -> None:
-        self.session.reset(self.stream_id)
 
     def cancel(self) -> None:
         """A tunnel's reset: RST_STREAM CANCEL (RFC 8441 5)."""
