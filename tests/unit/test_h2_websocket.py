@@ -206,6 +206,27 @@ def test_the_route_and_its_filters_answer_as_for_an_http_1_1_handshake() -> None
     assert relay.log.records[0]["method"] == "GET"
 
 
+class Origins:
+    """A [websocket] passthrough listener's allowed_origins."""
+
+    def __init__(self, *allowed: str) -> None:
+        self.allowed = allowed
+
+    def allows(self, origin: str | None) -> bool:
+        return origin in self.allowed
+
+
+def test_a_websocket_only_listener_takes_http2_websockets_from_allowed_origins() -> None:
+    relay = Relay(h2c=True, websocket_only=Origins("http://a.test"))
+    client = Client(relay)
+    plain = client.request("/")
+    assert client.status(plain) == 426
+    refused = connect(client, b"/chat", b"websocket", (b"origin", b"http://b.test"))
+    assert client.status(refused) == 403
+    connect(client, b"/chat", b"websocket", (b"origin", b"http://a.test"))
+    assert relay.pending_connects() != []
+
+
 def test_another_protocol_is_501_and_plain_connect_405_without_reaching_a_server() -> None:
     relay = Relay(h2c=True)
     client = Client(relay)
