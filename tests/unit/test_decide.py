@@ -59,6 +59,10 @@ def run(
             Refused(405, "CONNECT is not served by a reverse proxy", ErrorKind.REFUSED),
         ),
         (
+            Request(b"CONNECT", b"/", "2", [(b"host", b"www.test")], upgrade=True),
+            Refused(501, "extended CONNECT is served for websocket only", ErrorKind.REFUSED),
+        ),
+        (
             request(b"GET", b"ftp://www.test/"),
             Refused(400, "invalid request target", ErrorKind.BAD_REQUEST),
         ),

@@ -22,12 +22,9 @@ from proxyd.tls import PeerTls
 class BackgroundClient(ResponseTimer):
     """The client side of one background request: it reads nothing and sends nowhere."""
 
-    tunnel = None
     writable = True
-    lost = False
     closing = True
     trusted = True
-    transport = None
 
     def __init__(
         self,
@@ -38,7 +35,6 @@ class BackgroundClient(ResponseTimer):
         done: Callable[[Any], None],
     ) -> None:
         self.factory = factory
-        self.reader: Any = None
         self.peer = peer
         self.peer_text = f"{peer} (background)"
         self.log_fields = (
@@ -50,10 +46,6 @@ class BackgroundClient(ResponseTimer):
         self._done = done
         self._response_timer = Deadline(factory.reactor, self._response_due)
         self._awaiting: ResponseWaiter | None = None
-
-    @property
-    def channel(self) -> Any:
-        raise RuntimeError("a background request has no connection")
 
     def send(self, pieces: list[bytes]) -> None:
         """The response goes nowhere: the chain's filters took what they wanted of it."""
@@ -67,17 +59,8 @@ class BackgroundClient(ResponseTimer):
     def drive(self) -> None:
         """No request body to read."""
 
-    def flush(self) -> None:
-        """Nothing is buffered."""
-
     def close_after_response(self) -> None:
         """Closing already: one request only."""
-
-    def lose_connection(self) -> None:
-        """No connection to lose."""
-
-    def set_send_timeout(self, timeout: float) -> None:
-        """Sending never waits."""
 
     def pause_reading(self, reason: str) -> None:
         """Nothing is read."""

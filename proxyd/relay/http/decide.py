@@ -93,13 +93,17 @@ def has_token(headers: Headers, name: bytes, token: bytes) -> bool:
 
 def is_websocket_upgrade(request: Request) -> bool:
     """An opening handshake of RFC 6455 4.1: GET, HTTP/1.1, no body, Connection: upgrade,
-    Upgrade: websocket. Other upgrades (h2c) are not relayed: their fields are removed."""
+    Upgrade: websocket; or an HTTP/2 extended CONNECT for websocket (RFC 8441), which
+    proxyd.relay.http.h2_session made a GET with `upgrade`. Other upgrades (h2c) are not
+    relayed: their fields are removed."""
     return (
         request.upgrade
         and request.method == b"GET"
-        and request.version == "1.1"
         and not request.has_body
-        and has_token(request.headers, b"upgrade", b"websocket")
+        and (
+            request.version == "2"
+            or (request.version == "1.1" and has_token(request.headers, b"upgrade", b"websocket"))
+        )
     )
 
 
@@ -141,6 +145,8 @@ def decide(
     target, Host and method, when the routes match no header: the same few are asked again
     and again, and their parse, normalization and match are the same every time."""
     if request.method == b"CONNECT":
+        if request.upgrade:  # HTTP/2's extended CONNECT for another protocol than websocket
+            return Refused(501, "extended CONNECT is served for websocket only", ErrorKind.REFUSED)
         return Refused(405, "CONNECT is not served by a reverse proxy", ErrorKind.REFUSED)
     headers = request.headers
     key = (request.target, request.host, request.method)

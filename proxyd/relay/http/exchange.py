@@ -32,7 +32,6 @@ from proxyd.relay.http.messages import (
     Response,
     UpstreamHead,
     chunk,
-    response_head,
 )
 from proxyd.relay.http.own_answers import OwnAnswers
 from proxyd.relay.http.roles import ExchangeClient
@@ -219,6 +218,10 @@ class Exchange(OwnAnswers):
         self.upstream_method = method
         upstreams = self.factory.upstreams[pool.name]
         if upstreams.protocol != "http1":
+            if self.websocket and request.version == "2":  # a 2xx would open the tunnel
+                why = f"pool {pool.name}: WebSocket needs protocol = http1"
+                self.fail(501, why, ErrorKind.REFUSED)
+                return
             self._upstream_chunked = False  # HTTP/2 frames the body itself
         if grpc.is_grpc(request):
             self.response_timeout = grpc.response_timeout(request, self.response_timeout)
@@ -240,8 +243,6 @@ class Exchange(OwnAnswers):
                 )
         if self._upstream_chunked:
             fields.append((b"Transfer-Encoding", b"chunked"))
-        if self.websocket:
-            fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
         self._forward(UpstreamHead(self.upstream_method, target, fields))
 
     def _forward(self, head: UpstreamHead) -> None:
@@ -399,15 +400,12 @@ class Exchange(OwnAnswers):
         self._tunnel_conn = None
         response = self.response
         assert response is not None
-        fields = self.response_fields
-        fields += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
         self._move(TUNNEL)
-        self.client.send([response_head(101, response.reason, fields)])
-        from_client = self.client.reader.upgraded or b""
-        self.client.reader.upgraded = b""
-        self.tunnel = Tunnel(self, self.client, conn, self.config.tunnel_timeout)
+        client = self.client.switched(response.reason, self.response_fields)
+        self.status = client.status
+        self.tunnel = Tunnel(self, client, conn, self.config.tunnel_timeout)
         self.factory.tunnel_opened()
-        self.tunnel.start(from_client, conn.reader.upgraded or b"")
+        self.tunnel.start()
 
     def _response_body_out(self, data: bytes, end: bool) -> None:
         if self.finished:

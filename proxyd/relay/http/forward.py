@@ -35,6 +35,7 @@ from proxyd.relay.attempt import (
     GiveUpReason,
     classify,
 )
+from proxyd.relay.http import extended_connect
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.decide import has_token
 from proxyd.relay.http.messages import (
@@ -368,6 +369,11 @@ class Forward:
 
     def _response_head(self, response: Response) -> None:
         exchange = self.exchange
+        if exchange.websocket and exchange.request.version == "2":
+            why = extended_connect.refusal(response, self.head.fields)
+            if why is not None:
+                self._broken(why, ErrorKind.BAD_RESPONSE)
+                return
         if response.status == 101:
             self._switch(response)
             return

@@ -2,7 +2,9 @@
 (framing, HPACK, flow control, the protocol's rules): its client connection
 (proxyd.relay.http.server.ClientConnection) hands it every byte once ALPN chose `h2` or the
 client sent the prior-knowledge preface (h2c), and each stream becomes an exchange
-(proxyd.relay.http.h2_stream.H2Stream).
+(proxyd.relay.http.h2_stream.H2Stream). SETTINGS_ENABLE_CONNECT_PROTOCOL lets clients open
+WebSockets with extended CONNECT (RFC 8441: proxyd.relay.http.extended_connect), each one a
+tunnel over its stream once the server switched (proxyd.relay.http.h2_tunnel).
 
 Limits: the listener's `http2_max_concurrent_streams` (SETTINGS_MAX_CONCURRENT_STREAMS; h2
 refuses streams past it), a header list bound (SETTINGS_MAX_HEADER_LIST_SIZE, and the
@@ -34,8 +36,11 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
+from twisted.internet import error
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from proxyd.relay.http import extended_connect
 from proxyd.relay.http.h2_limits import FloodGuard
 from proxyd.relay.http.h2_stream import H2Stream
 from proxyd.relay.http.h2_window import send_within_window
@@ -93,6 +98,7 @@ class H2Session:
                 SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: connection.factory.config.http2_stream_buffer,
                 SettingCodes.MAX_HEADER_LIST_SIZE: connection.factory.config.max_header_size,
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         # h2 holds its HPACK decoder to its default bound until settings change: ours now.
@@ -144,7 +150,7 @@ class H2Session:
         elif isinstance(event, StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
-                stream.reset_by_client()
+                stream.reset_by_client(Failure(error.ConnectionLost("stream reset by the client")))
             if event.remote_reset:
                 self._count("resets")
         elif isinstance(event, _IDLE):
@@ -187,7 +193,7 @@ class H2Session:
         self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
         self._write()
         self.connection.lose_connection()
-        self.connection_lost()
+        self.connection_lost(Failure(error.ConnectionAborted(why)))
 
     def _request(self, stream_id: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         pseudo: dict[bytes, bytes] = {}
@@ -203,21 +209,26 @@ class H2Session:
         if cookies:  # RFC 9113 8.2.3: one field for the HTTP/1.1 side
             headers.append((b"cookie", b"; ".join(cookies)))
         method = pseudo.get(b":method", b"")
+        protocol = pseudo.get(b":protocol")  # h2 takes it on CONNECT only
+        if protocol == extended_connect.PROTOCOL:
+            method = b"GET"  # the HTTP/1.1 handshake's: its routes, rules and filters
         authority = pseudo.get(b":authority")
         if authority is not None and not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", authority))
         host = next((value for name, value in headers if name == b"host"), b"")
         length = next((value for name, value in headers if name == b"content-length"), None)
         content_length = int(length) if length is not None and length.isdigit() else None
+        body = not ended and protocol is None  # an extended CONNECT's DATA is the tunnel's
         request = Request(
             method,
             pseudo.get(b":path", b"/"),
             "2",
             headers,
             keep_alive=True,
-            chunked=not ended and content_length is None,
-            content_length=content_length if not ended else None,
+            chunked=body and content_length is None,
+            content_length=content_length if body else None,
             host=host,
+            upgrade=protocol is not None,
         )
         if self.draining:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -269,12 +280,12 @@ class H2Session:
             return
         self._later()
 
-    def reset(self, stream_id: int) -> None:
+    def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.ended = True
         try:
-            self.h2.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+            self.h2.reset_stream(stream_id, code)
         except (StreamClosedError, ProtocolError):
             return
         self._later()
@@ -296,9 +307,7 @@ class H2Session:
 
     def writable(self, writable: bool) -> None:
         for stream in list(self.streams.values()):
-            exchange = stream.exchange
-            if exchange is not None and not exchange.finished:
-                exchange.client_writable(writable and stream.writable)
+            stream.tell_writable(writable and stream.writable)
 
     def drain(self) -> None:
         """proxyd stops or reloads: GOAWAY with the last stream taken, the open streams
@@ -314,8 +323,8 @@ class H2Session:
         self.connection.send([goaway.serialize()])
         self._later()
 
-    def connection_lost(self) -> None:
+    def connection_lost(self, reason: Failure) -> None:
         self.lost = True
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            stream.reset_by_client()
+            stream.reset_by_client(reason)

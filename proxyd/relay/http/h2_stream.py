@@ -8,6 +8,10 @@ Backpressure both ways: request DATA is acknowledged (WINDOW_UPDATE) only as the
 takes it, so that a slow upstream withholds the client's window; response bytes the
 client's window cannot take wait in the stream, and past a bound the exchange is told the
 client is not writable, which pauses its upstream.
+
+A WebSocket's extended CONNECT (RFC 8441) whose server switched becomes a tunnel: from then
+on the stream's events go to its pipe (proxyd.relay.http.h2_tunnel.StreamPipe), not to the
+exchange.
 """
 
 from __future__ import annotations
@@ -15,13 +19,19 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from h2.errors import ErrorCodes
+from twisted.python.failure import Failure
+
 from proxyd.clock import Deadline
 from proxyd.relay.http.client_timers import ResponseTimer
+from proxyd.relay.http.extended_connect import answer_fields
+from proxyd.relay.http.h2_tunnel import StreamPipe
 from proxyd.relay.http.messages import Body, End, Headers, HttpError, Request
 
 if TYPE_CHECKING:
     from proxyd.relay.http.exchange import Exchange
     from proxyd.relay.http.roles import ResponseWaiter
+    from proxyd.relay.http.tunnel import ClientPipe
 
 
 class Session(Protocol):
@@ -31,16 +41,13 @@ class Session(Protocol):
     def connection(self) -> Any:
         """The client connection (proxyd.relay.http.server.ClientConnection)."""
 
-    @property
-    def lost(self) -> bool: ...
-
     def send_headers(self, stream_id: int, headers: Headers) -> None: ...
 
     def flush_stream(self, stream: H2Stream, write: bool = True) -> None: ...
 
     def acknowledge(self, stream_id: int, size: int) -> None: ...
 
-    def reset(self, stream_id: int) -> None: ...
+    def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None: ...
 
 
 NOT_FORWARDED: Final = frozenset(
@@ -52,9 +59,9 @@ NOT_FORWARDED: Final = frozenset(
 class H2Stream(ResponseTimer):
     """The client side of the exchange of stream `stream_id`."""
 
-    tunnel = None
     closing = False
-    reader: Any = None
+    pipe: StreamPipe | None = None
+    """Set once the stream carries a WebSocket tunnel: its events go there from then on."""
 
     def __init__(self, session: Session, stream_id: int) -> None:
         connection = session.connection
@@ -92,23 +99,11 @@ class H2Stream(ResponseTimer):
     def writable(self) -> bool:
         return self._writable
 
-    @property
-    def lost(self) -> bool:
-        return self.session.lost
-
-    @property
-    def channel(self) -> Any:
-        return self.session.connection.channel
-
-    @property
-    def transport(self) -> Any:
-        return self.session.connection.transport
-
     def start(self, request: Request) -> None:
         from proxyd.relay.http.exchange import Exchange
 
         self.factory.requests += 1
-        exchange = self.exchange = Exchange(self, request)  # type: ignore[arg-type]
+        exchange = self.exchange = Exchange(self, request)
         exchange.start()
 
     # The request body, from the session.
@@ -116,14 +111,26 @@ class H2Stream(ResponseTimer):
     def request_data(self, data: bytes, flow: int) -> None:
         """DATA of `flow` flow-controlled bytes (padding included)."""
         self._unacknowledged += flow
-        if data:
+        pipe = self.pipe
+        if pipe is not None:
+            if data:
+                pipe.received(data)
+        elif data:
             self._events.append(Body(data))
         self.drive()
 
     def request_end(self) -> None:
         self.request_ended = True
+        if self.pipe is not None:
+            self.pipe.read_closed()
+            return
         self._events.append(End())
         self.drive()
+
+    def take_early(self) -> tuple[bytes, bool]:
+        """A tunnel opens: the DATA the client sent before it, and whether END_STREAM came."""
+        events, self._events = self._events, deque()
+        return b"".join(e.data for e in events if isinstance(e, Body)), self.request_ended
 
     def drive(self) -> None:
         """Hand the exchange the body events it wants; acknowledge what it took."""
@@ -147,6 +154,12 @@ class H2Stream(ResponseTimer):
             self.drive()
 
     # The response, to the session.
+
+    def switched(self, reason: bytes, fields: Headers) -> ClientPipe:
+        """The server switched to WebSocket: the client gets `:status 200` (RFC 8441 5), and
+        this stream becomes the client side of the tunnel."""
+        self.send_head(200, b"", answer_fields(fields))
+        return StreamPipe(self)
 
     def send_head(self, status: int, reason: bytes, fields: Headers, body: bytes = b"") -> None:
         headers = [(b":status", b"%d" % status)]
@@ -179,27 +192,33 @@ class H2Stream(ResponseTimer):
         self.session.flush_stream(self)
 
     def sent(self) -> None:
-        """The session sent some of `pending`."""
+        """The session sent some of `pending`, or found the window closed, or ended the
+        stream."""
         if not self._writable and self.pending_bytes <= self._high_water // 2:
             self._set_writable(True)
+        if self.pipe is not None:
+            self.pipe.sent()
 
     def _set_writable(self, writable: bool) -> None:
         self._writable = writable
+        self.tell_writable(writable)
+
+    def tell_writable(self, writable: bool) -> None:
+        """The client takes more (or no more) of what is sent: pause or resume the server
+        whose bytes these are, through the exchange or the tunnel."""
+        if self.pipe is not None:
+            self.pipe.writable_changed(writable)
+            return
         exchange = self.exchange
         if exchange is not None and not exchange.finished:
             exchange.client_writable(writable)
 
-    def flush(self) -> None:
-        """Nothing is held back beyond the window."""
-
-    def set_send_timeout(self, timeout: float) -> None:
-        """The connection's send timeout covers its streams."""
-
     def close_after_response(self) -> None:
         """A stream ends with its response; the connection goes on."""
 
-    def lose_connection(self) -> None:
-        self.session.reset(self.stream_id)
+    def cancel(self) -> None:
+        """A tunnel's reset: RST_STREAM CANCEL (RFC 8441 5)."""
+        self.session.reset(self.stream_id, ErrorCodes.CANCEL)
 
     def exchange_done(self, exchange: Any, keep_alive: bool) -> None:
         """The exchange is over: a response cut short resets the stream (keep_alive false
@@ -207,6 +226,8 @@ class H2Stream(ResponseTimer):
         ends it, and a request body still arriving is refused with RST_STREAM NO_ERROR."""
         self.stop_expecting_response()
         self._response_timer.release()
+        if self.ended:  # reset, or a tunnel over
+            return
         if not keep_alive:
             self.session.reset(self.stream_id)
             return
@@ -216,12 +237,15 @@ class H2Stream(ResponseTimer):
 
     # The session's end of it.
 
-    def reset_by_client(self) -> None:
-        """RST_STREAM from the client, or the connection lost: the exchange is cut."""
+    def reset_by_client(self, reason: Failure) -> None:
+        """RST_STREAM from the client, or the connection lost (`reason`): the exchange, or
+        the tunnel, is cut."""
         self.ended = True
         self.pending.clear()
         self.pending_bytes = 0
         exchange = self.exchange
-        if exchange is not None and not exchange.finished:
+        if self.pipe is not None:
+            self.pipe.lost(reason)
+        elif exchange is not None and not exchange.finished:
             exchange.client_lost()
         self._response_timer.release()

@@ -24,7 +24,9 @@ class HttpError:
 
 
 class Request:
-    """A request head. `content_length` is None when the body is chunked or absent."""
+    """A request head. `content_length` is None when the body is chunked or absent.
+    `upgrade`: HTTP/1.1, it asked to upgrade (Connection: upgrade); HTTP/2, it is an extended
+    CONNECT (RFC 8441), made a GET when its `:protocol` is websocket."""
 
     __slots__ = (
         "chunked",

@@ -31,8 +31,8 @@ def count(exchange: Exchange) -> None:
     cell.bytes_out += exchange.response_bytes
     if exchange.tunnel is None:
         cell.response(exchange.status, exchange.clock.seconds() - exchange.started)
-    else:  # the tunnel's life is no response time
-        cell.responses[1] += 1
+    else:  # the tunnel's life is no response time (101, or 200 on an HTTP/2 stream)
+        cell.responses[exchange.status // 100] += 1
     if forward is not None and forward.header_time is not None and answered:
         cell.upstream_duration.observe(forward.header_time - (forward.driver.connect_time or 0.0))
     if exchange.error_kind is not None:

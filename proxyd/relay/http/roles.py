@@ -15,7 +15,7 @@ from proxyd.relay.http.decide import Place
 from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.messages import Headers, HttpError
 from proxyd.relay.http.routing import RouteTable
-from proxyd.relay.http.tunnel import TunnelClient
+from proxyd.relay.http.tunnel import ClientPipe
 from proxyd.relay.http.upstream import Upstreams
 from proxyd.relay.io import SendBatch
 from proxyd.tls import PeerTls, ServerTls
@@ -102,15 +102,18 @@ class ConnectionFactory(Listener, Protocol):
     def log_refusal(self, client: Any, error: HttpError) -> None: ...
 
 
-class ExchangeClient(TunnelClient, Protocol):
+class ExchangeClient(Protocol):
     """What an exchange uses of its client connection (proxyd.relay.http.server's
-    ClientConnection), beside what the tunnel of an upgrade uses of it."""
+    ClientConnection) or HTTP/2 stream (proxyd.relay.http.h2_stream's H2Stream)."""
 
     @property
     def factory(self) -> Listener: ...
 
     @property
-    def reader(self) -> RequestReader: ...
+    def writable(self) -> bool: ...
+
+    @property
+    def peer_text(self) -> str: ...
 
     @property
     def peer(self) -> Address: ...
@@ -143,6 +146,14 @@ class ExchangeClient(TunnelClient, Protocol):
 
     def send_end(self, chunked: bool, trailers: Headers | None) -> None:
         """The response is complete: its last chunk when `chunked`, with `trailers`."""
+
+    def switched(self, reason: bytes, fields: Headers) -> ClientPipe:
+        """The server switched to WebSocket (its 101's reason and fields, as the filters left
+        them): answer the client, and be the client side of the tunnel."""
+
+    def pause_reading(self, reason: str) -> None: ...
+
+    def resume_reading(self, reason: str) -> None: ...
 
     def drive(self) -> None: ...
 

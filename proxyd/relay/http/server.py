@@ -40,7 +40,7 @@ from proxyd.relay.http.outcome import (
     handshake_failed,
 )
 from proxyd.relay.http.roles import ConnectionFactory, ResponseWaiter
-from proxyd.relay.http.tunnel import Tunnel
+from proxyd.relay.http.tunnel import ConnectionPipe, Tunnel
 from proxyd.relay.io import (
     Transport,
     closes_at_once,
@@ -182,7 +182,7 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
             handshake_failed(self.factory.config.name, self.peer_text, reason)
         self.lost = True
         if self.h2 is not None:
-            self.h2.connection_lost()
+            self.h2.connection_lost(reason)
         self._timer_kind = ""
         # Released, not only cancelled: each holds a bound method of this connection, a
         # reference cycle the garbage collector would otherwise have to find, once per
@@ -313,6 +313,16 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
     def send_end(self, chunked: bool, trailers: Headers | None) -> None:
         if chunked:
             self.send([last_chunk(trailers)])
+
+    def switched(self, reason: bytes, fields: Headers) -> ConnectionPipe:
+        """The server switched to WebSocket: its 101 goes to the client, and this connection
+        becomes the client side of the tunnel, with what the client sent behind its
+        handshake."""
+        upgrade = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
+        self.send([response_head(101, reason, fields + upgrade)])
+        early = self.reader.upgraded or b""
+        self.reader.upgraded = b""
+        return ConnectionPipe(self, early)
 
     def flush(self) -> None:
         """Send what waits in the factory's SendBatch now (before writing or closing

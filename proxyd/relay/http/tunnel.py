@@ -1,6 +1,8 @@
 """An upgraded connection on an HTTP listener: once the server answered a WebSocket upgrade
-with 101, the client connection and that upstream connection are spliced and bytes flow both
-ways untouched, through the same splice as the TCP relay's (proxyd.relay.splice).
+with 101, the client's side and that upstream connection are spliced and bytes flow both
+ways untouched, through the same splice as the TCP relay's (proxyd.relay.splice). The
+client's side is a ClientPipe: the HTTP/1.1 connection that asked for the upgrade
+(ConnectionPipe), or the HTTP/2 stream of an extended CONNECT (proxyd.relay.http.h2_tunnel).
 
 Each side's full write buffer pauses reading from the other (the client connection and the
 upstream connection are their transports' producers already). A close from either side
@@ -32,8 +34,9 @@ _log = Logger(namespace="proxyd.relay.http")
 
 
 class TunnelClient(Protocol):
-    """What the tunnel uses of the client connection (proxyd.relay.http.server's
-    ClientConnection), which hands it the client's bytes and events once `tunnel` is set."""
+    """What ConnectionPipe uses of the client connection (proxyd.relay.http.server's
+    ClientConnection), which hands the tunnel the client's bytes and events once `tunnel` is
+    set."""
 
     tunnel: Tunnel | None
 
@@ -87,13 +90,61 @@ def close(transport: Transport) -> None:
     transport.loseConnection()
 
 
-class _ClientPipe:
-    """The client connection as one side of the splice. It is its transport's producer and
-    has its own send timeout (tunnel_timeout from the 101 on), which reports to the tunnel
-    (Tunnel.client_stalled)."""
+class ClientPipe(Pipe, Protocol):
+    """The client's side of a tunnel, as the splice and the tunnel use it."""
 
-    def __init__(self, client: TunnelClient) -> None:
+    @property
+    def status(self) -> int:
+        """What the client was answered for the switch: 101, or 200 on an HTTP/2 stream."""
+
+    @property
+    def writable(self) -> bool: ...
+
+    @property
+    def peer_text(self) -> str: ...
+
+    def attach(self, tunnel: Tunnel) -> None:
+        """The client's events go to `tunnel` from now on."""
+
+    def started(self, tunnel: Tunnel) -> None:
+        """The splice runs: hand `tunnel` what the client sent before, and read on."""
+
+
+class ConnectionPipe:
+    """The HTTP/1.1 client connection as the client side of the splice. It is its
+    transport's producer and has its own send timeout (tunnel_timeout from the 101 on), which
+    reports to the tunnel (Tunnel.client_stalled). `early`: the bytes the client sent behind
+    its upgrade request's head, before the 101."""
+
+    status = 101
+
+    def __init__(self, client: TunnelClient, early: bytes) -> None:
         self.client = client
+        self._early = early
+
+    @property
+    def writable(self) -> bool:
+        return self.client.writable
+
+    @property
+    def peer_text(self) -> str:
+        return self.client.peer_text
+
+    def attach(self, tunnel: Tunnel) -> None:
+        client = self.client
+        client.tunnel = tunnel
+        client.set_send_timeout(tunnel.timeout)
+        # From here bytes are written at once (interactive traffic gains nothing from
+        # waiting for the turn's end), after what the relay's batches hold: the 101 first.
+        client.flush()
+        no_delay(client.transport)
+
+    def started(self, tunnel: Tunnel) -> None:
+        early, self._early = self._early, b""
+        if early:
+            tunnel.client_data(early)
+        self.client.resume_reading("upgrade")
+        self.client.resume_reading("backlog")
 
     def splice_to(self, peer: Pipe, on_stall: OnStall) -> None:
         """Nothing to wire: the connection reports its write buffer (Tunnel.client_writable)."""
@@ -191,13 +242,13 @@ class _UpstreamPipe:
 
 
 class Tunnel:
-    """Bytes between `client` and `upstream` after a 101, for `exchange`: the two connections'
+    """Bytes between `client` and `upstream` after a 101, for `exchange`: the two sides'
     events handed to one Splice (proxyd.relay.splice)."""
 
     def __init__(
         self,
         exchange: TunnelOwner,
-        client: TunnelClient,
+        client: ClientPipe,
         upstream: UpstreamConnection,
         timeout: float,
     ) -> None:
@@ -207,7 +258,7 @@ class Tunnel:
         self.timeout = timeout
         self._upstream_pipe = _UpstreamPipe(upstream, exchange.clock, timeout)
         self._splice = Splice(
-            exchange.clock, _ClientPipe(client), self._upstream_pipe, self, idle_timeout=timeout
+            exchange.clock, client, self._upstream_pipe, self, idle_timeout=timeout
         )
         self._client_why = ""
 
@@ -224,28 +275,22 @@ class Tunnel:
     def reason(self) -> CloseReason | None:
         return self._splice.reason
 
-    def start(self, from_client: bytes, from_upstream: bytes) -> None:
+    def start(self) -> None:
         """Splice; the bytes each side sent after the upgrade's head go first."""
-        self.client.tunnel = self
-        self.client.set_send_timeout(self.timeout)
-        self.upstream.splice(self)
-        # From here bytes are written at once (interactive traffic gains nothing from
-        # waiting for the turn's end), after what the relay's batches hold: the 101 first.
-        self.client.flush()
-        self.upstream.flush()
-        no_delay(self.client.transport)
-        no_delay(self.upstream.transport)
+        client, upstream = self.client, self.upstream
+        client.attach(self)
+        upstream.splice(self)
+        upstream.flush()
+        no_delay(upstream.transport)
         self._splice.start()
+        from_upstream = upstream.reader.upgraded
         if from_upstream:
             self.upstream_data(from_upstream)
-        if from_client:
-            self.client_data(from_client)
-        if not self.client.writable:
-            self.upstream.pause_reading()
-        if not self.upstream.writable:
-            self.client.pause_reading("upstream")
-        self.client.resume_reading("upgrade")
-        self.client.resume_reading("backlog")
+        client.started(self)
+        if not client.writable:
+            upstream.pause_reading()
+        if not upstream.writable:
+            client.pause_reading()
 
     # Events of the client connection (proxyd.relay.http.server) and of the upstream one.
 
@@ -254,6 +299,10 @@ class Tunnel:
 
     def upstream_data(self, data: bytes) -> None:
         self._splice.received(Side.SERVER, data)
+
+    def client_read_closed(self) -> None:
+        """The client sends nothing more (an HTTP/2 stream's END_STREAM)."""
+        self._splice.read_closed(Side.CLIENT)
 
     def client_writable(self, writable: bool) -> None:
         self._splice.writable(Side.CLIENT, writable)
