@@ -461,3 +461,27 @@ def test_an_answer_before_the_request_body_ends_resets_the_rest_and_the_connecti
     answer(relay, OK)
     client.flush()
     assert client.body(again) == b"hi"
+
+
+def test_request_data_left_unread_by_early_answers_is_handed_back_to_the_connection() -> None:
+    relay = h2c_relay(routes=(route("/early", RespondAction(200, "early")), route("/")))
+    client = Client(relay)
+    window = client.h2.outbound_flow_control_window
+    headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"e")]
+    # Twice the connection's window in bodies that proxyd drops, answered early or reset
+    # by the client before the server took them: each body's bytes count against that
+    # window until proxyd hands them back (RFC 9113 6.9); without that, the client could
+    # send no more than one window's worth on the connection, ever.
+    for index in range(2 * window // 60000):
+        stream = client.h2.get_next_available_stream_id()
+        path = b"/early" if index % 2 else b"/"
+        client.h2.send_headers(stream, [*headers, (b":path", path)])
+        for _ in range(4):
+            client.h2.send_data(stream, b"x" * 15000)
+        client.flush()
+        if path == b"/":
+            client.h2.reset_stream(stream)
+            client.flush()
+        else:
+            assert client.status(stream) == 200 and client.ended(stream)
+    assert client.h2.outbound_flow_control_window > window // 2

@@ -15,6 +15,7 @@ resets that stream.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any, Final, Protocol
 
 from h2.config import H2Configuration
@@ -148,7 +149,7 @@ class H2Session:
             if stream is not None and not stream.request_ended:
                 stream.request_end()
         elif isinstance(event, StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
+            stream = self._forget(event.stream_id)
             if stream is not None:
                 stream.reset_by_client(Failure(error.ConnectionLost("stream reset by the client")))
             if event.remote_reset:
@@ -263,12 +264,12 @@ class H2Session:
                 else:
                     conn.end_stream(sid)
                 stream.ended = True
-                self.streams.pop(sid, None)
+                self._forget(sid)
                 if not stream.request_ended:
                     conn.reset_stream(sid, ErrorCodes.NO_ERROR)
         except (StreamClosedError, ProtocolError):
             stream.ended = True
-            self.streams.pop(sid, None)
+            self._forget(sid)
         stream.sent()
         if write:
             self._later()
@@ -280,8 +281,18 @@ class H2Session:
             return
         self._later()
 
-    def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None:
+    def _forget(self, stream_id: int) -> H2Stream | None:
+        """Drop a stream that ended. The DATA it received and did not hand on is handed back
+        to the connection's window (RFC 9113 6.9), which it would otherwise shrink for good;
+        the caller writes."""
         stream = self.streams.pop(stream_id, None)
+        if stream is not None and (unread := stream.take_unacknowledged()):
+            with suppress(StreamClosedError, ProtocolError):
+                self.h2.acknowledge_received_data(unread, stream_id)
+        return stream
+
+    def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None:
+        stream = self._forget(stream_id)
         if stream is not None:
             stream.ended = True
         try:

@@ -132,6 +132,12 @@ class H2Stream(ResponseTimer):
         events, self._events = self._events, deque()
         return b"".join(e.data for e in events if isinstance(e, Body)), self.request_ended
 
+    def take_unacknowledged(self) -> int:
+        """The stream is dropped: the flow-controlled bytes received and never acknowledged,
+        for the session to hand back to the connection."""
+        unread, self._unacknowledged = self._unacknowledged, 0
+        return unread
+
     def drive(self) -> None:
         """Hand the exchange the body events it wants; acknowledge what it took."""
         exchange = self.exchange
