@@ -74,7 +74,7 @@ def obtain(
     )
     directory = acme_client.ClientV2.get_directory(config.directory, net)
     client = acme_client.ClientV2(directory, net)
-    _account(client, storage, config)
+    _account(client, account_key, storage, config)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = crypto_util.make_csr(private_pem(key), list(config.names))
     order = client.new_order(csr)
@@ -107,14 +107,26 @@ def obtain(
     return Issued(order.fullchain_pem.encode("ascii"), key)
 
 
-def _account(client: acme_client.ClientV2, storage: Storage, config: AcmeConfig) -> None:
+def _account(
+    client: acme_client.ClientV2, account_key: josepy.JWK, storage: Storage, config: AcmeConfig
+) -> None:
     """Use the stored account, or register the account key (a CA that knows the key answers
-    with the account's URL)."""
+    with the account's URL), with the external account binding if one is configured: a
+    stored account is used without it."""
     url = storage.account_url()
     if url is None:
         registration = messages.NewRegistration.from_data(terms_of_service_agreed=True)
         if config.contact:
             registration = registration.update(contact=config.contact)
+        if config.eab_kid is not None and config.eab_hmac_key is not None:
+            # RFC 8555 7.3.4: a JWS of the account's public key, MACed with the CA's key.
+            binding = messages.ExternalAccountBinding.from_data(
+                account_public_key=account_key.public_key(),
+                kid=config.eab_kid,
+                hmac_key=config.eab_hmac_key,
+                directory=client.directory,
+            )
+            registration = registration.update(external_account_binding=binding)
         try:
             url = client.new_account(registration).uri
         except errors.ConflictError as e:

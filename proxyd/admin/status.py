@@ -20,7 +20,7 @@ from proxyd.pool import Pool, Server
 CACHE_COUNTERS = tuple(field.name for field in attrs.fields(Counters))
 """A cache's counters, in the status document and as proxyd_cache_* metrics."""
 
-SECRET_KEYS = frozenset({"token", "read_token"})
+SECRET_KEYS = frozenset({"token", "read_token", "eab_hmac_key"})
 """Config fields whose values the API never shows."""
 MASK = "********"
 

@@ -37,3 +37,9 @@ class AcmeConfig:
     """The first wait after a failed attempt; each further failure doubles it..."""
     retry_max: float = 86400.0
     """... up to this."""
+    eab_kid: str | None = None
+    """External account binding (RFC 8555 7.3.4): the key identifier the CA gave, sent with
+    `eab_hmac_key` when a new account is registered; None: no binding (both or neither)."""
+    eab_hmac_key: str | None = attrs.field(default=None, repr=False)
+    """The binding's MAC key the CA gave, base64url without padding. A secret: not in the
+    repr, masked in the admin API's config (proxyd.admin.status.SECRET_KEYS)."""

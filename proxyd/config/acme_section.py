@@ -1,20 +1,28 @@
 """`[acme NAME]` sections and the `acme` key of TLS listeners (docs/acme.md): their parsers,
-checked once every key has parsed."""
+and the section's check across keys (proxyd.config.cross_checks)."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from proxyd.config import tls
 from proxyd.config import values as v
 from proxyd.config.acme_model import CHALLENGES, AcmeConfig
 from proxyd.config.errors import Invalid, did_you_mean
+from proxyd.config.ini import Section
 from proxyd.config.keys import Context, Key, reference
+from proxyd.config.security import Problems
 
 MAX_NAMES: Final = 100
 """Let's Encrypt's limit of names on one certificate."""
+EAB_KEYS: Final = ("eab_kid", "eab_hmac_key")
+"""External account binding's keys: both or neither."""
+
+_KID = re.compile(r"[!-~]+")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def acme(text: str, ctx: Context) -> AcmeConfig | None:
@@ -93,6 +101,38 @@ def challenges(text: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def eab_kid(text: str) -> str:
+    """`eab_kid`: the key identifier the CA gave, as written (printable ASCII, no spaces)."""
+    kid = text.strip()
+    if not _KID.fullmatch(kid):
+        raise Invalid("the key identifier the CA gave (printable ASCII, no spaces)", repr(kid))
+    return kid
+
+
+def eab_hmac_key(text: str) -> str:
+    """`eab_hmac_key`: the MAC key the CA gave, base64url (RFC 4648 5), any `=` padding
+    dropped. A secret: what is wrong is said without the value."""
+    key = text.strip().rstrip("=")
+    expected = "the base64url MAC key the CA gave (letters, digits, - and _)"
+    if not key:
+        raise Invalid(expected, "nothing")
+    if not _BASE64URL.fullmatch(key):
+        standard = "standard base64's + and / are - and _" if set("+/") & set(key) else None
+        raise Invalid(expected, "other characters", standard)
+    if len(key) % 4 == 1:
+        raise Invalid(expected, f"{len(key)} characters, a length base64 cannot have")
+    return key
+
+
+def acme_section(section: Section, fields: dict[str, Any]) -> Problems:
+    """An external account binding takes both its keys."""
+    for given, missing in (EAB_KEYS, EAB_KEYS[::-1]):
+        if given in fields and missing not in fields:
+            why = f"'{missing}' too (an external account binding takes both)"
+            return [(given, Invalid(why, f"{given} alone"))]
+    return []
+
+
 KEYS: Mapping[str, Key] = {
     "names": Key(names, required=True),
     "storage": Key(storage, required=True, context=True),
@@ -103,6 +143,8 @@ KEYS: Mapping[str, Key] = {
     "renew_before": Key(v.positive_duration),
     "retry_min": Key(v.positive_duration),
     "retry_max": Key(v.positive_duration),
+    "eab_kid": Key(eab_kid),
+    "eab_hmac_key": Key(eab_hmac_key),
 }
 """The keys of an [acme NAME] section."""
 

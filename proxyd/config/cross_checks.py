@@ -11,6 +11,7 @@ import attrs
 
 from proxyd.config import routes, security, tls
 from proxyd.config import values as v
+from proxyd.config.acme_section import acme_section
 from proxyd.config.auth_section import auth_section
 from proxyd.config.cache_section import cache_section
 from proxyd.config.check_model import GrpcCheck, HttpCheck, TlsCheck, WebSocketCheck
@@ -294,6 +295,10 @@ def _cache(
     return cache_section(section, fields)
 
 
+def _acme(section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]) -> _Problems:
+    return acme_section(section, fields)
+
+
 _SECTIONS: Mapping[
     str, Callable[[Section, dict[str, Any], dict[str, dict[str, Any]]], _Problems]
 ] = {
@@ -305,8 +310,9 @@ _SECTIONS: Mapping[
     "auth": _auth,
     "ratelimit": _ratelimit,
     "cache": _cache,
+    "acme": _acme,
 }
-"""Per section kind: its security keys' checks across keys (after _GROUPS)."""
+"""Per section kind: the checks across its keys (after _GROUPS)."""
 
 
 def cross_check(

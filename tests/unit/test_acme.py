@@ -1,17 +1,22 @@
 """proxyd.acme without a CA: the renewal schedule on an injected clock, which names a
-certificate covers, the storage's files and modes, the challenge answers, and the service
-ordering, renewing and backing off on MemoryReactorClock with a fake order."""
+certificate covers, the storage's files and modes, the challenge answers, the account's
+registration (with an external account binding) on a fake client, the service ordering,
+renewing and backing off on MemoryReactorClock with a fake order, and the [acme] keys."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import stat
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import josepy
 import pytest
+from acme import jws, messages
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
@@ -29,6 +34,8 @@ from proxyd.acme.challenges import (
 from proxyd.acme.schedule import Held, Schedule, covers, renewal_time
 from proxyd.acme.service import AcmeService
 from proxyd.acme.storage import Storage
+from proxyd.admin.status import config_document
+from proxyd.cli import main
 from proxyd.config.acme_model import AcmeConfig
 from proxyd.config.load import loads
 from proxyd.config.model import TlsServerConfig
@@ -36,6 +43,8 @@ from proxyd.tls import ServerTls
 from tests.certs import TestCA
 
 DAY = 86400.0
+MAC_KEY = "cHJveHlkIHRlc3QgTUFDIGtleSwgMzIgYnl0ZXMhISE"
+"""An external account binding's MAC key, base64url (32 bytes)."""
 
 
 def config(tmp_path: Path, **changes: object) -> AcmeConfig:
@@ -186,6 +195,70 @@ def test_tls_alpn01_answers_only_for_the_sections_names(tmp_path: Path) -> None:
     other = Answers(Storage(str(tmp_path)), ["example.test"])
     assert isinstance(other.alpn("example.test"), SSL.Context)  # from storage
     assert other.alpn("unknown.test") is None
+
+
+# Registration.
+
+
+class FakeClient:
+    """What proxyd.acme.client._account uses of acme.client.ClientV2: the directory,
+    new_account (recorded) and the network's account."""
+
+    def __init__(self) -> None:
+        self.directory = messages.Directory.from_json({"newAccount": "https://ca.test/new-acct"})
+        self.net = SimpleNamespace(account=None)
+        self.registered: list[messages.NewRegistration] = []
+
+    def new_account(self, registration: messages.NewRegistration) -> Any:
+        self.registered.append(registration)
+        return messages.RegistrationResource(uri="https://ca.test/acct/1", body=registration)
+
+
+def test_a_new_account_is_registered_with_the_external_account_binding(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "acme"))
+    storage.ensure()
+    account_key = josepy.JWKEC(key=storage.account_key())
+    fake = FakeClient()
+    acme = config(tmp_path, eab_kid="kid-1", eab_hmac_key=MAC_KEY)
+    client._account(fake, account_key, storage, acme)  # type: ignore[arg-type]
+    (registration,) = fake.registered
+    assert registration.terms_of_service_agreed
+    binding = jws.JWS.from_json(registration.external_account_binding)
+    # RFC 8555 7.3.4: the account's public key, MACed (HS256) with the CA's key under its kid,
+    # for the newAccount URL.
+    header = binding.signature.combined
+    assert (header.alg, header.kid, header.url) == (
+        josepy.HS256,
+        "kid-1",
+        "https://ca.test/new-acct",
+    )
+    assert json.loads(binding.payload) == account_key.public_key().to_partial_json()
+    assert binding.verify(josepy.JWKOct(key=josepy.b64decode(MAC_KEY)))
+    assert not binding.verify(josepy.JWKOct(key=b"another key of thirty-two bytes!"))
+    assert storage.account_url() == "https://ca.test/acct/1"
+
+
+def test_a_stored_account_is_used_without_registering_or_binding(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "acme"))
+    storage.ensure()
+    storage.save_account_url("https://ca.test/acct/7")
+    fake = FakeClient()
+    acme = config(tmp_path, eab_kid="kid-1", eab_hmac_key=MAC_KEY)
+    account_key = josepy.JWKEC(key=storage.account_key())
+    client._account(fake, account_key, storage, acme)  # type: ignore[arg-type]
+    assert fake.registered == []
+    assert fake.net.account.uri == "https://ca.test/acct/7"
+
+
+def test_without_a_binding_the_registration_has_none(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "acme"))
+    storage.ensure()
+    fake = FakeClient()
+    account_key = josepy.JWKEC(key=storage.account_key())
+    client._account(fake, account_key, storage, config(tmp_path))  # type: ignore[arg-type]
+    (registration,) = fake.registered
+    assert registration.external_account_binding is None
+    assert "externalAccountBinding" not in registration.to_partial_json()
 
 
 # The service on a fake CA.
@@ -440,3 +513,62 @@ def test_acme_values_are_checked(tmp_path: Path, line: str, expected: str) -> No
     with pytest.raises(Exception) as info:
         loads(text, str(tmp_path / "proxyd.ini"))
     assert expected in str(info.value)
+
+
+def eab_config(tmp_path: Path, lines: str) -> str:
+    return f"[acme site]\nnames = example.test\nstorage = {tmp_path}/acme\n{lines}"
+
+
+def test_an_external_account_binding_is_read_and_its_key_kept_secret(tmp_path: Path) -> None:
+    text = eab_config(tmp_path, f"eab_kid = kid-1\neab_hmac_key = {MAC_KEY}=\n")
+    loaded = loads(text, str(tmp_path / "proxyd.ini"))
+    acme = loaded.acme["site"]
+    assert (acme.eab_kid, acme.eab_hmac_key) == ("kid-1", MAC_KEY)  # the padding dropped
+    assert MAC_KEY not in repr(acme) and MAC_KEY not in repr(loaded)
+    shown = config_document(loaded)["acme"]["site"]
+    assert shown["eab_kid"] == "kid-1" and shown["eab_hmac_key"] == "********"
+    assert MAC_KEY not in json.dumps(config_document(loaded))
+    unbound = config_document(loads(eab_config(tmp_path, ""), "p"))
+    assert unbound["acme"]["site"]["eab_hmac_key"] is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            "eab_kid = kid-1\n",
+            "4: [acme site] eab_kid: expected 'eab_hmac_key' too (an external"
+            " account binding takes both); found eab_kid alone",
+        ),
+        (
+            f"eab_hmac_key = {MAC_KEY}\n",
+            "4: [acme site] eab_hmac_key: expected 'eab_kid' too (an external"
+            " account binding takes both); found eab_hmac_key alone",
+        ),
+        (
+            f"eab_kid = kid-1\neab_hmac_key = {MAC_KEY[:-4]}+/Ab\n",
+            "5: [acme site] eab_hmac_key: expected the base64url MAC key the CA gave"
+            " (letters, digits, - and _); found other characters (standard base64's + and /"
+            " are - and _)",
+        ),
+        (
+            f"eab_kid = kid-1\neab_hmac_key = {MAC_KEY}xx\n",
+            "5: [acme site] eab_hmac_key: expected the base64url MAC key the CA gave"
+            " (letters, digits, - and _); found 45 characters, a length base64 cannot have",
+        ),
+        (
+            f"eab_kid = kid 1\neab_hmac_key = {MAC_KEY}\n",
+            "4: [acme site] eab_kid: expected the key identifier the CA gave"
+            " (printable ASCII, no spaces); found 'kid 1'",
+        ),
+    ],
+)
+def test_external_account_binding_errors_never_show_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: str, expected: str
+) -> None:
+    path = tmp_path / "proxyd.ini"
+    path.write_text(eab_config(tmp_path, lines))
+    assert main(["check", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{path}:{expected}" in err.splitlines()
+    assert MAC_KEY[:-4] not in out + err
