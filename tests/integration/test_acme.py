@@ -1,7 +1,8 @@
 """ACME (proxyd.acme) end to end against Debian's pebble on loopback: http-01 and tls-alpn-01
-issuance, a restart that serves the stored certificate without a new order, and the renewal
-of a short-lived certificate under an open connection. Names under example.test resolve to
-127.0.0.1 through a dnsmasq that pebble's validator asks (`-dnsserver`)."""
+issuance, a restart that serves the stored certificate without a new order, the renewal of a
+short-lived certificate under an open connection, and an account registered with an external
+account binding. Names under example.test resolve to 127.0.0.1 through a dnsmasq that pebble's
+validator asks (`-dnsserver`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import shutil
 import socket
 import ssl
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -29,6 +30,10 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble missing (apt: pebble)"),
 ]
 
+EAB_KID = "kid-1"
+EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+"""pebble's example external account binding (pebble-config-external-account-bindings.json)."""
+
 
 @attrs.frozen
 class Pebble:
@@ -44,8 +49,9 @@ class Pebble:
 
 @pytest.fixture
 def pebble(processes: ProcessList, tmp_path: Path) -> Callable[..., Pebble]:
-    """`pebble(validity=None)`: a pebble whose validator resolves *.example.test to 127.0.0.1
-    and validates on two ports it returns, for proxyd's [http] and [https]."""
+    """`pebble(validity=None, eab=None)`: a pebble whose validator resolves *.example.test to
+    127.0.0.1 and validates on two ports it returns, for proxyd's [http] and [https]; with
+    `eab` (kid: base64url MAC key), new accounts need an external account binding by one."""
     dns_port, _ = dnsmasq(processes, tmp_path, "acme", "127.0.0.1")
     ca = TestCA("pebble test CA")
     ca_path = ca.write_ca(tmp_path / "pebble-ca.pem")
@@ -53,7 +59,7 @@ def pebble(processes: ProcessList, tmp_path: Path) -> Callable[..., Pebble]:
     cert = served.write(tmp_path / "pebble-cert.pem", with_key=False)
     key = served.write_key(tmp_path / "pebble-key.pem")
 
-    def start(validity: int | None = None) -> Pebble:
+    def start(validity: int | None = None, eab: Mapping[str, str] | None = None) -> Pebble:
         port, management, http_port, https_port = (free_port() for _ in range(4))
         settings: dict[str, object] = {
             "listenAddress": f"127.0.0.1:{port}",
@@ -63,10 +69,12 @@ def pebble(processes: ProcessList, tmp_path: Path) -> Callable[..., Pebble]:
             "httpPort": http_port,
             "tlsPort": https_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
+            "externalAccountBindingRequired": eab is not None,
         }
         if validity is not None:
             settings["certificateValidityPeriod"] = validity
+        if eab is not None:
+            settings["externalAccountMACKeys"] = dict(eab)
         config = tmp_path / f"pebble-{port}.json"
         config.write_text(json.dumps({"pebble": settings}))
         env = {
@@ -83,7 +91,8 @@ def pebble(processes: ProcessList, tmp_path: Path) -> Callable[..., Pebble]:
     return start
 
 
-def acme_config(pebble: Pebble, storage: Path, names: str, challenges: str) -> str:
+def acme_config(pebble: Pebble, storage: Path, names: str, challenges: str, more: str = "") -> str:
+    """`more`: further lines of the [acme site] section."""
     return f"""
 [pool web]
 servers = 127.0.0.1:9
@@ -96,6 +105,7 @@ ca = {pebble.ca}
 storage = {storage}
 challenges = {challenges}
 retry_min = 1s
+{more}
 
 [http plain]
 listen = tcp:{pebble.http_port}:interface=127.0.0.1
@@ -251,3 +261,31 @@ def test_with_workers_the_master_orders_and_every_worker_serves_the_certificate(
     began = found[("proxyd_acme_last_attempt_timestamp_seconds", site)]
     renewal = found[("proxyd_acme_next_attempt_timestamp_seconds", site)]
     assert began < renewal < expiry.timestamp()
+
+
+def test_an_account_is_registered_with_an_external_account_binding(
+    pebble: Callable[..., Pebble], proxyd: Callable[..., Proxyd], storage: Path
+) -> None:
+    ca = pebble(eab={EAB_KID: EAB_KEY})
+    binding = f"eab_kid = {EAB_KID}\neab_hmac_key = {EAB_KEY}"
+    instance = proxyd(acme_config(ca, storage, "eab.example.test", "http-01", binding))
+    instance.wait_for_log(r"acme site: new certificate for", 60)
+    certificate = served_certificate(ca.https_port, "eab.example.test")
+    assert is_pebbles(certificate) and names_of(certificate) == ["eab.example.test"]
+    assert ca.orders() == 1
+    assert EAB_KEY not in instance.log()
+
+
+def test_a_wrong_external_account_key_is_refused_logged_without_it_and_retried(
+    pebble: Callable[..., Pebble], proxyd: Callable[..., Proxyd], storage: Path
+) -> None:
+    ca = pebble(eab={EAB_KID: EAB_KEY})
+    wrong = "b10lLJs8l1GPIzsLP0s6pMt8O0XVGnfTaCeROxQM0BIt2XrJMDHJZBM5NuQmQJQH"
+    binding = f"eab_kid = {EAB_KID}\neab_hmac_key = {wrong}"
+    instance = proxyd(acme_config(ca, storage, "wrong.example.test", "http-01", binding))
+    failed = instance.wait_for_log(r"acme site: order failed: (.*); next try in 1s", 30)
+    assert "external account binding JWS verification error" in failed.group(1)
+    instance.wait_for_log(r"acme site: order failed: .*; next try in 2s", 30)
+    assert wrong not in instance.log()
+    assert ca.orders() == 0
+    assert not is_pebbles(served_certificate(ca.https_port, "wrong.example.test"))
