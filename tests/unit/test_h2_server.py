@@ -7,6 +7,7 @@ import io
 import json
 from typing import Any
 
+import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -24,6 +25,7 @@ from hyperframe.frame import (
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
+    SettingsFrame,
 )
 from twisted.internet.testing import StringTransport
 
@@ -341,6 +343,72 @@ def test_a_ping_flood_gets_goaway_and_a_few_pings_do_not() -> None:
     relay.reactor.advance(0)
     goaways = [f for f in frames(client.transport.value()) if isinstance(f, GoAwayFrame)]
     assert goaways and goaways[-1].error_code == 11
+    assert client.transport.disconnecting
+
+
+def _goaway_code(client: Client) -> int | None:
+    goaways = [f for f in frames(client.transport.value()) if isinstance(f, GoAwayFrame)]
+    return goaways[-1].error_code if goaways else None
+
+
+def test_a_settings_flood_gets_goaway() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    client.transport.clear()
+    flood = SettingsFrame(0).serialize() * (IDLE_FRAMES + 1)
+    relay.send(flood, client.connection)
+    relay.reactor.advance(0)
+    assert _goaway_code(client) == 11  # ENHANCE_YOUR_CALM
+    assert client.transport.disconnecting
+
+
+def test_an_empty_data_flood_gets_goaway() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    stream = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(
+        stream,
+        [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"e")],
+    )
+    client.flush()
+    client.transport.clear()
+    relay.send(DataFrame(stream, b"").serialize() * (IDLE_FRAMES + 1), client.connection)
+    relay.reactor.advance(0)
+    assert _goaway_code(client) == 11
+    assert client.transport.disconnecting
+
+
+def test_an_hpack_bomb_is_refused_before_any_server_is_asked() -> None:
+    relay = h2c_relay(max_header_size=8192)
+    client = Client(relay)
+    # 4 KB put in the dynamic table once, then referenced by one byte each: a 100-byte block
+    # that decodes to 400 KB.
+    head = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"e")]
+    block = client.h2.encoder.encode([*head, *[(b"x-bomb", b"a" * 4000)] * 100])
+    assert len(block) < 4200
+    frame = HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"])
+    relay.send(frame.serialize(), client.connection)
+    relay.reactor.advance(0)
+    assert relay.pending_connects() == []
+    sent = frames(client.transport.value())
+    assert any(isinstance(f, (GoAwayFrame, RstStreamFrame)) for f in sent), sent
+
+
+@pytest.mark.parametrize(
+    ("stream_ids", "code"),
+    [
+        pytest.param((2,), 1, id="even, the server's own: PROTOCOL_ERROR"),
+        pytest.param((5, 3), 1, id="lower than one already opened: PROTOCOL_ERROR"),
+        pytest.param((1, 1), 5, id="a closed stream's: STREAM_CLOSED (RFC 9113 5.1)"),
+    ],
+)
+def test_stream_id_abuse_is_a_connection_error(stream_ids: tuple[int, ...], code: int) -> None:
+    relay = h2c_relay(routes=(route("/", RespondAction(200, "ok")),))
+    client = Client(relay)
+    client.transport.clear()
+    for stream in stream_ids:
+        raw_headers(client, stream)
+    assert _goaway_code(client) == code
     assert client.transport.disconnecting
 
 
