@@ -26,12 +26,13 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 from twisted.internet.testing import StringTransport
 
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import RespondAction
-from proxyd.relay.http.h2_limits import IDLE_FRAMES, RESETS, FloodGuard
+from proxyd.relay.http.h2_limits import IDLE_FRAMES, RESETS, WINDOW_UPDATES_FREE, FloodGuard
 from proxyd.relay.http.server import ClientConnection
 from proxyd.relay.http.upstream import UpstreamConnection
 from tests.unit.test_http_relay import OK, Relay, route
@@ -373,6 +374,26 @@ def test_an_empty_data_flood_gets_goaway() -> None:
     client.flush()
     client.transport.clear()
     relay.send(DataFrame(stream, b"").serialize() * (IDLE_FRAMES + 1), client.connection)
+    relay.reactor.advance(0)
+    assert _goaway_code(client) == 11
+    assert client.transport.disconnecting
+
+
+def test_a_window_update_flood_gets_goaway_and_updates_for_data_received_do_not() -> None:
+    relay = h2c_relay()
+    client = Client(relay)
+    stream = client.request("/big")
+    answer(relay, b"HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n" + b"x" * 60000)
+    client.flush()
+    assert len(client.body(stream)) == 60000
+    # One WINDOW_UPDATE per DATA frame received, as a client acknowledging what it read.
+    acknowledgements = b"".join(
+        WindowUpdateFrame(0, window_increment=16384).serialize() for _ in range(4)
+    )
+    relay.send(acknowledgements, client.connection)
+    assert not client.transport.disconnecting
+    flood = WindowUpdateFrame(0, window_increment=1).serialize()
+    relay.send(flood * (WINDOW_UPDATES_FREE + IDLE_FRAMES + 1), client.connection)
     relay.reactor.advance(0)
     assert _goaway_code(client) == 11
     assert client.transport.disconnecting

@@ -1,7 +1,8 @@
 """Bounds on what an HTTP/2 client may make proxyd do for nothing, sans-IO: streams it opens
 and cancels at once (the "rapid reset" attack, CVE-2023-44487: each stream costs the server
 a request while it costs the client a frame), and frames that ask for work but carry no
-request (PING, SETTINGS, PRIORITY, empty DATA, unknown frames). Each is counted in a window
+request (PING, SETTINGS, PRIORITY, empty DATA, unknown frames, and WINDOW_UPDATE frames beyond
+one per DATA frame proxyd sent and WINDOW_UPDATES_FREE). Each is counted in a window
 of WINDOW seconds; past its bound the connection is sent GOAWAY with ENHANCE_YOUR_CALM and
 closed (proxyd.relay.http.h2_session). A browser cancels a few streams when a page
 navigates, and pings now and then: far below the bounds.
@@ -22,6 +23,9 @@ RESETS: Final = 1000
 IDLE_FRAMES: Final = 2000
 """PING, SETTINGS, PRIORITY, empty DATA and unknown frames a client may send in WINDOW
 seconds."""
+WINDOW_UPDATES_FREE: Final = 100
+"""WINDOW_UPDATE frames a connection may send beyond one per DATA frame it received before
+they count as idle frames (browsers and curl enlarge a window or two at the start)."""
 
 
 class FloodGuard:

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proxyd.relay.http import extended_connect
-from proxyd.relay.http.h2_limits import FloodGuard
+from proxyd.relay.http.h2_limits import WINDOW_UPDATES_FREE, FloodGuard
 from proxyd.relay.http.h2_stream import H2Stream
 from proxyd.relay.http.h2_window import send_within_window
 from proxyd.relay.http.messages import Headers, Request
@@ -109,6 +109,11 @@ class H2Session:
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.streams: dict[int, H2Stream] = {}
         self._guard = FloodGuard(connection.factory.reactor.seconds)
+        self._updates_allowed = WINDOW_UPDATES_FREE
+        """WINDOW_UPDATE frames the client may send before they count as idle frames: a few
+        to begin with, then one per DATA frame proxyd sent (a client acknowledging what it
+        read sends at most that many); a flood of them, each making proxyd look at every
+        stream, is bounded by the idle frames'."""
         self._write()
         connection.streams_idle(True)
 
@@ -165,6 +170,10 @@ class H2Session:
                 for stream in list(self.streams.values()):
                     self.flush_stream(stream, write=False)
         elif isinstance(event, WindowUpdated):
+            if self._updates_allowed > 0:
+                self._updates_allowed -= 1
+            else:
+                self._count("idle frames")
             targets = (
                 list(self.streams.values())
                 if event.stream_id == 0
@@ -257,7 +266,7 @@ class H2Session:
         if stream.ended:
             return
         try:
-            send_within_window(conn, sid, stream)
+            self._updates_allowed += send_within_window(conn, sid, stream)
             if not stream.pending and stream.ending is not False:
                 if isinstance(stream.ending, list):
                     conn.send_headers(sid, stream.ending, end_stream=True)
