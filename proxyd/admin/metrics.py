@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from proxyd.admin.feature_metrics import acme_families, cache_families, ocsp_families
 from proxyd.metrics import cells
 from proxyd.relay.http.h2_upstream_metrics import RESET_REASONS
 
@@ -124,113 +125,6 @@ _RELAY_HISTOGRAMS = (
 )
 
 _STATES = ("up", "down", "drain", "maint")
-
-# A cache's counters (proxyd.cache.instance.Counters) as metrics: field, name, help.
-_CACHE_COUNTERS = (
-    ("hits", "proxyd_cache_hits", "Requests answered from the cache, fresh."),
-    ("misses", "proxyd_cache_misses", "Lookups that went to the origin (stale ones included)."),
-    (
-        "stale",
-        "proxyd_cache_stale",
-        "Stale responses served (stale-while-revalidate, stale-if-error, use_stale).",
-    ),
-    ("revalidated", "proxyd_cache_revalidated", "Stored responses the origin confirmed (304)."),
-    ("collapsed", "proxyd_cache_collapsed", "Requests answered from another request's fetch."),
-    ("bypassed", "proxyd_cache_bypassed", "Requests the bypass conditions sent to the origin."),
-    ("stored", "proxyd_cache_stored", "Responses stored."),
-    ("purged", "proxyd_cache_purged", "Responses purged (PURGE requests and the admin API)."),
-    ("bytes_served", "proxyd_cache_served_bytes", "Body bytes sent from the cache."),
-)
-
-
-def _cache_families(caches: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
-    """Each cache's counters, and what it holds (the status document's `caches`)."""
-    counters = {
-        field: CounterMetricFamily(name, help_text, labels=["cache"])
-        for field, name, help_text in _CACHE_COUNTERS
-    }
-    entries = GaugeMetricFamily(
-        "proxyd_cache_entries",
-        "Responses stored now (the disk tier's when there is one, else the memory tiers').",
-        labels=["cache"],
-    )
-    size = GaugeMetricFamily(
-        "proxyd_cache_bytes",
-        "Bytes stored now, bodies and fields (the disk tier's when there is one).",
-        labels=["cache"],
-    )
-    for cache in caches:
-        name = [cache["name"]]
-        for field, family in counters.items():
-            family.add_metric(name, cache["counters"].get(field, 0))
-        entries.add_metric(name, cache["entries"])
-        size.add_metric(name, cache["bytes"])
-    every: list[Metric] = [*counters.values(), entries, size]
-    yield from (metric for metric in every if metric.samples)
-
-
-def _ocsp_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
-    """OCSP stapling's figures (proxyd.ocsp_stapling; summed over the workers)."""
-    if not figures:
-        return
-    for field, name, help_text in (
-        ("certificates", "proxyd_ocsp_certificates", "Certificates with an OCSP responder."),
-        ("stapled", "proxyd_ocsp_stapled", "Certificates with a valid OCSP response to staple."),
-    ):
-        gauge = GaugeMetricFamily(name, help_text)
-        gauge.add_metric([], figures.get(field, 0))
-        yield gauge
-    for field, name, help_text in (
-        ("fetches", "proxyd_ocsp_fetches", "OCSP responses asked for."),
-        ("failed", "proxyd_ocsp_fetch_failures", "OCSP fetches that gave nothing to staple."),
-    ):
-        counter = CounterMetricFamily(name, help_text)
-        counter.add_metric([], figures.get(field, 0))
-        yield counter
-
-
-def _acme_families(sections: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
-    """Each [acme] section's certificate and orders (the status document's `acme`)."""
-    labels = ["acme"]
-    expiry = GaugeMetricFamily(
-        "proxyd_acme_certificate_expiry_timestamp_seconds",
-        "When the [acme] section's certificate expires (notAfter), in seconds since the epoch.",
-        labels=labels,
-    )
-    orders = CounterMetricFamily(
-        "proxyd_acme_orders",
-        "Certificate orders that ended, by result (success: a certificate served; failure).",
-        labels=[*labels, "result"],
-    )
-    last = GaugeMetricFamily(
-        "proxyd_acme_last_attempt_timestamp_seconds",
-        "When the last order began, in seconds since the epoch.",
-        labels=labels,
-    )
-    following = GaugeMetricFamily(
-        "proxyd_acme_next_attempt_timestamp_seconds",
-        "When the next order is planned (the renewal, or a retry after a failure), in"
-        " seconds since the epoch; absent while an order runs.",
-        labels=labels,
-    )
-    failures = GaugeMetricFamily(
-        "proxyd_acme_consecutive_failures",
-        "Failed orders in a row: above 0, the next order is a retry after a backoff.",
-        labels=labels,
-    )
-    for section in sections:
-        name = [section["name"]]
-        if section["expiry"] is not None:
-            expiry.add_metric(name, section["expiry"])
-        for result, count in section["orders"].items():
-            orders.add_metric([*name, result], count)
-        if section["last_attempt"] is not None:
-            last.add_metric(name, section["last_attempt"])
-        if section["next_attempt"] is not None:
-            following.add_metric(name, section["next_attempt"])
-        failures.add_metric(name, section["failures"])
-    every: list[Metric] = [expiry, orders, last, following, failures]
-    yield from (metric for metric in every if metric.samples)
 
 
 def _relay_families(snapshot: Mapping[str, Any]) -> Iterable[Metric]:
@@ -473,9 +367,9 @@ class _StatusCollector(Collector):
                 ).add_metric([pool["name"]], queue["wait_seconds"])
         yield from families.values()
         yield from _relay_families(self.document.get("metrics", {}))
-        yield from _cache_families(self.document.get("caches", []))
-        yield from _ocsp_families(self.document.get("ocsp"))
-        yield from _acme_families(self.document.get("acme", []))
+        yield from cache_families(self.document.get("caches", []))
+        yield from ocsp_families(self.document.get("ocsp"))
+        yield from acme_families(self.document.get("acme", []))
 
 
 _Family = Callable[[str, str, str, list[str]], CounterMetricFamily | GaugeMetricFamily]
