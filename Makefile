@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml setup.cfg
 # The modules mypyc compiles (pyproject.toml's [tool.proxyd] mypyc) are built into the tree as
 # C extensions, and built again whenever a module changes: an extension module is imported in
 # place of the .py beside it, and is compiled against the types of the modules it imports.
-# Pure Python without a C compiler (setup.py).
+# Pure Python without a C compiler (setup.py). Those of an earlier build go first: a module no
+# longer compiled would still be imported from its extension.
 $(BUILT): $(STAMP) setup.py build_backend/proxyd_build.py $(shell find proxyd -name '*.py')
+	find proxyd -name '*.so' -delete
+	rm -f ./*.so
 	$(BIN)/pip install --quiet --no-deps --config-settings editable_mode=compat -e .
 	touch $(BUILT)
 
@@ -100,4 +103,5 @@ conformance: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache
-	find . -path ./$(VENV) -prune -o -name '*.so' -print -delete
+	find proxyd -name '*.so' -delete
+	rm -f ./*.so

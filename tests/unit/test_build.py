@@ -1,6 +1,7 @@
 """The modules mypyc compiles (pyproject.toml's [tool.proxyd] mypyc, built by setup.py): the
 build the tests run against is the one asked for (`make test` runs the unit tests against
-both), and compiled modules built into the tree are not older than their sources."""
+both), and the compiled modules built into the tree are those listed, built after their sources
+last changed."""
 
 from __future__ import annotations
 
@@ -42,6 +43,22 @@ def test_the_modules_are_compiled_or_pure_as_asked() -> None:
         if asked == "compiled"
         else ""
     )
+
+
+def test_no_module_left_out_of_the_list_is_compiled_in_the_tree() -> None:
+    """An extension module of an earlier build would be imported in place of the .py."""
+    extensions = [
+        path
+        for path in (ROOT / "proxyd").rglob("*")
+        if _is_extension(path) and not path.name.partition(".")[0].endswith("__mypyc")
+    ]
+    unlisted = [
+        str(path.relative_to(ROOT))
+        for path in extensions
+        if ".".join((*path.relative_to(ROOT).parent.parts, path.name.partition(".")[0]))
+        not in COMPILED
+    ]
+    assert not unlisted, f"compiled but not listed: {unlisted}; `make venv` builds them again"
 
 
 def test_compiled_modules_in_the_tree_are_not_older_than_their_sources() -> None:
