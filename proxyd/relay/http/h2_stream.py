@@ -16,8 +16,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from proxyd.clock import Deadline
-from proxyd.relay.http.client_timers import ResponseTimer
 from proxyd.relay.http.messages import Body, End, Headers, HttpError, Request
+from proxyd.relay.http.response_timer import ResponseTimer
 
 if TYPE_CHECKING:
     from proxyd.relay.http.exchange import Exchange
