@@ -43,7 +43,7 @@ run: venv
 
 test: venv
 	scripts/apt-need $(TEST_DEBS) $(BROWSER_DEBS)
-	$(BIN)/ruff check proxyd tests twisted examples bench
+	$(BIN)/ruff check proxyd tests twisted examples bench build_backend setup.py
 	$(BIN)/mypy
 	# Against the compiled modules (pure with PROXYD_PURE=1): tests/unit/test_build.py checks.
 	PROXYD_TEST_BUILD=$(if $(filter-out 0,$(PROXYD_PURE)),pure,compiled) \
@@ -72,8 +72,8 @@ stats-screenshot: venv
 	PROXYD_SCREENSHOT=1 $(BIN)/pytest -q tests/browser -k drains_a_server
 
 lint: venv
-	$(BIN)/ruff check proxyd tests twisted examples bench
-	$(BIN)/ruff format --check proxyd tests twisted examples bench
+	$(BIN)/ruff check proxyd tests twisted examples bench build_backend setup.py
+	$(BIN)/ruff format --check proxyd tests twisted examples bench build_backend setup.py
 
 typecheck: venv
 	$(BIN)/mypy
