@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BUILT := $(VENV)/.built
+PURE := build/pure
 CONFIG ?= etc/proxyd.ini
 
 # command:debian-package pairs the test suite needs on the machine.
@@ -17,11 +19,23 @@ BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk openssl:openssl 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# compat mode puts the project root on sys.path, which twistd's plugin scan can see.
-	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
+	# compat mode puts the project root on sys.path, which twistd's plugin scan can see. Pure
+	# Python here: $(BUILT) compiles.
+	PROXYD_PURE=1 $(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The modules mypyc compiles (pyproject.toml's [tool.proxyd] mypyc) are built into the tree as
+# C extensions, and built again whenever a module changes: an extension module is imported in
+# place of the .py beside it, and is compiled against the types of the modules it imports.
+# Pure Python without a C compiler (setup.py). Those of an earlier build go first: a module no
+# longer compiled would still be imported from its extension.
+$(BUILT): $(STAMP) setup.py build_backend/proxyd_build.py $(shell find proxyd -name '*.py')
+	find proxyd -name '*.so' -delete
+	rm -f ./*.so
+	$(BIN)/pip install --quiet --no-deps --config-settings editable_mode=compat -e .
+	touch $(BUILT)
+
+venv: $(BUILT)
 
 run: venv
 	scripts/apt-need redis-server:redis-server pebble:pebble dnsmasq:dnsmasq-base
@@ -29,9 +43,17 @@ run: venv
 
 test: venv
 	scripts/apt-need $(TEST_DEBS) $(BROWSER_DEBS)
-	$(BIN)/ruff check proxyd tests twisted examples bench
+	$(BIN)/ruff check proxyd tests twisted examples bench build_backend setup.py
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider
+	# Against the compiled modules (pure with PROXYD_PURE=1): tests/unit/test_build.py checks.
+	PROXYD_TEST_BUILD=$(if $(filter-out 0,$(PROXYD_PURE)),pure,compiled) \
+		$(BIN)/pytest -q -p no:cacheprovider
+	# The unit tests again against the pure-Python package that installs without a C compiler:
+	# on the path before the tree's compiled modules (pytest appends the tree, not prepends).
+	rm -rf $(PURE)
+	PROXYD_PURE=1 $(BIN)/pip install --quiet --no-deps --target $(PURE) .
+	PYTHONPATH=$(PURE) PROXYD_TEST_BUILD=pure $(BIN)/pytest -q -p no:cacheprovider \
+		--import-mode=append tests/unit
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
@@ -50,8 +72,8 @@ stats-screenshot: venv
 	PROXYD_SCREENSHOT=1 $(BIN)/pytest -q tests/browser -k drains_a_server
 
 lint: venv
-	$(BIN)/ruff check proxyd tests twisted examples bench
-	$(BIN)/ruff format --check proxyd tests twisted examples bench
+	$(BIN)/ruff check proxyd tests twisted examples bench build_backend setup.py
+	$(BIN)/ruff format --check proxyd tests twisted examples bench build_backend setup.py
 
 typecheck: venv
 	$(BIN)/mypy
@@ -81,3 +103,5 @@ conformance: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache
+	find proxyd -name '*.so' -delete
+	rm -f ./*.so

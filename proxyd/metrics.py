@@ -47,9 +47,24 @@ __all__ = [
     "server_traffic",
 ]
 
-BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKETS: Final[tuple[float, ...]] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 """Upper bounds of the latency histograms, in seconds (+Inf comes after): a relay on
-loopback answers in a millisecond, a slow upstream in seconds."""
+loopback answers in a millisecond, a slow upstream in seconds. Typed of any length: a compiled
+module cannot read a Final tuple of floats typed with its length (mypyc/mypyc#1183)."""
 
 _LE: Final = (*(repr(bound) for bound in BUCKETS), "+Inf")
 """The bucket keys of a snapshot: Prometheus's `le` values as prometheus-client writes them."""

@@ -177,9 +177,10 @@ class Pool:
         server.admin = state
         self._publish(ServerEvent(self.name, server.name, state.upper(), f"set by {who}"))
 
-    def set_weight(self, server: Server, weight: int, who: str) -> None:
+    def set_weight(self, server: Server, weight: object, who: str) -> None:
         """Give `server` the balancing weight `weight` (MIN_WEIGHT..MAX_WEIGHT, as the config
-        allows) from the next pick on, as asked by `who`. Raises ValueError otherwise."""
+        allows) from the next pick on, as asked by `who`. Raises ValueError otherwise: what
+        the admin API was sent, checked here."""
         if isinstance(weight, bool) or not isinstance(weight, int):
             raise ValueError(f"weight must be a whole number; found {weight!r}")
         if not MIN_WEIGHT <= weight <= MAX_WEIGHT:

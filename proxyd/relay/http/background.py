@@ -14,7 +14,7 @@ from proxyd.accesslog import json_string
 from proxyd.clock import Deadline
 from proxyd.config.model import Address
 from proxyd.pool import Affinity
-from proxyd.relay.http.client_timers import ResponseTimer
+from proxyd.relay.http.response_timer import ResponseTimer
 from proxyd.relay.http.roles import Listener, ResponseWaiter
 from proxyd.tls import PeerTls
 

@@ -2,48 +2,31 @@
 first request) and the keep-alive timeout (idle between requests), on one Deadline cleared
 while an exchange runs; the response timeout on another. A Deadline moves its delayed call
 only when it would fire too late, so that a request on a kept-alive connection costs no
-callLater and no cancel. A base class of proxyd.relay.http.server.ClientConnection, holding
-no state of its own."""
+callLater and no cancel (the response timeout's methods are proxyd.relay.http.response_timer's).
+A base class of proxyd.relay.http.server.ClientConnection (through
+proxyd.relay.http.client_sending.Sending), holding no state of its own."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from proxyd.clock import Deadline
+from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.messages import HttpError
-from proxyd.relay.http.roles import ResponseWaiter
+from proxyd.relay.http.response_timer import ResponseTimer
+from proxyd.relay.http.roles import ConnectionFactory
 
-
-class ResponseTimer:
-    """The response timeout of the exchange a client side runs (an HTTP/1.1 connection, an
-    HTTP/2 stream, a background request), on the `_response_timer` Deadline it makes, whose
-    callback is _response_due."""
-
-    _response_timer: Deadline
-    _awaiting: ResponseWaiter | None
-
-    def expect_response(self, exchange: ResponseWaiter, timeout: float) -> None:
-        """Call exchange.response_timed_out() unless stop_expecting_response() comes within
-        `timeout`."""
-        self._awaiting = exchange
-        self._response_timer.set_in(timeout)
-
-    def stop_expecting_response(self) -> None:
-        self._awaiting = None
-        self._response_timer.clear()
-
-    def _response_due(self) -> None:
-        exchange, self._awaiting = self._awaiting, None
-        if exchange is not None:
-            exchange.response_timed_out()
+if TYPE_CHECKING:
+    from proxyd.relay.http.exchange import Exchange
+    from proxyd.relay.http.h2_session import H2Session
 
 
 class Timers(ResponseTimer):
     # The connection's state this class reads (proxyd.relay.http.server.ClientConnection).
-    factory: Any
-    exchange: Any
-    reader: Any
-    h2: Any
+    factory: ConnectionFactory
+    exchange: Exchange | None
+    reader: RequestReader
+    h2: H2Session | None
     """The HTTP/2 session, once the connection speaks HTTP/2 (proxyd.relay.http.h2_session)."""
     lost: bool
     closing: bool

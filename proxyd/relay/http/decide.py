@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import httptools
 
@@ -33,6 +33,22 @@ def split_host(host: bytes) -> str | None:
     if match is None:
         return None
     return match.group(1).decode("ascii").lower().rstrip(".")
+
+
+class _Url(Protocol):
+    """httptools.parse_url's result as it is: the parts a target lacks are None, where its
+    stubs say bytes and int (a module compiled by mypyc checks what they say)."""
+
+    @property
+    def schema(self) -> bytes | None: ...
+    @property
+    def host(self) -> bytes | None: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def path(self) -> bytes | None: ...
+    @property
+    def query(self) -> bytes | None: ...
 
 
 class Refused:
@@ -199,7 +215,7 @@ def _place(
         raw_path, query = b"*", b""
     else:
         try:
-            url = httptools.parse_url(target)
+            url: _Url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             return _BAD_TARGET
         if url.schema not in (b"http", b"https") or not url.host:

@@ -23,10 +23,10 @@ from h2.errors import ErrorCodes
 from twisted.python.failure import Failure
 
 from proxyd.clock import Deadline
-from proxyd.relay.http.client_timers import ResponseTimer
 from proxyd.relay.http.extended_connect import answer_fields
 from proxyd.relay.http.h2_tunnel import StreamPipe
 from proxyd.relay.http.messages import Body, End, Headers, HttpError, Request
+from proxyd.relay.http.response_timer import ResponseTimer
 
 if TYPE_CHECKING:
     from proxyd.relay.http.exchange import Exchange

@@ -51,8 +51,9 @@ from proxyd.tls import ServerTls
 _log = Logger(namespace="proxyd.relay.http")
 
 
-class HttpRelayFactory(Factory[ClientConnection]):
-    """The listening factory of one `[http NAME]`."""
+class HttpRelayFactory(Factory[Any]):
+    """The listening factory of one `[http NAME]`. (Factory[Any]: its ClientConnection is an
+    IProtocol of its own, not the Twisted Protocol the type parameter asks for.)"""
 
     noisy = False
 

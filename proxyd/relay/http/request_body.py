@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from proxyd.metrics import ErrorKind
 from proxyd.relay.http.filtering import Filtering
-from proxyd.relay.http.forward import Forward
 from proxyd.relay.http.messages import Body, End, HttpError, chunk, last_chunk
 from proxyd.relay.session import IdleTimer
 
@@ -26,7 +25,6 @@ class RequestBody(Filtering):
     wants_request_events: bool
     """The client connection hands this exchange its request's body events."""
     _upstream_chunked: bool
-    forward: Forward | None
 
     def _stop_forward(self) -> None:
         raise NotImplementedError

@@ -8,14 +8,19 @@ connection holds at most about one read of unprocessed input.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any
 
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    ILoggingContext,
+    IProtocol,
+    IPushProducer,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from proxyd.accesslog import json_string
 from proxyd.acme.challenges import CHALLENGE_PATH
@@ -23,7 +28,6 @@ from proxyd.clock import Deadline
 from proxyd.config.model import Address
 from proxyd.pool import Affinity
 from proxyd.relay.http.client_sending import Sending
-from proxyd.relay.http.client_timers import Timers
 from proxyd.relay.http.exchange import Exchange
 from proxyd.relay.http.h2_session import PREFACE, H2Session
 from proxyd.relay.http.messages import (
@@ -41,11 +45,7 @@ from proxyd.relay.http.outcome import (
 )
 from proxyd.relay.http.roles import ConnectionFactory, ResponseWaiter
 from proxyd.relay.http.tunnel import ConnectionPipe, Tunnel
-from proxyd.relay.io import (
-    Transport,
-    closes_at_once,
-    no_delay,
-)
+from proxyd.relay.io import closes_at_once, no_delay
 from proxyd.relay.send_timeout import SendTimeout
 from proxyd.tls import PeerTls, peer_tls
 
@@ -58,16 +58,19 @@ def _address(address: IAddress) -> Address:
     return Address(host, port)
 
 
-@implementer(IPushProducer, IHandshakeListener)
-class ClientConnection(Sending, Timers, TwistedProtocol):
+class ClientConnection(Sending):
     """One client connection. It is its transport's producer: a full write buffer pauses the
     current exchange's upstream reads, and starts the client's send timeout (idle_timeout;
     a tunnel's tunnel_timeout): a client that takes none of what waits for it for that long
     is reset, as is a close that waits on such a client. On [https] it sits inside Twisted's
-    TLS wrapper, which delivers no request bytes before the handshake is done."""
+    TLS wrapper, which delivers no request bytes before the handshake is done.
+
+    An IProtocol of its own rather than a subclass of Twisted's Protocol: so that mypyc
+    compiles it as a native class (pyproject.toml's [tool.proxyd] mypyc)."""
 
     def __init__(self, factory: ConnectionFactory) -> None:
         self.factory = factory
+        self.transport: Any = None
         self.reader = factory.new_reader()
         self.exchange: Exchange | None = None
         self.closing = False
@@ -106,9 +109,12 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
         """Made when the write buffer first fills, or at a close that has to wait."""
         self._send_timeout = factory.config.idle_timeout
 
-    @property
-    def channel(self) -> Transport:
-        return cast(Transport, self.transport)
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
 
     def connectionMade(self) -> None:
         channel = self.channel
@@ -432,3 +438,6 @@ class ClientConnection(Sending, Timers, TwistedProtocol):
 
     def stopProducing(self) -> None:
         pass
+
+
+classImplements(ClientConnection, IProtocol, ILoggingContext, IPushProducer, IHandshakeListener)

@@ -16,15 +16,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IHandshakeListener,
+    ILoggingContext,
+    IProtocol,
     IPushProducer,
     IReactorTCP,
     IReactorTime,
 )
 from twisted.internet.protocol import ClientFactory, connectionDone
-from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from proxyd.clock import Deadline, DelayedCall
 from proxyd.config.model import PoolConfig
@@ -117,12 +118,14 @@ class SplicedHandler(UpstreamHandler, Protocol):
         """Bytes from the server, passed on as they came."""
 
 
-@implementer(IPushProducer)
-class UpstreamConnection(TwistedProtocol):
+class UpstreamConnection:
     """One TCP connection to `server`. It is its transport's producer, so that a full write
-    buffer reaches the handler as upstream_writable(False)."""
+    buffer reaches the handler as upstream_writable(False). An IProtocol of its own rather
+    than a subclass of Twisted's Protocol: so that mypyc compiles it as a native class
+    (pyproject.toml's [tool.proxyd] mypyc)."""
 
     def __init__(self, pool: ConnectionPool, server: Server) -> None:
+        self.transport: Any = None
         self.pool = pool
         self.server = server
         self.reader = ResponseReader()
@@ -143,6 +146,13 @@ class UpstreamConnection(TwistedProtocol):
     @property
     def channel(self) -> Transport:
         return cast(Transport, self.transport)
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
 
     def connectionMade(self) -> None:
         # The exchange writes a request's head, then its body as it arrives, in as many
@@ -250,7 +260,10 @@ class UpstreamConnection(TwistedProtocol):
             self.channel.abortConnection()
 
 
-class _Connect(ClientFactory[UpstreamConnection]):
+class _Connect(ClientFactory[Any]):
+    """(ClientFactory[Any]: an UpstreamConnection is an IProtocol of its own, not the Twisted
+    Protocol the type parameter asks for.)"""
+
     noisy = False
 
     def __init__(self, pool: ConnectionPool, server: Server, handshake_timeout: float) -> None:
@@ -283,7 +296,6 @@ class _Connect(ClientFactory[UpstreamConnection]):
             self.connector.stopConnecting()
 
 
-@implementer(IHandshakeListener)
 class _Announcing(UpstreamConnection):
     """A new connection fires its connect Deferred once the transport is there, or over TLS
     once the handshake (and the certificate's verification) is done."""
@@ -339,6 +351,10 @@ class _Announcing(UpstreamConnection):
         timer, self._handshake_timer = self._handshake_timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+
+classImplements(UpstreamConnection, IProtocol, ILoggingContext, IPushProducer)
+classImplements(_Announcing, IHandshakeListener)
 
 
 class ConnectionPool:
