@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP
@@ -54,8 +54,10 @@ __all__ = ["SHUTDOWN_LINGER", "Relay", "TcpRelayFactory"]
 _log = Logger(namespace="proxyd.relay.tcp")
 
 
-class TcpRelayFactory(Factory[EndProtocol]):
-    """The listening factory of one `[tcp NAME]`: a Relay per client connection.
+class TcpRelayFactory(Factory[Any]):
+    """The listening factory of one `[tcp NAME]`: a Relay per client connection. (Factory[Any]:
+    its EndProtocol is an IProtocol of its own, not the Twisted Protocol the type parameter
+    asks for.)
 
     With accept_proxy on, each client's first bytes must be a PROXY v1 or v2 header, whose
     source address then stands for the client everywhere (hash key, access log, send_proxy).
