@@ -163,7 +163,8 @@ class Relay:
         self.factory.opened(self)
         self.record.started = clock.seconds()
         self.record.client = proxy_protocol.address_of(transport.getPeer())
-        self._local = proxy_protocol.address_of(transport.getHost())
+        if self.config.send_proxy != "off":  # the PROXY header's destination, only there
+            self._local = proxy_protocol.address_of(transport.getHost())
         gate = self.factory.gate
         if gate is not None and not self.config.accept_proxy and not self._pass(gate):
             return  # turned away before its TLS handshake and before max_connections
