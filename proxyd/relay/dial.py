@@ -15,9 +15,10 @@ from typing import Any, Generic, TypeVar, cast
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, ILoggingContext, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
+from zope.interface import classImplements
 
 from proxyd.clock import Clock, DelayedCall
 from proxyd.metrics import ErrorKind
@@ -31,12 +32,14 @@ __all__ = ["Dial", "dial"]
 P = TypeVar("P")
 
 
-class Dial(ClientFactory[Any], Generic[P]):
+class Dial(Generic[P]):
     """One connect: `result` fires with the protocol `build` made once the connection is
     usable, or fails (Twisted's connect errors, a TLS error, AttemptError for a
-    connect_timeout run out); cancelling it stops the connect or aborts the handshake."""
+    connect_timeout run out); cancelling it stops the connect or aborts the handshake.
 
-    noisy = False
+    A client factory of its own (IProtocolFactory and ClientFactory's methods) rather than a
+    subclass of Twisted's ClientFactory, so that mypyc compiles it as a native class
+    (docs/performance.md, "Compiled modules")."""
 
     def __init__(
         self, clock: Clock, build: Callable[[Dial[P]], P], tls: bool, timeout: float
@@ -53,15 +56,32 @@ class Dial(ClientFactory[Any], Generic[P]):
         self._timer: DelayedCall | None = None
         self._stopping = False
 
-    def start(
-        self, reactor: ConnectingReactor, server: Server, factory: ClientFactory[Any]
-    ) -> None:
+    def start(self, reactor: ConnectingReactor, server: Server, factory: object) -> None:
         address = server.address
         if self.tls and self.timeout > 0:
             self._timer = self.clock.callLater(self.timeout, self._timed_out)
-        connector = reactor.connectTCP(address.host, address.port, factory, timeout=self.timeout)
+        connector = reactor.connectTCP(
+            address.host, address.port, cast(ClientFactory[Any], factory), timeout=self.timeout
+        )
         if not self.result.called:  # a synchronous failure may have ended it already
             self.connector = connector
+
+    # Twisted's ClientFactory, for its connector (and a TLS wrapper's).
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+    def startedConnecting(self, connector: Any) -> None:
+        pass
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
 
     def buildProtocol(self, addr: IAddress | None) -> P | None:
         if self.result.called:
@@ -153,8 +173,11 @@ def dial(
     """Connect to `server` (over TLS with `tls`) within `timeout`; `build` makes the
     protocol, which reports to the Dial it is given (see Dial.made, handshake_done, lost)."""
     attempt: Dial[P] = Dial(reactor, build, tls is not None, timeout)
-    factory: ClientFactory[Any] = attempt
+    factory: object = attempt
     if tls is not None:
         factory = tls.wrap(attempt, server.address.host, cast(IReactorTime, reactor))
     attempt.start(reactor, server, factory)
     return attempt.result
+
+
+classImplements(Dial, IProtocolFactory, ILoggingContext)

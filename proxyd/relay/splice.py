@@ -30,7 +30,6 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -105,16 +104,23 @@ class Meter(Protocol):
     bytes_out: int
 
 
-@attrs.define(eq=False)
 class _Leg:
-    side: Side
-    pipe: Pipe
-    peer: _Leg = attrs.field(init=False)
-    received: int = 0
-    read_closed: bool = False
-    lost: bool = False
-    closed: bool = False
-    """close() or reset() was called on it."""
+    """One side of the splice. (A plain class: mypyc cannot build an attrs class whose field
+    names its own class.)"""
+
+    __deletable__ = ("peer",)
+    """mypyc: a native class's attribute may be deleted only when listed (release)."""
+
+    peer: _Leg
+
+    def __init__(self, side: Side, pipe: Pipe) -> None:
+        self.side = side
+        self.pipe = pipe
+        self.received = 0
+        self.read_closed = False
+        self.lost = False
+        self.closed = False
+        """close() or reset() was called on it."""
 
     def close(self) -> None:
         if not (self.lost or self.closed):

@@ -33,16 +33,21 @@ from collections.abc import Mapping
 from typing import cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    ILoggingContext,
+    IProtocolFactory,
+    IReactorTCP,
+)
 from twisted.logger import Logger
+from zope.interface import classImplements
 
 from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import TcpListenerConfig
 from proxyd.metrics import RelayStats
-from proxyd.pool import Pool
-from proxyd.relay.attempt import AttemptPolicy
+from proxyd.relay.attempt import AttemptPolicy, PoolApi
 from proxyd.relay.io import ConnectingReactor, OpenConnections, ReadingPort
 from proxyd.relay.session import Side
 from proxyd.relay.sni import SniRoutes
@@ -54,8 +59,10 @@ __all__ = ["SHUTDOWN_LINGER", "Relay", "TcpRelayFactory"]
 _log = Logger(namespace="proxyd.relay.tcp")
 
 
-class TcpRelayFactory(Factory[EndProtocol]):
-    """The listening factory of one `[tcp NAME]`: a Relay per client connection.
+class TcpRelayFactory:
+    """The listening factory of one `[tcp NAME]`: a Relay per client connection. An
+    IProtocolFactory of its own rather than a subclass of Twisted's Factory, so that mypyc
+    compiles it as a native class (docs/performance.md, "Compiled modules").
 
     With accept_proxy on, each client's first bytes must be a PROXY v1 or v2 header, whose
     source address then stands for the client everywhere (hash key, access log, send_proxy).
@@ -64,13 +71,11 @@ class TcpRelayFactory(Factory[EndProtocol]):
     accept queue. At a graceful stop, `drain()` then `close_all()`.
     """
 
-    noisy = False
-
     def __init__(
         self,
         reactor: IReactorTCP,
         config: TcpListenerConfig,
-        pools: Mapping[str, Pool],
+        pools: Mapping[str, PoolApi],
         access_log: AccessLog,
         client_tls: Mapping[str, ClientTls] | None = None,
         stapling: Stapling | None = None,
@@ -81,7 +86,7 @@ class TcpRelayFactory(Factory[EndProtocol]):
         self.reactor = cast(ConnectingReactor, reactor)
         self.config = config
         self.pools = pools
-        self.default_pool = pools[config.pool] if config.pool is not None else None
+        self.default_pool: PoolApi | None = pools[config.pool] if config.pool is not None else None
         self.sni_routes = SniRoutes(config.routes, config.pool)
         self.client_tls = dict(client_tls or {})
         self.tls = (
@@ -115,6 +120,17 @@ class TcpRelayFactory(Factory[EndProtocol]):
             return
         self._port = cast(ReadingPort, port)
         self._sync_port()
+
+    # IProtocolFactory: nothing to start or stop with the listening port.
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
 
     def buildProtocol(self, addr: IAddress | None) -> EndProtocol:
         return EndProtocol(Relay(self), Side.CLIENT)
@@ -193,3 +209,6 @@ class TcpRelayFactory(Factory[EndProtocol]):
             self._port_paused = False
             if getattr(port, "connected", True) and not getattr(port, "disconnecting", False):
                 port.startReading()
+
+
+classImplements(TcpRelayFactory, IProtocolFactory, ILoggingContext)

@@ -8,23 +8,28 @@ listening factory (proxyd.relay.tcp's TcpRelayFactory) is `Listener`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    ILoggingContext,
+    IProtocol,
+    IReactorTime,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.metrics import Cell, RelayStats
-from proxyd.pool import Affinity, Pool, Server
+from proxyd.pool import Affinity, Server
 from proxyd.relay import proxy_protocol
-from proxyd.relay.attempt import AttemptDriver, AttemptPolicy, Failed, GiveUp
+from proxyd.relay.attempt import AttemptDriver, AttemptPolicy, Failed, GiveUp, PoolApi
 from proxyd.relay.dial import Dial, dial
 from proxyd.relay.io import ConnectingReactor, Transport, no_delay, set_buffer_size, socket_of
 from proxyd.relay.session import CloseReason, ConnectionRecord, IdleTimer, Side, close_reason
@@ -62,10 +67,10 @@ class Listener(Protocol):
     def reactor(self) -> ConnectingReactor: ...
 
     @property
-    def pools(self) -> Mapping[str, Pool]: ...
+    def pools(self) -> Mapping[str, PoolApi]: ...
 
     @property
-    def default_pool(self) -> Pool | None: ...
+    def default_pool(self) -> PoolApi | None: ...
 
     @property
     def sni_routes(self) -> SniRoutes: ...
@@ -135,7 +140,7 @@ class Relay:
             clock, self.config.handshake_timeout, self._preamble_timed_out
         )
         """handshake_timeout: the TLS handshake, PROXY header and ClientHello (never touched)."""
-        self.pool: Pool | None = factory.default_pool
+        self.pool: PoolApi | None = factory.default_pool
         """The pool of this connection: the listener's, or the one its server name picked."""
         self._linger: IdleTimer | None = None
         """Once shut down: resets what is still open after SHUTDOWN_LINGER."""
@@ -158,7 +163,8 @@ class Relay:
         self.factory.opened(self)
         self.record.started = clock.seconds()
         self.record.client = proxy_protocol.address_of(transport.getPeer())
-        self._local = proxy_protocol.address_of(transport.getHost())
+        if self.config.send_proxy != "off":  # the PROXY header's destination, only there
+            self._local = proxy_protocol.address_of(transport.getHost())
         gate = self.factory.gate
         if gate is not None and not self.config.accept_proxy and not self._pass(gate):
             return  # turned away before its TLS handshake and before max_connections
@@ -543,17 +549,27 @@ class Relay:
             splice.release()
 
 
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
-class EndProtocol(TwistedProtocol):
+class EndProtocol:
     """Either end of a relay: forwards Twisted's callbacks to the Relay, nothing else.
 
     A server end is its Dial's (`attempt`) until the connection is usable (over TLS, once its
-    handshake is done): until then its loss is a failed connect attempt."""
+    handshake is done): until then its loss is a failed connect attempt. An IProtocol of its
+    own rather than a subclass of Twisted's Protocol, so that mypyc compiles it as a native
+    class (docs/performance.md, "Compiled modules")."""
 
     def __init__(self, relay: Relay, side: Side, attempt: Dial[EndProtocol] | None = None) -> None:
         self.relay = relay
         self.side = side
         self.attempt = attempt
+        self.transport: Any = None
+        """IProtocol's: the connection's transport, once made."""
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
 
     def connectionMade(self) -> None:
         transport = cast(Transport, self.transport)
@@ -583,3 +599,6 @@ class EndProtocol(TwistedProtocol):
         if self.attempt is not None and self.attempt.lost(reason):
             return
         self.relay.lost(self.side, reason)
+
+
+classImplements(EndProtocol, IProtocol, ILoggingContext, IHalfCloseableProtocol, IHandshakeListener)
