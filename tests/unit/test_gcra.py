@@ -319,9 +319,10 @@ def test_retry_after_is_exact_after_any_history(gcra: Gcra, gaps: list[float], c
             tat = verdict.tat
             continue
         epsilon = 10 * SLACK * gcra.interval
-        assert verdict.retry_after > epsilon
+        assert verdict.retry_after > 0
         assert gcra.decide(tat, now + verdict.retry_after, cost).allowed
-        assert not gcra.decide(tat, now + verdict.retry_after - epsilon, cost).allowed
+        if verdict.retry_after > epsilon:  # a wait shorter than that is all slack
+            assert not gcra.decide(tat, now + verdict.retry_after - epsilon, cost).allowed
 
 
 def exact_decide(
