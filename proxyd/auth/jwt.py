@@ -47,6 +47,7 @@ import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -281,7 +282,9 @@ class JwtAuth:
             signature = urlsafe_b64decode(signature_segment)
         except (JoseError, ValueError):
             return self._denied["malformed"]
-        header = jws_object.headers()
+        # Not always the dict joserfc's annotation says (a JSON list decodes as one): called
+        # through Any, since a compiled module checks a result against its annotation.
+        header: object = cast(Any, jws_object).headers()
         if not isinstance(header, dict):
             return self._denied["malformed"]
         alg, kid = header.get("alg"), header.get("kid")

@@ -330,11 +330,12 @@ class AuthFilter:
         authorization: bytes | None = None
         several = forged = False
         for name, value in fields:
-            lower = name.lower()
-            if lower == b"authorization":
+            # Only a name of Authorization's length is lowered to compare with it, and none
+            # for the identity fields when the method sets none (jwt without claims).
+            if len(name) == 13 and name.lower() == b"authorization":
                 several = several or authorization is not None
                 authorization = value
-            elif lower in identity:
+            elif identity and name.lower() in identity:
                 forged = True
         if forged:
             fields[:] = [field for field in fields if field[0].lower() not in identity]

@@ -39,7 +39,7 @@ from proxyd.cache.validation import (
     validates,
     vary_names,
 )
-from proxyd.filters.api import Answer, Filter, Headers, HeadResult, remove_header
+from proxyd.filters.api import Answer, Headers, HeadResult, remove_header
 from proxyd.filters.internal import RelayExchange
 
 _log = Logger(namespace="proxyd.cache")
@@ -83,7 +83,11 @@ class _State:
     """A HEAD waiting on the GET made for it (_get_for_head)."""
 
 
-class CacheFilter(Filter):
+class CacheFilter:
+    """Built in where a listener or route has `cache`. Not a subclass of
+    proxyd.filters.api.Filter, which is not compiled: the chain takes any object with the
+    phase methods, and this one compiles as a native class."""
+
     keeps_body_length = True
 
     def __init__(self, cache: Cache, reactor: Any) -> None:
@@ -94,7 +98,7 @@ class CacheFilter(Filter):
 
     # Request.
 
-    def request_head(self, exchange: RelayExchange) -> HeadResult:  # type: ignore[override]
+    def request_head(self, exchange: RelayExchange) -> HeadResult:
         method = exchange.request.method
         if method not in (b"GET", b"HEAD"):
             if method == b"PURGE" and self.config.purge_method:
@@ -316,7 +320,7 @@ class CacheFilter(Filter):
 
     # Response.
 
-    def response_head(self, exchange: RelayExchange) -> HeadResult:  # type: ignore[override]
+    def response_head(self, exchange: RelayExchange) -> HeadResult:
         state = exchange.vars.get(STATE)
         if state is None:
             return None
@@ -499,7 +503,7 @@ class CacheFilter(Filter):
         for uri in uris:
             store.purge(url=uri)
 
-    def response_body(self, exchange: RelayExchange, data: bytes, end: bool) -> bytes:  # type: ignore[override]
+    def response_body(self, exchange: RelayExchange, data: bytes, end: bool) -> bytes:
         state: _State = exchange.vars[STATE]
         writer = state.writer
         if writer is None:
@@ -526,11 +530,11 @@ class CacheFilter(Filter):
             fill.appended()
         return data
 
-    def takes_response_body(self, exchange: RelayExchange) -> bool:  # type: ignore[override]
+    def takes_response_body(self, exchange: RelayExchange) -> bool:
         state = exchange.vars.get(STATE)
         return isinstance(state, _State) and state.writer is not None
 
-    def log(self, exchange: RelayExchange) -> None:  # type: ignore[override]
+    def log(self, exchange: RelayExchange) -> None:
         state = exchange.vars.get(STATE)
         if not isinstance(state, _State):
             return

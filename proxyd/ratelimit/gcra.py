@@ -57,8 +57,6 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
-import attrs
-
 from proxyd.ratelimit.rates import Rate
 
 SLACK: Final = 1e-6
@@ -84,41 +82,37 @@ class Verdict(NamedTuple):
 _new_verdict = tuple.__new__  # Verdict(...) through its generated __new__ costs twice as much
 
 
-def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"burst must be at least 1, not {value}")
-
-
-@attrs.frozen
 class Gcra:
-    """One limit's arithmetic: its rate and burst, with the derived T and tau."""
+    """One limit's arithmetic: its rate and burst, with the derived T and tau. A value (equal
+    and hashed by rate and burst), written as a plain class rather than an attrs one so that
+    mypyc compiles it as a native class (attrs' derived fields are not for native classes)."""
 
-    rate: Rate
-    burst: int = attrs.field(validator=_at_least_one)
-    interval: float = attrs.field(init=False)
-    """T: seconds between requests at the steady rate."""
-    tolerance: float = attrs.field(init=False)
-    """tau = (burst - 1) * T."""
-    depth: float = attrs.field(init=False)
-    """tau + T (= burst * T): the most a key may owe, in seconds."""
-    _slack: float = attrs.field(init=False, repr=False)
+    __slots__ = ("_slack", "burst", "depth", "interval", "rate", "tolerance")
 
-    @interval.default
-    def _interval(self) -> float:
-        return self.rate.period_seconds / self.rate.count
-
-    @tolerance.default
-    def _tolerance(self) -> float:
-        return (self.burst - 1) * self.interval
-
-    @depth.default
-    def _depth(self) -> float:
+    def __init__(self, rate: Rate, burst: int) -> None:
+        if burst < 1:
+            raise ValueError(f"burst must be at least 1, not {burst}")
+        self.rate: Final = rate
+        self.burst: Final = burst
+        self.interval: Final = rate.period_seconds / rate.count
+        """T: seconds between requests at the steady rate."""
+        self.tolerance: Final = (burst - 1) * self.interval
+        """tau = (burst - 1) * T."""
         # tau + T as the Lua script computes it, so both round alike.
-        return self.tolerance + self.interval
+        self.depth: Final = self.tolerance + self.interval
+        """tau + T (= burst * T): the most a key may owe, in seconds."""
+        self._slack: Final = SLACK * self.interval
 
-    @_slack.default
-    def _slack_default(self) -> float:
-        return SLACK * self.interval
+    def __repr__(self) -> str:
+        return f"Gcra(rate={self.rate!r}, burst={self.burst!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Gcra):
+            return NotImplemented
+        return self.rate == other.rate and self.burst == other.burst
+
+    def __hash__(self) -> int:
+        return hash((self.rate, self.burst))
 
     def decide(self, tat: float | None, now: float, cost: int = 1) -> Verdict:
         """Judge a request of `cost` (0, a look that takes nothing, up to burst) arriving at

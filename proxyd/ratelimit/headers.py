@@ -42,8 +42,6 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-import attrs
-
 from proxyd.ratelimit.gcra import Gcra, Verdict
 
 Field = tuple[bytes, bytes]
@@ -71,24 +69,30 @@ def whole_seconds(seconds: float) -> int:
     return max(0, math.ceil(seconds - _ROUNDING))
 
 
-@attrs.frozen
 class Policy:
-    """One limit as the RateLimit fields name it."""
+    """One limit as the RateLimit fields name it. A plain class rather than an attrs one, so
+    that mypyc compiles it as a native class."""
 
-    name: str
-    gcra: Gcra
-    _quoted: bytes = attrs.field(init=False)
-    item: bytes = attrs.field(init=False)
-    """Its RateLimit-Policy item: `"name";q=100;w=1`."""
+    __slots__ = ("_quoted", "gcra", "item", "name")
 
-    @_quoted.default
-    def _quoted_default(self) -> bytes:
-        return _sf_string(self.name)
+    def __init__(self, name: str, gcra: Gcra) -> None:
+        self.name: Final = name
+        self.gcra: Final = gcra
+        self._quoted: Final = _sf_string(name)
+        rate = gcra.rate
+        self.item: Final = b"%s;q=%d;w=%d" % (self._quoted, rate.count, rate.period_seconds)
+        """Its RateLimit-Policy item: `"name";q=100;w=1`."""
 
-    @item.default
-    def _item(self) -> bytes:
-        rate = self.gcra.rate
-        return b"%s;q=%d;w=%d" % (self._quoted, rate.count, rate.period_seconds)
+    def __repr__(self) -> str:
+        return f"Policy(name={self.name!r}, gcra={self.gcra!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return self.name == other.name and self.gcra == other.gcra
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.gcra))
 
     def effective_window(self, verdict: Verdict) -> int:
         """The RateLimit `t` for `verdict`: whole seconds until `remaining` grows."""

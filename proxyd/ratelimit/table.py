@@ -54,6 +54,8 @@ from collections.abc import Hashable, Sequence
 from itertools import islice
 from typing import Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from proxyd.ratelimit.gcra import Gcra, Verdict
 
 _SWEEP: Final = 2
@@ -67,6 +69,9 @@ class Seconds(Protocol):
     def seconds(self) -> float: ...
 
 
+# SyncedTable (proxyd.ratelimit.synced, pure Python: its LimitSync holds its tables weakly,
+# which a native class does not allow) is a subclass.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LimitTable:
     """The debts of one limit's keys, least recently hit first, at most `max_keys` of them."""
 
