@@ -35,12 +35,16 @@ def acme_identifier_value(key_authorization: str) -> bytes:
     return b"\x04\x20" + digest
 
 
-def validation_certificate(name: str, key_authorization: str) -> bytes:
-    """The RFC 8737 3 validation certificate for `name` and its key, as PEM."""
+def self_signed(
+    common_name: str, names: Sequence[str], critical: x509.ExtensionType | None = None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A week's self-signed P-256 certificate for `names` (and `critical`, an extension
+    marked critical), and its key: a validation certificate, or the placeholder served
+    until the first certificate is issued."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -48,13 +52,19 @@ def validation_certificate(name: str, key_authorization: str) -> bytes:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(
-            x509.UnrecognizedExtension(ACME_IDENTIFIER, acme_identifier_value(key_authorization)),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
     )
+    if critical is not None:
+        builder = builder.add_extension(critical, critical=True)
+    return builder.sign(key, hashes.SHA256()), key
+
+
+def validation_certificate(name: str, key_authorization: str) -> bytes:
+    """The RFC 8737 3 validation certificate for `name` and its key, as PEM."""
+    identifier = x509.UnrecognizedExtension(
+        ACME_IDENTIFIER, acme_identifier_value(key_authorization)
+    )
+    certificate, key = self_signed(name, [name], identifier)
     return certificate.public_bytes(serialization.Encoding.PEM) + private_pem(key)
 
 

@@ -13,16 +13,11 @@ the ordering process's, shown by its admin API and /metrics (docs/acme.md#metric
 
 from __future__ import annotations
 
-import datetime
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.application import service
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -31,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from proxyd.acme.challenges import AlpnChallenges, Answers, HttpChallenges
+from proxyd.acme.challenges import AlpnChallenges, Answers, HttpChallenges, self_signed
 from proxyd.acme.schedule import Held, Schedule
 from proxyd.acme.storage import Storage
 from proxyd.config.acme_model import AcmeConfig
@@ -52,20 +47,7 @@ def placeholder(names: tuple[str, ...]) -> Certificate:
     """A self-signed certificate served until the first one is issued (clients see an
     untrusted certificate rather than a refused handshake; the validator of tls-alpn-01 gets
     its own certificate anyway)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxyd acme pending")])
-    now = datetime.datetime.now(datetime.UTC)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(key, hashes.SHA256())
-    )
+    leaf, key = self_signed("proxyd acme pending", names)
     return Certificate("(acme: pending)", "", (leaf,), key, names)
 
 
