@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import socket
 import struct
+import sys
 from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 from twisted.internet import tcp
@@ -95,6 +96,20 @@ def no_delay(transport: object) -> None:
     if set_it is not None:
         with contextlib.suppress(OSError):
             set_it(True)
+
+
+def listening_no_delay(port: object) -> bool:
+    """TCP_NODELAY on the listening socket of `port`, which Linux copies to every connection
+    it accepts from then on: True when set, and the connections need no setsockopt of their
+    own (no_delay). False elsewhere, and for sockets without it (unix:)."""
+    handle = getattr(port, "socket", None)
+    if not sys.platform.startswith("linux") or handle is None:
+        return False
+    try:
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 _PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})

@@ -15,7 +15,7 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from proxyd.relay.io import SendBatch, retain_freed_memory, send_now
+from proxyd.relay.io import SendBatch, listening_no_delay, retain_freed_memory, send_now
 
 
 class _Port:
@@ -132,6 +132,24 @@ def test_a_batch_writes_other_transports_at_once() -> None:
     SendBatch(reactor).send(transport, [b"now"])
     assert transport.value() == b"now"
     assert reactor.getDelayedCalls() == []
+
+
+def test_listening_no_delay_is_inherited_by_accepted_connections() -> None:
+    class _Listening:
+        socket = socket.create_server(("127.0.0.1", 0))
+
+    port = _Listening()
+    try:
+        if not listening_no_delay(port):
+            pytest.skip("TCP_NODELAY is copied to accepted connections on Linux only")
+        peer = socket.create_connection(port.socket.getsockname())
+        accepted, _ = port.socket.accept()
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        accepted.close()
+        peer.close()
+    finally:
+        port.socket.close()
+    assert not listening_no_delay(object())
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

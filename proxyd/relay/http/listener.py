@@ -43,6 +43,7 @@ from proxyd.relay.http.upstream import Upstreams
 from proxyd.relay.io import (
     OpenConnections,
     SendBatch,
+    listening_no_delay,
     retain_freed_memory,
 )
 from proxyd.resources import ProcessResources
@@ -121,6 +122,8 @@ class HttpRelayFactory(Factory[Any]):
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
+        self.no_delay_inherited = False
+        """Accepted connections have TCP_NODELAY from the listening socket (set_listening_port)."""
         self.acme = resources.acme if config.tls is None else None
         """Answers http-01 challenges before routing ([http] listeners; proxyd.acme)."""
         self.tls: ServerTls | None = (
@@ -228,7 +231,9 @@ class HttpRelayFactory(Factory[Any]):
         self.ratelimits.start()
 
     def set_listening_port(self, port: Any) -> None:
-        """Nothing to do: HTTP listeners do not pause accepting."""
+        """HTTP listeners do not pause accepting. The connections it accepts get TCP_NODELAY
+        from the listening socket where the kernel copies it (Linux), else each its own."""
+        self.no_delay_inherited = listening_no_delay(port)
 
     def error_body(self, status: int) -> tuple[bytes, bytes]:
         """Body and Content-Type of proxyd's own answer `status`: the error page, if any."""

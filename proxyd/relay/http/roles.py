@@ -83,6 +83,10 @@ class ConnectionFactory(Listener, Protocol):
     def sends(self) -> SendBatch: ...
 
     @property
+    def no_delay_inherited(self) -> bool:
+        """The accepted connections have TCP_NODELAY from the listening socket already."""
+
+    @property
     def tls(self) -> ServerTls | None: ...
 
     @property

@@ -129,7 +129,8 @@ class ClientConnection(Sending):
         self.affinity = Affinity(self.peer)
         # Writes are gathered per reactor turn already (SendBatch): what is sent is meant to
         # leave now, not after the peer's (possibly delayed) ACK of the previous segment.
-        no_delay(channel)
+        if not self.factory.no_delay_inherited:
+            no_delay(channel)
         channel.registerProducer(self, True)
         self._producing = True
         self.factory.client_opened(self)
