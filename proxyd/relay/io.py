@@ -7,7 +7,11 @@ This is the one module that reads Twisted's private write-buffer fields of a TCP
 (twisted.internet.abstract.FileDescriptor's dataBuffer, offset, _tempDataLen,
 _writeDisconnecting, producerPaused, and tcp.Connection's TLS): send_now, held and
 producer_paused. send_now runs for every write of a request, so it reads them directly rather
-than through a helper; tests/unit/test_twisted_internals.py fails when Twisted changes them.
+than through a helper. SendBatch.close and shut_write end a connection as Twisted's own write
+event would (the reactor's _disconnectSelectable with CONNECTION_DONE; FileDescriptor's
+_writeDisconnecting, _writeDisconnected and tcp.Connection._closeWriteConnection), unless
+abortConnection() ran (FileDescriptor._aborting). tests/unit/test_twisted_internals.py
+fails when Twisted changes any of them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar, cast
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ClientFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
@@ -185,6 +190,8 @@ class SendBatch:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._queued: dict[Transport, list[bytes]] = {}
+        self._ending: list[tuple[Any, bool]] = []
+        """Connections to close (True) or half-close at the flush."""
         self._flushing: DelayedCall | None = None
 
     def send(self, transport: Transport, pieces: list[bytes]) -> None:
@@ -196,6 +203,9 @@ class SendBatch:
             queued.extend(pieces)
             return
         self._queued[transport] = list(pieces)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._flushing is None:
             self._flushing = self._clock.callLater(0, self.flush)
 
@@ -211,11 +221,83 @@ class SendBatch:
         """Forget what waits for `transport` (before aborting it)."""
         self._queued.pop(transport, None)
 
+    def close(self, transport: Transport) -> bool:
+        """Close `transport` at this turn's flush, as loseConnection() would, when it is a
+        plain TCP connection with nothing to send (flush_to it first) and no producer: True.
+        It stops reading at once and is `disconnecting` from now on; a write that comes
+        before the flush is sent, and the connection then closes once Twisted's buffer has
+        drained, as after loseConnection().
+
+        loseConnection() asks epoll to watch the socket for writability (epoll_ctl), and
+        closes at the write event that follows: a send() of nothing, another epoll_ctl, and
+        an event dispatch, for a connection that has nothing left to write. A half-close
+        waiting for its write event (or for this flush) is overtaken. False for any other
+        transport (TLS, whose close_notify waits on the peer; test transports), or one
+        half-closed already: call loseConnection()."""
+        fd = cast(Any, transport)
+        if not _ends_at_once(fd, half_closing=True) or fd._writeDisconnected:
+            return False
+        fd.stopReading()
+        fd.disconnecting = True
+        self._ending.append((fd, True))
+        self._flush_soon()
+        return True
+
+    def shut_write(self, transport: Transport) -> bool:
+        """Half-close `transport` (a FIN; it goes on reading) at this turn's flush, as
+        loseWriteConnection() would, without the write event it waits for; True when it is
+        a plain TCP connection with nothing to send and no producer, else call
+        loseWriteConnection(). A write that comes before the flush is sent first."""
+        if not _ends_at_once(transport):
+            return False
+        fd = cast(Any, transport)
+        fd._writeDisconnecting = True
+        self._ending.append((fd, False))
+        self._flush_soon()
+        return True
+
     def flush(self) -> None:
         self._flushing = None
         queued, self._queued = self._queued, {}
         for transport, pieces in queued.items():
             send_now(transport, pieces)
+        if self._ending:
+            ending, self._ending = self._ending, []
+            for fd, whole in ending:
+                _end_written(fd, whole)
+
+
+def _ends_at_once(transport: object, *, half_closing: bool = False) -> bool:
+    """A plain TCP connection, open, with nothing to send and no producer; not half-closing
+    unless `half_closing` may be (a close overtakes a half-close)."""
+    fd = cast(Any, transport)
+    return bool(
+        type(fd) in _PLAIN_TCP
+        and fd.connected
+        and not fd.disconnecting
+        and (half_closing or not fd._writeDisconnecting)
+        and fd.producer is None
+        and not held(fd)
+    )
+
+
+def _end_written(fd: Any, whole: bool) -> None:
+    """What the write event after loseConnection() (`whole`) or loseWriteConnection() does to
+    a connection with nothing left to send (FileDescriptor.doWrite, then for a close the
+    reactor's _disconnectSelectable). One written to since is left to that event, once its
+    buffer has drained."""
+    if fd.disconnected or not fd.connected or fd._aborting:
+        return  # closed meanwhile, or aborted: its own connectionLost is on its way
+    if not whole and fd.disconnecting:
+        return  # loseConnection() since: its write event closes it
+    if held(fd):
+        fd.startWriting()
+        return
+    if whole:
+        fd.reactor._disconnectSelectable(fd, CONNECTION_DONE, False)
+        return
+    fd._writeDisconnected = True
+    fd._closeWriteConnection()
 
 
 _M_TRIM_THRESHOLD: Final = -1

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from proxyd.clock import Clock
 from proxyd.relay.io import (
+    SendBatch,
     Transport,
     closes_at_once,
     producer_paused,
@@ -295,9 +296,19 @@ class TransportPipe:
     half-close (its loseWriteConnection is the TCP transport's below, which would skip
     close_notify)."""
 
-    def __init__(self, transport: Transport, clock: Clock, timeout: float, *, tls: bool) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        clock: Clock,
+        timeout: float,
+        *,
+        tls: bool,
+        ending: SendBatch | None = None,
+    ) -> None:
         self.transport = transport
         self.tls = tls
+        self._ending = ending
+        """Closes and half-closes plain TCP connections without waiting for a write event."""
         self._clock = clock
         self._timeout = timeout
         self._has_producer = False
@@ -334,11 +345,16 @@ class TransportPipe:
         self._unregister_producer()  # the peer will produce nothing more for it
         if self.tls:
             return False
-        self.transport.loseWriteConnection()
+        ending = self._ending
+        if ending is None or not ending.shut_write(self.transport):
+            self.transport.loseWriteConnection()
         return True
 
     def close(self) -> None:
         self._unregister_producer()
+        ending = self._ending
+        if ending is not None and ending.close(self.transport):
+            return
         self.transport.loseConnection()
         if self.sending is not None and not closes_at_once(self.transport):
             self.sending.closing()

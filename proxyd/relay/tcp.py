@@ -48,7 +48,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config.model import TcpListenerConfig
 from proxyd.metrics import RelayStats
 from proxyd.relay.attempt import AttemptPolicy, PoolApi
-from proxyd.relay.io import ConnectingReactor, OpenConnections, ReadingPort
+from proxyd.relay.io import ConnectingReactor, OpenConnections, ReadingPort, SendBatch
 from proxyd.relay.session import Side
 from proxyd.relay.sni import SniRoutes
 from proxyd.relay.tcp_connection import SHUTDOWN_LINGER, EndProtocol, Relay
@@ -95,6 +95,8 @@ class TcpRelayFactory:
             else None
         )
         self.access_log = access_log
+        self.ending = SendBatch(self.reactor)
+        """Ends the relays' plain TCP connections without waiting for a write event."""
         self.active = 0
         self.attempts = AttemptPolicy(config.retries)
         """Relays admitted and not finished: at most max_connections (when not 0)."""

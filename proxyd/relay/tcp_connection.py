@@ -31,7 +31,14 @@ from proxyd.pool import Affinity, Server
 from proxyd.relay import proxy_protocol
 from proxyd.relay.attempt import AttemptDriver, AttemptPolicy, Failed, GiveUp, PoolApi
 from proxyd.relay.dial import Dial, dial
-from proxyd.relay.io import ConnectingReactor, Transport, no_delay, set_buffer_size, socket_of
+from proxyd.relay.io import (
+    ConnectingReactor,
+    SendBatch,
+    Transport,
+    no_delay,
+    set_buffer_size,
+    socket_of,
+)
 from proxyd.relay.session import CloseReason, ConnectionRecord, IdleTimer, Side, close_reason
 from proxyd.relay.sni import SniRoutes
 from proxyd.relay.splice import Splice, TransportPipe
@@ -83,6 +90,11 @@ class Listener(Protocol):
 
     @property
     def access_log(self) -> AccessLog: ...
+
+    @property
+    def ending(self) -> SendBatch:
+        """Ends the connections without waiting for a write event (proxyd.relay.io)."""
+        ...
 
     @property
     def attempts(self) -> AttemptPolicy:
@@ -157,7 +169,9 @@ class Relay:
         """The client's connection is made."""
         tls = self.factory.tls is not None
         clock = self.factory.reactor
-        self.client = TransportPipe(transport, clock, self.config.idle_timeout, tls=tls)
+        self.client = TransportPipe(
+            transport, clock, self.config.idle_timeout, tls=tls, ending=self.factory.ending
+        )
         if self.config.tcp_nodelay:
             no_delay(transport)
         self.factory.opened(self)
@@ -464,7 +478,9 @@ class Relay:
         cell.connections += 1
         clock = self.factory.reactor
         tls = self.pool.name in self.factory.client_tls
-        pipe = TransportPipe(transport, clock, self.config.idle_timeout, tls=tls)
+        pipe = TransportPipe(
+            transport, clock, self.config.idle_timeout, tls=tls, ending=self.factory.ending
+        )
         if self.config.tcp_nodelay:
             no_delay(transport)
         if self.config.send_proxy != "off":

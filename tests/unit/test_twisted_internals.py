@@ -132,7 +132,7 @@ def test_disconnect_selectable_and_no_filedesc() -> None:
         "selectable",
         "why",
         "isRead",
-    ], changed("PosixReactorBase._disconnectSelectable", "proxyd.reactor")
+    ], changed("PosixReactorBase._disconnectSelectable", "proxyd.reactor and proxyd.relay.io")
     assert isinstance(posixbase._NO_FILEDESC, error.ConnectionFdescWentAway), changed(
         "posixbase._NO_FILEDESC", "proxyd.reactor"
     )
@@ -203,6 +203,33 @@ def test_file_descriptor_write_some_data(connection: tuple[tcp.Server, socket.so
     assert server.dataBuffer == b"" and server._tempDataLen == 0, changed(
         "tcp.Connection.writeSomeData (it queued)", "proxyd.relay.io (send_now)"
     )
+
+
+def test_file_descriptor_aborting(connection: tuple[tcp.Server, socket.socket]) -> None:
+    server, _peer = connection
+    what = changed("FileDescriptor._aborting", "proxyd.relay.io (SendBatch.close)")
+    assert server._aborting is False, what
+    server.abortConnection()
+    assert server._aborting is True, what
+
+
+def test_file_descriptor_write_disconnecting(
+    connection: tuple[tcp.Server, socket.socket],
+) -> None:
+    server, peer = connection
+    what = changed(
+        "FileDescriptor's half-close (_writeDisconnecting, _writeDisconnected,"
+        " tcp.Connection._closeWriteConnection)",
+        "proxyd.relay.io (SendBatch.shut_write)",
+    )
+    assert server._writeDisconnecting is False and server._writeDisconnected is False, what
+    server.loseWriteConnection()
+    assert server._writeDisconnecting is True, what
+    assert parameters(tcp.Server._closeWriteConnection) == ["self"], what
+    server.doWrite()
+    assert server._writeDisconnected is True, what
+    peer.settimeout(5)
+    assert peer.recv(1) == b"", what
 
 
 def test_file_descriptor_producer_paused(connection: tuple[tcp.Server, socket.socket]) -> None:

@@ -346,6 +346,8 @@ class ClientConnection(Sending):
         if self._producing and (self.exchange is None or self.tunnel is not None):
             self._producing = False
             channel.unregisterProducer()
+        if self.factory.sends.close(channel):
+            return
         channel.loseConnection()
         if not self.lost and not closes_at_once(channel):
             self._send_watch().closing()
