@@ -120,3 +120,38 @@ def test_rcodes_tcp_client_subnet_and_metrics(
     )
     assert float(found["NOERROR"]) >= 4 and float(found["NXDOMAIN"]) == 1
     assert float(found["REFUSED"]) == 1 and float(found["NOTIMP"]) == 1
+
+
+def test_with_workers_every_worker_answers_from_the_masters_health_checks(
+    processes: ProcessList, proxyd: Callable[..., Proxyd]
+) -> None:
+    backends = [
+        start_backend(processes, "echo", "--host", host, name=host)
+        for host in ("127.0.0.2", "127.0.0.3")
+    ]
+    port, admin = free_udp_and_tcp_port(), free_port()
+    servers = " ".join(f"127.0.0.{2 + i}:{b.port}" for i, b in enumerate(backends))
+    relay = proxyd(
+        "[proxyd]\nworkers = 2\n\n"
+        f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\n\n"
+        f"[pool web]\nservers = {servers}\ncheck = tcp\ncheck_interval = 500ms\nfall = 1\n\n"
+        f"[gslb demo]\nlisten = udp:{port}:interface=127.0.0.1\nzone = demo.test\n"
+        "records = www -> pool web\n"
+    )
+    wait_until(lambda: relay.log().count("serving") >= 2, 20, "both workers serving")
+    assert all(addresses(port) == {"127.0.0.2", "127.0.0.3"} for _ in range(10))
+    backends[1].kill()
+    relay.wait_for_state(f"127.0.0.3:{backends[1].port}", "web", "DOWN", timeout=10)
+    # Each query comes from a new source port: the kernel spreads them over both workers.
+    wait_until(
+        lambda: all(addresses(port) == {"127.0.0.2"} for _ in range(20)),
+        5,
+        "every worker without 127.0.0.3",
+    )
+    assert addresses(port, tcp=True) == {"127.0.0.2"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    (noerror,) = re.findall(
+        r'^proxyd_gslb_queries_total\{[^}]*rcode="NOERROR"\} (\S+)$', metrics, re.M
+    )
+    assert float(noerror) >= 31  # summed over the workers
