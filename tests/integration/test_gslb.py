@@ -155,3 +155,23 @@ def test_with_workers_every_worker_answers_from_the_masters_health_checks(
         r'^proxyd_gslb_queries_total\{[^}]*rcode="NOERROR"\} (\S+)$', metrics, re.M
     )
     assert float(noerror) >= 31  # summed over the workers
+
+
+def test_a_reload_applies_a_changed_section_on_the_same_port(
+    processes: ProcessList, proxyd: Callable[..., Proxyd]
+) -> None:
+    relay, port, admin, _ = start(processes, proxyd)
+    assert addresses(port, "www.demo.test") == {"127.0.0.2", "127.0.0.3"}
+    text = relay.config_path.read_text()
+    relay.config_path.write_text(
+        text.replace("    www -> pool web\n", "    api -> pool web\n").replace(
+            "    www -> pool eu from", "    api -> pool eu from"
+        )
+    )
+    request = urllib.request.Request(f"http://127.0.0.1:{admin}/api/v1/reload", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert b'"reloaded": true' in answer.read()
+    assert addresses(port, "api.demo.test") == {"127.0.0.2", "127.0.0.3"}
+    assert addresses(port, "api.demo.test", tcp=True) == {"127.0.0.2", "127.0.0.3"}
+    gone = dns.query.udp(dns.message.make_query("www.demo.test", "A"), "127.0.0.1", port=port)
+    assert gone.rcode() == dns.rcode.NXDOMAIN
