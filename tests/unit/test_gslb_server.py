@@ -9,6 +9,8 @@ from typing import Any
 
 import dns.message
 import dns.rcode
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -260,3 +262,19 @@ def test_a_reload_hands_the_udp_socket_over_and_stops_the_old_view() -> None:
     assert healthy(new.relay.gslb.view) == ["127.0.0.2"]
     new.carry_on(old)
     assert new.counts().totals["gslb_NOERROR"] == 1
+
+
+@given(st.lists(st.integers(min_value=1, max_value=200), max_size=20))
+def test_any_chunking_of_pipelined_queries_gets_the_same_answers(cuts: list[int]) -> None:
+    _, _, gslb = make(TEXT.replace("max_queries_per_connection = 3", ""))
+    queries = [dns.message.make_query(name, "A") for name in ("www.demo.test", "x.demo.test")]
+    stream = b"".join(framed(q.to_wire()) for q in queries * 2)
+    protocol, transport = connect(GslbStreamFactory(gslb))
+    start = 0
+    for cut in sorted(cuts):
+        protocol.dataReceived(stream[start:cut])
+        start = max(start, cut)
+    protocol.dataReceived(stream[start:])
+    found = answers(transport.value())
+    assert [a.id for a in found] == [q.id for q in queries * 2]
+    assert [a.rcode() for a in found] == [dns.rcode.NOERROR, dns.rcode.NXDOMAIN] * 2
