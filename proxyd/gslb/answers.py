@@ -137,8 +137,7 @@ class Zone:
             if ecs.srclen:
                 network = ipaddress.ip_network(f"{ecs.address}/{ecs.srclen}", strict=False)
         else:
-            address = ipaddress.ip_address(client)
-            network = ipaddress.ip_network(address)
+            network = _source_network(client)
         self._lookup(question.name, question.rdtype, network, response, view)
         if ecs is not None:
             scope = self._scope(question.name, network)
@@ -227,6 +226,15 @@ def _holds(rule: _Rule, network: Network | None) -> bool:
         configured.version == network.version and network.subnet_of(configured)  # type: ignore[arg-type]
         for configured in rule.networks
     )
+
+
+def _source_network(client: str) -> Network | None:
+    """The client's address as a one-address network; None when it is none (a test's
+    transport, an IPv6 address with a zone index), which only the default pools hold."""
+    try:
+        return ipaddress.ip_network(client)
+    except ValueError:
+        return None
 
 
 def _version(address: str) -> int:

@@ -113,6 +113,8 @@ class GslbStream(Protocol):
         cast(Any, self.transport).loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+            return  # closing after its last answer: what follows is not read
         self.buffer += data
         self._idle_from_now()
         transport = cast(Any, self.transport)

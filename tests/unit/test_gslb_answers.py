@@ -14,6 +14,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.update
 import pytest
 
 from proxyd.config.gslb_model import GslbConfig
@@ -187,6 +188,23 @@ def test_opcodes_other_than_query_are_notimp(opcode: dns.opcode.Opcode) -> None:
     reply = zone().answer(query.to_wire(), "127.0.0.1", UDP_MIN, VIEW)
     assert reply.rcode == "NOTIMP" and reply.wire is not None
     assert dns.message.from_wire(reply.wire).opcode() == opcode
+
+
+def test_an_update_is_notimp() -> None:
+    update = dns.update.UpdateMessage("demo.test")
+    update.add("www", 30, "A", "192.0.2.1")
+    assert zone().answer(update.to_wire(), "127.0.0.1", UDP_MIN, VIEW).rcode == "NOTIMP"
+
+
+def test_a_client_subnet_longer_than_its_family_is_formerr() -> None:
+    wire = bytearray(dns.message.make_query("www.demo.test", "A", **ecs("10.1.2.0", 24)).to_wire())
+    option = wire.find(b"\x00\x08\x00\x07\x00\x01")  # ECS, length 7, family 1
+    wire[option + 6] = 40  # SOURCE PREFIX-LENGTH 40 for an IPv4 address
+    assert zone().answer(bytes(wire), "127.0.0.1", UDP_MIN, VIEW).rcode == "FORMERR"
+
+
+def test_a_source_that_is_no_ip_address_gets_the_default_pool() -> None:
+    assert sorted(addresses(ask(zone(), "www.demo.test", client=""))) == ["127.0.0.1", "127.0.0.2"]
 
 
 def test_an_unknown_edns_version_is_badvers() -> None:

@@ -178,6 +178,8 @@ def test_a_connection_is_closed_after_max_queries_per_connection() -> None:
     protocol.dataReceived(framed(query()) * 2)
     assert len(answers(transport.value())) == 3
     assert transport.disconnecting
+    protocol.dataReceived(framed(query()))
+    assert len(answers(transport.value())) == 3
 
 
 def test_an_idle_connection_is_closed_after_idle_timeout() -> None:
