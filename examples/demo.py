@@ -16,6 +16,8 @@ import time
 import acme_ca
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+GSLB_HOSTS = ("127.0.0.2", "127.0.0.3")
+"""The [gslb demo] pool's backends (etc/proxyd.ini): one address each, for its A answers."""
 BIN = os.path.dirname(sys.executable)
 
 TRY = """
@@ -46,19 +48,24 @@ proxyd is starting on {config}. Try, in another terminal:
     xdg-open http://127.0.0.1:9901/              # the live stats page
     curl -s -X POST http://127.0.0.1:9901/api/v1/reload   # reload {config} (or SIGHUP)
     .venv/bin/proxyd check {config}              # validate the configuration
+    dig @127.0.0.1 -p 5354 www.demo.test         # GSLB: the healthy gslb backends, weighted
+    curl -s -X POST -d '{{"admin": "maint"}}' \\
+        http://127.0.0.1:9901/api/v1/pools/gslb/servers/127.0.0.3:9111  # then dig: one left
 Stop with Ctrl-C.
 """
 
 
-def wait_accepting(ports: list[int], backend: subprocess.Popen[bytes], limit: float) -> str | None:
-    """None once every port accepts a connection; otherwise why not."""
+def wait_accepting(
+    ports: list[int], backend: subprocess.Popen[bytes], limit: float, host: str = "127.0.0.1"
+) -> str | None:
+    """None once every port accepts a connection on `host`; otherwise why not."""
     deadline = time.monotonic() + limit
     pending = list(ports)
     while pending:
         if backend.poll() is not None:
             return f"the demo backends exited (code {backend.returncode}); are ports {ports} free?"
         try:
-            with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
+            with socket.create_connection((host, pending[0]), timeout=0.5):
                 pending.pop(0)
         except OSError:
             if time.monotonic() > deadline:
@@ -111,6 +118,11 @@ def main() -> int:
     problem = wait_accepting([9001, 9002], backends[0], limit=10)
     for backend, port in zip(backends[2:], ports, strict=True):
         problem = problem or wait_accepting([port], backend, limit=10)
+    # The [gslb demo] pool's HTTP backends, each on its own loopback address: its answers.
+    for index, host in enumerate(GSLB_HOSTS, 1):
+        argv = [os.path.join(HERE, "http_backend.py"), "--interface", host, "--port", "9111"]
+        backends.append(subprocess.Popen([sys.executable, *argv, "--name", f"gslb-{index}"]))
+        problem = problem or wait_accepting([9111], backends[-1], limit=10, host=host)
     if problem:
         print(f"make run: {problem}", file=sys.stderr)
         for backend in backends:

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         counts += f", {len(config.udp)} udp listeners"
     if config.websocket:
         counts += f", {len(config.websocket)} websocket listeners"
+    if config.gslb:
+        counts += f", {len(config.gslb)} gslb listeners"
     print(f"{args.file}: ok ({counts})")
     return 0
 

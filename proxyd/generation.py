@@ -17,6 +17,7 @@ import attrs
 
 from proxyd.accesslog import AccessLog
 from proxyd.config.model import Config
+from proxyd.gslb.listeners import gslb_listeners
 from proxyd.listeners import RelayListener, StartupError, StreamRelayListener, UdpListenerService
 from proxyd.pool import Pool
 from proxyd.relay.dns import DnsListener
@@ -222,6 +223,8 @@ def _listeners(
             listeners.append(
                 StreamRelayListener(reactor, name, ws.listen, passthrough, http_counts)
             )
+    for gslb in config.gslb:
+        listeners.extend(gslb_listeners(reactor, gslb, pools))
     return listeners
 
 

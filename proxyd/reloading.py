@@ -55,9 +55,10 @@ class Difference:
 
 
 def difference(serving: Sequence[RelayListener], listeners: Sequence[RelayListener]) -> Difference:
-    """Match `listeners` with those `serving` by address. A listener of the same name is
-    matched first (two listeners on port 0 have the same address text and different
-    sockets), then one renamed."""
+    """Match `listeners` with those `serving` by address and class (a [udp] socket is not
+    handed to a [gslb], which binds anew). A listener of the same name is matched first (two
+    listeners on port 0 have the same address text and different sockets), then one
+    renamed."""
     old_ones = list(serving)
     kept: list[tuple[RelayListener, RelayListener]] = []
     for same_name in (True, False):
@@ -66,7 +67,7 @@ def difference(serving: Sequence[RelayListener], listeners: Sequence[RelayListen
                 continue
             for old in old_ones:
                 if (
-                    old.datagram == listener.datagram
+                    type(old) is type(listener)
                     and old.description == listener.description
                     and (old.name == listener.name or not same_name)
                 ):

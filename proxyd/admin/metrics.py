@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from proxyd.admin.feature_metrics import acme_families, cache_families, ocsp_families
+from proxyd.gslb.server import RCODES
 from proxyd.metrics import cells
 from proxyd.relay.http.h2_upstream_metrics import RESET_REASONS
 
@@ -73,6 +74,21 @@ _LISTENER_METRICS: Mapping[str, tuple[str, str, str, dict[str, str]]] = {
     "malformed": ("proxyd_dns_malformed", "DNS messages that could not be parsed.", "counter", {}),
     "unmatched": ("proxyd_dns_unmatched", "DNS answers matching no query.", "counter", {}),
     "failed": ("proxyd_dns_failed", "DNS queries answered SERVFAIL by proxyd.", "counter", {}),
+    **{
+        f"gslb_{rcode}": (
+            "proxyd_gslb_queries",
+            "DNS queries a [gslb] listener answered (UDP and TCP), by rcode.",
+            "counter",
+            {"rcode": rcode},
+        )
+        for rcode in RCODES
+    },
+    "gslb_truncated": (
+        "proxyd_gslb_truncated",
+        "UDP answers a [gslb] listener sent truncated (TC) for the client to ask over TCP.",
+        "counter",
+        {},
+    ),
 }
 
 

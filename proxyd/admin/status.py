@@ -14,7 +14,7 @@ import proxyd
 from proxyd.cache.instance import Counters
 from proxyd.config.model import Certificate, Config
 from proxyd.health import HealthService
-from proxyd.metrics import TRAFFIC_FIELDS, server_traffic
+from proxyd.metrics import TRAFFIC_FIELDS, add_counters, server_traffic
 from proxyd.pool import Pool, Server
 
 CACHE_COUNTERS = tuple(field.name for field in attrs.fields(Counters))
@@ -66,6 +66,14 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
                     "counters": dict(by_listener.get(f"{shown} {listener.name}", {})),
                 }
             )
+    for gslb in config.gslb:
+        # Its UDP socket's counters (the answers of both sides) and its TCP socket's.
+        counted: dict[str, Any] = {}
+        for name in (f"gslb {gslb.name}", f"gslb {gslb.name}/tcp"):
+            add_counters(counted, by_listener.get(name, {}))
+        listeners.append(
+            {"name": gslb.name, "kind": "gslb", "listen": gslb.listen, "counters": counted}
+        )
     return {
         "time": now,
         "version": proxyd.__version__,

@@ -17,6 +17,7 @@ from proxyd.config.cache_section import cache_section
 from proxyd.config.check_model import GrpcCheck, HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.compress import compress_group
 from proxyd.config.errors import ConfigError, Invalid, one_of
+from proxyd.config.gslb_section import gslb_section
 from proxyd.config.ini import Section
 from proxyd.config.otlp import otlp_group
 from proxyd.config.ratelimit_section import ratelimit_section
@@ -299,6 +300,10 @@ def _acme(section: Section, fields: dict[str, Any], groups: dict[str, dict[str, 
     return acme_section(section, fields)
 
 
+def _gslb(section: Section, fields: dict[str, Any], groups: dict[str, dict[str, Any]]) -> _Problems:
+    return gslb_section(section, fields)
+
+
 _SECTIONS: Mapping[
     str, Callable[[Section, dict[str, Any], dict[str, dict[str, Any]]], _Problems]
 ] = {
@@ -311,6 +316,7 @@ _SECTIONS: Mapping[
     "ratelimit": _ratelimit,
     "cache": _cache,
     "acme": _acme,
+    "gslb": _gslb,
 }
 """Per section kind: the checks across its keys (after _GROUPS)."""
 

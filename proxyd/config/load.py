@@ -15,6 +15,7 @@ import attrs
 from proxyd.config import values as v
 from proxyd.config.cross_checks import cross_check, route_section_errors
 from proxyd.config.errors import ConfigError, ConfigErrors, Invalid, did_you_mean, one_of
+from proxyd.config.gslb_section import pool_errors
 from proxyd.config.ini import Entry, Section, parse_ini
 from proxyd.config.model import Config, GlobalConfig, RouteConfig
 from proxyd.config.schema import SCHEMAS, Context
@@ -37,6 +38,7 @@ _BUILD_ORDER = (
     "tcp",
     "udp",
     "websocket",
+    "gslb",
     "route",
     "http",
     "https",
@@ -49,7 +51,7 @@ _NAMED_KINDS = ("rule", "cors", "auth", "ratelimit", "cache", "acme")
 """Sections that listeners and routes name (Context.sections)."""
 
 
-LISTENER_KINDS = ("http", "https", "tcp", "udp", "websocket")
+LISTENER_KINDS = ("http", "https", "tcp", "udp", "websocket", "gslb")
 """The section kinds that serve traffic: a file proxyd serves has at least one of them."""
 
 
@@ -131,6 +133,8 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
     global_config = built["proxyd"].get("", GlobalConfig())
     if global_config.workers > 1:
         errors.extend(_unshareable_listeners(path, built, lines))
+    for name, gslb in built["gslb"].items():
+        errors.extend(pool_errors(path, gslb, built["pool"], lines[("gslb", name)]))
     if errors:
         errors.sort(key=lambda e: e.line or 0)
         raise ConfigErrors(errors)
@@ -169,6 +173,7 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         auth=dict(built["auth"]),
         caches=dict(built["cache"]),
         acme=dict(built["acme"]),
+        gslb=tuple(built["gslb"].values()),
     )
 
 

@@ -31,6 +31,7 @@ from proxyd.config.check_model import (
     WebSocketCheck,
 )
 from proxyd.config.compress_model import CompressConfig
+from proxyd.config.gslb_model import GslbConfig
 from proxyd.config.otlp_model import OtlpConfig
 from proxyd.config.ratelimit_model import RateLimitConfig
 from proxyd.config.route_model import (
@@ -523,3 +524,5 @@ class Config:
     """The [cache] sections, by name, used by a route or not (the admin API purges them)."""
     acme: Mapping[str, AcmeConfig] = attrs.field(factory=dict)
     """The [acme] sections, by name (proxyd.acme obtains their certificates)."""
+    gslb: tuple[GslbConfig, ...] = ()
+    """The [gslb] listeners: authoritative DNS from the pools' health (proxyd.gslb)."""

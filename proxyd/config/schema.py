@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import acme_section, compress, otlp, routes, tls
+from proxyd.config import acme_section, compress, gslb_section, otlp, routes, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -374,4 +374,5 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
     ),
     **SECURITY_SCHEMAS,
     "acme": acme_section.SCHEMA,
+    "gslb": gslb_section.SCHEMA,
 }

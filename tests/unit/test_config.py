@@ -131,7 +131,7 @@ def test_every_error_in_a_file_is_reported_at_once_in_line_order() -> None:
             "[pol a]\n",
             "proxyd.ini:1: [pol a]: expected a section kind ('proxyd', 'admin', 'pool', 'tcp', "
             "'udp', 'websocket', 'http', 'https', 'route', 'rule', 'cors', 'auth', 'ratelimit',"
-            " 'cache', 'acme', 'filter');"
+            " 'cache', 'acme', 'gslb', 'filter');"
             " found [pol]"
             " (did you mean 'pool'?)",
         ),
@@ -447,7 +447,7 @@ def test_an_admin_token_is_a_long_bearer_token(token: str, found: str) -> None:
 
 NO_LISTENER = (
     "proxyd.ini:1: expected at least one listener section ([http NAME], [https NAME],"
-    " [tcp NAME], [udp NAME] or [websocket NAME]); found none"
+    " [tcp NAME], [udp NAME], [websocket NAME] or [gslb NAME]); found none"
 )
 ADMIN = "[admin]\nlisten = tcp:9901:interface=127.0.0.1\n"
 

@@ -933,7 +933,7 @@ def test_the_section_kinds_now_include_http_and_route() -> None:
     assert errors_of("[htp x]\n") == [
         "proxyd.ini:1: [htp x]: expected a section kind ('proxyd', 'admin', 'pool', 'tcp', "
         "'udp', 'websocket', 'http', 'https', 'route', 'rule', 'cors', 'auth', 'ratelimit',"
-        " 'cache', 'acme', 'filter');"
+        " 'cache', 'acme', 'gslb', 'filter');"
         " found [htp]"
         " (did you mean 'http'?)"
     ]
