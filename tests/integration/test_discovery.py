@@ -219,3 +219,20 @@ def test_etcd_keys_are_followed_and_an_etcd_outage_keeps_the_last_list(
     etcd.put("/proxyd/svc/three", three.address)
     wait_until(lambda: names_of(listen, 12) == {"two", "three"}, 10, "a key put after the outage")
     assert relay.log()[start:].count(") failed:") == 1
+
+
+def test_with_workers_the_master_discovers_and_every_worker_follows(
+    etcd: Etcd, backend, proxyd, tmp_path: Path
+) -> None:
+    one, two = (backend("echo", name=n) for n in ("one", "two"))
+    etcd.put("/proxyd/w/one", one.address)
+    listen = free_port()
+    config = f"[proxyd]\nworkers = 2\naccess_log = {tmp_path / 'access.log'}\n\n"
+    relay: Proxyd = proxyd(config + pool_config(listen, f"discovery = etcd {etcd.url} /proxyd/w/"))
+    wait_until(lambda: names_of(listen, 16) == {"one"}, 15, "every worker on the key's server")
+    etcd.put("/proxyd/w/two", two.address)
+    wait_until(lambda: names_of(listen, 24) == {"one", "two"}, 15, "a new key reaches the workers")
+    etcd.delete("/proxyd/w/one")
+    wait_until(lambda: names_of(listen, 16) == {"two"}, 15, "a deleted key leaves every worker")
+    # Three changes, each applied by the master's discovery alone (the workers run none).
+    assert relay.log().count(") added ") == 3
