@@ -30,7 +30,7 @@ from proxyd.config.load import read
 from proxyd.config.model import Config
 from proxyd.config.reload import reload_config
 from proxyd.config.warnings import warnings
-from proxyd.discovery.etcd import server_of
+from proxyd.discovery.common import server_of
 from proxyd.discovery.service import DiscoveryService
 from proxyd.filters.ratelimit import TableSource
 from proxyd.generation import Generation, build

@@ -22,3 +22,10 @@ class DiscoveryConfig:
     """srv: the DNS server to ask (host, port); None asks the system's (/etc/resolv.conf)."""
     max_servers: int = DEFAULT_MAX_DISCOVERED
     """`max_discovered`: the most servers discovery adds to the pool; more are left out."""
+
+    @property
+    def source(self) -> tuple[str, str, str]:
+        """What is asked (kind, name, endpoint): a reload that keeps it keeps the servers
+        found so far until the source answers again, even if `resolver` or the bound
+        changed."""
+        return (self.kind, self.name, self.endpoint)

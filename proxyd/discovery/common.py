@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from proxyd.config.endpoints import servers as parse_servers
+from proxyd.config.errors import Invalid
 from proxyd.config.model import ServerConfig
 
 RETRY_MIN = 1.0
@@ -39,6 +41,15 @@ def bounded(servers: Iterable[ServerConfig], limit: int) -> Found:
         else:
             left_out += 1
     return Found(tuple(kept), left_out)
+
+
+def server_of(value: str) -> ServerConfig:
+    """One server as on a `servers` line (an etcd key's value, a line the master sends its
+    workers). Raises Invalid."""
+    found = parse_servers(value)
+    if len(found) != 1:
+        raise Invalid("one server", f"{len(found)} servers")
+    return found[0]
 
 
 def server_line(server: ServerConfig) -> str:

@@ -16,10 +16,8 @@ from typing import Any
 
 import attrs
 
-from proxyd.config.endpoints import servers as parse_servers
 from proxyd.config.errors import Invalid
-from proxyd.config.model import ServerConfig
-from proxyd.discovery.common import Found, bounded
+from proxyd.discovery.common import Found, bounded, server_of
 
 RANGE_PATH = b"/v3/kv/range"
 WATCH_PATH = b"/v3/watch"
@@ -163,14 +161,6 @@ class Lines:
                 yield line
         if len(self._buffer) > self._limit:
             raise EtcdError(f"a watch message longer than {self._limit} bytes")
-
-
-def server_of(value: str) -> ServerConfig:
-    """A key's value: one server as on a `servers` line. Raises Invalid."""
-    found = parse_servers(value)
-    if len(found) != 1:
-        raise Invalid("one server a key", f"{len(found)} servers")
-    return found[0]
 
 
 class EtcdServers:

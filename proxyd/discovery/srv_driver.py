@@ -118,7 +118,12 @@ class SrvDriver:
         for _, (target, hosts, host_ttls) in found:
             addresses.setdefault(target, []).extend(hosts)
             ttls += host_ttls
-        return srv_servers(records, addresses, self.config.max_servers), ttls
+        servers = srv_servers(records, addresses, self.config.max_servers)
+        if targets and not servers.servers:
+            # Records name targets and none resolves: more likely a DNS outage in the
+            # middle of a change than a service with no server (that is a target ".").
+            raise DomainError(f"no address for any target of {self.config.name}")
+        return servers, ttls
 
     @inlineCallbacks
     def _addresses(self, target: str, lookup: Any) -> Any:

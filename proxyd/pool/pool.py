@@ -61,14 +61,19 @@ class Pool:
         servers = [self._server(server, kept) for server in config.servers]
         self.discovered: tuple[ServerConfig, ...] = ()
         """The servers discovery added (set_discovered), beside the config's."""
+        old = previous.config.discovery if previous is not None else None
+        new = config.discovery
         if (
             previous is not None
-            and config.discovery is not None
-            and previous.config.discovery == config.discovery
+            and old is not None
+            and new is not None
+            and old.source == new.source
         ):
-            # Same source: its servers carry over with their state until it says otherwise.
+            # Same source: its servers carry over with their state until it says otherwise
+            # (within the bound, which a reload may have lowered).
             static = {server.name for server in servers}
-            self.discovered = tuple(s for s in previous.discovered if s.name not in static)
+            carried = [s for s in previous.discovered if s.name not in static]
+            self.discovered = tuple(carried[: new.max_servers])
             servers += [self._server(server, kept) for server in self.discovered]
         self._rng = rng if rng is not None else random.Random()
         self._set_servers(tuple(servers))

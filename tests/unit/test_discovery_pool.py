@@ -18,8 +18,7 @@ from proxyd.config.discovery_model import DiscoveryConfig
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import loads
 from proxyd.config.model import Address, PoolConfig, ServerConfig, TcpCheck
-from proxyd.discovery.common import Found, server_line
-from proxyd.discovery.etcd import server_of
+from proxyd.discovery.common import Found, server_line, server_of
 from proxyd.discovery.service import DiscoveryService, Source
 from proxyd.health import checks
 from proxyd.health.service import HealthService
@@ -109,6 +108,17 @@ def test_a_reload_with_the_same_discovery_keeps_discovered_servers_by_name() -> 
     other = DiscoveryConfig("srv", "_http._tcp.other.demo.test")
     third = Pool(pool_config(discovery=other), clock, previous=second)
     assert third.find("127.0.0.1:8001") is None and third.discovered == ()
+
+
+def test_a_reload_that_changes_only_the_resolver_or_bound_keeps_the_servers_found() -> None:
+    clock = MemoryReactorClock()
+    first = Pool(pool_config(), clock)
+    first.set_discovered([server(8001), server(8002), server(8003)])
+    kept = first.find("127.0.0.1:8001")
+    bounded = DiscoveryConfig(SRV.kind, SRV.name, resolver=("127.0.0.1", 53), max_servers=2)
+    second = Pool(pool_config(discovery=bounded), clock, previous=first)
+    assert [s.name for s in second.discovered] == ["127.0.0.1:8001", "127.0.0.1:8002"]
+    assert second.find("127.0.0.1:8001") is kept
 
 
 def test_an_added_server_is_checked_before_it_takes_traffic(

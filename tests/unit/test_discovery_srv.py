@@ -226,3 +226,26 @@ def test_stop_cancels_the_next_lookup() -> None:
     h.driver.start()
     h.driver.stop()
     assert not h.reactor.getDelayedCalls()
+
+
+def test_records_whose_targets_all_fail_to_resolve_keep_the_last_list() -> None:
+    h = Harness()
+    h.resolver.srv = [_srv(10, 1, 8001, "a.demo.test", 10)]
+    h.resolver.a = {"a.demo.test": [_a("a.demo.test", "127.0.0.1", 60)]}
+    h.driver.start()
+    h.resolver.srv = [_srv(10, 1, 8002, "gone.demo.test", 10)]
+    h.reactor.advance(10)
+    assert h.source.failing
+    assert h.discovered() == ["127.0.0.1:8001"]
+
+
+def test_a_target_of_dot_empties_the_discovered_list() -> None:
+    h = Harness()
+    h.resolver.srv = [_srv(10, 1, 8001, "a.demo.test", 10)]
+    h.resolver.a = {"a.demo.test": [_a("a.demo.test", "127.0.0.1", 60)]}
+    h.driver.start()
+    h.resolver.srv = [_srv(0, 0, 0, "", 10)]  # the root: "."
+    h.reactor.advance(10)
+    assert not h.source.failing
+    assert h.discovered() == []
+    assert [s.name for s in h.pool.servers] == ["127.0.0.1:9000"]  # the config's stays
