@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import signal
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -236,3 +237,22 @@ def test_with_workers_the_master_discovers_and_every_worker_follows(
     wait_until(lambda: names_of(listen, 16) == {"two"}, 15, "a deleted key leaves every worker")
     # Three changes, each applied by the master's discovery alone (the workers run none).
     assert relay.log().count(") added ") == 3
+
+
+def test_a_reload_keeps_the_discovered_servers_and_their_source(
+    etcd: Etcd, backend, proxyd
+) -> None:
+    one, two = (backend("echo", name=n) for n in ("one", "two"))
+    etcd.put("/proxyd/r/one", one.address)
+    listen = free_port()
+    relay: Proxyd = proxyd(pool_config(listen, f"discovery = etcd {etcd.url} /proxyd/r/"))
+    wait_until(lambda: names_of(listen) == {"one"}, 10, "the key's server")
+    start = relay.log_offset()
+    text = relay.config_path.read_text().replace("check_interval = 200ms", "check_interval = 300ms")
+    relay.config_path.write_text(text)
+    relay.process.signal_group(signal.SIGHUP)
+    relay.wait_for_log(r"reloaded .*: generation 2", 10, start)
+    assert names_of(listen) == {"one"}  # no gap: the pool carried its discovered server
+    assert ") added " not in relay.log()[start:]
+    etcd.put("/proxyd/r/two", two.address)  # the watch goes on, feeding the new pool
+    wait_until(lambda: names_of(listen, 12) == {"one", "two"}, 10, "a key put after the reload")
