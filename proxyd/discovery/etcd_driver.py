@@ -87,9 +87,15 @@ class _WatchStream(Protocol):
             for line in self.lines.feed(data):
                 self.driver.watch_message(line)
         except (EtcdError, Compacted) as e:
-            self.broken = True
-            self.driver.watch_broken(e)
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self.stop(e)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            # JSON of another shape than etcd's: a broken stream, not a crash of the client.
+            self.stop(EtcdError(f"unexpected watch message: {e!r}"))
+
+    def stop(self, error: Exception) -> None:
+        self.broken = True
+        self.driver.watch_broken(error)
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.broken:
@@ -182,7 +188,7 @@ class EtcdDriver:
             self.watch()
 
         d.addCallback(answered).addCallback(body)
-        d.addErrback(lambda failure: self._failed(generation, failure))
+        d.addErrback(lambda failure: self._failed(generation, failure, self.read))
 
     def watch(self) -> None:
         """Watch the prefix from the revision after the last one seen (POST /v3/watch)."""
@@ -201,7 +207,7 @@ class EtcdDriver:
             self.sink.update(self.state.found())  # the same list: says the source is back
 
         d.addCallback(answered)
-        d.addErrback(lambda failure: self._failed(generation, failure))
+        d.addErrback(lambda failure: self._failed(generation, failure, self.watch))
 
     def watch_message(self, line: bytes) -> None:
         """One line of the watch stream. Raises EtcdError, Compacted."""
@@ -228,12 +234,13 @@ class EtcdDriver:
         self.sink.failed(f"watch ended: {reason.getErrorMessage()}")
         self._retry(self.watch)
 
-    def _failed(self, generation: int, failure: Failure) -> None:
+    def _failed(self, generation: int, failure: Failure, again: Callable[[], None]) -> None:
+        """A read or the start of a watch failed: the same again after the backoff."""
         if not self._current(generation):
             return
         why = failure.getErrorMessage() or type(failure.value).__name__
         self.sink.failed(why)
-        self._retry(self.read if not self.state.revision else self.watch)
+        self._retry(again)
 
     def _retry(self, then: Callable[[], None]) -> None:
         if not self._stopped:

@@ -274,3 +274,15 @@ def test_stop_abandons_the_watch() -> None:
     stream.protocol.connectionLost(Failure(ResponseDone()))
     assert not h.reactor.getDelayedCalls()
     assert not h.source.failing
+
+
+def test_a_watch_message_of_another_shape_breaks_the_stream_not_the_client() -> None:
+    h = Harness()
+    h.driver.start()
+    h.answer_range(10, {PREFIX + "a": "127.0.0.1:8001"})
+    stream = h.answer_watch()
+    stream.protocol.dataReceived(b'{"result": {"events": ["not an object"]}}\n')
+    assert h.source.failing and "unexpected watch message" in h.source.outage.reason
+    assert h.discovered() == ["127.0.0.1:8001"]
+    h.reactor.advance(1)
+    assert h.post.last()[1]["create_request"]["start_revision"] == "11"
