@@ -9,7 +9,7 @@ PURE := build/pure
 CONFIG ?= etc/proxyd.ini
 
 # command:debian-package pairs the test suite needs on the machine.
-TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester patch:patch htpasswd:apache2-utils lua5.1:lua5.1 redis-server:redis-server h2load:nghttp2-client pebble:pebble
+TEST_DEBS := mariadbd:mariadb-server mariadb:mariadb-client curl:curl openssl:openssl testssl:testssl.sh dnsmasq:dnsmasq-base sipp:sip-tester patch:patch htpasswd:apache2-utils lua5.1:lua5.1 redis-server:redis-server h2load:nghttp2-client pebble:pebble etcd:etcd-server
 # The stats page's test drives Debian's Chromium through its chromedriver (tests/browser).
 BROWSER_DEBS := chromium:chromium chromedriver:chromium-driver
 BENCH_DEBS := haproxy:haproxy iperf3:iperf3 nginx:nginx wrk:wrk openssl:openssl redis-server:redis-server

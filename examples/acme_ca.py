@@ -34,6 +34,11 @@ def start(run_dir: str, certificate: str) -> list[subprocess.Popen[bytes]]:
     with open(dns_conf, "w", encoding="ascii") as out:
         out.write("no-resolv\nno-hosts\nbind-interfaces\nlisten-address=127.0.0.1\n")
         out.write("address=/demo.test/127.0.0.1\n")
+        # SRV records for the [pool echo-srv] demo (docs/discovery.md): the echo server on
+        # 9001 at priority 10, weight 2; the one on 9002 at priority 20, its backup.
+        out.write("local-ttl=5\n")
+        out.write("srv-host=_echo._tcp.echo.demo.test,echo1.demo.test,9001,10,2\n")
+        out.write("srv-host=_echo._tcp.echo.demo.test,echo2.demo.test,9002,20,1\n")
     pebble_conf = os.path.join(run_dir, "pebble.json")
     settings = {
         "listenAddress": f"127.0.0.1:{DIRECTORY_PORT}",

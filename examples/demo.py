@@ -23,6 +23,7 @@ BIN = os.path.dirname(sys.executable)
 TRY = """
 proxyd is starting on {config}. Try, in another terminal:
     echo hello | curl -sN --max-time 1 telnet://127.0.0.1:7000   # TCP relay -> echo 9001/9002
+    echo hello | curl -sN --max-time 1 telnet://127.0.0.1:7001   # the same, found by DNS SRV
     curl -si http://127.0.0.1:8080/ http://127.0.0.1:8080/       # HTTP relay -> web 9101/9102
     curl -si http://127.0.0.1:8080/api/echo                      # strip_prefix; X-Forwarded-*
     curl -si http://127.0.0.1:8080/healthz                       # answered by proxyd itself

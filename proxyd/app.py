@@ -30,6 +30,8 @@ from proxyd.config.load import read
 from proxyd.config.model import Config
 from proxyd.config.reload import reload_config
 from proxyd.config.warnings import warnings
+from proxyd.discovery.common import server_of
+from proxyd.discovery.service import DiscoveryService
 from proxyd.filters.ratelimit import TableSource
 from proxyd.generation import Generation, build
 from proxyd.health import HealthService
@@ -120,9 +122,14 @@ class ProxydService(service.MultiService):
         """In a master: how many workers bind_shared() binds each listener's sockets for."""
         self.acme.setServiceParent(self)
         self.health: HealthService | None = None
+        self.discovery: DiscoveryService | None = None
+        """The pools' service discovery (proxyd.discovery); a worker's discovered servers
+        come from the master, through set_discovered()."""
         if not worker:
             self.health = HealthService(reactor, self.pools)
             self.health.setServiceParent(self)
+            self.discovery = DiscoveryService(reactor, self.pools)
+            self.discovery.setServiceParent(self)
         for listener in self.listeners:
             listener.setServiceParent(self)
 
@@ -262,6 +269,11 @@ class ProxydService(service.MultiService):
         """The master's health checks' verdict on `server` of `pool` (in a worker)."""
         self.pools[pool].set_health(self._server(pool, server), up, reason)
 
+    def set_discovered(self, pool: str, servers: list[str]) -> None:
+        """The master's discovered servers of `pool`, as `servers` lines (in a worker)."""
+        found = tuple(server_of(line) for line in servers)
+        self.pools[pool].set_discovered(found)
+
     def set_server(self, pool: str, server: str, admin: str, weight: int, who: str) -> None:
         """The master's admin state and weight of `server` of `pool` (in a worker)."""
         found = self._server(pool, server)
@@ -368,6 +380,8 @@ class ProxydService(service.MultiService):
         self.serving = generation
         for listener in generation.listeners:
             listener.setServiceParent(self)
+        if self.discovery is not None:
+            self.discovery.reload(generation.pools)
         if self.health is not None:
             self.health.reload(generation.pools)
         self._switch_admin(config, admin)

@@ -115,3 +115,40 @@ def acme_families(sections: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
         failures.add_metric(name, section["failures"])
     every: list[Metric] = [expiry, orders, last, following, failures]
     yield from (metric for metric in every if metric.samples)
+
+
+def discovery_families(pools: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
+    """Each discovering pool's service discovery (the status document's pools' `discovery`,
+    proxyd.discovery.service)."""
+    servers = GaugeMetricFamily(
+        "proxyd_discovery_servers",
+        "Servers discovery added to the pool (DNS SRV or etcd), its config's not counted.",
+        labels=["pool"],
+    )
+    updates = CounterMetricFamily(
+        "proxyd_discovery_updates",
+        "Discovered lists that changed the pool's servers.",
+        labels=["pool"],
+    )
+    failures = CounterMetricFamily(
+        "proxyd_discovery_failures",
+        "Failed discovery attempts (resolver or etcd unreachable, NXDOMAIN, a broken watch);"
+        " the pool keeps its last list.",
+        labels=["pool"],
+    )
+    failing = GaugeMetricFamily(
+        "proxyd_discovery_failing",
+        "1 while the pool's discovery source is failing (serving its last list), else 0.",
+        labels=["pool"],
+    )
+    for pool in pools:
+        found = pool.get("discovery")
+        if not found:
+            continue
+        name = [pool["name"]]
+        servers.add_metric(name, found["servers"])
+        updates.add_metric(name, found["updates"])
+        failures.add_metric(name, found["failures"])
+        failing.add_metric(name, 1 if found["failing"] else 0)
+    every: list[Metric] = [servers, updates, failures, failing]
+    yield from (metric for metric in every if metric.samples)

@@ -21,7 +21,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from proxyd.admin.feature_metrics import acme_families, cache_families, ocsp_families
+from proxyd.admin.feature_metrics import (
+    acme_families,
+    cache_families,
+    discovery_families,
+    ocsp_families,
+)
 from proxyd.gslb.server import RCODES
 from proxyd.metrics import cells
 from proxyd.relay.http.h2_upstream_metrics import RESET_REASONS
@@ -386,6 +391,7 @@ class _StatusCollector(Collector):
         yield from cache_families(self.document.get("caches", []))
         yield from ocsp_families(self.document.get("ocsp"))
         yield from acme_families(self.document.get("acme", []))
+        yield from discovery_families(self.document.get("pools", []))
 
 
 _Family = Callable[[str, str, str, list[str]], CounterMetricFamily | GaugeMetricFamily]

@@ -49,6 +49,8 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
     config = proxy.config
     by_listener = counters.get("listeners", {})
     traffic = server_traffic(counters.get("metrics", {}))
+    found = getattr(proxy, "discovery", None)
+    discovery = found.figures() if found is not None else {}
     listeners = []
     for kind, configs in (
         ("tcp", config.tcp),
@@ -89,6 +91,7 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
                     server_document(proxy, server, counters, traffic) for server in pool.servers
                 ],
                 "queue": counters.get("pools", {}).get(pool.name),
+                "discovery": discovery.get(pool.name),
             }
             for pool in proxy.pools.values()
         ],
@@ -164,6 +167,12 @@ def hit_ratio(counters: Mapping[str, int]) -> float | None:
     return served / lookups if lookups else None
 
 
+def _discovered(proxy: Proxy, server: Server) -> bool:
+    """Whether discovery (proxyd.discovery) added `server` to its pool."""
+    pool = proxy.pools.get(server.pool)
+    return pool is not None and server.config in getattr(pool, "discovered", ())
+
+
 def server_document(
     proxy: Proxy,
     server: Server,
@@ -184,6 +193,7 @@ def server_document(
         "reason": server.reason,
         "weight": server.weight,
         "backup": server.backup,
+        "discovered": _discovered(proxy, server),
         "active": counters.get("servers", {}).get(key, {}).get("active", server.active),
         "http2": counters.get("http2_upstreams", {}).get(server.pool, {}).get(server.name),
         "traffic": {field: traffic.get(field, 0) for field in TRAFFIC_FIELDS},

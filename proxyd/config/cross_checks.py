@@ -16,6 +16,7 @@ from proxyd.config.auth_section import auth_section
 from proxyd.config.cache_section import cache_section
 from proxyd.config.check_model import GrpcCheck, HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.compress import compress_group
+from proxyd.config.discovery import discovery_group
 from proxyd.config.errors import ConfigError, Invalid, one_of
 from proxyd.config.gslb_section import gslb_section
 from proxyd.config.ini import Section
@@ -329,6 +330,8 @@ def cross_check(
     compression keys under "compress");
     completes `fields` with the parts built from them."""
     problems = _GROUPS.get(section.kind, _no_groups)(section, fields, groups.get("tls", {}))
+    if section.kind == "pool":
+        problems += discovery_group(section, fields, groups.get("discovery", {}))
     if section.kind in ("http", "https", "route"):
         compress_group(section, fields, groups.get("compress", {}))
     more = _SECTIONS.get(section.kind)

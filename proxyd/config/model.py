@@ -31,6 +31,7 @@ from proxyd.config.check_model import (
     WebSocketCheck,
 )
 from proxyd.config.compress_model import CompressConfig
+from proxyd.config.discovery_model import DiscoveryConfig
 from proxyd.config.gslb_model import GslbConfig
 from proxyd.config.otlp_model import OtlpConfig
 from proxyd.config.ratelimit_model import RateLimitConfig
@@ -198,6 +199,8 @@ class PoolConfig:
     h2_connections: int = 1
     """h2 and h2c pools: the most HTTP/2 connections per server; a new one is opened only
     when every open one carries as many streams as the server allows."""
+    discovery: DiscoveryConfig | None = None
+    """Servers found at run time (DNS SRV or etcd: proxyd.discovery), beside `servers`."""
 
 
 @attrs.frozen

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import acme_section, compress, gslb_section, otlp, routes, tls
+from proxyd.config import acme_section, compress, discovery, gslb_section, otlp, routes, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -244,7 +244,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         PoolConfig,
         True,
         {
-            "servers": Key(v.servers, required=True),
+            "servers": Key(v.servers),
             "balance": Key(v.choice(*BALANCE_ALGORITHMS)),
             "hash_key": Key(v.choice("client_ip")),
             "check": Key(v.check),
@@ -263,6 +263,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "protocol": Key(v.choice(*UPSTREAM_PROTOCOLS)),
             "h2_connections": Key(v.integer(1, 64)),
             **TLS_CLIENT_KEYS,
+            **discovery.KEYS,
         },
     ),
     "tcp": (

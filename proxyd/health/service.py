@@ -7,6 +7,10 @@ Results go through the server's rise/fall state (proxyd.health.state); only chan
 reach the pool (Pool.set_health, which publishes them) and the log. The last HISTORY results of
 each server are kept for the admin API and the stats page.
 
+A server discovery adds (proxyd.discovery, heard as the pool's ServerEvent 'ADDED') is checked
+at once and takes traffic only once it passes `rise` checks; one it removes is no longer
+checked.
+
 A server an operator puts in maintenance (Pool.set_admin, heard as the pool's ServerEvent) is
 not checked until it leaves it; it keeps the health state it had. A reload (reload()) keeps the
 loop, counters and history of every server whose check is unchanged.
@@ -423,7 +427,18 @@ class HealthService(Service):
         self._unsubscribe = []
 
     def _server_event(self, event: ServerEvent) -> None:
-        """Pause the checks of a server put in maintenance; resume them when it leaves."""
+        """Pause the checks of a server put in maintenance; resume them when it leaves.
+        Check a server discovery added at once (it takes no traffic until it passes `rise`
+        checks); stop checking one it removed."""
+        if event.state == "ADDED":
+            self._discovered(event)
+            return
+        if event.state == "REMOVED":
+            for server, watch in list(self._watches.items()):
+                if server.name == event.server and watch.pool.name == event.pool:
+                    watch.stop()
+                    del self._watches[server]
+            return
         if event.state not in ("MAINT", "DRAIN", "READY"):
             return
         for server, watch in self._watches.items():
@@ -432,3 +447,17 @@ class HealthService(Service):
                     watch.pause()
                 else:
                     watch.resume()
+
+    def _discovered(self, event: ServerEvent) -> None:
+        pool = self.pools.get(event.pool)
+        server = pool.find(event.server) if pool is not None else None
+        if pool is None or server is None or pool.config.check is None:
+            return
+        if server in self._watches or server.config.down:
+            return
+        watch = _Watch(self, pool, server, pool.config.check, checker_for(type(pool.config.check)))
+        self._watches[server] = watch
+        if server.admin == MAINT:
+            watch.paused = True
+        else:
+            watch.schedule(0)

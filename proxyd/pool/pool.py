@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Final, Protocol, cast
 
 import attrs
@@ -22,8 +22,9 @@ _log = Logger()
 
 @attrs.frozen
 class ServerEvent:
-    """A server's state changed. `state` is 'UP', 'DOWN' (checks), 'EJECTED' (passive), or
-    'READY', 'DRAIN', 'MAINT' (its admin state, set by an operator)."""
+    """A server's state changed. `state` is 'UP', 'DOWN' (checks), 'EJECTED' (passive),
+    'READY', 'DRAIN', 'MAINT' (its admin state, set by an operator), or 'ADDED', 'REMOVED'
+    (discovery changed the pool's servers)."""
 
     pool: str
     server: str
@@ -57,14 +58,25 @@ class Pool:
         self.config = config
         self._clock = cast(Clock, clock)
         kept = {server.name: server for server in previous.servers} if previous is not None else {}
-        self.servers = tuple(self._server(server, kept) for server in config.servers)
-        self._members = frozenset(self.servers)
-        self._by_name = {server.name: server for server in self.servers}
-        self._primaries = tuple(server for server in self.servers if not server.backup)
-        self._backups = tuple(server for server in self.servers if server.backup)
-        self._balancer = make_balancer(
-            config.balance, self.servers, rng if rng is not None else random.Random()
-        )
+        servers = [self._server(server, kept) for server in config.servers]
+        self.discovered: tuple[ServerConfig, ...] = ()
+        """The servers discovery added (set_discovered), beside the config's."""
+        old = previous.config.discovery if previous is not None else None
+        new = config.discovery
+        if (
+            previous is not None
+            and old is not None
+            and new is not None
+            and old.source == new.source
+        ):
+            # Same source: its servers carry over with their state until it says otherwise
+            # (within the bound, which a reload may have lowered).
+            static = {server.name for server in servers}
+            carried = [s for s in previous.discovered if s.name not in static]
+            self.discovered = tuple(carried[: new.max_servers])
+            servers += [self._server(server, kept) for server in self.discovered]
+        self._rng = rng if rng is not None else random.Random()
+        self._set_servers(tuple(servers))
         self._observers: list[Callable[[ServerEvent], None]] = []
         # Servers whose ejection was published and whose end has not been yet, each with the
         # timer that publishes its end when it happens.
@@ -83,6 +95,65 @@ class Pool:
     name: str
     config: PoolConfig
     servers: tuple[Server, ...]
+    discovered: tuple[ServerConfig, ...]
+
+    def _set_servers(self, servers: tuple[Server, ...]) -> None:
+        self.servers = servers
+        self._members = frozenset(servers)
+        self._by_name = {server.name: server for server in servers}
+        self._primaries = tuple(server for server in servers if not server.backup)
+        self._backups = tuple(server for server in servers if server.backup)
+        self._balancer = make_balancer(self.config.balance, servers, self._rng)
+
+    def set_discovered(self, configs: Sequence[ServerConfig]) -> tuple[list[Server], list[Server]]:
+        """Make `configs` the pool's discovered servers (proxyd.discovery); returns the
+        servers (added, removed).
+
+        A server of the same name stays the same Server (its health, connections and admin
+        state), taking the new weight and backup flag. One that is new is not picked until
+        its health check passes (`rise` checks), if the pool has checks. One that is gone
+        takes no new connection; those open on it finish (relays hold the Server). A server
+        the config lists is the config's: a discovered one of the same address is ignored.
+        Observers get a ServerEvent 'ADDED' or 'REMOVED' for each."""
+        static = {server.name for server in self.config.servers}
+        chosen: list[ServerConfig] = []
+        names: set[str] = set()
+        for config in configs:
+            if config.name not in static and config.name not in names:
+                names.add(config.name)
+                chosen.append(config)
+        added: list[Server] = []
+        changed = False
+        servers = [server for server in self.servers if server.name in static]
+        for config in chosen:
+            server = self._by_name.get(config.name)
+            if server is None:
+                server = Server(config=config, pool=self.name)
+                if self.config.check is not None:
+                    server.healthy = False
+                    server.health_reason = "discovered, not checked yet"
+                added.append(server)
+            elif server.config != config:
+                changed = True
+                self._server(config, {config.name: server})
+            servers.append(server)
+        removed = [
+            server
+            for server in self.servers
+            if server.name not in static and server.name not in names
+        ]
+        self.discovered = tuple(chosen)
+        if changed or tuple(servers) != self.servers:
+            self._set_servers(tuple(servers))
+        for server in removed:
+            timer = self._ejection_timers.pop(server, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+        for server in added:
+            self._publish(ServerEvent(self.name, server.name, "ADDED", "discovered"))
+        for server in removed:
+            self._publish(ServerEvent(self.name, server.name, "REMOVED", "no longer discovered"))
+        return added, removed
 
     def pick(
         self, exclude: Collection[Server] = (), *, affinity: Affinity | None = None
@@ -228,6 +299,8 @@ class Pool:
             if owner is not self:
                 owner.report_failure(server, reason)
                 return
+        if server not in self._members:
+            return  # discovery removed it: it is draining, nothing to eject
         now = self._now()
         if now < server.ejected_until:
             # The attempt began before the ejection (an ejected server is never picked):

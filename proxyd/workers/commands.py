@@ -79,6 +79,14 @@ class SetHealth(amp.Command):
     response = []
 
 
+class SetDiscovered(amp.Command):
+    """The master's discovery found `servers` (each as a `servers` line) for `pool`: the
+    pool's whole discovered list (sent before the health of servers it adds)."""
+
+    arguments = [(b"pool", amp.Unicode()), (b"servers", amp.ListOf(amp.Unicode()))]
+    response = []
+
+
 class Serve(amp.Command):
     """Start accepting on every listener (sent after the health state, so that a new worker
     never routes to a server the checks know is down)."""

@@ -41,6 +41,7 @@ from proxyd.cache.instance import Purge
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import read
 from proxyd.config.reload import reload_config
+from proxyd.discovery.common import server_line
 from proxyd.listen_sockets import SharedPort
 from proxyd.metrics import add_counters
 from proxyd.pool import Server
@@ -60,6 +61,7 @@ from proxyd.workers.commands import (
     Reload,
     ReopenLogs,
     Serve,
+    SetDiscovered,
     SetHealth,
     SetServer,
 )
@@ -178,6 +180,8 @@ class Master(service.MultiService):
         self._deaths: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}
         self._unsubscribe: list[Any] = []
+        self._told_discovered: dict[str, tuple[Any, ...]] = {}
+        """Each discovering pool's list as last sent to the workers."""
         self._stopping: Deferred[None] | None = None
         self._kill: Any = None
         self.ledger = Ledger(reactor)
@@ -276,6 +280,11 @@ class Master(service.MultiService):
                 weight=server.weight,
                 who=who,
             )
+        elif command is SetDiscovered:
+            (pool,) = args
+            call = worker.agent.callRemote(
+                SetDiscovered, pool=pool.name, servers=[server_line(s) for s in pool.discovered]
+            )
         else:
             call = worker.agent.callRemote(command)
         call.addErrback(lambda _: None)
@@ -284,6 +293,8 @@ class Master(service.MultiService):
         """Every server's health, admin state and weight as the master has them (a new
         worker, or one that has just reloaded)."""
         for pool in self.proxy.pools.values():
+            if pool.config.discovery is not None:
+                self._tell(worker, SetDiscovered, pool)
             for server in pool.servers:
                 self._tell(worker, SetHealth, server)
                 if server.admin != "ready" or server.weight != server.config.weight:
@@ -297,6 +308,14 @@ class Master(service.MultiService):
         ]
 
     def _health_changed(self, event: ServerEvent) -> None:
+        if event.state in ("ADDED", "REMOVED"):
+            # Discovery changed the pool: its whole list, once per change of the list.
+            pool = self.proxy.pools[event.pool]
+            if self._told_discovered.get(pool.name) != pool.discovered:
+                self._told_discovered[pool.name] = pool.discovered
+                for worker in list(self.workers.values()):
+                    self._tell(worker, SetDiscovered, pool)
+            return
         if event.state not in ("UP", "DOWN"):
             return  # the admin API's changes reach the workers by _server_changed
         for server in self.proxy.pools[event.pool].servers:

@@ -48,6 +48,7 @@ from proxyd.workers.commands import (
     Reload,
     ReopenLogs,
     Serve,
+    SetDiscovered,
     SetHealth,
     SetServer,
 )
@@ -78,6 +79,11 @@ class WorkerAgent(Agent):
     @SetHealth.responder
     def set_health(self, pool: str, server: str, up: bool, reason: str) -> dict[str, Any]:
         self.proxy.set_health(pool, server, up, reason)
+        return {}
+
+    @SetDiscovered.responder
+    def set_discovered(self, pool: str, servers: list[str]) -> dict[str, Any]:
+        self.proxy.set_discovered(pool, servers)
         return {}
 
     @Serve.responder

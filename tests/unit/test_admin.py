@@ -96,6 +96,7 @@ def test_the_status_document_has_listeners_with_their_counters_and_servers_with_
         "reason": "connection refused",
         "weight": 1,
         "backup": False,
+        "discovered": False,
         "active": 5,
         "http2": None,
         "checks": [],

@@ -278,7 +278,7 @@ def test_a_listener_with_no_pool_is_an_error() -> None:
 
 def test_a_pool_with_no_servers_is_an_error() -> None:
     assert errors_of("[pool a]\nbalance = first\n") == [
-        "proxyd.ini:1: [pool a] servers: expected a 'servers' key; found none"
+        "proxyd.ini:1: [pool a] servers: expected a 'servers' key or a 'discovery' key; found none"
     ]
 
 
