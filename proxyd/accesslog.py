@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Final, cast
 
-from proxyd.clock import Clock
+from proxyd.clock import Clock, soon
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 """json.dumps with any argument builds a new encoder per call; this one is made once."""
@@ -51,8 +51,8 @@ class AccessLog:
 
     def log(self, record: Mapping[str, Any], clock: Clock | None = None) -> None:
         """Write `record` as a line. Without `clock` the line is flushed at once; with it, at
-        the start of the reactor's next turn, together with every line written before then
-        (one write() for all the requests that ended in one turn)."""
+        the end of the reactor's turn (proxyd.clock.soon), together with every line written
+        before then (one write() for all the requests that ended in one turn)."""
         if self._stream is not None:
             self.write(_ENCODER.encode(record), clock)
 
@@ -66,7 +66,7 @@ class AccessLog:
             stream.flush()
         elif not self._flush_pending:
             self._flush_pending = True
-            clock.callLater(0, self.flush)
+            soon(clock)(self.flush)
 
     def flush(self) -> None:
         self._flush_pending = False

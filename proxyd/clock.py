@@ -21,6 +21,20 @@ class Clock(Protocol):
     ) -> DelayedCall: ...
 
 
+def soon(clock: Clock) -> Callable[[Callable[[], object]], object]:
+    """How to call something once the reactor turn under way has handled its events, before
+    the reactor waits again (to send what the turn gathered, in one write): proxyd's reactor
+    runs it at the end of the turn (proxyd.reactor's at_turn_end), with no delayed call to
+    make, order on the heap and run; any other clock (the tests' MemoryReactorClock) with a
+    callLater(0)."""
+    at_turn_end: Callable[[Callable[[], object]], object] | None = getattr(
+        clock, "at_turn_end", None
+    )
+    if at_turn_end is not None:
+        return at_turn_end
+    return lambda call: clock.callLater(0, call)
+
+
 class Deadline:
     """Calls `on_due` once the time set with `set_at()` has passed, with one delayed call
     that is moved only when it would fire too late: a deadline pushed back again and again (a

@@ -19,8 +19,9 @@ proxyd logs through twisted.logger, whose events carry their namespace instead.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from select import EPOLLIN, EPOLLOUT
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from twisted.internet import epollreactor, tcp
 from twisted.internet.main import installReactor
@@ -32,9 +33,48 @@ _READ_OR_WRITE: Final = (EPOLLIN, EPOLLOUT)
 
 
 class EPollReactor(epollreactor.EPollReactor):
-    """EPollReactor whose plain reads and writes on TCP connections skip callWithLogger."""
+    """EPollReactor whose plain reads and writes on TCP connections skip callWithLogger, and
+    which runs the calls given to at_turn_end() once a turn's events are handled."""
+
+    def __init__(self) -> None:
+        self._turn_end: list[Callable[[], object]] = []
+        super().__init__()
+
+    def at_turn_end(self, call: Callable[[], object]) -> None:
+        """Call `call` once, when the events (or the delayed calls) being handled now are
+        done, before the reactor waits again: what callLater(0) does, without a DelayedCall
+        to make and keep in order on the heap. proxyd sends what a turn gathered with it
+        (proxyd.relay.io's SendBatch, the access log's flush: proxyd.clock.soon)."""
+        self._turn_end.append(call)
+
+    def _end_turn(self) -> None:
+        # A call may add another (a flush that closes a connection): run until none is left.
+        while self._turn_end:
+            calls, self._turn_end = self._turn_end, []
+            for call in calls:
+                try:
+                    call()
+                except BaseException:
+                    log.err(None, "proxyd: a call at the end of a reactor turn failed")
+
+    def runUntilCurrent(self) -> None:
+        super().runUntilCurrent()
+        self._end_turn()
+
+    def timeout(self) -> float | None:
+        """No wait while calls are due at the end of the turn (one added before the reactor
+        ran, by a startup trigger)."""
+        if self._turn_end:
+            return 0.0
+        return cast(float | None, super().timeout())
 
     def doPoll(self, timeout: float | None) -> None:
+        try:
+            self._poll(timeout)
+        finally:
+            self._end_turn()
+
+    def _poll(self, timeout: float | None) -> None:
         if timeout is None:
             timeout = -1  # wait indefinitely
         try:

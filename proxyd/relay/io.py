@@ -30,7 +30,7 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ClientFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from proxyd.clock import Clock, DelayedCall
+from proxyd.clock import Clock, soon
 
 
 class Transport(Protocol):
@@ -176,23 +176,23 @@ def closes_at_once(transport: object) -> bool:
 
 
 class SendBatch:
-    """Writes to plain TCP connections, gathered during a reactor turn and sent at the start
-    of the next one, one send() per connection.
+    """Writes to plain TCP connections, gathered during a reactor turn and sent at its end
+    (proxyd.clock.soon), one send() per connection.
 
     Twisted's write() also waits for the next turn, but it asks epoll to watch the socket for
     writability (epoll_ctl), gets a poll event for it, writes, and asks epoll to stop
     watching (epoll_ctl again): four system calls and two event dispatches per request on a
-    proxy. Sending from a callLater(0) needs none of that, and still sends once the whole
+    proxy. Sending at the end of the turn needs none of that, and still sends once the whole
     turn's events were handled, so that a response's head and body, or several pipelined
     responses, leave together. Other transports (TLS, test transports) get writeSequence.
     """
 
     def __init__(self, clock: Clock) -> None:
-        self._clock = clock
+        self._soon = soon(clock)
         self._queued: dict[Transport, list[bytes]] = {}
         self._ending: list[tuple[Any, bool]] = []
         """Connections to close (True) or half-close at the flush."""
-        self._flushing: DelayedCall | None = None
+        self._flush_pending = False
 
     def send(self, transport: Transport, pieces: list[bytes]) -> None:
         if type(transport) not in _PLAIN_TCP:
@@ -206,8 +206,9 @@ class SendBatch:
         self._flush_soon()
 
     def _flush_soon(self) -> None:
-        if self._flushing is None:
-            self._flushing = self._clock.callLater(0, self.flush)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._soon(self.flush)
 
     def flush_to(self, transport: Transport) -> None:
         """Send at once what waits for `transport`: before closing it (a loseConnection with
@@ -257,7 +258,7 @@ class SendBatch:
         return True
 
     def flush(self) -> None:
-        self._flushing = None
+        self._flush_pending = False
         queued, self._queued = self._queued, {}
         for transport, pieces in queued.items():
             send_now(transport, pieces)

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.reactor import EPollReactor
+from proxyd.relay.io import SendBatch
 
 
 def _take_down(built: epollreactor.EPollReactor) -> None:
@@ -221,3 +222,72 @@ def test_install_makes_it_the_global_reactor_unless_one_is_installed_already() -
         "assert type(reactor) is pollreactor.PollReactor\n"
     )
     subprocess.run([sys.executable, "-c", chosen], check=True, timeout=60)
+
+
+# at_turn_end: calls run once the turn's events (or delayed calls) are handled.
+
+
+def test_a_call_at_the_turn_end_runs_after_the_events_of_the_turn(reactor: EPollReactor) -> None:
+    order: list[str] = []
+    reactor.callLater(
+        0, lambda: (order.append("delayed"), reactor.at_turn_end(lambda: order.append("end")))
+    )
+    reactor.callLater(0, lambda: order.append("delayed too"))
+    reactor.iterate(0)
+    assert order == ["delayed", "delayed too", "end"]
+    assert reactor.getDelayedCalls() == []
+
+
+def test_calls_added_at_the_turn_end_run_in_the_same_turn(reactor: EPollReactor) -> None:
+    order: list[int] = []
+
+    def first() -> None:
+        order.append(1)
+        reactor.at_turn_end(lambda: order.append(2))
+
+    reactor.at_turn_end(first)
+    assert reactor.timeout() == 0.0, "no wait while a call is due"
+    reactor.doPoll(0)
+    assert order == [1, 2]
+    assert reactor.timeout() != 0.0
+
+
+def test_a_failing_call_at_the_turn_end_is_logged_and_the_others_run(
+    reactor: EPollReactor,
+) -> None:
+    ran: list[str] = []
+
+    def fails() -> None:
+        raise ZeroDivisionError
+
+    reactor.at_turn_end(fails)
+    reactor.at_turn_end(lambda: ran.append("next"))
+    with capturedLogs() as events:
+        reactor.doPoll(0)
+    assert ran == ["next"]
+    [failed] = [e for e in events if e.get("isError")]
+    assert failed["failure"].check(ZeroDivisionError)
+
+
+def test_writes_gathered_in_a_turn_leave_at_its_end(reactor: EPollReactor) -> None:
+    """SendBatch on proxyd's reactor: no delayed call; the bytes leave at the turn's end."""
+    received: list[bytes] = []
+    connected: list[protocol.Protocol] = []
+
+    class Sink(protocol.Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    class Client(protocol.Protocol):
+        def connectionMade(self) -> None:
+            connected.append(self)
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Sink), interface="127.0.0.1")
+    reactor.connectTCP("127.0.0.1", port.getHost().port, protocol.ClientFactory.forProtocol(Client))
+    spin(reactor, lambda: bool(connected))
+    batch = SendBatch(reactor)
+    batch.send(connected[0].transport, [b"head ", b"body"])
+    assert reactor.getDelayedCalls() == [] and reactor._turn_end
+    spin(reactor, lambda: b"".join(received) == b"head body")
+    connected[0].transport.loseConnection()
+    port.stopListening()
