@@ -13,23 +13,22 @@ Listening ports, other descriptors, and events that are not a plain read or writ
 errors, read and write together) take Twisted's own path unchanged. The only difference:
 a legacy `twisted.python.log` message emitted by a connection's own code during a read or
 write that then succeeds has "-" as its system instead of the connection's log prefix;
-proxyd logs through twisted.logger, whose events carry their namespace instead.
+proxyd logs through twisted.logger, whose events carry their namespace instead. The events
+are dispatched by proxyd.socket_events (compiled), which also reads a TCP connection's bytes
+itself (Twisted's doRead, inlined).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from select import EPOLLIN, EPOLLOUT
-from typing import Any, Final, cast
+from typing import cast
 
-from twisted.internet import epollreactor, tcp
+from twisted.internet import epollreactor
 from twisted.internet.main import installReactor
-from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
-_CONNECTIONS: Final = frozenset({tcp.Server, tcp.Client})
-_READ_OR_WRITE: Final = (EPOLLIN, EPOLLOUT)
+from proxyd.socket_events import dispatch
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -81,36 +80,9 @@ class EPollReactor(epollreactor.EPollReactor):
             events = self._poller.poll(timeout, len(self._selectables))
         except InterruptedError:
             return
-        selectables = self._selectables
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            if event in _READ_OR_WRITE and type(selectable) in _CONNECTIONS:
-                self._read_or_write(selectable, event == EPOLLIN)
-            else:
-                log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
+        dispatch(self, events)
 
     doIteration = doPoll
-
-    def _read_or_write(self, connection: Any, read: bool) -> None:
-        """_PollLikeMixin._doReadOrWrite for one read or one write event, its error and
-        disconnection paths run in the connection's logging context (callWithLogger)."""
-        in_read = False
-        why: object
-        try:
-            if connection.fileno() == -1:
-                why = _NO_FILEDESC
-            elif read:
-                why = connection.doRead()
-                in_read = True
-            else:
-                why = connection.doWrite()
-        except BaseException:
-            why = sys.exc_info()[1]
-            log.callWithLogger(connection, log.err)
-        if why:
-            log.callWithLogger(connection, self._disconnectSelectable, connection, why, in_read)
 
 
 def install() -> bool:

@@ -6,11 +6,15 @@ lists them; tests/unit/test_twisted_internals.py has a test per internal that fa
 module to update, when a Twisted upgrade changes it; pyproject.toml bounds Twisted's version):
 
 - EPollReactor.doPoll, _poller, _selectables, _doReadOrWrite, _disconnectSelectable and
-  posixbase._NO_FILEDESC: proxyd.reactor (its doPoll is a copy of Twisted's).
+  posixbase._NO_FILEDESC: proxyd.reactor (its doPoll is a copy of Twisted's) and
+  proxyd.socket_events (the events' dispatch; tcp.Connection.doRead and _dataReceived
+  inlined, FileDescriptor._aborting).
 - tcp.Port._logger and tcp._accept's messages: proxyd.accept_log.
 - FileDescriptor's write buffer (dataBuffer, offset, _tempDataLen, _writeDisconnecting,
-  producerPaused) and tcp.Connection.TLS: proxyd.relay.io (read directly in send_now, a hot
-  path).
+  producerPaused), tcp.Connection.TLS and its socket (send_now sends as writeSomeData does),
+  and the ends of a connection (_writeDisconnected, _closeWriteConnection, _aborting, the
+  reactor's _disconnectSelectable): proxyd.relay.io (send_now, a hot path; SendBatch's close
+  and shut_write).
 - twisted.protocols.haproxy's private parsers (V1Parser, V2Parser, InvalidProxyHeader): here,
   for proxyd.relay.proxy_protocol.
 - Listening ports beyond IListeningPort (doRead, stopReading, socket, connected,

@@ -7,7 +7,9 @@ This is the one module that reads Twisted's private write-buffer fields of a TCP
 (twisted.internet.abstract.FileDescriptor's dataBuffer, offset, _tempDataLen,
 _writeDisconnecting, producerPaused, and tcp.Connection's TLS): send_now, held and
 producer_paused. send_now runs for every write of a request, so it reads them directly rather
-than through a helper. SendBatch.close and shut_write end a connection as Twisted's own write
+than through a helper, and sends on the connection's socket itself (tcp.Connection's
+writeSomeData, without its slice and retry wrapper: Python's send() retries on EINTR).
+SendBatch.close and shut_write end a connection as Twisted's own write
 event would (the reactor's _disconnectSelectable with CONNECTION_DONE; FileDescriptor's
 _writeDisconnecting, _writeDisconnected and tcp.Connection._closeWriteConnection), unless
 abortConnection() ran (FileDescriptor._aborting). tests/unit/test_twisted_internals.py
@@ -137,12 +139,13 @@ def send_now(transport: Transport, pieces: list[bytes]) -> None:
         )
     ):
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        sent = fd.writeSomeData(data)
-        if type(sent) is int:
-            if sent == len(data):
-                return
-            data = data[sent:]
-        fd.write(data)
+        try:
+            sent = fd.socket.send(data)
+        except OSError:  # EWOULDBLOCK, ENOBUFS, or an error Twisted's own write then finds
+            sent = 0
+        if sent == len(data):
+            return
+        fd.write(data[sent:] if sent else data)
         return
     transport.writeSequence(pieces)
 

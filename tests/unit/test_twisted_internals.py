@@ -97,14 +97,35 @@ def test_epoll_reactor_do_poll_is_the_one_proxyd_reactor_copies() -> None:
 def test_poll_like_mixin_do_read_or_write_is_the_one_proxyd_reactor_reproduces() -> None:
     assert epollreactor.EPollReactor._doReadOrWrite is posixbase._PollLikeMixin._doReadOrWrite
     assert digest(posixbase._PollLikeMixin._doReadOrWrite) == "1c2b886057898f07", changed(
-        "_PollLikeMixin._doReadOrWrite", "proxyd.reactor (EPollReactor._read_or_write)"
+        "_PollLikeMixin._doReadOrWrite", "proxyd.socket_events (_read_or_write)"
     )
     assert parameters(posixbase._PollLikeMixin._doReadOrWrite) == [
         "self",
         "selectable",
         "fd",
         "event",
-    ], changed("_PollLikeMixin._doReadOrWrite's arguments", "proxyd.reactor")
+    ], changed("_PollLikeMixin._doReadOrWrite's arguments", "proxyd.socket_events")
+
+
+def test_tcp_connection_do_read_is_the_one_socket_events_inlines() -> None:
+    assert tcp.Server.doRead is tcp.Connection.doRead is tcp.Client.doRead
+    assert digest(tcp.Connection.doRead) == "7400095c2d5e647d", changed(
+        "tcp.Connection.doRead", "proxyd.socket_events (_read)"
+    )
+    assert digest(tcp.Connection._dataReceived) == "14f89f05f87abd28", changed(
+        "tcp.Connection._dataReceived", "proxyd.socket_events (_read)"
+    )
+
+
+def test_file_descriptor_abort_makes_do_read_a_no_op(
+    connection: tuple[tcp.Server, socket.socket],
+) -> None:
+    server, peer = connection
+    server.abortConnection()
+    peer.sendall(b"after the abort")
+    assert server._aborting and server.doRead() is None, changed(
+        "FileDescriptor.abortConnection (its doRead)", "proxyd.socket_events (_aborting)"
+    )
 
 
 def test_epoll_reactor_poller_and_selectables() -> None:
@@ -190,18 +211,21 @@ def test_file_descriptor_write_buffer_fields(connection: tuple[tcp.Server, socke
     assert server.disconnecting, changed("FileDescriptor.loseConnection", "proxyd.relay.io")
 
 
-def test_file_descriptor_write_some_data(connection: tuple[tcp.Server, socket.socket]) -> None:
+def test_tcp_connection_write_some_data_sends_on_its_socket(
+    connection: tuple[tcp.Server, socket.socket],
+) -> None:
     server, peer = connection
-    assert parameters(tcp.Server.writeSomeData) == ["self", "data"], changed(
-        "tcp.Connection.writeSomeData", "proxyd.relay.io (send_now)"
+    assert digest(tcp.Connection.writeSomeData) == "ccd168f06f979ebd", changed(
+        "tcp.Connection.writeSomeData", "proxyd.relay.io (send_now sends as it does)"
     )
-    assert server.writeSomeData(b"hello") == 5, changed(
-        "tcp.Connection.writeSomeData's result", "proxyd.relay.io (send_now)"
+    assert isinstance(server.socket, socket.socket), changed(
+        "tcp.Connection.socket", "proxyd.relay.io (send_now)"
     )
+    io.send_now(server, [b"hel", b"lo"])
     peer.settimeout(5)
     assert peer.recv(5) == b"hello"
     assert server.dataBuffer == b"" and server._tempDataLen == 0, changed(
-        "tcp.Connection.writeSomeData (it queued)", "proxyd.relay.io (send_now)"
+        "FileDescriptor's write buffer", "proxyd.relay.io (send_now)"
     )
 
 
