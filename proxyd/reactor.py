@@ -5,16 +5,15 @@ it asks the selectable for its logPrefix() and pushes a copy of the logging cont
 as "system", for legacy `twisted.python.log` messages emitted while it runs. On a proxy that
 is two or three events per request, and was ~8% of the CPU of a keep-alive HTTP request.
 
-Here a read or a write on a TCP connection that ends without an error and without a
-disconnection runs without that context; whatever goes wrong is handled exactly as Twisted
-does it, in the connection's context: the exception logged with its log prefix, the
-connection then disconnected (connectionLost, or readConnectionLost on a half-close).
-Listening ports, other descriptors, and events that are not a plain read or write (hang-ups,
-errors, read and write together) take Twisted's own path unchanged. The only difference:
-a legacy `twisted.python.log` message emitted by a connection's own code during a read or
-write that then succeeds has "-" as its system instead of the connection's log prefix;
-proxyd logs through twisted.logger, whose events carry their namespace instead. The events
-are dispatched by proxyd.socket_events (compiled), which also reads a TCP connection's bytes
+Here every event of a TCP connection, and a listening TCP port's accept, is handled as
+Twisted handles it, without that context around it; whatever goes wrong is handled exactly as
+Twisted does it, in the selectable's context: the exception logged with its log prefix, the
+connection then disconnected (connectionLost, or readConnectionLost on a half-close). Other
+descriptors (UDP ports, unix sockets, the waker) take Twisted's own path unchanged. The only
+difference: a legacy `twisted.python.log` message emitted by a connection's own code during an
+event that then succeeds has "-" as its system instead of the connection's log prefix; proxyd
+logs through twisted.logger, whose events carry their namespace instead. The events are
+dispatched by proxyd.socket_events (compiled), which also reads a TCP connection's bytes
 itself (Twisted's doRead, inlined).
 """
 

@@ -1,12 +1,13 @@
 """The events of one epoll_wait, dispatched for proxyd's reactor (proxyd.reactor), compiled
 by mypyc (pyproject.toml's [tool.proxyd] mypyc).
 
-A plain read or write on one of Twisted's TCP connections (tcp.Server, tcp.Client) runs
-without Twisted's logging context, and a read is tcp.Connection.doRead inlined: recv() into
-the protocol's dataReceived, with Twisted's results (None; CONNECTION_DONE at the end of the
-stream; CONNECTION_LOST on an error other than EWOULDBLOCK). Every other event takes Twisted's
-own path (_doReadOrWrite in the selectable's logging context). Whatever goes wrong is handled
-as Twisted does it, in the connection's logging context: the exception logged, the connection
+An event on one of Twisted's TCP connections (tcp.Server, tcp.Client), or a listening TCP
+port's read event (accept), is handled as Twisted's _doReadOrWrite does it, without Twisted's
+logging context around it, and a connection's read is tcp.Connection.doRead inlined: recv()
+into the protocol's dataReceived, with Twisted's results (None; CONNECTION_DONE at the end of
+the stream; CONNECTION_LOST on an error other than EWOULDBLOCK). Every other selectable takes
+Twisted's own path (_doReadOrWrite in its logging context). Whatever goes wrong is handled as
+Twisted does it, in the selectable's logging context: the exception logged, the selectable
 then disconnected. tests/unit/test_twisted_internals.py holds digests of the Twisted code
 reproduced here.
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import sys
 from errno import EWOULDBLOCK
-from select import EPOLLIN, EPOLLOUT
-from typing import Any
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from typing import Any, Final
 
 from twisted.internet import tcp
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -24,6 +25,10 @@ from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
 
 __all__ = ["dispatch"]
+
+
+_DISCONNECTED: Final = EPOLLHUP | EPOLLERR
+"""EPollReactor._POLL_DISCONNECTED."""
 
 
 def dispatch(reactor: Any, events: list[tuple[int, int]]) -> None:
@@ -34,31 +39,55 @@ def dispatch(reactor: Any, events: list[tuple[int, int]]) -> None:
         if selectable is None:
             continue
         kind = type(selectable)
-        if (kind is tcp.Server or kind is tcp.Client) and event in (EPOLLIN, EPOLLOUT):
-            _read_or_write(reactor, selectable, event == EPOLLIN)
+        if kind is tcp.Server or kind is tcp.Client:
+            _connection_event(reactor, selectable, fd, event)
+        elif kind is tcp.Port and event == EPOLLIN:
+            _accept(reactor, selectable)
         else:
             log.callWithLogger(selectable, reactor._doReadOrWrite, selectable, fd, event)
 
 
-def _read_or_write(reactor: Any, connection: Any, read: bool) -> None:
-    """_PollLikeMixin._doReadOrWrite for one read or one write event, its error and
-    disconnection paths run in the connection's logging context (callWithLogger)."""
-    in_read = False
+def _connection_event(reactor: Any, connection: Any, fd: int, event: int) -> None:
+    """_PollLikeMixin._doReadOrWrite for a TCP connection, its error and disconnection paths
+    run in the connection's logging context (callWithLogger)."""
     why: object = None
-    try:
-        if connection.fileno() == -1:
-            why = _NO_FILEDESC
-        elif read:
-            if not connection._aborting:  # abortConnection() made its doRead a no-op
-                why = _read(connection)
+    in_read = False
+    if event & _DISCONNECTED and not event & EPOLLIN:
+        # A hang-up with no input left: a clean end if it was reading (maybe a half-close).
+        if fd in reactor._reads:
             in_read = True
+            why = CONNECTION_DONE
         else:
-            why = connection.doWrite()
-    except BaseException:
-        why = sys.exc_info()[1]
-        log.callWithLogger(connection, log.err)
+            why = CONNECTION_LOST
+    else:
+        try:
+            if connection.fileno() == -1:
+                why = _NO_FILEDESC
+            else:
+                if event & EPOLLIN:
+                    if not connection._aborting:  # abortConnection() made doRead a no-op
+                        why = _read(connection)
+                    in_read = True
+                if not why and event & EPOLLOUT:
+                    why = connection.doWrite()
+                    in_read = False
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.callWithLogger(connection, log.err)
     if why:
         log.callWithLogger(connection, reactor._disconnectSelectable, connection, why, in_read)
+
+
+def _accept(reactor: Any, port: Any) -> None:
+    """A listening port's read event: tcp.Port.doRead accepts, and logs what goes wrong
+    itself (it returns None unless its socket went away)."""
+    try:
+        why = _NO_FILEDESC if port.fileno() == -1 else port.doRead()
+    except BaseException:
+        why = sys.exc_info()[1]
+        log.callWithLogger(port, log.err)
+    if why:
+        log.callWithLogger(port, reactor._disconnectSelectable, port, why, True)
 
 
 def _read(connection: Any) -> object:
