@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proxyd.config.model import Certificate, TlsClientConfig, TlsServerConfig
+from proxyd.twisted_internals import TlsProtocol
 
 __all__ = [
     "CertificateIndex",
@@ -138,9 +139,7 @@ class ServerTls:
         return connection
 
     def wrap(self, factory: IProtocolFactory, clock: IReactorTime) -> TLSMemoryBIOFactory:
-        return TLSMemoryBIOFactory(
-            cast(IOpenSSLServerConnectionCreator, self), False, factory, clock
-        )
+        return _ServerWrapper(cast(IOpenSSLServerConnectionCreator, self), False, factory, clock)
 
     def replace(self, certificates: tuple[Certificate, ...]) -> None:
         """Serve `certificates` from the next handshake on (an [acme] certificate renewed);
@@ -279,8 +278,17 @@ class ClientTls:
         return _ClientWrapper(self.creator(host), True, factory, clock)
 
 
+class _ServerWrapper(TLSMemoryBIOFactory):
+    """TLSMemoryBIOFactory whose connections make their interface declaration once
+    (proxyd.twisted_internals.TlsProtocol)."""
+
+    protocol = TlsProtocol
+
+
 class _ClientWrapper(TLSMemoryBIOFactory):
     """TLSMemoryBIOFactory that lets the wrapped factory decline a late connection."""
+
+    protocol = TlsProtocol
 
     def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
         wrapped = self.wrappedFactory.buildProtocol(addr)

@@ -17,6 +17,9 @@ module to update, when a Twisted upgrade changes it; pyproject.toml bounds Twist
   and shut_write).
 - twisted.protocols.haproxy's private parsers (V1Parser, V2Parser, InvalidProxyHeader): here,
   for proxyd.relay.proxy_protocol.
+- TLSMemoryBIOProtocol.makeConnection (and the _tlsConnection, _appSendBuffer and
+  _connectWrapped it sets or reads, the factory's _creatorCallable and registerProtocol):
+  TlsProtocol, here, the protocol of proxyd's TLS factories (proxyd.tls).
 - Listening ports beyond IListeningPort (doRead, stopReading, socket, connected,
   connectionLost; unix.Port._fromListeningDescriptor and what tcp.Port.startListening sets):
   here. A reload changes no port's attribute: each port keeps one factory for its life, which
@@ -32,13 +35,18 @@ from typing import Any, cast
 
 from twisted.internet import tcp, unix
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 __all__ = [
     "InvalidProxyHeader",
+    "TlsProtocol",
     "V1Parser",
     "V2Parser",
     "accept_queued",
@@ -99,3 +107,26 @@ class _AdoptedUnixPort(unix.Port):
 
     def connectionLost(self, reason: Failure) -> None:
         tcp.Port.connectionLost(self, reason)  # not unix.Port's: the file stays
+
+
+class TlsProtocol(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, made a connection with one interface declaration instead of
+    one per interface of its transport.
+
+    TLSMemoryBIOProtocol.makeConnection calls directlyProvides(self, interface) for each
+    interface the transport provides (nine for a TCP connection); each call replaces the
+    declaration the one before made, so what is left is the last interface. This makes that
+    one declaration, and otherwise does what Twisted's does (a copy, checked by a digest in
+    tests/unit/test_twisted_internals.py)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        interfaces = tuple(providedBy(transport))
+        if interfaces:
+            directlyProvides(self, interfaces[-1])
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()

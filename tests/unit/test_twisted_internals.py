@@ -21,9 +21,12 @@ from twisted.copyright import version as VERSION
 from twisted.internet import abstract, epollreactor, error, posixbase, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import directlyProvidedBy, providedBy
 
 from proxyd import accept_log, twisted_internals
 from proxyd.relay import io
@@ -300,6 +303,37 @@ def test_haproxy_v2_parser() -> None:
     with pytest.raises(InvalidProxyHeader):
         V2Parser.parse(b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x02ab")
     assert issubclass(InvalidProxyHeader, Exception), what
+
+
+# proxyd.twisted_internals: TlsProtocol, TLSMemoryBIOProtocol.makeConnection with one
+# interface declaration.
+
+
+def test_tls_protocol_make_connection_is_the_one_tls_protocol_copies() -> None:
+    assert digest(TLSMemoryBIOProtocol.makeConnection) == "7c2ef89c425dbca2", changed(
+        "TLSMemoryBIOProtocol.makeConnection", "proxyd.twisted_internals (TlsProtocol)"
+    )
+
+
+def test_tls_protocol_provides_what_twisteds_does(
+    connection: tuple[tcp.Server, socket.socket],
+) -> None:
+    server, _peer = connection
+    made = []
+    for kind in (TLSMemoryBIOProtocol, twisted_internals.TlsProtocol):
+        factory = TLSMemoryBIOFactory(
+            CertificateOptions(), False, Factory.forProtocol(Protocol), MemoryReactorClock()
+        )
+        factory.protocol = kind
+        wrapper = factory.buildProtocol(None)
+        wrapper.makeConnection(server)
+        made.append(wrapper)
+    twisteds, ours = made
+    assert list(directlyProvidedBy(ours)) == list(directlyProvidedBy(twisteds)), changed(
+        "what TLSMemoryBIOProtocol.makeConnection declares", "proxyd.twisted_internals"
+    )
+    assert list(providedBy(ours)) == list(providedBy(twisteds))
+    assert ours.wrappedProtocol.transport is ours and ours._tlsConnection is not None
 
 
 # proxyd.twisted_internals: listening ports beyond IListeningPort.
