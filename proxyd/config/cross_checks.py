@@ -240,6 +240,8 @@ def _http_security(
         fields["ratelimits"] = ()
     for route in fields.get("routes", ()):
         problems += _route_limits(fields, route)
+    if "cdn_loop_max" in fields and fields.get("cdn_loop") is None:
+        problems.append(("cdn_loop_max", Invalid("cdn_loop with cdn_loop_max", "no cdn_loop")))
     return problems
 
 

@@ -288,7 +288,10 @@ class HttpListenerConfig:
     """Add `Via: 1.1 proxyd` to requests and responses (RFC 9110 7.6.3)."""
     cdn_loop: str | None = None
     """The pseudonym added to CDN-Loop (RFC 8586) of the requests proxied; a request that
-    already carries it twice is refused with 508 (proxyd.filters.cdn_loop)."""
+    already carries it more than cdn_loop_max times is refused with 508
+    (proxyd.filters.cdn_loop)."""
+    cdn_loop_max: int = 1
+    """Times a request may carry cdn_loop when it arrives: once is a peer's request."""
     max_header_size: int = 32768
     """Request line and header block together; larger is answered 431."""
     max_headers: int = 100

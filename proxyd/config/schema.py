@@ -181,6 +181,7 @@ HTTP_KEYS: Mapping[str, Key] = {
     "filters": Key(_filters, context=True),
     "via": Key(v.boolean),
     "cdn_loop": Key(tier.cdn_loop),
+    "cdn_loop_max": Key(v.integer(0, 16)),
     "max_header_size": Key(v.size(1024, 1 << 20)),
     "max_headers": Key(v.integer(1, 10000)),
     "max_uri_length": Key(v.size(256, 1 << 20)),

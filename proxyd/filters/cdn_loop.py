@@ -4,9 +4,9 @@ Each request gets this node's pseudonym appended to CDN-Loop (a field line of it
 field is a list, RFC 9110 5.3). A request that arrives carrying the pseudonym once came from
 a peer of the same tier (the tier shares one pseudonym, as a CDN does: RFC 8586 2 names the
 CDN, not the node); it is marked so (proxyd.relay.http.tier.FROM_PEER) and goes to the
-pool's parent, never to another peer. One that carries it twice or more has looped: it is
-refused with 508 Loop Detected (RFC 5842 7.2), as CDN vendors refuse a request that went
-through them too often, before it costs anything else.
+pool's parent, never to another peer. One that carries it more than `cdn_loop_max` times
+(1 unless set) has looped: it is refused with 508 Loop Detected (RFC 5842 7.2), as CDNs
+refuse a request that went through them too often, before it costs anything else.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from proxyd.filters.internal import RelayExchange
 from proxyd.relay.http.tier import FROM_PEER
 
 LOOP_STATUS: Final = 508
-MAX_SEEN: Final = 2
-"""Times a request may not carry the pseudonym: once is a peer's request, twice a loop."""
 _NAME: Final = b"cdn-loop"
 
 
@@ -41,14 +39,15 @@ def hops(fields: Iterable[tuple[bytes, bytes]], pseudonym: bytes) -> int:
 class CdnLoop:
     """Row 7 of the chain (docs/http.md), where the listener has `cdn_loop`."""
 
-    def __init__(self, pseudonym: str) -> None:
+    def __init__(self, pseudonym: str, most: int = 1) -> None:
         self.name = "cdn_loop"
         self.pseudonym = pseudonym.encode("ascii")
+        self.most = most
 
     def request_head(self, exchange: RelayExchange) -> Reject | None:
         fields = exchange.request_headers
         seen = hops(fields, self.pseudonym)
-        if seen >= MAX_SEEN:
+        if seen > self.most:
             why = f"loop: CDN-Loop names {self.pseudonym.decode()} {seen} times"
             return Reject(LOOP_STATUS, why)
         if seen:

@@ -174,7 +174,9 @@ class Edge:
     """An edge node's listener: route / to pool `edges` (three peers, this node the first),
     whose parent is pool `shield`."""
 
-    def __init__(self, cdn_loop: str | None = "edge", **pool_keys: Any) -> None:
+    def __init__(
+        self, cdn_loop: str | None = "edge", cdn_loop_max: int = 1, **pool_keys: Any
+    ) -> None:
         self.reactor = MemoryReactorClock()
         edges = edge_pool_config(**pool_keys)
         shield = PoolConfig(name="shield", servers=(ServerConfig(address(SHIELD)),))
@@ -182,7 +184,11 @@ class Edge:
         upstreams = {name: ConnectionPool(self.reactor, p.config) for name, p in self.pools.items()}
         route = RouteConfig(name="all", match=RouteMatch(path="/"), action=ProxyAction("edges"))
         self.config = HttpListenerConfig(
-            name="edge", listen="tcp:0", routes=(route,), cdn_loop=cdn_loop
+            name="edge",
+            listen="tcp:0",
+            routes=(route,),
+            cdn_loop=cdn_loop,
+            cdn_loop_max=cdn_loop_max,
         )
         self.log = _Log()
         self.factory = HttpRelayFactory(
@@ -381,3 +387,15 @@ def test_bad_hash_keys_say_what_is_expected(value: str, found: str) -> None:
         "proxyd.ini:4: [pool edges] hash_key: expected 'client_ip', 'uri' or 'header NAME'; "
         + found
     ), error
+
+
+def test_cdn_loop_max_lets_a_request_through_more_tiers_of_one_pseudonym() -> None:
+    edge = Edge(cdn_loop="cdn", cdn_loop_max=2)
+    assert edge.get("/a", "CDN-Loop: cdn, cdn")[0] == SHIELD
+    target, answer = edge.get("/a", "CDN-Loop: cdn, cdn, cdn")
+    assert target == "" and answer.startswith(b"HTTP/1.1 508 ")
+
+
+def test_cdn_loop_max_needs_cdn_loop() -> None:
+    [error] = errors_of(config_text(listener="cdn_loop_max = 2"))
+    assert error.startswith("proxyd.ini:13: [http edge] cdn_loop_max: expected cdn_loop with")

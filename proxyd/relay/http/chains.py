@@ -15,7 +15,7 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
     7  invalid_headers       request fields with '_' and the like dropped (or 400; on by
                              default)
     7a cdn_loop              this node's pseudonym added to CDN-Loop; a request that
-                             carries it twice refused (508) ([http] cdn_loop)
+                             carries it more than cdn_loop_max times refused (508)
     8  access                allow/deny by the client's address: the listener's list, then
                              the route's (403)
     9  request_limits        allowed_methods (405), max_uri_length / max_query_length (414),
@@ -183,7 +183,7 @@ class _Builder:
         if config.invalid_headers != "pass":
             self.early.append(("invalid_headers", InvalidHeaders(config.invalid_headers)))
         if config.cdn_loop is not None:
-            self.early.append(("cdn_loop", CdnLoop(config.cdn_loop)))
+            self.early.append(("cdn_loop", CdnLoop(config.cdn_loop, config.cdn_loop_max)))
         self._made: dict[tuple[object, ...], object] = {}
 
     def _once(self, key: tuple[object, ...], make: Callable[[], object]) -> object:
