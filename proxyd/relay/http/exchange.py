@@ -222,6 +222,8 @@ class Exchange(OwnAnswers):
                 self.request.headers,
                 self._vars is not None and tier.FROM_PEER in self._vars,
             )
+            if pool is not self.pool:
+                self._preferred = None  # a server of the peers' pool, not of the parent
             self.pool = pool
         if self.websocket and not self.factory.may_open_tunnel():
             self.fail(503, f"max_tunnels ({self.config.max_tunnels}) reached", ErrorKind.REFUSED)
