@@ -6,11 +6,14 @@ Invalid(expected, found, hint); pool_tier_problems checks what spans the pool's 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 from proxyd.config.endpoints import address
-from proxyd.config.errors import Invalid, did_you_mean
+from proxyd.config.errors import ConfigError, Invalid, did_you_mean
 from proxyd.config.http_values import TCHAR
+from proxyd.config.ini import Section
+from proxyd.config.model import PoolConfig
 
 HASH_KEYS: Final = ("client_ip", "uri", "header NAME")
 """What `hash_key` accepts; `header NAME` is kept as `header name` (the name in lower case)."""
@@ -81,3 +84,20 @@ def pool_tier_problems(name: str, fields: dict[str, Any]) -> list[tuple[str, Inv
         elif parent == name:
             problems.append(("parent", Invalid("another pool", f"the pool itself ({name!r})")))
     return problems
+
+
+def listener_pool_errors(
+    path: str, listener: Any, pools: Mapping[str, PoolConfig], section: Section
+) -> list[ConfigError]:
+    """A [tcp], [udp] or [websocket] listener's pool has no this_server: only the HTTP relay
+    sends this node's requests to the parent; the others would pick among the peers."""
+    name = getattr(listener, "pool", None)
+    pool = pools.get(name) if isinstance(name, str) else None
+    entry = section.entries.get("pool")
+    if pool is None or pool.this_server is None or entry is None:
+        return []
+    expected = (
+        "a pool without this_server (only HTTP routes send this node's requests to the parent)"
+    )
+    found = f"pool {name} (this_server = {pool.this_server})"
+    return [ConfigError(path, entry.line, section.title, "pool", expected, found)]

@@ -399,3 +399,13 @@ def test_cdn_loop_max_lets_a_request_through_more_tiers_of_one_pseudonym() -> No
 def test_cdn_loop_max_needs_cdn_loop() -> None:
     [error] = errors_of(config_text(listener="cdn_loop_max = 2"))
     assert error.startswith("proxyd.ini:13: [http edge] cdn_loop_max: expected cdn_loop with")
+
+
+def test_a_tcp_listener_may_not_use_a_pool_with_this_server() -> None:
+    text = config_text("this_server = 127.0.0.2:8080\nparent = shield") + (
+        "\n[tcp raw]\nlisten = tcp:9000\npool = edges\n"
+    )
+    [error] = errors_of(text)
+    assert error.startswith("proxyd.ini:20: [tcp raw] pool: expected a pool without this_server"), (
+        error
+    )
