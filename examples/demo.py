@@ -52,6 +52,9 @@ proxyd is starting on {config}. Try, in another terminal:
     dig @127.0.0.1 -p 5354 www.demo.test         # GSLB: the healthy gslb backends, weighted
     curl -s -X POST -d '{{"admin": "maint"}}' \\
         http://127.0.0.1:9901/api/v1/pools/gslb/servers/127.0.0.3:9111  # then dig: one left
+    for port in 8181 8182; do curl -s -D - -o /dev/null -H 'Host: cdn.demo.test' \\
+        "http://127.0.0.1:$port/headers?Cache-Control=max-age%3D60" | grep Cache-Status
+        done                                        # a CDN tier: shield, owner, edge asked
 Stop with Ctrl-C.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from proxyd.config import routes, security, tls
+from proxyd.config import routes, security, tier, tls
 from proxyd.config import values as v
 from proxyd.config.acme_section import acme_section
 from proxyd.config.auth_section import auth_section
@@ -176,6 +176,7 @@ def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any
     if "h2_connections" in fields and protocol == "http1":
         why = "h2_connections only with protocol = h2 or h2c"
         problems.append(("h2_connections", Invalid(why, "protocol = http1")))
+    problems += tier.pool_tier_problems(section.name or "", fields)
     check = fields.get("check")
     if isinstance(check, TlsCheck) or (
         isinstance(check, WebSocketCheck | GrpcCheck) and client.enabled
@@ -239,6 +240,8 @@ def _http_security(
         fields["ratelimits"] = ()
     for route in fields.get("routes", ()):
         problems += _route_limits(fields, route)
+    if "cdn_loop_max" in fields and fields.get("cdn_loop") is None:
+        problems.append(("cdn_loop_max", Invalid("cdn_loop with cdn_loop_max", "no cdn_loop")))
     return problems
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from proxyd.config import tier
 from proxyd.config import values as v
 from proxyd.config.cross_checks import cross_check, route_section_errors
 from proxyd.config.errors import ConfigError, ConfigErrors, Invalid, did_you_mean, one_of
@@ -135,6 +136,10 @@ def loads(text: str, path: str = "<config>", *, serving: bool = False) -> Config
         errors.extend(_unshareable_listeners(path, built, lines))
     for name, gslb in built["gslb"].items():
         errors.extend(pool_errors(path, gslb, built["pool"], lines[("gslb", name)]))
+    for kind in ("tcp", "udp", "websocket"):
+        for name, listener in built[kind].items():
+            section = lines[(kind, name)]
+            errors.extend(tier.listener_pool_errors(path, listener, built["pool"], section))
     if errors:
         errors.sort(key=lambda e: e.line or 0)
         raise ConfigErrors(errors)

@@ -170,6 +170,14 @@ class PoolConfig:
     balance: str = "round_robin"
     """round_robin | least_conn | random_two | hash | first"""
     hash_key: str = "client_ip"
+    """client_ip | uri | header NAME (kept as `header name`): what balance = hash keys on.
+    HTTP relays key on the request (uri, header); the others always on the client's IP."""
+    this_server: str | None = None
+    """The server of `servers` that is this node (a tier of caches: docs/cdn.md): it is never
+    connected to; the requests the ring gives it, and those a peer sent, go to `parent`."""
+    parent: str | None = None
+    """The pool the requests this node owns go to (the shield or the origin); with
+    this_server."""
     check: CheckConfig | None = None
     check_interval: float = 2.0
     check_timeout: float = 2.0
@@ -278,6 +286,12 @@ class HttpListenerConfig:
     response_headers: tuple[HeaderRule, ...] = ()
     via: bool = True
     """Add `Via: 1.1 proxyd` to requests and responses (RFC 9110 7.6.3)."""
+    cdn_loop: str | None = None
+    """The pseudonym added to CDN-Loop (RFC 8586) of the requests proxied; a request that
+    already carries it more than cdn_loop_max times is refused with 508
+    (proxyd.filters.cdn_loop)."""
+    cdn_loop_max: int = 1
+    """Times a request may carry cdn_loop when it arrives: once is a peer's request."""
     max_header_size: int = 32768
     """Request line and header block together; larger is answered 431."""
     max_headers: int = 100

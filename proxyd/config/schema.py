@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import acme_section, compress, discovery, gslb_section, otlp, routes, tls
+from proxyd.config import acme_section, compress, discovery, gslb_section, otlp, routes, tier, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -180,6 +180,8 @@ HTTP_KEYS: Mapping[str, Key] = {
     "response_headers": Key(routes.header_rules),
     "filters": Key(_filters, context=True),
     "via": Key(v.boolean),
+    "cdn_loop": Key(tier.cdn_loop),
+    "cdn_loop_max": Key(v.integer(0, 16)),
     "max_header_size": Key(v.size(1024, 1 << 20)),
     "max_headers": Key(v.integer(1, 10000)),
     "max_uri_length": Key(v.size(256, 1 << 20)),
@@ -246,7 +248,9 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
         {
             "servers": Key(v.servers),
             "balance": Key(v.choice(*BALANCE_ALGORITHMS)),
-            "hash_key": Key(v.choice("client_ip")),
+            "hash_key": Key(tier.hash_key),
+            "this_server": Key(tier.this_server),
+            "parent": Key(_pool_name, context=True),
             "check": Key(v.check),
             "check_interval": Key(v.positive_duration),
             "check_timeout": Key(v.positive_duration),

@@ -1,7 +1,9 @@
 """What `balance = hash` keys on, decided by the pool from the facts a relay passes.
 
-A relay says who is asking (`Affinity`: the client's address; for a SIP dialog its Call-ID);
-the pool, which knows its own `balance`, makes the key (`hash_key`) only when it hashes.
+A relay says who is asking (`Affinity`: the client's address; for a SIP dialog its Call-ID;
+for an HTTP request to a pool with `hash_key = uri` or `header NAME`, the request's key, made
+by proxyd.relay.http.tier); the pool, which knows its own `balance`, makes the key
+(`hash_key`) only when it hashes.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ __all__ = ["Affinity", "client_hash_key", "hash_key"]
 @attrs.frozen
 class Affinity:
     """The facts a connection, session or query may be kept on one server by: the client's
-    address, and a dialog (a SIP Call-ID) that wins over it when there is one."""
+    address, a dialog (a SIP Call-ID) that wins over it when there is one, and an HTTP
+    request's own key (its URI, a field's value) that wins over both."""
 
     client: Address | None = None
     dialog: bytes | None = None
+    request: bytes | None = None
 
 
 def client_hash_key(address: Address | None) -> bytes | None:
@@ -44,9 +48,11 @@ def _packed(host: str) -> bytes:
 
 def hash_key(balance: str, affinity: Affinity | None) -> bytes | None:
     """The key a pool balancing by `balance` picks by for `affinity`: None unless it hashes;
-    the dialog when there is one, else the client's packed address."""
+    the request's key when there is one, else the dialog, else the client's packed address."""
     if balance != "hash" or affinity is None:
         return None
+    if affinity.request is not None:
+        return affinity.request
     if affinity.dialog is not None:
         return affinity.dialog
     return client_hash_key(affinity.client)

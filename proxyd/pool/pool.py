@@ -96,13 +96,25 @@ class Pool:
     config: PoolConfig
     servers: tuple[Server, ...]
     discovered: tuple[ServerConfig, ...]
+    tier: bool
+    """The HTTP relay asks proxyd.relay.http.tier before it picks: the pool hashes on the
+    request (hash_key = uri, header NAME) or has this_server."""
+    this_server: Server | None
+    """The server that is this node (this_server): on the ring, never picked."""
 
     def _set_servers(self, servers: tuple[Server, ...]) -> None:
         self.servers = servers
         self._members = frozenset(servers)
         self._by_name = {server.name: server for server in servers}
-        self._primaries = tuple(server for server in servers if not server.backup)
-        self._backups = tuple(server for server in servers if server.backup)
+        config = self.config
+        this = self.this_server = self._by_name.get(config.this_server or "")
+        self.tier = config.balance == "hash" and (
+            config.hash_key != "client_ip" or this is not None
+        )
+        self._primaries = tuple(
+            server for server in servers if not server.backup and server is not this
+        )
+        self._backups = tuple(server for server in servers if server.backup and server is not this)
         self._balancer = make_balancer(self.config.balance, servers, self._rng)
 
     def set_discovered(self, configs: Sequence[ServerConfig]) -> tuple[list[Server], list[Server]]:
@@ -184,6 +196,18 @@ class Pool:
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         return self._balancer.pick(candidates, hash_key(self.config.balance, affinity))
+
+    def owns(self, affinity: Affinity) -> bool:
+        """Whether the ring puts `affinity`'s key on this node (this_server) rather than on
+        an available peer: this node counts as available whatever its checks say (it is
+        the one asking), the peers as pick() sees them. False without this_server."""
+        this = self.this_server
+        if this is None:
+            return False
+        now = self._now()
+        candidates = [server for server in self._primaries if server.is_available(now)]
+        candidates.append(this)
+        return self._balancer.pick(candidates, hash_key(self.config.balance, affinity)) is this
 
     def _server(self, config: ServerConfig, kept: Mapping[str, Server]) -> Server:
         """The Server for `config`: the previous pool's of the same name, updated, or a new one.

@@ -6,7 +6,8 @@ Every response is made from the query: `h=NAME:VALUE` (repeatable) sets a respon
 a short text naming the path and the count), `slow=SECONDS` holds the body's second half
 that long (a response that streams in), `etag=TAG` answers a matching If-None-Match with
 304. The origin counts the requests per path and query (`X-Count` on each response); GET
-/__count?of=TARGET answers that count, GET /__reset forgets them; after GET
+/__count?of=TARGET answers that count, GET /__total the sum of them all, GET /__reset
+forgets them; after GET
 /__fail?status=N every response is an N (0: no more).
 """
 
@@ -58,6 +59,8 @@ class Origin(resource.Resource):
         url = urlsplit(target)
         if url.path == "/__count":
             return str(counts[dict(parse_qsl(url.query))["of"]]).encode()
+        if url.path == "/__total":
+            return str(sum(counts.values())).encode()
         if url.path == "/__reset":
             counts.clear()
             return b"ok"

@@ -14,6 +14,8 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
                              otlp_endpoint, the exchange's span exported (log)
     7  invalid_headers       request fields with '_' and the like dropped (or 400; on by
                              default)
+    7a cdn_loop              this node's pseudonym added to CDN-Loop; a request that
+                             carries it more than cdn_loop_max times refused (508)
     8  access                allow/deny by the client's address: the listener's list, then
                              the route's (403)
     9  request_limits        allowed_methods (405), max_uri_length / max_query_length (414),
@@ -77,6 +79,7 @@ from proxyd.config.model import (
 from proxyd.filters.access import AccessControl
 from proxyd.filters.auth import AuthContext, build_auth
 from proxyd.filters.cache import CacheFilter
+from proxyd.filters.cdn_loop import CdnLoop
 from proxyd.filters.chain import Chain
 from proxyd.filters.concurrency import Concurrency
 from proxyd.filters.cors import Cors
@@ -174,11 +177,13 @@ class _Builder:
         if websocket_only is not None:
             self.local.append(("websocket_only", WebSocketOnly(websocket_only)))
         self.early: Filters = []
-        """Rows 6 and 7, the same on every route."""
+        """Rows 6 to 7a, the same on every route."""
         if config.trace_context != "off":
             self.early.append(("trace_context", _trace_context(config, spans)))
         if config.invalid_headers != "pass":
             self.early.append(("invalid_headers", InvalidHeaders(config.invalid_headers)))
+        if config.cdn_loop is not None:
+            self.early.append(("cdn_loop", CdnLoop(config.cdn_loop, config.cdn_loop_max)))
         self._made: dict[tuple[object, ...], object] = {}
 
     def _once(self, key: tuple[object, ...], make: Callable[[], object]) -> object:

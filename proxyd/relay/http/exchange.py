@@ -20,8 +20,8 @@ from proxyd.config.model import ProxyAction, RouteConfig
 from proxyd.filters.api import Answer, Headers, Reject
 from proxyd.filters.chain import ALL_WENT_ON, EMPTY, BodyRun, HeadRun, Step
 from proxyd.metrics import Cell, ErrorKind
-from proxyd.pool import Pool, Server
-from proxyd.relay.http import grpc
+from proxyd.pool import Affinity, Pool, Server
+from proxyd.relay.http import grpc, tier
 from proxyd.relay.http import headers as policy
 from proxyd.relay.http.background import BackgroundClient
 from proxyd.relay.http.decide import Refused, decide, is_websocket_upgrade
@@ -58,6 +58,7 @@ class Exchange(OwnAnswers):
     """One request from a client connection. Slotted: one is made per request."""
 
     __slots__ = (
+        "_affinity",
         "_client_chunked",
         "_client_keep_alive",
         "_trailers",
@@ -131,6 +132,9 @@ class Exchange(OwnAnswers):
         self.pool: Pool | None = None
         self.forward: Forward | None = None
         self._preferred: Server | None = None
+        self._affinity: Affinity | None = None
+        """What the pool keys on for this request, when its pool hashes on the request
+        (proxyd.relay.http.tier); else the client connection's."""
         # Response side.
         self.response: Response | None = None
         self.answer: Answer | None = None
@@ -208,6 +212,19 @@ class Exchange(OwnAnswers):
         route = self.route
         pool = self.pool
         assert route is not None and isinstance(route.action, ProxyAction) and pool is not None
+        if pool.tier:  # cache peers (docs/cdn.md): the request's key; a peer, or the parent
+            pool, self._affinity = tier.route(
+                pool,
+                self.factory.pools,
+                route.security.cache or self.config.cache,
+                self.client.affinity.client,
+                (self.scheme, self.host, self.path, self.query),
+                self.request.headers,
+                self._vars is not None and tier.FROM_PEER in self._vars,
+            )
+            if pool is not self.pool:
+                self._preferred = None  # a server of the peers' pool, not of the parent
+            self.pool = pool
         if self.websocket and not self.factory.may_open_tunnel():
             self.fail(503, f"max_tunnels ({self.config.max_tunnels}) reached", ErrorKind.REFUSED)
             return
@@ -257,6 +274,7 @@ class Exchange(OwnAnswers):
             head,
             self._preferred,
             self.factory.attempts,
+            self.client.affinity if self._affinity is None else self._affinity,
         )
         forward.driver.start()
 

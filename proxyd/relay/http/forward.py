@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from proxyd.config.model import HttpListenerConfig
 from proxyd.filters.api import Reject
 from proxyd.metrics import Cell, ErrorKind
-from proxyd.pool import Pool, Server
+from proxyd.pool import Affinity, Pool, Server
 from proxyd.pool.fault import Fault
 from proxyd.relay.attempt import (
     AttemptDriver,
@@ -148,13 +148,14 @@ class Forward:
         head: UpstreamHead,
         preferred: Server | None,
         policy: AttemptPolicy,
+        affinity: Affinity,
     ) -> None:
-        """`policy` is the listener's attempt_policy()."""
+        """`policy` is the listener's attempt_policy(); `affinity` what the pool keys on."""
         self.exchange = exchange
         self.upstreams = upstreams
         self.head = head
         self.driver: AttemptDriver[UpstreamChannel] = AttemptDriver(
-            exchange.clock, pool, self, policy, exchange.client.affinity, preferred
+            exchange.clock, pool, self, policy, affinity, preferred
         )
         self.conn: UpstreamChannel | None = None
         self._why = "no attempt"

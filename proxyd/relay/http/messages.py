@@ -192,6 +192,7 @@ _REASONS: Final = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
+    508: b"Loop Detected",
 }
 
 
