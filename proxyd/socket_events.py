@@ -3,13 +3,14 @@ by mypyc (pyproject.toml's [tool.proxyd] mypyc).
 
 An event on one of Twisted's TCP connections (tcp.Server, tcp.Client), or a listening TCP
 port's read event (accept), is handled as Twisted's _doReadOrWrite does it, without Twisted's
-logging context around it, and a connection's read is tcp.Connection.doRead inlined: recv()
-into the protocol's dataReceived, with Twisted's results (None; CONNECTION_DONE at the end of
-the stream; CONNECTION_LOST on an error other than EWOULDBLOCK). Every other selectable takes
-Twisted's own path (_doReadOrWrite in its logging context). Whatever goes wrong is handled as
-Twisted does it, in the selectable's logging context: the exception logged, the selectable
-then disconnected. tests/unit/test_twisted_internals.py holds digests of the Twisted code
-reproduced here.
+logging context around it. A connected connection's read is tcp.Connection.doRead inlined:
+recv() into the protocol's dataReceived, with Twisted's results (None; CONNECTION_DONE at the
+end of the stream; CONNECTION_LOST on an error other than EWOULDBLOCK); a client still
+connecting (whose doRead is doConnect) and an aborted connection (whose doRead is a no-op)
+have their own doRead called. Every other selectable takes Twisted's own path
+(_doReadOrWrite in its logging context). Whatever goes wrong is handled as Twisted does it,
+in the selectable's logging context: the exception logged, the selectable then disconnected.
+tests/unit/test_twisted_internals.py holds digests of the Twisted code reproduced here.
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def _connection_event(reactor: Any, connection: Any, fd: int, event: int) -> Non
                 why = _NO_FILEDESC
             else:
                 if event & EPOLLIN:
-                    if not connection._aborting:  # abortConnection() made doRead a no-op
+                    if connection.connected and not connection._aborting:
                         why = _read(connection)
+                    else:  # connecting (doRead is doConnect), or aborted (a no-op)
+                        why = connection.doRead()
                     in_read = True
                 if not why and event & EPOLLOUT:
                     why = connection.doWrite()

@@ -318,3 +318,29 @@ def test_writes_gathered_in_a_turn_leave_at_its_end(reactor: EPollReactor) -> No
     spin(reactor, lambda: b"".join(received) == b"head body")
     connected[0].transport.loseConnection()
     port.stopListening()
+
+
+def test_a_read_event_while_connecting_is_the_connections_own_do_read(
+    reactor: EPollReactor,
+) -> None:
+    """A client still connecting has doConnect as its doRead (an instance attribute): a
+    server that writes at once makes its first event a read and a write together."""
+    from select import EPOLLIN, EPOLLOUT
+
+    from twisted.internet import tcp
+
+    from proxyd.socket_events import dispatch
+
+    calls: list[str] = []
+    client = tcp.Client.__new__(tcp.Client)
+    client.connected = 0
+    client._aborting = False
+    client.fileno = lambda: 7  # type: ignore[method-assign]
+    client.doRead = lambda: calls.append("connect") or None  # type: ignore[method-assign]
+    client.doWrite = lambda: calls.append("write") or None  # type: ignore[method-assign]
+    reactor._selectables[7] = client
+    try:
+        dispatch(reactor, [(7, EPOLLIN | EPOLLOUT)])
+    finally:
+        del reactor._selectables[7]
+    assert calls == ["connect", "write"]
