@@ -288,8 +288,6 @@ class _ServerWrapper(TLSMemoryBIOFactory):
 class _ClientWrapper(TLSMemoryBIOFactory):
     """TLSMemoryBIOFactory that lets the wrapped factory decline a late connection."""
 
-    protocol = TlsProtocol
-
     def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:

@@ -33,6 +33,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from proxyd.clock import Clock, soon
+from proxyd.twisted_internals import TlsProtocol
 
 
 class Transport(Protocol):
@@ -121,6 +122,9 @@ def listening_no_delay(port: object) -> bool:
 
 _PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})
 """Twisted's plain TCP connections (no TLS layer): their write buffer fields are read here."""
+_BATCHED: Final = frozenset({tcp.Server, tcp.Client, TlsProtocol})
+"""What SendBatch gathers for: plain TCP connections, and proxyd's TLS connections (one
+SSL_write, and so one TLS record, for what a turn wrote)."""
 
 
 def send_now(transport: Transport, pieces: list[bytes]) -> None:
@@ -187,7 +191,10 @@ class SendBatch:
     watching (epoll_ctl again): four system calls and two event dispatches per request on a
     proxy. Sending at the end of the turn needs none of that, and still sends once the whole
     turn's events were handled, so that a response's head and body, or several pipelined
-    responses, leave together. Other transports (TLS, test transports) get writeSequence.
+    responses, leave together. proxyd's TLS connections (proxyd.twisted_internals.TlsProtocol)
+    are gathered too, and written with one writeSequence: one SSL_write, one TLS record, where
+    a response's head and body were two. Other transports (test transports) get writeSequence
+    at once.
     """
 
     def __init__(self, clock: Clock) -> None:
@@ -198,7 +205,7 @@ class SendBatch:
         self._flush_pending = False
 
     def send(self, transport: Transport, pieces: list[bytes]) -> None:
-        if type(transport) not in _PLAIN_TCP:
+        if type(transport) not in _BATCHED:
             transport.writeSequence(pieces)
             return
         queued = self._queued.get(transport)
