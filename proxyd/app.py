@@ -23,6 +23,7 @@ from proxyd.acme.service import AcmeService
 from proxyd.admin.api import AdminResource, AdminSite
 from proxyd.admin.status import status_document
 from proxyd.auth.threads import HashThreads
+from proxyd.cache.cluster_link import PurgeFanout
 from proxyd.cache.instance import Cache, Purge
 from proxyd.cache.registry import CacheRegistry
 from proxyd.config.errors import ConfigErrors
@@ -93,6 +94,15 @@ class ProxydService(service.MultiService):
         shut down once the connections have drained (proxyd.otlp)."""
         self.caches = CacheRegistry(reactor)
         """The [cache] sections' storage, for every generation; closed at the end."""
+        self.fanout = PurgeFanout(
+            reactor,
+            self.redis,
+            self.caches.find,
+            None if worker else lambda name, purge: self.purge_source(name, purge),
+        )
+        """The purge fan-out of the caches with `cluster` (proxyd.cache.cluster_link): a
+        worker sends its purges, the master (or a lone process) listens too."""
+        self.caches.announce = self.fanout.announce
         self.ocsp = OcspStapling(reactor)
         """The OCSP responses the TLS listeners staple, for every generation: fetched once
         the service starts in a process that serves handshakes (not a master of workers,
@@ -253,6 +263,10 @@ class ProxydService(service.MultiService):
             raise KeyError(f"no cache {name}")
         return self.caches.cache(config)
 
+    def announce_purge(self, name: str, purge: Purge) -> None:
+        """Send a purge the admin API made to the other nodes of the cache's cluster."""
+        self.fanout.announce(name, purge)
+
     def purge_cache(self, name: str, purge: Purge, shared: bool = True) -> int:
         """Purge the [cache] `name` in this process: how many responses (Cache.purge; a
         worker, `shared` False, purges its memory tier alone). KeyError: no such cache."""
@@ -302,6 +316,7 @@ class ProxydService(service.MultiService):
 
     def startService(self) -> None:
         self.hash_threads.start()
+        self.fanout.configure(self.config.caches)
         if not self.shared_workers:
             self.ocsp.start()
         super().startService()
@@ -386,6 +401,8 @@ class ProxydService(service.MultiService):
             self.health.reload(generation.pools)
         self._switch_admin(config, admin)
         self.ocsp.serve(config)
+        if self.running:
+            self.fanout.configure(config.caches)
         self.generation += 1
         self.loaded = self._reactor.seconds()
         pools, upstreams, logs = previous.released_by(generation)
@@ -492,6 +509,7 @@ class ProxydService(service.MultiService):
         def release(result: Any) -> Any:
             self.serving.abandon()
             self.hash_threads.stop()
+            self.fanout.close()
             self.redis.close()
             self.caches.close()
             return self.otlp.stop().addCallback(lambda _: result)

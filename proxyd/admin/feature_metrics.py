@@ -24,6 +24,18 @@ _CACHE_COUNTERS = (
     ("stored", "proxyd_cache_stored", "Responses stored."),
     ("purged", "proxyd_cache_purged", "Responses purged (PURGE requests and the admin API)."),
     ("bytes_served", "proxyd_cache_served_bytes", "Body bytes sent from the cache."),
+    ("cluster_sent", "proxyd_cache_cluster_sent", "Purges made here sent to the cluster."),
+    ("cluster_applied", "proxyd_cache_cluster_applied", "Purges of other nodes applied here."),
+    (
+        "cluster_gaps",
+        "proxyd_cache_cluster_gaps",
+        "Times the cluster's purge log had lost purges not applied here (all marked stale).",
+    ),
+    (
+        "cluster_errors",
+        "proxyd_cache_cluster_errors",
+        "Calls to the cluster's Redis that failed or timed out, purges not sent.",
+    ),
 )
 
 

@@ -14,6 +14,8 @@ from proxyd.config.cache_model import USE_STALE, CacheConfig
 from proxyd.config.errors import Invalid, did_you_mean, one_of
 from proxyd.config.ini import Section
 from proxyd.config.keys import Context, Key, reference
+from proxyd.config.ratelimit_model import RedisStore
+from proxyd.config.ratelimit_section import store as redis_store
 from proxyd.config.security import Problems
 from proxyd.config.security_model import OFF, Off
 
@@ -88,6 +90,22 @@ def status_name(text: str) -> str:
     return name
 
 
+def cluster(text: str) -> RedisStore | None:
+    """`off` (None), or `redis://[USER:PASSWORD@]HOST[:PORT][/DB]` (`rediss://`: TLS)."""
+    if text.strip() == OFF:
+        return None
+    if text.strip() == "local":
+        raise Invalid("'off' or a URL redis://[USER:PASSWORD@]HOST[:PORT][/DB]", "'local'")
+    return redis_store(text)
+
+
+def cluster_name(text: str) -> str:
+    name = text.strip()
+    if not name or any(not 0x21 <= ord(char) <= 0x7E for char in name):
+        raise Invalid("a name of printable ASCII without spaces", repr(name))
+    return name
+
+
 KEYS: Mapping[str, Key] = {
     "memory_size": Key(v.size(0, MAX_SIZE)),
     "memory_object_size": Key(v.size(1, MAX_SIZE)),
@@ -107,6 +125,9 @@ KEYS: Mapping[str, Key] = {
     "status_name": Key(status_name),
     "heuristic": Key(v.boolean),
     "store_set_cookie": Key(v.boolean),
+    "cluster": Key(cluster),
+    "cluster_name": Key(cluster_name),
+    "cluster_log": Key(v.integer(10, 10_000_000)),
 }
 """[cache NAME]'s keys."""
 
@@ -119,6 +140,11 @@ def cache_section(section: Section, fields: dict[str, Any]) -> Problems:
         headers=fields.pop("key_headers", ()),
     )
     problems: Problems = []
+    if fields.get("cluster") is None:
+        for name in ("cluster_name", "cluster_log"):
+            if name in fields:
+                problems.append((name, Invalid("cluster = redis://...", "no cluster")))
+                fields.pop(name)
     if "path" not in fields and fields.get("memory_size", 1) == 0:
         problems.append(("memory_size", Invalid("above 0 without a disk tier (path)", "0")))
     if "path" not in fields and "disk_size" in fields:

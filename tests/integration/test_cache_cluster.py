@@ -1,0 +1,189 @@
+"""Purge fan-out across real proxyd nodes through a real redis-server (docs/cache.md,
+"Purging across nodes"): a purge on one node seen on the others (its propagation time
+printed), a node stopped during a purge that catches up when it starts again, and a Redis
+that stops (nodes serve and purge locally) and comes back (the fan-out resumes)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import Backend, Proxyd, free_port, wait_until
+from .redis_peer import PASSWORD, REDIS, RedisServer
+from .test_cache import origin
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(REDIS is None, reason="redis-server is missing (make test installs it)"),
+]
+
+__all__ = ["origin"]  # the fixture, used by name
+
+HOST = "cdn.test"
+"""The Host every client sends, whichever node it reaches: one effective URI on all."""
+FRESH = "/obj?h=Cache-Control%3A+max-age%3D600&h=Surrogate-Key%3A+group-1"
+
+
+@pytest.fixture
+def redis(processes: Any, tmp_path: Path) -> RedisServer:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    return RedisServer(processes, directory).start()
+
+
+class Node:
+    def __init__(self, proxyd: Proxyd, port: int, admin: int) -> None:
+        self.proxyd, self.port, self.admin = proxyd, port, admin
+
+    def get(self, target: str, method: str = "GET", **headers: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, target, headers={"Host": HOST, **headers})
+            response = conn.getresponse()
+            response.read()
+            return response.status, response.getheader("Cache-Status") or ""
+        finally:
+            conn.close()
+
+    def hit(self, target: str = FRESH) -> bool:
+        return self.get(target)[1].startswith("proxyd; hit")
+
+    def store(self, target: str = FRESH) -> None:
+        self.get(target)
+        assert self.hit(target)
+
+    def purge(self, **fields: Any) -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin}/api/v1/caches/main/purge",
+            data=json.dumps(fields).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(json.load(answer)["purged"])
+
+    def counters(self) -> dict[str, int]:
+        url = f"http://127.0.0.1:{self.admin}/api/v1/caches"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            caches = json.load(answer)["caches"]
+        return next(c["counters"] for c in caches if c["name"] == "main")
+
+
+def node_config(port: int, admin: int, origin: Backend, redis: RedisServer, cache: str) -> str:
+    return f"""\
+[pool origin]
+servers = {origin.address}
+
+[cache main]
+memory_size = 16MiB
+purge_method = on
+cluster = {redis.url()}
+cluster_name = edge
+cluster_log = 100
+{cache}
+
+[route cached]
+pool = origin
+cache = main
+
+[http front]
+listen = tcp:{port}:interface=127.0.0.1
+routes =
+    path / -> route cached
+
+[admin]
+listen = tcp:{admin}:interface=127.0.0.1
+"""
+
+
+@pytest.fixture
+def nodes(
+    proxyd: Callable[..., Proxyd], origin: Backend, redis: RedisServer, tmp_path: Path
+) -> Callable[..., Node]:
+    def start(cache: str = "", port: int = 0, admin: int = 0) -> Node:
+        port, admin = port or free_port(), admin or free_port()
+        node = proxyd(node_config(port, admin, origin, redis, cache))
+        return Node(node, port, admin)
+
+    return start
+
+
+def applied(node: Node) -> int:
+    return node.counters().get("cluster_applied", 0)
+
+
+def test_a_purge_on_one_node_reaches_the_others(nodes: Callable[..., Node]) -> None:
+    a, b, c = nodes(), nodes(), nodes()
+    timings = []
+    for kind, fields in (
+        ("url", {"url": f"http://{HOST}{FRESH}"}),
+        ("tag soft", {"tag": "group-1", "soft": True}),
+        ("prefix", {"prefix": f"http://{HOST}/obj"}),
+    ):
+        for node in (a, b, c):
+            node.store()
+        before = {id(n): applied(n) for n in (b, c)}
+        began = time.monotonic()
+        assert a.purge(**fields) == 1
+        wait_until(
+            lambda before=before: all(applied(n) > before[id(n)] for n in (b, c)), 10, "the purge"
+        )
+        timings.append(time.monotonic() - began)
+        assert not any(node.hit() for node in (a, b, c)), kind
+        assert applied(a) == 0  # its own purge is not applied twice
+    # The PURGE method's purges go out too.
+    for node in (a, b, c):
+        node.store()
+    assert b.get(FRESH, method="PURGE")[0] == 200
+    wait_until(lambda: not a.hit() and not c.hit(), 10, "the PURGE request's purge")
+    print(
+        f"\npurge propagation (admin API purge answered -> applied on 2 other nodes): "
+        f"{', '.join(f'{t * 1000:.1f} ms' for t in timings)}"
+    )
+    assert max(timings) < 2.0
+    for node in (a, b, c):
+        assert PASSWORD not in node.proxyd.log()
+
+
+def test_a_node_that_was_stopped_catches_up_from_the_log(
+    nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    disk = f"path = {tmp_path / 'c-cache'}"
+    a, c = nodes(), nodes(disk)
+    a.store()
+    c.store()
+    a.purge(url="http://cdn.test/warmup")  # gives c a last id to remember
+    wait_until(lambda: (tmp_path / "c-cache" / "cluster-last-id").exists(), 10, "c's last id")
+    c.proxyd.terminate()
+    assert a.purge(tag="group-1") == 1
+    c2 = nodes(disk, port=c.port, admin=c.admin)
+    wait_until(lambda: applied(c2) >= 1, 10, "c to catch up")
+    c2.proxyd.wait_for_log(r"purges of cluster edge applied after")
+    assert not c2.hit()
+
+
+def test_redis_down_nodes_purge_locally_and_the_fan_out_resumes(
+    nodes: Callable[..., Node], redis: RedisServer
+) -> None:
+    a, b = nodes(), nodes()
+    a.store()
+    b.store()
+    start = a.proxyd.log_offset()
+    redis.stop()
+    assert a.purge(url=f"http://{HOST}{FRESH}") == 1  # answered at once, purged here
+    assert not a.hit() and b.hit()
+    a.proxyd.wait_for_log(r"purge fan-out of cluster edge: Redis at .* unreachable", start=start)
+    redis.start()
+    wait_until(lambda: applied(b) >= 1, 30, "the purge kept while Redis was down")
+    a.proxyd.wait_for_log(r"Redis at .* answers again", start=start)
+    b.store()
+    a.store()
+    assert a.purge(tag="group-1") == 1
+    wait_until(lambda: not b.hit(), 10, "the fan-out after Redis came back")
+    assert len([1 for line in a.proxyd.log()[start:].splitlines() if "unreachable" in line]) == 1
