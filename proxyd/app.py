@@ -34,6 +34,7 @@ from proxyd.config.warnings import warnings
 from proxyd.discovery.common import server_of
 from proxyd.discovery.service import DiscoveryService
 from proxyd.filters.ratelimit import TableSource
+from proxyd.filters.stick import StickTables
 from proxyd.generation import Generation, build
 from proxyd.health import HealthService
 from proxyd.lifetime import CLOSE_GRACE, Retired
@@ -113,7 +114,10 @@ class ProxydService(service.MultiService):
         self.h2_upstreams = H2Metrics()
         """The HTTP/2 pools' connections and streams, for every generation
         (proxyd.relay.http.h2_upstream_metrics)."""
+        self.sticks = StickTables(reactor, self.redis.command)
+        """The pools' stick tables (stick_on), for every generation."""
         self.resources = ProcessResources(
+            sticks=self.sticks,
             hash_threads=self.hash_threads,
             limit_tables=limit_tables,
             redis=self.redis.call,
@@ -307,6 +311,9 @@ class ProxydService(service.MultiService):
         if h2_upstreams:
             found["http2_upstreams"] = h2_upstreams
         found["caches"] = self.caches.figures(disk=not self._worker)
+        sticks = self.sticks.figures()
+        if sticks:
+            found["stick_tables"] = sticks
         if self.ocsp.running:
             found["ocsp"] = self.ocsp.figures()
         acme = self.acme.figures()

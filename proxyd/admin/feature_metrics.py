@@ -65,6 +65,30 @@ def cache_families(caches: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
     yield from (metric for metric in every if metric.samples)
 
 
+_STICK_COUNTERS = (
+    ("lookups", "proxyd_stick_lookups", "Stick table lookups that asked Redis."),
+    ("recorded", "proxyd_stick_recorded", "Keys recorded in a stick table (new keys)."),
+    ("moved", "proxyd_stick_moved", "Keys moved off a server that was not available."),
+    (
+        "alone",
+        "proxyd_stick_decided_alone",
+        "Requests whose server this node picked without Redis (timeout or outage).",
+    ),
+    ("errors", "proxyd_stick_store_errors", "Stick table Redis calls that failed or timed out."),
+)
+
+
+def stick_families(tables: Mapping[str, Mapping[str, int]]) -> Iterable[Metric]:
+    """Each pool's stick table counters (proxyd.filters.stick; summed over the workers)."""
+    if not tables:
+        return
+    for field, name, help_text in _STICK_COUNTERS:
+        family = CounterMetricFamily(name, help_text, labels=["pool"])
+        for pool, figures in tables.items():
+            family.add_metric([pool], figures.get(field, 0))
+        yield family
+
+
 def ocsp_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
     """OCSP stapling's figures (proxyd.ocsp_stapling; summed over the workers)."""
     if not figures:

@@ -25,6 +25,7 @@ from proxyd.config.ratelimit_section import ratelimit_section
 from proxyd.config.route_model import RouteConfig, RouteSecurity
 from proxyd.config.schema import TLS_SERVER_KEYS, WEBSOCKET_MESSAGE_KEYS
 from proxyd.config.security_model import OFF
+from proxyd.config.stick import stick_group
 from proxyd.config.tls_model import TlsClientConfig, TlsServerConfig
 
 
@@ -332,6 +333,7 @@ def cross_check(
     problems = _GROUPS.get(section.kind, _no_groups)(section, fields, groups.get("tls", {}))
     if section.kind == "pool":
         problems += discovery_group(section, fields, groups.get("discovery", {}))
+        problems += stick_group(section, fields, groups.get("stick", {}))
     if section.kind in ("http", "https", "route"):
         compress_group(section, fields, groups.get("compress", {}))
     more = _SECTIONS.get(section.kind)

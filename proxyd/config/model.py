@@ -54,6 +54,7 @@ from proxyd.config.security_model import (
     RuleConfig,
     SecurityHeadersConfig,
 )
+from proxyd.config.stick_model import StickConfig
 from proxyd.config.tls_model import (
     DEFAULT_CIPHERS,
     DEFAULT_CIPHERSUITES,
@@ -201,6 +202,8 @@ class PoolConfig:
     when every open one carries as many streams as the server allows."""
     discovery: DiscoveryConfig | None = None
     """Servers found at run time (DNS SRV or etcd: proxyd.discovery), beside `servers`."""
+    stick: StickConfig | None = None
+    """HTTP relays: the stick table (`stick_on`...: proxyd.filters.stick); None: none."""
 
 
 @attrs.frozen

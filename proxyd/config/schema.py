@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import acme_section, compress, discovery, gslb_section, otlp, routes, tls
+from proxyd.config import acme_section, compress, discovery, gslb_section, otlp, routes, stick, tls
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -264,6 +264,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "h2_connections": Key(v.integer(1, 64)),
             **TLS_CLIENT_KEYS,
             **discovery.KEYS,
+            **stick.KEYS,
         },
     ),
     "tcp": (
