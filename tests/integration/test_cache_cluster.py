@@ -68,6 +68,12 @@ class Node:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return int(json.load(answer)["purged"])
 
+    def entries(self) -> int:
+        url = f"http://127.0.0.1:{self.admin}/api/v1/caches"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            caches = json.load(answer)["caches"]
+        return int(next(c["entries"] for c in caches if c["name"] == "main"))
+
     def counters(self) -> dict[str, int]:
         url = f"http://127.0.0.1:{self.admin}/api/v1/caches"
         with urllib.request.urlopen(url, timeout=10) as answer:
@@ -106,9 +112,14 @@ listen = tcp:{admin}:interface=127.0.0.1
 def nodes(
     proxyd: Callable[..., Proxyd], origin: Backend, redis: RedisServer, tmp_path: Path
 ) -> Callable[..., Node]:
-    def start(cache: str = "", port: int = 0, admin: int = 0) -> Node:
+    def start(cache: str = "", port: int = 0, admin: int = 0, workers: int = 1) -> Node:
         port, admin = port or free_port(), admin or free_port()
-        node = proxyd(node_config(port, admin, origin, redis, cache))
+        text = node_config(port, admin, origin, redis, cache)
+        if workers > 1:
+            text = f"[proxyd]\nworkers = {workers}\naccess_log = off\n\n{text}"
+        node = proxyd(text)
+        for index in range(workers if workers > 1 else 0):
+            node.wait_for_log(rf"worker {index} \(pid \d+\) serving", timeout=20)
         return Node(node, port, admin)
 
     return start
@@ -187,3 +198,23 @@ def test_redis_down_nodes_purge_locally_and_the_fan_out_resumes(
     assert a.purge(tag="group-1") == 1
     wait_until(lambda: not b.hit(), 10, "the fan-out after Redis came back")
     assert len([1 for line in a.proxyd.log()[start:].splitlines() if "unreachable" in line]) == 1
+
+
+def test_with_workers_the_master_applies_a_purge_in_every_worker(
+    nodes: Callable[..., Node],
+) -> None:
+    a, b = nodes(), nodes(workers=2)
+    # Each worker's memory tier holds its own copy once it served the URL (connections go
+    # to either worker): the entries of the node are the sum of its workers'.
+    wait_until(lambda: b.get(FRESH) and b.entries() == 2, 20, "both workers to store it")
+    a.store()
+    assert a.purge(url=f"http://{HOST}{FRESH}") == 1
+    wait_until(lambda: b.entries() == 0, 10, "both workers' memory tiers purged")
+    assert applied(b) == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{b.admin}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert 'proxyd_cache_cluster_applied_total{cache="main"} 1.0' in metrics
+    # A PURGE request that a worker serves is sent by that worker.
+    a.store()
+    assert b.get(FRESH)[0] == 200 and b.get(FRESH, method="PURGE")[0] in (200, 404)
+    wait_until(lambda: not a.hit(), 10, "the worker's PURGE to reach node a")
