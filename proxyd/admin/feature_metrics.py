@@ -89,6 +89,20 @@ def stick_families(tables: Mapping[str, Mapping[str, int]]) -> Iterable[Metric]:
         yield family
 
 
+def admin_cluster_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
+    """The shared admin states' figures ([admin] cluster: proxyd.admin.shared_state)."""
+    if not figures:
+        return
+    for field, name, help_text in (
+        ("sent", "proxyd_admin_cluster_sent", "Admin state changes made here sent to the cluster."),
+        ("applied", "proxyd_admin_cluster_applied", "Other nodes' admin state changes applied."),
+        ("errors", "proxyd_admin_cluster_errors", "Calls to the cluster's Redis that failed."),
+    ):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], figures.get(field, 0))
+        yield counter
+
+
 def ocsp_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
     """OCSP stapling's figures (proxyd.ocsp_stapling; summed over the workers)."""
     if not figures:

@@ -188,7 +188,11 @@ def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any
 
 
 def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
-    """A token is required where others than this machine can reach the admin listener."""
+    """A token is required where others than this machine can reach the admin listener;
+    `cluster_name` names a `cluster`."""
+    if "cluster_name" in fields and fields.get("cluster") is None:
+        fields.pop("cluster_name")
+        return [("cluster_name", Invalid("cluster = redis://...", "no cluster"))]
     if fields.get("read_token") is not None and fields.get("token") is None:
         return [
             (

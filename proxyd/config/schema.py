@@ -7,7 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import acme_section, compress, discovery, gslb_section, otlp, routes, stick, tls
+from proxyd.config import (
+    acme_section,
+    cache_section,
+    compress,
+    discovery,
+    gslb_section,
+    otlp,
+    routes,
+    stick,
+    tls,
+)
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -238,6 +248,8 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "listen": Key(v.endpoint, required=True),
             "token": Key(v.bearer_token),
             "read_token": Key(v.bearer_token),
+            "cluster": Key(cache_section.cluster),
+            "cluster_name": Key(cache_section.cluster_name),
         },
     ),
     "pool": (
