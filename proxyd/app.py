@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from proxyd import lifetime
 from proxyd.acme.service import AcmeService
 from proxyd.admin.api import AdminResource, AdminSite
-from proxyd.admin.shared_state import SharedAdminState
+from proxyd.admin.shared_state import AdminCluster
 from proxyd.admin.status import status_document
 from proxyd.auth.threads import HashThreads
 from proxyd.cache.cluster_link import PurgeFanout
@@ -30,7 +30,6 @@ from proxyd.cache.registry import CacheRegistry
 from proxyd.config.errors import ConfigErrors
 from proxyd.config.load import read
 from proxyd.config.model import Config
-from proxyd.config.ratelimit_model import RedisStore
 from proxyd.config.reload import reload_config
 from proxyd.config.warnings import warnings
 from proxyd.discovery.common import server_of
@@ -106,10 +105,9 @@ class ProxydService(service.MultiService):
         """The purge fan-out of the caches with `cluster` (proxyd.cache.cluster_link): a
         worker sends its purges, the master (or a lone process) listens too."""
         self.caches.announce = self.fanout.announce
-        self.shared_admin: SharedAdminState | None = None
+        self.shared_admin = AdminCluster(reactor, self.redis, self._apply_shared_admin)
         """The servers' admin states shared with the other nodes ([admin] cluster), in the
-        process that has the admin API."""
-        self._shared_admin_settings: tuple[RedisStore, str] | None = None
+        process that has the admin API (proxyd.admin.shared_state)."""
         self.ocsp = OcspStapling(reactor)
         """The OCSP responses the TLS listeners staple, for every generation: fetched once
         the service starts in a process that serves handshakes (not a master of workers,
@@ -251,31 +249,9 @@ class ProxydService(service.MultiService):
         if admin is not None:
             self.pools[pool].set_admin(found, admin, who)
         self.server_changed(found, who)
-        if admin is not None and self.shared_admin is not None:
+        if admin is not None:
             self.shared_admin.announce(pool, server, admin)
         return found
-
-    def _share_admin(self, config: Config) -> None:
-        """Start, keep or stop the link of `[admin] cluster` as `config` says."""
-        wanted = None
-        if config.admin is not None and config.admin.cluster is not None and not self._worker:
-            wanted = (config.admin.cluster, config.admin.cluster_name)
-        if wanted == self._shared_admin_settings:
-            return
-        if self.shared_admin is not None:
-            self.shared_admin.close()
-            self.shared_admin = None
-        self._shared_admin_settings = wanted
-        if wanted is not None:
-            store, name = wanted
-            self.shared_admin = SharedAdminState(
-                self._reactor,
-                store.display,
-                name,
-                self.redis.command(store),
-                self.redis.subscriber(store),
-                self._apply_shared_admin,
-            )
 
     def _apply_shared_admin(self, pool: str, server: str, state: str) -> bool:
         """Another node set `server` of `pool` to `state`: do it here (if it is ours)."""
@@ -353,8 +329,9 @@ class ProxydService(service.MultiService):
         if h2_upstreams:
             found["http2_upstreams"] = h2_upstreams
         found["caches"] = self.caches.figures(disk=not self._worker)
-        if self.shared_admin is not None:
-            found["admin_cluster"] = dict(self.shared_admin.counters)
+        shared_admin = self.shared_admin.figures()
+        if shared_admin is not None:
+            found["admin_cluster"] = shared_admin
         sticks = self.sticks.figures()
         if sticks:
             found["stick_tables"] = sticks
@@ -368,7 +345,7 @@ class ProxydService(service.MultiService):
     def startService(self) -> None:
         self.hash_threads.start()
         self.fanout.configure(self.config.caches)
-        self._share_admin(self.config)
+        self.shared_admin.configure(None if self._worker else self.config.admin)
         if not self.shared_workers:
             self.ocsp.start()
         super().startService()
@@ -455,7 +432,7 @@ class ProxydService(service.MultiService):
         self.ocsp.serve(config)
         if self.running:
             self.fanout.configure(config.caches)
-            self._share_admin(config)
+            self.shared_admin.configure(None if self._worker else config.admin)
         self.generation += 1
         self.loaded = self._reactor.seconds()
         pools, upstreams, logs = previous.released_by(generation)
@@ -563,9 +540,7 @@ class ProxydService(service.MultiService):
             self.serving.abandon()
             self.hash_threads.stop()
             self.fanout.close()
-            if self.shared_admin is not None:
-                self.shared_admin.close()
-                self.shared_admin = None
+            self.shared_admin.close()
             self.redis.close()
             self.caches.close()
             return self.otlp.stop().addCallback(lambda _: result)

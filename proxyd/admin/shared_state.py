@@ -208,3 +208,48 @@ class SharedAdminState:
                 call.cancel()
         self._retry = self._grace = None
         self._stop()
+
+
+class AdminCluster:
+    """The `[admin] cluster` link of the process that serves the admin API, made, kept or
+    closed as each config says; `clients` is the process's RedisClients."""
+
+    def __init__(self, reactor: Any, clients: Any, apply: Apply) -> None:
+        self._reactor = reactor
+        self._clients = clients
+        self._apply = apply
+        self._settings: tuple[Any, str] | None = None
+        self.link: SharedAdminState | None = None
+
+    def configure(self, admin: Any) -> None:
+        """Follow `admin` (an AdminConfig, or None): its cluster and cluster_name."""
+        wanted = None
+        if admin is not None and admin.cluster is not None:
+            wanted = (admin.cluster, admin.cluster_name)
+        if wanted == self._settings:
+            return
+        self.close()
+        self._settings = wanted
+        if wanted is not None:
+            store, name = wanted
+            self.link = SharedAdminState(
+                self._reactor,
+                store.display,
+                name,
+                self._clients.command(store),
+                self._clients.subscriber(store),
+                self._apply,
+            )
+
+    def announce(self, pool: str, server: str, state: str) -> None:
+        if self.link is not None:
+            self.link.announce(pool, server, state)
+
+    def figures(self) -> dict[str, int] | None:
+        return None if self.link is None else dict(self.link.counters)
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        self._settings = None

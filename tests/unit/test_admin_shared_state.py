@@ -149,3 +149,30 @@ def test_admin_cluster_keys() -> None:
     assert "p.ini:3: [admin] cluster_name: expected cluster = redis://...; found no cluster" in (
         str(info.value)
     )
+
+
+def test_the_link_follows_the_config_across_reloads() -> None:
+    from proxyd.admin.shared_state import AdminCluster
+    from proxyd.config.model import AdminConfig
+
+    made: list[Any] = []
+    stopped: list[str] = []
+
+    class Clients:
+        def command(self, store: RedisStore) -> Any:
+            made.append(store)
+            return FakeRedis()
+
+        def subscriber(self, store: RedisStore) -> Any:
+            return lambda channel, *_: lambda: stopped.append(channel)
+
+    cluster = AdminCluster(Clock(), Clients(), lambda *_: False)
+    store = RedisStore("127.0.0.1", 6390)
+    admin = AdminConfig(listen="tcp:1", cluster=store)
+    cluster.configure(admin)
+    cluster.configure(admin)  # the same: kept
+    assert made == [store] and cluster.figures() == {"sent": 0, "applied": 0, "errors": 0}
+    cluster.configure(AdminConfig(listen="tcp:1", cluster=store, cluster_name="eu"))
+    assert len(made) == 2 and stopped == ["proxyd:admin:proxyd:live"]
+    cluster.configure(None)
+    assert cluster.link is None and cluster.figures() is None
