@@ -11,10 +11,13 @@ missed; messages that arrive on the channel meanwhile wait until that read is do
 node's own purges come back to it on the channel and are skipped (they were applied when
 made); purges are idempotent anyway.
 
-If the log was trimmed past the remembered id (XINFO STREAM's max-deleted-entry-id is after
-it), purges were lost for this node: it marks every response of the cache stale
-(`GAP_PURGES`, soft purges of every http and https URI), which costs a revalidation each,
-never a wrong answer, and logs it.
+Each purge also gets the next number of the cluster's counter (`proxyd:purge:CLUSTER:seq`),
+kept in the log with it: a node remembers the number of the last purge it applied too, and
+when the first purge the log still holds after it is not the next number, the log was
+trimmed past this node (XINFO's max-deleted-entry-id does not see trimming, only XDEL):
+purges were lost for it. It then marks every response of the cache stale (`GAP_PURGES`,
+soft purges of every http and https URI), which costs a revalidation each, never a wrong
+answer, and logs it.
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ import attrs
 from proxyd.cache.instance import Purge
 
 PREFIX: Final = "proxyd:purge:"
-"""Of the Stream (`proxyd:purge:CLUSTER`) and of the channel (`proxyd:purge:CLUSTER:live`)."""
+"""Of the Stream (`proxyd:purge:CLUSTER`), the channel (`proxyd:purge:CLUSTER:live`) and the
+counter (`proxyd:purge:CLUSTER:seq`)."""
 
 PUBLISH_SCRIPT: Final = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
+local seq = redis.call('INCR', KEYS[3])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2], 's', seq)
+redis.call('PUBLISH', KEYS[2], id .. ' ' .. seq .. ' ' .. ARGV[2])
 return id
 """
-"""KEYS: the Stream, the channel; ARGV: the log's length, the message. Answers the id."""
+"""KEYS: the Stream, the channel, the counter; ARGV: the log's length, the message. Answers
+the id."""
 
 GAP_PURGES: Final = (
     Purge(prefix="http://", soft=True),
@@ -50,6 +56,10 @@ def stream_key(cluster: str) -> str:
 
 def channel(cluster: str) -> str:
     return PREFIX + cluster + ":live"
+
+
+def counter(cluster: str) -> str:
+    return PREFIX + cluster + ":seq"
 
 
 def entry_id(text: str) -> tuple[int, int]:
@@ -87,42 +97,55 @@ class PurgeMessage:
             raise ValueError(f"not a purge message: {e}") from None
 
 
-def split_published(text: str | bytes) -> tuple[str, PurgeMessage]:
-    """A channel message, `ID JSON`, as its id and message (ValueError if not one)."""
+Entry = tuple[str, int | None, "PurgeMessage | None"]
+"""A purge of the log: its id, its number (None: not numbered), the message (None: not one
+this module wrote)."""
+
+
+def split_published(text: str | bytes) -> tuple[str, int, PurgeMessage]:
+    """A channel message, `ID SEQ JSON`, as its id, number and message (ValueError if not
+    one)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    ident, space, body = text.partition(" ")
-    if not space:
-        raise ValueError("not a purge message: no id")
+    ident, _, rest = text.partition(" ")
+    seq, space, body = rest.partition(" ")
+    if not space or not seq.isdigit():
+        raise ValueError("not a purge message: no id and number")
     entry_id(ident)
-    return ident, PurgeMessage.decode(body)
+    return ident, int(seq), PurgeMessage.decode(body)
 
 
 class PurgeLog:
     """One cluster's purges as one node sees them: which to apply, from the channel and from
     the log, in the log's order, each once."""
 
-    def __init__(self, origin: str, last: str | None = None) -> None:
+    def __init__(self, origin: str, last: str | None = None, seq: int | None = None) -> None:
         self.origin = origin
         """This process's id in the messages it writes."""
         self.last = last
         """The id of the last purge applied (or skipped as its own); None: none yet."""
+        self.seq = seq
+        """The number of that purge; None: not known (a node that starts from now)."""
         self.catching_up = True
         """Until the log was read after `last`: channel messages wait in `_held`."""
-        self._held: list[tuple[str, PurgeMessage]] = []
+        self._held: list[Entry] = []
 
-    def _take(self, ident: str, message: PurgeMessage) -> PurgeMessage | None:
+    def _take(
+        self, ident: str, seq: int | None, message: PurgeMessage | None
+    ) -> PurgeMessage | None:
         if self.last is not None and entry_id(ident) <= entry_id(self.last):
             return None
         self.last = ident
-        return None if message.origin == self.origin else message
+        if seq is not None:
+            self.seq = seq
+        return None if message is None or message.origin == self.origin else message
 
-    def published(self, ident: str, message: PurgeMessage) -> list[PurgeMessage]:
+    def published(self, ident: str, seq: int | None, message: PurgeMessage) -> list[PurgeMessage]:
         """A message from the channel: the purges to apply now (none while catching up)."""
         if self.catching_up:
-            self._held.append((ident, message))
+            self._held.append((ident, seq, message))
             return []
-        found = self._take(ident, message)
+        found = self._take(ident, seq, message)
         return [] if found is None else [found]
 
     def link_lost(self) -> None:
@@ -131,56 +154,55 @@ class PurgeLog:
         self._held = []
 
     def caught_up(
-        self,
-        entries: Sequence[tuple[str, PurgeMessage | None]],
-        newest: str | None,
-        max_deleted: str | None,
+        self, entries: Sequence[Entry], newest: str | None
     ) -> tuple[list[PurgeMessage], bool]:
-        """The log read after `last` (XRANGE; an entry that did not decode is None) with the
-        Stream's newest id and max-deleted-entry-id: the purges to apply, in order, and
-        whether purges were lost (the log was trimmed after `last`). With no `last` (a
-        node's first link), none are applied: it starts at `newest`."""
+        """The log read after `last` (XRANGE) and the Stream's newest id: the purges to
+        apply, in order, and whether purges were lost (the first purge after `last` is not
+        the one numbered after it: the log was trimmed past it). With no `last` (a node's
+        first link without a start), none are applied: it starts at `newest`."""
         lost = False
         found: list[PurgeMessage] = []
         if self.last is None:
             self.last = newest or "0-0"
         else:
-            if max_deleted is not None and entry_id(max_deleted) > entry_id(self.last):
-                lost = True
-            for ident, message in entries:
-                if message is None:
-                    if entry_id(ident) > entry_id(self.last):
-                        self.last = ident
-                    continue
-                taken = self._take(ident, message)
+            if entries and self.seq is not None:
+                first = entries[0][1]
+                lost = first is not None and first > self.seq + 1
+            for ident, seq, message in entries:
+                taken = self._take(ident, seq, message)
                 if taken is not None:
                     found.append(taken)
         held, self._held = self._held, []
         self.catching_up = False
-        for ident, message in held:
-            taken = self._take(ident, message)
+        for ident, seq, message in held:
+            taken = self._take(ident, seq, message)
             if taken is not None:
                 found.append(taken)
         return found, lost
 
 
-def decode_entries(reply: Iterable[Any]) -> list[tuple[str, PurgeMessage | None]]:
-    """XRANGE's reply (`[[id, [field, value, ...]], ...]`) as ids and messages."""
-    found: list[tuple[str, PurgeMessage | None]] = []
+def decode_entries(reply: Iterable[Any]) -> list[Entry]:
+    """XRANGE's reply (`[[id, [field, value, ...]], ...]`) as ids, numbers and messages."""
+    found: list[Entry] = []
     for ident, fields in reply:
         ident = ident.decode() if isinstance(ident, bytes) else str(ident)
-        pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-        body = pairs.get("m", pairs.get(b"m"))
+        pairs = {
+            (k.decode() if isinstance(k, bytes) else str(k)): v
+            for k, v in zip(fields[::2], fields[1::2], strict=False)
+        }
+        body, seq = pairs.get("m"), pairs.get("s")
+        text = seq.decode() if isinstance(seq, bytes) else str(seq)
+        number = int(text) if seq is not None and text.isdigit() else None
         try:
-            found.append((ident, None if body is None else PurgeMessage.decode(body)))
+            found.append((ident, number, None if body is None else PurgeMessage.decode(body)))
         except ValueError:
-            found.append((ident, None))
+            found.append((ident, number, None))
     return found
 
 
-def stream_info(reply: Any) -> tuple[str | None, str | None]:
+def stream_info(reply: Any) -> str | None:
     """XINFO STREAM's reply (a flat list of names and values) as the newest id
-    (last-generated-id) and max-deleted-entry-id (None before Redis 7 or when 0-0)."""
+    (last-generated-id)."""
     items = list(reply)
     pairs = {
         (k.decode() if isinstance(k, bytes) else str(k)): v
@@ -194,4 +216,4 @@ def stream_info(reply: Any) -> tuple[str | None, str | None]:
         value = value.decode() if isinstance(value, bytes) else str(value)
         return None if value == "0-0" else value
 
-    return text("last-generated-id"), text("max-deleted-entry-id")
+    return text("last-generated-id")

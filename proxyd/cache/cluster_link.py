@@ -38,7 +38,7 @@ START_SKEW_MS: Final = 1000
 """A node without a remembered id applies the purges made from this long before it
 started (clocks of nodes and Redis differ; an extra purge of an empty cache is harmless)."""
 LAST_FILE: Final = "cluster-last-id"
-"""In a disk tier's directory: the id of the last purge applied, read at start."""
+"""In a disk tier's directory: the id and number of the last purge applied, read at start."""
 
 Apply = Callable[[str, Purge], "Deferred[int]"]
 
@@ -76,7 +76,8 @@ class ClusterLink:
         # it holds nothing purged before, and applies every purge made since, even those
         # made while Redis was down when it started.
         started = f"{max(0, int(reactor.seconds() * 1000) - START_SKEW_MS)}-0"
-        self.log = cluster.PurgeLog(origin, self._read_last() or started)
+        last, seq = self._read_last()
+        self.log = cluster.PurgeLog(origin, last or started, seq)
         self._stop_subscription: Callable[[], None] | None = None
         self._grace: Any = None
         self._reading = False
@@ -105,9 +106,13 @@ class ClusterLink:
         purge = self.pending[0]
         message = cluster.PurgeMessage(self.log.origin, self.config.name, purge).encode()
         self._sending = True
-        keys = (cluster.stream_key(self.cluster), cluster.channel(self.cluster))
+        keys = (
+            cluster.stream_key(self.cluster),
+            cluster.channel(self.cluster),
+            cluster.counter(self.cluster),
+        )
         call = self._call(
-            "EVAL", cluster.PUBLISH_SCRIPT, 2, *keys, self.config.cluster_log, message
+            "EVAL", cluster.PUBLISH_SCRIPT, 3, *keys, self.config.cluster_log, message
         )
 
         def sent(ident: Any) -> None:
@@ -148,18 +153,18 @@ class ClusterLink:
             return failure
 
         def read(info: Any) -> Deferred[Any]:
-            newest, deleted = cluster.stream_info(info) if info else (None, None)
+            newest = cluster.stream_info(info) if info else None
             last = self.log.last
             if last is None:
-                return succeed(([], newest, deleted))
+                return succeed(([], newest))
             return self._call("XRANGE", key, f"({last}", "+").addCallback(
-                lambda reply: (reply, newest, deleted)
+                lambda reply: (reply, newest)
             )
 
         def apply(result: Any) -> Any:
-            reply, newest, deleted = result
+            reply, newest = result
             last = self.log.last
-            purges, lost = self.log.caught_up(cluster.decode_entries(reply or []), newest, deleted)
+            purges, lost = self.log.caught_up(cluster.decode_entries(reply or []), newest)
             self._reading = False
             self._answered()
             if lost:
@@ -196,11 +201,11 @@ class ClusterLink:
 
     def _message(self, payload: Any) -> None:
         try:
-            ident, message = cluster.split_published(payload)
+            ident, seq, message = cluster.split_published(payload)
         except ValueError as e:
             log.warn("cache {cache}: {why}", cache=self.config.name, why=str(e))
             return
-        self._run([m.purge for m in self.log.published(ident, message)])
+        self._run([m.purge for m in self.log.published(ident, seq, message)])
 
     def _lost(self) -> None:
         self.log.link_lost()
@@ -270,25 +275,27 @@ class ClusterLink:
         path = self.config.path
         return None if path is None else os.path.join(path, LAST_FILE)
 
-    def _read_last(self) -> str | None:
+    def _read_last(self) -> tuple[str | None, int | None]:
+        """The id and number of the last purge applied, as kept in the disk tier's
+        directory (`ID SEQ`)."""
         path = self._last_path()
         if path is None:
-            return None
+            return None, None
         try:
             with open(path, encoding="ascii") as f:
-                text = f.read().strip()
-            cluster.entry_id(text)
+                ident, _, seq = f.read().strip().partition(" ")
+            cluster.entry_id(ident)
         except (OSError, ValueError):
-            return None
-        return text
+            return None, None
+        return ident, int(seq) if seq.isdigit() else None
 
     def _save_last(self) -> None:
-        path, last = self._last_path(), self.log.last
+        path, last, seq = self._last_path(), self.log.last, self.log.seq
         if path is None or last is None:
             return
         try:
             with open(path + ".tmp", "w", encoding="ascii") as f:
-                f.write(last + "\n")
+                f.write(f"{last} {'' if seq is None else seq}".strip() + "\n")
             os.replace(path + ".tmp", path)
         except OSError as e:
             log.warn(

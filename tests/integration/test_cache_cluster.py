@@ -91,7 +91,6 @@ memory_size = 16MiB
 purge_method = on
 cluster = {redis.url()}
 cluster_name = edge
-cluster_log = 100
 {cache}
 
 [route cached]
@@ -177,6 +176,25 @@ def test_a_node_that_was_stopped_catches_up_from_the_log(
     wait_until(lambda: applied(c2) >= 1, 10, "c to catch up")
     c2.proxyd.wait_for_log(r"purges of cluster edge applied after")
     assert not c2.hit()
+
+
+def test_a_node_away_for_longer_than_the_log_marks_everything_stale(
+    nodes: Callable[..., Node], tmp_path: Path, redis: RedisServer
+) -> None:
+    disk = f"path = {tmp_path / 'c-cache'}\ncluster_log = 10"
+    a, c = nodes("cluster_log = 10"), nodes(disk)
+    c.store()
+    a.purge(url="http://cdn.test/warmup")
+    wait_until(lambda: (tmp_path / "c-cache" / "cluster-last-id").exists(), 10, "c's last id")
+    c.proxyd.terminate()
+    for n in range(250):  # Redis trims whole blocks of 100 entries (MAXLEN ~)
+        a.purge(url=f"http://cdn.test/other-{n}")
+    assert int(redis.cli("XLEN", "proxyd:purge:edge")) < 250
+    c2 = nodes(disk, port=c.port, admin=c.admin)
+    c2.proxyd.wait_for_log(r"was trimmed after .* purges were lost, every response is marked")
+    wait_until(lambda: c2.counters().get("cluster_gaps") == 1, 10, "the gap counted")
+    status, cache_status = c2.get(FRESH)
+    assert status == 200 and "fwd=stale" in cache_status  # revalidated, not served as fresh
 
 
 def test_redis_down_nodes_purge_locally_and_the_fan_out_resumes(

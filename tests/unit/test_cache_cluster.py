@@ -31,11 +31,14 @@ def test_message_round_trips_every_kind_of_purge() -> None:
     ):
         text = PurgeMessage("n1", "static", purge).encode()
         assert PurgeMessage.decode(text) == PurgeMessage("n1", "static", purge)
-        ident, decoded = cluster.split_published(f"1700000000000-3 {text}".encode())
-        assert ident == "1700000000000-3" and decoded.purge == purge
+        ident, seq, decoded = cluster.split_published(f"1700000000000-3 42 {text}".encode())
+        assert (ident, seq, decoded.purge) == ("1700000000000-3", 42, purge)
 
 
-@pytest.mark.parametrize("text", ["", "x", "1-0 {}", '1-0 {"o":"n","c":"s"}', "{} {}"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "x", "1-0 1 {}", '1-0 1 {"o":"n","c":"s"}', "{} {}", '1-0 {"o":"n","c":"s","tag":"t"}'],
+)
 def test_garbage_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         cluster.split_published(text)
@@ -47,37 +50,41 @@ def test_ids_compare_as_redis_orders_them() -> None:
 
 
 def test_own_purges_are_skipped_and_others_applied_once() -> None:
-    log = PurgeLog("me", last="1-0")
-    assert log.caught_up([], "1-0", None) == ([], False)
-    assert log.published("2-0", message("me")) == []
-    assert log.published("3-0", message()) == [message()]
-    assert log.published("3-0", message()) == []  # the same id again
-    assert log.last == "3-0"
+    log = PurgeLog("me", last="1-0", seq=1)
+    assert log.caught_up([], "1-0") == ([], False)
+    assert log.published("2-0", 2, message("me")) == []
+    assert log.published("3-0", 3, message()) == [message()]
+    assert log.published("3-0", 3, message()) == []  # the same id again
+    assert (log.last, log.seq) == ("3-0", 3)
 
 
 def test_catch_up_applies_what_was_missed_then_what_the_channel_held() -> None:
-    log = PurgeLog("me", last="5-0")
+    log = PurgeLog("me", last="5-0", seq=5)
     held = message(purge=Purge(tag="late"))
-    assert log.published("9-0", held) == []  # waits for the read of the log
-    entries = [("6-0", message()), ("7-0", message("me")), ("8-0", None), ("9-0", held)]
-    found, lost = log.caught_up(entries, "9-0", "2-0")
+    assert log.published("9-0", 9, held) == []  # waits for the read of the log
+    entries = [("6-0", 6, message()), ("7-0", 7, message("me")), ("8-0", 8, None)]
+    found, lost = log.caught_up([*entries, ("9-0", 9, held)], "9-0")
     assert found == [message(), held] and not lost
-    assert log.last == "9-0" and not log.catching_up
+    assert (log.last, log.seq) == ("9-0", 9) and not log.catching_up
 
 
 def test_a_log_trimmed_past_the_last_id_says_purges_were_lost() -> None:
-    log = PurgeLog("me", last="5-0")
-    found, lost = log.caught_up([("20-0", message())], "20-0", "19-0")
+    log = PurgeLog("me", last="5-0", seq=5)
+    found, lost = log.caught_up([("20-0", 20, message())], "20-0")
     assert lost and found == [message()]
+    # Its last purge trimmed, but not the next one: nothing was lost.
+    assert PurgeLog("me", "5-0", 5).caught_up([("6-0", 6, message())], "6-0")[1] is False
+    # A node that starts from now does not know the number it is at: it lost nothing.
+    assert PurgeLog("me", "5-0").caught_up([("20-0", 20, message())], "20-0")[1] is False
 
 
 def test_a_first_link_starts_at_the_newest_purge() -> None:
     log = PurgeLog("me")
-    assert log.caught_up([], "42-0", "3-0") == ([], False)
+    assert log.caught_up([], "42-0") == ([], False)
     assert log.last == "42-0"
     log = PurgeLog("me")
-    log.caught_up([], None, None)  # no log yet: every purge from now on applies
-    assert log.published("1-0", message()) == [message()]
+    log.caught_up([], None)  # no log yet: every purge from now on applies
+    assert log.published("1-0", 1, message()) == [message()]
 
 
 def test_a_node_without_a_remembered_id_starts_from_when_it_started() -> None:
@@ -88,9 +95,11 @@ def test_a_node_without_a_remembered_id_starts_from_when_it_started() -> None:
     assert link.log.last == "1699999999500-0"
 
 
-def test_stream_info_reads_redis_7_fields() -> None:
+def test_stream_info_and_log_entries_are_read_from_redis_replies() -> None:
     reply = ["length", "3", "last-generated-id", "9-1", "max-deleted-entry-id", "0-0"]
-    assert cluster.stream_info(reply) == ("9-1", None)
+    assert cluster.stream_info(reply) == "9-1"
+    entries = [[b"9-1", [b"m", message().encode().encode(), b"s", b"12"]], ["9-2", ["x", "y"]]]
+    assert cluster.decode_entries(entries) == [("9-1", 12, message()), ("9-2", None, None)]
 
 
 class FakeRedis:
@@ -100,7 +109,7 @@ class FakeRedis:
         self.down = False
         self.silent = False
         self.calls: list[tuple[Any, ...]] = []
-        self.info: list[Any] = ["last-generated-id", "10-0", "max-deleted-entry-id", "0-0"]
+        self.info: list[Any] = ["last-generated-id", "10-0"]
         self.entries: list[Any] = []
 
     def __call__(self, *args: Any) -> Deferred[Any]:
@@ -143,16 +152,10 @@ def test_a_purge_is_sent_with_the_log_length_and_counted() -> None:
     node = Node()
     node.link.announce(Purge(tag="t"))
     (call,) = node.redis.calls
-    assert call[:5] == (
-        "EVAL",
-        cluster.PUBLISH_SCRIPT,
-        2,
-        "proxyd:purge:static",
-        "proxyd:purge:static:live",
-    )
-    assert call[5] == 500 and PurgeMessage.decode(call[6]) == PurgeMessage(
-        "me", "static", Purge(tag="t")
-    )
+    keys = ("proxyd:purge:static", "proxyd:purge:static:live", "proxyd:purge:static:seq")
+    assert call[:6] == ("EVAL", cluster.PUBLISH_SCRIPT, 3, *keys)
+    assert call[6] == 500
+    assert PurgeMessage.decode(call[7]) == PurgeMessage("me", "static", Purge(tag="t"))
     assert node.counters.cluster_sent == 1 and not node.link.pending
 
 
@@ -205,8 +208,8 @@ def test_subscribed_node_applies_others_purges_not_its_own() -> None:
     node.subscription["ready"]()
     assert node.redis.calls[-1] == ("XRANGE", "proxyd:purge:static", "(0-0", "+")
     own = message("me").encode()
-    node.subscription["message"](f"11-0 {own}".encode())
-    node.subscription["message"](f"12-0 {message().encode()}".encode())
+    node.subscription["message"](f"11-0 1 {own}".encode())
+    node.subscription["message"](f"12-0 2 {message().encode()}".encode())
     assert node.applied == [Purge(url="http://a/x")] and node.counters.cluster_applied == 1
 
 
@@ -215,18 +218,19 @@ def test_a_returning_link_catches_up_and_a_trimmed_log_marks_everything_stale(
 ) -> None:
     node = Node(str(tmp_path))
     node.subscription["ready"]()
-    node.subscription["message"](f"11-0 {message().encode()}".encode())
-    assert (tmp_path / "cluster-last-id").read_text().strip() == "11-0"
+    node.subscription["message"](f"11-0 4 {message().encode()}".encode())
+    assert (tmp_path / "cluster-last-id").read_text().strip() == "11-0 4"
     node.subscription["lost"]()
-    node.redis.info = ["last-generated-id", "30-0", "max-deleted-entry-id", "15-0"]
-    node.redis.entries = [["29-0", ["m", message(purge=Purge(tag="x")).encode()]]]
+    node.redis.info = ["last-generated-id", "30-0"]
+    node.redis.entries = [["29-0", ["m", message(purge=Purge(tag="x")).encode(), "s", "9"]]]
     node.applied.clear()
     node.subscription["ready"]()
     assert node.redis.calls[-1] == ("XRANGE", "proxyd:purge:static", "(11-0", "+")
     assert node.applied == [*cluster.GAP_PURGES, Purge(tag="x")]
     assert node.counters.cluster_gaps == 1
     # A restart reads the last id kept in the disk tier's directory.
-    assert Node(str(tmp_path)).link.log.last == "29-0"
+    restarted = Node(str(tmp_path)).link.log
+    assert (restarted.last, restarted.seq) == ("29-0", 9)
 
 
 REST = "[tcp t]\nlisten = tcp:1\npool = p\n[pool p]\nservers = 127.0.0.1:1\n"
