@@ -77,8 +77,11 @@ class StickTable:
         if name is not None:
             server = pool.find(name)
             if server is not None and server.is_available(now):
-                if self.outage.down_since is not None and self.outage.may_ask(now):
-                    self._probe()
+                if self._command is None or self.outage.down_since is not None:
+                    # The node's own entry: each use makes it live stick_expire again.
+                    self.local.put(key, name, now + self.config.expire)
+                    if self._command is not None and self.outage.may_ask(now):
+                        self._probe()
                 return server
             self.local.forget(key)
             down = server

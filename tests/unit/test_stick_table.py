@@ -210,6 +210,26 @@ def test_a_local_table_without_a_store_sticks_for_the_expiry() -> None:
     first = a.resolve(web, "192.0.2.50")
     clock.advance(599)
     assert a.resolve(web, "192.0.2.50") is first and a.counters["alone"] == 0
+    clock.advance(599)  # each use made it live 600 s again
+    assert a.resolve(web, "192.0.2.50") is first
+    clock.advance(600)
+    assert len(a.local) == 1 and a.local.get("192.0.2.50", clock.seconds()) is None
+
+
+def test_stick_and_admin_cluster_metrics() -> None:
+    from proxyd.admin.feature_metrics import admin_cluster_families, stick_families
+
+    tables = {"web": {"lookups": 5, "recorded": 2, "moved": 1, "alone": 0, "errors": 0}}
+    found = {
+        (sample.name, sample.labels.get("pool")): sample.value
+        for family in stick_families(tables)
+        for sample in family.samples
+    }
+    assert found[("proxyd_stick_lookups_total", "web")] == 5
+    assert found[("proxyd_stick_moved_total", "web")] == 1
+    assert list(stick_families({})) == [] and list(admin_cluster_families(None)) == []
+    samples = [s for f in admin_cluster_families({"sent": 1, "applied": 2}) for s in f.samples]
+    assert ("proxyd_admin_cluster_applied_total", 2) in [(s.name, s.value) for s in samples]
 
 
 def test_long_keys_are_stored_as_a_digest() -> None:
