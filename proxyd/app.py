@@ -89,7 +89,7 @@ class ProxydService(service.MultiService):
         self.hash_threads = HashThreads(reactor)
         """The password-check threads of basic auth, for every generation: started with the
         service, stopped once its connections have drained (proxyd.auth.threads)."""
-        self.redis = RedisClients()
+        self.redis = RedisClients(reactor)
         """The rate limits' Redis connections, for every generation; closed at the end."""
         self.otlp = OtlpExport(reactor)
         """The span export to collectors (otlp_endpoint), for every generation: flushed and

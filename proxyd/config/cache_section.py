@@ -8,7 +8,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
+
 from proxyd.cache.keys import Condition, KeyRule
+from proxyd.config import tls
 from proxyd.config import values as v
 from proxyd.config.cache_model import USE_STALE, CacheConfig
 from proxyd.config.errors import Invalid, did_you_mean, one_of
@@ -99,6 +102,25 @@ def cluster(text: str) -> RedisStore | None:
     return redis_store(text)
 
 
+def redis_ca(text: str, ctx: Context) -> str:
+    """`cluster_ca`, `stick_ca`: the PEM file of the CAs a rediss:// server is checked
+    against (relative to the config file)."""
+    return tls.ca_file(text, ctx.base_dir)
+
+
+def with_ca(
+    store: RedisStore | None, ca: str | None, url_key: str, ca_key: str
+) -> tuple[RedisStore | None, list[tuple[str | None, Invalid]]]:
+    """`store` with the CA file `ca` of its `ca_key`, which needs a rediss:// `url_key`."""
+    if ca is None:
+        return store, []
+    if store is None:
+        return store, [(ca_key, Invalid(f"{url_key} = rediss://... (TLS)", f"no {url_key}"))]
+    if not store.tls:
+        return store, [(ca_key, Invalid(f"{url_key} = rediss://... (TLS)", "redis://"))]
+    return attrs.evolve(store, ca=ca), []
+
+
 def cluster_name(text: str) -> str:
     name = text.strip()
     if not name or any(not 0x21 <= ord(char) <= 0x7E for char in name):
@@ -128,6 +150,7 @@ KEYS: Mapping[str, Key] = {
     "cluster": Key(cluster),
     "cluster_name": Key(cluster_name),
     "cluster_log": Key(v.integer(10, 10_000_000)),
+    "cluster_ca": Key(redis_ca, context=True),
 }
 """[cache NAME]'s keys."""
 
@@ -140,6 +163,10 @@ def cache_section(section: Section, fields: dict[str, Any]) -> Problems:
         headers=fields.pop("key_headers", ()),
     )
     problems: Problems = []
+    fields["cluster"], found = with_ca(
+        fields.get("cluster"), fields.pop("cluster_ca", None), "cluster", "cluster_ca"
+    )
+    problems += found
     if fields.get("cluster") is None:
         for name in ("cluster_name", "cluster_log"):
             if name in fields:

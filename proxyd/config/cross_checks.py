@@ -13,7 +13,7 @@ from proxyd.config import routes, security, tls
 from proxyd.config import values as v
 from proxyd.config.acme_section import acme_section
 from proxyd.config.auth_section import auth_section
-from proxyd.config.cache_section import cache_section
+from proxyd.config.cache_section import cache_section, with_ca
 from proxyd.config.check_model import GrpcCheck, HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.compress import compress_group
 from proxyd.config.discovery import discovery_group
@@ -190,6 +190,11 @@ def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any
 def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
     """A token is required where others than this machine can reach the admin listener;
     `cluster_name` names a `cluster`."""
+    fields["cluster"], ca_problems = with_ca(
+        fields.get("cluster"), fields.pop("cluster_ca", None), "cluster", "cluster_ca"
+    )
+    if ca_problems:
+        return [*ca_problems]
     if "cluster_name" in fields and fields.get("cluster") is None:
         fields.pop("cluster_name")
         return [("cluster_name", Invalid("cluster = redis://...", "no cluster"))]

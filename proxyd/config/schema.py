@@ -250,6 +250,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "read_token": Key(v.bearer_token),
             "cluster": Key(cache_section.cluster),
             "cluster_name": Key(cache_section.cluster_name),
+            "cluster_ca": Key(cache_section.redis_ca, context=True),
         },
     ),
     "pool": (

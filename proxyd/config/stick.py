@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from proxyd.config.cache_section import redis_ca, with_ca
 from proxyd.config.errors import Invalid, did_you_mean
 from proxyd.config.http_values import cookie_name, header_name
 from proxyd.config.ini import Section
@@ -46,6 +47,7 @@ KEYS: dict[str, Key] = {
     "stick_store": Key(stick_store, group="stick"),
     "stick_expire": Key(positive_duration, group="stick"),
     "stick_timeout": Key(positive_duration, group="stick"),
+    "stick_ca": Key(redis_ca, context=True, group="stick"),
 }
 """The [pool] keys of its stick table."""
 
@@ -57,7 +59,7 @@ def stick_group(
     problems: list[tuple[str | None, Invalid]] = []
     found = values.get("stick_on")
     if found is None:
-        for key in ("stick_store", "stick_expire", "stick_timeout"):
+        for key in ("stick_store", "stick_expire", "stick_timeout", "stick_ca"):
             if key in values:
                 problems.append((key, Invalid(f"'{key}' only with 'stick_on'", "no stick_on")))
         return problems
@@ -68,12 +70,14 @@ def stick_group(
         why = "'stick_timeout' only with stick_store = redis://..."
         problems.append(("stick_timeout", Invalid(why, "a local table")))
     source, name = found
+    store, found_ca = with_ca(
+        values.get("stick_store"), values.get("stick_ca"), "stick_store", "stick_ca"
+    )
+    problems += found_ca
     given = {
         key: values[f"stick_{key}"] for key in ("expire", "timeout") if f"stick_{key}" in values
     }
-    fields["stick"] = StickConfig(
-        source=source, name=name, store=values.get("stick_store"), **given
-    )
+    fields["stick"] = StickConfig(source=source, name=name, store=store, **given)
     return problems
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
 
 from proxyd.config.ratelimit_model import RedisStore
@@ -42,7 +43,9 @@ store_timeout)."""
 class RedisClients:
     """One connection pool per store, made on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: Any) -> None:
+        """`reactor` connects the subscriptions (the pools are txredisapi's, on its own)."""
+        self._reactor = reactor
         self._pools: dict[RedisStore, Any] = {}
         self._subscribers: list[Any] = []
 
@@ -77,7 +80,7 @@ class RedisClients:
         ) -> Callable[[], None]:
             import txredisapi
 
-            factory = _subscriber(txredisapi, store, channel, ready, message, lost)
+            factory = _subscriber(txredisapi, self._reactor, store, channel, ready, message, lost)
             self._subscribers.append(factory)
 
             def stop() -> None:
@@ -125,6 +128,7 @@ def _tls(store: RedisStore) -> Any:
 
 def _subscriber(
     txredisapi: Any,
+    reactor: Any,
     store: RedisStore,
     channel: str,
     ready: Callable[[], None],
@@ -163,9 +167,10 @@ def _subscriber(
     )
     factory.protocol = Subscriber
     factory.maxDelay = RECONNECT_MAX
-    factory.startConnecting(
-        txredisapi._makeEndpoint(store.host, store.port, CONNECT_TIMEOUT, _tls(store))
-    )
+    endpoint: Any = HostnameEndpoint(reactor, store.host, store.port, timeout=CONNECT_TIMEOUT)
+    if store.tls:
+        endpoint = wrapClientTLS(_tls(store), endpoint)
+    factory.startConnecting(endpoint)
     return factory
 
 

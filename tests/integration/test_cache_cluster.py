@@ -236,3 +236,29 @@ def test_with_workers_the_master_applies_a_purge_in_every_worker(
     a.store()
     assert b.get(FRESH)[0] == 200 and b.get(FRESH, method="PURGE")[0] in (200, 404)
     wait_until(lambda: not a.hit(), 10, "the worker's PURGE to reach node a")
+
+
+def test_over_tls_with_a_password(
+    proxyd: Callable[..., Proxyd], origin: Backend, processes: Any, tmp_path: Path
+) -> None:
+    from tests.certs import TestCA
+
+    ca = TestCA("redis CA")
+    issued = ca.issue(["localhost", "127.0.0.1"])
+    cert = issued.write(tmp_path / "redis.pem", with_key=False)
+    key = issued.write_key(tmp_path / "redis.key")
+    directory = tmp_path / "redis-tls"
+    directory.mkdir()
+    redis = RedisServer(processes, directory, tls=(cert, key)).start()
+    assert redis.url().startswith("rediss://")
+    extra = f"cluster_ca = {ca.write_ca(tmp_path / 'ca.pem')}"
+    a, b = (
+        Node(proxyd(node_config(port, admin, origin, redis, extra)), port, admin)
+        for port, admin in ((free_port(), free_port()), (free_port(), free_port()))
+    )
+    b.store()
+    assert a.purge(url=f"http://{HOST}{FRESH}") == 0
+    wait_until(lambda: applied(b) >= 1, 10, "the purge over TLS")
+    assert not b.hit()
+    for node in (a, b):
+        assert PASSWORD not in node.proxyd.log() and "unreachable" not in node.proxyd.log()

@@ -351,3 +351,33 @@ def test_only_routes_to_a_pool_with_a_stick_table_run_the_step() -> None:
     )
     assert "stick_on" in factory.chains["web"].names
     assert "stick_on" not in factory.chains["api"].names
+
+
+CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(CA), reason="no system CA bundle")
+def test_the_ca_keys_of_every_redis_url() -> None:
+    tls = f"stick_on = client_ip\nstick_store = rediss://h\nstick_ca = {CA}"
+    stick = loads(POOL.format(keys=tls), "p.ini").pools["web"].stick
+    assert stick is not None and stick.store is not None and stick.store.ca == CA
+    cache = f"[cache c]\ncluster = rediss://h\ncluster_ca = {CA}\n"
+    assert loads(POOL.format(keys="") + cache, "p.ini").caches["c"].cluster.ca == CA  # type: ignore[union-attr]
+    for text, message in (
+        (
+            POOL.format(keys=f"stick_on = client_ip\nstick_ca = {CA}"),
+            "[pool web] stick_ca: expected stick_store = rediss://",
+        ),
+        (
+            POOL.format(keys="") + f"[cache c]\ncluster = redis://h\ncluster_ca = {CA}\n",
+            "found redis://",
+        ),
+        (
+            POOL.format(keys="")
+            + f"[admin]\nlisten = tcp:9:interface=127.0.0.1\ncluster_ca = {CA}\n",
+            "[admin] cluster_ca: expected cluster = rediss://",
+        ),
+    ):
+        with pytest.raises(ConfigErrors) as info:
+            loads(text, "p.ini")
+        assert message in str(info.value)
