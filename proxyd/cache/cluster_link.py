@@ -222,6 +222,9 @@ class ClusterLink:
             try:
                 calls.append(self._apply(self.config.name, purge))
             except KeyError:
+                continue  # a cache this config no longer has
+            except Exception:
+                log.failure("cache {cache}: applying {purge}", cache=self.config.name, purge=purge)
                 continue
             self._count("cluster_applied")
         DeferredList(calls, consumeErrors=True)

@@ -116,6 +116,11 @@ class StickTable:
             pick = pool.pick(() if server is None else (server,))
             if pick is None:
                 return None
+            if name is not None and server is None:
+                # A server this node's pool does not have (the nodes' configs differ):
+                # balanced here, the other nodes' entry left alone.
+                self.local.put(key, pick.name, now + LOCAL_TTL)
+                return pick
             return command(
                 "EVAL", RECORD_SCRIPT, 1, entry, name or "", pick.name, self._expire
             ).addCallback(recorded, pick, name)

@@ -141,6 +141,14 @@ def test_a_recorded_server_that_is_down_is_replaced_for_every_node() -> None:
     assert b.counters["moved"] == 0
 
 
+def test_a_server_this_node_does_not_have_is_left_to_the_nodes_that_do() -> None:
+    clock, redis = MemoryReactorClock(), FakeRedis()
+    redis.data[redis_key("web", "k")] = "10.9.9.9:80"
+    a = table(clock, redis)
+    server = resolved(a.resolve(pool(clock), "k"))
+    assert server is not None and redis.data[redis_key("web", "k")] == "10.9.9.9:80"
+
+
 def test_the_local_table_is_bounded_and_its_entries_expire() -> None:
     local = LocalTable(size=3)
     for n in range(5):
