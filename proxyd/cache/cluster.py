@@ -154,12 +154,14 @@ class PurgeLog:
         self._held = []
 
     def caught_up(
-        self, entries: Sequence[Entry], newest: str | None
+        self, entries: Sequence[Entry], newest: str | None, counter: int | None = None
     ) -> tuple[list[PurgeMessage], bool]:
-        """The log read after `last` (XRANGE) and the Stream's newest id: the purges to
-        apply, in order, and whether purges were lost (the first purge after `last` is not
-        the one numbered after it: the log was trimmed past it). With no `last` (a node's
-        first link without a start), none are applied: it starts at `newest`."""
+        """The log read after `last` (XRANGE), the Stream's newest id and the counter's
+        value read before them: the purges to apply, in order, and whether purges were
+        lost (the first purge after `last` is not the one numbered after it: the log was
+        trimmed past it). With no `last` (a node's first link without a start), none are
+        applied: it starts at `newest`. A node that did not know its number (it started
+        from now) takes the counter's when the log held nothing after it."""
         lost = False
         found: list[PurgeMessage] = []
         if self.last is None:
@@ -172,6 +174,8 @@ class PurgeLog:
                 taken = self._take(ident, seq, message)
                 if taken is not None:
                     found.append(taken)
+        if self.seq is None and counter is not None:
+            self.seq = counter
         held, self._held = self._held, []
         self.catching_up = False
         for ident, seq, message in held:

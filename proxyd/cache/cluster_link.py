@@ -152,6 +152,14 @@ class ClusterLink:
                 return []
             return failure
 
+        counted: list[int | None] = [None]
+
+        def info(value: Any) -> Deferred[Any]:
+            # The counter first: a purge numbered after it is in the log read next.
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            counted[0] = int(text) if value is not None and text.isdigit() else None
+            return self._call("XINFO", "STREAM", key).addErrback(info_failed)
+
         def read(info: Any) -> Deferred[Any]:
             newest = cluster.stream_info(info) if info else None
             last = self.log.last
@@ -164,7 +172,8 @@ class ClusterLink:
         def apply(result: Any) -> Any:
             reply, newest = result
             last = self.log.last
-            purges, lost = self.log.caught_up(cluster.decode_entries(reply or []), newest)
+            entries = cluster.decode_entries(reply or [])
+            purges, lost = self.log.caught_up(entries, newest, counted[0])
             self._reading = False
             self._answered()
             if lost:
@@ -195,9 +204,8 @@ class ClusterLink:
             if self.log.catching_up and self._stop_subscription is not None:
                 self._reactor.callLater(RETRY_INTERVAL, self._read_log)
 
-        self._call("XINFO", "STREAM", key).addErrback(info_failed).addCallback(read).addCallbacks(
-            apply, failed
-        )
+        counter = self._call("GET", cluster.counter(self.cluster)).addCallback(info)
+        counter.addCallback(read).addCallbacks(apply, failed)
 
     def _message(self, payload: Any) -> None:
         try:

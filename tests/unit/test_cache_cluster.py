@@ -95,6 +95,17 @@ def test_a_node_without_a_remembered_id_starts_from_when_it_started() -> None:
     assert link.log.last == "1699999999500-0"
 
 
+def test_a_node_started_from_now_learns_its_number_from_the_counter() -> None:
+    node = Node()
+    node.redis.counter = b"7"
+    node.subscription["ready"]()
+    assert node.link.log.seq == 7
+    node.subscription["lost"]()
+    node.redis.entries = [["99-0", ["m", message().encode(), "s", "30"]]]
+    node.subscription["ready"]()
+    assert node.counters.cluster_gaps == 1  # 8 to 29 were trimmed while it was away
+
+
 def test_stream_info_and_log_entries_are_read_from_redis_replies() -> None:
     reply = ["length", "3", "last-generated-id", "9-1", "max-deleted-entry-id", "0-0"]
     assert cluster.stream_info(reply) == "9-1"
@@ -111,6 +122,7 @@ class FakeRedis:
         self.calls: list[tuple[Any, ...]] = []
         self.info: list[Any] = ["last-generated-id", "10-0"]
         self.entries: list[Any] = []
+        self.counter: bytes | None = None
 
     def __call__(self, *args: Any) -> Deferred[Any]:
         self.calls.append(args)
@@ -122,6 +134,8 @@ class FakeRedis:
             return succeed(f"{20 + len(self.calls)}-0")
         if args[0] == "XINFO":
             return succeed(self.info)
+        if args[0] == "GET":
+            return succeed(self.counter)
         return succeed(self.entries)
 
 
