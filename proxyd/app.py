@@ -21,8 +21,10 @@ from twisted.logger import Logger
 from proxyd import lifetime
 from proxyd.acme.service import AcmeService
 from proxyd.admin.api import AdminResource, AdminSite
+from proxyd.admin.shared_state import AdminCluster
 from proxyd.admin.status import status_document
 from proxyd.auth.threads import HashThreads
+from proxyd.cache.cluster_link import PurgeFanout
 from proxyd.cache.instance import Cache, Purge
 from proxyd.cache.registry import CacheRegistry
 from proxyd.config.errors import ConfigErrors
@@ -33,6 +35,7 @@ from proxyd.config.warnings import warnings
 from proxyd.discovery.common import server_of
 from proxyd.discovery.service import DiscoveryService
 from proxyd.filters.ratelimit import TableSource
+from proxyd.filters.stick import StickTables
 from proxyd.generation import Generation, build
 from proxyd.health import HealthService
 from proxyd.lifetime import CLOSE_GRACE, Retired
@@ -86,13 +89,25 @@ class ProxydService(service.MultiService):
         self.hash_threads = HashThreads(reactor)
         """The password-check threads of basic auth, for every generation: started with the
         service, stopped once its connections have drained (proxyd.auth.threads)."""
-        self.redis = RedisClients()
+        self.redis = RedisClients(reactor)
         """The rate limits' Redis connections, for every generation; closed at the end."""
         self.otlp = OtlpExport(reactor)
         """The span export to collectors (otlp_endpoint), for every generation: flushed and
         shut down once the connections have drained (proxyd.otlp)."""
         self.caches = CacheRegistry(reactor)
         """The [cache] sections' storage, for every generation; closed at the end."""
+        self.fanout = PurgeFanout(
+            reactor,
+            self.redis,
+            self.caches.find,
+            None if worker else lambda name, purge: self.purge_source(name, purge),
+        )
+        """The purge fan-out of the caches with `cluster` (proxyd.cache.cluster_link): a
+        worker sends its purges, the master (or a lone process) listens too."""
+        self.caches.announce = self.fanout.announce
+        self.shared_admin = AdminCluster(reactor, self.redis, self._apply_shared_admin)
+        """The servers' admin states shared with the other nodes ([admin] cluster), in the
+        process that has the admin API (proxyd.admin.shared_state)."""
         self.ocsp = OcspStapling(reactor)
         """The OCSP responses the TLS listeners staple, for every generation: fetched once
         the service starts in a process that serves handshakes (not a master of workers,
@@ -103,7 +118,10 @@ class ProxydService(service.MultiService):
         self.h2_upstreams = H2Metrics()
         """The HTTP/2 pools' connections and streams, for every generation
         (proxyd.relay.http.h2_upstream_metrics)."""
+        self.sticks = StickTables(reactor, self.redis.command)
+        """The pools' stick tables (stick_on), for every generation."""
         self.resources = ProcessResources(
+            sticks=self.sticks,
             hash_threads=self.hash_threads,
             limit_tables=limit_tables,
             redis=self.redis.call,
@@ -231,7 +249,21 @@ class ProxydService(service.MultiService):
         if admin is not None:
             self.pools[pool].set_admin(found, admin, who)
         self.server_changed(found, who)
+        if admin is not None:
+            self.shared_admin.announce(pool, server, admin)
         return found
+
+    def _apply_shared_admin(self, pool: str, server: str, state: str) -> bool:
+        """Another node set `server` of `pool` to `state`: do it here (if it is ours)."""
+        try:
+            found = self._server(pool, server)
+        except KeyError:
+            return False
+        if found.admin == state:
+            return False
+        self.pools[pool].set_admin(found, state, "another node (admin cluster)")
+        self.server_changed(found, "another node (admin cluster)")
+        return True
 
     def _server(self, pool: str, server: str) -> Server:
         if pool not in self.pools:
@@ -252,6 +284,10 @@ class ProxydService(service.MultiService):
         if config is None:
             raise KeyError(f"no cache {name}")
         return self.caches.cache(config)
+
+    def announce_purge(self, name: str, purge: Purge) -> None:
+        """Send a purge the admin API made to the other nodes of the cache's cluster."""
+        self.fanout.announce(name, purge)
 
     def purge_cache(self, name: str, purge: Purge, shared: bool = True) -> int:
         """Purge the [cache] `name` in this process: how many responses (Cache.purge; a
@@ -293,6 +329,12 @@ class ProxydService(service.MultiService):
         if h2_upstreams:
             found["http2_upstreams"] = h2_upstreams
         found["caches"] = self.caches.figures(disk=not self._worker)
+        shared_admin = self.shared_admin.figures()
+        if shared_admin is not None:
+            found["admin_cluster"] = shared_admin
+        sticks = self.sticks.figures()
+        if sticks:
+            found["stick_tables"] = sticks
         if self.ocsp.running:
             found["ocsp"] = self.ocsp.figures()
         acme = self.acme.figures()
@@ -302,6 +344,8 @@ class ProxydService(service.MultiService):
 
     def startService(self) -> None:
         self.hash_threads.start()
+        self.fanout.configure(self.config.caches)
+        self.shared_admin.configure(None if self._worker else self.config.admin)
         if not self.shared_workers:
             self.ocsp.start()
         super().startService()
@@ -386,6 +430,9 @@ class ProxydService(service.MultiService):
             self.health.reload(generation.pools)
         self._switch_admin(config, admin)
         self.ocsp.serve(config)
+        if self.running:
+            self.fanout.configure(config.caches)
+            self.shared_admin.configure(None if self._worker else config.admin)
         self.generation += 1
         self.loaded = self._reactor.seconds()
         pools, upstreams, logs = previous.released_by(generation)
@@ -492,6 +539,8 @@ class ProxydService(service.MultiService):
         def release(result: Any) -> Any:
             self.serving.abandon()
             self.hash_threads.stop()
+            self.fanout.close()
+            self.shared_admin.close()
             self.redis.close()
             self.caches.close()
             return self.otlp.stop().addCallback(lambda _: result)

@@ -11,6 +11,7 @@ import attrs
 from proxyd.auth.threads import HashThreads
 from proxyd.cache.registry import CacheRegistry
 from proxyd.filters.ratelimit import RedisCalls, TableSource
+from proxyd.filters.stick import StickTables
 from proxyd.ocsp_stapling import OcspStapling
 from proxyd.otlp import OtlpExport
 from proxyd.relay.http.h2_upstream_metrics import H2Metrics
@@ -42,6 +43,9 @@ class ProcessResources:
     acme: AcmeService | None = None
     """The [acme] sections' certificates and challenge answers (proxyd.acme.service); None:
     listeners with `acme` serve none (tests of other things)."""
+    sticks: StickTables | None = None
+    """The pools' stick tables (proxyd.filters.stick); None: pools with `stick_on` stick
+    nowhere (tests of other things)."""
     h2_upstreams: H2Metrics | None = None
     """Where the pools with `protocol = h2` or `h2c` count their connections and streams
     (proxyd.relay.http.h2_upstream_metrics); None: each such pool counts on its own (tests

@@ -69,6 +69,8 @@ class Proxy(Protocol):
     @property
     def purge_source(self) -> Callable[[str, Purge], Deferred[int]]: ...
 
+    def announce_purge(self, cache: str, purge: Purge) -> None: ...
+
 
 class AdminResource(Resource):
     """Every path of the admin listener."""
@@ -253,6 +255,7 @@ class AdminResource(Resource):
         except KeyError as e:
             request.setResponseCode(404)
             return _json(request, {"error": e.args[0]})
+        self._proxy.announce_purge(cache, purge)
 
         def render(count: int) -> bytes:
             log.info(

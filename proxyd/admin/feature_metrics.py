@@ -24,6 +24,18 @@ _CACHE_COUNTERS = (
     ("stored", "proxyd_cache_stored", "Responses stored."),
     ("purged", "proxyd_cache_purged", "Responses purged (PURGE requests and the admin API)."),
     ("bytes_served", "proxyd_cache_served_bytes", "Body bytes sent from the cache."),
+    ("cluster_sent", "proxyd_cache_cluster_sent", "Purges made here sent to the cluster."),
+    ("cluster_applied", "proxyd_cache_cluster_applied", "Purges of other nodes applied here."),
+    (
+        "cluster_gaps",
+        "proxyd_cache_cluster_gaps",
+        "Times the cluster's purge log had lost purges not applied here (all marked stale).",
+    ),
+    (
+        "cluster_errors",
+        "proxyd_cache_cluster_errors",
+        "Calls to the cluster's Redis that failed or timed out, purges not sent.",
+    ),
 )
 
 
@@ -51,6 +63,44 @@ def cache_families(caches: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
         size.add_metric(name, cache["bytes"])
     every: list[Metric] = [*counters.values(), entries, size]
     yield from (metric for metric in every if metric.samples)
+
+
+_STICK_COUNTERS = (
+    ("lookups", "proxyd_stick_lookups", "Stick table lookups that asked Redis."),
+    ("recorded", "proxyd_stick_recorded", "Keys recorded in a stick table (new keys)."),
+    ("moved", "proxyd_stick_moved", "Keys moved off a server that was not available."),
+    (
+        "alone",
+        "proxyd_stick_decided_alone",
+        "Requests whose server this node picked without Redis (timeout or outage).",
+    ),
+    ("errors", "proxyd_stick_store_errors", "Stick table Redis calls that failed or timed out."),
+)
+
+
+def stick_families(tables: Mapping[str, Mapping[str, int]]) -> Iterable[Metric]:
+    """Each pool's stick table counters (proxyd.filters.stick; summed over the workers)."""
+    if not tables:
+        return
+    for field, name, help_text in _STICK_COUNTERS:
+        family = CounterMetricFamily(name, help_text, labels=["pool"])
+        for pool, figures in tables.items():
+            family.add_metric([pool], figures.get(field, 0))
+        yield family
+
+
+def admin_cluster_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:
+    """The shared admin states' figures ([admin] cluster: proxyd.admin.shared_state)."""
+    if not figures:
+        return
+    for field, name, help_text in (
+        ("sent", "proxyd_admin_cluster_sent", "Admin state changes made here sent to the cluster."),
+        ("applied", "proxyd_admin_cluster_applied", "Other nodes' admin state changes applied."),
+        ("errors", "proxyd_admin_cluster_errors", "Calls to the cluster's Redis that failed."),
+    ):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], figures.get(field, 0))
+        yield counter
 
 
 def ocsp_families(figures: Mapping[str, int] | None) -> Iterable[Metric]:

@@ -23,9 +23,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from proxyd.admin.feature_metrics import (
     acme_families,
+    admin_cluster_families,
     cache_families,
     discovery_families,
     ocsp_families,
+    stick_families,
 )
 from proxyd.gslb.server import RCODES
 from proxyd.metrics import cells
@@ -390,6 +392,8 @@ class _StatusCollector(Collector):
         yield from _relay_families(self.document.get("metrics", {}))
         yield from cache_families(self.document.get("caches", []))
         yield from ocsp_families(self.document.get("ocsp"))
+        yield from stick_families(self.document.get("stick_tables", {}))
+        yield from admin_cluster_families(self.document.get("admin_cluster"))
         yield from acme_families(self.document.get("acme", []))
         yield from discovery_families(self.document.get("pools", []))
 

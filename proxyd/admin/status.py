@@ -97,6 +97,8 @@ def status_document(proxy: Proxy, counters: Mapping[str, Any], now: float) -> di
         ],
         "caches": cache_documents(config, counters.get("caches", {})),
         "ocsp": counters.get("ocsp"),
+        "stick_tables": counters.get("stick_tables", {}),
+        "admin_cluster": counters.get("admin_cluster"),
         "acme": acme_documents(counters.get("acme", {})),
     }
 

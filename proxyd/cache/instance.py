@@ -4,6 +4,7 @@ listener and route that names it, across reloads while its storage settings are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -32,6 +33,15 @@ class Counters:
     bytes_served: int = 0
     """Body bytes sent from the cache."""
     purged: int = 0
+    cluster_sent: int = 0
+    """Purges made here and sent to the cluster (proxyd.cache.cluster)."""
+    cluster_applied: int = 0
+    """Purges of other nodes applied here."""
+    cluster_gaps: int = 0
+    """Times the cluster's purge log had lost purges not applied here (all marked stale)."""
+    cluster_errors: int = 0
+    """Calls to the cluster's Redis that failed or timed out, and purges not sent (dropped
+    past proxyd.cache.cluster_link.MAX_PENDING)."""
 
 
 @attrs.frozen
@@ -60,12 +70,23 @@ class Purge:
         return f"{kind} {value}" + (" (soft)" if self.soft else "")
 
 
+_CLUSTER_COUNTERS = ("cluster_sent", "cluster_applied", "cluster_gaps", "cluster_errors")
+"""Shown only for a cache with `cluster`."""
+
+
+def _nowhere(purge: Purge) -> None:
+    pass
+
+
 class Cache:
     def __init__(self, config: CacheConfig, store: Store) -> None:
         self.config = config
         self.store = store
         self.fills = Fills(store.locks if isinstance(store, Tiers) else None)
         self.counters = Counters()
+        self.announce: Callable[[Purge], None] = _nowhere
+        """Sends a purge made on this node to the other nodes of its cluster (`cluster`:
+        proxyd.cache.cluster_link); set by the registry."""
 
     @property
     def name(self) -> str:
@@ -94,6 +115,9 @@ class Cache:
         numbers that add up across worker processes: each worker shows its memory tier,
         and one process (the master) the disk they share."""
         found: dict[str, Any] = attrs.asdict(self.counters)
+        if self.config.cluster is None:
+            for field in _CLUSTER_COUNTERS:
+                del found[field]
         store = self.store
         tiers: dict[str, Any] = {}
         if isinstance(store, Tiers):

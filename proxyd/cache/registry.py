@@ -5,10 +5,11 @@ forbids)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from proxyd.cache.disk import DiskStore
-from proxyd.cache.instance import Cache
+from proxyd.cache.instance import Cache, Purge
 from proxyd.cache.memory import MemoryStore
 from proxyd.cache.tiers import Tiers
 from proxyd.config.cache_model import CacheConfig
@@ -27,6 +28,8 @@ def _storage(config: CacheConfig) -> tuple[object, ...]:
 class CacheRegistry:
     def __init__(self, clock: Any) -> None:
         self._clock = clock
+        self.announce: Callable[[str, Purge], None] | None = None
+        """Where the caches' purges made here go to reach the other nodes (PurgeFanout)."""
         self._caches: dict[str, Cache] = {}
         self._replaced: list[Cache] = []
         """Caches a reload replaced (their storage settings changed): the generation that
@@ -43,6 +46,9 @@ class CacheRegistry:
             return found
         store = self._open(config)
         made = self._caches[config.name] = Cache(config, store)
+        announce = self.announce
+        if announce is not None:
+            made.announce = lambda purge: announce(config.name, purge)
         if found is not None:
             self._replaced.append(found)
         return made

@@ -8,6 +8,7 @@ from typing import Final
 import attrs
 
 from proxyd.cache.keys import Condition, KeyRule
+from proxyd.config.ratelimit_model import RedisStore
 
 USE_STALE: Final = ("error", "timeout", "http_500", "http_502", "http_503", "http_504", "updating")
 """`use_stale`'s words (nginx's proxy_cache_use_stale): the origin unreachable or failing
@@ -48,3 +49,10 @@ class CacheConfig:
     store_set_cookie: bool = False
     """Responses with Set-Cookie are not stored (nginx and Varnish by default), lest one
     client's cookie be served to another; on: stored without the Set-Cookie field."""
+    cluster: RedisStore | None = None
+    """Purge fan-out: the Redis every node of the cluster shares (proxyd.cache.cluster);
+    None: purges stay on this node."""
+    cluster_name: str | None = None
+    """The cluster's name in Redis (its log and channel); None: the cache's name."""
+    cluster_log: int = 10_000
+    """Purges kept in the log for nodes that were away (about: XADD MAXLEN ~)."""

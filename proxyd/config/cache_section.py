@@ -8,12 +8,17 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
+
 from proxyd.cache.keys import Condition, KeyRule
+from proxyd.config import tls
 from proxyd.config import values as v
 from proxyd.config.cache_model import USE_STALE, CacheConfig
 from proxyd.config.errors import Invalid, did_you_mean, one_of
 from proxyd.config.ini import Section
 from proxyd.config.keys import Context, Key, reference
+from proxyd.config.ratelimit_model import RedisStore
+from proxyd.config.ratelimit_section import store as redis_store
 from proxyd.config.security import Problems
 from proxyd.config.security_model import OFF, Off
 
@@ -88,6 +93,41 @@ def status_name(text: str) -> str:
     return name
 
 
+def cluster(text: str) -> RedisStore | None:
+    """`off` (None), or `redis://[USER:PASSWORD@]HOST[:PORT][/DB]` (`rediss://`: TLS)."""
+    if text.strip() == OFF:
+        return None
+    if text.strip() == "local":
+        raise Invalid("'off' or a URL redis://[USER:PASSWORD@]HOST[:PORT][/DB]", "'local'")
+    return redis_store(text)
+
+
+def redis_ca(text: str, ctx: Context) -> str:
+    """`cluster_ca`, `stick_ca`: the PEM file of the CAs a rediss:// server is checked
+    against (relative to the config file)."""
+    return tls.ca_file(text, ctx.base_dir)
+
+
+def with_ca(
+    store: RedisStore | None, ca: str | None, url_key: str, ca_key: str
+) -> tuple[RedisStore | None, list[tuple[str | None, Invalid]]]:
+    """`store` with the CA file `ca` of its `ca_key`, which needs a rediss:// `url_key`."""
+    if ca is None:
+        return store, []
+    if store is None:
+        return store, [(ca_key, Invalid(f"{url_key} = rediss://... (TLS)", f"no {url_key}"))]
+    if not store.tls:
+        return store, [(ca_key, Invalid(f"{url_key} = rediss://... (TLS)", "redis://"))]
+    return attrs.evolve(store, ca=ca), []
+
+
+def cluster_name(text: str) -> str:
+    name = text.strip()
+    if not name or any(not 0x21 <= ord(char) <= 0x7E for char in name):
+        raise Invalid("a name of printable ASCII without spaces", repr(name))
+    return name
+
+
 KEYS: Mapping[str, Key] = {
     "memory_size": Key(v.size(0, MAX_SIZE)),
     "memory_object_size": Key(v.size(1, MAX_SIZE)),
@@ -107,6 +147,10 @@ KEYS: Mapping[str, Key] = {
     "status_name": Key(status_name),
     "heuristic": Key(v.boolean),
     "store_set_cookie": Key(v.boolean),
+    "cluster": Key(cluster),
+    "cluster_name": Key(cluster_name),
+    "cluster_log": Key(v.integer(10, 10_000_000)),
+    "cluster_ca": Key(redis_ca, context=True),
 }
 """[cache NAME]'s keys."""
 
@@ -119,6 +163,15 @@ def cache_section(section: Section, fields: dict[str, Any]) -> Problems:
         headers=fields.pop("key_headers", ()),
     )
     problems: Problems = []
+    fields["cluster"], found = with_ca(
+        fields.get("cluster"), fields.pop("cluster_ca", None), "cluster", "cluster_ca"
+    )
+    problems += found
+    if fields.get("cluster") is None:
+        for name in ("cluster_name", "cluster_log"):
+            if name in fields:
+                problems.append((name, Invalid("cluster = redis://...", "no cluster")))
+                fields.pop(name)
     if "path" not in fields and fields.get("memory_size", 1) == 0:
         problems.append(("memory_size", Invalid("above 0 without a disk tier (path)", "0")))
     if "path" not in fields and "disk_size" in fields:

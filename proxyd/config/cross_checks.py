@@ -13,7 +13,7 @@ from proxyd.config import routes, security, tier, tls
 from proxyd.config import values as v
 from proxyd.config.acme_section import acme_section
 from proxyd.config.auth_section import auth_section
-from proxyd.config.cache_section import cache_section
+from proxyd.config.cache_section import cache_section, with_ca
 from proxyd.config.check_model import GrpcCheck, HttpCheck, TlsCheck, WebSocketCheck
 from proxyd.config.compress import compress_group
 from proxyd.config.discovery import discovery_group
@@ -25,6 +25,7 @@ from proxyd.config.ratelimit_section import ratelimit_section
 from proxyd.config.route_model import RouteConfig, RouteSecurity
 from proxyd.config.schema import TLS_SERVER_KEYS, WEBSOCKET_MESSAGE_KEYS
 from proxyd.config.security_model import OFF
+from proxyd.config.stick import stick_group
 from proxyd.config.tls_model import TlsClientConfig, TlsServerConfig
 
 
@@ -188,7 +189,16 @@ def _pool_groups(section: Section, fields: dict[str, Any], values: dict[str, Any
 
 
 def _admin_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]) -> _Problems:
-    """A token is required where others than this machine can reach the admin listener."""
+    """A token is required where others than this machine can reach the admin listener;
+    `cluster_name` names a `cluster`."""
+    fields["cluster"], ca_problems = with_ca(
+        fields.get("cluster"), fields.pop("cluster_ca", None), "cluster", "cluster_ca"
+    )
+    if ca_problems:
+        return [*ca_problems]
+    if "cluster_name" in fields and fields.get("cluster") is None:
+        fields.pop("cluster_name")
+        return [("cluster_name", Invalid("cluster = redis://...", "no cluster"))]
     if fields.get("read_token") is not None and fields.get("token") is None:
         return [
             (
@@ -335,6 +345,7 @@ def cross_check(
     problems = _GROUPS.get(section.kind, _no_groups)(section, fields, groups.get("tls", {}))
     if section.kind == "pool":
         problems += discovery_group(section, fields, groups.get("discovery", {}))
+        problems += stick_group(section, fields, groups.get("stick", {}))
     if section.kind in ("http", "https", "route"):
         compress_group(section, fields, groups.get("compress", {}))
     more = _SECTIONS.get(section.kind)

@@ -34,7 +34,7 @@ from proxyd.config.compress_model import CompressConfig
 from proxyd.config.discovery_model import DiscoveryConfig
 from proxyd.config.gslb_model import GslbConfig
 from proxyd.config.otlp_model import OtlpConfig
-from proxyd.config.ratelimit_model import RateLimitConfig
+from proxyd.config.ratelimit_model import RateLimitConfig, RedisStore
 from proxyd.config.route_model import (
     FilterConfig,
     HeaderRule,
@@ -54,6 +54,7 @@ from proxyd.config.security_model import (
     RuleConfig,
     SecurityHeadersConfig,
 )
+from proxyd.config.stick_model import StickConfig
 from proxyd.config.tls_model import (
     DEFAULT_CIPHERS,
     DEFAULT_CIPHERSUITES,
@@ -209,6 +210,8 @@ class PoolConfig:
     when every open one carries as many streams as the server allows."""
     discovery: DiscoveryConfig | None = None
     """Servers found at run time (DNS SRV or etcd: proxyd.discovery), beside `servers`."""
+    stick: StickConfig | None = None
+    """HTTP relays: the stick table (`stick_on`...: proxyd.filters.stick); None: none."""
 
 
 @attrs.frozen
@@ -521,6 +524,11 @@ class AdminConfig:
     """The bearer token every request must carry; required unless `listen` is loopback."""
     read_token: str | None = None
     """A bearer token that may read (status, metrics, config) but change nothing."""
+    cluster: RedisStore | None = None
+    """The Redis through which the servers' admin states (drain, maint) are shared with the
+    other nodes (proxyd.admin.shared_state); None: this node's alone."""
+    cluster_name: str = "proxyd"
+    """The cluster's name in Redis (`proxyd:admin:NAME`)."""
 
 
 @attrs.frozen

@@ -7,7 +7,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxyd.config import acme_section, compress, discovery, gslb_section, otlp, routes, tier, tls
+from proxyd.config import (
+    acme_section,
+    cache_section,
+    compress,
+    discovery,
+    gslb_section,
+    otlp,
+    routes,
+    stick,
+    tier,
+    tls,
+)
 from proxyd.config import values as v
 from proxyd.config.errors import Invalid
 from proxyd.config.keys import Context, Key, reference
@@ -240,6 +251,9 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "listen": Key(v.endpoint, required=True),
             "token": Key(v.bearer_token),
             "read_token": Key(v.bearer_token),
+            "cluster": Key(cache_section.cluster),
+            "cluster_name": Key(cache_section.cluster_name),
+            "cluster_ca": Key(cache_section.redis_ca, context=True),
         },
     ),
     "pool": (
@@ -268,6 +282,7 @@ SCHEMAS: Mapping[str, tuple[type, bool, Mapping[str, Key]]] = {
             "h2_connections": Key(v.integer(1, 64)),
             **TLS_CLIENT_KEYS,
             **discovery.KEYS,
+            **stick.KEYS,
         },
     ),
     "tcp": (

@@ -29,7 +29,7 @@ from proxyd.cache import answers, entry
 from proxyd.cache.cache_control import Directives
 from proxyd.cache.fills import Fill
 from proxyd.cache.freshness import Action, reuse, storable
-from proxyd.cache.instance import Cache
+from proxyd.cache.instance import Cache, Purge
 from proxyd.cache.keys import cache_key, effective_uri, holds, same_origin
 from proxyd.cache.status import cache_status
 from proxyd.cache.store import Meta, Writer
@@ -560,6 +560,7 @@ class CacheFilter:
         )
         count = self.cache.store.purge(url=uri, soft=soft, now=self.reactor.seconds())
         self.cache.counters.purged += count
+        self.cache.announce(Purge(url=uri, soft=soft))
         body = b'{"purged": %d}\n' % count
         return Answer(200 if count else 404, body, content_type="application/json")
 

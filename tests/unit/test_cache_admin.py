@@ -92,6 +92,7 @@ class Stub:
     def __init__(self, caches: list[dict[str, Any]] | None = None) -> None:
         self.config = loads(CONFIG, "proxyd.ini")
         self.purges: list[tuple[str, Purge]] = []
+        self.announced: list[tuple[str, Purge]] = []
         self.caches = caches or []
 
     def status(self) -> Any:
@@ -102,6 +103,9 @@ class Stub:
             raise KeyError(f"no cache {name}")
         self.purges.append((name, purge))
         return succeed(3)
+
+    def announce_purge(self, name: str, purge: Purge) -> None:
+        self.announced.append((name, purge))
 
 
 def resource(stub: Stub, token: str | None = None) -> AdminResource:
@@ -145,6 +149,7 @@ def test_purges_from_a_json_body(content: bytes, expected: Purge) -> None:
     stub = Stub()
     assert purge(stub, b"/api/v1/caches/main/purge", content)[0] == 200
     assert stub.purges == [("main", expected)]
+    assert stub.announced == stub.purges  # sent to the cluster, if the cache has one
 
 
 def test_a_purge_from_the_query_without_a_body() -> None:

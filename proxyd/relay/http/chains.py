@@ -44,6 +44,8 @@ for and the operator's own, in the documented order (docs/http.md, "Filter order
                              when the operations cannot apply)
     23 forwarding            hop-by-hop fields out, X-Forwarded-*, Forwarded, Via, X-Request-ID
     24 sticky_cookie         back to the cookie's server; Set-Cookie on the response
+       stick_on              back to the server the pool's stick table names for the
+                             client's key (in Redis with stick_store); the pick recorded
     25 header_rules          request_headers / response_headers: the listener's, then the route's
     26 respond / redirect    the route's own answer
 
@@ -95,6 +97,7 @@ from proxyd.filters.ratelimit import RateLimitContext, build_ratelimit
 from proxyd.filters.request_limits import request_limits
 from proxyd.filters.rules import Rules
 from proxyd.filters.security_headers import SecurityHeaders, hidden_names
+from proxyd.filters.stick import StickOn, StickTables
 from proxyd.filters.sticky import StickyCookie
 from proxyd.filters.trace_context import TraceContext
 from proxyd.filters.transform import QueryParams
@@ -122,6 +125,7 @@ def build_chains(
     queues: dict[str, Concurrency] | None = None,
     spans: SpanSink | None = None,
     caches: CacheRegistry | None = None,
+    sticks: StickTables | None = None,
 ) -> dict[str | None, Chain]:
     """The chain of each route by name, and the listener's own under None (requests that
     match no route, and those refused before routing). `auth` is what the routes'
@@ -129,22 +133,38 @@ def build_chains(
     `ratelimits` holds the listener's rate-limit tables; `queues` gets the routes'
     concurrency limits (their metrics), by route; `spans` is where the listener's spans go
     (with otlp_endpoint; None exports none); `caches` opens the [cache] sections the routes
-    name (proxyd.cache.registry)."""
+    name (proxyd.cache.registry); `sticks` the pools' stick tables (proxyd.filters.stick)."""
     if queues is None:
         queues = {}
     build = _Builder(config, error_pages, websocket_only, auth, stats, ratelimits, spans)
     listener = build.head(_LISTENER) + build.middle(None)
     chains: dict[str | None, Chain] = {None: Chain(listener, *build.hiding(_LISTENER))}
     forwarding = Forwarding(config.via)
-    sticky = (
-        StickyCookie() if any(pool.sticky_cookie is not None for pool in pools.values()) else None
-    )
+    sticky: Filters = []
+    if any(pool.sticky_cookie is not None for pool in pools.values()):
+        sticky.append(("sticky_cookie", StickyCookie()))
+    stick_tables = {} if sticks is None else sticks.for_pools(pools)
+    stick = StickOn(stick_tables) if stick_tables else None
     for route in config.routes:
         filters = build.head(route.security) + build.middle(route)
         filters += _cache(config, route, caches, ratelimits.reactor)
-        filters += _tail(config, route, forwarding, sticky, ratelimits.reactor, queues, stats)
+        tail = sticky
+        if stick is not None and _may_stick(config, route, stick_tables):
+            tail = [*sticky, ("stick_on", stick)]
+        filters += _tail(config, route, forwarding, tail, ratelimits.reactor, queues, stats)
         chains[route.name] = Chain(filters, *build.hiding(route.security))
     return chains
+
+
+def _may_stick(
+    config: HttpListenerConfig, route: RouteConfig, tables: Mapping[str, object]
+) -> bool:
+    """The route proxies to a pool with a stick table, or has operators' filters, which may
+    send it to another pool (use_pool): other routes do without the stick_on step."""
+    action = route.action
+    if not isinstance(action, ProxyAction):
+        return False
+    return action.pool in tables or bool(config.filters or route.filters)
 
 
 class _Builder:
@@ -324,7 +344,7 @@ def _tail(
     config: HttpListenerConfig,
     route: RouteConfig,
     forwarding: Forwarding,
-    sticky: StickyCookie | None,
+    sticky: Filters,
     clock: Clock,
     queues: dict[str, Concurrency],
     stats: Callable[[], RelayStats],
@@ -357,8 +377,7 @@ def _tail(
             response_json = JsonResponseBody(action.response_json_ops, action.max_json_body)
             filters.append(("json_body", response_json))
         filters.append(("forwarding", forwarding))
-        if sticky is not None:
-            filters.append(("sticky_cookie", sticky))
+        filters += sticky
     # Both at the same row of the order: listener's rules, then the route's, each way.
     request_rules = RequestRules((config.request_headers, route.request_headers))
     if request_rules.rules:

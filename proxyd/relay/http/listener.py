@@ -119,6 +119,7 @@ class HttpRelayFactory(Factory[Any]):
             self.queues,
             self.spans,
             resources.caches,
+            resources.sticks,
         )
         """The filter chain of each route (proxyd.relay.http.chains)."""
         self.sends = SendBatch(self.reactor)
