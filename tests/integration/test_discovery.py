@@ -10,6 +10,8 @@ import json
 import shutil
 import signal
 import socket
+import statistics
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +258,63 @@ def test_a_reload_keeps_the_discovered_servers_and_their_source(
     assert ") added " not in relay.log()[start:]
     etcd.put("/proxyd/r/two", two.address)  # the watch goes on, feeding the new pool
     wait_until(lambda: names_of(listen, 12) == {"one", "two"}, 10, "a key put after the reload")
+
+
+def _status_servers(admin: int) -> set[str]:
+    """The names of pool svc's discovered servers in the admin API's status document."""
+    url = f"http://127.0.0.1:{admin}/api/v1/status"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        status = json.load(answer)
+    pool = next(p for p in status["pools"] if p["name"] == "svc")
+    return {str(s["name"]) for s in pool["servers"] if s.get("discovered")}
+
+
+def _seconds_until(predicate, timeout: float, began: float) -> float:
+    """Seconds from `began` until `predicate` holds, polling every 5 ms (an upper bound)."""
+    wait_until(predicate, timeout, "the admin API shows the change", interval=0.005)
+    return time.monotonic() - began
+
+
+def test_discovery_reaction_time_in_the_admin_api(
+    processes: ProcessList, tmp_path: Path, etcd: Etcd, backend, proxyd
+) -> None:
+    """How long after an etcd put or delete, and after dnsmasq restarted with a changed
+    SRV record (TTL 1 s), the status document shows the change: 5 rounds each, printed
+    (median, max) and bounded. docs/cluster.md quotes the figures."""
+    one, two, three = (backend("echo", name=n) for n in ("one", "two", "three"))
+    dnsmasq = Dnsmasq(processes, tmp_path)
+    dnsmasq.serve([(one.port, 10, 1)])
+    etcd.put("/proxyd/t/one", one.address)
+    listen_e, listen_s, admin_e, admin_s = free_port(), free_port(), free_port(), free_port()
+    admin = "[admin]\nlisten = tcp:{}:interface=127.0.0.1\n"
+    proxyd(pool_config(listen_e, f"discovery = etcd {etcd.url} /proxyd/t/") + admin.format(admin_e))
+    proxyd(
+        pool_config(listen_s, f"discovery = srv {SERVICE}\nresolver = 127.0.0.1:{dnsmasq.port}")
+        + admin.format(admin_s)
+    )
+    wait_until(lambda: len(_status_servers(admin_e)) == 1, 10, "etcd's first key")
+    wait_until(lambda: len(_status_servers(admin_s)) == 1, 10, "the first SRV record")
+    etcd_names = _status_servers(admin_e)
+
+    put, delete, srv = [], [], []
+    for _ in range(5):
+        began = time.monotonic()  # before the put's own request to etcd
+        etcd.put("/proxyd/t/two", two.address)
+        put.append(_seconds_until(lambda: len(_status_servers(admin_e)) == 2, 10, began))
+        began = time.monotonic()
+        etcd.delete("/proxyd/t/two")
+        delete.append(_seconds_until(lambda: _status_servers(admin_e) == etcd_names, 10, began))
+    for port in (three.port, one.port) * 2 + (three.port,):
+        before = _status_servers(admin_s)
+        dnsmasq.serve([(port, 10, 1)])  # returns once dnsmasq says "started"
+        began = time.monotonic()
+        srv.append(
+            _seconds_until(lambda b=before: _status_servers(admin_s) not in (b, set()), 15, began)
+        )
+    for what, figures in (("etcd put", put), ("etcd delete", delete), ("SRV change", srv)):
+        print(
+            f"{what}: median {statistics.median(figures) * 1000:.0f} ms, "
+            f"max {max(figures) * 1000:.0f} ms, all {[round(f * 1000) for f in figures]}"
+        )
+    assert max(put) < 2 and max(delete) < 2
+    assert max(srv) < 5  # TTL 1 s, a query resent after 1 s if it met the restart
