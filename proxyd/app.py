@@ -48,6 +48,7 @@ from proxyd.ratelimit.redis_client import RedisClients
 from proxyd.relay.http.h2_upstream_metrics import H2Metrics
 from proxyd.relay.http.routing import unreachable
 from proxyd.relay.http.upstream import Upstreams
+from proxyd.relay.io import retain_freed_memory
 from proxyd.reloading import ReloadOutcome, difference, hand_over, open_listener, sighup_reload
 from proxyd.resources import ProcessResources
 from proxyd.stopping import GracefulStop, on_sigusr1
@@ -343,6 +344,9 @@ class ProxydService(service.MultiService):
         return found
 
     def startService(self) -> None:
+        # Process-wide: every relay's large reads (HTTP bodies, TCP and WebSocket streams)
+        # are relayed without page faults from here on.
+        retain_freed_memory()
         self.hash_threads.start()
         self.fanout.configure(self.config.caches)
         self.shared_admin.configure(None if self._worker else self.config.admin)

@@ -44,7 +44,6 @@ from proxyd.relay.io import (
     OpenConnections,
     SendBatch,
     listening_no_delay,
-    retain_freed_memory,
 )
 from proxyd.resources import ProcessResources
 from proxyd.tls import ServerTls
@@ -225,9 +224,8 @@ class HttpRelayFactory(Factory[Any]):
             client.lose_connection()
 
     def startFactory(self) -> None:
-        """Listening: large bodies are relayed without page faults from here on; the routes'
-        authentication fetches its JWKS; the rate limits' sweep starts."""
-        retain_freed_memory()
+        """Listening: the routes' authentication fetches its JWKS; the rate limits' sweep
+        starts."""
         self.auth.start()
         self.ratelimits.start()
 
