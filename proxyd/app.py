@@ -5,7 +5,8 @@ A reload is a new tree applied by difference (design.md principle 8): the next g
 built from the one serving (proxyd.generation: unchanged pools, health state and access logs
 carry on, the relays are new), its listeners take over the sockets of the same addresses
 (proxyd.reloading), and the relays replaced are retired: their connections finish on them
-(proxyd.lifetime, which also drains every relay at a stop).
+(proxyd.lifetime, which also drains every relay at a stop). The reload itself, from reading the
+file to retiring the relays it replaced, is the service's base class (proxyd.service_reload).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
@@ -27,10 +27,7 @@ from proxyd.auth.threads import HashThreads
 from proxyd.cache.cluster_link import PurgeFanout
 from proxyd.cache.instance import Cache, Purge
 from proxyd.cache.registry import CacheRegistry
-from proxyd.config.errors import ConfigErrors
-from proxyd.config.load import read
 from proxyd.config.model import Config
-from proxyd.config.reload import reload_config
 from proxyd.config.warnings import warnings
 from proxyd.discovery.common import server_of
 from proxyd.discovery.service import DiscoveryService
@@ -49,8 +46,9 @@ from proxyd.relay.http.h2_upstream_metrics import H2Metrics
 from proxyd.relay.http.routing import unreachable
 from proxyd.relay.http.upstream import Upstreams
 from proxyd.relay.io import retain_freed_memory
-from proxyd.reloading import ReloadOutcome, difference, hand_over, open_listener, sighup_reload
+from proxyd.reloading import ReloadOutcome, sighup_reload
 from proxyd.resources import ProcessResources
+from proxyd.service_reload import ReloadingService
 from proxyd.stopping import GracefulStop, on_sigusr1
 
 __all__ = ["CLOSE_GRACE", "ProxydService", "ReloadOutcome", "sighup_reload"]
@@ -58,7 +56,7 @@ __all__ = ["CLOSE_GRACE", "ProxydService", "ReloadOutcome", "sighup_reload"]
 log = Logger()
 
 
-class ProxydService(service.MultiService):
+class ProxydService(ReloadingService):
     """The whole proxy: the health service, every listener and the admin listener, over
     shared pools."""
 
@@ -367,112 +365,6 @@ class ProxydService(service.MultiService):
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(sighup_reload, self.reload_source)
 
-    def reload(self, force: bool = False) -> ReloadOutcome:
-        """Read the config file again and serve it (apply()); a file that is not valid, has
-        no listener, or (unless `force`) would remove the admin listener is refused with its
-        errors (proxyd.config.reload), and the config serving now goes on."""
-        path = self.config.path
-        log.info("reload: reading {path}", path=path)
-        try:
-            text = read(path)
-            config = reload_config(self.config, text, force)
-        except ConfigErrors as e:
-            return self.refused([str(error) for error in e.errors])
-        return self.apply(config, source=text)
-
-    def refused(self, errors: list[str]) -> ReloadOutcome:
-        """Log why a reload was refused; the outcome that says so."""
-        for error in errors:
-            log.error("reload refused: {error}", error=error)
-        log.error(
-            "reload refused: still serving generation {generation} of {path}",
-            generation=self.generation,
-            path=self.config.path,
-        )
-        return ReloadOutcome(False, self.generation, tuple(errors))
-
-    def apply(
-        self,
-        config: Config,
-        sockets: dict[str, tuple[int, int]] | None = None,
-        source: str | None = None,
-    ) -> ReloadOutcome:
-        """Serve `config` from now on (a reload). Every new address is bound first: if one
-        cannot be, nothing changes and the outcome says why. In a worker, `sockets` are the
-        ones the master bound for the new addresses (fd, family by listener name): those
-        adopted are taken out of it (and closed; Twisted keeps a duplicate). `source` is the
-        text `config` was loaded from, for its warnings' lines."""
-        if config.acme != self.config.acme:
-            self.acme.reload(config.acme)
-        try:
-            generation = build(self._reactor, config, self.serving, self.resources)
-        except (StartupError, OSError) as e:
-            return self.refused([str(e)])
-        change = difference(self.listeners, generation.listeners)
-        opened: list[RelayListener] = []
-        try:
-            for listener in change.new:
-                open_listener(listener, self._worker, self.shared_workers, sockets)
-                opened.append(listener)
-            admin = self._new_admin(config)
-        except (StartupError, OSError) as e:
-            for listener in opened:
-                listener.close()
-            generation.abandon(self.serving)
-            return self.refused([str(e)])
-
-        previous = self.serving
-        hand_over(change, generation.listeners)
-        for old in change.retiring:
-            old.disownServiceParent()
-        self.serving = generation
-        for listener in generation.listeners:
-            listener.setServiceParent(self)
-        if self.discovery is not None:
-            self.discovery.reload(generation.pools)
-        if self.health is not None:
-            self.health.reload(generation.pools)
-        self._switch_admin(config, admin)
-        self.ocsp.serve(config)
-        if self.running:
-            self.fanout.configure(config.caches)
-            self.shared_admin.configure(None if self._worker else config.admin)
-        self.generation += 1
-        self.loaded = self._reactor.seconds()
-        pools, upstreams, logs = previous.released_by(generation)
-        relays = {id(listener.relay) for listener in generation.listeners}
-
-        def release() -> None:
-            for pool in pools:
-                pool.stop()
-            for upstream in upstreams:
-                upstream.stop()
-            for access_log in logs:
-                access_log.close()
-
-        self._retired.retire(
-            [old for old in lifetime.relays_of(change.retiring) if id(old.relay) not in relays],
-            release,
-        )
-        log.info(
-            "reloaded {path}: generation {generation}; listeners: {kept} kept, {opened} new,"
-            " {removed} closed",
-            path=config.path,
-            generation=self.generation,
-            kept=len(change.kept),
-            opened=len(opened),
-            removed=len(change.removed),
-        )
-        old_workers = previous.config.proxyd.workers
-        if config.proxyd.workers != old_workers and not self._worker:
-            log.warn(
-                "reload: workers = {workers} takes effect at the next start; {old} serve now",
-                workers=config.proxyd.workers,
-                old=old_workers,
-            )
-        self._warn(config, source)
-        return ReloadOutcome(True, self.generation)
-
     def _new_admin(self, config: Config) -> ListenerService | None:
         """The admin listener for `config`, bound, when its address changed (or it is new);
         None when the one listening now stays (or there is none)."""
@@ -486,22 +378,6 @@ class ProxydService(service.MultiService):
         admin = self._admin_listener(config)
         admin.bind()
         return admin
-
-    def _switch_admin(self, config: Config, admin: ListenerService | None) -> None:
-        if self.admin_resource is not None and config.admin is not None:
-            self.admin_resource.admin_config = config.admin
-        if self.admin is not None and config.admin is None:
-            log.warn(
-                "reload (forced): the new file has no [admin] section; the admin listener on"
-                " {listen} closes",
-                listen=self.admin.description,
-            )
-        if self.admin is not None and (admin is not None or config.admin is None):
-            self.admin.disownServiceParent()
-            self.admin = None
-        if admin is not None:
-            self.admin = admin
-            admin.setServiceParent(self)
 
     def reopen_logs(self) -> None:
         """Open the access-log files again by their paths (SIGUSR1, after logrotate moved

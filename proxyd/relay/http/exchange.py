@@ -7,6 +7,12 @@ The exchange's progress is an explicit state (State, moved only along _NEXT): fi
 the request head, the request is at a server, filters run on the response head, the response
 streams, the connection is a tunnel, done. Each direction pauses the other when its write
 buffer is full; a filter that waits on a Deferred holds its side the same way.
+
+The Exchange's parts are its base classes, one module each: proxyd.relay.http.filtering (the
+exchange as its filters see it, and their running), request_body, answer_body (answers
+streamed from a source), own_answers (proxyd's errors, a filter's answers) and
+proxied_response (the server's response on its way to the client). This module starts the
+exchange, sends it to its pool, and ends it.
 """
 
 from __future__ import annotations
@@ -26,14 +32,8 @@ from proxyd.relay.http import headers as policy
 from proxyd.relay.http.background import BackgroundClient
 from proxyd.relay.http.decide import Refused, decide, is_websocket_upgrade
 from proxyd.relay.http.forward import Forward
-from proxyd.relay.http.framing import frame
-from proxyd.relay.http.messages import (
-    Request,
-    Response,
-    UpstreamHead,
-    chunk,
-)
-from proxyd.relay.http.own_answers import OwnAnswers
+from proxyd.relay.http.messages import Request, UpstreamHead
+from proxyd.relay.http.proxied_response import ProxiedResponse
 from proxyd.relay.http.roles import ExchangeClient
 from proxyd.relay.http.state import (
     DONE,
@@ -41,28 +41,20 @@ from proxyd.relay.http.state import (
     NEXT,
     PROXYING,
     REQUEST_FILTERS,
-    STREAMING,
-    TUNNEL,
     State,
     check_move,
 )
-from proxyd.relay.http.tunnel import Tunnel
-from proxyd.relay.http.upstream import UpstreamConnection
 from proxyd.relay.http.upstream_request import upstream_request
 from proxyd.relay.session import IdleTimer
 
 _log = Logger(namespace="proxyd.relay.http")
 
 
-class Exchange(OwnAnswers):
+class Exchange(ProxiedResponse):
     """One request from a client connection. Slotted: one is made per request."""
 
     __slots__ = (
         "_affinity",
-        "_client_chunked",
-        "_client_keep_alive",
-        "_trailers",
-        "_tunnel_conn",
         "_upstream_chunked",
         "chain",
         "client",
@@ -79,14 +71,11 @@ class Exchange(OwnAnswers):
         "raw_target",
         "reading_response",
         "request",
-        "response",
         "response_started",
         "response_timeout",
         "route",
         "started",
         "state",
-        "tunnel",
-        "tunnel_close",
         "upstream_method",
         "websocket",
     )
@@ -136,21 +125,21 @@ class Exchange(OwnAnswers):
         """What the pool keys on for this request, when its pool hashes on the request
         (proxyd.relay.http.tier); else the client connection's."""
         # Response side.
-        self.response: Response | None = None
+        self.response = None
         self.answer: Answer | None = None
         self.response_fields: Headers = []
         self._response_steps: tuple[Step, ...] = ()
         self._response_run: BodyRun | None = None
         self._source = None
-        self._trailers: Headers | None = None
+        self._trailers = None
         self.response_bytes = 0
         self._client_chunked = False
         self._client_keep_alive = request.keep_alive
         # Upgrade.
         self.websocket = is_websocket_upgrade(request)
-        self.tunnel: Tunnel | None = None
+        self.tunnel = None
         self.tunnel_close: str | None = None
-        self._tunnel_conn: UpstreamConnection | None = None
+        self._tunnel_conn = None
 
     def _move(self, state: State) -> None:
         """The one place the state changes; the flags the hot paths read follow from it."""
@@ -283,157 +272,6 @@ class Exchange(OwnAnswers):
         response_timeout."""
         if self.state is PROXYING and self.forward is not None:
             self.forward.response_timed_out()
-
-    # The server's response, from the Forward.
-
-    def upstream_response(self, response: Response) -> None:
-        self.response = response
-        self.status = response.status
-        fields = policy.remove_hop_by_hop(response.headers)
-        chain = self.chain
-        self.response_fields = policy.response_headers(
-            fields,
-            via=self.config.via,
-            version=response.version,
-            hidden=chain.hidden,
-            server=chain.server,
-        )
-        if self._added_fields is not None:
-            self.response_fields += self._added_fields
-        steps = chain.response_head
-        if steps:
-            self._respond(steps)
-        elif self._tunnel_conn is None:
-            self._send_response()  # no response filter: straight to streaming
-        else:
-            self._open_tunnel(self._tunnel_conn)
-
-    def upstream_switched(self, response: Response, conn: UpstreamConnection) -> None:
-        """A 101 to the WebSocket upgrade: pass it on, then splice the two connections."""
-        self._tunnel_conn = conn
-        self.upstream_response(response)
-
-    def upstream_body(self, data: bytes) -> None:
-        run = self._response_run
-        if run is not None:
-            run.feed(data, False)
-        elif not self.finished:
-            self.response_bytes += len(data)
-            self.client.send(chunk(data) if self._client_chunked else [data])
-
-    def upstream_end(self, trailers: Headers | None) -> None:
-        run = self._response_run
-        if run is not None:
-            self._trailers = trailers
-            run.feed(b"", True)
-        elif not self.finished:
-            self.client.send_end(self._client_chunked, trailers)
-            self._finish(keep_alive=self._client_keep_alive)
-
-    def upstream_cut(self, why: str, kind: ErrorKind) -> None:
-        """The response broke off after its head went to the client, or while a filter read
-        its body before the head (then answered 502, or 504 for a server gone idle)."""
-        if self.response_started:
-            self._cut(why, kind)
-        else:
-            self.fail(504 if kind is ErrorKind.UPSTREAM_IDLE else 502, why, kind)
-
-    def tunnel_ended(self, tunnel: Tunnel) -> None:
-        self.factory.tunnel_closed()
-        self.request_bytes += tunnel.bytes_in
-        self.response_bytes += tunnel.bytes_out
-        self.tunnel_close = str(tunnel.reason)
-        self._finish(keep_alive=False)
-
-    # The response head's filters, then the head to the client.
-
-    def _response_ready(self) -> None:
-        """The response head's filters are done: send it."""
-        if self.answer is not None:
-            self._send_answer(self.answer)
-        elif self._tunnel_conn is not None:
-            self._open_tunnel(self._tunnel_conn)
-        else:
-            self._send_response()
-
-    def _send_response(self) -> None:
-        response = self.response
-        assert response is not None
-        steps: tuple[Step, ...] = ()
-        if not response.no_body and self.chain.response_body:
-            plan = self._body_plan("response_body")
-            if plan is None:
-                return
-            if plan.buffers:
-                self._buffer_response(plan)
-                return
-            steps = plan.steps
-            if steps:
-                self._response_run = self._body_run(
-                    plan, "response_body", self._response_body_out, self._hold_response
-                )
-                if plan.keeps_length:
-                    steps = ()  # the body is passed on as it is: its framing too
-        fields = self._frame(not response.no_body, response.content_length is not None, bool(steps))
-        reason = response.reason if self.status == response.status else b""
-        self._move(STREAMING)
-        self.client.send_head(self.status, reason, fields)
-        forward = self.forward
-        if forward is not None and forward._held:
-            forward.hold(False)
-
-    def _response_buffered(self, data: bytes, end: bool) -> None:
-        """The whole body a filter buffered, transformed: the head goes with it, with its
-        length (the server's trailers, which need chunked framing, are dropped)."""
-        response = self.response
-        if self.finished or response is None:
-            return
-        self._response_run = None
-        self.response_fields = [
-            f for f in self.response_fields if f[0].lower() != b"content-length"
-        ]
-        self.response_fields.append((b"Content-Length", b"%d" % len(data)))
-        fields = self._frame(True, True)
-        reason = response.reason if self.status == response.status else b""
-        self._move(STREAMING)
-        self.response_bytes = len(data)
-        self.client.send_head(self.status, reason, fields, data)
-        self._finish(keep_alive=self._client_keep_alive)
-
-    def _frame(self, has_body: bool, length_known: bool, transformed: bool = False) -> Headers:
-        """The response's fields framed (proxyd.relay.http.framing), its framing kept."""
-        self._client_chunked, self._client_keep_alive, fields = frame(
-            self.response_fields,
-            self.request.version,
-            keep_alive=self._client_keep_alive,
-            closing=self.client.closing,
-            request_done=self.request_done,
-            has_body=has_body,
-            length_known=length_known,
-            transformed=transformed,
-        )
-        return fields
-
-    def _open_tunnel(self, conn: UpstreamConnection) -> None:
-        self._tunnel_conn = None
-        response = self.response
-        assert response is not None
-        self._move(TUNNEL)
-        client = self.client.switched(response.reason, self.response_fields)
-        self.status = client.status
-        self.tunnel = Tunnel(self, client, conn, self.config.tunnel_timeout)
-        self.factory.tunnel_opened()
-        self.tunnel.start()
-
-    def _response_body_out(self, data: bytes, end: bool) -> None:
-        if self.finished:
-            return
-        if data:
-            self.response_bytes += len(data)
-            self.client.send(chunk(data) if self._client_chunked else [data])
-        if end:
-            self.client.send_end(self._client_chunked, self._trailers)
-            self._finish(keep_alive=self._client_keep_alive)
 
     # Backpressure from the client's write buffer.
 

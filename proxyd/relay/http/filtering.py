@@ -27,7 +27,8 @@ from proxyd.filters.chain import (
 from proxyd.metrics import ErrorKind
 from proxyd.pool import Pool, Server
 from proxyd.relay.http import headers as policy
-from proxyd.relay.http.forward import CONTINUE, Forward
+from proxyd.relay.http.forward import Forward
+from proxyd.relay.http.forward_attempts import CONTINUE
 from proxyd.relay.http.messages import Request, UpstreamHead
 from proxyd.relay.http.state import BUFFERING_REQUEST, BUFFERING_RESPONSE, State
 from proxyd.relay.session import IdleTimer

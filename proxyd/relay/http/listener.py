@@ -26,7 +26,7 @@ from proxyd.relay.http import headers as policy
 from proxyd.relay.http.chains import build_chains
 from proxyd.relay.http.decide import Place
 from proxyd.relay.http.exchange import Exchange
-from proxyd.relay.http.forward import attempt_policy
+from proxyd.relay.http.forward_attempts import attempt_policy
 from proxyd.relay.http.h1 import RequestReader
 from proxyd.relay.http.messages import (
     HttpError,

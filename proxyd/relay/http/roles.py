@@ -55,7 +55,7 @@ class Listener(Protocol):
 
     @property
     def attempts(self) -> AttemptPolicy:
-        """How its requests try servers (proxyd.relay.http.forward.attempt_policy)."""
+        """How its requests try servers (proxyd.relay.http.forward_attempts.attempt_policy)."""
         ...
 
     @property
