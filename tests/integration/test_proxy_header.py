@@ -1,7 +1,8 @@
-"""accept_proxy on [http], [https] and a TLS-terminating [tcp] of the real proxyd, behind
-proxyd's own [tcp] relay with send_proxy (the L4 balancer): the client connects from
-127.0.0.2, and the echo backend, the access log and X-Forwarded-For see 127.0.0.2, not the
-relay's 127.0.0.1; a connection without a header is closed with nothing sent."""
+"""accept_proxy on [http], [https], [websocket] and a TLS-terminating [tcp] of the real
+proxyd, behind proxyd's own [tcp] relay with send_proxy (the L4 balancer): the client
+connects from 127.0.0.2, and the echo backend, the access log and X-Forwarded-For see
+127.0.0.2, not the relay's 127.0.0.1; a connection without a header is closed with nothing
+sent."""
 
 from __future__ import annotations
 
@@ -210,3 +211,33 @@ def test_tcp_tls_termination_behind_a_tcp_relay(
     (record,) = [r for r in relay.wait_access_records(2) if r["listener"] == "front"]
     assert record["client"].startswith(CLIENT + ":")
     assert record["tls_version"] in ("TLSv1.2", "TLSv1.3")
+
+
+@pytest.mark.parametrize("mode", ["message", "passthrough"])
+def test_websocket_behind_a_tcp_relay(
+    processes: ProcessList, proxyd: Callable[..., Any], mode: str
+) -> None:
+    argv = [sys.executable, str(ROOT / "examples" / "chat_server.py"), "--port", "0"]
+    chat = processes.start("chat", [*argv, "--name", "chat-a"])
+    chat_port = int(chat.wait_for_output(r"listening on 127\.0\.0\.1:(\d+)", 15).group(1))
+    port, ws_port = free_port(), free_port()
+    relay = proxyd(
+        edge(port, ws_port, "v2") + f"[pool chat]\nservers = 127.0.0.1:{chat_port}\n\n"
+        f"[websocket front]\nlisten = tcp:{ws_port}:interface=127.0.0.1\npool = chat\n"
+        f"mode = {mode}\naccept_proxy = on\n"
+    )
+    handshake = (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=(CLIENT, 0)
+    ) as sock:
+        sock.sendall(handshake)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+    assert front_clients(relay, 1) == [CLIENT]
