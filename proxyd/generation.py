@@ -10,22 +10,23 @@ relays are always new: each connection keeps the relay (and so the config) it st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
 from proxyd.accesslog import AccessLog
-from proxyd.config.model import Config
+from proxyd.config.model import Address, Config
 from proxyd.gslb.listeners import gslb_listeners
 from proxyd.listeners import RelayListener, StartupError, StreamRelayListener, UdpListenerService
 from proxyd.pool import Pool
 from proxyd.relay.dns import DnsListener
-from proxyd.relay.factory import http_counts, tcp_counts, websocket_counts
+from proxyd.relay.factory import Counted, http_counts, tcp_counts, websocket_counts
 from proxyd.relay.http.h2_upstream_metrics import H2Metrics
 from proxyd.relay.http.h2_upstreams import H2Upstreams
 from proxyd.relay.http.listener import HttpRelayFactory
 from proxyd.relay.http.upstream import ConnectionPool, Upstreams
+from proxyd.relay.proxy_header import HeaderPolicy
 from proxyd.relay.tcp import TcpRelayFactory
 from proxyd.relay.udp import UdpListener
 from proxyd.relay.websocket import WebSocketRelayFactory
@@ -176,8 +177,19 @@ def _listeners(
         tcp_relay = TcpRelayFactory(
             reactor, tcp, pools, access_log(tcp.access_log), tcp_tls, stapling
         )
+        name = f"tcp {tcp.name}"
+        # A plain [tcp] listener reads the header in its preamble; with TLS it comes first.
+        below_tls = tcp.accept_proxy and tcp.tls is not None
+        header = _proxy_header(
+            name,
+            below_tls,
+            tcp.handshake_timeout,
+            "handshake_timeout",
+            tcp_relay,
+            tcp_relay.proxy_header_refused,
+        )
         listeners.append(
-            StreamRelayListener(reactor, f"tcp {tcp.name}", tcp.listen, tcp_relay, tcp_counts)
+            StreamRelayListener(reactor, name, tcp.listen, tcp_relay, tcp_counts, header)
         )
     for udp in config.udp:
         kind = DnsListener if udp.protocol == "dns" else UdpListener
@@ -194,7 +206,12 @@ def _listeners(
             resources=resources,
         )
         name = f"{http.kind} {http.name}"
-        listeners.append(StreamRelayListener(reactor, name, http.listen, http_relay, http_counts))
+        header = _proxy_header(
+            name, http.accept_proxy, http.header_timeout, "header_timeout", http_relay
+        )
+        listeners.append(
+            StreamRelayListener(reactor, name, http.listen, http_relay, http_counts, header)
+        )
     for ws in config.websocket:
         name = f"websocket {ws.name}"
         if ws.mode == "message":
@@ -207,8 +224,11 @@ def _listeners(
                 ClientTls(ws.pool, pool_tls, [b"http/1.1"]) if pool_tls.enabled else None,
                 stapling,
             )
+            header = _proxy_header(
+                name, ws.accept_proxy, ws.handshake_timeout, "handshake_timeout", ws_relay
+            )
             listeners.append(
-                StreamRelayListener(reactor, name, ws.listen, ws_relay, websocket_counts)
+                StreamRelayListener(reactor, name, ws.listen, ws_relay, websocket_counts, header)
             )
         else:
             passthrough = HttpRelayFactory(
@@ -220,12 +240,30 @@ def _listeners(
                 websocket_only=OriginPolicy(ws.allowed_origins),
                 resources=ProcessResources(ocsp=stapling),
             )
+            header = _proxy_header(
+                name, ws.accept_proxy, ws.handshake_timeout, "handshake_timeout", passthrough
+            )
             listeners.append(
-                StreamRelayListener(reactor, name, ws.listen, passthrough, http_counts)
+                StreamRelayListener(reactor, name, ws.listen, passthrough, http_counts, header)
             )
     for gslb in config.gslb:
         listeners.extend(gslb_listeners(reactor, gslb, pools))
     return listeners
+
+
+def _proxy_header(
+    name: str,
+    accept_proxy: bool,
+    timeout: float,
+    timeout_word: str,
+    relay: Counted,
+    record: Callable[[Address | None, str, float], None] | None = None,
+) -> HeaderPolicy | None:
+    """How the listener `name` reads PROXY headers below its relay, if it accepts them
+    (proxyd.relay.proxy_header)."""
+    if not accept_proxy:
+        return None
+    return HeaderPolicy(name, timeout, timeout_word, lambda: relay.stats, record)
 
 
 def read_error_pages(pages: tuple[tuple[int, str], ...]) -> dict[int, bytes]:

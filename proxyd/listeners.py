@@ -43,6 +43,7 @@ from proxyd.relay.factory import (
     dns_counts,
     udp_counts,
 )
+from proxyd.relay.proxy_header import HeaderPolicy, ProxyHeaderFactory
 from proxyd.relay.udp import MAX_PACKET, UdpListener
 from proxyd.tls import ServerTls
 from proxyd.twisted_internals import accept_queued
@@ -225,8 +226,9 @@ class RelayListener(Listener):
 
 class ListenerService(Listener):
     """One stream listening endpoint (tcp:, ssl:, unix:, ...), accepting with `factory` (inside
-    `tls` if given). bind() listens at once so that errors surface before the process
-    daemonizes; stopService stops accepting.
+    `tls` if given; behind a PROXY header's reading, below TLS, with `proxy_header`). bind()
+    listens at once so that errors surface before the process daemonizes; stopService stops
+    accepting.
 
     With worker processes, the master calls bind_shared() instead (it binds but never
     accepts), and each worker adopt()s the socket the master passed it."""
@@ -238,10 +240,12 @@ class ListenerService(Listener):
         description: str,
         factory: Listening,
         tls: ServerTls | None = None,
+        proxy_header: HeaderPolicy | None = None,
     ) -> None:
         super().__init__(reactor, name, description)
         self.factory = factory
         self.tls = tls
+        self.proxy_header = proxy_header
         self.front = Front(self._listening())
         """The port's factory: a reload gives it to the listener that takes the port over."""
         self.accept_log: AcceptLog | None = None
@@ -294,10 +298,14 @@ class ListenerService(Listener):
             self._listening_on(self.port)
 
     def _listening(self) -> ProtocolFactory:
-        """The factory the port accepts with: this listener's, inside TLS if it has TLS."""
-        if self.tls is None:
-            return self.factory
-        return self.tls.wrap(cast(IProtocolFactory, self.factory), self._reactor)
+        """The factory the port accepts with: this listener's, inside TLS if it has TLS,
+        behind the reading of a PROXY header (proxyd.relay.proxy_header) if it accepts one."""
+        factory: ProtocolFactory = self.factory
+        if self.tls is not None:
+            factory = self.tls.wrap(cast(IProtocolFactory, self.factory), self._reactor)
+        if self.proxy_header is not None:
+            factory = ProxyHeaderFactory(factory, self._reactor, self.proxy_header)
+        return factory
 
     def close(self) -> None:
         super().close()
@@ -335,9 +343,11 @@ class StreamRelayListener(ListenerService, RelayListener):
         description: str,
         relay: R,
         counts: Callable[[R], Counts],
+        proxy_header: HeaderPolicy | None = None,
     ) -> None:
-        """`counts` reads the counters of a relay of this kind (proxyd.relay.factory)."""
-        super().__init__(reactor, name, description, relay, relay.tls)
+        """`counts` reads the counters of a relay of this kind (proxyd.relay.factory);
+        `proxy_header`: every connection begins with a PROXY header (accept_proxy)."""
+        super().__init__(reactor, name, description, relay, relay.tls, proxy_header)
         self.relay = relay
         self._counts: Callable[[], Counts] = lambda: counts(relay)
 

@@ -17,6 +17,9 @@ module to update, when a Twisted upgrade changes it; pyproject.toml bounds Twist
   and shut_write).
 - twisted.protocols.haproxy's private parsers (V1Parser, V2Parser, InvalidProxyHeader): here,
   for proxyd.relay.proxy_protocol.
+- tcp.Connection's `protocol` attribute (read anew by doRead, _closeWriteConnection,
+  readConnectionLost and connectionLost, and by proxyd.socket_events), and its getPeer and
+  getHost shadowed on the instance: hand_over, here, for proxyd.relay.proxy_header.
 - TLSMemoryBIOProtocol.makeConnection (and the _tlsConnection, _appSendBuffer and
   _connectWrapped it sets or reads, the factory's _creatorCallable and registerProtocol):
   TlsProtocol, here, the protocol of proxyd's TLS factories (proxyd.tls).
@@ -35,6 +38,7 @@ from typing import Any, cast
 
 from twisted.internet import tcp, unix
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
@@ -52,6 +56,7 @@ __all__ = [
     "accept_queued",
     "adopt_unix",
     "close_now",
+    "hand_over",
     "stop_accepting",
 ]
 
@@ -86,6 +91,25 @@ def adopt_unix(reactor: Any, fd: int, factory: Any) -> unix.Port:
     port = _AdoptedUnixPort._fromListeningDescriptor(reactor, fd, factory)
     port.startListening()
     return port
+
+
+def hand_over(
+    transport: Any, protocol: Any, peer: IAddress | None = None, host: IAddress | None = None
+) -> bool:
+    """From now on `transport` delivers its reads and its end to `protocol`, straight from the
+    reactor, as if it had been built with it (tcp.Connection's `protocol`, which Twisted and
+    proxyd.socket_events read at each event); with `peer` and `host`, its getPeer() and
+    getHost() answer them. The transport stays Twisted's own (the relays' write fast paths
+    look at its type). False when it has no `protocol` (a test transport): the protocol it
+    has then passes the calls on itself."""
+    if peer is not None:
+        transport.getPeer = lambda: peer
+    if host is not None:
+        transport.getHost = lambda: host
+    if not hasattr(transport, "protocol"):
+        return False
+    transport.protocol = protocol
+    return True
 
 
 class _AdoptedUnixPort(unix.Port):

@@ -112,14 +112,6 @@ def _tcp_groups(section: Section, fields: dict[str, Any], values: dict[str, Any]
                     ),
                 )
             )
-        if fields.get("accept_proxy"):
-            # The PROXY header comes before the TLS handshake; the TLS layer would get it.
-            problems.append(
-                (
-                    "accept_proxy",
-                    Invalid("accept_proxy without certificates (not supported yet)", "both"),
-                )
-            )
         fields["tls"], more = _tls_server(section, values)
         problems += more
     else:

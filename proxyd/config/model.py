@@ -235,7 +235,9 @@ class TcpListenerConfig:
     send_proxy: str = "off"
     """off | v1 | v2: PROXY protocol header sent to the backend."""
     accept_proxy: bool = False
-    """Expect a PROXY protocol (v1 or v2) header from the client (a front load balancer)."""
+    """Expect a PROXY protocol (v1 or v2) header from the client (a front load balancer):
+    read by the relay's preamble, or with `certificates` below TLS
+    (proxyd.relay.proxy_header)."""
     access_log: str = "-"
     """'-' for stdout, 'off', or a file path: one JSON line per connection."""
     buffer_size: int = 262144
@@ -283,6 +285,10 @@ class HttpListenerConfig:
     access_log: str = "-"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """Clients whose X-Forwarded-* and Forwarded values are kept and extended."""
+    accept_proxy: bool = False
+    """Every connection begins with a PROXY protocol (v1 or v2) header (a front L4 load
+    balancer), read below TLS within header_timeout; its source is the client
+    (proxyd.relay.proxy_header)."""
     request_headers: tuple[HeaderRule, ...] = ()
     """Rules applied to every request before the route's own."""
     filters: tuple[FilterConfig, ...] = ()
@@ -470,6 +476,9 @@ class WebSocketListenerConfig:
     """message mode: a side whose pong does not come within this long is closed."""
     permessage_deflate: bool = False
     """message mode: accept the client's permessage-deflate offer (RFC 7692)."""
+    accept_proxy: bool = False
+    """Every connection begins with a PROXY protocol (v1 or v2) header, read below TLS
+    within handshake_timeout; its source is the client (proxyd.relay.proxy_header)."""
     access_log: str = "-"
     """One JSON line per connection, when it ends."""
     tls: TlsServerConfig | None = None
@@ -499,6 +508,7 @@ class WebSocketListenerConfig:
             tls=self.tls,
             escaped_slashes="keep",  # one route, to one pool: no path rule to get round
             access=self.access,
+            accept_proxy=self.accept_proxy,
         )
 
 

@@ -45,11 +45,11 @@ from zope.interface import classImplements
 
 from proxyd.access.gate import Gate
 from proxyd.accesslog import AccessLog
-from proxyd.config.model import TcpListenerConfig
+from proxyd.config.model import Address, TcpListenerConfig
 from proxyd.metrics import RelayStats
 from proxyd.relay.attempt import AttemptPolicy, PoolApi
 from proxyd.relay.io import ConnectingReactor, OpenConnections, ReadingPort, SendBatch
-from proxyd.relay.session import Side
+from proxyd.relay.session import CloseReason, ConnectionRecord, Side
 from proxyd.relay.sni import SniRoutes
 from proxyd.relay.tcp_connection import SHUTDOWN_LINGER, EndProtocol, Relay
 from proxyd.tls import ClientTls, ServerTls, Stapling
@@ -65,7 +65,10 @@ class TcpRelayFactory:
     compiles it as a native class (docs/performance.md, "Compiled modules").
 
     With accept_proxy on, each client's first bytes must be a PROXY v1 or v2 header, whose
-    source address then stands for the client everywhere (hash key, access log, send_proxy).
+    source address then stands for the client everywhere (hash key, access log, send_proxy):
+    read by each Relay's preamble, or with TLS termination before the TLS handshake, by the
+    port's factory (proxyd.relay.proxy_header), which tells proxy_header_refused() of the
+    connections it closes.
     Call `set_listening_port()` once listening: on_max_connections = queue stops reading the
     port while max_connections relays are active, leaving further clients in the kernel's
     accept queue. At a graceful stop, `drain()` then `close_all()`.
@@ -136,6 +139,14 @@ class TcpRelayFactory:
 
     def buildProtocol(self, addr: IAddress | None) -> EndProtocol:
         return EndProtocol(Relay(self), Side.CLIENT)
+
+    def proxy_header_refused(self, client: Address | None, reason: str, started: float) -> None:
+        """A connection closed before its PROXY header was read below TLS: counted as a
+        relay's close reason, and its access-log line."""
+        record = ConnectionRecord(self.config.name, started, client)
+        record.close_as(CloseReason(reason))
+        self.stats.cell("", self.config.pool or "", "").error(reason)
+        self.access_log.log(record.as_log(self.reactor.seconds()))
 
     @property
     def waiting(self) -> int:

@@ -180,7 +180,10 @@ class Relay:
         if self.config.send_proxy != "off":  # the PROXY header's destination, only there
             self._local = proxy_protocol.address_of(transport.getHost())
         gate = self.factory.gate
-        if gate is not None and not self.config.accept_proxy and not self._pass(gate):
+        # With TLS, a PROXY header was read below it (proxyd.relay.proxy_header), before this
+        # connection was made: its source is the transport's peer already.
+        judged_later = self.config.accept_proxy and not tls
+        if gate is not None and not judged_later and not self._pass(gate):
             return  # turned away before its TLS handshake and before max_connections
         if tls:
             # Twisted's TLS layer is handshaking below: pausing now would stall it.
@@ -205,16 +208,17 @@ class Relay:
         self.factory.admit(self)
 
     def start(self) -> None:
-        """Admitted under max_connections: read the PROXY header, then the ClientHello
-        (route_by = sni), then go for a server."""
+        """Admitted under max_connections: read the PROXY header (unless it was read below
+        TLS), then the ClientHello (route_by = sni), then go for a server."""
         assert self.client is not None
         self._idle.start()
         sni = self.config.route_by == "sni"
-        if not (self.config.accept_proxy or sni):
+        header = self.config.accept_proxy and not self.client.tls
+        if not (header or sni):
             self._connect()
             return
         routes = self.factory.sni_routes if sni else None
-        self._preamble = Preamble(self.config.accept_proxy, routes, self.config.pool)
+        self._preamble = Preamble(header, routes, self.config.pool)
         self._preamble_timer.start()
         self.client.transport.resumeProducing()
 

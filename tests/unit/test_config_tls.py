@@ -829,12 +829,9 @@ def test_a_bad_tls_alpn_name_is_an_error(tmp_path: Path, site: Issued) -> None:
     ]
 
 
-def test_accept_proxy_with_tls_termination_is_refused(tmp_path: Path, site: Issued) -> None:
-    text = tcp("pool = web\ncertificates = site.pem\naccept_proxy = on\n")
-    assert errors(tmp_path, text) == [
-        "proxyd.ini:7: [tcp t] accept_proxy: expected accept_proxy without certificates "
-        "(not supported yet); found both"
-    ]
+def test_accept_proxy_with_tls_termination_is_accepted(tmp_path: Path, site: Issued) -> None:
+    config = load(tmp_path, tcp("pool = web\ncertificates = site.pem\naccept_proxy = on\n"))
+    assert config.tcp[0].accept_proxy and config.tcp[0].tls is not None
 
 
 def test_a_tcp_certificate_error_names_the_tcp_section(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import ast
 import hashlib
 import inspect
 import os
+import select
 import socket
 import textwrap
 from collections.abc import Callable, Iterator
@@ -303,6 +304,36 @@ def test_haproxy_v2_parser() -> None:
     with pytest.raises(InvalidProxyHeader):
         V2Parser.parse(b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x02ab")
     assert issubclass(InvalidProxyHeader, Exception), what
+
+
+# proxyd.twisted_internals: hand_over (proxyd.relay.proxy_header), tcp.Connection's protocol
+# read anew at each event, getPeer and getHost shadowed on the instance.
+
+
+def test_hand_over_a_tcp_connection(connection: tuple[tcp.Server, socket.socket]) -> None:
+    server, peer = connection
+    what = changed("tcp.Connection's protocol attribute", "proxyd.twisted_internals (hand_over)")
+    events: list[object] = []
+
+    class Taker(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            events.append(data)
+
+        def connectionLost(self, reason: Failure | None = None) -> None:
+            events.append("lost")
+
+    source = IPv4Address("TCP", "192.0.2.10", 5555)
+    destination = IPv4Address("TCP", "198.51.100.1", 443)
+    assert twisted_internals.hand_over(server, Taker(), source, destination), what
+    assert type(server) is tcp.Server, what
+    assert server.getPeer() == source and server.getHost() == destination, what
+    peer.sendall(b"after the header")
+    select.select([server.socket], [], [], 5)
+    assert server.doRead() is None, what
+    assert events == [b"after the header"], what
+    server.connectionLost(Failure(error.ConnectionDone()))
+    assert events[-1] == "lost", what
+    assert not twisted_internals.hand_over(object(), Taker()), what
 
 
 # proxyd.twisted_internals: TlsProtocol, TLSMemoryBIOProtocol.makeConnection with one
