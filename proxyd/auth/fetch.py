@@ -90,7 +90,7 @@ class _BoundedBody(Protocol):
 
 
 @implementer(IBodyProducer)
-class _BytesBody:
+class BytesBody:
     """A request body held in memory, written at once (FileBodyProducer would take the
     global cooperator, and with it the global reactor)."""
 
@@ -171,7 +171,7 @@ class HttpClient:
     ) -> Deferred[Fetched]:
         """POST `body` to `url`, as get() otherwise (an OCSP request, RFC 6960 A.1)."""
         return self.request(
-            b"POST", url, headers, _BytesBody(body), timeout=timeout, max_body=max_body
+            b"POST", url, headers, BytesBody(body), timeout=timeout, max_body=max_body
         )
 
     def request(

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
+from proxyd.auth.fetch import BytesBody
 from proxyd.clock import DelayedCall
 from proxyd.config.discovery_model import DiscoveryConfig
 from proxyd.discovery.common import Backoff
@@ -38,35 +37,13 @@ Post = Callable[[bytes, bytes], "Deferred[Any]"]
 """POST a JSON body to a URL: the response (an IResponse)."""
 
 
-@implementer(IBodyProducer)
-class _Body:
-    """A request body held in memory, written at once."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def agent_post(reactor: Any) -> Post:
     """A Post through twisted.web.client.Agent on `reactor`."""
     agent = Agent(reactor, connectTimeout=READ_TIMEOUT)
     headers = Headers({b"Content-Type": [b"application/json"]})
 
     def post(url: bytes, body: bytes) -> Deferred[Any]:
-        producer: Any = _Body(body)
+        producer: Any = BytesBody(body)  # an IBodyProducer (zope, unseen by mypy)
         return agent.request(b"POST", url, headers, producer)
 
     return post
