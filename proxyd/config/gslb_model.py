@@ -8,6 +8,8 @@ import ipaddress
 
 import attrs
 
+from proxyd.config.udp_listen import UdpListen
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -25,7 +27,7 @@ class GslbRecord:
 
 
 @attrs.frozen
-class GslbConfig:
+class GslbConfig(UdpListen):
     name: str
     listen: str
     """`udp:PORT[:interface=ADDRESS]`: UDP and TCP are both served on that address."""
@@ -46,17 +48,6 @@ class GslbConfig:
     """A TCP connection with no query for this long is closed (RFC 7766 6.2.3)."""
     max_queries_per_connection: int = 100
     """A TCP connection is closed after answering this many queries."""
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.split(":")[1])
-
-    @property
-    def interface(self) -> str:
-        for option in self.listen.split(":", 2)[2:]:
-            if option.startswith("interface="):
-                return option[len("interface=") :]
-        return ""
 
     @property
     def tcp_listen(self) -> str:

@@ -64,6 +64,7 @@ from proxyd.config.tls_model import (
     TlsClientConfig,
     TlsServerConfig,
 )
+from proxyd.config.udp_listen import UdpListen
 
 __all__ = [
     "BALANCE_ALGORITHMS",
@@ -399,7 +400,7 @@ class HttpListenerConfig:
 
 
 @attrs.frozen
-class UdpListenerConfig:
+class UdpListenerConfig(UdpListen):
     """`[udp NAME]`: a datagram relay from `listen` to a pool, a session per client address."""
 
     name: str
@@ -425,17 +426,6 @@ class UdpListenerConfig:
     """One JSON line per session, when it ends."""
     access: AccessList | None = None
     """Allow/deny rules on the client's address: datagrams from others are dropped."""
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.split(":")[1])
-
-    @property
-    def interface(self) -> str:
-        for option in self.listen.split(":", 2)[2:]:
-            if option.startswith("interface="):
-                return option[len("interface=") :]
-        return ""
 
 
 @attrs.frozen
